@@ -1,0 +1,56 @@
+// wanhost: entry point. Maps errors to exit codes (2: usage/config, 3: plugin refused, 1: other).
+#include <exception>
+#include <iostream>
+
+#include "../logging/logging.hpp"
+#include "app.hpp"
+#include "wanhost/errors.hpp"
+#include "wanhost/log.hpp"
+
+int main(int argc, char** argv) {
+  using namespace wanhost::core;
+  setup_logging(0, 1);
+  CLI::App app{"wanhost: train Wan 2.1 text-to-video diffusion transformers (host + plugins)",
+               "wanhost"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("wanhost ") + WANHOST_VERSION + " (SDK ABI " +
+                                        std::to_string(WANHOST_SDK_ABI_MAJOR) + "." +
+                                        std::to_string(WANHOST_SDK_ABI_MINOR) + ", LibTorch " +
+                                        WANHOST_TORCH_VERSION + ", CUDA " +
+                                        (WANHOST_WITH_CUDA ? "on" : "off") + ")");
+  GlobalOptions g;
+  app.add_option("--plugin-dir", g.plugin_dirs, "Folder to search for plugins first (repeatable)")
+      ->type_name("DIR");
+  app.add_option("--log-level", g.log_level,
+                 "trace, debug, info, warn, error (default: SPDLOG_LEVEL or info)")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+  add_plugins_command(app, g);
+  add_run_commands(app, g);
+  try {
+    app.parse(argc, argv);
+    flush_logs();
+    return kExitOk;
+  } catch (const CLI::RuntimeError& e) {  // a command finished with its own exit code
+    flush_logs();
+    return e.get_exit_code();
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? kExitOk : kExitUsage;
+  } catch (const wanhost::ConfigError& e) {
+    wanhost::logger()->error("{}", e.what());
+  } catch (const wanhost::UsageError& e) {
+    wanhost::logger()->error("{}", e.what());
+    flush_logs();
+    return kExitUsage;
+  } catch (const PluginRefused& e) {
+    wanhost::logger()->error("{}", e.what());
+    flush_logs();
+    return kExitPluginRefused;
+  } catch (const std::exception& e) {
+    wanhost::logger()->error("{}", e.what());
+    flush_logs();
+    return kExitFailure;
+  }
+  flush_logs();
+  return kExitUsage;
+}

@@ -1,0 +1,268 @@
+#include "run_config.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "../plugin/registry.hpp"
+#include "embedded_configs.hpp"
+#include "schema.hpp"
+
+namespace wanhost::core {
+namespace {
+
+const std::vector<std::string> kBuiltinCollators = {"dense", "packed"};
+
+bool is_builtin_collator(const std::string& name) {
+  return std::find(kBuiltinCollators.begin(), kBuiltinCollators.end(), name) !=
+         kBuiltinCollators.end();
+}
+
+std::string escape_token(const std::string& key) {
+  std::string out;
+  for (char c : key) out += c == '~' ? "~0" : c == '/' ? "~1" : std::string(1, c);
+  return out;
+}
+
+// "a.b.0.c" or the JSON pointer "/a/b/0/c" -> tokens.
+std::vector<std::string> split_path(const std::string& path) {
+  std::vector<std::string> tokens;
+  const bool pointer = !path.empty() && path[0] == '/';
+  std::stringstream ss(pointer ? path.substr(1) : path);
+  std::string t;
+  while (std::getline(ss, t, pointer ? '/' : '.')) {
+    if (pointer) {  // RFC 6901 unescaping: ~1 is '/', ~0 is '~'
+      std::string u;
+      for (std::size_t i = 0; i < t.size(); ++i) {
+        if (t[i] == '~' && i + 1 < t.size())
+          u += t[++i] == '1' ? '/' : '~';
+        else
+          u += t[i];
+      }
+      t = u;
+    }
+    tokens.push_back(t);
+  }
+  return tokens;
+}
+
+std::string pointer_of(const std::vector<std::string>& tokens, std::size_t n) {
+  std::string p;
+  for (std::size_t i = 0; i < n; ++i) p += "/" + escape_token(tokens[i]);
+  return p;
+}
+
+// Walks `root` along tokens[0..n); returns null when a step does not exist.
+Json* walk(Json& root, const std::vector<std::string>& tokens, std::size_t n) {
+  Json* cur = &root;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::string& t = tokens[i];
+    if (cur->is_object()) {
+      auto it = cur->find(t);
+      if (it == cur->end()) return nullptr;
+      cur = &*it;
+    } else if (cur->is_array()) {
+      std::size_t idx = 0;
+      auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), idx);
+      if (ec != std::errc() || p != t.data() + t.size() || idx >= cur->size()) return nullptr;
+      cur = &(*cur)[idx];
+    } else {
+      return nullptr;
+    }
+  }
+  return cur;
+}
+
+void apply_set(Json& raw, const Json& filled, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw ConfigError("", "--set '" + assignment + "': expected KEY.PATH=VALUE");
+  const std::string path = assignment.substr(0, eq), text = assignment.substr(eq + 1);
+  const auto tokens = split_path(path);
+  if (tokens.empty()) throw ConfigError("", "--set '" + assignment + "': empty key path");
+  // Every step but the last must exist in the resolved config; the last must be a key of an
+  // object there (validation below then rejects keys the schema does not know).
+  Json& mutable_filled = const_cast<Json&>(filled);
+  for (std::size_t i = 0; i + 1 <= tokens.size(); ++i) {
+    Json* parent = walk(mutable_filled, tokens, i);
+    if (!parent || !(parent->is_object() || parent->is_array()))
+      throw ConfigError(pointer_of(tokens, i), "--set " + path + ": there is no such setting (" +
+                                                   pointer_of(tokens, i) + " does not exist)");
+    if (i + 1 == tokens.size()) break;
+    if (!walk(mutable_filled, tokens, i + 1))
+      throw ConfigError(pointer_of(tokens, i + 1), "--set " + path + ": there is no such setting");
+  }
+  Json value;
+  try {
+    value = Json::parse(text);
+  } catch (const Json::parse_error&) {
+    value = text;  // not JSON: a plain string
+  }
+  // Materialise the path in the raw config (objects that only exist as defaults so far).
+  Json* cur = &raw;
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    const bool last = i + 1 == tokens.size();
+    if (cur->is_array()) {
+      std::size_t idx = std::stoul(tokens[i]);
+      if (idx >= cur->size())
+        throw ConfigError(pointer_of(tokens, i + 1), "--set " + path + ": index out of range");
+      cur = &(*cur)[idx];
+    } else {
+      if (!cur->is_object()) *cur = Json::object();
+      cur = &(*cur)[tokens[i]];
+    }
+    if (last) *cur = value;
+  }
+}
+
+void validate_plugin_section(Json& cfg, const KindInfo& kind, const PluginRegistry& registry) {
+  const std::string section = kind.section;
+  Json& s = cfg[section];
+  const std::string name = s["plugin"].get<std::string>();
+  const std::string ptr = "/" + section;
+  const bool builtin = kind.bit == kKindCollator && is_builtin_collator(name);
+  if (!builtin) registry.require(name, kind.name, ptr + "/plugin");
+  for (auto it = s.begin(); it != s.end(); ++it) {
+    if (it.key() == "plugin") continue;
+    const std::string key_ptr = ptr + "/" + escape_token(it.key());
+    const PluginManifest* m = registry.find(it.key());
+    if (!m || !m->provides(kind.name))
+      throw ConfigError(key_ptr, "'" + it.key() +
+                                     "' is neither \"plugin\" nor the name of an installed " +
+                                     std::string(kind.name) +
+                                     " plugin (a section holds one config object per plugin name)");
+    if (!it->is_object())
+      throw ConfigError(key_ptr, "expected the config object of plugin '" + m->name + "'", m->name);
+    if (it.key() == name) {
+      validate_config(*it, object_spec(m->options), key_ptr, m->name);
+    } else {
+      Json copy = *it;  // configs kept for other plugins of this kind: checked, not filled
+      validate_config(copy, object_spec(m->options), key_ptr, m->name);
+    }
+  }
+  if (!builtin && !s.contains(name)) {
+    Json fresh = Json::object();
+    validate_config(fresh, object_spec(registry.find(name)->options), ptr + "/" + name, name);
+    s[name] = fresh;
+  }
+}
+
+void validate_stage_data(Json& cfg, const PluginRegistry& registry) {
+  const std::string data_plugin = cfg["data"]["plugin"];
+  const PluginManifest* m = registry.find(data_plugin);
+  for (std::size_t i = 0; i < cfg["stages"].size(); ++i) {
+    Json& d = cfg["stages"][i]["data"];
+    const std::string ptr = "/stages/" + std::to_string(i) + "/data";
+    for (auto it = d.begin(); it != d.end(); ++it) {
+      if (it.key() != data_plugin)
+        throw ConfigError(
+            ptr + "/" + escape_token(it.key()),
+            "stage data overrides must be keyed by the data plugin's name ('" + data_plugin + "')");
+      Json merged = cfg["data"][data_plugin];
+      merge_into(merged, *it);
+      validate_config(merged, object_spec(m ? m->options : Json::object()), ptr + "/" + data_plugin,
+                      data_plugin);
+    }
+  }
+}
+
+Json validate_all(Json cfg, const PluginRegistry& registry) {
+  validate_config(cfg, run_schema(), "");
+  for (const auto& kind : plugin_kinds()) validate_plugin_section(cfg, kind, registry);
+  validate_stage_data(cfg, registry);
+  return cfg;
+}
+
+}  // namespace
+
+const Json& run_schema() {
+  static const Json schema = Json::parse(embedded_run_schema());
+  return schema;
+}
+
+const Json& default_recipe() {
+  static const Json recipe = Json::parse(embedded_default_recipe());
+  return recipe;
+}
+
+Json read_json_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError("", "cannot read manifest " + path + ": " + std::strerror(errno));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  try {
+    return Json::parse(text);
+  } catch (const Json::parse_error& e) {
+    std::size_t line = 1, col = 1;
+    for (std::size_t i = 0; i + 1 < e.byte && i < text.size(); ++i) {
+      if (text[i] == '\n')
+        ++line, col = 1;
+      else
+        ++col;
+    }
+    throw ConfigError("", path + ":" + std::to_string(line) + ":" + std::to_string(col) +
+                              " (byte " + std::to_string(e.byte) + "): invalid JSON: " + e.what());
+  }
+}
+
+void merge_into(Json& base, const Json& over) {
+  if (!base.is_object() || !over.is_object()) {
+    base = over;
+    return;
+  }
+  for (auto it = over.begin(); it != over.end(); ++it) {
+    if (base.contains(it.key()))
+      merge_into(base[it.key()], *it);
+    else
+      base[it.key()] = *it;
+  }
+}
+
+Json resolve_run_config(const RunConfigRequest& request, const PluginRegistry& registry) {
+  Json raw = default_recipe();
+  if (request.manifest_path) {
+    Json manifest = read_json_file(*request.manifest_path);
+    if (!manifest.is_object())
+      throw ConfigError("", *request.manifest_path + ": a manifest must be a JSON object");
+    merge_into(raw, manifest);
+  }
+  for (const auto& name : request.plugins) {
+    const PluginManifest* m = registry.find(name);
+    if (!m && is_builtin_collator(name)) {
+      raw["collator"]["plugin"] = name;
+      continue;
+    }
+    if (!m) registry.require(name, "", "");  // throws: lists what exists and where we looked
+    for (const auto& kind : m->kinds) raw[kind_by_name(kind)->section]["plugin"] = name;
+  }
+  Json filled = validate_all(raw, registry);
+  if (request.sets.empty()) return filled;
+  for (const auto& s : request.sets) {
+    apply_set(raw, filled, s);
+    filled = validate_all(raw, registry);
+  }
+  return filled;
+}
+
+PluginConfig section_config(const Json& resolved, const std::string& section) {
+  PluginConfig c;
+  c.plugin = resolved.at(section).at("plugin").get<std::string>();
+  c.pointer = "/" + section + "/" + c.plugin;
+  c.values = resolved.at(section).value(c.plugin, Json::object());
+  return c;
+}
+
+PluginConfig stage_data_config(const Json& resolved, std::size_t stage) {
+  PluginConfig c = section_config(resolved, "data");
+  const Json& over = resolved.at("stages").at(stage).at("data");
+  if (auto it = over.find(c.plugin); it != over.end()) {
+    merge_into(c.values, *it);
+    c.pointer = "/stages/" + std::to_string(stage) + "/data/" + c.plugin;
+  }
+  return c;
+}
+
+}  // namespace wanhost::core

@@ -1,0 +1,39 @@
+// The run manifest: resolution of built-in default recipe <- manifest file <- --plugins <- --set,
+// then validation against the host schema (run_schema.json) and each selected plugin's option
+// table (from its sidecar manifest; no plugin code runs). Every problem is a ConfigError naming
+// the JSON pointer, so `wanhost validate` and `wanhost run` exit 2 with a precise message.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "wanhost/config.hpp"
+
+namespace wanhost::core {
+
+class PluginRegistry;
+
+struct RunConfigRequest {
+  std::optional<std::string> manifest_path;  // none: the built-in default recipe alone
+  std::vector<std::string> plugins;          // --plugins a,b (already split)
+  std::vector<std::string> sets;             // --set a.b.c=value (each)
+};
+
+const Json& run_schema();
+const Json& default_recipe();
+
+// Parses a JSON manifest file; syntax errors name the file, line and column.
+Json read_json_file(const std::string& path);
+
+// Deep merge: objects merge key by key, anything else (arrays too) is replaced by `over`.
+void merge_into(Json& base, const Json& over);
+
+Json resolve_run_config(const RunConfigRequest& request, const PluginRegistry& registry);
+
+// The effective config of a stage's data plugin (top-level config + the stage's overrides).
+PluginConfig stage_data_config(const Json& resolved, std::size_t stage);
+// A selected plugin's name and config for a run-manifest section ("model", "data", ...).
+PluginConfig section_config(const Json& resolved, const std::string& section);
+
+}  // namespace wanhost::core

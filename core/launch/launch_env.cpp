@@ -1,0 +1,117 @@
+#include "launch_env.hpp"
+
+#include <charconv>
+#include <cstring>
+
+#include "wanhost/errors.hpp"
+
+namespace wanhost::core {
+namespace {
+
+int parse_int(const char* text, const std::string& what, int min_value) {
+  int v = 0;
+  const char* end = text + std::strlen(text);
+  auto [p, ec] = std::from_chars(text, end, v);
+  if (ec != std::errc() || p != end || text == end)
+    throw UsageError(what + "='" + text + "' is not an integer");
+  if (v < min_value)
+    throw UsageError(what + "=" + std::to_string(v) + " must be at least " +
+                     std::to_string(min_value));
+  return v;
+}
+
+// Slurm's SLURM_STEP_NODELIST / SLURM_NODELIST: "node[01-04,07]" -> "node01"; "a,b" -> "a".
+std::string first_slurm_host(std::string list) {
+  auto comma = list.find(',');
+  auto bracket = list.find('[');
+  if (bracket != std::string::npos && (comma == std::string::npos || bracket < comma)) {
+    std::string prefix = list.substr(0, bracket);
+    std::string rest = list.substr(bracket + 1);
+    std::size_t n = rest.find_first_of(",-]");
+    return prefix + rest.substr(0, n);
+  }
+  return list.substr(0, comma);
+}
+
+}  // namespace
+
+std::string LaunchEnv::describe() const {
+  return "rank " + std::to_string(rank) + "/" + std::to_string(world_size) + ", local rank " +
+         std::to_string(local_rank) + "/" + std::to_string(local_world_size) + ", rendezvous " +
+         master_addr + ":" + std::to_string(master_port) + " (from " + source + ")";
+}
+
+LaunchEnv resolve_launch_env(const LaunchFlags& flags, const EnvLookup& env) {
+  LaunchEnv le;
+  auto var = [&](const char* name, int min_value) -> std::optional<int> {
+    const char* v = env(name);
+    if (!v || !*v) return std::nullopt;
+    return parse_int(v, name, min_value);
+  };
+  auto str = [&](const char* name) -> std::optional<std::string> {
+    const char* v = env(name);
+    if (!v || !*v) return std::nullopt;
+    return std::string(v);
+  };
+
+  // Each launcher as a whole: the first one whose world size and rank are set wins.
+  struct Source {
+    const char* name;
+    const char *rank, *world, *local_rank, *local_world;
+  };
+  static const Source sources[] = {
+      {"torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
+      {"OpenMPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+       "OMPI_COMM_WORLD_LOCAL_SIZE"},
+      {"Slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"},
+  };
+  for (const auto& s : sources) {
+    auto r = var(s.rank, 0);
+    auto w = var(s.world, 1);
+    if (!r || !w) continue;
+    le.rank = *r;
+    le.world_size = *w;
+    le.local_rank = var(s.local_rank, 0).value_or(0);
+    // SLURM_NTASKS_PER_NODE may read "4(x2)"; take the leading number.
+    if (const char* lw = env(s.local_world); lw && *lw) {
+      std::string t(lw);
+      t = t.substr(0, t.find('('));
+      le.local_world_size = parse_int(t.c_str(), s.local_world, 1);
+    } else {
+      le.local_world_size = le.world_size;
+    }
+    le.source = s.name;
+    if (std::string(s.name) == "Slurm") {
+      if (auto nodes =
+              str("SLURM_STEP_NODELIST") ? str("SLURM_STEP_NODELIST") : str("SLURM_NODELIST"))
+        le.master_addr = first_slurm_host(*nodes);
+    }
+    break;
+  }
+  if (auto a = str("MASTER_ADDR")) le.master_addr = *a;
+  if (auto p = var("MASTER_PORT", 1)) le.master_port = *p;
+
+  bool any_flag = false;
+  if (flags.rank) le.rank = *flags.rank, any_flag = true;
+  if (flags.world_size) le.world_size = *flags.world_size, any_flag = true;
+  if (flags.local_rank) le.local_rank = *flags.local_rank, any_flag = true;
+  if (flags.master_addr) le.master_addr = *flags.master_addr, any_flag = true;
+  if (flags.master_port) le.master_port = *flags.master_port, any_flag = true;
+  if (any_flag) le.source = le.source == "single process" ? "flags" : "flags over " + le.source;
+
+  if (le.world_size < 1)
+    throw UsageError("world size " + std::to_string(le.world_size) + " must be at least 1");
+  if (le.rank < 0 || le.rank >= le.world_size)
+    throw UsageError("rank " + std::to_string(le.rank) + " is outside the world of " +
+                     std::to_string(le.world_size) + " processes (" + le.source + ")");
+  if (le.local_rank < 0 || le.local_rank >= std::max(le.local_world_size, 1) ||
+      le.local_rank > le.rank)
+    throw UsageError("local rank " + std::to_string(le.local_rank) + " is inconsistent with rank " +
+                     std::to_string(le.rank) + " and local world size " +
+                     std::to_string(le.local_world_size) + " (" + le.source + ")");
+  if (le.master_port > 65535)
+    throw UsageError("MASTER_PORT=" + std::to_string(le.master_port) + " is not a port");
+  return le;
+}
+
+}  // namespace wanhost::core

@@ -1,0 +1,45 @@
+# wanhost_add_plugin(<name> SOURCES <src>... MANIFEST <name>.json [LINK_LIBRARIES <lib>...]
+#                    [NO_INSTALL])
+#
+# Builds a wanhost plugin: a shared object named exactly <name>.so with hidden visibility (only
+# the ABI tag and the entry point are exported) and --no-undefined (a missing symbol fails the
+# link, not the training run), plus its sidecar manifest copied beside it as <name>.json.
+# Inside the wanhost tree, plugins land in build/plugins/; elsewhere in the caller's binary dir
+# (or WANHOST_PLUGIN_OUTPUT_DIR when set).
+function(wanhost_add_plugin name)
+  cmake_parse_arguments(ARG "NO_INSTALL" "MANIFEST" "SOURCES;LINK_LIBRARIES" ${ARGN})
+  if(NOT ARG_SOURCES)
+    message(FATAL_ERROR "wanhost_add_plugin(${name}): SOURCES is required")
+  endif()
+  if(NOT ARG_MANIFEST)
+    message(FATAL_ERROR "wanhost_add_plugin(${name}): MANIFEST <file.json> is required")
+  endif()
+  if(NOT name MATCHES "^[a-z][a-z0-9_]*$")
+    message(FATAL_ERROR "wanhost_add_plugin: plugin name '${name}' must match [a-z][a-z0-9_]*")
+  endif()
+  if(NOT WANHOST_PLUGIN_OUTPUT_DIR)
+    set(WANHOST_PLUGIN_OUTPUT_DIR ${CMAKE_CURRENT_BINARY_DIR})
+  endif()
+  add_library(${name} MODULE ${ARG_SOURCES})
+  target_link_libraries(${name} PRIVATE WanHost::sdk ${ARG_LINK_LIBRARIES})
+  set_target_properties(${name} PROPERTIES
+    PREFIX ""
+    CXX_VISIBILITY_PRESET hidden
+    CUDA_VISIBILITY_PRESET hidden
+    VISIBILITY_INLINES_HIDDEN ON
+    LIBRARY_OUTPUT_DIRECTORY ${WANHOST_PLUGIN_OUTPUT_DIR})
+  target_link_options(${name} PRIVATE "LINKER:--no-undefined")
+  if(WANHOST_WARNINGS)
+    target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${WANHOST_WARNINGS}>)
+  endif()
+  get_filename_component(manifest "${ARG_MANIFEST}" ABSOLUTE)
+  add_custom_command(TARGET ${name} POST_BUILD
+    COMMAND ${CMAKE_COMMAND} -E copy_if_different "${manifest}" "${WANHOST_PLUGIN_OUTPUT_DIR}/${name}.json"
+    VERBATIM)
+  set_property(TARGET ${name} APPEND PROPERTY ADDITIONAL_CLEAN_FILES "${WANHOST_PLUGIN_OUTPUT_DIR}/${name}.json")
+  if(NOT ARG_NO_INSTALL AND WANHOST_INSTALL_PLUGINDIR)
+    install(TARGETS ${name} LIBRARY DESTINATION ${WANHOST_INSTALL_PLUGINDIR} COMPONENT wanhost)
+    install(FILES "${manifest}" DESTINATION ${WANHOST_INSTALL_PLUGINDIR} RENAME ${name}.json
+            COMPONENT wanhost)
+  endif()
+endfunction()

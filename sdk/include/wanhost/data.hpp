@@ -1,0 +1,52 @@
+// Data plugins: sources (random access to samples) and collators (samples -> micro batch).
+//
+// The host owns the sample order (seeded shuffle per epoch, split over data-parallel ranks,
+// resumable by a single counter), so a source only has to answer "sample i" deterministically.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "wanhost/batch.hpp"
+
+namespace wanhost {
+
+class DataSource {
+ public:
+  virtual ~DataSource() = default;
+  // Number of samples; the host iterates over epochs of this many.
+  virtual std::int64_t size() const = 0;
+  // Sample `index` (0 <= index < size()); must return the same sample for the same index.
+  virtual Sample get(std::int64_t index) = 0;
+  // Latent token grid of sample `index` without loading it (for packing and FLOP counts); the
+  // default loads the sample.
+  virtual PackSegment grid(std::int64_t index) {
+    Sample s = get(index);
+    return PackSegment{0, s.latent.size(1), s.latent.size(2), s.latent.size(3)};
+  }
+  // One line for logs: what this source serves.
+  virtual std::string describe() const = 0;
+};
+
+struct CollateOptions {
+  // Pad text embeddings to this many rows (0: to the longest in the batch). The reference paths
+  // differ here (AutoModel 226, Megatron 512); the model masks padded rows either way.
+  std::int64_t text_rows = 0;
+};
+
+class Collator {
+ public:
+  virtual ~Collator() = default;
+  virtual Batch collate(std::vector<Sample> samples, const CollateOptions& options) = 0;
+};
+
+// The dense collator every host has: stacks same-shape samples into [B, C, F, H, W]. Throws
+// std::invalid_argument naming the sample whose shape differs.
+Batch collate_dense(std::vector<Sample> samples, const CollateOptions& options);
+
+// Packs samples of any grids into one packed batch (see Batch).
+Batch collate_packed(std::vector<Sample> samples, const CollateOptions& options);
+
+}  // namespace wanhost

@@ -1,0 +1,87 @@
+// What a model is built with: where it runs, which ranks share its work, and the two operators a
+// parallelism plugin may swap (linear layers for tensor parallelism, attention for context
+// parallelism and packing). The model never talks to NCCL or MPI itself.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+#include <torch/nn/module.h>
+
+#include "wanhost/communicator.hpp"
+
+namespace wanhost {
+
+struct ParallelLayout {
+  int dp = 1;  // data parallel (FSDP shards over these ranks)
+  int tp = 1;  // tensor parallel
+  int pp = 1;  // pipeline parallel
+  int cp = 1;  // context parallel
+  int world() const { return dp * tp * pp * cp; }
+};
+
+// How a linear layer is split over the tensor-parallel group.
+enum class LinearRole {
+  Replicated,      // every rank holds the whole layer
+  ColumnParallel,  // output features split; output stays split
+  RowParallel,     // input features split; output all-reduced
+};
+
+// A linear layer y = x W^T + b with parameters named `weight` [out, in] and `bias` [out], as in
+// torch.nn.Linear, so checkpoints keep their usual names. Parallel variants hold their shard.
+class LinearLayer : public torch::nn::Module {
+ public:
+  virtual at::Tensor forward(const at::Tensor& x) = 0;
+};
+
+using LinearFactory = std::function<std::shared_ptr<LinearLayer>(
+    std::int64_t in_features, std::int64_t out_features, bool bias, LinearRole role)>;
+
+// Segment boundaries for attention over packed sequences (cumulative, int32 on the compute device
+// for flash attention; the host copy for CPU paths).
+struct AttentionSegments {
+  at::Tensor cu_seqlens_q;   // [n+1]
+  at::Tensor cu_seqlens_kv;  // [n+1]
+  std::vector<std::int64_t> host_cu_q, host_cu_kv;
+  std::int64_t max_q = 0, max_kv = 0;
+};
+
+// q [B, S_q, H, Dh], k/v [B, S_kv, H, Dh] -> [B, S_q, H, Dh].
+//  - kv_lengths: optional [B] int64; keys at positions >= length are masked out (padded text);
+//  - segments: optional packed layout (B == 1): token i attends only within its own segment.
+struct AttentionArgs {
+  at::Tensor kv_lengths;
+  const AttentionSegments* segments = nullptr;
+};
+using AttentionFn = std::function<at::Tensor(const at::Tensor& q, const at::Tensor& k,
+                                             const at::Tensor& v, const AttentionArgs& args)>;
+
+struct ParallelContext {
+  int world_rank = 0;
+  int world_size = 1;
+  ParallelLayout layout;
+  c10::Device device = c10::Device(c10::kCPU);
+  at::ScalarType param_dtype = at::kFloat;    // master weights
+  at::ScalarType compute_dtype = at::kFloat;  // autocast dtype on GPU (bf16), fp32 on CPU
+  CommunicatorPtr world, dp, tp, pp, cp;
+
+  LinearFactory make_linear;  // defaults to replicated torch.nn.Linear semantics
+  AttentionFn attention;      // defaults to the SDK's reference attention
+
+  // A context for one process, no parallelism, default operators.
+  static ParallelContext single(c10::Device device = c10::Device(c10::kCPU));
+};
+
+// The default operators (also what parallel variants fall back to for degree 1).
+std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_t out, bool bias);
+// Dense: at::scaled_dot_product_attention with a key mask from kv_lengths. Packed: per segment
+// on CPU; variable-length flash attention on CUDA where LibTorch provides it.
+at::Tensor default_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const AttentionArgs& args);
+
+}  // namespace wanhost
