@@ -65,20 +65,28 @@ LaunchEnv resolve_launch_env(const LaunchFlags& flags, const EnvLookup& env) {
        "OMPI_COMM_WORLD_LOCAL_SIZE"},
       {"Slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"},
   };
+  // Where each value came from, so that an inconsistency names the variables or flags.
+  std::string rank_from = "rank", world_from = "world size", local_rank_from = "local rank",
+              local_world_from = "local world size", port_from = "port";
   for (const auto& s : sources) {
     auto r = var(s.rank, 0);
     auto w = var(s.world, 1);
     if (!r || !w) continue;
     le.rank = *r;
     le.world_size = *w;
+    rank_from = s.rank;
+    world_from = s.world;
     le.local_rank = var(s.local_rank, 0).value_or(0);
+    local_rank_from = s.local_rank;
     // SLURM_NTASKS_PER_NODE may read "4(x2)"; take the leading number.
     if (const char* lw = env(s.local_world); lw && *lw) {
       std::string t(lw);
       t = t.substr(0, t.find('('));
       le.local_world_size = parse_int(t.c_str(), s.local_world, 1);
+      local_world_from = s.local_world;
     } else {
       le.local_world_size = le.world_size;
+      local_world_from = s.world;
     }
     le.source = s.name;
     if (std::string(s.name) == "Slurm") {
@@ -89,28 +97,32 @@ LaunchEnv resolve_launch_env(const LaunchFlags& flags, const EnvLookup& env) {
     break;
   }
   if (auto a = str("MASTER_ADDR")) le.master_addr = *a;
-  if (auto p = var("MASTER_PORT", 1)) le.master_port = *p;
+  if (auto p = var("MASTER_PORT", 1)) le.master_port = *p, port_from = "MASTER_PORT";
 
   bool any_flag = false;
-  if (flags.rank) le.rank = *flags.rank, any_flag = true;
-  if (flags.world_size) le.world_size = *flags.world_size, any_flag = true;
-  if (flags.local_rank) le.local_rank = *flags.local_rank, any_flag = true;
+  if (flags.rank) le.rank = *flags.rank, rank_from = "--rank", any_flag = true;
+  if (flags.world_size)
+    le.world_size = *flags.world_size, world_from = "--world-size", any_flag = true;
+  if (flags.local_rank)
+    le.local_rank = *flags.local_rank, local_rank_from = "--local-rank", any_flag = true;
   if (flags.master_addr) le.master_addr = *flags.master_addr, any_flag = true;
-  if (flags.master_port) le.master_port = *flags.master_port, any_flag = true;
+  if (flags.master_port)
+    le.master_port = *flags.master_port, port_from = "--master-port", any_flag = true;
   if (any_flag) le.source = le.source == "single process" ? "flags" : "flags over " + le.source;
 
-  if (le.world_size < 1)
-    throw UsageError("world size " + std::to_string(le.world_size) + " must be at least 1");
+  auto is = [](const std::string& from, int v) { return from + "=" + std::to_string(v); };
+  if (le.world_size < 1) throw UsageError(is(world_from, le.world_size) + " must be at least 1");
   if (le.rank < 0 || le.rank >= le.world_size)
-    throw UsageError("rank " + std::to_string(le.rank) + " is outside the world of " +
-                     std::to_string(le.world_size) + " processes (" + le.source + ")");
+    throw UsageError(is(rank_from, le.rank) + " is outside the world of " +
+                     std::to_string(le.world_size) + " processes (" +
+                     is(world_from, le.world_size) + "; from " + le.source + ")");
   if (le.local_rank < 0 || le.local_rank >= std::max(le.local_world_size, 1) ||
       le.local_rank > le.rank)
-    throw UsageError("local rank " + std::to_string(le.local_rank) + " is inconsistent with rank " +
-                     std::to_string(le.rank) + " and local world size " +
-                     std::to_string(le.local_world_size) + " (" + le.source + ")");
-  if (le.master_port > 65535)
-    throw UsageError("MASTER_PORT=" + std::to_string(le.master_port) + " is not a port");
+    throw UsageError(is(local_rank_from, le.local_rank) + " is inconsistent with " +
+                     is(rank_from, le.rank) + " and " + is(local_world_from, le.local_world_size) +
+                     " (from " + le.source + ")");
+  if (le.master_port < 1 || le.master_port > 65535)
+    throw UsageError(is(port_from, le.master_port) + " is not a port (1-65535)");
   return le;
 }
 

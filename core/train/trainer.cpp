@@ -1,17 +1,548 @@
+// The training loop. One process runs one rank; every rank runs this same code.
+//
+// Determinism: the sample order is a seeded permutation per (stage, epoch); a sample's timestep
+// and noise come from (seed, global step, stream position). Nothing else is random after
+// initialisation, so a checkpoint needs no RNG state to resume exactly: the step counters pin
+// down the data position, the LR and every random draw.
 #include "trainer.hpp"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+
+#include "../cli/exit_codes.hpp"
+#include "../config/run_config.hpp"
+#include "../logging/logging.hpp"
 #include "../plugin/registry.hpp"
+#include "../util/files.hpp"
+#include "checkpoint.hpp"
+#include "communication.hpp"
+#include "lr_schedule.hpp"
+#include "metrics.hpp"
+#include "sample_order.hpp"
+#include "wanhost/errors.hpp"
 #include "wanhost/log.hpp"
+#include "wanhost/random.hpp"
+#include "wanhost/safetensors.hpp"
+
+namespace fs = std::filesystem;
 
 namespace wanhost::core {
+namespace {
 
-int train(const Json& resolved, const TrainOptions&, const LaunchEnv&, PluginRegistry& registry) {
-  for (const auto& kind : plugin_kinds()) {
-    const std::string name = resolved.at(kind.section).at("plugin");
-    if (registry.find(name)) registry.load(name);
+std::atomic<bool> g_terminate{false};
+extern "C" void on_sigterm(int) {
+  g_terminate.store(true);
+}
+
+struct Components {
+  ParallelContext ctx;
+  std::unique_ptr<Parallelism> parallelism;
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Scheduler> scheduler;
+  std::unique_ptr<Collator> collator;  // null: a built-in collator
+  std::string collator_name;
+};
+
+// Where training stands; this is what a checkpoint's trainer_state.json holds.
+struct Progress {
+  std::size_t stage = 0;
+  long stage_step = 0;   // steps completed in `stage`
+  long global_step = 0;  // steps completed in all stages
+  long skipped = 0;      // steps skipped for non-finite values (policy "skip")
+};
+
+Json to_json(const Progress& p) {
+  return {{"stage", p.stage},
+          {"stage_step", p.stage_step},
+          {"global_step", p.global_step},
+          {"skipped_steps", p.skipped}};
+}
+
+struct StageStats {
+  std::string name;
+  std::vector<double> losses;
+  double seconds = 0;
+  double samples = 0, tokens = 0;
+};
+
+c10::Device pick_device(const std::string& wanted, const LaunchEnv& env) {
+  if (wanted == "cpu") return c10::Device(c10::kCPU);
+  const bool cuda = at::hasCUDA();
+  if (wanted == "cuda" && !cuda)
+    throw ConfigError("/run/device",
+                      "\"cuda\" requested but no CUDA device is visible to this process");
+  if (!cuda) return c10::Device(c10::kCPU);
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
+}
+
+const PluginDescriptor& load_kind(PluginRegistry& reg, const std::string& name, PluginKind kind,
+                                  const char* kind_name) {
+  const PluginDescriptor& d = reg.load(name);
+  if (!(d.kinds & kind))
+    throw PluginRefused("plugin '" + name + "' does not provide a " + kind_name);
+  return d;
+}
+
+std::unique_ptr<Model> make_model(PluginRegistry& reg, const Json& cfg,
+                                  const ParallelContext& ctx) {
+  const PluginConfig mc = section_config(cfg, "model");
+  return load_kind(reg, mc.plugin, kKindModel, "model").factories.create_model(mc, ctx);
+}
+
+Components build(const Json& cfg, const LaunchEnv& env, PluginRegistry& reg,
+                 CommunicatorPtr world) {
+  Components c;
+  const Json& run = cfg["run"];
+  c.ctx.world_rank = env.rank;
+  c.ctx.world_size = env.world_size;
+  c.ctx.world = world;
+  c.ctx.device = pick_device(run["device"], env);
+  const bool gpu = c.ctx.device.is_cuda();
+  const std::string precision = run["precision"];
+  c.ctx.param_dtype = run["master_weights"] == "bf16" ? at::kBFloat16 : at::kFloat;
+  c.ctx.compute_dtype =
+      precision == "bf16" || (precision == "auto" && gpu) ? at::kBFloat16 : at::kFloat;
+  c.ctx.make_linear = [](std::int64_t in, std::int64_t out, bool bias, LinearRole) {
+    return make_replicated_linear(in, out, bias);
+  };
+  c.ctx.attention = default_attention;
+
+  const PluginConfig pc = section_config(cfg, "parallelism");
+  c.parallelism =
+      load_kind(reg, pc.plugin, kKindParallelism, "parallelism").factories.create_parallelism(pc);
+  const ParallelLayout layout = c.parallelism->layout(env.world_size);
+  if (layout.world() != env.world_size)
+    throw ConfigError("/parallelism/" + pc.plugin,
+                      "the parallel degrees dp=" + std::to_string(layout.dp) +
+                          " tp=" + std::to_string(layout.tp) + " pp=" + std::to_string(layout.pp) +
+                          " cp=" + std::to_string(layout.cp) + " multiply to " +
+                          std::to_string(layout.world()) + ", but " +
+                          std::to_string(env.world_size) + " processes were started",
+                      pc.plugin);
+  c.parallelism->setup(c.ctx);
+  c.model = make_model(reg, cfg, c.ctx);
+  c.parallelism->attach(*c.model);
+
+  const PluginConfig sc = section_config(cfg, "scheduler");
+  c.scheduler =
+      load_kind(reg, sc.plugin, kKindScheduler, "scheduler").factories.create_scheduler(sc);
+  c.collator_name = cfg["collator"]["plugin"];
+  if (c.collator_name != "dense" && c.collator_name != "packed") {
+    const PluginConfig cc = section_config(cfg, "collator");
+    c.collator = load_kind(reg, cc.plugin, kKindCollator, "collator").factories.create_collator(cc);
   }
-  logger()->info("plugins loaded; trainer not implemented yet");
+  return c;
+}
+
+OptimizerConfig optimizer_config(const Json& stage) {
+  const Json& o = stage["optimizer"];
+  OptimizerConfig oc;
+  oc.lr = o["lr"];
+  oc.beta1 = o["beta1"];
+  oc.beta2 = o["beta2"];
+  oc.eps = o["eps"];
+  oc.weight_decay = o["weight_decay"];
+  return oc;
+}
+
+Batch collate(Components& c, std::vector<Sample> samples, const CollateOptions& opts) {
+  if (c.collator) return c.collator->collate(std::move(samples), opts);
+  if (c.collator_name == "packed") return collate_packed(std::move(samples), opts);
+  return collate_dense(std::move(samples), opts);
+}
+
+double peak_memory_gib(const c10::Device& device) {
+  (void)device;  // GPU memory statistics come with the GPU work; host memory for now.
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / (1024.0 * 1024.0);
+}
+
+class ProgressBar {
+ public:
+  explicit ProgressBar(bool on) : on_(on) {}
+  void update(const std::string& stage, long step, long total, double loss, double lr,
+              double it_s) {
+    if (!on_) return;
+    const int width = 30;
+    const int filled = total > 0 ? static_cast<int>(width * step / total) : 0;
+    std::string bar(filled, '=');
+    if (filled < width) bar += '>' + std::string(width - filled - 1, ' ');
+    std::fprintf(stderr, "\r[%s] %ld/%ld [%s] loss %.4f lr %.2e %.1f it/s ", stage.c_str(), step,
+                 total, bar.c_str(), loss, lr, it_s);
+    std::fflush(stderr);
+  }
+  void finish() {
+    if (on_) std::fprintf(stderr, "\n");
+  }
+  bool on() const { return on_; }
+
+ private:
+  bool on_;
+};
+
+double mean_of(const std::vector<double>& v, std::size_t from, std::size_t n) {
+  double s = 0;
+  std::size_t k = 0;
+  for (std::size_t i = from; i < v.size() && k < n; ++i, ++k) s += v[i];
+  return k ? s / static_cast<double>(k) : std::nan("");
+}
+
+class Trainer {
+ public:
+  Trainer(const Json& cfg, const TrainOptions& opts, const LaunchEnv& env, PluginRegistry& reg)
+      : cfg_(cfg), opts_(opts), env_(env), reg_(reg), out_(cfg["run"]["out"].get<std::string>()) {}
+
+  int run();
+
+ private:
+  void prepare_run_folder();
+  void resume_from(const std::string& dir);
+  void start_stage(std::size_t k, bool fresh_run_start);
+  void train_step(std::size_t k, DataSource& data, SampleOrder& order);
+  void save_checkpoint();
+  void export_weights();
+  void summary() const;
+  bool rank0() const { return env_.rank == 0; }
+
+  const Json& cfg_;
+  TrainOptions opts_;
+  LaunchEnv env_;
+  PluginRegistry& reg_;
+  std::string out_;
+  Components c_;
+  Progress p_;
+  std::unique_ptr<CheckpointStore> store_;
+  std::unique_ptr<MetricsLog> metrics_;
+  std::unique_ptr<TensorBoardWriter> tb_;
+  std::unique_ptr<ProgressBar> bar_;
+  std::vector<StageStats> stats_;
+  std::string last_checkpoint_;
+};
+
+void Trainer::prepare_run_folder() {
+  const fs::path ckpt = fs::path(out_) / "checkpoints";
+  if (rank0()) {
+    fs::create_directories(ckpt);
+    write_file_atomic((fs::path(out_) / "config.resolved.json").string(), cfg_.dump(2) + "\n");
+  }
+  c_.ctx.world->barrier();
+  add_rank_log_file(out_);
+  store_ = std::make_unique<CheckpointStore>(ckpt.string(), *c_.ctx.world);
+}
+
+void Trainer::start_stage(std::size_t k, bool run_start) {
+  const Json& stage = cfg_["stages"][k];
+  const std::string init = stage["init"];
+  const std::string ptr = "/stages/" + std::to_string(k) + "/init";
+  if (init == "random" && !run_start) {
+    c_.model = make_model(reg_, cfg_, c_.ctx);
+    c_.parallelism->attach(*c_.model);
+  } else if (init != "previous" && init != "random") {
+    if (!fs::exists(init)) throw ConfigError(ptr, "no weights at '" + init + "'");
+    logger()->info("stage {}: loading weights from {}", stage["name"].get<std::string>(), init);
+    c_.model->load_weights(init);
+    c_.parallelism->attach(*c_.model);
+  }
+  if (run_start || stage["optimizer_state"] == "fresh")
+    c_.parallelism->configure_optimizer(optimizer_config(stage));
+}
+
+void Trainer::resume_from(const std::string& dir) {
+  const Json state = Json::parse(read_file((fs::path(dir) / "trainer_state.json").string()));
+  p_.stage = state.at("stage");
+  p_.stage_step = state.at("stage_step");
+  p_.global_step = state.at("global_step");
+  p_.skipped = state.value("skipped_steps", 0L);
+  if (p_.stage >= cfg_["stages"].size())
+    throw ConfigError("/stages", "the checkpoint " + dir + " is in stage " +
+                                     std::to_string(p_.stage) + ", but this manifest has only " +
+                                     std::to_string(cfg_["stages"].size()) + " stage(s)");
+  c_.parallelism->configure_optimizer(optimizer_config(cfg_["stages"][p_.stage]));
+  c_.parallelism->load_state(*c_.model, (fs::path(dir) / "state").string());
+  logger()->info("resumed from {} (stage {} '{}', step {} of the stage, global step {})", dir,
+                 p_.stage, cfg_["stages"][p_.stage]["name"].get<std::string>(), p_.stage_step,
+                 p_.global_step);
+}
+
+void Trainer::save_checkpoint() {
+  Json meta = {{"trainer", to_json(p_)},
+               {"world_size", env_.world_size},
+               {"plugins", Json::object()},
+               {"wanhost_version", WANHOST_VERSION}};
+  for (const auto& kind : plugin_kinds()) {
+    const std::string name = cfg_[kind.section]["plugin"];
+    if (const PluginManifest* m = reg_.find(name)) meta["plugins"][name] = m->version;
+  }
+  last_checkpoint_ = store_->save(
+      p_.global_step,
+      [&](const std::string& dir) {
+        if (rank0()) {
+          write_file_atomic((fs::path(dir) / "trainer_state.json").string(),
+                            to_json(p_).dump(2) + "\n");
+          write_file_atomic((fs::path(dir) / "config.resolved.json").string(), cfg_.dump(2) + "\n");
+        }
+        c_.ctx.world->barrier();
+        if (rank0()) fs::create_directories(fs::path(dir) / "state");
+        c_.ctx.world->barrier();
+        c_.parallelism->save_state(*c_.model, (fs::path(dir) / "state").string());
+      },
+      meta, cfg_["checkpoint"]["keep_last"].get<int>());
+  logger()->info("checkpoint saved: {}", last_checkpoint_);
+}
+
+void Trainer::train_step(std::size_t k, DataSource& data, SampleOrder& order) {
+  const Json& stage = cfg_["stages"][k];
+  const long gb = stage["global_batch"], mb = stage["micro_batch"], steps = stage["steps"];
+  const int dp = c_.ctx.dp->size(), dp_rank = c_.ctx.dp->rank();
+  const long local = gb / dp;
+  const auto t0 = std::chrono::steady_clock::now();
+
+  CollateOptions copts;
+  copts.text_rows = stage["text_rows"];
+  const std::uint64_t seed = cfg_["run"]["seed"];
+  std::vector<NoisedBatch> micro;
+  double tokens = 0, flops = 0;
+  for (long start = 0; start < local; start += mb) {
+    std::vector<Sample> samples;
+    std::vector<std::int64_t> keys;
+    for (long j = start; j < std::min(local, start + mb); ++j) {
+      const std::int64_t position = p_.stage_step * gb + dp_rank * local + j;
+      samples.push_back(data.get(order.at(position)));
+      keys.push_back(position);
+      const Sample& s = samples.back();
+      const PackSegment grid{0, s.latent.size(1), s.latent.size(2), s.latent.size(3)};
+      tokens += static_cast<double>(c_.model->tokens(grid));
+      flops += 3.0 * c_.model->forward_flops(grid, s.text.size(0));
+    }
+    Batch batch = collate(c_, std::move(samples), copts);
+    batch.sample_keys = keys;  // stream positions: unique per sample of the stage
+    micro.push_back(c_.scheduler->add_noise(batch.to(c_.ctx.device), seed, p_.global_step));
+  }
+
+  c_.parallelism->zero_grad();
+  const StepLoss sl = c_.parallelism->forward_backward(
+      *c_.model, micro, [&](const at::Tensor& pred, const NoisedBatch& nb) {
+        return c_.scheduler->loss(pred, nb, gb);
+      });
+  const double clip = stage["optimizer"]["clip_grad_norm"];
+  const double grad_norm = c_.parallelism->reduce_and_clip_gradients(clip);
+  // Global mean loss and throughput over the data-parallel group (ranks sharing samples through
+  // TP/CP hold the same numbers and are not counted twice).
+  at::Tensor totals =
+      at::tensor({sl.sum, static_cast<double>(sl.count), tokens, flops}, at::kDouble);
+  c_.ctx.dp->all_reduce(totals, ReduceOp::Sum);
+  const double loss = totals[0].item<double>() / std::max(1.0, totals[1].item<double>());
+  const double lr = learning_rate(stage, p_.stage_step);
+
+  const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
+  if (!finite && cfg_["run"]["nonfinite"] == "abort")
+    throw std::runtime_error("non-finite " +
+                             std::string(std::isfinite(loss) ? "gradient norm" : "loss") +
+                             " at global step " + std::to_string(p_.global_step + 1) + " (stage '" +
+                             stage["name"].get<std::string>() + "'); the last good checkpoint is " +
+                             (last_checkpoint_.empty() ? std::string("none") : last_checkpoint_) +
+                             "; set run.nonfinite=skip to skip such steps");
+  fault_point("step.before_optimizer", p_.global_step + 1);
+  if (finite)
+    c_.parallelism->optimizer_step(lr);
+  else
+    ++p_.skipped;
+  ++p_.stage_step;
+  ++p_.global_step;
+
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  StageStats& st = stats_[k];
+  st.losses.push_back(loss);
+  st.seconds += secs;
+  st.samples += static_cast<double>(gb);
+  st.tokens += totals[2].item<double>();
+  if (rank0()) {
+    Json rec = {{"stage", stage["name"]},
+                {"stage_index", k},
+                {"step", p_.global_step},
+                {"stage_step", p_.stage_step},
+                {"loss", finite ? Json(loss) : Json(nullptr)},
+                {"lr", lr},
+                {"grad_norm", std::isfinite(grad_norm) ? Json(grad_norm) : Json(nullptr)},
+                {"samples_per_s", gb / secs},
+                {"tokens_per_s", totals[2].item<double>() / secs},
+                {"tflops_per_gpu", totals[3].item<double>() / env_.world_size / secs / 1e12},
+                {"mfu", nullptr},
+                {"peak_mem_gib", peak_memory_gib(c_.ctx.device)},
+                {"step_time_s", secs},
+                {"skipped_steps", p_.skipped}};
+    metrics_->write(rec);
+    if (tb_) {
+      for (const char* key :
+           {"loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "tflops_per_gpu"})
+        if (rec[key].is_number())
+          tb_->scalar(std::string("train/") + key, rec[key].get<double>(), p_.global_step);
+      tb_->flush();
+    }
+    const long every = cfg_["logging"]["every_steps"];
+    bar_->update(stage["name"], p_.stage_step, steps, loss, lr, 1.0 / secs);
+    if (!bar_->on() && (p_.stage_step % every == 0 || p_.stage_step == steps))
+      logger()->info(
+          "[{}] step {}/{} (global {}): loss {:.5f}, lr {:.3e}, grad norm {:.4f}, {:.1f} samples/s",
+          stage["name"].get<std::string>(), p_.stage_step, steps, p_.global_step, loss, lr,
+          grad_norm, gb / secs);
+  }
+}
+
+void Trainer::export_weights() {
+  auto weights = c_.parallelism->full_weights(*c_.model);
+  if (!rank0()) return;
+  const fs::path dir = fs::path(out_) / "export";
+  fs::create_directories(dir);
+  std::map<std::string, at::Tensor> cpu;
+  for (auto& [k, v] : weights) cpu[k] = v.detach().to(at::kCPU);
+  safetensors::save((dir / "diffusion_pytorch_model.safetensors").string(), cpu,
+                    {{"format", "pt"}});
+  write_file_atomic((dir / "config.json").string(), c_.model->config_json());
+  logger()->info("exported the final weights in Diffusers layout to {}", dir.string());
+}
+
+void Trainer::summary() const {
+  if (!rank0()) return;
+  std::string s = "summary:";
+  for (const auto& st : stats_) {
+    if (st.losses.empty()) continue;
+    const std::size_t n = st.losses.size(), w = std::min<std::size_t>(5, n);
+    s += "\n  stage " + st.name + ": " + std::to_string(n) + " steps, loss " +
+         fmt::format("{:.4f} -> {:.4f} (mean of first/last {} steps)", mean_of(st.losses, 0, w),
+                     mean_of(st.losses, n - w, w), w) +
+         fmt::format(", {:.1f} samples/s, {:.0f} tokens/s, {:.1f} s", st.samples / st.seconds,
+                     st.tokens / st.seconds, st.seconds);
+  }
+  s += "\n  run folder: " + out_ + " (metrics.jsonl, tensorboard/, logs/, config.resolved.json)";
+  if (!last_checkpoint_.empty()) s += "\n  last checkpoint: " + last_checkpoint_;
+  if (cfg_["checkpoint"]["export_diffusers"].get<bool>())
+    s += "\n  Diffusers export: " + out_ + "/export";
+  logger()->info("{}", s);
+}
+
+int Trainer::run() {
+  if (cfg_["run"]["threads"].get<int>() > 0) at::set_num_threads(cfg_["run"]["threads"].get<int>());
+  c_ = build(cfg_, env_, reg_, make_world_communicator(env_));
+  logger()->info(
+      "device {}, master weights {}, compute {}; model {} ({} blocks), parallelism {}, world {}",
+      c_.ctx.device.str(), c10::toString(c_.ctx.param_dtype), c10::toString(c_.ctx.compute_dtype),
+      cfg_["model"]["plugin"].get<std::string>(), c_.model->num_blocks(),
+      cfg_["parallelism"]["plugin"].get<std::string>(), env_.world_size);
+  prepare_run_folder();
+  if (rank0()) store_->remove_stale_temporaries();
+  c_.ctx.world->barrier();
+
+  std::optional<std::string> resume_dir;
+  if (opts_.resume) {
+    if (opts_.resume->empty()) {
+      resume_dir = store_->find_latest();
+      if (!resume_dir)
+        logger()->warn("--resume: no complete checkpoint in {}; starting from scratch",
+                       store_->root());
+    } else {
+      std::string why;
+      if (!CheckpointStore::verify(*opts_.resume, &why))
+        throw ConfigError(
+            "", "--resume " + *opts_.resume + ": not a complete checkpoint (" + why + ")");
+      resume_dir = *opts_.resume;
+    }
+  } else if (store_->find_latest()) {
+    throw UsageError("the run folder " + out_ +
+                     " already holds checkpoints: pass --resume to continue that run, or "
+                     "--out DIR to start a new one (nothing was changed)");
+  }
+  stats_.resize(cfg_["stages"].size());
+  for (std::size_t k = 0; k < stats_.size(); ++k) stats_[k].name = cfg_["stages"][k]["name"];
+  if (resume_dir)
+    resume_from(*resume_dir);
+  else
+    start_stage(0, /*run_start=*/true);
+  if (rank0()) {
+    metrics_ = std::make_unique<MetricsLog>(out_, p_.global_step);
+    if (cfg_["logging"]["tensorboard"].get<bool>())
+      tb_ = std::make_unique<TensorBoardWriter>(out_, p_.global_step + 1);
+  }
+  const std::string progress = cfg_["logging"]["progress"];
+  bar_ = std::make_unique<ProgressBar>(rank0() &&
+                                       (progress == "on" || (progress == "auto" && isatty(2))));
+
+  std::signal(SIGTERM, on_sigterm);
+  const long every = cfg_["checkpoint"]["every_steps"];
+  for (std::size_t k = p_.stage; k < cfg_["stages"].size(); ++k) {
+    const Json& stage = cfg_["stages"][k];
+    const long steps = stage["steps"], gb = stage["global_batch"], mb = stage["micro_batch"];
+    const std::string sptr = "/stages/" + std::to_string(k);
+    if (gb % c_.ctx.dp->size() != 0 || (gb / c_.ctx.dp->size()) % mb != 0)
+      throw ConfigError(sptr + "/global_batch",
+                        "global_batch " + std::to_string(gb) + " must split into " +
+                            std::to_string(c_.ctx.dp->size()) +
+                            " data-parallel rank(s) x whole micro batches of " +
+                            std::to_string(mb));
+    if (k != p_.stage) {  // entering a new stage (not the one a resume landed in)
+      p_.stage = k;
+      p_.stage_step = 0;
+      start_stage(k, false);
+    }
+    if (p_.stage_step >= steps) continue;
+    auto data = [&] {
+      const PluginConfig dc = stage_data_config(cfg_, k);
+      return load_kind(reg_, dc.plugin, kKindDataSource, "data source")
+          .factories.create_data_source(dc);
+    }();
+    if (data->size() <= 0)
+      throw ConfigError(sptr + "/data", "the data source serves no samples: " + data->describe());
+    SampleOrder order(cfg_["run"]["seed"].get<std::uint64_t>(), k, data->size());
+    logger()->info("stage {} '{}': {} steps, global batch {}, micro batch {}, data: {}", k,
+                   stage["name"].get<std::string>(), steps, gb, mb, data->describe());
+    while (p_.stage_step < steps) {
+      train_step(k, *data, order);
+      const bool stage_end = p_.stage_step == steps;
+      const bool stop = opts_.stop_after_steps && p_.global_step >= *opts_.stop_after_steps;
+      const bool term = any_rank(*c_.ctx.world, g_terminate.load());
+      if ((every > 0 && p_.global_step % every == 0) ||
+          (stage_end && cfg_["checkpoint"]["at_stage_end"].get<bool>()) || stop || term)
+        save_checkpoint();
+      if (term) {
+        bar_->finish();
+        logger()->warn(
+            "SIGTERM: stopped after global step {} with a checkpoint; continue with --resume",
+            p_.global_step);
+        return kExitPreempted;
+      }
+      if (stop) {
+        bar_->finish();
+        logger()->info(
+            "stopped after {} global steps as asked (--stop-after-steps); continue with --resume",
+            p_.global_step);
+        summary();
+        return 0;
+      }
+    }
+    bar_->finish();
+  }
+  if (cfg_["checkpoint"]["export_diffusers"].get<bool>()) export_weights();
+  summary();
   return 0;
+}
+
+}  // namespace
+
+int train(const Json& resolved, const TrainOptions& options, const LaunchEnv& env,
+          PluginRegistry& registry) {
+  Trainer t(resolved, options, env, registry);
+  return t.run();
 }
 
 }  // namespace wanhost::core

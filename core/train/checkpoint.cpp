@@ -1,0 +1,192 @@
+#include "checkpoint.hpp"
+
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <regex>
+
+#include "../util/files.hpp"
+#include "wanhost/log.hpp"
+
+namespace fs = std::filesystem;
+
+namespace wanhost::core {
+namespace {
+
+constexpr const char* kManifest = "manifest.json";
+constexpr const char* kLatest = "LATEST";
+
+std::optional<long> step_of(const std::string& name) {
+  static const std::regex re("step-([0-9]+)");
+  std::smatch m;
+  if (!std::regex_match(name, m, re)) return std::nullopt;
+  return std::stol(m[1]);
+}
+
+}  // namespace
+
+void fault_point(const char* site, long step) {
+  const char* spec = std::getenv("WANHOST_FAULT");
+  if (!spec) return;
+  const std::string s(spec);
+  const auto colon = s.rfind(':');
+  if (colon == std::string::npos) return;
+  if (s.substr(0, colon) == site && std::atol(s.c_str() + colon + 1) == step) {
+    logger()->flush();
+    std::raise(SIGKILL);
+  }
+}
+
+CheckpointStore::CheckpointStore(std::string root, Communicator& world)
+    : root_(std::move(root)), world_(world) {}
+
+void CheckpointStore::remove_stale_temporaries() const {
+  std::error_code ec;
+  if (!fs::is_directory(root_, ec)) return;
+  for (const auto& e : fs::directory_iterator(root_, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(".tmp-", 0) == 0) {
+      logger()->warn("removing the leftover of an interrupted checkpoint save: {}",
+                     e.path().string());
+      fs::remove_all(e.path(), ec);
+    }
+  }
+}
+
+std::string CheckpointStore::save(long step,
+                                  const std::function<void(const std::string&)>& write_files,
+                                  const Json& meta, int keep_last) {
+  const std::string name = "step-" + std::to_string(step);
+  const fs::path final_dir = fs::path(root_) / name;
+  const fs::path tmp = fs::path(root_) / (".tmp-" + name);
+  const bool rank0 = world_.rank() == 0;
+  std::string why;
+  // A complete checkpoint of this step exists already (e.g. saved just before a stop): keep it,
+  // published checkpoints are never overwritten.
+  const bool exists = fs::exists(final_dir) && verify(final_dir.string(), &why);
+  if (exists) {
+    world_.barrier();
+    return final_dir.string();
+  }
+  if (rank0) {
+    fs::create_directories(root_);
+    fs::remove_all(tmp);
+    if (fs::exists(final_dir)) fs::remove_all(final_dir);  // incomplete or corrupt: replace it
+    fs::create_directories(tmp);
+  }
+  world_.barrier();
+  write_files(tmp.string());
+  world_.barrier();
+  fault_point("save.files_written", step);
+  if (rank0) {
+    fsync_tree(tmp.string());
+    Json manifest = meta;
+    manifest["format"] = "wanhost-checkpoint";
+    manifest["format_version"] = 1;
+    manifest["step"] = step;
+    Json files = Json::array();
+    for (const auto& e : fs::recursive_directory_iterator(tmp)) {
+      if (!e.is_regular_file()) continue;
+      const std::string rel = fs::relative(e.path(), tmp).string();
+      files.push_back(
+          {{"path", rel}, {"size", e.file_size()}, {"fnv1a64", file_checksum(e.path().string())}});
+    }
+    manifest["files"] = files;
+    write_file_atomic((tmp / kManifest).string(), manifest.dump(2) + "\n");
+    fault_point("save.manifest_written", step);
+    fs::rename(tmp, final_dir);
+    fsync_dir(root_);
+    fault_point("save.renamed", step);
+    write_file_atomic((fs::path(root_) / kLatest).string(), name + "\n");
+    retain(keep_last);
+  }
+  world_.barrier();
+  return final_dir.string();
+}
+
+void CheckpointStore::retain(int keep_last) const {
+  std::string latest;
+  try {
+    latest = read_file((fs::path(root_) / kLatest).string());
+    latest.erase(latest.find_last_not_of(" \n\r\t") + 1);
+  } catch (const std::exception&) {
+  }
+  std::vector<std::pair<long, fs::path>> complete;
+  for (const auto& e : fs::directory_iterator(root_)) {
+    auto s = step_of(e.path().filename().string());
+    if (s && e.is_directory() && fs::exists(e.path() / kManifest))
+      complete.emplace_back(*s, e.path());
+  }
+  std::sort(complete.begin(), complete.end());
+  long excess = static_cast<long>(complete.size()) - keep_last;
+  for (const auto& [s, p] : complete) {
+    if (excess <= 0) break;
+    if (p.filename().string() == latest) continue;
+    std::error_code ec;
+    fs::remove_all(p, ec);
+    --excess;
+  }
+}
+
+Json CheckpointStore::read_manifest(const std::string& dir) {
+  return Json::parse(read_file((fs::path(dir) / kManifest).string()));
+}
+
+bool CheckpointStore::verify(const std::string& dir, std::string* why) {
+  auto bad = [&](const std::string& w) {
+    if (why) *why = w;
+    return false;
+  };
+  if (!fs::is_directory(dir)) return bad(dir + " is not a folder");
+  if (!fs::exists(fs::path(dir) / kManifest))
+    return bad(dir + " has no manifest.json (incomplete save)");
+  Json m;
+  try {
+    m = read_manifest(dir);
+  } catch (const std::exception& e) {
+    return bad(dir + "/manifest.json is unreadable: " + e.what());
+  }
+  if (m.value("format", "") != "wanhost-checkpoint" || !m.contains("files"))
+    return bad(dir + "/manifest.json is not a wanhost checkpoint manifest");
+  for (const auto& f : m["files"]) {
+    const fs::path p = fs::path(dir) / f.value("path", "");
+    std::error_code ec;
+    if (!fs::is_regular_file(p, ec)) return bad("missing file " + p.string());
+    if (fs::file_size(p, ec) != f.value("size", std::uintmax_t(0)))
+      return bad(p.string() + " has " + std::to_string(fs::file_size(p, ec)) +
+                 " bytes, the manifest says " + std::to_string(f.value("size", 0)));
+    if (file_checksum(p.string()) != f.value("fnv1a64", ""))
+      return bad(p.string() + " fails its checksum");
+  }
+  return true;
+}
+
+std::optional<std::string> CheckpointStore::find_latest() const {
+  std::error_code ec;
+  if (!fs::is_directory(root_, ec)) return std::nullopt;
+  std::string why;
+  if (fs::exists(fs::path(root_) / kLatest, ec)) try {
+      std::string name = read_file((fs::path(root_) / kLatest).string());
+      name.erase(name.find_last_not_of(" \n\r\t") + 1);
+      const fs::path dir = fs::path(root_) / name;
+      if (step_of(name) && verify(dir.string(), &why)) return dir.string();
+      logger()->warn(
+          "checkpoints/LATEST names '{}', which does not verify ({}); looking for an older one",
+          name, why);
+    } catch (const std::exception& e) {
+      logger()->warn(
+          "checkpoints/LATEST is unreadable ({}); looking for the newest complete checkpoint",
+          e.what());
+    }
+  std::vector<std::pair<long, fs::path>> found;
+  for (const auto& e : fs::directory_iterator(root_, ec))
+    if (auto s = step_of(e.path().filename().string())) found.emplace_back(*s, e.path());
+  std::sort(found.rbegin(), found.rend());
+  for (const auto& [s, p] : found) {
+    if (verify(p.string(), &why)) return p.string();
+    logger()->warn("skipping checkpoint {}: {}", p.string(), why);
+  }
+  return std::nullopt;
+}
+
+}  // namespace wanhost::core

@@ -1,0 +1,137 @@
+// wan21_dit internals: the Wan 2.1 text-to-video DiT (Diffusers WanTransformer3DModel semantics)
+// as a wanhost::Model. Shared by the plugin entry point and the tests (library wan21_dit_impl).
+// The model's arithmetic, names and dtype islands follow /work/shared/wan21.md §1-§2; docs/model.md
+// describes the plugin from a user's side.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+
+#include "wanhost/batch.hpp"
+#include "wanhost/config.hpp"
+#include "wanhost/model.hpp"
+#include "wanhost/parallel.hpp"
+
+namespace wan21 {
+
+using wanhost::Json;
+
+// The architecture, as the Diffusers `config.json` of a WanTransformer3DModel states it.
+struct WanConfig {
+  std::array<std::int64_t, 3> patch{1, 2, 2};
+  std::int64_t heads = 2;
+  std::int64_t head_dim = 32;
+  std::int64_t in_channels = 16;
+  std::int64_t out_channels = 16;
+  std::int64_t text_dim = 32;
+  std::int64_t freq_dim = 32;
+  std::int64_t ffn_dim = 256;
+  std::int64_t num_layers = 2;
+  bool cross_attn_norm = true;
+  std::string qk_norm = "rms_norm_across_heads";  // accepted and ignored, as Diffusers does
+  double eps = 1e-6;
+  std::int64_t rope_max_seq_len = 1024;
+
+  std::int64_t dim() const { return heads * head_dim; }
+  std::int64_t patch_volume() const { return patch[0] * patch[1] * patch[2]; }
+  // RoPE channel split inside a head: [time | height | width].
+  std::int64_t rope_h_dim() const { return 2 * (head_dim / 6); }
+  std::int64_t rope_t_dim() const { return head_dim - 2 * rope_h_dim(); }
+  Json to_json() const;  // Diffusers config.json (with _class_name / _diffusers_version)
+};
+
+// Everything the plugin config decides (sidecar wan21_dit.json).
+struct WanOptions {
+  WanConfig config;
+  std::string weights;  // checkpoint to load; empty = initialise from init_seed
+  std::int64_t init_seed = 0;
+  bool mask_text_padding = false;  // false: attend zero-padded text rows like Diffusers/Wan
+  std::int64_t text_len = 512;     // unmasked text is zero-padded to at least this many rows
+};
+
+// Named architectures: "tiny", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b". Throws std::invalid_argument.
+WanConfig preset_config(const std::string& name);
+// Applies Diffusers config keys onto `base`; unknown keys or unsupported values (image
+// conditioning, ...) throw ConfigError at `pointer`/key. Keys starting with '_' are ignored.
+WanConfig apply_config_json(WanConfig base, const Json& keys, const std::string& pointer,
+                            const std::string& plugin);
+// Plugin config (validated against the sidecar) -> options; reads `config_file` if given.
+WanOptions resolve_options(const wanhost::PluginConfig& cfg);
+
+// Diffusers tensor names and shapes of a WanTransformer3DModel with this config (registration
+// order). 825 tensors / 1,418,996,800 values for the 1.3B preset.
+std::vector<std::pair<std::string, std::vector<std::int64_t>>> diffusers_shapes(const WanConfig& c);
+// Model FLOPs of one forward pass (wan21.md §3.1) for `tokens` video tokens and `text_tokens`
+// attended text rows.
+double forward_flops(const WanConfig& c, std::int64_t tokens, std::int64_t text_tokens);
+
+// Original Wan 2.1 key -> Diffusers key (ComfyUI prefix stripped); unchanged when unknown.
+std::string original_to_diffusers(const std::string& name);
+
+class WanModel final : public wanhost::Model {
+ public:
+  WanModel(WanOptions options, const wanhost::ParallelContext& ctx);
+  ~WanModel() override;
+
+  torch::nn::Module& module() override { return *root_; }
+  wanhost::Activations embed(const wanhost::Batch& noisy, const at::Tensor& timesteps) override;
+  std::int64_t num_blocks() const override { return static_cast<std::int64_t>(blocks_.size()); }
+  torch::nn::Module& block_module(std::int64_t i) override;
+  at::Tensor block_forward(std::int64_t i, const at::Tensor& hidden,
+                           const wanhost::Activations& act) override;
+  at::Tensor head(const at::Tensor& hidden, const wanhost::Activations& act,
+                  const wanhost::Batch& noisy) override;
+  double forward_flops(const wanhost::PackSegment& grid, std::int64_t text_tokens) const override;
+  std::int64_t tokens(const wanhost::PackSegment& grid) const override;
+  void load_weights(const std::string& path) override;
+  void save_weights(const std::string& dir) override;
+  std::string config_json() const override;
+
+  const WanOptions& options() const { return options_; }
+  // Deterministic from-scratch initialisation (PyTorch defaults, tables randn/sqrt(D)).
+  void initialize(std::int64_t seed);
+
+  struct Attention;
+  struct Block;
+
+ private:
+  struct Rope;
+  struct TokenGrid {
+    std::int64_t f, h, w;
+    std::int64_t count() const { return f * h * w; }
+  };
+
+  void build();
+  std::vector<TokenGrid> token_grids(const wanhost::Batch& b) const;
+  at::Tensor patch_tokens(const wanhost::Batch& b) const;
+  std::tuple<at::Tensor, at::Tensor> time_embedding(const at::Tensor& timesteps);
+  at::Tensor text_context(const wanhost::Batch& b, wanhost::Activations& act,
+                          const std::vector<std::int64_t>& host_cu_q);
+  at::Tensor attention(Attention& a, const at::Tensor& x, const at::Tensor& src, bool rope,
+                       const wanhost::Activations& act, const wanhost::AttentionArgs& args);
+  at::Tensor unpatchify(const at::Tensor& y, const wanhost::Batch& b) const;
+
+  WanOptions options_;
+  wanhost::ParallelContext ctx_;
+  std::shared_ptr<torch::nn::Module> root_;
+  std::vector<std::shared_ptr<Block>> blocks_;
+  std::unique_ptr<Rope> rope_;
+  // Top-level parameters / layers (handles into root_).
+  at::Tensor patch_weight_, patch_bias_, out_table_;
+  std::shared_ptr<wanhost::LinearLayer> time_1_, time_2_, time_proj_, text_1_, text_2_, proj_out_;
+  // (linear layer, fan_in) pairs, in creation order, for initialize().
+  std::vector<std::pair<std::shared_ptr<wanhost::LinearLayer>, std::int64_t>> linears_;
+};
+
+std::unique_ptr<wanhost::Model> create_model(const wanhost::PluginConfig& cfg,
+                                             const wanhost::ParallelContext& ctx);
+
+}  // namespace wan21

@@ -1,0 +1,565 @@
+// The Wan 2.1 DiT forward pass: input part (patch, time and text embedding, RoPE tables), blocks
+// and output part, with Diffusers' parameter names and its fp32 islands (wan21.md §2).
+//
+// Dtypes: parameters are ctx.param_dtype (fp32 master weights); activations run in
+// ctx.compute_dtype (bf16 on GPU, fp32 on CPU). Linear layers compute in their input's dtype, so a
+// bf16 run is the arithmetic of Diffusers loaded with torch_dtype=bf16: the time embedder, the
+// modulation tables, every LayerNorm and the residual gates stay fp32; everything else is bf16.
+// The dtypes are explicit, so the result is the same with or without an enclosing autocast
+// (wanhost::AutocastGuard): the two places where autocast would change them (the fp32 time
+// embedder, the bf16 q/k RMSNorm) run with autocast excluded.
+#include <cmath>
+#include <stdexcept>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/layer_norm.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/outer.h>
+#include <ATen/ops/pow.h>
+#include <ATen/ops/randn.h>
+#include <ATen/ops/rms_norm.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros.h>
+#include <c10/core/DispatchKeySet.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
+#include "wan21_dit.hpp"
+#include "wanhost/errors.hpp"
+
+namespace wan21 {
+
+using wanhost::Activations;
+using wanhost::AttentionSegments;
+using wanhost::Batch;
+using wanhost::LinearLayer;
+using wanhost::LinearRole;
+
+struct WanModel::Attention {
+  std::shared_ptr<LinearLayer> q, k, v, out;
+  at::Tensor norm_q, norm_k;  // RMSNorm weights over the whole inner dim (all heads)
+};
+
+struct WanModel::Block {
+  std::shared_ptr<torch::nn::Module> module;
+  Attention self, cross;
+  at::Tensor norm2_weight, norm2_bias;  // affine pre-cross-attention LayerNorm (if configured)
+  std::shared_ptr<LinearLayer> ffn_up, ffn_down;
+  at::Tensor table;  // scale_shift_table [1, 6, D]
+};
+
+// 3-D RoPE tables (wan21.md §2.2): per axis cos/sin of pos * theta^(-2j/n) computed in float64,
+// stored fp32; one value per rotated pair (Diffusers stores each twice and reads every other).
+struct WanModel::Rope {
+  std::array<at::Tensor, 3> cos, sin;  // [max_len, n_axis / 2] fp32, CPU
+  std::int64_t max_len = 0;
+  std::map<std::array<std::int64_t, 3>, std::pair<at::Tensor, at::Tensor>> cache;  // on device
+
+  explicit Rope(const WanConfig& c) : max_len(c.rope_max_seq_len) {
+    const std::array<std::int64_t, 3> dims{c.rope_t_dim(), c.rope_h_dim(), c.rope_h_dim()};
+    const auto f64 = at::TensorOptions().dtype(at::kDouble);
+    const auto positions = at::arange(max_len, f64);
+    for (int a = 0; a < 3; ++a) {
+      const auto n = dims[a];
+      auto freqs = at::pow(10000.0, at::arange(0, n, 2, f64) / static_cast<double>(n)).reciprocal();
+      auto angles = at::outer(positions, freqs);
+      cos[a] = angles.cos().to(at::kFloat);
+      sin[a] = angles.sin().to(at::kFloat);
+    }
+  }
+
+  // [S, Dh/2] tables of a token grid (frame-major token order).
+  const std::pair<at::Tensor, at::Tensor>& grid(std::int64_t f, std::int64_t h, std::int64_t w,
+                                                const c10::Device& device) {
+    const std::array<std::int64_t, 3> key{f, h, w};
+    if (auto it = cache.find(key); it != cache.end()) return it->second;
+    if (f > max_len || h > max_len || w > max_len)
+      throw std::invalid_argument("wan21_dit: token grid " + std::to_string(f) + "x" +
+                                  std::to_string(h) + "x" + std::to_string(w) +
+                                  " exceeds rope_max_seq_len = " + std::to_string(max_len));
+    auto table = [&](const std::array<at::Tensor, 3>& t) {
+      auto tf = t[0].narrow(0, 0, f).view({f, 1, 1, -1}).expand({f, h, w, -1});
+      auto th = t[1].narrow(0, 0, h).view({1, h, 1, -1}).expand({f, h, w, -1});
+      auto tw = t[2].narrow(0, 0, w).view({1, 1, w, -1}).expand({f, h, w, -1});
+      return at::cat({tf, th, tw}, -1).reshape({f * h * w, -1}).to(device);
+    };
+    if (cache.size() > 256) cache.clear();  // bucketed data has few grids; bound it anyway
+    return cache.emplace(key, std::make_pair(table(cos), table(sin))).first->second;
+  }
+};
+
+namespace {
+
+std::shared_ptr<torch::nn::Module> child(torch::nn::Module& parent, const std::string& name) {
+  return parent.register_module(name, std::make_shared<torch::nn::Module>());
+}
+
+at::Tensor plain_layer_norm(const at::Tensor& x, double eps) {
+  return at::layer_norm(x, {x.size(-1)}, {}, {}, eps);
+}
+
+// Rotates adjacent channel pairs (2k, 2k+1) of x [B, S, H, Dh] by the angles in cos/sin
+// [1, S, 1, Dh/2]. Products run in fp32 (promotion) and are rounded once to x's dtype.
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  auto pairs = x.unflatten(-1, {-1, 2});
+  auto x1 = pairs.select(-1, 0), x2 = pairs.select(-1, 1);
+  auto even = x1 * cos - x2 * sin;
+  auto odd = x1 * sin + x2 * cos;
+  return at::stack({even, odd}, -1).flatten(-2).to(x.scalar_type());
+}
+
+// Token boundaries of a packed batch, or null for a dense one.
+const std::vector<std::int64_t>* packed_bounds(const Activations& act) {
+  return act.segments_self ? &act.segments_self->host_cu_q : nullptr;
+}
+
+// normed * (1 + scale) + shift with per-sample scale/shift [B, 1, D]. Packed tokens [1, N, D] are
+// modulated one sample at a time: expanding the tables to [N, D] would keep six token-sized
+// tensors per block alive for backward.
+at::Tensor modulate(const at::Tensor& normed, const at::Tensor& scale, const at::Tensor& shift,
+                    const Activations& act) {
+  const auto* cu = packed_bounds(act);
+  if (cu == nullptr) return normed * (1 + scale) + shift;
+  std::vector<at::Tensor> parts;
+  for (std::size_t i = 0; i + 1 < cu->size(); ++i) {
+    auto part = normed.narrow(1, (*cu)[i], (*cu)[i + 1] - (*cu)[i]);
+    parts.push_back(part * (1 + scale[i]) + shift[i]);
+  }
+  return at::cat(parts, 1);
+}
+
+// x * gate with per-sample gates [B, 1, D] (promotes to fp32 like the reference).
+at::Tensor gated(const at::Tensor& x, const at::Tensor& gate, const Activations& act) {
+  const auto* cu = packed_bounds(act);
+  if (cu == nullptr) return x * gate;
+  std::vector<at::Tensor> parts;
+  for (std::size_t i = 0; i + 1 < cu->size(); ++i)
+    parts.push_back(x.narrow(1, (*cu)[i], (*cu)[i + 1] - (*cu)[i]) * gate[i]);
+  return at::cat(parts, 1);
+}
+
+std::shared_ptr<AttentionSegments> make_segments(const std::vector<std::int64_t>& cu_q,
+                                                 const std::vector<std::int64_t>& cu_kv,
+                                                 const c10::Device& device) {
+  auto seg = std::make_shared<AttentionSegments>();
+  seg->host_cu_q = cu_q;
+  seg->host_cu_kv = cu_kv;
+  auto to_device = [&](const std::vector<std::int64_t>& cu) {
+    std::vector<std::int32_t> v(cu.begin(), cu.end());
+    return at::tensor(v, at::TensorOptions().dtype(at::kInt)).to(device);
+  };
+  seg->cu_seqlens_q = to_device(cu_q);
+  seg->cu_seqlens_kv = to_device(cu_kv);
+  for (std::size_t i = 0; i + 1 < cu_q.size(); ++i) {
+    seg->max_q = std::max(seg->max_q, cu_q[i + 1] - cu_q[i]);
+    seg->max_kv = std::max(seg->max_kv, cu_kv[i + 1] - cu_kv[i]);
+  }
+  return seg;
+}
+
+[[noreturn]] void bad_batch(const std::string& what) {
+  throw std::invalid_argument("wan21_dit: " + what);
+}
+
+}  // namespace
+
+WanModel::WanModel(WanOptions options, const wanhost::ParallelContext& ctx)
+    : options_(std::move(options)), ctx_(ctx) {
+  if (!ctx_.make_linear)
+    ctx_.make_linear = [](std::int64_t in, std::int64_t out, bool bias, LinearRole) {
+      return wanhost::make_replicated_linear(in, out, bias);
+    };
+  if (!ctx_.attention) ctx_.attention = wanhost::default_attention;
+  if (ctx_.layout.tp > 1)
+    throw wanhost::ConfigError(
+        "/model",
+        "wan21_dit does not support tensor parallelism yet (tp=" + std::to_string(ctx_.layout.tp) +
+            "): its q/k RMSNorm spans all heads and would need a TP-group reduction",
+        "wan21_dit");
+  build();
+  root_->to(ctx_.device, ctx_.param_dtype);
+  rope_ = std::make_unique<Rope>(options_.config);
+  if (options_.weights.empty())
+    initialize(options_.init_seed);
+  else
+    load_weights(options_.weights);
+}
+
+WanModel::~WanModel() = default;
+
+// Registers every parameter under its Diffusers name (wan21.md §1), in Diffusers' order.
+void WanModel::build() {
+  const auto& c = options_.config;
+  const auto d = c.dim();
+  root_ = std::make_shared<torch::nn::Module>("WanTransformer3DModel");
+  auto linear = [&](torch::nn::Module& parent, const std::string& name, std::int64_t in,
+                    std::int64_t out, LinearRole role) {
+    auto layer = ctx_.make_linear(in, out, true, role);
+    parent.register_module(name, layer);
+    linears_.emplace_back(layer, in);
+    return layer;
+  };
+
+  auto patch = child(*root_, "patch_embedding");
+  patch_weight_ = patch->register_parameter(
+      "weight", at::empty({d, c.in_channels, c.patch[0], c.patch[1], c.patch[2]}));
+  patch_bias_ = patch->register_parameter("bias", at::empty({d}));
+
+  auto cond = child(*root_, "condition_embedder");
+  auto time = child(*cond, "time_embedder");
+  time_1_ = linear(*time, "linear_1", c.freq_dim, d, LinearRole::Replicated);
+  time_2_ = linear(*time, "linear_2", d, d, LinearRole::Replicated);
+  time_proj_ = linear(*cond, "time_proj", d, 6 * d, LinearRole::Replicated);
+  auto text = child(*cond, "text_embedder");
+  text_1_ = linear(*text, "linear_1", c.text_dim, d, LinearRole::Replicated);
+  text_2_ = linear(*text, "linear_2", d, d, LinearRole::Replicated);
+
+  auto blocks = child(*root_, "blocks");
+  auto make_attention = [&](torch::nn::Module& parent, const std::string& name) {
+    auto m = child(parent, name);
+    Attention a;
+    a.q = linear(*m, "to_q", d, d, LinearRole::ColumnParallel);
+    a.k = linear(*m, "to_k", d, d, LinearRole::ColumnParallel);
+    a.v = linear(*m, "to_v", d, d, LinearRole::ColumnParallel);
+    a.out = linear(*child(*m, "to_out"), "0", d, d, LinearRole::RowParallel);
+    a.norm_q = child(*m, "norm_q")->register_parameter("weight", at::empty({d}));
+    a.norm_k = child(*m, "norm_k")->register_parameter("weight", at::empty({d}));
+    return a;
+  };
+  for (std::int64_t i = 0; i < c.num_layers; ++i) {
+    auto b = std::make_shared<Block>();
+    b->module = child(*blocks, std::to_string(i));
+    b->self = make_attention(*b->module, "attn1");
+    b->cross = make_attention(*b->module, "attn2");
+    if (c.cross_attn_norm) {
+      auto norm2 = child(*b->module, "norm2");
+      b->norm2_weight = norm2->register_parameter("weight", at::empty({d}));
+      b->norm2_bias = norm2->register_parameter("bias", at::empty({d}));
+    }
+    auto net = child(*child(*b->module, "ffn"), "net");
+    b->ffn_up = linear(*child(*net, "0"), "proj", d, c.ffn_dim, LinearRole::ColumnParallel);
+    b->ffn_down = linear(*net, "2", c.ffn_dim, d, LinearRole::RowParallel);
+    b->table = b->module->register_parameter("scale_shift_table", at::empty({1, 6, d}));
+    blocks_.push_back(b);
+  }
+  proj_out_ =
+      linear(*root_, "proj_out", d, c.out_channels * c.patch_volume(), LinearRole::Replicated);
+  out_table_ = root_->register_parameter("scale_shift_table", at::empty({1, 2, d}));
+}
+
+// PyTorch default initialisation, as WanTransformer3DModel.from_config gives (dfm_paths.md §3.6):
+// Linear/Conv3d U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, RMSNorm/LayerNorm weight 1
+// and bias 0, modulation tables randn/sqrt(D). Nothing is zero-initialised in the reference.
+// Drawn in parameter order from a CPU generator seeded with `seed`, so every device and rank
+// gets the same values.
+void WanModel::initialize(std::int64_t seed) {
+  at::NoGradGuard no_grad;
+  auto gen = at::detail::createCPUGenerator(static_cast<std::uint64_t>(seed));
+  const auto& c = options_.config;
+  std::map<const void*, std::int64_t> fan_in;
+  for (auto& [layer, in] : linears_)
+    for (auto& p : layer->parameters(false)) fan_in[p.unsafeGetTensorImpl()] = in;
+  fan_in[patch_weight_.unsafeGetTensorImpl()] = c.in_channels * c.patch_volume();
+  fan_in[patch_bias_.unsafeGetTensorImpl()] = c.in_channels * c.patch_volume();
+
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  for (auto& item : root_->named_parameters(true)) {
+    const auto& name = item.key();
+    auto& p = item.value();
+    at::Tensor value;
+    auto ends_with = [&](const std::string& s) {
+      return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+    };
+    if (auto it = fan_in.find(p.unsafeGetTensorImpl()); it != fan_in.end()) {
+      const double bound = 1.0 / std::sqrt(static_cast<double>(it->second));
+      value = at::empty(p.sizes(), f32).uniform_(-bound, bound, gen);
+    } else if (ends_with("scale_shift_table")) {
+      value = at::randn(p.sizes(), gen, f32) / std::sqrt(static_cast<double>(c.dim()));
+    } else if (ends_with(".bias")) {
+      value = at::zeros(p.sizes(), f32);  // LayerNorm bias
+    } else {
+      value = at::ones(p.sizes(), f32);  // RMSNorm / LayerNorm weight
+    }
+    p.copy_(value);
+  }
+}
+
+torch::nn::Module& WanModel::block_module(std::int64_t i) {
+  return *blocks_.at(static_cast<std::size_t>(i))->module;
+}
+
+std::vector<WanModel::TokenGrid> WanModel::token_grids(const Batch& b) const {
+  const auto& c = options_.config;
+  auto grid = [&](std::int64_t f, std::int64_t h, std::int64_t w) {
+    if (f <= 0 || h <= 0 || w <= 0 || f % c.patch[0] || h % c.patch[1] || w % c.patch[2])
+      bad_batch("latent grid " + std::to_string(f) + "x" + std::to_string(h) + "x" +
+                std::to_string(w) + " is not a positive multiple of the patch size");
+    return TokenGrid{f / c.patch[0], h / c.patch[1], w / c.patch[2]};
+  };
+  const auto& x = b.latents;
+  if (!b.packed()) {
+    if (x.dim() != 5 || x.size(1) != c.in_channels)
+      bad_batch("dense latents must be [B, " + std::to_string(c.in_channels) + ", F, H, W]");
+    return std::vector<TokenGrid>(x.size(0), grid(x.size(2), x.size(3), x.size(4)));
+  }
+  if (x.dim() != 2 || x.size(0) != c.in_channels)
+    bad_batch("packed latents must be [" + std::to_string(c.in_channels) + ", N]");
+  std::vector<TokenGrid> grids;
+  std::int64_t offset = 0;
+  for (const auto& s : b.segments) {
+    if (s.offset != offset)
+      bad_batch("packed segments must tile the latents in order (segment at " +
+                std::to_string(s.offset) + ", expected " + std::to_string(offset) + ")");
+    grids.push_back(grid(s.frames, s.height, s.width));
+    offset += s.numel();
+  }
+  if (offset != x.size(1))
+    bad_batch("packed segments cover " + std::to_string(offset) + " latent columns of " +
+              std::to_string(x.size(1)));
+  return grids;
+}
+
+// Latents -> patch vectors [B, S, C*pt*ph*pw] (packed: [1, N, ...]), ordered like the Conv3d weight
+// (channel, then pt, ph, pw) so that the patch embedding is one matrix product.
+at::Tensor WanModel::patch_tokens(const Batch& b) const {
+  const auto& p = options_.config.patch;
+  auto patchify = [&](const at::Tensor& x) {  // [B, C, F, H, W]
+    const auto n = x.size(0), ch = x.size(1);
+    const auto f = x.size(2) / p[0], h = x.size(3) / p[1], w = x.size(4) / p[2];
+    return x.reshape({n, ch, f, p[0], h, p[1], w, p[2]})
+        .permute({0, 2, 4, 6, 1, 3, 5, 7})
+        .reshape({n, f * h * w, ch * p[0] * p[1] * p[2]});
+  };
+  auto x = b.latents.to(ctx_.device, ctx_.compute_dtype);
+  if (!b.packed()) return patchify(x);
+  std::vector<at::Tensor> parts;
+  for (const auto& s : b.segments)
+    parts.push_back(patchify(
+        x.narrow(1, s.offset, s.numel()).reshape({1, x.size(0), s.frames, s.height, s.width})));
+  return at::cat(parts, 1);
+}
+
+// Sinusoid (cos first) -> time_embedder (fp32 island) -> temb [B, D] in compute dtype, and
+// timestep_proj = time_proj(SiLU(temb)) [B, 6, D] (wan21.md §2.3).
+std::tuple<at::Tensor, at::Tensor> WanModel::time_embedding(const at::Tensor& timesteps) {
+  const auto& c = options_.config;
+  const auto half = c.freq_dim / 2;
+  const auto t = timesteps.to(ctx_.device, at::kFloat).reshape({-1});
+  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(ctx_.device);
+  auto exponent = at::arange(half, f32) * (-std::log(10000.0));
+  auto freqs = (exponent / static_cast<double>(half)).exp();
+  auto args = t.unsqueeze(1) * freqs.unsqueeze(0);
+  auto sinusoid = at::cat({args.cos(), args.sin()}, -1);
+  if (c.freq_dim % 2) sinusoid = at::constant_pad_nd(sinusoid, {0, 1});
+  at::Tensor temb;
+  {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    temb = time_2_->forward(at::silu(time_1_->forward(sinusoid))).to(ctx_.compute_dtype);
+  }
+  auto proj = time_proj_->forward(at::silu(temb)).unflatten(1, {6, c.dim()});
+  return {temb, proj};
+}
+
+// Text rows -> projected context. Rows past each sample's length are zeroed (the Wan pipeline's
+// padding). Unmasked (default, Diffusers/Wan parity): the text is zero-padded to at least
+// text_len rows and every row is attended. Masked: only each sample's first length rows are
+// attended (at least one row, so an empty prompt still has a key).
+at::Tensor WanModel::text_context(const Batch& b, Activations& act,
+                                  const std::vector<std::int64_t>& host_cu_q) {
+  const auto& c = options_.config;
+  const auto n = static_cast<std::int64_t>(host_cu_q.size()) - 1;
+  const auto& text = b.text;
+  if (text.dim() != 3 || text.size(0) != n || text.size(2) != c.text_dim)
+    bad_batch("text must be [" + std::to_string(n) + ", L, " + std::to_string(c.text_dim) +
+              "], got " + c10::str(text.sizes()));
+  const auto rows = text.size(1);
+  std::vector<std::int64_t> lengths(static_cast<std::size_t>(n), rows);
+  if (b.text_lengths.defined()) {
+    auto l = b.text_lengths.to(at::kCPU, at::kLong).contiguous();
+    if (l.numel() != n) bad_batch("text_lengths must hold one length per sample");
+    for (std::int64_t i = 0; i < n; ++i) {
+      lengths[i] = l.data_ptr<std::int64_t>()[i];
+      if (lengths[i] < 0 || lengths[i] > rows)
+        bad_batch("text length " + std::to_string(lengths[i]) + " outside [0, " +
+                  std::to_string(rows) + "]");
+    }
+  }
+  auto x = text.to(ctx_.device, ctx_.compute_dtype);
+  auto len_dev = at::tensor(lengths, at::TensorOptions().dtype(at::kLong)).to(ctx_.device);
+  auto keep = at::arange(rows, len_dev.options()).unsqueeze(0) < len_dev.unsqueeze(1);
+  x = x * keep.unsqueeze(-1).to(x.scalar_type());
+
+  const bool packed = b.packed();
+  std::vector<std::int64_t> cu_kv{0};
+  if (!options_.mask_text_padding) {
+    const auto total = std::max(rows, options_.text_len);
+    if (total > rows) x = at::constant_pad_nd(x, {0, 0, 0, total - rows});
+    if (packed) {
+      x = x.reshape({1, n * total, c.text_dim});
+      for (std::int64_t i = 0; i < n; ++i) cu_kv.push_back(cu_kv.back() + total);
+    }
+  } else {
+    for (auto& l : lengths) l = std::max<std::int64_t>(l, 1);
+    if (packed) {
+      std::vector<at::Tensor> parts;
+      for (std::int64_t i = 0; i < n; ++i) {
+        parts.push_back(x[i].narrow(0, 0, lengths[i]));
+        cu_kv.push_back(cu_kv.back() + lengths[i]);
+      }
+      x = at::cat(parts, 0).unsqueeze(0);
+    } else {
+      act.cross_attention.kv_lengths =
+          at::tensor(lengths, at::TensorOptions().dtype(at::kLong)).to(ctx_.device);
+    }
+  }
+  if (packed) {
+    act.segments_cross = make_segments(host_cu_q, cu_kv, ctx_.device);
+    act.cross_attention.segments = act.segments_cross.get();
+  }
+  return text_2_->forward(at::gelu(text_1_->forward(x), "tanh"));
+}
+
+wanhost::Activations WanModel::embed(const Batch& b, const at::Tensor& timesteps) {
+  const auto& c = options_.config;
+  const auto grids = token_grids(b);
+  const auto n = static_cast<std::int64_t>(grids.size());
+  if (timesteps.numel() != n)
+    bad_batch("expected " + std::to_string(n) + " timesteps, got " +
+              std::to_string(timesteps.numel()));
+  std::vector<std::int64_t> cu{0};
+  for (const auto& g : grids) cu.push_back(cu.back() + g.count());
+
+  Activations act;
+  const auto cdt = ctx_.compute_dtype;
+  act.hidden = at::linear(patch_tokens(b), patch_weight_.reshape({c.dim(), -1}).to(cdt),
+                          patch_bias_.to(cdt));
+  auto [temb, proj] = time_embedding(timesteps);
+
+  std::vector<at::Tensor> cos, sin;
+  for (std::size_t i = 0; i < (b.packed() ? grids.size() : 1); ++i) {
+    const auto& [tc, ts] = rope_->grid(grids[i].f, grids[i].h, grids[i].w, ctx_.device);
+    cos.push_back(tc);
+    sin.push_back(ts);
+  }
+  auto rope_view = [](const std::vector<at::Tensor>& t) {
+    auto all = t.size() == 1 ? t[0] : at::cat(t, 0);
+    return all.view({1, all.size(0), 1, all.size(1)});
+  };
+  act.aux = {rope_view(cos), rope_view(sin)};
+
+  if (b.packed()) {
+    act.segments_self = make_segments(cu, cu, ctx_.device);
+    act.self_attention.segments = act.segments_self.get();
+  }
+  auto context = text_context(b, act, cu);
+  act.context = {proj, context, temb};
+  return act;
+}
+
+at::Tensor WanModel::attention(Attention& a, const at::Tensor& x, const at::Tensor& src, bool rope,
+                               const Activations& act, const wanhost::AttentionArgs& args) {
+  const auto& c = options_.config;
+  auto q = a.q->forward(x), k = a.k->forward(src), v = a.v->forward(src);
+  // torch.nn.RMSNorm over all heads; its weight is in the activations' dtype like in a bf16 model.
+  {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    q = at::rms_norm(q, {q.size(-1)}, a.norm_q.to(q.scalar_type()), c.eps);
+    k = at::rms_norm(k, {k.size(-1)}, a.norm_k.to(k.scalar_type()), c.eps);
+  }
+  q = q.unflatten(-1, {-1, c.head_dim});
+  k = k.unflatten(-1, {-1, c.head_dim});
+  v = v.unflatten(-1, {-1, c.head_dim});
+  if (rope) {
+    q = apply_rope(q, act.aux[0], act.aux[1]);
+    k = apply_rope(k, act.aux[0], act.aux[1]);
+  }
+  auto o = ctx_.attention(q, k, v, args).flatten(2).to(q.scalar_type());
+  return a.out->forward(o);
+}
+
+// One WanTransformerBlock (wan21.md §2.5).
+at::Tensor WanModel::block_forward(std::int64_t i, const at::Tensor& hidden,
+                                   const Activations& act) {
+  auto& blk = *blocks_.at(static_cast<std::size_t>(i));
+  const auto eps = options_.config.eps;
+  const auto cdt = hidden.scalar_type();
+  // shift, scale, gate (self-attention), shift, scale, gate (FFN); each [B, 1, D] fp32.
+  const auto m = (blk.table.to(at::kFloat) + act.context[0].to(at::kFloat)).chunk(6, 1);
+
+  auto x = hidden;
+  auto n1 = modulate(plain_layer_norm(x.to(at::kFloat), eps), m[1], m[0], act).to(cdt);
+  auto a = attention(blk.self, n1, n1, true, act, act.self_attention);
+  x = (x.to(at::kFloat) + gated(a, m[2], act)).to(cdt);
+
+  auto n2 = x;
+  if (blk.norm2_weight.defined())
+    n2 = at::layer_norm(x.to(at::kFloat), {x.size(-1)}, blk.norm2_weight.to(at::kFloat),
+                        blk.norm2_bias.to(at::kFloat), eps)
+             .to(cdt);
+  x = x + attention(blk.cross, n2, act.context[1], false, act, act.cross_attention);
+
+  auto n3 = modulate(plain_layer_norm(x.to(at::kFloat), eps), m[4], m[3], act).to(cdt);
+  auto f = blk.ffn_down->forward(at::gelu(blk.ffn_up->forward(n3), "tanh"));
+  return (x.to(at::kFloat) + gated(f.to(at::kFloat), m[5], act)).to(cdt);
+}
+
+// Output head (wan21.md §2.6): (shift, scale) = table + temb, no SiLU — the original arithmetic.
+at::Tensor WanModel::head(const at::Tensor& hidden, const Activations& act, const Batch& noisy) {
+  const auto cdt = hidden.scalar_type();
+  const auto m = (out_table_.to(at::kFloat) + act.context[2].unsqueeze(1)).chunk(2, 1);
+  auto y = modulate(plain_layer_norm(hidden.to(at::kFloat), options_.config.eps), m[1], m[0], act)
+               .to(cdt);
+  return unpatchify(proj_out_->forward(y), noisy);
+}
+
+// [B, S, pt*ph*pw*C_out] (patch position major, channel minor) -> the latents' layout.
+at::Tensor WanModel::unpatchify(const at::Tensor& y, const Batch& b) const {
+  const auto& c = options_.config;
+  const auto& p = c.patch;
+  const auto co = c.out_channels;
+  if (!b.packed()) {
+    const auto& x = b.latents;
+    const auto n = x.size(0), f = x.size(2) / p[0], h = x.size(3) / p[1], w = x.size(4) / p[2];
+    return y.reshape({n, f, h, w, p[0], p[1], p[2], co})
+        .permute({0, 7, 1, 4, 2, 5, 3, 6})
+        .reshape({n, co, x.size(2), x.size(3), x.size(4)});
+  }
+  std::vector<at::Tensor> parts;
+  std::int64_t token = 0;
+  for (const auto& s : b.segments) {
+    const auto f = s.frames / p[0], h = s.height / p[1], w = s.width / p[2];
+    parts.push_back(y[0].narrow(0, token, f * h * w)
+                        .reshape({f, h, w, p[0], p[1], p[2], co})
+                        .permute({6, 0, 3, 1, 4, 2, 5})
+                        .reshape({co, s.numel()}));
+    token += f * h * w;
+  }
+  return at::cat(parts, 1);
+}
+
+std::int64_t WanModel::tokens(const wanhost::PackSegment& g) const {
+  const auto& p = options_.config.patch;
+  return (g.frames / p[0]) * (g.height / p[1]) * (g.width / p[2]);
+}
+
+// Text rows actually attended: unmasked text is padded to text_len rows.
+double WanModel::forward_flops(const wanhost::PackSegment& grid, std::int64_t text_tokens) const {
+  const auto t =
+      options_.mask_text_padding ? text_tokens : std::max(text_tokens, options_.text_len);
+  return wan21::forward_flops(options_.config, tokens(grid), t);
+}
+
+std::unique_ptr<wanhost::Model> create_model(const wanhost::PluginConfig& cfg,
+                                             const wanhost::ParallelContext& ctx) {
+  return std::make_unique<WanModel>(resolve_options(cfg), ctx);
+}
+
+}  // namespace wan21
