@@ -11,13 +11,16 @@ namespace wanhost::core {
 namespace {
 
 struct ConfigOptions {
-  std::optional<std::string> manifest;
+  std::vector<std::string> manifests;
   std::string plugins;
   std::vector<std::string> sets;
 };
 
 void add_config_options(CLI::App* cmd, ConfigOptions& o) {
-  cmd->add_option("MANIFEST", o.manifest, "Run manifest (JSON); default: the built-in recipe")
+  cmd->add_option(
+         "MANIFEST", o.manifests,
+         "Run manifest(s) (JSON), merged in order over the built-in default recipe (e.g. a recipe "
+         "then a preset from configs/presets/)")
       ->check(CLI::ExistingFile);
   cmd->add_option(
          "--plugins", o.plugins,
@@ -30,7 +33,7 @@ void add_config_options(CLI::App* cmd, ConfigOptions& o) {
 
 RunConfigRequest request_of(const ConfigOptions& o) {
   RunConfigRequest r;
-  r.manifest_path = o.manifest;
+  r.manifest_paths = o.manifests;
   std::stringstream ss(o.plugins);
   std::string name;
   while (std::getline(ss, name, ','))
@@ -54,7 +57,8 @@ void add_run_commands(CLI::App& app, GlobalOptions& g) {
     if (*print_v)
       std::cout << resolved.dump(2) << "\n";
     else
-      std::cout << (vo->manifest ? *vo->manifest : std::string("built-in default recipe"))
+      std::cout << (vo->manifests.empty() ? std::string("built-in default recipe")
+                                          : vo->manifests.back())
                 << ": OK (" << resolved["stages"].size() << " stage(s); model "
                 << resolved["model"]["plugin"].get<std::string>() << ", parallelism "
                 << resolved["parallelism"]["plugin"].get<std::string>() << ")\n";

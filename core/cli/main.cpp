@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
   add_plugins_command(app, g);
   add_run_commands(app, g);
+  add_model_command(app, g);
   try {
     app.parse(argc, argv);
     flush_logs();

@@ -168,7 +168,27 @@ void validate_stage_data(Json& cfg, const PluginRegistry& registry) {
   }
 }
 
+// Merges /stage_defaults under every stage (a stage's own values win). The defaults are first
+// checked on their own against the stage schema, so errors point into /stage_defaults.
+void apply_stage_defaults(Json& cfg) {
+  auto d = cfg.find("stage_defaults");
+  if (d == cfg.end() || !d->is_object() || d->empty() || !cfg.contains("stages") ||
+      !cfg["stages"].is_array())
+    return;
+  Json spec = run_schema()["properties"]["stages"]["items"];
+  for (auto& [key, prop] : spec["properties"].items()) prop.erase("required");
+  Json check = *d;
+  validate_config(check, spec, "/stage_defaults");
+  for (auto& stage : cfg["stages"]) {
+    if (!stage.is_object()) continue;
+    Json merged = *d;
+    merge_into(merged, stage);
+    stage = merged;
+  }
+}
+
 Json validate_all(Json cfg, const PluginRegistry& registry) {
+  apply_stage_defaults(cfg);
   validate_config(cfg, run_schema(), "");
   for (const auto& kind : plugin_kinds()) validate_plugin_section(cfg, kind, registry);
   validate_stage_data(cfg, registry);
@@ -223,10 +243,9 @@ void merge_into(Json& base, const Json& over) {
 
 Json resolve_run_config(const RunConfigRequest& request, const PluginRegistry& registry) {
   Json raw = default_recipe();
-  if (request.manifest_path) {
-    Json manifest = read_json_file(*request.manifest_path);
-    if (!manifest.is_object())
-      throw ConfigError("", *request.manifest_path + ": a manifest must be a JSON object");
+  for (const auto& path : request.manifest_paths) {
+    Json manifest = read_json_file(path);
+    if (!manifest.is_object()) throw ConfigError("", path + ": a manifest must be a JSON object");
     merge_into(raw, manifest);
   }
   for (const auto& name : request.plugins) {

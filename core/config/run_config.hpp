@@ -15,9 +15,9 @@ namespace wanhost::core {
 class PluginRegistry;
 
 struct RunConfigRequest {
-  std::optional<std::string> manifest_path;  // none: the built-in default recipe alone
-  std::vector<std::string> plugins;          // --plugins a,b (already split)
-  std::vector<std::string> sets;             // --set a.b.c=value (each)
+  std::vector<std::string> manifest_paths;  // merged in order over the built-in default recipe
+  std::vector<std::string> plugins;         // --plugins a,b (already split)
+  std::vector<std::string> sets;            // --set a.b.c=value (each)
 };
 
 const Json& run_schema();

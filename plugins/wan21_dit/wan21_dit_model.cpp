@@ -362,7 +362,11 @@ std::tuple<at::Tensor, at::Tensor> WanModel::time_embedding(const at::Tensor& ti
   at::Tensor temb;
   {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    temb = time_2_->forward(at::silu(time_1_->forward(sinusoid))).to(ctx_.compute_dtype);
+    // Diffusers feeds the sinusoid in the time embedder's parameter dtype: fp32 when its
+    // _keep_in_fp32_modules apply (fp32 master weights here), bf16 in an all-bf16 model.
+    const auto embedder_dtype = time_1_->parameters(false).front().scalar_type();
+    temb = time_2_->forward(at::silu(time_1_->forward(sinusoid.to(embedder_dtype))))
+               .to(ctx_.compute_dtype);
   }
   auto proj = time_proj_->forward(at::silu(temb)).unflatten(1, {6, c.dim()});
   return {temb, proj};
@@ -512,9 +516,10 @@ at::Tensor WanModel::block_forward(std::int64_t i, const at::Tensor& hidden,
 }
 
 // Output head (wan21.md §2.6): (shift, scale) = table + temb, no SiLU — the original arithmetic.
+// The sum promotes like Diffusers': fp32 with an fp32 table, bf16 in an all-bf16 model.
 at::Tensor WanModel::head(const at::Tensor& hidden, const Activations& act, const Batch& noisy) {
   const auto cdt = hidden.scalar_type();
-  const auto m = (out_table_.to(at::kFloat) + act.context[2].unsqueeze(1)).chunk(2, 1);
+  const auto m = (out_table_ + act.context[2].unsqueeze(1)).chunk(2, 1);
   auto y = modulate(plain_layer_norm(hidden.to(at::kFloat), options_.config.eps), m[1], m[0], act)
                .to(cdt);
   return unpatchify(proj_out_->forward(y), noisy);
