@@ -75,42 +75,79 @@ Json* walk(Json& root, const std::vector<std::string>& tokens, std::size_t n) {
   return cur;
 }
 
-void apply_set(Json& raw, const Json& filled, const std::string& assignment) {
+// The schema of the setting at tokens[0..n): the host schema, and below a plugin's section or a
+// stage's data overrides that plugin's option table. Null when unknown.
+Json spec_at(const std::vector<std::string>& tokens, std::size_t n,
+             const PluginRegistry& registry) {
+  Json spec = run_schema();
+  for (std::size_t i = 0; i < n; ++i) {
+    const bool kind_section = i == 1 && kind_by_section(tokens[0]) != nullptr;
+    const bool stage_data = i == 3 && tokens[0] == "stages" && tokens[2] == "data";
+    if ((kind_section || stage_data) && tokens[i] != "plugin") {
+      const PluginManifest* m = registry.find(tokens[i]);
+      if (!m) return nullptr;
+      spec = object_spec(m->options);
+      continue;
+    }
+    const Json* child = child_spec(spec, tokens[i]);
+    if (!child) {
+      if (!spec_allows_key(spec, tokens[i])) return nullptr;
+      spec = Json{{"type", "any"}};  // inside an open object: anything goes
+      continue;
+    }
+    spec = *child;
+  }
+  return spec;
+}
+
+void apply_set(Json& raw, const Json& filled, const std::string& assignment,
+               const PluginRegistry& registry) {
   const auto eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0)
     throw ConfigError("", "--set '" + assignment + "': expected KEY.PATH=VALUE");
   const std::string path = assignment.substr(0, eq), text = assignment.substr(eq + 1);
   const auto tokens = split_path(path);
   if (tokens.empty()) throw ConfigError("", "--set '" + assignment + "': empty key path");
-  // Every step but the last must exist in the resolved config; the last must be a key of an
-  // object there (validation below then rejects keys the schema does not know).
-  Json& mutable_filled = const_cast<Json&>(filled);
-  for (std::size_t i = 0; i + 1 <= tokens.size(); ++i) {
-    Json* parent = walk(mutable_filled, tokens, i);
-    if (!parent || !(parent->is_object() || parent->is_array()))
-      throw ConfigError(pointer_of(tokens, i), "--set " + path + ": there is no such setting (" +
-                                                   pointer_of(tokens, i) + " does not exist)");
-    if (i + 1 == tokens.size()) break;
-    if (!walk(mutable_filled, tokens, i + 1))
-      throw ConfigError(pointer_of(tokens, i + 1), "--set " + path + ": there is no such setting");
-  }
   Json value;
   try {
     value = Json::parse(text);
   } catch (const Json::parse_error&) {
     value = text;  // not JSON: a plain string
   }
-  // Materialise the path in the raw config (objects that only exist as defaults so far).
+  // Walk the resolved config; a step that does not exist there may be created only inside an
+  // object whose schema allows that key (a known setting, or an open object such as
+  // stage_defaults or a model's overrides). Validation afterwards checks the value.
+  Json& view = const_cast<Json&>(filled);
   Json* cur = &raw;
   for (std::size_t i = 0; i < tokens.size(); ++i) {
     const bool last = i + 1 == tokens.size();
+    const Json* here = walk(view, tokens, i);
+    const bool exists_next = walk(view, tokens, i + 1) != nullptr;
+    if (!exists_next && here) {  // (no `here`: inside an open object created by this --set)
+      const std::string missing = pointer_of(tokens, i + 1);
+      if (here->is_array() || (!here->is_object() && i == 0))
+        throw ConfigError(missing, "--set " + path + ": there is no such setting (" + missing +
+                                       " does not exist)");
+      if (!here->is_object())
+        throw ConfigError(pointer_of(tokens, i), "--set " + path + ": there is no such setting (" +
+                                                     pointer_of(tokens, i) + " is not an object)");
+      // A new last key is left to validation, which names the schema's keys ("did you mean").
+      const Json parent_spec = spec_at(tokens, i, registry);
+      if (!last && (parent_spec.is_null() || !(spec_allows_key(parent_spec, tokens[i]) ||
+                                               parent_spec.value("type", "") == "any")))
+        throw ConfigError(missing, "--set " + path + ": there is no such setting (" + missing +
+                                       " does not exist)");
+    }
     if (cur->is_array()) {
-      std::size_t idx = std::stoul(tokens[i]);
-      if (idx >= cur->size())
+      std::size_t idx = 0;
+      auto [p, ec] = std::from_chars(tokens[i].data(), tokens[i].data() + tokens[i].size(), idx);
+      if (ec != std::errc() || idx >= cur->size())
         throw ConfigError(pointer_of(tokens, i + 1), "--set " + path + ": index out of range");
       cur = &(*cur)[idx];
     } else {
       if (!cur->is_object()) *cur = Json::object();
+      if (!cur->contains(tokens[i]) && exists_next && !last)
+        (*cur)[tokens[i]] = *walk(view, tokens, i + 1);  // a default so far: start from its value
       cur = &(*cur)[tokens[i]];
     }
     if (last) *cur = value;
@@ -242,25 +279,40 @@ void merge_into(Json& base, const Json& over) {
 }
 
 Json resolve_run_config(const RunConfigRequest& request, const PluginRegistry& registry) {
-  Json raw = default_recipe();
+  // What the user asked for (manifests, then --plugins), kept apart from the built-in recipe so
+  // that the recipe's configs for plugins the user replaced do not leak into the result.
+  Json user = Json::object();
   for (const auto& path : request.manifest_paths) {
     Json manifest = read_json_file(path);
     if (!manifest.is_object()) throw ConfigError("", path + ": a manifest must be a JSON object");
-    merge_into(raw, manifest);
+    merge_into(user, manifest);
   }
   for (const auto& name : request.plugins) {
     const PluginManifest* m = registry.find(name);
     if (!m && is_builtin_collator(name)) {
-      raw["collator"]["plugin"] = name;
+      user["collator"]["plugin"] = name;
       continue;
     }
     if (!m) registry.require(name, "", "");  // throws: lists what exists and where we looked
-    for (const auto& kind : m->kinds) raw[kind_by_name(kind)->section]["plugin"] = name;
+    for (const auto& kind : m->kinds) user[kind_by_name(kind)->section]["plugin"] = name;
   }
+  Json raw = default_recipe();
+  for (const auto& kind : plugin_kinds()) {
+    const std::string section = kind.section;
+    if (!user.contains(section) || !user[section].contains("plugin") || !raw.contains(section))
+      continue;
+    const std::string old = raw[section].value("plugin", "");
+    if (old == user[section]["plugin"] || user[section].contains(old)) continue;
+    raw[section].erase(old);
+    if (section == "data" && !user.contains("stages"))
+      for (auto& stage : raw["stages"])
+        if (stage.contains("data")) stage["data"].erase(old);
+  }
+  merge_into(raw, user);
   Json filled = validate_all(raw, registry);
   if (request.sets.empty()) return filled;
   for (const auto& s : request.sets) {
-    apply_set(raw, filled, s);
+    apply_set(raw, filled, s, registry);
     filled = validate_all(raw, registry);
   }
   return filled;

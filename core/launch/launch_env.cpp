@@ -79,11 +79,15 @@ LaunchEnv resolve_launch_env(const LaunchFlags& flags, const EnvLookup& env) {
     le.local_rank = var(s.local_rank, 0).value_or(0);
     local_rank_from = s.local_rank;
     // SLURM_NTASKS_PER_NODE may read "4(x2)"; take the leading number.
-    if (const char* lw = env(s.local_world); lw && *lw) {
+    // Slurm sets SLURM_NTASKS_PER_NODE only with --ntasks-per-node; SLURM_TASKS_PER_NODE always.
+    const char* lw_name = s.local_world;
+    if (std::string(s.name) == "Slurm" && !(env(lw_name) && *env(lw_name)))
+      lw_name = "SLURM_TASKS_PER_NODE";
+    if (const char* lw = env(lw_name); lw && *lw) {
       std::string t(lw);
-      t = t.substr(0, t.find('('));
-      le.local_world_size = parse_int(t.c_str(), s.local_world, 1);
-      local_world_from = s.local_world;
+      t = t.substr(0, t.find_first_of("(,"));  // "4(x2)" or "2,1": this node's count comes first
+      le.local_world_size = parse_int(t.c_str(), lw_name, 1);
+      local_world_from = lw_name;
     } else {
       le.local_world_size = le.world_size;
       local_world_from = s.world;

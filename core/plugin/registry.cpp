@@ -27,6 +27,10 @@ class LoadedPlugin {
   const PluginDescriptor* descriptor = nullptr;
 };
 
+void LoadedPluginDeleter::operator()(LoadedPlugin* p) const {
+  delete p;
+}
+
 const std::vector<KindInfo>& plugin_kinds() {
   static const std::vector<KindInfo> kinds = {
       {kKindModel, "model", "model"},
@@ -41,6 +45,12 @@ const std::vector<KindInfo>& plugin_kinds() {
 const KindInfo* kind_by_name(const std::string& name) {
   for (const auto& k : plugin_kinds())
     if (name == k.name) return &k;
+  return nullptr;
+}
+
+const KindInfo* kind_by_section(const std::string& section) {
+  for (const auto& k : plugin_kinds())
+    if (section == k.section) return &k;
   return nullptr;
 }
 
@@ -104,6 +114,8 @@ PluginManifest read_plugin_manifest(const std::string& json_path, const std::str
   PluginManifest m;
   m.name = need_string("name");
   m.version = need_string("version");
+  if (j.contains("description") && !j["description"].is_string())
+    throw std::runtime_error(json_path + ": \"description\" must be a string");
   m.description = j.value("description", "");
   if (!valid_plugin_name(m.name))
     throw std::runtime_error(json_path + ": plugin name '" + m.name +
@@ -258,8 +270,7 @@ const PluginManifest& PluginRegistry::require(const std::string& name, const std
   throw ConfigError(pointer, msg);
 }
 
-const PluginDescriptor& load_plugin_library(const PluginManifest& m,
-                                            std::unique_ptr<LoadedPlugin>& holder) {
+const PluginDescriptor& load_plugin_library(const PluginManifest& m, LoadedPluginPtr& holder) {
   const std::string& path = m.library_path;
   // 1. The ABI tag, read from the file: nothing of the plugin runs before this passes.
   std::optional<AbiTag> tag;
@@ -283,7 +294,7 @@ const PluginDescriptor& load_plugin_library(const PluginManifest& m,
                         "' but its sidecar " + m.manifest_path + " says '" + m.name + "'");
 
   // 2. Load eagerly so unresolved symbols fail now, privately so plugins cannot clash.
-  auto loaded = std::make_unique<LoadedPlugin>();
+  LoadedPluginPtr loaded(new LoadedPlugin);
   boost::dll::fs::error_code ec;
   dlerror();
   // RTLD_NODELETE: objects made by a plugin may outlive the registry; its code must stay mapped.
@@ -302,7 +313,8 @@ const PluginDescriptor& load_plugin_library(const PluginManifest& m,
   const PluginDescriptor* d = entry();
   if (!d) throw PluginRefused("plugin '" + m.name + "': entry point returned no descriptor");
   if (std::memcmp(&d->tag, &*tag, sizeof(AbiTag)) != 0 ||
-      d->descriptor_size < sizeof(PluginDescriptor) || d->name == nullptr || m.name != d->name)
+      d->descriptor_size < sizeof(PluginDescriptor) || d->name == nullptr ||
+      d->version == nullptr || m.name != d->name)
     throw PluginRefused("plugin '" + m.name +
                         "' refused: its descriptor does not match its ABI tag");
   for (const auto& k : plugin_kinds()) {
@@ -324,7 +336,7 @@ const PluginDescriptor& load_plugin_library(const PluginManifest& m,
 const PluginDescriptor& PluginRegistry::load(const std::string& name) {
   if (auto it = loaded_.find(name); it != loaded_.end()) return *it->second->descriptor;
   const PluginManifest& m = require(name, "", "");
-  std::unique_ptr<LoadedPlugin> holder;
+  LoadedPluginPtr holder;
   const PluginDescriptor& d = load_plugin_library(m, holder);
   logger()->debug("loaded plugin {} {} from {}", m.name, m.version, m.library_path);
   loaded_[name] = std::move(holder);

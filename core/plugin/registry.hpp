@@ -29,6 +29,7 @@ struct KindInfo {
 };
 const std::vector<KindInfo>& plugin_kinds();
 const KindInfo* kind_by_name(const std::string& name);
+const KindInfo* kind_by_section(const std::string& section);
 
 struct PluginManifest {
   std::string name, version, description;
@@ -56,6 +57,11 @@ std::vector<SearchPath> plugin_search_path(const std::vector<std::string>& flag_
 std::vector<std::string> builtin_plugin_dirs();
 
 class LoadedPlugin;
+// Owns a loaded library (defined in registry.cpp, so callers need not see Boost.DLL).
+struct LoadedPluginDeleter {
+  void operator()(LoadedPlugin* p) const;
+};
+using LoadedPluginPtr = std::unique_ptr<LoadedPlugin, LoadedPluginDeleter>;
 
 // A plugin file that exists but may not be loaded (ABI mismatch, no entry point, unresolved
 // symbols, ...). The host exits with its own code (3) for these.
@@ -66,7 +72,7 @@ class PluginRefused : public std::runtime_error {
 
 class PluginRegistry {
  public:
-  // Scans the folders. Throws std::runtime_error for duplicate names.
+  // Scans the folders. Throws PluginRefused for duplicate names (naming both files).
   explicit PluginRegistry(std::vector<SearchPath> path);
   ~PluginRegistry();
 
@@ -90,11 +96,11 @@ class PluginRegistry {
   std::vector<SearchPath> path_;
   std::vector<PluginManifest> plugins_;
   std::vector<std::pair<std::string, std::string>> refused_;
-  std::map<std::string, std::unique_ptr<LoadedPlugin>> loaded_;
+  std::map<std::string, LoadedPluginPtr> loaded_;
 };
 
 // Loads one plugin file after the checks above (exposed for tests).
 const PluginDescriptor& load_plugin_library(const PluginManifest& manifest,
-                                            std::unique_ptr<LoadedPlugin>& holder);
+                                            LoadedPluginPtr& holder);
 
 }  // namespace wanhost::core

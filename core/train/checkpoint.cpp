@@ -25,13 +25,17 @@ std::optional<long> step_of(const std::string& name) {
 
 }  // namespace
 
-void fault_point(const char* site, long step) {
+bool fault_active(const char* site, long step) {
   const char* spec = std::getenv("WANHOST_FAULT");
-  if (!spec) return;
+  if (!spec) return false;
   const std::string s(spec);
   const auto colon = s.rfind(':');
-  if (colon == std::string::npos) return;
-  if (s.substr(0, colon) == site && std::atol(s.c_str() + colon + 1) == step) {
+  if (colon == std::string::npos) return false;
+  return s.substr(0, colon) == site && std::atol(s.c_str() + colon + 1) == step;
+}
+
+void fault_point(const char* site, long step) {
+  if (fault_active(site, step)) {
     logger()->flush();
     std::raise(SIGKILL);
   }
@@ -48,7 +52,7 @@ void CheckpointStore::remove_stale_temporaries() const {
     if (name.rfind(".tmp-", 0) == 0) {
       logger()->warn("removing the leftover of an interrupted checkpoint save: {}",
                      e.path().string());
-      fs::remove_all(e.path(), ec);
+      remove_tree(e.path().string());
     }
   }
 }
@@ -60,18 +64,9 @@ std::string CheckpointStore::save(long step,
   const fs::path final_dir = fs::path(root_) / name;
   const fs::path tmp = fs::path(root_) / (".tmp-" + name);
   const bool rank0 = world_.rank() == 0;
-  std::string why;
-  // A complete checkpoint of this step exists already (e.g. saved just before a stop): keep it,
-  // published checkpoints are never overwritten.
-  const bool exists = fs::exists(final_dir) && verify(final_dir.string(), &why);
-  if (exists) {
-    world_.barrier();
-    return final_dir.string();
-  }
   if (rank0) {
     fs::create_directories(root_);
-    fs::remove_all(tmp);
-    if (fs::exists(final_dir)) fs::remove_all(final_dir);  // incomplete or corrupt: replace it
+    remove_tree(tmp.string());
     fs::create_directories(tmp);
   }
   world_.barrier();
@@ -94,6 +89,11 @@ std::string CheckpointStore::save(long step,
     manifest["files"] = files;
     write_file_atomic((tmp / kManifest).string(), manifest.dump(2) + "\n");
     fault_point("save.manifest_written", step);
+    // A folder of this step exists when the run trains a step again that it had saved before:
+    // resumed from an older checkpoint, or from LATEST after a crash between the rename and the
+    // LATEST swap. The new state replaces it (it may be incomplete, corrupt, or from another
+    // configuration), so that LATEST always names the state this run reached.
+    if (fs::exists(final_dir)) remove_tree(final_dir.string());
     fs::rename(tmp, final_dir);
     fsync_dir(root_);
     fault_point("save.renamed", step);
@@ -122,8 +122,11 @@ void CheckpointStore::retain(int keep_last) const {
   for (const auto& [s, p] : complete) {
     if (excess <= 0) break;
     if (p.filename().string() == latest) continue;
-    std::error_code ec;
-    fs::remove_all(p, ec);
+    try {
+      remove_tree(p.string());
+    } catch (const std::exception& e) {
+      logger()->warn("retention: could not remove {}: {}", p.string(), e.what());
+    }
     --excess;
   }
 }
@@ -169,7 +172,10 @@ std::optional<std::string> CheckpointStore::find_latest() const {
       std::string name = read_file((fs::path(root_) / kLatest).string());
       name.erase(name.find_last_not_of(" \n\r\t") + 1);
       const fs::path dir = fs::path(root_) / name;
-      if (step_of(name) && verify(dir.string(), &why)) return dir.string();
+      if (!step_of(name))
+        why = "not a checkpoint name";
+      else if (verify(dir.string(), &why))
+        return dir.string();
       logger()->warn(
           "checkpoints/LATEST names '{}', which does not verify ({}); looking for an older one",
           name, why);

@@ -4,6 +4,7 @@
 //      and checksum) last, renames the folder to step-N/, fsyncs, then swaps LATEST atomically;
 //   3. retention removes the oldest complete checkpoints beyond keep_last, never the one LATEST
 //      names.
+// A run that trains a step again (resumed from an older checkpoint) replaces that step's folder.
 // Only folders whose manifest verifies are ever loaded; a damaged LATEST falls back to the newest
 // verified checkpoint with a warning. A crash at any point leaves the last good state intact.
 #pragma once
@@ -46,5 +47,8 @@ class CheckpointStore {
 // `site` is reached at global step `step` (sites: step.before_optimizer, save.files_written,
 // save.manifest_written, save.renamed).
 void fault_point(const char* site, long step);
+// True when WANHOST_FAULT names `site` at global step `step`: the hook for faults other than a
+// kill (site step.nan_loss: the step's loss and gradients become NaN).
+bool fault_active(const char* site, long step);
 
 }  // namespace wanhost::core

@@ -11,6 +11,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#if WANHOST_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -161,8 +164,17 @@ Batch collate(Components& c, std::vector<Sample> samples, const CollateOptions& 
   return collate_dense(std::move(samples), opts);
 }
 
+// GPU: the caching allocator's peak of allocated bytes on this device; CPU: the process's
+// peak resident set.
 double peak_memory_gib(const c10::Device& device) {
-  (void)device;  // GPU memory statistics come with the GPU work; host memory for now.
+#if WANHOST_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    return static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0 * 1024.0);
+  }
+#else
+  (void)device;
+#endif
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<double>(ru.ru_maxrss) / (1024.0 * 1024.0);
@@ -238,7 +250,6 @@ void Trainer::prepare_run_folder() {
   }
   c_.ctx.world->barrier();
   add_rank_log_file(out_);
-  store_ = std::make_unique<CheckpointStore>(ckpt.string(), *c_.ctx.world);
 }
 
 void Trainer::start_stage(std::size_t k, bool run_start) {
@@ -331,10 +342,16 @@ void Trainer::train_step(std::size_t k, DataSource& data, SampleOrder& order) {
   }
 
   c_.parallelism->zero_grad();
-  const StepLoss sl = c_.parallelism->forward_backward(
+  StepLoss sl = c_.parallelism->forward_backward(
       *c_.model, micro, [&](const at::Tensor& pred, const NoisedBatch& nb) {
         return c_.scheduler->loss(pred, nb, gb);
       });
+  if (fault_active("step.nan_loss", p_.global_step + 1)) {  // test hook: a diverged step
+    at::NoGradGuard no_grad;
+    sl.sum = std::nan("");
+    for (auto& p : c_.model->module().parameters())
+      if (p.grad().defined()) p.mutable_grad().fill_(std::nan(""));
+  }
   const double clip = stage["optimizer"]["clip_grad_norm"];
   const double grad_norm = c_.parallelism->reduce_and_clip_gradients(clip);
   // Global mean loss and throughput over the data-parallel group (ranks sharing samples through
@@ -354,10 +371,15 @@ void Trainer::train_step(std::size_t k, DataSource& data, SampleOrder& order) {
                              (last_checkpoint_.empty() ? std::string("none") : last_checkpoint_) +
                              "; set run.nonfinite=skip to skip such steps");
   fault_point("step.before_optimizer", p_.global_step + 1);
-  if (finite)
+  if (finite) {
     c_.parallelism->optimizer_step(lr);
-  else
+  } else {
     ++p_.skipped;
+    if (rank0())
+      logger()->warn("non-finite {} at global step {} (stage '{}'): step skipped ({} so far)",
+                     std::isfinite(loss) ? "gradient norm" : "loss", p_.global_step + 1,
+                     stage["name"].get<std::string>(), p_.skipped);
+  }
   ++p_.stage_step;
   ++p_.global_step;
 
@@ -440,28 +462,30 @@ int Trainer::run() {
       c_.ctx.device.str(), c10::toString(c_.ctx.param_dtype), c10::toString(c_.ctx.compute_dtype),
       cfg_["model"]["plugin"].get<std::string>(), c_.model->num_blocks(),
       cfg_["parallelism"]["plugin"].get<std::string>(), env_.world_size);
+  store_ =
+      std::make_unique<CheckpointStore>((fs::path(out_) / "checkpoints").string(), *c_.ctx.world);
+  // Refusals come before anything is written into the run folder.
+  std::optional<std::string> resume_dir;
+  if (opts_.resume && !opts_.resume->empty()) {
+    std::string why;
+    if (!CheckpointStore::verify(*opts_.resume, &why))
+      throw ConfigError("",
+                        "--resume " + *opts_.resume + ": not a complete checkpoint (" + why + ")");
+    resume_dir = *opts_.resume;
+  } else if (!opts_.resume && store_->find_latest()) {
+    throw UsageError("the run folder " + out_ +
+                     " already holds checkpoints: pass --resume to continue that run, or "
+                     "--out DIR to start a new one (nothing was changed)");
+  }
   prepare_run_folder();
   if (rank0()) store_->remove_stale_temporaries();
   c_.ctx.world->barrier();
 
-  std::optional<std::string> resume_dir;
-  if (opts_.resume) {
-    if (opts_.resume->empty()) {
-      resume_dir = store_->find_latest();
-      if (!resume_dir)
-        logger()->warn("--resume: no complete checkpoint in {}; starting from scratch",
-                       store_->root());
-    } else {
-      std::string why;
-      if (!CheckpointStore::verify(*opts_.resume, &why))
-        throw ConfigError(
-            "", "--resume " + *opts_.resume + ": not a complete checkpoint (" + why + ")");
-      resume_dir = *opts_.resume;
-    }
-  } else if (store_->find_latest()) {
-    throw UsageError("the run folder " + out_ +
-                     " already holds checkpoints: pass --resume to continue that run, or "
-                     "--out DIR to start a new one (nothing was changed)");
+  if (opts_.resume && opts_.resume->empty()) {
+    resume_dir = store_->find_latest();
+    if (!resume_dir)
+      logger()->warn("--resume: no complete checkpoint in {}; starting from scratch",
+                     store_->root());
   }
   stats_.resize(cfg_["stages"].size());
   for (std::size_t k = 0; k < stats_.size(); ++k) stats_[k].name = cfg_["stages"][k]["name"];

@@ -1,6 +1,8 @@
 #include "files.hpp"
 
 #include <fcntl.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -90,6 +92,25 @@ std::string read_file(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+void remove_tree(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return;
+    fail("cannot stat", path);
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) fail("cannot remove", path);
+    return;
+  }
+  // Depth first, without following symlinks, staying on this file system.
+  auto visit = [](const char* p, const struct stat*, int type, struct FTW*) -> int {
+    const int rc = (type == FTW_DP) ? ::rmdir(p) : ::unlink(p);
+    return (rc == 0 || errno == ENOENT) ? 0 : -1;
+  };
+  if (::nftw(path.c_str(), visit, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) != 0)
+    fail("cannot remove", path);
 }
 
 std::string file_checksum(const std::string& path) {

@@ -14,6 +14,11 @@ void fsync_dir(const std::string& dir);
 // fsync every regular file below `dir`, then the folders themselves.
 void fsync_tree(const std::string& dir);
 std::string read_file(const std::string& path);
+// Removes a file or a folder with everything below it (symlinks are removed, not followed);
+// a missing path is fine. Use this instead of std::filesystem::remove_all: the LibTorch wheel
+// exports its own copy of that function, which crashes when called from code built with the
+// system compiler's headers (seen on the GPU machines).
+void remove_tree(const std::string& path);
 // 64-bit FNV-1a over the file's bytes, as 16 hex digits (detects truncation and corruption; not
 // a cryptographic hash).
 std::string file_checksum(const std::string& path);

@@ -1,0 +1,48 @@
+// The built-in default recipe learns: in each stage, the mean loss of the last 10% of its steps
+// is clearly below the mean of its first 10%. (Stage 2 starts from stage 1's weights, so each
+// stage is compared with itself.) Slow: the whole default recipe, ~2 minutes on 2 CPU cores.
+#include <gtest/gtest.h>
+
+#include "train_test_util.hpp"
+
+namespace traintest {
+namespace {
+
+// Last-10% mean / first-10% mean must be at most this, per stage.
+constexpr double kMaxRatio[] = {0.80, 0.90};
+
+TEST(DefaultRecipe, LearnsInEveryStage) {
+  const fs::path run = scratch_dir() / "run";
+  const Result r =
+      run_cli({"run", "--out", run.string(), "--set", "logging.progress=\"off\""}, {}, 900);
+  ASSERT_EQ(r.code, 0) << r.describe();
+  std::printf("default recipe: %.1f s wall\n", r.seconds);
+  ::testing::Test::RecordProperty("wall_seconds", std::to_string(r.seconds));
+
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<double>> losses;
+  for (const Json& m : read_metrics(run)) {
+    const std::string stage = m["stage"];
+    if (losses.find(stage) == losses.end()) order.push_back(stage);
+    ASSERT_TRUE(m["loss"].is_number()) << m;
+    losses[stage].push_back(m["loss"].get<double>());
+  }
+  ASSERT_EQ(order.size(), 2u);
+  for (std::size_t k = 0; k < order.size(); ++k) {
+    const std::vector<double>& l = losses[order[k]];
+    const std::size_t w = std::max<std::size_t>(1, l.size() / 10);
+    double first = 0, last = 0;
+    for (std::size_t i = 0; i < w; ++i) {
+      first += l[i] / static_cast<double>(w);
+      last += l[l.size() - w + i] / static_cast<double>(w);
+    }
+    std::printf(
+        "stage %s: %zu steps, mean loss of the first %zu %.4f, of the last %zu %.4f, "
+        "ratio %.3f (limit %.2f)\n",
+        order[k].c_str(), l.size(), w, first, w, last, last / first, kMaxRatio[k]);
+    EXPECT_LE(last, kMaxRatio[k] * first) << "stage " << order[k] << " did not learn enough";
+  }
+}
+
+}  // namespace
+}  // namespace traintest

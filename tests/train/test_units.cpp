@@ -1,0 +1,404 @@
+// Unit tests of the trainer's parts: LR schedules, the sample order, CRC-32C and the TensorBoard
+// event files (parsed here independently: TFRecord framing, masked CRC-32C, Event protos).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <set>
+
+#include <gtest/gtest-spi.h>
+#include <gtest/gtest.h>
+
+#include "train/lr_schedule.hpp"
+#include "train/metrics.hpp"
+#include "train/sample_order.hpp"
+#include "train_test_util.hpp"
+
+namespace traintest {
+namespace {
+
+// ---- LR schedules -------------------------------------------------------------------------------
+
+Json stage_with(const std::string& type, double lr, long steps, long warmup = 0,
+                double start_factor = 0.0, double min_factor = 0.0) {
+  return {{"name", "s"},
+          {"steps", steps},
+          {"optimizer", {{"lr", lr}}},
+          {"lr_schedule",
+           {{"type", type},
+            {"warmup_steps", warmup},
+            {"warmup_start_factor", start_factor},
+            {"min_lr_factor", min_factor}}}};
+}
+
+using wanhost::core::learning_rate;
+
+TEST(LrSchedule, Constant) {
+  const Json s = stage_with("constant", 3e-4, 50, /*warmup (ignored)=*/10, 0.5);
+  for (long n : {0L, 1L, 9L, 10L, 49L, 50L}) EXPECT_DOUBLE_EQ(learning_rate(s, n), 3e-4) << n;
+}
+
+TEST(LrSchedule, LinearWarmupFromStartFactor) {
+  const double lr = 2e-3;
+  const Json s = stage_with("linear_warmup_constant", lr, 100, 10, 0.1);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 0), 0.1 * lr);  // AutoModel: starts at 0.1 * lr
+  EXPECT_DOUBLE_EQ(learning_rate(s, 5), (0.1 + 0.9 * 0.5) * lr);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 9), (0.1 + 0.9 * 0.9) * lr);
+  for (long n : {10L, 11L, 50L, 99L}) EXPECT_DOUBLE_EQ(learning_rate(s, n), lr) << n;
+  for (long n = 1; n <= 10; ++n) EXPECT_GT(learning_rate(s, n), learning_rate(s, n - 1)) << n;
+  // Megatron: from 0.
+  const Json z = stage_with("linear_warmup_constant", lr, 100, 4, 0.0);
+  EXPECT_DOUBLE_EQ(learning_rate(z, 0), 0.0);
+  EXPECT_DOUBLE_EQ(learning_rate(z, 1), 0.25 * lr);
+  EXPECT_DOUBLE_EQ(learning_rate(z, 4), lr);
+}
+
+TEST(LrSchedule, CosineWarmupPeakAndEndValue) {
+  const double lr = 1e-3;
+  const long steps = 110, warmup = 10;
+  const Json s = stage_with("cosine", lr, steps, warmup, 0.0, 0.1);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 0), 0.0);
+  EXPECT_DOUBLE_EQ(learning_rate(s, 5), 0.5 * lr);
+  EXPECT_DOUBLE_EQ(learning_rate(s, warmup), lr);                // the peak
+  EXPECT_NEAR(learning_rate(s, warmup + 50), 0.55 * lr, 1e-15);  // half way: the mean
+  EXPECT_NEAR(learning_rate(s, steps), 0.1 * lr, 1e-15);         // the end value
+  EXPECT_NEAR(learning_rate(s, steps + 20), 0.1 * lr, 1e-15);    // stays there
+  for (long n = warmup + 1; n <= steps; ++n) {
+    EXPECT_LT(learning_rate(s, n), learning_rate(s, n - 1)) << n;
+    EXPECT_GE(learning_rate(s, n), 0.1 * lr) << n;
+  }
+  // No warm-up, min 0: a plain half cosine from lr to 0.
+  const Json c = stage_with("cosine", lr, 8, 0, 0.0, 0.0);
+  for (long n = 0; n <= 8; ++n)
+    EXPECT_NEAR(learning_rate(c, n), lr * 0.5 * (1 + std::cos(M_PI * n / 8.0)), 1e-17) << n;
+}
+
+// ---- Sample order -------------------------------------------------------------------------------
+
+std::vector<std::int64_t> epoch_of(wanhost::core::SampleOrder& o, std::int64_t size,
+                                   std::int64_t epoch) {
+  std::vector<std::int64_t> v;
+  for (std::int64_t i = 0; i < size; ++i) v.push_back(o.at(epoch * size + i));
+  return v;
+}
+
+TEST(SampleOrder, EachEpochIsAPermutationAndEpochsDiffer) {
+  const std::int64_t n = 37;
+  wanhost::core::SampleOrder o(1234, 0, n);
+  std::vector<std::int64_t> identity(n);
+  std::iota(identity.begin(), identity.end(), 0);
+  std::set<std::vector<std::int64_t>> epochs;
+  for (std::int64_t e = 0; e < 4; ++e) {
+    std::vector<std::int64_t> v = epoch_of(o, n, e);
+    EXPECT_NE(v, identity) << "epoch " << e << " is not shuffled";
+    std::sort(v.begin(), v.end());
+    EXPECT_EQ(v, identity) << "epoch " << e << " is not a permutation of 0.." << n - 1;
+    epochs.insert(epoch_of(o, n, e));
+  }
+  EXPECT_EQ(epochs.size(), 4u) << "every epoch has its own order";
+}
+
+TEST(SampleOrder, DeterministicAndRandomAccess) {
+  const std::int64_t n = 20;
+  wanhost::core::SampleOrder a(7, 1, n), b(7, 1, n);
+  std::vector<std::int64_t> seq;
+  for (std::int64_t p = 0; p < 3 * n; ++p) seq.push_back(a.at(p));
+  // Another instance, asked out of order (across epochs, backwards): the same answers.
+  for (std::int64_t p = 3 * n - 1; p >= 0; p -= 3) EXPECT_EQ(b.at(p), seq[p]) << p;
+  for (std::int64_t p : {45L, 2L, 59L, 21L, 0L}) EXPECT_EQ(b.at(p), seq[p]) << p;
+  // The seed and the stage pick the order.
+  wanhost::core::SampleOrder other_seed(8, 1, n), other_stage(7, 0, n);
+  EXPECT_NE(epoch_of(other_seed, n, 0), std::vector<std::int64_t>(seq.begin(), seq.begin() + n));
+  EXPECT_NE(epoch_of(other_stage, n, 0), std::vector<std::int64_t>(seq.begin(), seq.begin() + n));
+}
+
+TEST(SampleOrder, SizeOne) {
+  wanhost::core::SampleOrder o(1, 0, 1);
+  for (std::int64_t p = 0; p < 5; ++p) EXPECT_EQ(o.at(p), 0);
+}
+
+// ---- CRC-32C ------------------------------------------------------------------------------------
+
+// Bit by bit, straight from the definition (reflected polynomial 0x82F63B78).
+std::uint32_t crc32c_reference(const std::string& s) {
+  std::uint32_t crc = 0xFFFFFFFFu;
+  for (unsigned char c : s) {
+    crc ^= c;
+    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+  }
+  return ~crc;
+}
+
+std::uint32_t crc(const std::string& s) {
+  return wanhost::core::crc32c(s.data(), s.size());
+}
+
+TEST(Crc32c, KnownAnswers) {
+  EXPECT_EQ(crc("123456789"), 0xE3069283u);  // the CRC catalogue's check value
+  EXPECT_EQ(crc(""), 0u);
+  EXPECT_EQ(crc(std::string(32, '\0')), 0x8A9136AAu);    // RFC 3720 B.4
+  EXPECT_EQ(crc(std::string(32, '\xff')), 0x62A8AB43u);  // RFC 3720 B.4
+  std::string inc;
+  for (int i = 0; i < 32; ++i) inc.push_back(static_cast<char>(i));
+  EXPECT_EQ(crc(inc), 0x46DD794Eu);  // RFC 3720 B.4
+  std::string bytes;
+  for (int i = 0; i < 1000; ++i) bytes.push_back(static_cast<char>((i * 131 + 7) & 0xFF));
+  for (std::size_t n : {1u, 7u, 64u, 999u, 1000u})
+    EXPECT_EQ(crc(bytes.substr(0, n)), crc32c_reference(bytes.substr(0, n))) << n;
+}
+
+// ---- TensorBoard event files --------------------------------------------------------------------
+
+std::uint32_t masked_crc(const std::string& s) {
+  const std::uint32_t c = crc32c_reference(s);
+  return ((c >> 15) | (c << 17)) + 0xa282ead8u;
+}
+
+struct Event {
+  double wall_time = 0;
+  long step = 0;
+  std::string file_version;
+  std::vector<std::pair<std::string, float>> scalars;  // (tag, simple_value)
+  int session_status = -1;                             // SessionLog.status; -1: none
+};
+
+// A protobuf reader for the few fields of Event, Summary, Summary.Value and SessionLog.
+class Proto {
+ public:
+  explicit Proto(const std::string& b) : b_(b) {}
+  bool done() const { return pos_ >= b_.size(); }
+  std::uint64_t varint() {
+    std::uint64_t v = 0;
+    for (int shift = 0;; shift += 7) {
+      if (pos_ >= b_.size() || shift > 63) throw std::runtime_error("bad varint");
+      const auto c = static_cast<unsigned char>(b_[pos_++]);
+      v |= static_cast<std::uint64_t>(c & 0x7F) << shift;
+      if (!(c & 0x80)) return v;
+    }
+  }
+  std::string bytes(std::size_t n) {
+    if (pos_ + n > b_.size()) throw std::runtime_error("field runs past the end");
+    std::string s = b_.substr(pos_, n);
+    pos_ += n;
+    return s;
+  }
+  // Next field: (number, wire type); payload via the readers below.
+  std::pair<int, int> key() {
+    const std::uint64_t k = varint();
+    return {static_cast<int>(k >> 3), static_cast<int>(k & 7)};
+  }
+  std::string payload(int wire) {
+    switch (wire) {
+      case 0:
+        return std::to_string(varint());
+      case 1:
+        return bytes(8);
+      case 2:
+        return bytes(varint());
+      case 5:
+        return bytes(4);
+      default:
+        throw std::runtime_error("unexpected wire type " + std::to_string(wire));
+    }
+  }
+
+ private:
+  const std::string& b_;
+  std::size_t pos_ = 0;
+};
+
+Event parse_event(const std::string& data) {
+  Event e;
+  Proto p(data);
+  while (!p.done()) {
+    const auto [field, wire] = p.key();
+    const std::string v = p.payload(wire);
+    if (field == 1 && wire == 1) {
+      std::memcpy(&e.wall_time, v.data(), 8);
+    } else if (field == 2 && wire == 0) {
+      e.step = std::stol(v);
+    } else if (field == 3 && wire == 2) {
+      e.file_version = v;
+    } else if (field == 5 && wire == 2) {  // Summary { repeated Value value = 1; }
+      Proto s(v);
+      while (!s.done()) {
+        const auto [sf, sw] = s.key();
+        const std::string value = s.payload(sw);
+        if (sf != 1 || sw != 2) continue;
+        Proto vp(value);  // Value { string tag = 1; float simple_value = 2; }
+        std::string tag;
+        float x = std::nanf("");
+        while (!vp.done()) {
+          const auto [vf, vw] = vp.key();
+          const std::string vv = vp.payload(vw);
+          if (vf == 1 && vw == 2) tag = vv;
+          if (vf == 2 && vw == 5) std::memcpy(&x, vv.data(), 4);
+        }
+        e.scalars.emplace_back(tag, x);
+      }
+    } else if (field == 6 && wire == 2) {  // SessionLog { SessionStatus status = 1; }
+      Proto s(v);
+      e.session_status = 0;
+      while (!s.done()) {
+        const auto [sf, sw] = s.key();
+        const std::string sv = s.payload(sw);
+        if (sf == 1 && sw == 0) e.session_status = std::stoi(sv);
+      }
+    }
+  }
+  return e;
+}
+
+// Reads a TFRecord file: uint64 length, uint32 masked CRC-32C of the length, data, uint32 masked
+// CRC-32C of the data. Every length and CRC is checked (gtest failures name the record).
+std::vector<Event> read_events(const fs::path& file) {
+  const std::string b = read_file(file);
+  std::vector<Event> out;
+  std::size_t pos = 0;
+  auto u32 = [&](std::size_t at) {
+    std::uint32_t v;
+    std::memcpy(&v, b.data() + at, 4);
+    return v;
+  };
+  while (pos < b.size()) {
+    const std::size_t index = out.size();
+    if (b.size() - pos < 12) {
+      ADD_FAILURE() << file << ": record " << index << " has a truncated header";
+      break;
+    }
+    std::uint64_t len;
+    std::memcpy(&len, b.data() + pos, 8);
+    EXPECT_EQ(u32(pos + 8), masked_crc(b.substr(pos, 8))) << "length CRC of record " << index;
+    if (len > b.size() - pos - 12 || b.size() - pos - 12 - len < 4) {
+      ADD_FAILURE() << file << ": record " << index << " (" << len << " bytes) runs past the end";
+      break;
+    }
+    const std::string data = b.substr(pos + 12, len);
+    EXPECT_EQ(u32(pos + 12 + len), masked_crc(data)) << "data CRC of record " << index;
+    out.push_back(parse_event(data));
+    pos += 12 + len + 4;
+  }
+  return out;
+}
+
+std::vector<fs::path> event_files(const fs::path& run) {
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(run / "tensorboard"))
+    if (e.path().filename().string().rfind("events.out.tfevents.", 0) == 0)
+      files.push_back(e.path());
+  return files;
+}
+
+TEST(TensorBoard, WriterFraming) {
+  const fs::path dir = scratch_dir();
+  {
+    wanhost::core::TensorBoardWriter w((dir / "fresh").string(), 0);
+    w.scalar("train/loss", 0.25, 1);
+    w.scalar("train/loss", 0.125, 2);
+    w.scalar("train/lr", 1e-4, 2);
+    w.flush();
+  }
+  auto files = event_files(dir / "fresh");
+  ASSERT_EQ(files.size(), 1u);
+  std::vector<Event> ev = read_events(files[0]);
+  ASSERT_EQ(ev.size(), 4u);
+  EXPECT_EQ(ev[0].file_version, "brain.Event:2");
+  EXPECT_EQ(ev[0].session_status, -1) << "start_step 0: no SessionLog";
+  EXPECT_GT(ev[0].wall_time, 1.6e9);
+  EXPECT_EQ(ev[1].step, 1);
+  EXPECT_EQ(ev[1].scalars, (std::vector<std::pair<std::string, float>>{{"train/loss", 0.25f}}));
+  EXPECT_EQ(ev[2].step, 2);
+  EXPECT_EQ(ev[3].scalars, (std::vector<std::pair<std::string, float>>{{"train/lr", 1e-4f}}));
+
+  {
+    wanhost::core::TensorBoardWriter w((dir / "resumed").string(), 7);
+    w.scalar("train/loss", 1.5, 7);
+  }
+  files = event_files(dir / "resumed");
+  ASSERT_EQ(files.size(), 1u);
+  ev = read_events(files[0]);
+  ASSERT_EQ(ev.size(), 3u);
+  EXPECT_EQ(ev[1].step, 7);
+  EXPECT_EQ(ev[1].session_status, 1) << "SessionLog START";
+  EXPECT_EQ(ev[2].step, 7);
+  EXPECT_EQ(ev[2].scalars.size(), 1u);
+}
+
+// The reader catches damage (so the framing checks can fail).
+TEST(TensorBoard, ReaderDetectsCorruption) {
+  const fs::path dir = scratch_dir();
+  { wanhost::core::TensorBoardWriter((dir / "a").string(), 0).scalar("x", 1.0, 1); }
+  const fs::path file = event_files(dir / "a").at(0);
+  std::string b = read_file(file);
+  b[b.size() - 6] ^= 0x01;  // inside the last record's data
+  write_file(file, b);
+  ::testing::TestPartResultArray failures;
+  {
+    ::testing::ScopedFakeTestPartResultReporter reporter(
+        ::testing::ScopedFakeTestPartResultReporter::INTERCEPT_ONLY_CURRENT_THREAD, &failures);
+    read_events(file);
+  }
+  ASSERT_EQ(failures.size(), 1);
+  EXPECT_NE(std::string(failures.GetTestPartResult(0).message()).find("data CRC of record 1"),
+            std::string::npos);
+}
+
+// A real run, stopped and resumed: the second events file starts with SessionLog START at the
+// first step it writes, and the scalars of both files match metrics.jsonl.
+TEST(TensorBoard, RunAndResume) {
+  const fs::path run = scratch_dir() / "run";
+  const std::vector<std::string> small = {"--set", "stages.0.steps=6", "--set", "stages.1.steps=2"};
+  std::vector<std::string> a = small, b = small;
+  a.insert(a.end(), {"--stop-after-steps", "5"});
+  b.push_back("--resume");
+  Result r = run_cli(run_args(run, a));
+  ASSERT_EQ(r.code, 0) << r.describe();
+  auto first = event_files(run);
+  ASSERT_EQ(first.size(), 1u);
+  r = run_cli(run_args(run, b));
+  ASSERT_EQ(r.code, 0) << r.describe();
+  auto files = event_files(run);
+  ASSERT_EQ(files.size(), 2u);
+  const fs::path second = files[0] == first[0] ? files[1] : files[0];
+
+  const std::vector<Json> metrics = read_metrics(run);
+  ASSERT_EQ(metrics.size(), 8u);
+  const std::vector<std::string> tags = {"train/loss",         "train/lr",
+                                         "train/grad_norm",    "train/samples_per_s",
+                                         "train/tokens_per_s", "train/tflops_per_gpu"};
+  auto check = [&](const fs::path& file, long from, long to, bool resumed) {
+    SCOPED_TRACE(file.string());
+    const std::vector<Event> ev = read_events(file);
+    ASSERT_GE(ev.size(), 2u);
+    EXPECT_EQ(ev[0].file_version, "brain.Event:2");
+    const auto start =
+        std::find_if(ev.begin(), ev.end(), [](const Event& e) { return e.session_status == 1; });
+    if (resumed) {
+      ASSERT_NE(start, ev.end()) << "no SessionLog START in the resumed run's events";
+      EXPECT_EQ(start->step, from);
+    }
+    std::map<std::string, std::vector<long>> steps;
+    for (const Event& e : ev)
+      for (const auto& [tag, value] : e.scalars) {
+        steps[tag].push_back(e.step);
+        ASSERT_GE(e.step, from);
+        ASSERT_LE(e.step, to);
+        const Json& m = metrics.at(static_cast<std::size_t>(e.step - 1));
+        const std::string key = tag.substr(6);
+        if (key == "loss" || key == "lr" || key == "grad_norm") {
+          EXPECT_EQ(value, static_cast<float>(m[key].get<double>())) << tag << " " << e.step;
+        }
+      }
+    std::vector<long> expected(static_cast<std::size_t>(to - from + 1));
+    std::iota(expected.begin(), expected.end(), from);
+    for (const auto& t : tags) EXPECT_EQ(steps[t], expected) << t;
+    std::size_t n = 0;
+    for (const auto& [t, s] : steps) n += s.size();
+    EXPECT_EQ(n, tags.size() * expected.size()) << "scalar events";
+  };
+  check(first[0], 1, 5, false);
+  check(second, 6, 8, true);
+}
+
+}  // namespace
+}  // namespace traintest
