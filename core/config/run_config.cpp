@@ -302,7 +302,7 @@ Json resolve_run_config(const RunConfigRequest& request, const PluginRegistry& r
     if (!user.contains(section) || !user[section].contains("plugin") || !raw.contains(section))
       continue;
     const std::string old = raw[section].value("plugin", "");
-    if (old == user[section]["plugin"] || user[section].contains(old)) continue;
+    if (old == user[section]["plugin"].get<std::string>() || user[section].contains(old)) continue;
     raw[section].erase(old);
     if (section == "data" && !user.contains("stages"))
       for (auto& stage : raw["stages"])
