@@ -1,6 +1,8 @@
 // The built-in default recipe learns: in each stage, the mean loss of the last 10% of its steps
 // is clearly below the mean of its first 10%. (Stage 2 starts from stage 1's weights, so each
-// stage is compared with itself.) Slow: the whole default recipe, ~2 minutes on 2 CPU cores.
+// stage is compared with itself.) Slow: the whole default recipe, ~45 s on 2 cores. (The recipe
+// sets run.threads=1: with LibTorch's default of one thread per core the tiny model ran 20x
+// slower whenever other processes shared the cores, e.g. under ctest -j2.)
 #include <gtest/gtest.h>
 
 #include "train_test_util.hpp"
@@ -8,8 +10,12 @@
 namespace traintest {
 namespace {
 
-// Last-10% mean / first-10% mean must be at most this, per stage.
-constexpr double kMaxRatio[] = {0.80, 0.90};
+// Last-10% mean / first-10% mean must be at most this, per stage. Seen with the default recipe
+// (seed 1234; 200 + 400 steps, global batch 16, run.threads 1; 2026-11-25, 2-core dev machine,
+// 42 s): t2i 3.938 -> 1.532 (0.389), t2v 1.384 -> 1.088 (0.786). Stage 2 starts from stage 1's
+// weights, which already denoise single frames, so its fall is smaller: it has to learn the
+// temporal structure of the clips.
+constexpr double kMaxRatio[] = {0.60, 0.85};
 
 TEST(DefaultRecipe, LearnsInEveryStage) {
   const fs::path run = scratch_dir() / "run";
