@@ -1,7 +1,7 @@
 // wan21_dit internals: the Wan 2.1 text-to-video DiT (Diffusers WanTransformer3DModel semantics)
 // as a wanhost::Model. Shared by the plugin entry point and the tests (library wan21_dit_impl).
-// The model's arithmetic, names and dtype islands follow /work/shared/wan21.md §1-§2; docs/model.md
-// describes the plugin from a user's side.
+// The model's arithmetic, names and dtype islands follow the project brief (shared/wan21.md
+// §1-§2); docs/model.md describes the plugin from a user's side.
 #pragma once
 
 #include <array>
