@@ -7,7 +7,16 @@
 #include <utility>
 #include <vector>
 
+#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+
+// Non-fatal check that `haystack` (a string) contains `needle`, printing both when it does not.
+#define EXPECT_CONTAINS(haystack, needle)                             \
+  do {                                                                \
+    const std::string h_ = (haystack);                                \
+    EXPECT_NE(h_.find(needle), std::string::npos)                     \
+        << "expected to find [" << (needle) << "] in [" << h_ << "]"; \
+  } while (0)
 
 namespace coretest {
 

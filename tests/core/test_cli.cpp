@@ -28,13 +28,6 @@ using Env = std::vector<std::pair<std::string, std::string>>;
 const std::string kHostMajor = std::to_string(WANHOST_SDK_ABI_MAJOR);
 const std::string kNextMajor = std::to_string(WANHOST_SDK_ABI_MAJOR + 1);
 
-#define EXPECT_CONTAINS(haystack, needle)                             \
-  do {                                                                \
-    const std::string h_ = (haystack);                                \
-    EXPECT_NE(h_.find(needle), std::string::npos)                     \
-        << "expected to find [" << (needle) << "] in [" << h_ << "]"; \
-  } while (0)
-
 // Every output of a command, for failure messages.
 std::string shown(const CommandResult& r) {
   return "exit " + std::to_string(r.code) + "\n--- stdout\n" + r.out + "\n--- stderr\n" + r.err;

@@ -60,13 +60,6 @@ std::string refused_reason(const PluginRegistry& reg, const fs::path& file) {
   return {};
 }
 
-#define EXPECT_CONTAINS(haystack, needle)                             \
-  do {                                                                \
-    const std::string h_ = (haystack);                                \
-    EXPECT_NE(h_.find(needle), std::string::npos)                     \
-        << "expected to find [" << (needle) << "] in [" << h_ << "]"; \
-  } while (0)
-
 class Loader : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = scratch_dir(); }

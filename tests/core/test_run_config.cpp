@@ -24,13 +24,6 @@ using wanhost::Json;
 using wanhost::core::PluginRegistry;
 using wanhost::core::RunConfigRequest;
 
-#define EXPECT_CONTAINS(haystack, needle)                             \
-  do {                                                                \
-    const std::string h_ = (haystack);                                \
-    EXPECT_NE(h_.find(needle), std::string::npos)                     \
-        << "expected to find [" << (needle) << "] in [" << h_ << "]"; \
-  } while (0)
-
 const char* kOneStage =
     R"("stages": [{"name": "only", "steps": 5, "global_batch": 4, "micro_batch": 2}])";
 
