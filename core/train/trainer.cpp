@@ -106,19 +106,15 @@ Components build(const Json& cfg, const LaunchEnv& env, PluginRegistry& reg,
                  CommunicatorPtr world) {
   Components c;
   const Json& run = cfg["run"];
+  // The SDK's single-process context (default operators), then this process's place and dtypes;
+  // the parallelism plugin fills in groups and may swap the operators in setup().
+  c.ctx = ParallelContext::single(pick_device(run["device"], env));
   c.ctx.world_rank = env.rank;
   c.ctx.world_size = env.world_size;
   c.ctx.world = world;
-  c.ctx.device = pick_device(run["device"], env);
-  const bool gpu = c.ctx.device.is_cuda();
   const std::string precision = run["precision"];
   c.ctx.param_dtype = run["master_weights"] == "bf16" ? at::kBFloat16 : at::kFloat;
-  c.ctx.compute_dtype =
-      precision == "bf16" || (precision == "auto" && gpu) ? at::kBFloat16 : at::kFloat;
-  c.ctx.make_linear = [](std::int64_t in, std::int64_t out, bool bias, LinearRole) {
-    return make_replicated_linear(in, out, bias);
-  };
-  c.ctx.attention = default_attention;
+  if (precision != "auto") c.ctx.compute_dtype = precision == "bf16" ? at::kBFloat16 : at::kFloat;
 
   const PluginConfig pc = section_config(cfg, "parallelism");
   c.parallelism =
@@ -493,10 +489,16 @@ int Trainer::run() {
     resume_from(*resume_dir);
   else
     start_stage(0, /*run_start=*/true);
+  if (opts_.stop_after_steps && p_.global_step >= *opts_.stop_after_steps) {
+    logger()->info("already at global step {} (--stop-after-steps {}): nothing to train",
+                   p_.global_step, *opts_.stop_after_steps);
+    return 0;
+  }
   if (rank0()) {
     metrics_ = std::make_unique<MetricsLog>(out_, p_.global_step);
+    // A resumed run marks where it starts, so TensorBoard drops the interrupted run's later points.
     if (cfg_["logging"]["tensorboard"].get<bool>())
-      tb_ = std::make_unique<TensorBoardWriter>(out_, p_.global_step + 1);
+      tb_ = std::make_unique<TensorBoardWriter>(out_, resume_dir ? p_.global_step + 1 : 0);
   }
   const std::string progress = cfg_["logging"]["progress"];
   bar_ = std::make_unique<ProgressBar>(rank0() &&

@@ -9,17 +9,6 @@
 namespace traintest {
 namespace {
 
-const std::vector<std::string> kKeepAll = {"--set", "checkpoint.keep_last=100"};
-
-std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
-
-std::string step(long s) {
-  return "step-" + std::to_string(s);
-}
-
 // A copy of the complete straight run with every checkpoint (4, 8, ..., 20; LATEST = step-20).
 fs::path copy_of_reference(const std::string& name) {
   const fs::path run = scratch_dir() / name;

@@ -11,14 +11,6 @@
 namespace traintest {
 namespace {
 
-// Every checkpoint of a run stays, so checkpoints of two runs can be compared step by step.
-const std::vector<std::string> kKeepAll = {"--set", "checkpoint.keep_last=100"};
-
-std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
-
 // The checkpoints of the same step in two runs hold the same state: every tensor of every
 // safetensors file under state/, and the same trainer_state.json.
 void expect_same_checkpoint(const fs::path& a, const fs::path& b) {
@@ -34,6 +26,12 @@ void expect_same_checkpoint(const fs::path& a, const fs::path& b) {
     expect_same_tensors(e.path(), b / fs::relative(e.path(), a), e.path().filename().string());
   }
   EXPECT_GE(files, 2) << "model weights and optimizer state";
+}
+
+// Every checkpoint of `run` equals the same step's checkpoint of the straight run `ref`.
+void expect_same_checkpoints(const fs::path& run, const fs::path& ref) {
+  for (long s = kEvery; s <= kTotalSteps; s += kEvery)
+    expect_same_checkpoint(run / "checkpoints" / step(s), ref / "checkpoints" / step(s));
 }
 
 void stop_and_resume(long k) {
@@ -59,10 +57,7 @@ void stop_and_resume(long k) {
   expect_same_steps(read_metrics(ref), read_metrics(run), "after the resume");
   expect_same_export(ref, run);
   EXPECT_EQ(latest(run), "step-" + std::to_string(kTotalSteps));
-  for (long s = kEvery; s <= kTotalSteps; s += kEvery) {
-    const std::string name = "step-" + std::to_string(s);
-    expect_same_checkpoint(run / "checkpoints" / name, ref / "checkpoints" / name);
-  }
+  expect_same_checkpoints(run, ref);
 }
 
 TEST(ExactResume, StopInsideStage1) {
@@ -138,10 +133,7 @@ TEST_P(KilledAndResumed, ResumesExactly) {
   expect_same_export(ref, run);
   // The step that was interrupted saves cleanly the second time, as does every later one.
   EXPECT_EQ(latest(run), "step-" + std::to_string(kTotalSteps));
-  for (long s = kEvery; s <= kTotalSteps; s += kEvery) {
-    const std::string name = "step-" + std::to_string(s);
-    expect_same_checkpoint(run / "checkpoints" / name, ref / "checkpoints" / name);
-  }
+  expect_same_checkpoints(run, ref);
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -32,6 +32,19 @@ inline constexpr long kStage1Steps = 12, kStage2Steps = 8, kTotalSteps = 20, kEv
 // `run --out <out> <tiny settings> <extra...>`
 std::vector<std::string> run_args(const fs::path& out, const std::vector<std::string>& extra = {});
 
+// Every checkpoint of a run stays, so checkpoints of two runs can be compared step by step.
+inline const std::vector<std::string> kKeepAll = {"--set", "checkpoint.keep_last=100"};
+// `a` followed by `b`.
+inline std::vector<std::string> with(std::vector<std::string> a,
+                                     const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+// The folder name of the checkpoint of global step `s`.
+inline std::string step(long s) {
+  return "step-" + std::to_string(s);
+}
+
 struct Result {
   int code = -1;  // exit status; 128 + signal when a signal ended it; 124 when it timed out
   std::string out, err;
