@@ -17,6 +17,8 @@ namespace {
 
 struct ForwardOptions {
   std::string plugin, weights, inputs, output, dtype = "float32", device = "cpu";
+  std::string entry = "forward", tokenizer;
+  std::vector<std::string> prompts;
 };
 
 at::Tensor required_input(const std::map<std::string, at::Tensor>& in, const std::string& name,
@@ -31,8 +33,94 @@ at::Tensor required_input(const std::map<std::string, at::Tensor>& in, const std
   return it->second;
 }
 
+PluginConfig default_config(const PluginManifest& m, const std::string& section) {
+  PluginConfig cfg;
+  cfg.plugin = m.name;
+  cfg.pointer = "/" + section + "/" + m.name;
+  validate_config(cfg.values, object_spec(m.options), cfg.pointer, m.name);
+  return cfg;
+}
+
+c10::Device device_of(const ForwardOptions& o) {
+  if (o.device == "cuda" && !at::hasCUDA())
+    throw UsageError("--device cuda: no CUDA device is visible");
+  return c10::Device(o.device);
+}
+
+at::ScalarType dtype_of(const ForwardOptions& o) {
+  return o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+}
+
+void save_outputs(const ForwardOptions& o, const PluginManifest& m,
+                  const std::map<std::string, at::Tensor>& out) {
+  std::map<std::string, at::Tensor> cpu;
+  for (const auto& [k, v] : out) cpu[k] = v.to(at::kCPU).contiguous();
+  safetensors::save(o.output, cpu,
+                    {{"plugin", m.name},
+                     {"plugin_version", m.version},
+                     {"entry", o.entry},
+                     {"dtype", o.dtype},
+                     {"device", o.device}});
+  for (const auto& [k, v] : cpu)
+    logger()->info("wrote {} {} ({}) to {}", k, c10::str(v.sizes()), o.dtype, o.output);
+}
+
+// --entry encode|decode of a video autoencoder: video [B,3,F,H,W] <-> latents.
+void autoencoder_entry(PluginRegistry& reg, const PluginManifest& m, const ForwardOptions& o) {
+  if (o.entry != "encode" && o.entry != "decode")
+    throw UsageError("--entry " + o.entry + ": plugin '" + m.name +
+                     "' is a video autoencoder; use --entry encode or --entry decode");
+  if (o.inputs.empty()) throw UsageError("--inputs is required for --entry " + o.entry);
+  auto vae = reg.load(m.name).factories.create_video_autoencoder(default_config(m, "vae"));
+  vae->load_weights(o.weights);
+  vae->to(device_of(o), dtype_of(o));
+  vae->module().eval();
+  const auto in = safetensors::File::open(o.inputs).load_all();
+  const bool enc = o.entry == "encode";
+  const at::Tensor x =
+      required_input(in, enc ? "video" : "latents", o.inputs).to(device_of(o), dtype_of(o));
+  at::InferenceMode guard;
+  at::Tensor y = enc ? vae->encode(x) : vae->decode(x);
+  save_outputs(o, m, {{enc ? "latents" : "video", y}});
+}
+
+// A text encoder: token ids from --inputs (input_ids, attention_mask) -> last_hidden_state, or
+// --prompt texts -> the pipeline's padded embeddings (hidden) and lengths.
+void text_encoder_entry(PluginRegistry& reg, const PluginManifest& m, const ForwardOptions& o) {
+  if (o.entry != "forward" && o.entry != "encode")
+    throw UsageError("--entry " + o.entry + ": plugin '" + m.name +
+                     "' is a text encoder; use --entry forward (--inputs with input_ids and "
+                     "attention_mask) or --entry encode (--prompt ...)");
+  auto te = reg.load(m.name).factories.create_text_encoder(default_config(m, "text_encoder"));
+  const std::string tokenizer =
+      o.tokenizer.empty() ? (fs::path(o.weights).parent_path() / "tokenizer").string()
+                          : o.tokenizer;
+  te->load(o.weights, tokenizer);
+  te->to(device_of(o), dtype_of(o));
+  te->module().eval();
+  at::InferenceMode guard;
+  if (o.entry == "encode") {
+    if (o.prompts.empty()) throw UsageError("--entry encode needs at least one --prompt");
+    TextEmbeddings e = te->encode(o.prompts);
+    save_outputs(o, m, {{"hidden", e.hidden}, {"lengths", e.lengths}});
+    return;
+  }
+  if (o.inputs.empty()) throw UsageError("--inputs is required for --entry forward");
+  const auto in = safetensors::File::open(o.inputs).load_all();
+  const at::Tensor ids = required_input(in, "input_ids", o.inputs).to(device_of(o), at::kLong);
+  const at::Tensor mask =
+      required_input(in, "attention_mask", o.inputs).to(device_of(o), at::kLong);
+  save_outputs(o, m, {{"last_hidden_state", te->forward(ids, mask)}});
+}
+
 void forward(const GlobalOptions& g, const ForwardOptions& o) {
   auto reg = make_registry(g);
+  const PluginManifest& any = reg->require(o.plugin, "", "");
+  if (any.provides("video_autoencoder")) return autoencoder_entry(*reg, any, o);
+  if (any.provides("text_encoder")) return text_encoder_entry(*reg, any, o);
+  if (o.entry != "forward")
+    throw UsageError("--entry " + o.entry + ": a model plugin has only --entry forward");
+  if (o.inputs.empty()) throw UsageError("--inputs is required");
   const PluginManifest& m = reg->require(o.plugin, "model", "");
   for (const char* key : {"config_file", "weights"})
     if (!m.options.contains(key))
@@ -51,9 +139,7 @@ void forward(const GlobalOptions& g, const ForwardOptions& o) {
   if (m.options.contains("text_len")) cfg.values["text_len"] = 0;
   validate_config(cfg.values, object_spec(m.options), cfg.pointer, m.name);
 
-  if (o.device == "cuda" && !at::hasCUDA())
-    throw UsageError("--device cuda: no CUDA device is visible");
-  ParallelContext ctx = ParallelContext::single(c10::Device(o.device));
+  ParallelContext ctx = ParallelContext::single(device_of(o));
   ctx.param_dtype = ctx.compute_dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
   const PluginDescriptor& d = reg->load(m.name);
   std::unique_ptr<Model> model = d.factories.create_model(cfg, ctx);
@@ -78,12 +164,7 @@ void forward(const GlobalOptions& g, const ForwardOptions& o) {
     at::InferenceMode guard;
     sample = model->forward(batch, timestep.numel() == 1 ? timestep.expand({b}) : timestep);
   }
-  safetensors::save(o.output, {{"sample", sample.to(at::kCPU).contiguous()}},
-                    {{"plugin", m.name},
-                     {"plugin_version", m.version},
-                     {"dtype", o.dtype},
-                     {"device", o.device}});
-  logger()->info("wrote sample {} ({}) to {}", c10::str(sample.sizes()), o.dtype, o.output);
+  save_outputs(o, m, {{"sample", sample}});
 }
 
 }  // namespace
@@ -94,16 +175,25 @@ void add_model_command(CLI::App& app, GlobalOptions& g) {
   auto o = std::make_shared<ForwardOptions>();
   auto* fwd =
       model->add_subcommand("forward", "One forward pass: inputs and output as safetensors");
-  fwd->add_option("--plugin", o->plugin, "Model plugin, e.g. wan21_dit")->required();
-  fwd->add_option("--weights", o->weights,
-                  "Checkpoint folder (config.json + safetensors, Diffusers layout)")
+  fwd->add_option("--plugin", o->plugin,
+                  "Model, video autoencoder or text encoder plugin (wan21_dit, wan_vae, umt5)")
       ->required();
-  fwd->add_option(
-         "--inputs", o->inputs,
-         "safetensors with hidden_states [B,C,F,H,W], timestep [B], encoder_hidden_states [B,L,D]")
-      ->required()
+  fwd->add_option("--weights", o->weights,
+                  "Checkpoint folder (config.json + safetensors, Diffusers/Transformers layout)")
+      ->required();
+  fwd->add_option("--entry", o->entry,
+                  "What to run: forward (DiT; text encoder on token ids), encode/decode (VAE), "
+                  "encode (text encoder on --prompt)")
+      ->check(CLI::IsMember({"forward", "encode", "decode"}));
+  fwd->add_option("--inputs", o->inputs,
+                  "safetensors with the inputs: DiT hidden_states [B,C,F,H,W], timestep [B], "
+                  "encoder_hidden_states [B,L,D]; VAE video [B,3,F,H,W] or latents; text encoder "
+                  "input_ids and attention_mask [B,L]")
       ->check(CLI::ExistingFile);
-  fwd->add_option("--output", o->output, "Where to write the output tensor 'sample'")->required();
+  fwd->add_option("--prompt", o->prompts, "Text encoder --entry encode: a text (repeatable)");
+  fwd->add_option("--tokenizer", o->tokenizer,
+                  "Text encoder: tokenizer folder (default: ../tokenizer beside --weights)");
+  fwd->add_option("--output", o->output, "Where to write the output tensors")->required();
   fwd->add_option("--dtype", o->dtype, "Compute dtype")
       ->check(CLI::IsMember({"float32", "bfloat16"}));
   fwd->add_option("--device", o->device, "Device")->check(CLI::IsMember({"cpu", "cuda"}));

@@ -227,7 +227,8 @@ void apply_stage_defaults(Json& cfg) {
 Json validate_all(Json cfg, const PluginRegistry& registry) {
   apply_stage_defaults(cfg);
   validate_config(cfg, run_schema(), "");
-  for (const auto& kind : plugin_kinds()) validate_plugin_section(cfg, kind, registry);
+  for (const auto& kind : plugin_kinds())
+    if (kind.section) validate_plugin_section(cfg, kind, registry);
   validate_stage_data(cfg, registry);
   return cfg;
 }
@@ -294,10 +295,19 @@ Json resolve_run_config(const RunConfigRequest& request, const PluginRegistry& r
       continue;
     }
     if (!m) registry.require(name, "", "");  // throws: lists what exists and where we looked
-    for (const auto& kind : m->kinds) user[kind_by_name(kind)->section]["plugin"] = name;
+    bool used = false;
+    for (const auto& kind : m->kinds)
+      if (const char* section = kind_by_name(kind)->section) {
+        user[section]["plugin"] = name;
+        used = true;
+      }
+    if (!used)
+      throw UsageError("--plugins " + name + ": a " + m->kinds.front() +
+                       " plugin is not part of a training run (`wanhost prepare` uses it)");
   }
   Json raw = default_recipe();
   for (const auto& kind : plugin_kinds()) {
+    if (!kind.section) continue;
     const std::string section = kind.section;
     if (!user.contains(section) || !user[section].contains("plugin") || !raw.contains(section))
       continue;

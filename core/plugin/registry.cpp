@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <boost/dll/shared_library.hpp>
 #include <cstring>
 #include <filesystem>
@@ -24,8 +25,15 @@ namespace wanhost::core {
 class LoadedPlugin {
  public:
   boost::dll::shared_library library;
-  const PluginDescriptor* descriptor = nullptr;
+  // A copy: a plugin of an older SDK minor provides a shorter descriptor, the rest stays zero.
+  PluginDescriptor descriptor{};
 };
+
+namespace {
+// The descriptor of SDK 1.0 ends after create_scheduler.
+constexpr std::size_t kMinDescriptorSize =
+    offsetof(PluginDescriptor, factories) + offsetof(PluginFactories, create_video_autoencoder);
+}  // namespace
 
 void LoadedPluginDeleter::operator()(LoadedPlugin* p) const {
   delete p;
@@ -38,6 +46,9 @@ const std::vector<KindInfo>& plugin_kinds() {
       {kKindDataSource, "data_source", "data"},
       {kKindCollator, "collator", "collator"},
       {kKindScheduler, "scheduler", "scheduler"},
+      // Used by `wanhost prepare` and `model forward`, not by training runs: no run section.
+      {kKindVideoAutoencoder, "video_autoencoder", nullptr},
+      {kKindTextEncoder, "text_encoder", nullptr},
   };
   return kinds;
 }
@@ -50,7 +61,7 @@ const KindInfo* kind_by_name(const std::string& name) {
 
 const KindInfo* kind_by_section(const std::string& section) {
   for (const auto& k : plugin_kinds())
-    if (section == k.section) return &k;
+    if (k.section && section == k.section) return &k;
   return nullptr;
 }
 
@@ -312,11 +323,11 @@ const PluginDescriptor& load_plugin_library(const PluginManifest& m, LoadedPlugi
   auto entry = loaded->library.get<const PluginDescriptor*()>(WANHOST_ENTRY_POINT);
   const PluginDescriptor* d = entry();
   if (!d) throw PluginRefused("plugin '" + m.name + "': entry point returned no descriptor");
-  if (std::memcmp(&d->tag, &*tag, sizeof(AbiTag)) != 0 ||
-      d->descriptor_size < sizeof(PluginDescriptor) || d->name == nullptr ||
-      d->version == nullptr || m.name != d->name)
+  if (std::memcmp(&d->tag, &*tag, sizeof(AbiTag)) != 0 || d->descriptor_size < kMinDescriptorSize ||
+      d->name == nullptr || d->version == nullptr || m.name != d->name)
     throw PluginRefused("plugin '" + m.name +
                         "' refused: its descriptor does not match its ABI tag");
+  std::memcpy(&loaded->descriptor, d, std::min<std::size_t>(d->descriptor_size, sizeof *d));
   for (const auto& k : plugin_kinds()) {
     const bool declared = m.provides(k.name), provided = (d->kinds & k.bit) != 0;
     if (declared != provided)
@@ -328,13 +339,12 @@ const PluginDescriptor& load_plugin_library(const PluginManifest& m, LoadedPlugi
   if (m.version != d->version)
     logger()->warn("plugin '{}': sidecar says version {}, library says {}", m.name, m.version,
                    d->version);
-  loaded->descriptor = d;
   holder = std::move(loaded);
-  return *d;
+  return holder->descriptor;
 }
 
 const PluginDescriptor& PluginRegistry::load(const std::string& name) {
-  if (auto it = loaded_.find(name); it != loaded_.end()) return *it->second->descriptor;
+  if (auto it = loaded_.find(name); it != loaded_.end()) return it->second->descriptor;
   const PluginManifest& m = require(name, "", "");
   LoadedPluginPtr holder;
   const PluginDescriptor& d = load_plugin_library(m, holder);

@@ -25,7 +25,7 @@ namespace wanhost::core {
 struct KindInfo {
   PluginKind bit;
   const char* name;     // "data_source"
-  const char* section;  // run manifest section: "data"
+  const char* section;  // run manifest section: "data"; null for kinds runs do not use
 };
 const std::vector<KindInfo>& plugin_kinds();
 const KindInfo* kind_by_name(const std::string& name);

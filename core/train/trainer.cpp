@@ -288,6 +288,7 @@ void Trainer::save_checkpoint() {
                {"plugins", Json::object()},
                {"wanhost_version", WANHOST_VERSION}};
   for (const auto& kind : plugin_kinds()) {
+    if (!kind.section) continue;
     const std::string name = cfg_[kind.section]["plugin"];
     if (const PluginManifest* m = reg_.find(name)) meta["plugins"][name] = m->version;
   }

@@ -1,5 +1,5 @@
 // Writing a plugin: implement one or more of the interfaces (Model, Parallelism, DataSource,
-// Collator, Scheduler), then in exactly one .cpp file:
+// Collator, Scheduler, VideoAutoencoder, TextEncoder), then in exactly one .cpp file:
 //
 //   static void factories(wanhost::PluginFactories& f) {
 //     f.create_scheduler = [](const wanhost::PluginConfig& cfg) ->
@@ -20,6 +20,7 @@
 #include "wanhost/abi.hpp"
 #include "wanhost/config.hpp"
 #include "wanhost/data.hpp"
+#include "wanhost/encoders.hpp"
 #include "wanhost/model.hpp"
 #include "wanhost/parallel.hpp"
 #include "wanhost/parallelism.hpp"
@@ -33,6 +34,8 @@ enum PluginKind : std::uint32_t {
   kKindDataSource = 1u << 2,
   kKindCollator = 1u << 3,
   kKindScheduler = 1u << 4,
+  kKindVideoAutoencoder = 1u << 5,  // SDK 1.1
+  kKindTextEncoder = 1u << 6,       // SDK 1.1
 };
 
 // One factory per kind; a plugin fills the ones it provides. New kinds are added at the end.
@@ -43,11 +46,17 @@ struct PluginFactories {
   std::unique_ptr<DataSource> (*create_data_source)(const PluginConfig& config) = nullptr;
   std::unique_ptr<Collator> (*create_collator)(const PluginConfig& config) = nullptr;
   std::unique_ptr<Scheduler> (*create_scheduler)(const PluginConfig& config) = nullptr;
+  // SDK 1.1
+  std::unique_ptr<VideoAutoencoder> (*create_video_autoencoder)(const PluginConfig& config) =
+      nullptr;
+  std::unique_ptr<TextEncoder> (*create_text_encoder)(const PluginConfig& config) = nullptr;
 
   std::uint32_t kinds() const {
     return (create_model ? kKindModel : 0u) | (create_parallelism ? kKindParallelism : 0u) |
            (create_data_source ? kKindDataSource : 0u) | (create_collator ? kKindCollator : 0u) |
-           (create_scheduler ? kKindScheduler : 0u);
+           (create_scheduler ? kKindScheduler : 0u) |
+           (create_video_autoencoder ? kKindVideoAutoencoder : 0u) |
+           (create_text_encoder ? kKindTextEncoder : 0u);
   }
 };
 
