@@ -92,9 +92,9 @@ void text_encoder_entry(PluginRegistry& reg, const PluginManifest& m, const Forw
                      "' is a text encoder; use --entry forward (--inputs with input_ids and "
                      "attention_mask) or --entry encode (--prompt ...)");
   auto te = reg.load(m.name).factories.create_text_encoder(default_config(m, "text_encoder"));
-  const std::string tokenizer =
-      o.tokenizer.empty() ? (fs::path(o.weights).parent_path() / "tokenizer").string()
-                          : o.tokenizer;
+  const std::string tokenizer = o.tokenizer.empty()
+                                    ? (fs::path(o.weights).parent_path() / "tokenizer").string()
+                                    : o.tokenizer;
   te->load(o.weights, tokenizer);
   te->to(device_of(o), dtype_of(o));
   te->module().eval();

@@ -6,8 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstddef>
 #include <boost/dll/shared_library.hpp>
+#include <cstddef>
 #include <cstring>
 #include <filesystem>
 #include <fstream>

@@ -127,7 +127,9 @@ TEST_F(Loader, AbiTagReadFromTheFile) {
   EXPECT_EQ(tag->sdk_major, static_cast<std::uint32_t>(WANHOST_SDK_ABI_MAJOR + 1));
   EXPECT_EQ(wanhost::core::abi_mismatch(*tag, wanhost::current_abi_tag()),
             "SDK ABI major: plugin " + kNextMajor + ", host " + kHostMajor);
-  EXPECT_EQ(wanhost::core::describe(*tag).rfind("sdk " + kNextMajor + ".0, torch ", 0), 0u)
+  EXPECT_EQ(wanhost::core::describe(*tag).rfind(
+                "sdk " + kNextMajor + "." + std::to_string(WANHOST_SDK_ABI_MINOR) + ", torch ", 0),
+            0u)
       << wanhost::core::describe(*tag);
 }
 
@@ -342,7 +344,7 @@ TEST_F(Loader, MalformedSidecars) {
       {"bad_default.json", ": option 'samples': its default is invalid"},
       {"unknown_kind.json",
        ": unknown plugin kind \"renderer\" (known: model, parallelism, "
-       "data_source, collator, scheduler)"},
+       "data_source, collator, scheduler, video_autoencoder, text_encoder)"},
       {"bad_name.json", ": plugin name 'Fx-Good' must match [a-z][a-z0-9_]*"},
       {"no_kinds.json", ": sidecar manifest needs a non-empty array \"kinds\""},
   };
