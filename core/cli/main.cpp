@@ -2,12 +2,14 @@
 #include <exception>
 #include <iostream>
 
+#include "../comm/mpi_communicator.hpp"
 #include "../logging/logging.hpp"
 #include "app.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/log.hpp"
 
-int main(int argc, char** argv) {
+namespace {
+int run_cli(int argc, char** argv) {
   using namespace wanhost::core;
   setup_logging(0, 1);
   CLI::App app{"wanhost: train Wan 2.1 text-to-video diffusion transformers (host + plugins)",
@@ -54,4 +56,13 @@ int main(int argc, char** argv) {
   }
   flush_logs();
   return kExitUsage;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int code = run_cli(argc, argv);
+  // After an MPI launch: finalize on success; on failure abort, so that ranks still waiting in a
+  // collective for this one stop now instead of at their timeout.
+  wanhost::core::mpi_shutdown(code);
+  return code;
 }

@@ -2,20 +2,44 @@
 
 #include <ATen/ATen.h>
 
+#include "../comm/mpi_communicator.hpp"
+#if WANHOST_WITH_CUDA
+#include "../comm/nccl_communicator.hpp"
+#endif
 #include "wanhost/errors.hpp"
 
 namespace wanhost::core {
 
-CommunicatorPtr make_world_communicator(const LaunchEnv& env) {
+CommunicatorPtr make_world_communicator(const LaunchEnv& env, const c10::Device& device,
+                                        const CommTimeouts& timeouts) {
+  const bool mpi = mpi_init_if_launched();
   if (env.world_size == 1) return make_local_communicator();
-  throw UsageError("this build runs single-process only: " + std::to_string(env.world_size) +
-                   " processes were started (" + env.source +
-                   "), but the MPI/NCCL communication backends are not built in yet");
+  CommunicatorPtr world;
+  if (device.is_cuda()) {
+#if WANHOST_WITH_CUDA
+    world = make_nccl_world(env, timeouts.init_s, timeouts.collective_s);
+#endif
+  } else {
+    if (!mpi)
+      throw UsageError(std::to_string(env.world_size) + " CPU processes were started by " +
+                       env.source +
+                       ", but CPU ranks communicate through OpenMPI: start them with `mpirun -np " +
+                       std::to_string(env.world_size) + " wanhost run ...`");
+    world = make_mpi_world(timeouts.collective_s);
+  }
+  if (!world) throw UsageError("no communication backend for device " + device.str());
+  if (world->size() != env.world_size || world->rank() != env.rank)
+    throw UsageError("the " + world->backend() + " backend sees rank " +
+                     std::to_string(world->rank()) + " of " + std::to_string(world->size()) +
+                     ", but the launch environment (" + env.source + ") says rank " +
+                     std::to_string(env.rank) + " of " + std::to_string(env.world_size));
+  return world;
 }
 
 bool any_rank(Communicator& world, bool flag) {
   if (world.size() == 1) return flag;
   at::Tensor t = at::scalar_tensor(flag ? 1 : 0, at::kInt).reshape({1});
+  if (world.backend() == "nccl") t = t.to(at::kCUDA);
   world.all_reduce(t, ReduceOp::Max);
   return t.item<int>() != 0;
 }

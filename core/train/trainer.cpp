@@ -103,12 +103,12 @@ std::unique_ptr<Model> make_model(PluginRegistry& reg, const Json& cfg,
 }
 
 Components build(const Json& cfg, const LaunchEnv& env, PluginRegistry& reg,
-                 CommunicatorPtr world) {
+                 const c10::Device& device, CommunicatorPtr world) {
   Components c;
   const Json& run = cfg["run"];
   // The SDK's single-process context (default operators), then this process's place and dtypes;
   // the parallelism plugin fills in groups and may swap the operators in setup().
-  c.ctx = ParallelContext::single(pick_device(run["device"], env));
+  c.ctx = ParallelContext::single(device);
   c.ctx.world_rank = env.rank;
   c.ctx.world_size = env.world_size;
   c.ctx.world = world;
@@ -258,6 +258,8 @@ void Trainer::start_stage(std::size_t k, bool run_start) {
   } else if (init != "previous" && init != "random") {
     if (!fs::exists(init)) throw ConfigError(ptr, "no weights at '" + init + "'");
     logger()->info("stage {}: loading weights from {}", stage["name"].get<std::string>(), init);
+    // A fresh model: a sharding plugin has already taken the current one's weights apart.
+    c_.model = make_model(reg_, cfg_, c_.ctx);
     c_.model->load_weights(init);
     c_.parallelism->attach(*c_.model);
   }
@@ -354,8 +356,10 @@ void Trainer::train_step(std::size_t k, DataSource& data, SampleOrder& order) {
   // Global mean loss and throughput over the data-parallel group (ranks sharing samples through
   // TP/CP hold the same numbers and are not counted twice).
   at::Tensor totals =
-      at::tensor({sl.sum, static_cast<double>(sl.count), tokens, flops}, at::kDouble);
+      at::tensor({sl.sum, static_cast<double>(sl.count), tokens, flops}, at::kDouble)
+          .to(c_.ctx.device);
   c_.ctx.dp->all_reduce(totals, ReduceOp::Sum);
+  totals = totals.cpu();
   const double loss = totals[0].item<double>() / std::max(1.0, totals[1].item<double>());
   const double lr = learning_rate(stage, p_.stage_step);
 
@@ -453,7 +457,11 @@ void Trainer::summary() const {
 
 int Trainer::run() {
   if (cfg_["run"]["threads"].get<int>() > 0) at::set_num_threads(cfg_["run"]["threads"].get<int>());
-  c_ = build(cfg_, env_, reg_, make_world_communicator(env_));
+  const c10::Device device = pick_device(cfg_["run"]["device"], env_);
+  CommTimeouts timeouts;
+  timeouts.init_s = cfg_["run"]["comm_init_timeout_s"];
+  timeouts.collective_s = cfg_["run"]["comm_timeout_s"];
+  c_ = build(cfg_, env_, reg_, device, make_world_communicator(env_, device, timeouts));
   logger()->info(
       "device {}, master weights {}, compute {}; model {} ({} blocks), parallelism {}, world {}",
       c_.ctx.device.str(), c10::toString(c_.ctx.param_dtype), c10::toString(c_.ctx.compute_dtype),
@@ -490,6 +498,9 @@ int Trainer::run() {
     resume_from(*resume_dir);
   else
     start_stage(0, /*run_start=*/true);
+  // Every rank's own figure (in its log file; rank 0's on the console): what sharding saves.
+  logger()->info("parameters + gradients + optimizer state on this rank: {:.3f} MiB",
+                 static_cast<double>(c_.parallelism->state_bytes()) / (1024.0 * 1024.0));
   if (opts_.stop_after_steps && p_.global_step >= *opts_.stop_after_steps) {
     logger()->info("already at global step {} (--stop-after-steps {}): nothing to train",
                    p_.global_step, *opts_.stop_after_steps);

@@ -10,14 +10,24 @@ namespace wanhost {
 AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> params, const OptimizerConfig& config,
              bool decay_1d)
     : config_(config) {
-  for (auto& [name, p] : params) {
-    const bool one_d =
-        p.dim() <= 1 || (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0);
-    // State in fp32 even for bf16 parameters would change the reference bf16 path; keep it in the
-    // parameter's dtype (fp32 master weights by default make this fp32).
+  for (auto& [name, p] : params)
     slots_.push_back({name, p, at::zeros_like(p, at::MemoryFormat::Contiguous),
-                      at::zeros_like(p, at::MemoryFormat::Contiguous), decay_1d || !one_d});
-  }
+                      at::zeros_like(p, at::MemoryFormat::Contiguous),
+                      decays(name, p.dim(), decay_1d)});
+}
+
+AdamW::AdamW(std::vector<AdamWParam> params, const OptimizerConfig& config) : config_(config) {
+  // State in the parameter's dtype (fp32 master weights by default make this fp32); fp32 state
+  // for bf16 parameters would change the reference bf16 path.
+  for (auto& p : params)
+    slots_.push_back({p.name, p.tensor, at::zeros_like(p.tensor, at::MemoryFormat::Contiguous),
+                      at::zeros_like(p.tensor, at::MemoryFormat::Contiguous), p.decay});
+}
+
+bool AdamW::decays(const std::string& name, std::int64_t dims, bool decay_1d) {
+  const bool one_d =
+      dims <= 1 || (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0);
+  return decay_1d || !one_d;
 }
 
 void AdamW::step(double lr) {

@@ -15,6 +15,14 @@
 
 namespace wanhost {
 
+// A parameter with its weight-decay decision made by the caller (SDK 1.1): for optimizers over
+// shards, whose 1-D flat tensors no longer show the parameter's rank.
+struct AdamWParam {
+  std::string name;
+  at::Tensor tensor;
+  bool decay = true;
+};
+
 class AdamW {
  public:
   // `params`: (name, tensor) pairs; the tensors are updated in place from their .grad().
@@ -22,6 +30,9 @@ class AdamW {
   // `decay_1d` is false (the Megatron reference); the AutoModel reference decays everything.
   AdamW(std::vector<std::pair<std::string, at::Tensor>> params, const OptimizerConfig& config,
         bool decay_1d = true);
+  AdamW(std::vector<AdamWParam> params, const OptimizerConfig& config);  // SDK 1.1
+  // The rule of the first constructor: false for biases and 1-D parameters unless `decay_1d`.
+  static bool decays(const std::string& name, std::int64_t dims, bool decay_1d);
 
   void step(double lr);
   std::int64_t steps() const { return step_; }
