@@ -25,9 +25,19 @@ std::optional<long> step_of(const std::string& name) {
 
 }  // namespace
 
+namespace {
+int g_fault_rank = 0;
+}  // namespace
+
+void set_fault_rank(int rank) {
+  g_fault_rank = rank;
+}
+
 bool fault_active(const char* site, long step) {
   const char* spec = std::getenv("WANHOST_FAULT");
   if (!spec) return false;
+  if (const char* only = std::getenv("WANHOST_FAULT_RANK"); only && std::atoi(only) != g_fault_rank)
+    return false;
   const std::string s(spec);
   const auto colon = s.rfind(':');
   if (colon == std::string::npos) return false;

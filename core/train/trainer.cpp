@@ -21,6 +21,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <thread>
 
 #include "../cli/exit_codes.hpp"
 #include "../config/run_config.hpp"
@@ -351,6 +352,11 @@ void Trainer::train_step(std::size_t k, DataSource& data, SampleOrder& order) {
     for (auto& p : c_.model->module().parameters())
       if (p.grad().defined()) p.mutable_grad().fill_(std::nan(""));
   }
+  if (fault_active("step.hang", p_.global_step + 1)) {  // test hook: a rank that stops responding
+    logger()->warn("fault injection: rank {} hangs at global step {}", env_.rank,
+                   p_.global_step + 1);
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
   const double clip = stage["optimizer"]["clip_grad_norm"];
   const double grad_norm = c_.parallelism->reduce_and_clip_gradients(clip);
   // Global mean loss and throughput over the data-parallel group (ranks sharing samples through
@@ -457,6 +463,7 @@ void Trainer::summary() const {
 
 int Trainer::run() {
   if (cfg_["run"]["threads"].get<int>() > 0) at::set_num_threads(cfg_["run"]["threads"].get<int>());
+  set_fault_rank(env_.rank);
   const c10::Device device = pick_device(cfg_["run"]["device"], env_);
   CommTimeouts timeouts;
   timeouts.init_s = cfg_["run"]["comm_init_timeout_s"];

@@ -1,0 +1,208 @@
+// Multi-process training on CPU ranks through `mpirun`, checked against the single-process run:
+// automodel_fsdp (and ddp) on 2 and 3 ranks reproduce its losses, shard their state, resume at
+// another data-parallel size, and end cleanly when a rank dies or hangs.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string log;
+  double seconds = 0;
+};
+
+fs::path scratch() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  fs::path p =
+      fs::path(WANHOST_TEST_TMP) / (std::string(info->test_suite_name()) + "." + info->name());
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+// 16 + 4 steps of the tiny default recipe, global batch 12 in micro batches of 2 (splits over
+// 1, 2 and 3 ranks), one CPU thread per rank.
+std::string settings() {
+  std::string s;
+  for (const char* kv :
+       {"stages.0.steps=16", "stages.0.global_batch=12", "stages.0.micro_batch=2",
+        "stages.1.steps=4", "stages.1.global_batch=12", "stages.1.micro_batch=2",
+        "logging.progress=\"off\"", "checkpoint.every_steps=4", "checkpoint.keep_last=10"})
+    s += std::string(" --set '") + kv + "'";
+  return s;
+}
+
+// Runs `[mpirun -np N] wanhost run --plugins P --out OUT <settings> extra` with `env` (KEY=VALUE
+// words, exported to the ranks) under a wall-clock limit; output goes to OUT.log.
+Result run(const fs::path& out, int np, const std::string& plugin, const std::string& extra = "",
+           const std::vector<std::string>& env = {}, int timeout_s = 240) {
+  std::string launch;
+  // Root in CI containers: OpenMPI refuses root unless told.
+  std::string exports = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ";
+  for (const auto& e : env) exports += e + " ";
+  if (np > 0) {
+    launch = std::string(WANHOST_MPIEXEC) + " -np " + std::to_string(np);
+    for (const auto& e : env) launch += " -x " + e.substr(0, e.find('='));
+  }
+  const fs::path log = out.string() + ".log";
+  const std::string cmd = exports + "timeout -s KILL " + std::to_string(timeout_s) + " " + launch +
+                          " " + WANHOST_CLI + " run --plugins " + plugin + " --out " +
+                          out.string() + settings() + " " + extra + " > " + log.string() + " 2>&1";
+  const auto t0 = std::chrono::steady_clock::now();
+  const int status = std::system(cmd.c_str());
+  Result r;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  std::ifstream f(log);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  r.log = ss.str();
+  return r;
+}
+
+std::string tail(const std::string& s) {
+  return s.size() > 3000 ? s.substr(s.size() - 3000) : s;
+}
+
+std::vector<double> losses(const fs::path& run) {
+  std::vector<double> out;
+  std::ifstream f(run / "metrics.jsonl");
+  for (std::string line; std::getline(f, line);)
+    if (!line.empty()) out.push_back(Json::parse(line).at("loss").get<double>());
+  return out;
+}
+
+void expect_same_losses(const std::vector<double>& ref, const std::vector<double>& got,
+                        const std::string& what, double rel = 1e-5) {
+  ASSERT_EQ(ref.size(), got.size()) << what;
+  double worst = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    const double d = std::abs(ref[i] - got[i]) / std::abs(ref[i]);
+    worst = std::max(worst, d);
+    EXPECT_LE(d, rel) << what << ": step " << i + 1 << " loss " << got[i] << " vs " << ref[i];
+  }
+  std::printf("[ figures ] %s: %zu losses, worst relative difference %.2e\n", what.c_str(),
+              ref.size(), worst);
+}
+
+// "parameters + gradients + optimizer state on this rank: X MiB" from a rank's log file.
+double state_mib(const fs::path& run, int rank) {
+  char name[32];
+  std::snprintf(name, sizeof name, "rank_%05d.log", rank);
+  std::ifstream f(run / "logs" / name);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::smatch m;
+  const std::string text = ss.str();
+  if (!std::regex_search(text, m, std::regex(R"(optimizer state on this rank: ([0-9.]+) MiB)")))
+    return -1;
+  return std::stod(m[1]);
+}
+
+class Distributed : public ::testing::Test {
+ protected:
+  // The single-process reference, made once for the suite.
+  static const fs::path& reference() {
+    static const fs::path ref = [] {
+      fs::path dir = fs::path(WANHOST_TEST_TMP) / "reference-single";
+      fs::remove_all(dir);
+      fs::create_directories(dir.parent_path());
+      Result r = run(dir, 0, "ddp");
+      if (r.code != 0) ADD_FAILURE() << "single-process run failed:\n" << tail(r.log);
+      return dir;
+    }();
+    return ref;
+  }
+};
+
+TEST_F(Distributed, FsdpOnOneTwoThreeRanksReproducesTheSingleProcessRun) {
+  const fs::path dir = scratch();
+  const std::vector<double> ref = losses(reference());
+  ASSERT_EQ(ref.size(), 20u);
+  const double single_mib = state_mib(reference(), 0);
+  ASSERT_GT(single_mib, 0);
+  for (int np : {0, 2, 3}) {
+    const fs::path out = dir / ("fsdp-" + std::to_string(np));
+    Result r = run(out, np, "automodel_fsdp");
+    ASSERT_EQ(r.code, 0) << tail(r.log);
+    expect_same_losses(ref, losses(out),
+                       "automodel_fsdp on " + std::to_string(std::max(np, 1)) + " rank(s)");
+    const int n = std::max(np, 1);
+    for (int k = 0; k < n; ++k) {
+      const double mib = state_mib(out, k);
+      std::printf(
+          "[ figures ] automodel_fsdp %d rank(s): rank %d holds %.3f MiB of parameters + "
+          "gradients + AdamW state (single process: %.3f MiB, ratio %.3f)\n",
+          n, k, mib, single_mib, mib / single_mib);
+      // 1/N up to the padding of each parameter to a multiple of N elements.
+      EXPECT_NEAR(mib / single_mib, 1.0 / n, 0.02) << "rank " << k;
+    }
+  }
+}
+
+TEST_F(Distributed, DdpOnTwoRanksReproducesTheSingleProcessRun) {
+  const fs::path out = scratch() / "ddp-2";
+  Result r = run(out, 2, "ddp");
+  ASSERT_EQ(r.code, 0) << tail(r.log);
+  expect_same_losses(losses(reference()), losses(out), "ddp on 2 ranks");
+}
+
+TEST_F(Distributed, FsdpStopOnTwoRanksResumeOnThree) {
+  const fs::path out = scratch() / "run";
+  Result a = run(out, 2, "automodel_fsdp", "--stop-after-steps 8");
+  ASSERT_EQ(a.code, 0) << tail(a.log);
+  ASSERT_TRUE(fs::exists(out / "checkpoints" / "step-8" / "state" / "fsdp_rank_00001.safetensors"));
+  Result b = run(out, 3, "automodel_fsdp", "--resume");
+  ASSERT_EQ(b.code, 0) << tail(b.log);
+  EXPECT_NE(b.log.find("resharding the checkpoint from 2 to 3"), std::string::npos) << tail(b.log);
+  expect_same_losses(losses(reference()), losses(out), "stop at 8 on 2 ranks, resume on 3");
+}
+
+TEST_F(Distributed, ADeadRankEndsTheJob) {
+  const fs::path out = scratch() / "run";
+  Result r = run(out, 2, "automodel_fsdp", "--set run.comm_timeout_s=30",
+                 {"WANHOST_FAULT=step.before_optimizer:3", "WANHOST_FAULT_RANK=1"}, 120);
+  EXPECT_NE(r.code, 0);
+  EXPECT_LT(r.seconds, 60) << "the surviving rank did not stop in time";
+  // mpirun reports which rank died and how.
+  EXPECT_TRUE(r.log.find("signal 9") != std::string::npos ||
+              r.log.find("Killed") != std::string::npos)
+      << tail(r.log);
+}
+
+TEST_F(Distributed, AHungRankEndsEveryRankWithTheOperationNamed) {
+  const fs::path out = scratch() / "run";
+  Result r = run(out, 2, "automodel_fsdp", "--set run.comm_timeout_s=5",
+                 {"WANHOST_FAULT=step.hang:3", "WANHOST_FAULT_RANK=1"}, 120);
+  EXPECT_NE(r.code, 0);
+  EXPECT_LT(r.seconds, 60) << "the job did not end after the collective timed out";
+  EXPECT_NE(r.log.find("did not complete within 5 s"), std::string::npos) << tail(r.log);
+  EXPECT_NE(r.log.find("all_reduce"), std::string::npos) << tail(r.log);
+  // The last good checkpoint (step 0 has none; the run never reached step 4) is not damaged:
+  // nothing half-written was left as a complete checkpoint.
+  EXPECT_FALSE(fs::exists(out / "checkpoints" / "step-4"));
+}
+
+TEST_F(Distributed, CpuRanksWithoutMpirunAreRefusedClearly) {
+  const fs::path out = scratch() / "run";
+  Result r = run(
+      out, 0, "automodel_fsdp", "",
+      {"RANK=0", "WORLD_SIZE=2", "LOCAL_RANK=0", "MASTER_ADDR=127.0.0.1", "MASTER_PORT=29511"}, 60);
+  EXPECT_EQ(r.code, 2) << tail(r.log);
+  EXPECT_NE(r.log.find("mpirun -np 2"), std::string::npos) << tail(r.log);
+}
+
+}  // namespace
