@@ -29,6 +29,8 @@ int run_cli(int argc, char** argv) {
   add_plugins_command(app, g);
   add_run_commands(app, g);
   add_model_command(app, g);
+  add_bench_command(app, g);
+  add_prepare_command(app, g);
   try {
     app.parse(argc, argv);
     flush_logs();

@@ -161,10 +161,20 @@ std::vector<std::string> builtin_plugin_dirs() {
   std::error_code ec;
   fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   if (ec) return {};
-  fs::path prefix = exe.parent_path().parent_path();
+  const fs::path exe_dir = exe.parent_path();
+  std::vector<fs::path> candidates;
+  if (exe_dir.filename() == "wanhost") {
+    // Installed packages: <prefix>/lib/wanhost/wanhost (started by the <prefix>/bin/wanhost
+    // launcher) with its plugins in <prefix>/lib/wanhost/plugins.
+    candidates = {exe_dir / "plugins"};
+  } else {
+    // Build tree (build/bin/wanhost, build/plugins) or a host installed as <prefix>/bin/wanhost.
+    const fs::path prefix = exe_dir.parent_path();
+    candidates = {prefix / "plugins", prefix / "lib" / "wanhost" / "plugins",
+                  prefix / "lib64" / "wanhost" / "plugins"};
+  }
   std::vector<std::string> dirs;
-  for (fs::path p : {prefix / "plugins", prefix / "lib" / "wanhost" / "plugins",
-                     prefix / "lib64" / "wanhost" / "plugins"})
+  for (const fs::path& p : candidates)
     if (fs::is_directory(p, ec)) dirs.push_back(p.string());
   return dirs;
 }

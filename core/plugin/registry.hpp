@@ -3,7 +3,8 @@
 //
 // Search order: --plugin-dir (in the order given), WANHOST_PLUGIN_PATH (':'-separated absolute
 // folders), then the folder that belongs to this executable (build/plugins next to build/bin, or
-// <prefix>/lib/wanhost/plugins when installed). Never the current directory.
+// <prefix>/lib/wanhost/plugins when installed: the packages' real executable is
+// <prefix>/lib/wanhost/wanhost, next to that folder). Never the current directory.
 // Refused, each with its own message: non-regular files and symlinks, files or folders writable by
 // group or others, files owned by someone other than root or this user, a missing or malformed
 // sidecar, duplicate plugin names (both files named), an ABI tag that does not match this host,

@@ -27,6 +27,7 @@
 #include "../config/run_config.hpp"
 #include "../logging/logging.hpp"
 #include "../plugin/registry.hpp"
+#include "../util/device_timing.hpp"
 #include "../util/files.hpp"
 #include "checkpoint.hpp"
 #include "communication.hpp"
@@ -237,6 +238,7 @@ class Trainer {
   std::unique_ptr<ProgressBar> bar_;
   std::vector<StageStats> stats_;
   std::string last_checkpoint_;
+  double peak_tflops_ = 0;  // MFU denominator (0: none)
 };
 
 void Trainer::prepare_run_folder() {
@@ -407,7 +409,9 @@ void Trainer::train_step(std::size_t k, DataSource& data, SampleOrder& order) {
                 {"samples_per_s", gb / secs},
                 {"tokens_per_s", totals[2].item<double>() / secs},
                 {"tflops_per_gpu", totals[3].item<double>() / env_.world_size / secs / 1e12},
-                {"mfu", nullptr},
+                {"mfu", peak_tflops_ > 0 ? Json(totals[3].item<double>() / env_.world_size / secs /
+                                                1e12 / peak_tflops_)
+                                         : Json(nullptr)},
                 {"peak_mem_gib", peak_memory_gib(c_.ctx.device)},
                 {"step_time_s", secs},
                 {"skipped_steps", p_.skipped}};
@@ -474,6 +478,12 @@ int Trainer::run() {
       c_.ctx.device.str(), c10::toString(c_.ctx.param_dtype), c10::toString(c_.ctx.compute_dtype),
       cfg_["model"]["plugin"].get<std::string>(), c_.model->num_blocks(),
       cfg_["parallelism"]["plugin"].get<std::string>(), env_.world_size);
+  peak_tflops_ = cfg_["run"]["peak_tflops"];
+  if (peak_tflops_ <= 0 && device.is_cuda()) {
+    peak_tflops_ = matmul_peak_tflops(device);
+    logger()->info("MFU is measured against {:.1f} TFLOP/s (bf16 matrix product on {})",
+                   peak_tflops_, device.str());
+  }
   store_ =
       std::make_unique<CheckpointStore>((fs::path(out_) / "checkpoints").string(), *c_.ctx.world);
   // Refusals come before anything is written into the run folder.

@@ -53,8 +53,10 @@ struct WanOptions {
   WanConfig config;
   std::string weights;  // checkpoint to load; empty = initialise from init_seed
   std::int64_t init_seed = 0;
-  bool mask_text_padding = false;  // false: attend zero-padded text rows like Diffusers/Wan
-  std::int64_t text_len = 512;     // unmasked text is zero-padded to at least this many rows
+  bool mask_text_padding = false;         // false: attend zero-padded text rows like Diffusers/Wan
+  std::int64_t text_len = 512;            // unmasked text is zero-padded to at least this many rows
+  std::string fused_kernels = "auto";     // auto | on | off (wanhost::fused CUDA kernels)
+  bool activation_checkpointing = false;  // recompute each block in backward
 };
 
 // Named architectures: "tiny", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b". Throws std::invalid_argument.
@@ -96,6 +98,8 @@ class WanModel final : public wanhost::Model {
   std::string config_json() const override;
 
   const WanOptions& options() const { return options_; }
+  // Whether blocks run the fused operators (wanhost::fused) instead of the plain ATen arithmetic.
+  bool fused() const { return fused_; }
   // Deterministic from-scratch initialisation (PyTorch defaults, tables randn/sqrt(D)).
   void initialize(std::int64_t seed);
 
@@ -117,10 +121,15 @@ class WanModel final : public wanhost::Model {
                           const std::vector<std::int64_t>& host_cu_q);
   at::Tensor attention(Attention& a, const at::Tensor& x, const at::Tensor& src, bool rope,
                        const wanhost::Activations& act, const wanhost::AttentionArgs& args);
+  // One block's arithmetic (block_forward adds activation checkpointing around it).
+  at::Tensor block_impl(std::int64_t i, const at::Tensor& hidden, const wanhost::Activations& act);
+  at::Tensor block_checkpointed(std::int64_t i, const at::Tensor& hidden,
+                                const wanhost::Activations& act);
   at::Tensor unpatchify(const at::Tensor& y, const wanhost::Batch& b) const;
 
   WanOptions options_;
   wanhost::ParallelContext ctx_;
+  bool fused_ = false;
   std::shared_ptr<torch::nn::Module> root_;
   std::vector<std::shared_ptr<Block>> blocks_;
   std::unique_ptr<Rope> rope_;

@@ -22,12 +22,17 @@
 #include "wanhost/errors.hpp"
 #include "wanhost/log.hpp"
 #include "wanhost/safetensors.hpp"
+#include "wanhost/strings.hpp"
 
 namespace wan21 {
 using wanhost::ConfigError;
 using wanhost::FormatError;
 
 namespace {
+
+using wanhost::listing;
+using wanhost::shape_str;
+using wanhost::starts_with;
 
 // The Diffusers version whose WanTransformer3DModel the parity tests pin (tests/reference).
 constexpr const char* kDiffusersVersion = "0.42.1";
@@ -105,25 +110,6 @@ WanConfig apply_keys(WanConfig c, const Json& keys) {
   if (c.out_channels == 0) c.out_channels = c.in_channels;
   validate(c);
   return c;
-}
-
-std::string shape_str(const std::vector<std::int64_t>& s) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-// "a, b, c ... and N more" (first `limit` entries).
-std::string listing(const std::vector<std::string>& items, std::size_t limit = 20) {
-  std::string out;
-  for (std::size_t i = 0; i < items.size() && i < limit; ++i) out += "\n    " + items[i];
-  if (items.size() > limit)
-    out += "\n    ... and " + std::to_string(items.size() - limit) + " more";
-  return out;
-}
-
-bool starts_with(const std::string& s, const std::string& prefix) {
-  return s.compare(0, prefix.size(), prefix) == 0;
 }
 
 // Original Wan 2.1 checkpoints name the top-level layers differently (wan21.md §1a).
@@ -269,6 +255,10 @@ WanOptions resolve_options(const wanhost::PluginConfig& cfg) {
   o.init_seed = cfg.get_or<std::int64_t>("init_seed", 0);
   o.mask_text_padding = cfg.get_or<bool>("mask_text_padding", false);
   o.text_len = cfg.get_or<std::int64_t>("text_len", 512);
+  o.fused_kernels = cfg.get_or<std::string>("fused_kernels", "auto");
+  if (o.fused_kernels != "auto" && o.fused_kernels != "on" && o.fused_kernels != "off")
+    cfg.fail("fused_kernels", "must be auto, on or off, got '" + o.fused_kernels + "'");
+  o.activation_checkpointing = cfg.get_or<bool>("activation_checkpointing", false);
   if (o.init_seed < 0) cfg.fail("init_seed", "must be >= 0");
   if (o.text_len < 0) cfg.fail("text_len", "must be >= 0");
   return o;

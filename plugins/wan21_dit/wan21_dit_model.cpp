@@ -31,9 +31,13 @@
 #include <ATen/ops/zeros.h>
 #include <c10/core/DispatchKeySet.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
 
 #include "wan21_dit.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/fused.hpp"
 
 namespace wan21 {
 
@@ -184,6 +188,15 @@ WanModel::WanModel(WanOptions options, const wanhost::ParallelContext& ctx)
         "wan21_dit does not support tensor parallelism yet (tp=" + std::to_string(ctx_.layout.tp) +
             "): its q/k RMSNorm spans all heads and would need a TP-group reduction",
         "wan21_dit");
+  if (options_.fused_kernels == "on" && !(wanhost::fused::kernels_built() && ctx_.device.is_cuda()))
+    throw wanhost::ConfigError(
+        "/model/wan21_dit/fused_kernels",
+        "\"on\" needs a CUDA build of wanhost running on a GPU (this is " +
+            std::string(wanhost::fused::kernels_built() ? "a CUDA" : "a CPU-only") + " build on " +
+            ctx_.device.str() + "); use auto or off",
+        "wan21_dit");
+  fused_ =
+      options_.fused_kernels != "off" && wanhost::fused::kernels_built() && ctx_.device.is_cuda();
   build();
   root_->to(ctx_.device, ctx_.param_dtype);
   rope_ = std::make_unique<Rope>(options_.config);
@@ -472,6 +485,16 @@ at::Tensor WanModel::attention(Attention& a, const at::Tensor& x, const at::Tens
                                const Activations& act, const wanhost::AttentionArgs& args) {
   const auto& c = options_.config;
   auto q = a.q->forward(x), k = a.k->forward(src), v = a.v->forward(src);
+  if (fused_) {
+    // RMSNorm (+ RoPE for self-attention) in one pass over q and k.
+    const at::Tensor none;
+    q = wanhost::fused::rms_norm_rope(q, a.norm_q, rope ? act.aux[0] : none,
+                                      rope ? act.aux[1] : none, c.head_dim, c.eps);
+    k = wanhost::fused::rms_norm_rope(k, a.norm_k, rope ? act.aux[0] : none,
+                                      rope ? act.aux[1] : none, c.head_dim, c.eps);
+    auto o = ctx_.attention(q, k, v.unflatten(-1, {-1, c.head_dim}), args).flatten(2);
+    return a.out->forward(o.to(q.scalar_type()));
+  }
   // torch.nn.RMSNorm over all heads; its weight is in the activations' dtype like in a bf16 model.
   {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
@@ -489,14 +512,89 @@ at::Tensor WanModel::attention(Attention& a, const at::Tensor& x, const at::Tens
   return a.out->forward(o);
 }
 
-// One WanTransformerBlock (wan21.md §2.5).
+namespace {
+
+// The backward of a checkpointed block: recomputes the block with gradients and back-propagates
+// through it (a reentrant backward, as torch.utils.checkpoint's reentrant variant does).
+class CheckpointBackward final : public torch::autograd::Node {
+ public:
+  std::function<torch::autograd::variable_list(const at::Tensor&)> recompute;
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    return recompute(grads.at(0));
+  }
+  std::string name() const override { return "wan21::CheckpointBackward"; }
+  void release_variables() override { recompute = nullptr; }
+};
+
+}  // namespace
+
 at::Tensor WanModel::block_forward(std::int64_t i, const at::Tensor& hidden,
                                    const Activations& act) {
+  if (options_.activation_checkpointing && at::GradMode::is_enabled())
+    return block_checkpointed(i, hidden, act);
+  return block_impl(i, hidden, act);
+}
+
+// Forward without a graph; backward recomputes from the block input and the differentiable
+// conditioning (modulation and text context), whose gradients it returns.
+at::Tensor WanModel::block_checkpointed(std::int64_t i, const at::Tensor& hidden,
+                                        const Activations& act) {
+  const std::vector<at::Tensor> inputs{hidden, act.context.at(0), act.context.at(1)};
+  at::Tensor out;
+  {
+    at::NoGradGuard no_grad;
+    out = block_impl(i, hidden, act);
+  }
+  auto node =
+      std::shared_ptr<CheckpointBackward>(new CheckpointBackward(), torch::autograd::deleteNode);
+  node->set_next_edges(torch::autograd::collect_next_edges(inputs));
+  node->recompute = [this, i, inputs, saved = act](const at::Tensor& grad) {
+    at::AutoGradMode grad_mode(true);
+    std::vector<at::Tensor> leaves;
+    for (const auto& t : inputs) leaves.push_back(t.detach().requires_grad_(t.requires_grad()));
+    Activations a = saved;
+    a.context[0] = leaves[1];
+    a.context[1] = leaves[2];
+    auto y = block_impl(i, leaves[0], a);
+    torch::autograd::backward({y}, {grad});
+    torch::autograd::variable_list grads;
+    for (const auto& l : leaves) grads.push_back(l.requires_grad() ? l.grad() : at::Tensor());
+    return grads;
+  };
+  torch::autograd::create_gradient_edge(out, node);
+  return out;
+}
+
+// One WanTransformerBlock (wan21.md §2.5).
+at::Tensor WanModel::block_impl(std::int64_t i, const at::Tensor& hidden, const Activations& act) {
   auto& blk = *blocks_.at(static_cast<std::size_t>(i));
   const auto eps = options_.config.eps;
   const auto cdt = hidden.scalar_type();
   // shift, scale, gate (self-attention), shift, scale, gate (FFN); each [B, 1, D] fp32.
   const auto m = (blk.table.to(at::kFloat) + act.context[0].to(at::kFloat)).chunk(6, 1);
+
+  if (fused_) {
+    // The same arithmetic through wanhost::fused: one pass each for norm + modulation and for
+    // the gated residuals, in bf16 between the passes (fp32 inside them).
+    namespace fused = wanhost::fused;
+    const auto* seg = act.segments_self.get();
+    auto x = hidden;
+    auto n1 = fused::layer_norm_modulate(x, m[1], m[0], eps, seg);
+    x = fused::gated_residual(x, attention(blk.self, n1, n1, true, act, act.self_attention), m[2],
+                              seg);
+    auto n2 = x;
+    if (blk.norm2_weight.defined()) {
+      // Affine LayerNorm = LayerNorm * (1 + (weight - 1)) + bias, the same for every sample.
+      const auto n = m[0].size(0), d = x.size(-1);
+      n2 = fused::layer_norm_modulate(
+          x, (blk.norm2_weight.to(at::kFloat) - 1).view({1, 1, d}).expand({n, 1, d}),
+          blk.norm2_bias.to(at::kFloat).view({1, 1, d}).expand({n, 1, d}), eps, seg);
+    }
+    x = x + attention(blk.cross, n2, act.context[1], false, act, act.cross_attention);
+    auto n3 = fused::layer_norm_modulate(x, m[4], m[3], eps, seg);
+    auto f = blk.ffn_down->forward(at::gelu(blk.ffn_up->forward(n3), "tanh"));
+    return fused::gated_residual(x, f.to(cdt), m[5], seg);
+  }
 
   auto x = hidden;
   auto n1 = modulate(plain_layer_norm(x.to(at::kFloat), eps), m[1], m[0], act).to(cdt);

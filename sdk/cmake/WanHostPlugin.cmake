@@ -5,7 +5,9 @@
 # the ABI tag and the entry point are exported) and --no-undefined (a missing symbol fails the
 # link, not the training run), plus its sidecar manifest copied beside it as <name>.json.
 # Inside the wanhost tree, plugins land in build/plugins/; elsewhere in the caller's binary dir
-# (or WANHOST_PLUGIN_OUTPUT_DIR when set).
+# (or WANHOST_PLUGIN_OUTPUT_DIR when set). `cmake --install` puts NAME.so and NAME.json into
+# WANHOST_INSTALL_PLUGINDIR under the install prefix (lib/wanhost/plugins: with the prefix /usr,
+# where the packaged wanhost finds them without any variable), unless NO_INSTALL is given.
 function(wanhost_add_plugin name)
   cmake_parse_arguments(ARG "NO_INSTALL" "MANIFEST" "SOURCES;LINK_LIBRARIES" ${ARGN})
   if(NOT ARG_SOURCES)
@@ -29,6 +31,10 @@ function(wanhost_add_plugin name)
     VISIBILITY_INLINES_HIDDEN ON
     LIBRARY_OUTPUT_DIRECTORY ${WANHOST_PLUGIN_OUTPUT_DIR})
   target_link_options(${name} PRIVATE "LINKER:--no-undefined")
+  if(WANHOST_FMT_SHIM AND NOT TARGET wanhost_sdk)
+    # Before LibTorch's bundled {fmt} (see WanHostConfig.cmake / the top-level CMakeLists.txt).
+    target_include_directories(${name} BEFORE PRIVATE ${WANHOST_FMT_SHIM})
+  endif()
   if(WANHOST_WARNINGS)
     target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${WANHOST_WARNINGS}>)
   endif()
@@ -38,6 +44,12 @@ function(wanhost_add_plugin name)
     VERBATIM)
   set_property(TARGET ${name} APPEND PROPERTY ADDITIONAL_CLEAN_FILES "${WANHOST_PLUGIN_OUTPUT_DIR}/${name}.json")
   if(NOT ARG_NO_INSTALL AND WANHOST_INSTALL_PLUGINDIR)
+    if(TARGET wanhost_sdk AND CMAKE_INSTALL_LIBDIR)
+      # Inside the wanhost tree: installed plugins find libwanhost_sdk relative to themselves.
+      file(RELATIVE_PATH rel /${WANHOST_INSTALL_PLUGINDIR} /${CMAKE_INSTALL_LIBDIR})
+      string(REGEX REPLACE "/$" "" rel "${rel}")
+      set_target_properties(${name} PROPERTIES INSTALL_RPATH "$ORIGIN/${rel}")
+    endif()
     install(TARGETS ${name} LIBRARY DESTINATION ${WANHOST_INSTALL_PLUGINDIR} COMPONENT wanhost)
     install(FILES "${manifest}" DESTINATION ${WANHOST_INSTALL_PLUGINDIR} RENAME ${name}.json
             COMPONENT wanhost)

@@ -114,18 +114,19 @@ double state_mib(const fs::path& run, int rank) {
 
 class Distributed : public ::testing::Test {
  protected:
-  // The single-process reference, made once for the suite.
-  static const fs::path& reference() {
-    static const fs::path ref = [] {
-      fs::path dir = fs::path(WANHOST_TEST_TMP) / "reference-single";
-      fs::remove_all(dir);
-      fs::create_directories(dir.parent_path());
-      Result r = run(dir, 0, "ddp");
+  // The single-process reference of this test (each test is its own process under ctest, so a
+  // shared one would race).
+  const fs::path& reference() {
+    if (reference_.empty()) {
+      reference_ = scratch() / "reference-single";
+      Result r = run(reference_, 0, "ddp");
       if (r.code != 0) ADD_FAILURE() << "single-process run failed:\n" << tail(r.log);
-      return dir;
-    }();
-    return ref;
+    }
+    return reference_;
   }
+
+ private:
+  fs::path reference_;
 };
 
 TEST_F(Distributed, FsdpOnOneTwoThreeRanksReproducesTheSingleProcessRun) {

@@ -1,0 +1,275 @@
+// `wanhost bench`: forward + backward of N blocks of a model plugin at given shapes, timed with
+// CUDA events (std::chrono on CPU), median of --iters runs after --warmup runs. Counts model FLOPs
+// the way the peer benchmark (shared/bench/peer_wan_block.py) does: Model::forward_flops of the
+// blocks (matrix products and attention), backward = 2x forward. MFU is against a bf16 matrix
+// product peak measured here (8192^3 at::mm, as the peer does).
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <iostream>
+
+#if WANHOST_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+#include "../config/schema.hpp"
+#include "../util/device_timing.hpp"
+#include "app.hpp"
+#include "wanhost/errors.hpp"
+#include "wanhost/log.hpp"
+
+namespace wanhost::core {
+namespace {
+
+struct BenchOptions {
+  std::string plugin = "wan21_dit", preset = "wan2.1-t2v-1.3b", dtype, device, grid;
+  std::int64_t blocks = 4, batch = 1, video_tokens = 390, text_tokens = 512;
+  int warmup = 3, iters = 10;
+  bool packed = false, json = false, fp32_master = false, skip_peak = false;
+  std::vector<std::string> options;  // key=json for the model plugin
+};
+
+// Token grid (frames, height, width) of one sample: --grid F,H,W, or from --video-tokens.
+std::array<std::int64_t, 3> token_grid(const BenchOptions& o) {
+  if (!o.grid.empty()) {
+    std::array<std::int64_t, 3> g{};
+    if (std::sscanf(o.grid.c_str(), "%ld,%ld,%ld", &g[0], &g[1], &g[2]) != 3 || g[0] <= 0 ||
+        g[1] <= 0 || g[2] <= 0)
+      throw UsageError("--grid " + o.grid + ": expected three positive integers F,H,W");
+    if (g[0] * g[1] * g[2] != o.video_tokens)
+      throw UsageError("--grid " + o.grid + " holds " + std::to_string(g[0] * g[1] * g[2]) +
+                       " tokens but --video-tokens is " + std::to_string(o.video_tokens));
+    return g;
+  }
+  const auto s = o.video_tokens;
+  if (s % 390 == 0) return {s / 390, 15, 26};  // 240x416 frames (Wan's 30x52 latents)
+  std::int64_t h = 1;
+  for (std::int64_t d = 1; d * d <= s; ++d)
+    if (s % d == 0) h = d;
+  return {1, h, s / h};
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+double matmul_peak(const c10::Device& device, bool skip) {
+  return skip ? 0.0 : matmul_peak_tflops(device);
+}
+
+PluginConfig model_config(const PluginManifest& m, const BenchOptions& o, std::int64_t blocks) {
+  PluginConfig cfg;
+  cfg.plugin = m.name;
+  cfg.pointer = "/model/" + m.name;
+  for (const char* key : {"preset", "overrides"})
+    if (!m.options.contains(key))
+      throw UsageError("--plugin " + o.plugin + ": the plugin has no '" + std::string(key) +
+                       "' option, which `bench` needs to choose the architecture");
+  cfg.values["preset"] = o.preset;
+  cfg.values["overrides"] = Json{{"num_layers", blocks}};
+  if (m.options.contains("text_len")) cfg.values["text_len"] = o.text_tokens;
+  for (const auto& kv : o.options) {
+    const auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw UsageError("--option " + kv + ": expected key=value (value as JSON)");
+    const auto key = kv.substr(0, eq), text = kv.substr(eq + 1);
+    Json value;
+    try {
+      value = Json::parse(text);
+    } catch (const Json::exception&) {
+      value = text;  // a bare word is a string
+    }
+    cfg.values[key] = value;
+  }
+  validate_config(cfg.values, object_spec(m.options), cfg.pointer, m.name);
+  return cfg;
+}
+
+Batch make_batch(const BenchOptions& o, const std::array<std::int64_t, 3>& g, std::int64_t channels,
+                 std::int64_t text_dim, const c10::Device& device, at::ScalarType dtype) {
+  // Latent grid for patch (1, 2, 2), the patch of every Wan 2.1 preset.
+  const std::int64_t f = g[0], h = 2 * g[1], w = 2 * g[2];
+  const auto opts = at::TensorOptions().device(device).dtype(dtype);
+  Batch b;
+  if (o.packed) {
+    b.latents = at::randn({channels, o.batch * f * h * w}, opts);
+    for (std::int64_t i = 0; i < o.batch; ++i)
+      b.segments.push_back(PackSegment{i * f * h * w, f, h, w});
+  } else {
+    b.latents = at::randn({o.batch, channels, f, h, w}, opts);
+  }
+  b.text = at::randn({o.batch, o.text_tokens, text_dim}, opts);
+  b.text_lengths =
+      at::full({o.batch}, o.text_tokens, at::TensorOptions().dtype(at::kLong).device(device));
+  for (std::int64_t i = 0; i < o.batch; ++i) b.sample_keys.push_back(i);
+  b.captions.resize(static_cast<std::size_t>(o.batch));
+  return b;
+}
+
+void bench(const GlobalOptions& g, BenchOptions o) {
+  if (o.blocks < 1 || o.batch < 1 || o.video_tokens < 1 || o.text_tokens < 1)
+    throw UsageError("--blocks, --batch, --video-tokens and --text-tokens must be positive");
+  if (o.iters < 1 || o.warmup < 0) throw UsageError("--iters must be >= 1 and --warmup >= 0");
+  if (o.device.empty()) o.device = at::hasCUDA() ? "cuda" : "cpu";
+  if (o.device == "cuda" && !at::hasCUDA())
+    throw UsageError("--device cuda: no CUDA device is visible");
+  // "cuda" means the current device: name its index (the allocator's statistics need one).
+  c10::Device device(o.device);
+  if (device.is_cuda() && !device.has_index()) device = c10::Device(c10::kCUDA, 0);
+  if (o.dtype.empty()) o.dtype = device.is_cuda() ? "bfloat16" : "float32";
+  const auto dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  const auto grid = token_grid(o);
+
+  auto reg = make_registry(g);
+  const PluginManifest& m = reg->require(o.plugin, "model", "");
+  const PluginDescriptor& d = reg->load(m.name);
+
+  // Block FLOPs: the model's forward_flops is linear in the block count, so the difference to
+  // a model with one block more gives one block's share (embedding and head excluded, like the
+  // peer). The probe is built on the CPU and only asked for its count.
+  const PackSegment seg{0, grid[0], 2 * grid[1], 2 * grid[2]};
+  double flops_per_block = 0;
+  {
+    auto ctx = ParallelContext::single(c10::Device(c10::kCPU));
+    auto probe_a = d.factories.create_model(model_config(m, o, 1), ctx);
+    const double f1 = probe_a->forward_flops(seg, o.text_tokens);
+    probe_a.reset();
+    auto probe_b = d.factories.create_model(model_config(m, o, 2), ctx);
+    flops_per_block = probe_b->forward_flops(seg, o.text_tokens) - f1;
+  }
+  const double step_flops = 3.0 * flops_per_block * o.blocks * o.batch;
+
+  ParallelContext ctx = ParallelContext::single(device);
+  ctx.compute_dtype = dtype;
+  ctx.param_dtype = o.fp32_master ? at::kFloat : dtype;
+  auto model = d.factories.create_model(model_config(m, o, o.blocks), ctx);
+  model->module().to(device, ctx.param_dtype);
+  model->module().train();
+
+  const auto& shapes = model->module().named_parameters(true);
+  std::int64_t channels = 16, text_dim = 0;
+  for (const auto& p : shapes) {
+    if (p.key() == "patch_embedding.weight") channels = p.value().size(1);
+    if (p.key() == "condition_embedder.text_embedder.linear_1.weight") text_dim = p.value().size(1);
+  }
+  if (text_dim == 0)
+    throw UsageError("--plugin " + o.plugin +
+                     ": no condition_embedder.text_embedder.linear_1.weight parameter to size the "
+                     "text input from");
+  Batch batch = make_batch(o, grid, channels, text_dim, device, dtype);
+  const auto timesteps = at::rand({o.batch}, at::TensorOptions().device(device)) * 1000;
+
+  // Input part once, outside the timed region; the blocks get a fresh leaf every step.
+  Activations act;
+  at::Tensor hidden;
+  {
+    at::NoGradGuard no_grad;
+    act = model->embed(batch, timesteps);
+    hidden = act.hidden.detach();
+    for (auto& c : act.context) c = c.detach();
+  }
+  std::vector<at::Tensor> params;
+  for (auto& p : model->module().parameters(true)) params.push_back(p);
+
+  auto step = [&] {
+    for (auto& p : params) p.mutable_grad() = at::Tensor();
+    auto h = hidden.detach().requires_grad_(true);
+    for (std::int64_t i = 0; i < model->num_blocks(); ++i) h = model->block_forward(i, h, act);
+    h.to(at::kFloat).square().mean().backward();
+  };
+
+  const double peak = matmul_peak(device, o.skip_peak);
+  for (int i = 0; i < o.warmup; ++i) step();
+  sync_device(device);
+#if WANHOST_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#endif
+  std::vector<double> times;
+  for (int i = 0; i < o.iters; ++i) times.push_back(time_once(device, step));
+  const double t = median(times);
+  double peak_gib = -1;
+#if WANHOST_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    peak_gib = static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0 * 1024.0);
+  }
+#endif
+  const double tokens = static_cast<double>(o.batch * grid[0] * grid[1] * grid[2]);
+  const double tflops = step_flops / t / 1e12;
+  Json r{{"plugin", m.name},
+         {"preset", o.preset},
+         {"blocks", o.blocks},
+         {"batch", o.batch},
+         {"video_tokens", o.video_tokens},
+         {"grid", {grid[0], grid[1], grid[2]}},
+         {"text_tokens", o.text_tokens},
+         {"dtype", o.dtype},
+         {"params", o.fp32_master ? "float32" : o.dtype},
+         {"packed", o.packed},
+         {"device", device.str()},
+         {"options", o.options},
+         {"iters", o.iters},
+         {"step_s", t},
+         {"min_s", *std::min_element(times.begin(), times.end())},
+         {"max_s", *std::max_element(times.begin(), times.end())},
+         {"tokens_per_s", tokens / t},
+         {"model_tflops", tflops},
+         {"step_tflop", step_flops / 1e12},
+         {"matmul_peak_tflops", peak > 0 ? Json(peak) : Json(nullptr)},
+         {"mfu", peak > 0 ? Json(tflops / peak) : Json(nullptr)},
+         {"peak_mem_gib", peak_gib >= 0 ? Json(peak_gib) : Json(nullptr)}};
+  if (o.json) {
+    std::cout << r.dump() << std::endl;
+    return;
+  }
+  std::printf(
+      "%s %s: %ld blocks, batch %ld x %ld tokens (%ldx%ldx%ld)%s, text %ld, %s on %s\n"
+      "  step %.4f s (median of %d; min %.4f, max %.4f)\n"
+      "  %.0f tokens/s, %.1f model TFLOP/s",
+      m.name.c_str(), o.preset.c_str(), o.blocks, o.batch, o.video_tokens, grid[0], grid[1],
+      grid[2], o.packed ? " packed" : "", o.text_tokens, o.dtype.c_str(), o.device.c_str(), t,
+      o.iters, *std::min_element(times.begin(), times.end()),
+      *std::max_element(times.begin(), times.end()), tokens / t, tflops);
+  if (peak > 0)
+    std::printf(", MFU %.1f%% of %.1f TFLOP/s (measured matmul)", 100 * tflops / peak, peak);
+  std::printf("\n");
+  if (peak_gib >= 0) std::printf("  peak memory %.2f GiB\n", peak_gib);
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app, GlobalOptions& g) {
+  auto o = std::make_shared<BenchOptions>();
+  auto* b = app.add_subcommand(
+      "bench", "Time forward+backward of N model blocks at given shapes (tokens/s, TFLOP/s, MFU)");
+  b->add_option("--plugin", o->plugin, "Model plugin")->capture_default_str();
+  b->add_option("--preset", o->preset, "Architecture preset of the plugin")->capture_default_str();
+  b->add_option("--blocks", o->blocks, "Number of blocks")->capture_default_str();
+  b->add_option("--batch", o->batch, "Samples per step")->capture_default_str();
+  b->add_option("--video-tokens", o->video_tokens, "Video tokens per sample")
+      ->capture_default_str();
+  b->add_option("--grid", o->grid,
+                "Token grid F,H,W of a sample (default: multiples of 15x26 when --video-tokens "
+                "divides by 390, else 1 x H x W)");
+  b->add_option("--text-tokens", o->text_tokens, "Text tokens per sample")->capture_default_str();
+  b->add_option("--dtype", o->dtype, "Compute dtype (default: bfloat16 on GPU, float32 on CPU)")
+      ->check(CLI::IsMember({"float32", "bfloat16"}));
+  b->add_flag("--fp32-master", o->fp32_master,
+              "Keep parameters in fp32 (training's master weights) instead of the compute dtype");
+  b->add_option("--device", o->device, "cpu or cuda (default: cuda when visible)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  b->add_flag("--packed", o->packed, "Pack the batch's samples into one sequence");
+  b->add_option("--option", o->options,
+                "Model plugin option key=value (value as JSON), e.g. fused_kernels=off");
+  b->add_option("--warmup", o->warmup, "Untimed steps first")->capture_default_str();
+  b->add_option("--iters", o->iters, "Timed steps (the median is reported)")->capture_default_str();
+  b->add_flag("--no-peak", o->skip_peak, "Skip the matrix-product peak (no MFU)");
+  b->add_flag("--json", o->json, "Print one JSON object");
+  b->callback([&g, o] { bench(g, *o); });
+}
+
+}  // namespace wanhost::core

@@ -1,0 +1,18 @@
+// Timing on the compute device: CUDA events on GPUs, a host clock on the CPU; and the matrix
+// product peak that MFU figures are measured against (`wanhost bench`, run metrics).
+#pragma once
+
+#include <functional>
+
+#include <c10/core/Device.h>
+
+namespace wanhost::core {
+
+// Seconds of one call of fn (on a GPU: between two events on the current stream).
+double time_once(const c10::Device& device, const std::function<void()>& fn);
+// Waits for all work queued on the device (no-op on the CPU).
+void sync_device(const c10::Device& device);
+// TFLOP/s of an 8192^3 bf16 matrix product on a GPU (1024^3 fp32 on the CPU).
+double matmul_peak_tflops(const c10::Device& device);
+
+}  // namespace wanhost::core

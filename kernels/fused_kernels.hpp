@@ -1,0 +1,62 @@
+// Fused elementwise/normalisation kernels of the Wan DiT block (CUDA, bf16 activations). Plain
+// launchers over raw pointers, free of LibTorch, so nvcc compiles them quickly; the SDK's
+// wanhost::fused operators (sdk/src/fused.cpp) wrap them in autograd functions.
+//
+// Rows: a token tensor is viewed as [T, D] rows. Rows are grouped by sample: sample b owns rows
+// [cu[b], cu[b+1]) when `cu` (int32, device) is given, else [b*S, (b+1)*S). Every kernel runs on
+// a (chunks, samples) grid, `kRowsPerBlock` rows per block, one warp per row; `chunks` must be
+// ceil(longest sample / kRowsPerBlock). Backward kernels write per-block partial sums of the
+// per-sample (or per-tensor) parameter gradients into `partials` [samples, chunks, K, D] (every
+// block writes its slot, zeros included), which the caller sums over chunks: deterministic, no
+// atomics in global memory.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace wanhost::kernels {
+
+constexpr int kRowsPerBlock = 32;
+
+struct RowLayout {
+  const std::int32_t* cu = nullptr;  // [samples + 1] or null (dense)
+  std::int64_t rows_per_sample = 0;  // dense S
+  std::int64_t samples = 0;
+  std::int64_t chunks = 0;
+  std::int64_t dim = 0;  // D (multiple of 8)
+};
+
+// y = bf16(LN(x) * (1 + scale[b]) + shift[b]); mean/rstd [T] fp32 saved for backward.
+// x, y bf16 [T, D]; scale, shift fp32 [samples, D].
+cudaError_t layer_norm_modulate_forward(const RowLayout& l, const void* x, const float* scale,
+                                        const float* shift, float eps, void* y, float* mean,
+                                        float* rstd, cudaStream_t stream);
+// dx (bf16) and partials K=2: [0] = sum g (d shift), [1] = sum g * xhat (d scale).
+cudaError_t layer_norm_modulate_backward(const RowLayout& l, const void* grad, const void* x,
+                                         const float* scale, const float* mean, const float* rstd,
+                                         void* dx, float* partials, cudaStream_t stream);
+
+// out = bf16(x + y * gate[b]); x, y, out bf16, gate fp32 [samples, D].
+cudaError_t gated_residual_forward(const RowLayout& l, const void* x, const void* y,
+                                   const float* gate, void* out, cudaStream_t stream);
+// dy = bf16(g * gate[b]); partials K=1: sum g * y (d gate).
+cudaError_t gated_residual_backward(const RowLayout& l, const void* grad, const void* y,
+                                    const float* gate, void* dy, float* partials,
+                                    cudaStream_t stream);
+
+// RMSNorm over D with weight w (fp32 [D]), rounded to bf16, then (when cos/sin are given) RoPE on
+// adjacent channel pairs of each head of head_dim channels: table row = token row % table_rows,
+// cos/sin fp32 [table_rows, head_dim / 2]. rstd [T] fp32 saved for backward.
+cudaError_t rms_norm_rope_forward(const RowLayout& l, const void* x, const float* w,
+                                  const float* cos, const float* sin, std::int64_t table_rows,
+                                  std::int64_t head_dim, float eps, void* y, float* rstd,
+                                  cudaStream_t stream);
+// dx (bf16) and partials K=1: sum (rotated-back g) * xhat (d weight).
+cudaError_t rms_norm_rope_backward(const RowLayout& l, const void* grad, const void* x,
+                                   const float* w, const float* cos, const float* sin,
+                                   std::int64_t table_rows, std::int64_t head_dim,
+                                   const float* rstd, void* dx, float* partials,
+                                   cudaStream_t stream);
+
+}  // namespace wanhost::kernels

@@ -1,0 +1,16 @@
+// The umt5 plugin's entry point: a text encoder (umT5 encoder + SentencePiece tokenizer).
+#include "umt5.hpp"
+#include "wanhost/plugin.hpp"
+
+namespace {
+
+void factories(wanhost::PluginFactories& f) {
+  f.create_text_encoder =
+      [](const wanhost::PluginConfig& cfg) -> std::unique_ptr<wanhost::TextEncoder> {
+    return std::make_unique<umt5::Umt5TextEncoder>(cfg);
+  };
+}
+
+}  // namespace
+
+WANHOST_PLUGIN("umt5", "0.1.0", factories)

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# GPU performance run (docs/performance.md): builds build-gpu (wanhost, the plugins a run needs and
+# the kernel tests), runs the kernel parity tests, `wanhost bench` at the reference shapes (fused
+# kernels on and off, dense and packed), the plain-PyTorch peer on the same shapes in the same
+# call, and short training runs. Results under $OUT. The peer script travels in the ignored
+# folder build-perf/peer (copy ../shared/bench there and name build-perf in `carry`, with .deps).
+# PHASES (default all): tests bench peer profile run.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/wanhost-perf}
+PHASES=${PHASES:-tests bench peer run}
+mkdir -p "$OUT"
+has() { [[ " $PHASES " == *" $1 "* ]]; }
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } |
+  tee "$OUT/machine.txt"
+P=$PWD/.deps/root
+[ -d "$P/usr/include" ] || for f in .deps/*.deb; do dpkg -x "$f" "$P"; done
+TORCH_CMAKE=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+t0=$SECONDS
+# The device copy builds only what this run needs: the kernel tests of the test tree and the
+# training plugins (the encoder plugins need libraries the GPU image lacks). Without FFmpeg or MPI
+# development files the build leaves out `prepare` / multi-process CPU runs by itself. These edits
+# touch the device's copy of the tree, never the repo.
+for d in tests/*/; do [ "$d" = tests/kernels/ ] || rm -f "$d/CMakeLists.txt"; done
+rm -rf plugins/umt5 plugins/wan_vae plugins/latent_dataset
+if ! cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$TORCH_CMAKE;$P/usr" -DBoost_INCLUDE_DIR="$P/usr/include" \
+  -DWANHOST_BUILD_TESTS=ON ${CMAKE_EXTRA:-} >"$OUT/build.log" 2>&1; then
+  echo "configure failed:"; grep -B2 -A8 "CMake Error" "$OUT/build.log" | head -40
+fi
+ninja -k 0 -C build-gpu wanhost wan21_dit ddp flow_matching synthetic test_kernels \
+  >>"$OUT/build.log" 2>&1
+echo "build rc=$? in $((SECONDS - t0)) s"; grep -E "error:|FAILED" "$OUT/build.log" | head -20
+W=build-gpu/bin/wanhost
+if has tests && [ -x build-gpu/tests/kernels/test_kernels ]; then
+  build-gpu/tests/kernels/test_kernels 2>&1 | tee "$OUT/test_kernels.txt" | grep -E "^\[  |OK|FAIL|rel|Expected|Which" | tail -30
+fi
+bench() { echo "-- bench $*"; timeout 150 $W bench --json "$@" 2>&1 | tee -a "$OUT/bench.jsonl" | tail -2; }
+S1=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 32 --video-tokens 390 --text-tokens 512)
+S2=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 1 --video-tokens 8190 --text-tokens 512)
+P14=(--preset wan2.1-t2v-14b --blocks 2 --batch 1 --video-tokens 37440 --text-tokens 512)
+if has bench && [ -x "$W" ]; then
+  bench "${S1[@]}"
+  bench "${S1[@]}" --packed
+  bench "${S1[@]}" --option fused_kernels=off --no-peak
+  bench "${S2[@]}" --no-peak
+  bench "${S2[@]}" --option fused_kernels=off --no-peak
+  bench "${P14[@]}" --no-peak
+  has bench14off && bench "${P14[@]}" --option fused_kernels=off --no-peak
+  has benchckpt && bench "${S1[@]}" --option activation_checkpointing=true --no-peak
+fi
+if has peer; then
+  PYTHONUNBUFFERED=1 timeout ${PEER_TIMEOUT:-240} python3 build-perf/peer/peer_wan_block.py \
+    ${PEER_MODES:-compiled} 2>&1 | grep -v Warning | tee "$OUT/peer.jsonl" | tail -8
+fi
+if has profile; then
+  PYTHONUNBUFFERED=1 timeout 90 python3 scripts/device/profile_peer.py 2>&1 | tee "$OUT/profile.txt" | tail -40
+fi
+if has run && [ -x "$W" ]; then
+  common=(--set model.wan21_dit.preset=\"wan2.1-t2v-1.3b\" --set data.synthetic.text_dim=4096
+    --set data.synthetic.height=30 --set data.synthetic.width=52 --set checkpoint.at_stage_end=false
+    --set checkpoint.export_diffusers=false --set logging.every_steps=1 --set logging.progress=\"off\")
+  timeout 150 $W run --out /tmp/r-s1 "${common[@]}" --set stages.0.steps=6 --set stages.0.global_batch=32 \
+    --set stages.0.micro_batch=32 --set stages.1.steps=1 --set stages.1.global_batch=1 \
+    --set stages.1.micro_batch=1 >"$OUT/run-s1.txt" 2>&1
+  cp /tmp/r-s1/metrics.jsonl "$OUT/s1-metrics.jsonl" 2>/dev/null; tail -3 "$OUT/run-s1.txt"
+  timeout 150 $W run --out /tmp/r-s2 "${common[@]}" --set stages.0.steps=1 --set stages.0.global_batch=1 \
+    --set stages.0.micro_batch=1 --set stages.1.steps=6 --set stages.1.global_batch=1 \
+    --set stages.1.micro_batch=1 --set data.synthetic.latent_frames=21 >"$OUT/run-s2.txt" 2>&1
+  cp /tmp/r-s2/metrics.jsonl "$OUT/s2-metrics.jsonl" 2>/dev/null; tail -3 "$OUT/run-s2.txt"
+fi
+echo "total $((SECONDS - t0)) s"

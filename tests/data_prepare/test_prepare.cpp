@@ -1,0 +1,569 @@
+// `wanhost prepare`, `wanhost data inspect` and the latent_dataset source end to end: the real
+// program on the videos of make_videos.sh (several containers and codecs, a truncated and a garbage
+// file, a video too short, one without caption), encoded by the fixture plugins fake_vae and
+// fake_text; then a short two-stage training run on the prepared folders.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "data/frame_plan.hpp"
+#include "data/video_reader.hpp"
+#include "plugin/registry.hpp"
+#include "wanhost/errors.hpp"
+#include "wanhost/safetensors.hpp"
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+
+namespace {
+
+const fs::path kVideos = DATA_PREPARE_VIDEOS;
+constexpr std::int64_t kTextDim = 32;  // the tiny DiT preset's text width
+
+// The videos that prepare must accept, with their frame counts and rates (make_videos.sh).
+struct Good {
+  std::string file;
+  std::int64_t frames;
+  double fps;
+  std::string caption;
+};
+std::vector<Good> good_videos() {
+  const std::string b = fs::exists(kVideos / "b.webm") ? "b.webm" : "b.mkv";
+  return {{"a.mp4", 20, 10, "a test pattern with a counter"},
+          {b, 18, 12, "colour bars moving"},
+          {"d.avi", 25, 25, "a portrait pattern"},
+          {"sub/c.mkv", 24, 8, "a pattern in a sub folder"},
+          {"wide.mkv", 10, 10, "a red field"}};
+}
+// The inputs that must be skipped, with a word of the reason.
+const std::map<std::string, std::string> kSkipped = {{"garbage.mp4", "cannot open"},
+                                                     {"nocap.mp4", "missing caption"},
+                                                     {"short.mp4", "too short"},
+                                                     {"truncated.mp4", "cannot open"}};
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+Json read_json(const fs::path& p) {
+  return Json::parse(read_text(p));
+}
+
+fs::path tmp_root() {
+  return fs::path(WANHOST_TEST_TMP);
+}
+
+fs::path scratch() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  const fs::path dir = tmp_root() / (std::string(info->test_suite_name()) + "." + info->name());
+  if (fs::exists(dir)) {
+    const std::string cmd = "rm -rf '" + dir.string() + "'";
+    EXPECT_EQ(std::system(cmd.c_str()), 0);
+  }
+  fs::create_directories(dir);
+  return dir;
+}
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+};
+
+// Runs the wanhost program with `args`; stdout and stderr through files in `dir`.
+Result run(const std::vector<std::string>& args, const fs::path& dir) {
+  static int counter = 0;
+  const std::string tag = "cli-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
+  const fs::path out = dir / (tag + ".out"), err = dir / (tag + ".err");
+  std::vector<std::string> argv_s{WANHOST_CLI};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (o < 0 || e < 0) ::_exit(126);
+    ::dup2(o, 1);
+    ::dup2(e, 2);
+    ::unsetenv("WANHOST_PLUGIN_PATH");
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  Result r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = read_text(out);
+  r.err = read_text(err);
+  return r;
+}
+
+std::string describe(const Result& r) {
+  return "exit " + std::to_string(r.code) + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
+}
+
+// A stand-in pipeline folder for the fixture encoders.
+fs::path model_dir() {
+  const fs::path m = tmp_root() / "model";
+  fs::create_directories(m / "vae");
+  fs::create_directories(m / "text_encoder");
+  fs::create_directories(m / "tokenizer");
+  std::ofstream(m / "vae" / "config.json") << R"({"z_dim": 16})";
+  std::ofstream(m / "text_encoder" / "config.json")
+      << R"({"d_model": )" << kTextDim << R"(, "max_length": 64})";
+  return m;
+}
+
+std::vector<std::string> prepare_args(const fs::path& input, const fs::path& output,
+                                      const std::string& mode,
+                                      const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> a = {"--plugin-dir",
+                                DATA_PREPARE_PLUGINS,
+                                "prepare",
+                                "--input",
+                                input.string(),
+                                "--output",
+                                output.string(),
+                                "--model",
+                                model_dir().string(),
+                                "--mode",
+                                mode,
+                                "--height",
+                                "32",
+                                "--width",
+                                "48",
+                                "--vae-plugin",
+                                "fake_vae",
+                                "--text-plugin",
+                                "fake_text",
+                                "--progress",
+                                "lines"};
+  if (mode == "frames") {
+    a.insert(a.end(), {"--frames-per-video", "5", "--videos-per-shard", "2"});
+  } else {
+    a.insert(a.end(), {"--num-frames", "5", "--fps", "8", "--clips-per-video", "0",
+                       "--videos-per-shard", "3"});
+  }
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+std::string file_key(const fs::path& p) {
+  struct stat st {};
+  if (::stat(p.c_str(), &st) != 0) return "missing";
+  return std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) + "." +
+         std::to_string(st.st_mtim.tv_nsec);
+}
+
+// The dataset of `mode` prepared once per build (shared by the tests of this binary, which ctest
+// runs as separate processes, possibly at once): a lock, and a stamp of the inputs and programs.
+fs::path prepared(const std::string& mode) {
+  const fs::path dir = tmp_root() / "cache" / mode;
+  fs::create_directories(dir.parent_path());
+  const int lock = ::open((dir.string() + ".lock").c_str(), O_RDWR | O_CREAT, 0644);
+  ::flock(lock, LOCK_EX);
+  std::string stamp = file_key(WANHOST_CLI) + " " + file_key(kVideos / "a.mp4");
+  for (const char* p : {"fake_vae.so", "fake_text.so"})
+    stamp += " " + file_key(fs::path(DATA_PREPARE_PLUGINS) / p);
+  const fs::path stamp_file = dir.string() + ".stamp";
+  if (read_text(stamp_file) != stamp) {
+    const std::string cmd = "rm -rf '" + dir.string() + "'";
+    EXPECT_EQ(std::system(cmd.c_str()), 0);
+    const Result r = run(prepare_args(kVideos, dir, mode), dir.parent_path());
+    EXPECT_EQ(r.code, 0) << describe(r);
+    if (r.code == 0) std::ofstream(stamp_file) << stamp;
+  }
+  ::flock(lock, LOCK_UN);
+  ::close(lock);
+  return dir;
+}
+
+std::int64_t words(const std::string& s) {
+  std::istringstream in(s);
+  std::int64_t n = 0;
+  for (std::string w; in >> w;) ++n;
+  return n;
+}
+
+const Good* find_good(const std::string& file) {
+  static const auto goods = good_videos();
+  for (const auto& g : goods)
+    if (g.file == file) return &g;
+  return nullptr;
+}
+
+// Checks what every prepared folder must satisfy: the skipped inputs, the index against the
+// shards, captions and token counts. Returns the index.
+Json check_common(const fs::path& dir, std::int64_t latent_frames) {
+  const Json index = read_json(dir / "index.json");
+  const Json report = read_json(dir / "report.json");
+  EXPECT_EQ(index["format"], "wanhost-latents");
+  EXPECT_EQ(index["latent_channels"], 16);
+  EXPECT_EQ(index["text_dim"], kTextDim);
+  EXPECT_EQ(index["videos"], good_videos().size());
+  EXPECT_EQ(report["videos"], good_videos().size() + kSkipped.size());
+  EXPECT_EQ(report["prepared"], good_videos().size());
+  std::map<std::string, std::string> skipped;
+  for (const auto& s : report["skipped"])
+    skipped[s["file"].get<std::string>()] = s["reason"].get<std::string>();
+  EXPECT_EQ(skipped.size(), kSkipped.size()) << report["skipped"].dump(1);
+  for (const auto& [file, word] : kSkipped) {
+    if (!skipped.count(file)) {
+      ADD_FAILURE() << file << " not in " << report["skipped"].dump(1);
+      continue;
+    }
+    EXPECT_NE(skipped[file].find(word), std::string::npos) << file << ": " << skipped[file];
+  }
+  EXPECT_EQ(report["caption_problems"].size(), 1u);  // the line of captions.jsonl that is no JSON
+  EXPECT_GT(report["frames_decoded"].get<std::int64_t>(), 0);
+
+  std::map<std::int64_t, wanhost::safetensors::File> shards;
+  for (std::size_t k = 0; k < index["shards"].size(); ++k)
+    shards.emplace(k, wanhost::safetensors::File::open(
+                          (dir / index["shards"][k]["file"].get<std::string>()).string()));
+  for (const auto& s : index["samples"]) {
+    const Good* g = find_good(s["source"].get<std::string>());
+    EXPECT_TRUE(g) << "unexpected source " << s["source"];
+    if (!g) continue;
+    EXPECT_EQ(s["caption"].get<std::string>(), g->caption);
+    EXPECT_EQ(s["text_tokens"], words(g->caption) + 1);  // + end of sequence
+    EXPECT_EQ(s["latent_shape"].get<std::vector<std::int64_t>>(),
+              (std::vector<std::int64_t>{16, latent_frames, 4, 6}));
+    const auto& f = shards.at(s["shard"].get<std::int64_t>());
+    const at::Tensor lat = f.load(s["latent"].get<std::string>());
+    EXPECT_EQ(lat.sizes().vec(), (std::vector<std::int64_t>{16, latent_frames, 4, 6}));
+    EXPECT_TRUE(lat.isfinite().all().item<bool>());
+    const at::Tensor text = f.load(s["text"].get<std::string>());
+    EXPECT_EQ(text.sizes().vec(),
+              (std::vector<std::int64_t>{s["text_tokens"].get<std::int64_t>(), kTextDim}));
+    EXPECT_GT(text.abs().sum(1).min().item<float>(), 0.0f) << "a real token row is zero";
+  }
+  return index;
+}
+
+}  // namespace
+
+TEST(Decode, ProbeCountsFramesAndDecodeCropsTheCentre) {
+  using namespace wanhost::core::data;
+  const VideoProbe p = probe_video((kVideos / "a.mp4").string());
+  EXPECT_EQ(p.frames(), 20);
+  EXPECT_NEAR(p.fps, 10.0, 1e-6);
+  EXPECT_NEAR(p.times[1], 0.1, 1e-3);
+  EXPECT_NEAR(p.duration(), 2.0, 1e-3);
+  EXPECT_EQ(p.width, 64);
+  const VideoProbe w = probe_video((kVideos / "wide.mkv").string());
+  EXPECT_EQ(w.frames(), 10);
+  EXPECT_EQ(w.codec, "ffv1");
+  // 128x48 with green/blue strips on the outer eighths; a centre crop to 48x32 is all red.
+  const at::Tensor f = decode_frames((kVideos / "wide.mkv").string(), {0, 9}, 32, 48, 1);
+  ASSERT_EQ(f.sizes().vec(), (std::vector<std::int64_t>{2, 32, 48, 3}));
+  const at::Tensor rgb = f.to(at::kInt);
+  EXPECT_GE(rgb.select(3, 0).min().item<int>(), 240);
+  EXPECT_LE(rgb.select(3, 1).max().item<int>(), 16);
+  EXPECT_LE(rgb.select(3, 2).max().item<int>(), 16);
+  try {
+    decode_frames((kVideos / "a.mp4").string(), {25}, 32, 48, 1);
+    ADD_FAILURE() << "decoding frame 25 of 20 succeeded";
+  } catch (const VideoError& e) {
+    EXPECT_NE(std::string(e.what()).find("frame 25 is needed"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(probe_video((kVideos / "garbage.mp4").string()), VideoError);
+  try {
+    probe_video((kVideos / "truncated.mp4").string());
+    ADD_FAILURE() << "a truncated mp4 was read";
+  } catch (const VideoError& e) {
+    EXPECT_NE(std::string(e.what()).find("moov atom not found"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Prepare, FramesMode) {
+  const fs::path dir = prepared("frames");
+  const Json index = check_common(dir, 1);
+  EXPECT_EQ(index["mode"], "frames");
+  EXPECT_EQ(index["samples"].size(), 5 * good_videos().size());
+  EXPECT_EQ(index["shards"].size(), 5u);  // 9 inputs, 2 a shard
+  // Evenly spaced frames of each video, each sample its own frame.
+  for (const auto& g : good_videos()) {
+    std::vector<std::int64_t> frames;
+    for (const auto& s : index["samples"])
+      if (s["source"].get<std::string>() == g.file)
+        frames.push_back(s["frame"].get<std::int64_t>());
+    EXPECT_EQ(frames, wanhost::core::data::even_frames(g.frames, 5)) << g.file;
+  }
+  // wide.mkv is red in the centre: channels 0-2 of the fixture VAE are the pooled RGB in [-1, 1].
+  for (const auto& s : index["samples"]) {
+    if (s["source"] != "wide.mkv") continue;
+    const auto f = wanhost::safetensors::File::open(
+        (dir / index["shards"][s["shard"].get<std::size_t>()]["file"].get<std::string>()).string());
+    const at::Tensor lat = f.load(s["latent"].get<std::string>());
+    EXPECT_NEAR(lat[0].min().item<float>(), 1.0, 0.06);
+    EXPECT_NEAR(lat[1].max().item<float>(), -1.0, 0.06);
+    EXPECT_NEAR(lat[2].max().item<float>(), -1.0, 0.06);
+  }
+  // The text of a video is stored once and shared by its frames.
+  const Json& first = index["samples"][0];
+  EXPECT_EQ(first["text"], index["samples"][4]["text"]);
+}
+
+TEST(Prepare, VideoMode) {
+  const fs::path dir = prepared("video");
+  const Json index = check_common(dir, 2);  // 5 frames -> 1 + 4/4 latent frames
+  EXPECT_EQ(index["mode"], "video");
+  // Clips of 5 frames at 8 fps, as many as fit: 2 s -> 16 frames -> 3 clips, 1.5 s -> 2, 1 s -> 1,
+  // 3 s -> 4.
+  std::map<std::string, int> clips;
+  for (const auto& s : index["samples"]) {
+    ++clips[s["source"].get<std::string>()];
+    const Json& c = s["clip"];
+    EXPECT_EQ(c["frames"], 5);
+    EXPECT_EQ(c["fps"], 8.0);
+    EXPECT_NEAR(c["end"].get<double>() - c["start"].get<double>(), 5.0 / 8, 1e-6);
+  }
+  for (const auto& g : good_videos()) {
+    const auto m = static_cast<std::int64_t>(std::floor(g.frames / g.fps * 8 + 1e-6));
+    EXPECT_EQ(clips[g.file], m / 5) << g.file;
+  }
+  // a.mp4 (10 fps) at 8 fps: the first clip shows source frames 0, 1, 2, 3, 5.
+  for (const auto& s : index["samples"])
+    if (s["source"] == "a.mp4") {
+      EXPECT_EQ(s["clip"]["first"], 0);
+      EXPECT_EQ(s["clip"]["last"], 5);
+      break;
+    }
+}
+
+TEST(Prepare, ResumesFinishedShards) {
+  const fs::path dir = scratch();
+  const fs::path out = dir / "out";
+  const std::string copy = "cp -a '" + prepared("frames").string() + "' '" + out.string() + "'";
+  ASSERT_EQ(std::system(copy.c_str()), 0);
+  std::map<std::string, std::string> before;
+  for (const auto& e : fs::directory_iterator(out))
+    if (e.path().extension() == ".safetensors") before[e.path().filename()] = file_key(e.path());
+  ASSERT_EQ(before.size(), 5u);
+
+  Result r = run(prepare_args(kVideos, out, "frames"), dir);
+  ASSERT_EQ(r.code, 0) << describe(r);
+  Json report = read_json(out / "report.json");
+  EXPECT_EQ(report["shards"]["written"], 0);
+  EXPECT_EQ(report["shards"]["reused"], 5);
+  for (const auto& [name, key] : before) EXPECT_EQ(file_key(out / name), key) << name;
+
+  // A lost shard and a damaged one are made again; the others stay as they are.
+  fs::remove(out / "shard-00001.safetensors");
+  { std::ofstream(out / "shard-00003.safetensors", std::ios::trunc) << "damaged"; }
+  r = run(prepare_args(kVideos, out, "frames"), dir);
+  ASSERT_EQ(r.code, 0) << describe(r);
+  report = read_json(out / "report.json");
+  EXPECT_EQ(report["shards"]["written"], 2);
+  EXPECT_EQ(report["shards"]["reused"], 3);
+  for (const char* kept :
+       {"shard-00000.safetensors", "shard-00002.safetensors", "shard-00004.safetensors"})
+    EXPECT_EQ(file_key(out / kept), before[kept]) << kept;
+  EXPECT_EQ(read_json(out / "index.json"), read_json(prepared("frames") / "index.json"));
+
+  // Other settings into the same folder: refused, nothing touched.
+  r = run(prepare_args(kVideos, out, "frames", {"--height", "64"}), dir);
+  EXPECT_EQ(r.code, 2) << describe(r);
+  EXPECT_NE(r.err.find("--height 32 then, 64 now"), std::string::npos) << r.err;
+}
+
+TEST(Prepare, UsageErrorsExit2) {
+  const fs::path dir = scratch();
+  const auto expect_usage = [&](std::vector<std::string> args, const std::string& message) {
+    const Result r = run(args, dir);
+    EXPECT_EQ(r.code, 2) << describe(r);
+    EXPECT_NE(r.err.find(message), std::string::npos) << "expected [" << message << "] in\n"
+                                                      << r.err;
+  };
+  const fs::path out = dir / "out";
+  auto a = prepare_args(kVideos, out, "video");
+  a.insert(a.end(), {"--num-frames", "10"});
+  expect_usage(a, "--num-frames 10: must be 4k+1");
+  a = prepare_args(kVideos, out, "frames", {"--height", "40"});
+  expect_usage(a, "--height 40: must be a positive multiple of 16");
+  a = prepare_args(kVideos, out, "frames", {"--width", "50"});
+  expect_usage(a, "--width 50: must be a positive multiple of 16");
+  a = prepare_args(kVideos, out, "frames", {"--fps", "8"});
+  expect_usage(a, "--fps: applies to --mode video only");
+  a = prepare_args(kVideos, out, "frames", {"--vae-plugin", "fake_text"});
+  expect_usage(a, "--vae-plugin fake_text: plugin 'fake_text' is not a video_autoencoder plugin");
+  const fs::path bad_model = dir / "model";
+  fs::create_directories(bad_model / "vae");
+  a = prepare_args(kVideos, out, "frames", {"--model", bad_model.string()});
+  expect_usage(a, "no text_encoder/ folder");
+  a = prepare_args(dir / "nowhere", out, "frames");
+  expect_usage(a, "--input " + (dir / "nowhere").string() + ": not a folder");
+  EXPECT_FALSE(fs::exists(out / "index.json"));
+}
+
+TEST(Prepare, FailsWhenNothingCanBePrepared) {
+  const fs::path dir = scratch();
+  const fs::path in = dir / "in";
+  fs::create_directories(in);
+  fs::copy_file(kVideos / "garbage.mp4", in / "garbage.mp4");
+  fs::copy_file(kVideos / "garbage.txt", in / "garbage.txt");
+  fs::copy_file(kVideos / "short.mp4", in / "short.mp4");
+  fs::copy_file(kVideos / "short.txt", in / "short.txt");
+  const Result r = run(prepare_args(in, dir / "out", "frames"), dir);
+  EXPECT_EQ(r.code, 1) << describe(r);
+  EXPECT_NE(r.err.find("nothing could be prepared"), std::string::npos) << r.err;
+  const Json report = read_json(dir / "out" / "report.json");
+  EXPECT_EQ(report["skipped"].size(), 2u);
+  EXPECT_FALSE(fs::exists(dir / "out" / "index.json"));
+}
+
+TEST(Inspect, TextAndJson) {
+  const fs::path dir = prepared("frames");
+  const fs::path work = scratch();
+  Result r = run({"data", "inspect", dir.string(), "--json"}, work);
+  ASSERT_EQ(r.code, 0) << describe(r);
+  const Json s = Json::parse(r.out);
+  EXPECT_EQ(s["samples"], 25);
+  EXPECT_EQ(s["videos"], 5);
+  EXPECT_EQ(s["shards"], 5);
+  EXPECT_EQ(s["mode"], "frames");
+  EXPECT_EQ(s["latent_shapes"]["16x1x4x6"], 25);
+  EXPECT_EQ(s["skipped"].size(), kSkipped.size());
+  // Token counts over the samples: 5 frames of each video, words + 1 tokens each.
+  std::int64_t lo = 1000, hi = 0, total = 0;
+  for (const auto& g : good_videos()) {
+    lo = std::min(lo, words(g.caption) + 1);
+    hi = std::max(hi, words(g.caption) + 1);
+  }
+  EXPECT_EQ(s["text_tokens"]["min"], lo);
+  EXPECT_EQ(s["text_tokens"]["max"], hi);
+  for (const auto& b : s["text_tokens"]["histogram"]) total += b["count"].get<std::int64_t>();
+  EXPECT_EQ(total, 25);
+
+  r = run({"data", "inspect", dir.string()}, work);
+  ASSERT_EQ(r.code, 0) << describe(r);
+  EXPECT_NE(r.out.find("25 from 5 videos in 5 shard(s)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[16x1x4x6] x 25"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("skipped     nocap.mp4: missing caption"), std::string::npos) << r.out;
+
+  r = run({"data", "inspect", work.string()}, work);
+  EXPECT_EQ(r.code, 2) << describe(r);
+  EXPECT_NE(r.err.find("no index.json"), std::string::npos) << r.err;
+}
+
+TEST(LatentDataset, ServesTheIndexedSamples) {
+  const fs::path dir = prepared("video");
+  wanhost::core::PluginRegistry reg(
+      {{(fs::path(WANHOST_BINARY_DIR) / "plugins").string(), "test"}});
+  const auto& d = reg.load("latent_dataset");
+  ASSERT_TRUE(d.factories.create_data_source);
+  wanhost::PluginConfig cfg;
+  cfg.plugin = "latent_dataset";
+  cfg.pointer = "/data/latent_dataset";
+  cfg.values = {{"path", dir.string()}, {"mode", "video"}, {"max_samples", 0}, {"open_files", 2}};
+  auto src = d.factories.create_data_source(cfg);
+  const Json index = read_json(dir / "index.json");
+  ASSERT_EQ(src->size(), static_cast<std::int64_t>(index["samples"].size()));
+  // Visit the samples out of order so that shards are opened and closed again (2 kept open).
+  for (std::int64_t i = src->size() - 1; i >= 0; i -= 2) {
+    const Json& e = index["samples"][static_cast<std::size_t>(i)];
+    const wanhost::Sample s = src->get(i);
+    EXPECT_EQ(s.index, i);
+    EXPECT_EQ(s.caption, e["caption"].get<std::string>());
+    EXPECT_EQ(s.latent.scalar_type(), at::kFloat);
+    EXPECT_EQ(s.text.size(0), e["text_tokens"].get<std::int64_t>());
+    const auto f = wanhost::safetensors::File::open(
+        (dir / index["shards"][e["shard"].get<std::size_t>()]["file"].get<std::string>()).string());
+    EXPECT_TRUE(s.latent.equal(f.load(e["latent"].get<std::string>()).to(at::kFloat)));
+    const wanhost::PackSegment g = src->grid(i);
+    EXPECT_EQ(g.frames, 2);
+    EXPECT_EQ(g.height, 4);
+    EXPECT_EQ(g.width, 6);
+  }
+  EXPECT_NE(src->describe().find("clips from 5 videos"), std::string::npos) << src->describe();
+  EXPECT_THROW(src->get(src->size()), std::out_of_range);
+
+  cfg.values["max_samples"] = 3;
+  EXPECT_EQ(d.factories.create_data_source(cfg)->size(), 3);
+  cfg.values["mode"] = "frames";
+  try {
+    d.factories.create_data_source(cfg);
+    ADD_FAILURE() << "a video folder was accepted as frames";
+  } catch (const wanhost::ConfigError& e) {
+    EXPECT_EQ(e.pointer(), "/data/latent_dataset/mode");
+  }
+  cfg.values["mode"] = "any";
+  cfg.values["path"] = (dir / "shard-00000.safetensors").string();
+  EXPECT_THROW(d.factories.create_data_source(cfg), wanhost::ConfigError);
+}
+
+TEST(Train, TwoStagesOnPreparedFolders) {
+  const fs::path frames = prepared("frames"), video = prepared("video");
+  const fs::path dir = scratch();
+  const std::vector<std::string> args = {
+      "run",
+      "--plugins",
+      "latent_dataset",
+      "--out",
+      (dir / "run").string(),
+      "--set",
+      "data.latent_dataset.path=" + Json(frames.string()).dump(),
+      "--set",
+      "stages.1.data.latent_dataset.path=" + Json(video.string()).dump(),
+      "--set",
+      "stages.1.data.latent_dataset.mode=\"video\"",
+      "--set",
+      "stages.0.steps=3",
+      "--set",
+      "stages.1.steps=2",
+      "--set",
+      "stages.0.global_batch=4",
+      "--set",
+      "stages.0.micro_batch=2",
+      "--set",
+      "stages.1.global_batch=2",
+      "--set",
+      "stages.1.micro_batch=1",
+      "--set",
+      "checkpoint.every_steps=100"};
+  const Result r = run(args, dir);
+  ASSERT_EQ(r.code, 0) << describe(r);
+  std::ifstream in(dir / "run" / "metrics.jsonl");
+  std::vector<Json> steps;
+  for (std::string line; std::getline(in, line);) {
+    const Json j = Json::parse(line);
+    if (j.contains("loss")) steps.push_back(j);
+  }
+  ASSERT_EQ(steps.size(), 5u);
+  for (const auto& s : steps) EXPECT_TRUE(std::isfinite(s["loss"].get<double>())) << s.dump();
+  EXPECT_NE(r.err.find("latent dataset " + frames.string() + ": 25 frames"), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("latent dataset " + video.string() + ": 11 clips"), std::string::npos)
+      << r.err;
+
+  // A missing path is a configuration error naming the setting.
+  const Result bad =
+      run({"run", "--plugins", "latent_dataset", "--out", (dir / "bad").string()}, dir);
+  EXPECT_EQ(bad.code, 2) << describe(bad);
+  EXPECT_NE(bad.err.find("/latent_dataset/path"), std::string::npos) << bad.err;
+}
+
+TEST(Recipe, DatasetRecipeValidates) {
+  const fs::path dir = scratch();
+  const Result r = run(
+      {"validate", (fs::path(WANHOST_SOURCE_DIR) / "configs" / "wan21-1.3b-dataset.json").string()},
+      dir);
+  EXPECT_EQ(r.code, 0) << describe(r);
+  EXPECT_NE(r.out.find("OK (2 stage(s)"), std::string::npos) << r.out;
+}

@@ -1,0 +1,198 @@
+// Parity of the fused operators: CUDA kernels vs the ATen reference (bf16 inputs drawn fresh per
+// case, outputs and all gradients compared by relative L2 error), and the reference vs float64
+// formulas on the CPU.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include "wanhost/fused.hpp"
+
+namespace {
+
+using namespace wanhost;
+
+double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  auto x = a.to(at::kDouble).cpu(), y = b.to(at::kDouble).cpu();
+  EXPECT_FALSE(x.isnan().any().item<bool>()) << "NaN in the tested output";
+  return (x - y).norm().item<double>() / std::max(y.norm().item<double>(), 1e-30);
+}
+
+bool have_gpu() {
+  return fused::kernels_built() && at::hasCUDA();
+}
+
+std::shared_ptr<AttentionSegments> segments(const std::vector<std::int64_t>& lengths,
+                                            const c10::Device& device) {
+  auto s = std::make_shared<AttentionSegments>();
+  s->host_cu_q = {0};
+  for (auto l : lengths) s->host_cu_q.push_back(s->host_cu_q.back() + l);
+  s->host_cu_kv = s->host_cu_q;
+  std::vector<std::int32_t> v(s->host_cu_q.begin(), s->host_cu_q.end());
+  s->cu_seqlens_q = at::tensor(v, at::TensorOptions().dtype(at::kInt)).to(device);
+  s->cu_seqlens_kv = s->cu_seqlens_q;
+  s->max_q = s->max_kv = *std::max_element(lengths.begin(), lengths.end());
+  return s;
+}
+
+// Leaves: fresh copies requiring grad, so both paths see the same values.
+std::vector<at::Tensor> leaves(const std::vector<at::Tensor>& ts) {
+  std::vector<at::Tensor> out;
+  for (const auto& t : ts) out.push_back(t.detach().clone().requires_grad_(true));
+  return out;
+}
+
+std::vector<at::Tensor> grads_of(const at::Tensor& y, const at::Tensor& gy,
+                                 const std::vector<at::Tensor>& in) {
+  return torch::autograd::grad({y}, in, {gy});
+}
+
+void expect_close(const std::vector<at::Tensor>& got, const std::vector<at::Tensor>& want,
+                  double tol, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size());
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    ASSERT_TRUE(got[i].defined()) << what << " #" << i;
+    EXPECT_EQ(got[i].sizes(), want[i].sizes()) << what << " #" << i;
+    EXPECT_EQ(got[i].scalar_type(), want[i].scalar_type()) << what << " #" << i;
+    EXPECT_LT(rel_err(got[i], want[i]), tol) << what << " #" << i;
+  }
+}
+
+const auto kBf16Cuda = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+const auto kF32Cuda = at::TensorOptions().dtype(at::kFloat).device(at::kCUDA);
+
+void check_layer_norm_modulate(std::int64_t b, std::int64_t s, std::int64_t d,
+                               const AttentionSegments* seg, std::int64_t samples) {
+  auto x = at::randn({b, s, d}, kBf16Cuda) * 3 + 0.5;
+  auto scale = at::randn({samples, 1, d}, kF32Cuda) * 0.2;
+  auto shift = at::randn({samples, 1, d}, kF32Cuda) * 0.2;
+  auto gy = at::randn({b, s, d}, kBf16Cuda);
+  auto in_k = leaves({x, scale, shift}), in_r = leaves({x, scale, shift});
+  auto yk = fused::layer_norm_modulate(in_k[0], in_k[1], in_k[2], 1e-6, seg);
+  auto yr = fused::reference::layer_norm_modulate(in_r[0], in_r[1], in_r[2], 1e-6, seg);
+  expect_close({yk}, {yr}, 1e-2, "layer_norm_modulate output");
+  expect_close(grads_of(yk, gy, in_k), grads_of(yr, gy, in_r), 1e-2,
+               "layer_norm_modulate gradients");
+}
+
+TEST(FusedGpu, LayerNormModulateDense) {
+  if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
+  check_layer_norm_modulate(3, 70, 256, nullptr, 3);
+  check_layer_norm_modulate(2, 33, 1536, nullptr, 2);
+}
+
+TEST(FusedGpu, LayerNormModulatePacked) {
+  if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
+  auto seg = segments({37, 64, 5, 90}, at::kCUDA);
+  check_layer_norm_modulate(1, 196, 512, seg.get(), 4);
+}
+
+void check_gated(std::int64_t b, std::int64_t s, std::int64_t d, const AttentionSegments* seg,
+                 std::int64_t samples) {
+  auto x = at::randn({b, s, d}, kBf16Cuda), y = at::randn({b, s, d}, kBf16Cuda);
+  auto gate = at::randn({samples, 1, d}, kF32Cuda);
+  auto gy = at::randn({b, s, d}, kBf16Cuda);
+  auto in_k = leaves({x, y, gate}), in_r = leaves({x, y, gate});
+  auto ok = fused::gated_residual(in_k[0], in_k[1], in_k[2], seg);
+  auto orf = fused::reference::gated_residual(in_r[0], in_r[1], in_r[2], seg);
+  expect_close({ok}, {orf}, 1e-2, "gated_residual output");
+  expect_close(grads_of(ok, gy, in_k), grads_of(orf, gy, in_r), 1e-2, "gated_residual gradients");
+}
+
+TEST(FusedGpu, GatedResidual) {
+  if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
+  check_gated(4, 45, 512, nullptr, 4);
+  auto seg = segments({3, 100, 41}, at::kCUDA);
+  check_gated(1, 144, 1536, seg.get(), 3);
+}
+
+void check_rms_rope(std::int64_t b, std::int64_t s, std::int64_t heads, std::int64_t hd, bool rope,
+                    std::int64_t table_rows) {
+  const auto d = heads * hd;
+  auto x = at::randn({b, s, d}, kBf16Cuda) * 2;
+  auto w = at::rand({d}, kF32Cuda) + 0.5;
+  at::Tensor c, sn;
+  if (rope) {
+    auto ang = at::rand({table_rows, hd / 2}, kF32Cuda) * 6.28;
+    c = ang.cos();
+    sn = ang.sin();
+  }
+  auto gy = at::randn({b, s, heads, hd}, kBf16Cuda);
+  auto in_k = leaves({x, w}), in_r = leaves({x, w});
+  auto yk = fused::rms_norm_rope(in_k[0], in_k[1], c, sn, hd, 1e-6);
+  // The reference takes one table row per position of x's sequence dimension.
+  auto yr = fused::reference::rms_norm_rope(in_r[0], in_r[1], c, sn, hd, 1e-6);
+  expect_close({yk}, {yr}, 1e-2, "rms_norm_rope output");
+  expect_close(grads_of(yk, gy, in_k), grads_of(yr, gy, in_r), 2e-2, "rms_norm_rope gradients");
+}
+
+TEST(FusedGpu, RmsNormRope) {
+  if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
+  check_rms_rope(2, 75, 4, 128, true, 75);     // dense: table per position
+  check_rms_rope(1, 300, 12, 128, true, 300);  // packed: table per token
+  check_rms_rope(3, 40, 2, 64, false, 0);      // cross-attention q/k: no rotation
+}
+
+// Kernels and reference inside one small model-like chain: gradients reach every input.
+TEST(FusedGpu, NoHostSyncInsideKernels) {
+  if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
+  auto seg = segments({10, 22}, at::kCUDA);
+  auto x = at::randn({1, 32, 256}, kBf16Cuda).requires_grad_(true);
+  auto sc = at::zeros({2, 1, 256}, kF32Cuda).requires_grad_(true);
+  auto y = fused::layer_norm_modulate(x, sc, sc, 1e-6, seg.get());
+  auto z = fused::gated_residual(x, y, sc + 1, seg.get());
+  z.to(at::kFloat).sum().backward();
+  ASSERT_TRUE(x.grad().defined());
+  ASSERT_TRUE(sc.grad().defined());
+  EXPECT_GT(sc.grad().abs().sum().item<double>(), 0.0);
+}
+
+// The reference (what the CPU and the model's plain path run) against float64 formulas.
+TEST(FusedReference, MatchesFloat64Formulas) {
+  at::manual_seed(1);
+  const std::int64_t b = 2, s = 6, d = 16, hd = 8;
+  auto x = at::randn({b, s, d});
+  auto scale = at::randn({b, 1, d}), shift = at::randn({b, 1, d}), gate = at::randn({b, 1, d});
+  auto y = at::randn({b, s, d});
+  auto xd = x.to(at::kDouble);
+  auto mean = xd.mean(-1, true), var = (xd - mean).pow(2).mean(-1, true);
+  auto ln = (xd - mean) / (var + 1e-6).sqrt();
+  auto want = ln * (1 + scale.to(at::kDouble)) + shift.to(at::kDouble);
+  EXPECT_LT(rel_err(fused::layer_norm_modulate(x, scale, shift, 1e-6), want), 1e-5);
+  EXPECT_LT(rel_err(fused::gated_residual(x, y, gate), xd + y.to(at::kDouble) * gate), 1e-6);
+
+  // Packed: two samples of 4 and 8 tokens, each with its own modulation.
+  auto seg = segments({4, 8}, at::kCPU);
+  auto xp = at::randn({1, 12, d});
+  auto got = fused::layer_norm_modulate(xp, scale, shift, 1e-6, seg.get());
+  for (int i = 0; i < 2; ++i) {
+    auto part = xp.narrow(1, i == 0 ? 0 : 4, i == 0 ? 4 : 8).to(at::kDouble);
+    auto m = part.mean(-1, true), v = (part - m).pow(2).mean(-1, true);
+    auto w =
+        (part - m) / (v + 1e-6).sqrt() * (1 + scale[i].to(at::kDouble)) + shift[i].to(at::kDouble);
+    EXPECT_LT(rel_err(got.narrow(1, i == 0 ? 0 : 4, i == 0 ? 4 : 8), w), 1e-5) << "sample " << i;
+  }
+
+  // RMSNorm + RoPE: pairs (2k, 2k+1) of each head rotated by the position's angle k.
+  auto w = at::rand({d}) + 0.5;
+  auto ang = at::rand({s, hd / 2}) * 6.28;
+  auto r = fused::rms_norm_rope(x, w, ang.cos(), ang.sin(), hd, 1e-6);
+  ASSERT_EQ(r.sizes(), (at::IntArrayRef{b, s, d / hd, hd}));
+  auto nd = xd / (xd.pow(2).mean(-1, true) + 1e-6).sqrt() * w.to(at::kDouble);
+  auto heads = nd.view({b, s, d / hd, hd / 2, 2});
+  auto a = ang.to(at::kDouble).view({1, s, 1, hd / 2});
+  auto e = heads.select(-1, 0), o = heads.select(-1, 1);
+  auto rot = at::stack({e * a.cos() - o * a.sin(), e * a.sin() + o * a.cos()}, -1)
+                 .view({b, s, d / hd, hd});
+  EXPECT_LT(rel_err(r, rot), 1e-5);
+}
+
+TEST(FusedReference, RejectsMisshapedVectors) {
+  auto x = at::randn({2, 4, 8});
+  EXPECT_THROW(fused::layer_norm_modulate(x, at::randn({3, 1, 8}), at::randn({2, 1, 8}), 1e-6),
+               c10::Error);
+  EXPECT_THROW(fused::gated_residual(x, at::randn({2, 4, 8}), at::randn({2, 8})), c10::Error);
+  EXPECT_THROW(fused::rms_norm_rope(x, at::ones({8}), {}, {}, 3, 1e-6), c10::Error);
+}
+
+}  // namespace
