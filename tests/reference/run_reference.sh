@@ -1,0 +1,16 @@
+#!/bin/sh
+# Runs a reference-data generator once: run_reference.sh PYTHON SCRIPT OUT_DIR "MODULES..."
+# Skips (exit 77) when PYTHON cannot import MODULES; keeps OUT_DIR when its DONE stamp matches the
+# script and tests/reference/requirements.txt.
+python=$1 script=$2 out=$3 modules=$4
+want=$(cat "$script" "$(dirname "$script")/requirements.txt" | sha256sum | cut -c1-64)
+if [ -f "$out/DONE" ] && [ "$(head -n1 "$out/DONE")" = "$want" ]; then
+  echo "reference data in $out is up to date"
+  exit 0
+fi
+if ! "$python" -c "import $(echo "$modules" | tr ' ' ',')" >/dev/null 2>&1; then
+  echo "SKIP: '$python' cannot import $modules; install tests/reference/requirements.txt into it"
+  echo "      or configure with -DWANHOST_TEST_PYTHON=<python with those packages>"
+  exit 77
+fi
+exec "$python" "$script" "$out"
