@@ -13,8 +13,9 @@ bool mpi_init_if_launched();
 bool mpi_initialized();
 // The communicator over MPI_COMM_WORLD; `timeout_s` bounds every wait.
 CommunicatorPtr make_mpi_world(double timeout_s);
-// At exit: MPI_Finalize after success (or a SIGTERM stop, exit code 75), MPI_Abort (ending every rank now) after a failure, so a
-// failing rank never leaves the others waiting in a collective. No-op without MPI.
+// At exit: MPI_Finalize after success (or a SIGTERM stop, exit code 75), MPI_Abort (ending every
+// rank now) after a failure, so a failing rank never leaves the others waiting in a collective.
+// No-op without MPI.
 void mpi_shutdown(int exit_code);
 
 }  // namespace wanhost::core

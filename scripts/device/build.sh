@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# Builds wanhost on a GPU machine of the `device` tool (no package registry there): the Debian
-# packages the build needs travel in .deps/ (fetch them here with scripts/device/fetch-debs.sh),
-# are unpacked into .deps/root (never into /), and CMake is pointed at them and at the image's
-# PyTorch. Usage: scripts/device/build.sh [extra cmake args]
+# Builds wanhost into build-gpu on a GPU machine of the `device` tool (no package registry there):
+# the Debian packages the build needs travel in .deps/ (fetch them here with
+# scripts/device/fetch-debs.sh; name .deps in `carry`) and are unpacked into .deps/root (never
+# into /) on every call, since the carried folder replaces the machine's copy. Cheap when the
+# targets are already built.
+#   scripts/device/build.sh [--tests] [TARGET...]   (default: the training path)
+# --tests configures the test tree with only tests/kernels (the other test folders need the
+# Python reference packages). Without sentencepiece the umt5 plugin is left out; without FFmpeg or
+# MPI development files the build leaves out `prepare` / CPU multi-process runs by itself. These
+# edits touch the device's copy of the tree, never the repo.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+tests=OFF
+if [ "${1:-}" = --tests ]; then tests=ON; shift; fi
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(wanhost automodel_fsdp ddp wan21_dit flow_matching synthetic)
 P=$PWD/.deps/root
-if [ ! -d "$P/usr/include" ]; then
-  for f in .deps/*.deb; do dpkg -x "$f" "$P"; done
+[ -d "$P/usr/include" ] || for f in .deps/*.deb; do dpkg -x "$f" "$P"; done
+pkg-config --exists sentencepiece 2>/dev/null || rm -rf plugins/umt5 tests/umt5
+if [ $tests = ON ]; then
+  for d in tests/*/; do [ "$d" = tests/kernels/ ] || rm -f "$d/CMakeLists.txt"; done
 fi
 TORCH_CMAKE=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_PREFIX_PATH="$TORCH_CMAKE;$P/usr" -DBoost_INCLUDE_DIR="$P/usr/include" \
-  -DWANHOST_BUILD_TESTS=OFF "$@" >/dev/null
-cmake --build build-gpu -j "$(nproc)"
+t0=$SECONDS
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DWANHOST_BUILD_TESTS=$tests \
+  -DCMAKE_PREFIX_PATH="$TORCH_CMAKE;$P/usr" -DBoost_INCLUDE_DIR="$P/usr/include" ${CMAKE_EXTRA:-}
+ninja -C build-gpu "${targets[@]}"
+echo "build-gpu: ${targets[*]} built in $((SECONDS - t0)) s" >&2

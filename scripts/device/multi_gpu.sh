@@ -1,40 +1,25 @@
 #!/usr/bin/env bash
 # Multi-GPU runs of the AutoModel path (issue 9) on a device-tool machine with several GPUs:
-# builds build-gpu (only what a training run needs), then automodel_fsdp with Wan 2.1 1.3B at the
+# builds build-gpu (scripts/device/build.sh), then automodel_fsdp with Wan 2.1 1.3B at the
 # stage-1 and stage-2 shapes on 1 GPU and on all GPUs (one process a GPU, torchrun-style
 # variables) with the same global batch, and Wan 2.1 14B dimensions at the DFM performance shape
 # (37440 tokens, micro batch 1) over all GPUs. Results (metrics.jsonl, logs) under $OUT.
-# Env: NGPU (default: all visible), PHASES (default: "build s1 s2 p14"), P14_LAYERS (default 10).
+# Env: NGPU (default: all visible), PHASES (default: "s1 s2 p14"), P14_LAYERS (default 10),
+# FUSED (fused_kernels: auto).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/wanhost-multi}
 mkdir -p "$OUT"
 NGPU=${NGPU:-$(nvidia-smi -L | wc -l)}
-PHASES=${PHASES:-build s1 s2 p14}
+PHASES=${PHASES:-s1 s2 p14}
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nvidia-smi topo -m; } >"$OUT/machine.txt" 2>&1
 head -3 "$OUT/machine.txt"
 W=build-gpu/bin/wanhost
-# The Debian packages the build links against (carried in .deps; unpacked on every call, since
-# the carried folder replaces the machine's copy).
-P=$PWD/.deps/root
-[ -d "$P/usr/include" ] || for f in .deps/*.deb; do dpkg -x "$f" "$P"; done
-if has build; then
-  t0=$SECONDS
-  # The device copy builds the training path only: plugins and tests that need libraries the GPU
-  # image lacks (sentencepiece, FFmpeg) are dropped from this copy of the tree, never the repo.
-  for d in plugins/*/; do
-    case "$d" in plugins/automodel_fsdp/|plugins/ddp/|plugins/wan21_dit/|plugins/flow_matching/|plugins/synthetic_data/) ;;
-      *) rm -rf "$d" ;;
-    esac
-  done
-  TORCH_CMAKE=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
-  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DWANHOST_BUILD_TESTS=OFF \
-    -DCMAKE_PREFIX_PATH="$TORCH_CMAKE;$P/usr" -DBoost_INCLUDE_DIR="$P/usr/include" >"$OUT/build.log" 2>&1 ||
-    { echo "configure failed"; grep -A8 "CMake Error" "$OUT/build.log" | head -30; }
-  ninja -C build-gpu wanhost automodel_fsdp ddp wan21_dit flow_matching synthetic >>"$OUT/build.log" 2>&1
-  echo "build rc=$? in $((SECONDS - t0)) s"; grep -E "error:|FAILED" "$OUT/build.log" | head -20
-fi
+# Builds what a training run needs (a no-op ninja run when built; the carried packages the binary
+# links against are unpacked either way).
+scripts/device/build.sh >"$OUT/build.log" 2>&1 || { echo "build failed:"; grep -E "error|Error" "$OUT/build.log" | head -20; }
+tail -1 "$OUT/build.log"
 [ -x "$W" ] || { echo "no wanhost binary"; exit 1; }
 
 common=(configs/wan21-1.3b.json --plugins automodel_fsdp --set run.threads=4 --set checkpoint.every_steps=0

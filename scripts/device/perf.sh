@@ -10,30 +10,16 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/wanhost-perf}
 PHASES=${PHASES:-tests bench peer run}
 mkdir -p "$OUT"
+t0=$SECONDS
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } |
   tee "$OUT/machine.txt"
-P=$PWD/.deps/root
-[ -d "$P/usr/include" ] || for f in .deps/*.deb; do dpkg -x "$f" "$P"; done
-TORCH_CMAKE=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
-t0=$SECONDS
-# The device copy builds only what this run needs: the kernel tests of the test tree and the
-# training plugins (the encoder plugins need libraries the GPU image lacks). Without FFmpeg or MPI
-# development files the build leaves out `prepare` / multi-process CPU runs by itself. These edits
-# touch the device's copy of the tree, never the repo.
-for d in tests/*/; do [ "$d" = tests/kernels/ ] || rm -f "$d/CMakeLists.txt"; done
-rm -rf plugins/umt5 plugins/wan_vae plugins/latent_dataset
-if ! cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_PREFIX_PATH="$TORCH_CMAKE;$P/usr" -DBoost_INCLUDE_DIR="$P/usr/include" \
-  -DWANHOST_BUILD_TESTS=ON ${CMAKE_EXTRA:-} >"$OUT/build.log" 2>&1; then
-  echo "configure failed:"; grep -B2 -A8 "CMake Error" "$OUT/build.log" | head -40
-fi
-ninja -k 0 -C build-gpu wanhost wan21_dit ddp flow_matching synthetic test_kernels \
-  >>"$OUT/build.log" 2>&1
-echo "build rc=$? in $((SECONDS - t0)) s"; grep -E "error:|FAILED" "$OUT/build.log" | head -20
+scripts/device/build.sh --tests wanhost wan21_dit ddp flow_matching synthetic test_kernels \
+  >"$OUT/build.log" 2>&1 || { echo "build failed:"; grep -E "error|Error" "$OUT/build.log" | head -20; }
+tail -1 "$OUT/build.log"
 W=build-gpu/bin/wanhost
-if has tests && [ -x build-gpu/tests/kernels/test_kernels ]; then
-  build-gpu/tests/kernels/test_kernels 2>&1 | tee "$OUT/test_kernels.txt" | grep -E "^\[  |OK|FAIL|rel|Expected|Which" | tail -30
+if has tests && [ -x build-gpu/bin/test_kernels ]; then
+  build-gpu/bin/test_kernels 2>&1 | tee "$OUT/test_kernels.txt" | grep -E "^\[  |OK|FAIL|rel|Expected|Which" | tail -30
 fi
 bench() { echo "-- bench $*"; timeout 150 $W bench --json "$@" 2>&1 | tee -a "$OUT/bench.jsonl" | tail -2; }
 S1=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 32 --video-tokens 390 --text-tokens 512)

@@ -1,7 +1,9 @@
 // `wanhost model forward` against the Diffusers output of the reference case "base"
 // (tests/reference/make_wan_reference.py), plus its usage errors.
 #include <gtest/gtest.h>
+
 #include <sys/wait.h>
+#include "parity_util.hpp"
 
 #include <ATen/ATen.h>
 
@@ -16,23 +18,10 @@ namespace st = wanhost::safetensors;
 
 namespace {
 
+using wanhost::testing::run_wanhost;
+
 const fs::path kCase = fs::path(WANHOST_BINARY_DIR) / "reference" / "wan" / "base";
 const fs::path kTmp = WANHOST_TEST_TMP;
-
-struct Result {
-  int code;
-  std::string output;
-};
-
-Result wanhost(const std::string& args) {
-  const std::string cmd = std::string(WANHOST_BINARY_DIR) + "/bin/wanhost " + args + " 2>&1";
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  while (p && fgets(buf, sizeof buf, p)) out += buf;
-  const int status = p ? pclose(p) : -1;
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
 
 class ModelForward : public ::testing::Test {
  protected:
@@ -53,9 +42,9 @@ class ModelForward : public ::testing::Test {
 
 TEST_F(ModelForward, MatchesDiffusersInFloat32) {
   const std::string out = (kTmp / "out.safetensors").string();
-  const Result r =
-      wanhost("model forward --plugin wan21_dit --weights " + (kCase / "model").string() +
-              " --inputs " + inputs_ + " --output " + out);
+  const auto r =
+      run_wanhost("model forward --plugin wan21_dit --weights " + (kCase / "model").string() +
+                  " --inputs " + inputs_ + " --output " + out);
   ASSERT_EQ(r.code, 0) << r.output;
   const at::Tensor sample = st::File::open(out).load("sample");
   ASSERT_EQ(sample.sizes(), reference_.sizes());
@@ -65,9 +54,9 @@ TEST_F(ModelForward, MatchesDiffusersInFloat32) {
 
 TEST_F(ModelForward, Bfloat16IsCloseToTheFloat32Reference) {
   const std::string out = (kTmp / "out_bf16.safetensors").string();
-  const Result r =
-      wanhost("model forward --plugin wan21_dit --dtype bfloat16 --weights " +
-              (kCase / "model").string() + " --inputs " + inputs_ + " --output " + out);
+  const auto r =
+      run_wanhost("model forward --plugin wan21_dit --dtype bfloat16 --weights " +
+                  (kCase / "model").string() + " --inputs " + inputs_ + " --output " + out);
   ASSERT_EQ(r.code, 0) << r.output;
   const at::Tensor sample = st::File::open(out).load("sample").to(at::kFloat);
   const double rel = ((sample - reference_).norm() / reference_.norm()).item<double>();
@@ -78,25 +67,25 @@ TEST_F(ModelForward, UsageErrorsSayWhatIsWrong) {
   const std::string model = (kCase / "model").string();
   const std::string bad_inputs = (kTmp / "bad_inputs.safetensors").string();
   st::save(bad_inputs, {{"latents", reference_}});
-  Result r = wanhost("model forward --plugin wan21_dit --weights " + model + " --inputs " +
-                     bad_inputs + " --output " + (kTmp / "x.safetensors").string());
+  auto r = run_wanhost("model forward --plugin wan21_dit --weights " + model + " --inputs " +
+                       bad_inputs + " --output " + (kTmp / "x.safetensors").string());
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("no tensor named 'hidden_states'"), std::string::npos) << r.output;
 
-  r = wanhost("model forward --plugin wan21_dit --weights " + kTmp.string() + " --inputs " +
-              inputs_ + " --output " + (kTmp / "x.safetensors").string());
+  r = run_wanhost("model forward --plugin wan21_dit --weights " + kTmp.string() + " --inputs " +
+                  inputs_ + " --output " + (kTmp / "x.safetensors").string());
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("expected a folder with config.json"), std::string::npos) << r.output;
 
-  r = wanhost("model forward --plugin no_such_model --weights " + model + " --inputs " + inputs_ +
-              " --output " + (kTmp / "x.safetensors").string());
+  r = run_wanhost("model forward --plugin no_such_model --weights " + model + " --inputs " +
+                  inputs_ + " --output " + (kTmp / "x.safetensors").string());
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("no plugin named 'no_such_model'"), std::string::npos) << r.output;
 
   const std::string pickle = (kTmp / "inputs.pt").string();
   std::ofstream(pickle, std::ios::binary) << std::string("\x80\x02}q\x00.", 6);
-  r = wanhost("model forward --plugin wan21_dit --weights " + model + " --inputs " + pickle +
-              " --output " + (kTmp / "x.safetensors").string());
+  r = run_wanhost("model forward --plugin wan21_dit --weights " + model + " --inputs " + pickle +
+                  " --output " + (kTmp / "x.safetensors").string());
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("pickle"), std::string::npos) << r.output;
 }

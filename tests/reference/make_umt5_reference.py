@@ -22,12 +22,11 @@ Writes into OUT_DIR:
                              encode_hidden [3, 64, 32] (WanPipeline._get_t5_prompt_embeds, fp32),
                              encode_lengths [3]
   meta.json                  shapes, max lengths, the texts of data.safetensors
-  DONE                       first line: SHA-256 of this script followed by requirements.txt
+  DONE                       written by run_reference.sh (see there) once this script succeeded
 Diffusers' prompt_clean runs ftfy.fix_text when ftfy is installed; the plugin does not, so the
 reference is computed with ftfy disabled.
 """
 
-import hashlib
 import html
 import json
 import os
@@ -145,9 +144,6 @@ def ids(tokenizer, text, max_length):
 
 def main(out):
     os.makedirs(out, exist_ok=True)
-    done = os.path.join(out, "DONE")
-    if os.path.exists(done):
-        os.remove(done)
     torch.set_num_threads(1)
     # The plugin does not reproduce ftfy.fix_text; compute the reference without it.
     pipeline_wan.is_ftfy_available = lambda: False
@@ -196,13 +192,6 @@ def main(out):
         json.dump({"batch_texts": BATCH_TEXTS, "large_max": LARGE_MAX, "small_max": SMALL_MAX,
                    "model": MODEL, "model_relu": MODEL_RELU}, f, ensure_ascii=False, indent=1)
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    digest = hashlib.sha256()
-    for name in (os.path.abspath(__file__), os.path.join(here, "requirements.txt")):
-        with open(name, "rb") as f:
-            digest.update(f.read())
-    with open(done, "w") as f:
-        f.write(digest.hexdigest() + "\n")
     print(f"umt5 reference written to {out}")
 
 

@@ -19,13 +19,11 @@ For each tiny random configuration (CASES) it writes into OUT_DIR/<case>/:
       out_masked (each sample run alone on its unpadded text: what masking padded rows gives),
       grad.<param> (fp32 gradients of the loss)
   meta.json                    the case's shapes
-and OUT_DIR/malformed/bad.safetensors (2 missing, 1 unexpected, 1 mis-shaped tensor) and
-OUT_DIR/DONE when everything is written. DONE's first line is the SHA-256 of this script followed
-by requirements.txt, so that the ctest fixture can skip regenerating unchanged references.
+and OUT_DIR/malformed/bad.safetensors (2 missing, 1 unexpected, 1 mis-shaped tensor).
+run_reference.sh writes OUT_DIR/DONE (the stamp that skips regenerating) after this succeeded.
 """
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -201,31 +199,18 @@ def write_malformed(out_dir, state):
     save_file(bad, os.path.join(folder, "bad.safetensors"))
 
 
-def stamp():
-    here = os.path.dirname(os.path.abspath(__file__))
-    data = b""
-    for name in (os.path.basename(__file__), "requirements.txt"):
-        with open(os.path.join(here, name), "rb") as f:
-            data += f.read()
-    return hashlib.sha256(data).hexdigest()
-
 
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     out_dir = sys.argv[1]
     os.makedirs(out_dir, exist_ok=True)
-    done = os.path.join(out_dir, "DONE")
-    if os.path.exists(done):
-        os.remove(done)
     torch.manual_seed(0)
     first_state = None
     for i, (name, spec) in enumerate(CASES.items()):
         state = write_case(out_dir, name, spec, first=(i == 0))
         first_state = first_state or state
     write_malformed(out_dir, first_state)
-    with open(done, "w") as f:
-        f.write("%s\ndiffusers reference tensors, torch %s\n" % (stamp(), torch.__version__))
     print("wrote Wan reference cases %s to %s" % (", ".join(CASES), out_dir))
 
 

@@ -15,11 +15,17 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
+#include "parity_util.hpp"
+
 #include "umt5.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/safetensors.hpp"
 
 namespace {
+
+using wanhost::testing::exists;
+using wanhost::testing::read_json;
+using wanhost::testing::rel_l2;
 
 using umt5::Umt5TextEncoder;
 using wanhost::Json;
@@ -28,28 +34,13 @@ namespace st = wanhost::safetensors;
 const std::string kRef = std::string(WANHOST_BINARY_DIR) + "/reference/umt5";
 const std::string kTmp = WANHOST_TEST_TMP;
 
-class OneThread : public ::testing::Environment {
- public:
-  void SetUp() override { at::set_num_threads(1); }
-};
-[[maybe_unused]] auto* const kOneThread = ::testing::AddGlobalTestEnvironment(new OneThread);
-
-bool exists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0;
-}
+WANHOST_ONE_THREAD_TESTS();
 
 #define REQUIRE_REFERENCE()                                                          \
   if (!exists(kRef + "/DONE"))                                                       \
   GTEST_SKIP() << "no reference data in " << kRef                                    \
                << " (the umt5_reference fixture needs WANHOST_TEST_PYTHON with the " \
                   "packages of tests/reference/requirements.txt)"
-
-Json read_json(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot read " + path);
-  return Json::parse(in);
-}
 
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary);
@@ -91,11 +82,6 @@ std::unique_ptr<Umt5TextEncoder> encoder(const std::string& model = "model",
 
 std::map<std::string, at::Tensor> data() {
   return st::File::open(kRef + "/data.safetensors").load_all();
-}
-
-double rel_l2(const at::Tensor& x, const at::Tensor& ref) {
-  return ((x.to(at::kDouble) - ref.to(at::kDouble)).norm() / ref.to(at::kDouble).norm())
-      .item<double>();
 }
 
 std::string sci(double v) {

@@ -2,8 +2,10 @@
 // tests/reference/make_umt5_reference.py: --entry forward (token ids) and --entry encode
 // (prompts, the plugin's default max_length 512), plus errors users can cause.
 #include <gtest/gtest.h>
+
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include "parity_util.hpp"
 
 #include <ATen/ATen.h>
 
@@ -17,28 +19,11 @@ namespace st = wanhost::safetensors;
 
 namespace {
 
+using wanhost::testing::rel_l2;
+using wanhost::testing::run_wanhost;
+
 const std::string kRef = std::string(WANHOST_BINARY_DIR) + "/reference/umt5";
 const std::string kTmp = WANHOST_TEST_TMP;
-
-struct Result {
-  int code;
-  std::string output;
-};
-
-Result wanhost(const std::string& args) {
-  const std::string cmd = std::string(WANHOST_BINARY_DIR) + "/bin/wanhost " + args + " 2>&1";
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  while (p && fgets(buf, sizeof buf, p)) out += buf;
-  const int status = p ? pclose(p) : -1;
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
-double rel_l2(const at::Tensor& x, const at::Tensor& ref) {
-  return ((x.to(at::kDouble) - ref.to(at::kDouble)).norm() / ref.to(at::kDouble).norm())
-      .item<double>();
-}
 
 class Umt5Cli : public ::testing::Test {
  protected:
@@ -56,8 +41,8 @@ TEST_F(Umt5Cli, ForwardMatchesTransformers) {
   st::save(in,
            {{"input_ids", data_.at("input_ids")}, {"attention_mask", data_.at("attention_mask")}});
   // No --tokenizer: the default is ../tokenizer beside --weights, as in a pipeline folder.
-  const Result r = wanhost("model forward --plugin umt5 --weights " + kRef + "/model --inputs " +
-                           in + " --output " + out);
+  const auto r = run_wanhost("model forward --plugin umt5 --weights " + kRef + "/model --inputs " +
+                             in + " --output " + out);
   ASSERT_EQ(r.code, 0) << r.output;
   const auto hidden = st::File::open(out).load("last_hidden_state");
   ASSERT_EQ(hidden.sizes(), data_.at("last_hidden_state").sizes());
@@ -72,9 +57,9 @@ TEST_F(Umt5Cli, EncodePromptsLikeThePipeline) {
   // The first two texts are shorter than the reference's 64 tokens, so their rows do not depend
   // on the padded length (padding is masked and the position bias is relative).
   const std::string out = kTmp + "/encode.safetensors";
-  const Result r = wanhost("model forward --plugin umt5 --entry encode --weights " + kRef +
-                           "/model --tokenizer " + kRef + "/tokenizer --prompt '" + texts[0] +
-                           "' --prompt '" + texts[1] + "' --output " + out);
+  const auto r = run_wanhost("model forward --plugin umt5 --entry encode --weights " + kRef +
+                             "/model --tokenizer " + kRef + "/tokenizer --prompt '" + texts[0] +
+                             "' --prompt '" + texts[1] + "' --output " + out);
   ASSERT_EQ(r.code, 0) << r.output;
   const auto file = st::File::open(out);
   const auto hidden = file.load("hidden"), lengths = file.load("lengths");
@@ -87,9 +72,9 @@ TEST_F(Umt5Cli, EncodePromptsLikeThePipeline) {
 
 TEST_F(Umt5Cli, ErrorsNameTheFileOrTensor) {
   const std::string out = kTmp + "/never.safetensors";
-  Result r =
-      wanhost("model forward --plugin umt5 --entry encode --weights " + kRef +
-              "/model --tokenizer " + kTmp + "/missing_tokenizer --prompt x --output " + out);
+  auto r =
+      run_wanhost("model forward --plugin umt5 --entry encode --weights " + kRef +
+                  "/model --tokenizer " + kTmp + "/missing_tokenizer --prompt x --output " + out);
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find(kTmp + "/missing_tokenizer"), std::string::npos) << r.output;
 
@@ -104,16 +89,16 @@ TEST_F(Umt5Cli, ErrorsNameTheFileOrTensor) {
   auto tensors = st::File::open(kRef + "/model/model.safetensors").load_all();
   tensors["encoder.block.0.layer.1.DenseReluDense.wo.weight"] = at::zeros({32, 63});
   st::save(bad + "/model.safetensors", tensors);
-  r = wanhost("model forward --plugin umt5 --entry encode --weights " + bad + " --tokenizer " +
-              kRef + "/tokenizer --prompt x --output " + out);
+  r = run_wanhost("model forward --plugin umt5 --entry encode --weights " + bad + " --tokenizer " +
+                  kRef + "/tokenizer --prompt x --output " + out);
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("encoder.block.0.layer.1.DenseReluDense.wo.weight: checkpoint [32, 63], "
                           "model [32, 64]"),
             std::string::npos)
       << r.output;
 
-  r = wanhost("model forward --plugin umt5 --entry decode --weights " + kRef + "/model --output " +
-              out);
+  r = run_wanhost("model forward --plugin umt5 --entry decode --weights " + kRef +
+                  "/model --output " + out);
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("text encoder"), std::string::npos) << r.output;
 }

@@ -18,6 +18,8 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
+#include "parity_util.hpp"
+
 #include "wan21_dit.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/precision.hpp"
@@ -25,35 +27,22 @@
 
 namespace {
 
+using wanhost::testing::exists;
+using wanhost::testing::read_json;
+
 using wan21::WanModel;
 using wanhost::Json;
 
 const std::string kRef = std::string(WANHOST_BINARY_DIR) + "/reference/wan";
 const std::vector<std::string> kCases = {"base", "wide", "patch_t2"};
 
-// The tensors are tiny: one thread is fastest and keeps timings sane on a loaded machine.
-class OneThread : public ::testing::Environment {
- public:
-  void SetUp() override { at::set_num_threads(1); }
-};
-[[maybe_unused]] auto* const kOneThread = ::testing::AddGlobalTestEnvironment(new OneThread);
-
-bool exists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0;
-}
+WANHOST_ONE_THREAD_TESTS();
 
 #define REQUIRE_REFERENCE()                                                               \
   if (!exists(kRef + "/DONE"))                                                            \
   GTEST_SKIP() << "no reference tensors in " << kRef                                      \
                << " (the wan21_dit_reference fixture needs WANHOST_TEST_PYTHON with the " \
                   "packages of tests/reference/requirements.txt)"
-
-Json read_json(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot read " + path);
-  return Json::parse(in);
-}
 
 // The plugin's config as the host would hand it over: sidecar defaults plus `values`.
 wanhost::PluginConfig plugin_config(const Json& values) {

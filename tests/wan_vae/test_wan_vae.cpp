@@ -2,6 +2,8 @@
 // tests/reference/make_vae_reference.py), plus its configuration, weight and input checks.
 #include <gtest/gtest.h>
 
+#include "parity_util.hpp"
+
 #include <ATen/ATen.h>
 
 #include <cstdio>
@@ -20,13 +22,10 @@ using wanvae::WanVae;
 
 namespace {
 
+using wanhost::testing::rel_l2;
+
 const fs::path kRef = fs::path(WANHOST_BINARY_DIR) / "reference" / "vae";
 const fs::path kTmp = WANHOST_TEST_TMP;
-
-double rel_l2(const at::Tensor& got, const at::Tensor& want) {
-  return ((got.to(at::kDouble) - want.to(at::kDouble)).norm() / want.to(at::kDouble).norm())
-      .item<double>();
-}
 
 std::map<std::string, at::Tensor> data(const std::string& name) {
   return st::File::open((kRef / name / "data.safetensors").string()).load_all();

@@ -1,7 +1,9 @@
 // `wanhost model forward --plugin wan_vae --entry encode|decode` against the Diffusers outputs of
 // the reference case "base" (tests/reference/make_vae_reference.py), plus its input errors.
 #include <gtest/gtest.h>
+
 #include <sys/wait.h>
+#include "parity_util.hpp"
 
 #include <ATen/ATen.h>
 
@@ -15,27 +17,11 @@ namespace st = wanhost::safetensors;
 
 namespace {
 
+using wanhost::testing::rel_l2;
+using wanhost::testing::run_wanhost;
+
 const fs::path kCase = fs::path(WANHOST_BINARY_DIR) / "reference" / "vae" / "base";
 const fs::path kTmp = WANHOST_TEST_TMP;
-
-struct Result {
-  int code;
-  std::string output;
-};
-
-Result wanhost(const std::string& args) {
-  const std::string cmd = std::string(WANHOST_BINARY_DIR) + "/bin/wanhost " + args + " 2>&1";
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  while (p && fgets(buf, sizeof buf, p)) out += buf;
-  const int status = p ? pclose(p) : -1;
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
-double rel_l2(const at::Tensor& got, const at::Tensor& want) {
-  return ((got - want).norm() / want.norm()).item<double>();
-}
 
 class VaeForward : public ::testing::Test {
  protected:
@@ -52,9 +38,9 @@ class VaeForward : public ::testing::Test {
   }
   std::string run(const std::string& entry, const std::string& inputs, const std::string& out,
                   int want_code, const std::string& extra = "") {
-    const Result r =
-        wanhost("model forward --plugin wan_vae --weights " + (kCase / "model").string() +
-                " --entry " + entry + " --inputs " + inputs + " --output " + out + extra);
+    const auto r =
+        run_wanhost("model forward --plugin wan_vae --weights " + (kCase / "model").string() +
+                    " --entry " + entry + " --inputs " + inputs + " --output " + out + extra);
     EXPECT_EQ(r.code, want_code) << r.output;
     return r.output;
   }
