@@ -222,8 +222,7 @@ class Fsdp final : public Parallelism {
         gather(u, ctx_.param_dtype, false);
         materialize(u);
       }
-      for (std::size_t k : u.slots)
-        out[slots_[k].name] = slots_[k].param.detach().to(at::kCPU);
+      for (std::size_t k : u.slots) out[slots_[k].name] = slots_[k].param.detach().to(at::kCPU);
       if (!was) release(u);
     }
     for (auto& b : model.module().named_buffers(true)) out[b.key()] = b.value().detach().cpu();
