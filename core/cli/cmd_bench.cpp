@@ -17,6 +17,7 @@
 
 #include "../config/schema.hpp"
 #include "../util/device_timing.hpp"
+#include "../util/kernel_profile.hpp"
 #include "app.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/log.hpp"
@@ -26,6 +27,8 @@ namespace {
 
 struct BenchOptions {
   std::string plugin = "wan21_dit", preset = "wan2.1-t2v-1.3b", dtype, device, grid;
+  std::string profile;  // Chrome trace path; empty = no profile
+  std::size_t profile_top = 25;
   std::int64_t blocks = 4, batch = 1, video_tokens = 390, text_tokens = 512;
   int warmup = 3, iters = 10;
   bool packed = false, json = false, fp32_master = false, skip_peak = false;
@@ -198,6 +201,9 @@ void bench(const GlobalOptions& g, BenchOptions o) {
     peak_gib = static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0 * 1024.0);
   }
 #endif
+  // The profile runs after the timed steps so that the profiler's overhead stays out of them.
+  KernelProfile profile;
+  if (!o.profile.empty()) profile = profile_kernels(device, step, std::min(o.iters, 3), o.profile);
   const double tokens = static_cast<double>(o.batch * grid[0] * grid[1] * grid[2]);
   const double tflops = step_flops / t / 1e12;
   Json r{{"plugin", m.name},
@@ -222,6 +228,10 @@ void bench(const GlobalOptions& g, BenchOptions o) {
          {"matmul_peak_tflops", peak > 0 ? Json(peak) : Json(nullptr)},
          {"mfu", peak > 0 ? Json(tflops / peak) : Json(nullptr)},
          {"peak_mem_gib", peak_gib >= 0 ? Json(peak_gib) : Json(nullptr)}};
+  if (!o.profile.empty()) {
+    r["profile"] = profile.to_json(o.profile_top);
+    r["profile"]["trace"] = o.profile;
+  }
   if (o.json) {
     std::cout << r.dump() << std::endl;
     return;
@@ -238,6 +248,8 @@ void bench(const GlobalOptions& g, BenchOptions o) {
     std::printf(", MFU %.1f%% of %.1f TFLOP/s (measured matmul)", 100 * tflops / peak, peak);
   std::printf("\n");
   if (peak_gib >= 0) std::printf("  peak memory %.2f GiB\n", peak_gib);
+  if (!o.profile.empty())
+    std::printf("%s  trace: %s\n", profile.table(o.profile_top).c_str(), o.profile.c_str());
 }
 
 }  // namespace
@@ -269,6 +281,11 @@ void add_bench_command(CLI::App& app, GlobalOptions& g) {
   b->add_option("--iters", o->iters, "Timed steps (the median is reported)")->capture_default_str();
   b->add_flag("--no-peak", o->skip_peak, "Skip the matrix-product peak (no MFU)");
   b->add_flag("--json", o->json, "Print one JSON object");
+  b->add_option("--profile", o->profile,
+                "Profile a few steps after the timed ones: write a Chrome trace to this file and "
+                "print the device time per kernel class and the longest kernels");
+  b->add_option("--profile-top", o->profile_top, "Kernels listed by --profile")
+      ->capture_default_str();
   b->callback([&g, o] { bench(g, *o); });
 }
 

@@ -20,6 +20,8 @@ tail -1 "$OUT/build.log"
 W=build-gpu/bin/wanhost
 if has tests && [ -x build-gpu/bin/test_kernels ]; then
   build-gpu/bin/test_kernels 2>&1 | tee "$OUT/test_kernels.txt" | grep -E "^\[  |OK|FAIL|rel|Expected|Which" | tail -30
+  WANHOST_PACKED_ATTENTION=flash build-gpu/bin/test_kernels --gtest_filter='PackedAttention*' 2>&1 |
+    tee -a "$OUT/test_kernels.txt" | grep -E "FAIL|PASSED|warn" | tail -5
 fi
 bench() { echo "-- bench $*"; timeout 150 $W bench --json "$@" 2>&1 | tee -a "$OUT/bench.jsonl" | tail -2; }
 S1=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 32 --video-tokens 390 --text-tokens 512)
@@ -39,8 +41,16 @@ if has peer; then
   PYTHONUNBUFFERED=1 timeout ${PEER_TIMEOUT:-240} python3 build-perf/peer/peer_wan_block.py \
     ${PEER_MODES:-compiled} 2>&1 | grep -v Warning | tee "$OUT/peer.jsonl" | tail -8
 fi
-if has profile; then
-  PYTHONUNBUFFERED=1 timeout 90 python3 scripts/device/profile_peer.py 2>&1 | tee "$OUT/profile.txt" | tail -40
+if has profile && [ -x "$W" ]; then
+  # Kernel time per class and the longest kernels: wanhost (--profile) and the compiled peer.
+  prof() { echo "== wanhost $*"; timeout 150 $W bench --no-peak --iters 5 --profile /tmp/trace.json "$@" 2>&1 | grep -v "^ERROR:"; }
+  { prof "${S1[@]}"; prof "${S1[@]}" --packed; prof "${S2[@]}"; prof "${P14[@]}"; } >"$OUT/profile.txt"
+  grep -A12 "^== \|kernel time" "$OUT/profile.txt" | grep -v "^--" | head -80
+  for c in ${PEER_PROFILE:-s1 p14}; do
+    PYTHONUNBUFFERED=1 timeout 150 python3 scripts/device/profile_peer.py compiled $c 2>&1 |
+      grep -v Warning >>"$OUT/profile-peer.txt"
+  done
+  grep -A8 "kernel time per step" "$OUT/profile-peer.txt"
 fi
 if has run && [ -x "$W" ]; then
   common=(--set model.wan21_dit.preset=\"wan2.1-t2v-1.3b\" --set data.synthetic.text_dim=4096

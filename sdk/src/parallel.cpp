@@ -10,17 +10,21 @@
 //    either its whole padded row block (the Diffusers/Wan semantics: padded rows are attended) or
 //    only its first text_lengths[i] rows (masked semantics). So cross-attention needs no mask, only
 //    kv cu_seqlens, and both variants run on the same variable-length kernel.
-//    On CUDA with bf16/fp16 inputs this calls LibTorch's variable-length flash attention
-//    (at::_flash_attention_forward with cu_seqlens; differentiable through
-//    FlashAttentionBackward0); elsewhere (CPU, fp32, unsupported head dims, or when the kernel
-//    refuses) a per-segment SDPA loop.
+//    On CUDA with bf16/fp16 inputs this calls cuDNN's ragged attention
+//    (at::_cudnn_attention_forward with cumulative boundaries; CudnnAttentionBackward0) or
+//    LibTorch's variable-length flash attention (at::_flash_attention_forward;
+//    FlashAttentionBackward0); elsewhere (CPU, fp32, unsupported head dims, or when the kernels
+//    refuse) a per-segment SDPA loop. WANHOST_PACKED_ATTENTION picks one (see below).
 #include "wanhost/parallel.hpp"
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <optional>
 #include <string>
 
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/_cudnn_attention_forward.h>
 #include <ATen/ops/_flash_attention_forward.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
@@ -30,6 +34,7 @@
 #include <ATen/ops/tensor.h>
 #include <c10/util/Exception.h>
 
+#include "wanhost/errors.hpp"
 #include "wanhost/log.hpp"
 
 namespace wanhost {
@@ -128,29 +133,71 @@ bool flash_eligible(const at::Tensor& q, const at::Tensor& v) {
          v.size(-1) == dh;
 }
 
-// Variable-length flash attention over [total, H, Dh]; nullopt when the kernel is unavailable.
-std::optional<at::Tensor> packed_attention_flash(const at::Tensor& q, const at::Tensor& k,
+// Which fused kernel serves packed batches: WANHOST_PACKED_ATTENTION = auto (cuDNN's ragged
+// attention, else flash attention 2), cudnn, flash or loop (per-segment SDPA). cuDNN's kernels are
+// the ones at::scaled_dot_product_attention picks for dense batches on Hopper, so "auto" keeps
+// packed and dense batches on the same kernel family.
+enum class PackedKernel { automatic, cudnn, flash, loop };
+
+PackedKernel packed_kernel_choice() {
+  static const PackedKernel choice = [] {
+    const char* v = std::getenv("WANHOST_PACKED_ATTENTION");
+    const std::string s = v ? v : "auto";
+    if (s == "auto" || s.empty()) return PackedKernel::automatic;
+    if (s == "cudnn") return PackedKernel::cudnn;
+    if (s == "flash") return PackedKernel::flash;
+    if (s == "loop") return PackedKernel::loop;
+    throw UsageError("environment variable WANHOST_PACKED_ATTENTION=" + s +
+                     ": expected auto, cudnn, flash or loop");
+  }();
+  return choice;
+}
+
+// One variable-length kernel over [total, H, Dh] with cumulative boundaries; nullopt when it is
+// unavailable (then remembered, and said once).
+template <typename Run>
+std::optional<at::Tensor> try_packed_kernel(std::atomic<bool>& usable, const char* what,
+                                            const Run& run) {
+  if (!usable.load()) return std::nullopt;
+  try {
+    return run();
+  } catch (const c10::Error& e) {
+    usable.store(false);
+    logger()->warn("packed attention: {} unavailable ({}); falling back", what,
+                   e.what_without_backtrace());
+    return std::nullopt;
+  }
+}
+
+std::optional<at::Tensor> packed_attention_fused(const at::Tensor& q, const at::Tensor& k,
                                                  const at::Tensor& v,
                                                  const AttentionSegments& seg) {
-  static std::atomic<bool> usable{true};
-  if (!usable.load() || !flash_eligible(q, v)) return std::nullopt;
+  const auto choice = packed_kernel_choice();
+  if (choice == PackedKernel::loop || !flash_eligible(q, v)) return std::nullopt;
   const auto device = q.device();
   auto cu_q = device_cu(seg.cu_seqlens_q, seg.host_cu_q, device);
   auto cu_kv = device_cu(seg.cu_seqlens_kv, seg.host_cu_kv, device);
   const auto max_q = seg.max_q > 0 ? seg.max_q : max_length(seg.host_cu_q);
   const auto max_kv = seg.max_kv > 0 ? seg.max_kv : max_length(seg.host_cu_kv);
-  try {
-    auto result =
-        at::_flash_attention_forward(q[0].contiguous(), k[0].contiguous(), v[0].contiguous(), cu_q,
-                                     cu_kv, max_q, max_kv, 0.0, false, false);
-    return std::get<0>(result).unsqueeze(0);
-  } catch (const c10::Error& e) {
-    // E.g. a GPU generation without flash attention: remember, say so once, use the loop.
-    usable.store(false);
-    logger()->warn("variable-length flash attention unavailable ({}); using per-segment SDPA",
-                   e.what_without_backtrace());
-    return std::nullopt;
+  const auto q0 = q[0].contiguous(), k0 = k[0].contiguous(), v0 = v[0].contiguous();
+  if (choice == PackedKernel::automatic || choice == PackedKernel::cudnn) {
+    static std::atomic<bool> usable{true};
+    auto out = try_packed_kernel(usable, "cuDNN ragged attention", [&] {
+      // Log-sum-exp is what the backward needs; inference skips it.
+      const bool lse = at::GradMode::is_enabled() &&
+                       (q.requires_grad() || k.requires_grad() || v.requires_grad());
+      return std::get<0>(at::_cudnn_attention_forward(q0, k0, v0, std::nullopt, cu_q, cu_kv, max_q,
+                                                      max_kv, lse, 0.0, false, false))
+          .unsqueeze(0);
+    });
+    if (out || choice == PackedKernel::cudnn) return out;
   }
+  static std::atomic<bool> usable{true};
+  return try_packed_kernel(usable, "variable-length flash attention", [&] {
+    return std::get<0>(at::_flash_attention_forward(q0, k0, v0, cu_q, cu_kv, max_q, max_kv, 0.0,
+                                                    false, false))
+        .unsqueeze(0);
+  });
 }
 
 }  // namespace
@@ -183,7 +230,7 @@ at::Tensor default_attention(const at::Tensor& q, const at::Tensor& k, const at:
               "attention: kv_lengths and segments are exclusive (put text lengths into the kv "
               "segments of a packed batch)");
   check_segments(q, k, *args.segments);
-  if (auto out = packed_attention_flash(q, k, v, *args.segments)) return *out;
+  if (auto out = packed_attention_fused(q, k, v, *args.segments)) return *out;
   return packed_attention_loop(q, k, v, *args.segments);
 }
 
