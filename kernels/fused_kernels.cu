@@ -1,6 +1,6 @@
 // Fused kernels of the Wan DiT block; see fused_kernels.hpp for the contract. One warp per token
 // row, 16-byte accesses (8 bf16 channels per lane and step), fp32 arithmetic, row statistics by
-// warp shuffles, parameter-gradient sums in shared memory per block.
+// warp shuffles; parameter-gradient sums by a column kernel with register accumulators.
 #include "fused_kernels.hpp"
 
 #include <cuda_bf16.h>
@@ -74,18 +74,70 @@ __device__ __forceinline__ Range block_rows(const RowLayout& l) {
   return {begin, end};
 }
 
-__device__ __forceinline__ void zero_shared(float* acc, std::int64_t n) {
-  for (std::int64_t i = threadIdx.x; i < n; i += kThreads) acc[i] = 0.f;
+// Parameter gradients (per-sample sums over rows of a product of row tensors) are column sums:
+// a separate kernel reads the rows again with each thread owning 8 channels and a stride of rows,
+// so the sums stay in registers (no atomics; one fixed-order reduction over the block's row lanes
+// at the end). Block: kColLanes row lanes x 32 channel groups = 256 channels x kColRows rows;
+// grid (ceil(D / 256), partial_chunks, samples). Term(r, ch, out) gives the K terms of 8 channels.
+constexpr int kColLanes = kThreads / 32;
+constexpr int kColChannels = 32 * kVec;
+
+template <int K, typename Term>
+__global__ void __launch_bounds__(kThreads)
+    column_sums(RowLayout l, Term term, float* __restrict__ partials) {
+  __shared__ float red[kColLanes][K][kColChannels];
+  const int lane = threadIdx.x % 32, row_lane = threadIdx.x / 32;
+  const std::int64_t b = blockIdx.z, chunk = blockIdx.y;
+  const std::int64_t col0 = static_cast<std::int64_t>(blockIdx.x) * kColChannels;
+  const std::int64_t ch = col0 + lane * kVec;
+  std::int64_t s0, s1;
+  if (l.cu != nullptr) {
+    s0 = l.cu[b];
+    s1 = l.cu[b + 1];
+  } else {
+    s0 = b * l.rows_per_sample;
+    s1 = s0 + l.rows_per_sample;
+  }
+  const std::int64_t begin = s0 + chunk * kColRows;
+  const std::int64_t end = begin + kColRows < s1 ? begin + kColRows : s1;
+  float acc[K][kVec];
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) acc[k][i] = 0.f;
+  if (ch < l.dim) {
+    for (std::int64_t r = begin + row_lane; r < end; r += kColLanes) {
+      float t[K][kVec];
+      term(r, ch, t);
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) acc[k][i] += t[k][i];
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) red[row_lane][k][lane * kVec + i] = acc[k][i];
   __syncthreads();
+  float* slot = partials + ((b * gridDim.y + chunk) * K) * l.dim;  // gridDim.y = partial_chunks
+  for (int idx = threadIdx.x; idx < K * kColChannels; idx += kThreads) {
+    const int k = idx / kColChannels, c = idx % kColChannels;
+    if (col0 + c >= l.dim) continue;
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < kColLanes; ++j) sum += red[j][k][c];
+    slot[k * l.dim + col0 + c] = sum;
+  }
 }
 
-// Writes this block's K x D sums into partials [samples, chunks, K, D].
-__device__ __forceinline__ void flush_partials(const RowLayout& l, const float* acc, int k,
-                                               float* partials) {
-  __syncthreads();
-  const std::int64_t slot = (static_cast<std::int64_t>(blockIdx.y) * l.chunks + blockIdx.x) * k;
-  for (std::int64_t i = threadIdx.x; i < k * l.dim; i += kThreads)
-    partials[slot * l.dim + i] = acc[i];
+template <int K, typename Term>
+cudaError_t launch_column_sums(const RowLayout& l, const Term& term, float* partials,
+                               cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((l.dim + kColChannels - 1) / kColChannels),
+                  static_cast<unsigned>(partial_chunks(l)), static_cast<unsigned>(l.samples));
+  column_sums<K><<<grid, kThreads, 0, stream>>>(l, term, partials);
+  return cudaGetLastError();
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -133,11 +185,8 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads)
     ln_modulate_bwd(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ x,
                     const float* __restrict__ scale, const float* __restrict__ mean_in,
-                    const float* __restrict__ rstd_in, bf16* __restrict__ dx,
-                    float* __restrict__ partials) {
-  extern __shared__ float acc[];  // [2][D]: d shift, d scale
+                    const float* __restrict__ rstd_in, bf16* __restrict__ dx) {
   const std::int64_t d = l.dim;
-  zero_shared(acc, 2 * d);
   const Range rows = block_rows(l);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float* sc = scale + blockIdx.y * d;
@@ -169,14 +218,28 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = 0; i < kVec; ++i) {
         const float xhat = (xv[i] - mean) * rstd;
         out[i] = rstd * (gv[i] * (1.f + scv[i]) - a - xhat * b);
-        atomicAdd(&acc[ch + i], gv[i]);
-        atomicAdd(&acc[d + ch + i], gv[i] * xhat);
       }
       store8(dx + r * d + ch, out);
     }
   }
-  flush_partials(l, acc, 2, partials);
 }
+
+// d shift = sum g, d scale = sum g * xhat.
+struct LnModulateTerms {
+  const bf16* g;
+  const bf16* x;
+  const float* mean;
+  const float* rstd;
+  std::int64_t d;
+  __device__ void operator()(std::int64_t r, std::int64_t ch, float (&t)[2][kVec]) const {
+    float xv[kVec];
+    load8(g + r * d + ch, t[0]);
+    load8(x + r * d + ch, xv);
+    const float m = mean[r], rs = rstd[r];
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) t[1][i] = t[0][i] * (xv[i] - m) * rs;
+  }
+};
 
 __global__ void __launch_bounds__(kThreads)
     gated_fwd(RowLayout l, const bf16* __restrict__ x, const bf16* __restrict__ y,
@@ -200,29 +263,45 @@ __global__ void __launch_bounds__(kThreads)
 
 __global__ void __launch_bounds__(kThreads)
     gated_bwd(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ y,
-              const float* __restrict__ gate, bf16* __restrict__ dy, float* __restrict__ partials) {
-  extern __shared__ float acc[];  // [1][D]: d gate
+              const float* __restrict__ gate, bf16* __restrict__ dy) {
   const std::int64_t d = l.dim;
-  zero_shared(acc, d);
   const Range rows = block_rows(l);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float* gt = gate + blockIdx.y * d;
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
     for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
-      float gv[kVec], yv[kVec], gate_v[kVec], o[kVec];
+      float gv[kVec], gate_v[kVec], o[kVec];
       load8(g + r * d + ch, gv);
-      load8(y + r * d + ch, yv);
       loadf8(gt + ch, gate_v);
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) {
-        o[i] = gv[i] * gate_v[i];
-        atomicAdd(&acc[ch + i], gv[i] * yv[i]);
-      }
+      for (int i = 0; i < kVec; ++i) o[i] = gv[i] * gate_v[i];
       store8(dy + r * d + ch, o);
     }
   }
-  flush_partials(l, acc, 1, partials);
 }
+
+// sum x (a bias gradient: the column sums of the output gradient).
+struct RowsTerm {
+  const bf16* x;
+  std::int64_t d;
+  __device__ void operator()(std::int64_t r, std::int64_t ch, float (&t)[1][kVec]) const {
+    load8(x + r * d + ch, t[0]);
+  }
+};
+
+// d gate = sum g * y.
+struct GateTerm {
+  const bf16* g;
+  const bf16* y;
+  std::int64_t d;
+  __device__ void operator()(std::int64_t r, std::int64_t ch, float (&t)[1][kVec]) const {
+    float yv[kVec];
+    load8(g + r * d + ch, t[0]);
+    load8(y + r * d + ch, yv);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) t[0][i] *= yv[i];
+  }
+};
 
 struct Rope {
   const float* cos;
@@ -294,10 +373,8 @@ __device__ __forceinline__ void unrotate(const Rope& rp, std::int64_t r, std::in
 __global__ void __launch_bounds__(kThreads)
     rms_rope_bwd(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ x,
                  const float* __restrict__ w, Rope rp, const float* __restrict__ rstd_in,
-                 bf16* __restrict__ dx, float* __restrict__ partials) {
-  extern __shared__ float acc[];  // [1][D]: d weight
+                 bf16* __restrict__ dx) {
   const std::int64_t d = l.dim;
-  zero_shared(acc, d);
   const Range rows = block_rows(l);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float inv_d = 1.f / static_cast<float>(d);
@@ -325,20 +402,32 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = 0; i < kVec; ++i) {
         const float xhat = xv[i] * rstd;
         out[i] = rstd * (gv[i] * wv[i] - xhat * dot);
-        atomicAdd(&acc[ch + i], gv[i] * xhat);
       }
       store8(dx + r * d + ch, out);
     }
   }
-  flush_partials(l, acc, 1, partials);
 }
+
+// d weight = sum (rotated-back g) * xhat.
+struct RmsWeightTerm {
+  const bf16* g;
+  const bf16* x;
+  const float* rstd;
+  Rope rp;
+  std::int64_t d;
+  __device__ void operator()(std::int64_t r, std::int64_t ch, float (&t)[1][kVec]) const {
+    float xv[kVec];
+    load8(g + r * d + ch, t[0]);
+    load8(x + r * d + ch, xv);
+    unrotate(rp, r, ch, t[0]);
+    const float rs = rstd[r];
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) t[0][i] *= xv[i] * rs;
+  }
+};
 
 dim3 grid_of(const RowLayout& l) {
   return dim3(static_cast<unsigned>(l.chunks), static_cast<unsigned>(l.samples));
-}
-
-size_t shared_bytes(const RowLayout& l, int k) {
-  return static_cast<size_t>(k) * static_cast<size_t>(l.dim) * sizeof(float);
 }
 
 }  // namespace
@@ -354,10 +443,13 @@ cudaError_t layer_norm_modulate_forward(const RowLayout& l, const void* x, const
 cudaError_t layer_norm_modulate_backward(const RowLayout& l, const void* grad, const void* x,
                                          const float* scale, const float* mean, const float* rstd,
                                          void* dx, float* partials, cudaStream_t stream) {
-  ln_modulate_bwd<<<grid_of(l), kThreads, shared_bytes(l, 2), stream>>>(
-      l, static_cast<const bf16*>(grad), static_cast<const bf16*>(x), scale, mean, rstd,
-      static_cast<bf16*>(dx), partials);
-  return cudaGetLastError();
+  const auto* g = static_cast<const bf16*>(grad);
+  const auto* xb = static_cast<const bf16*>(x);
+  ln_modulate_bwd<<<grid_of(l), kThreads, 0, stream>>>(l, g, xb, scale, mean, rstd,
+                                                       static_cast<bf16*>(dx));
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  return launch_column_sums<2>(l, LnModulateTerms{g, xb, mean, rstd, l.dim}, partials, stream);
 }
 
 cudaError_t gated_residual_forward(const RowLayout& l, const void* x, const void* y,
@@ -370,10 +462,13 @@ cudaError_t gated_residual_forward(const RowLayout& l, const void* x, const void
 cudaError_t gated_residual_backward(const RowLayout& l, const void* grad, const void* y,
                                     const float* gate, void* dy, float* partials,
                                     cudaStream_t stream) {
-  gated_bwd<<<grid_of(l), kThreads, shared_bytes(l, 1), stream>>>(l, static_cast<const bf16*>(grad),
-                                                                  static_cast<const bf16*>(y), gate,
-                                                                  static_cast<bf16*>(dy), partials);
-  return cudaGetLastError();
+  const auto* g = static_cast<const bf16*>(grad);
+  gated_bwd<<<grid_of(l), kThreads, 0, stream>>>(l, g, static_cast<const bf16*>(y), gate,
+                                                 static_cast<bf16*>(dy));
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  return launch_column_sums<1>(l, GateTerm{g, static_cast<const bf16*>(y), l.dim}, partials,
+                               stream);
 }
 
 cudaError_t rms_norm_rope_forward(const RowLayout& l, const void* x, const float* w,
@@ -392,10 +487,16 @@ cudaError_t rms_norm_rope_backward(const RowLayout& l, const void* grad, const v
                                    const float* rstd, void* dx, float* partials,
                                    cudaStream_t stream) {
   const Rope rp{cos, sin, table_rows, head_dim};
-  rms_rope_bwd<<<grid_of(l), kThreads, shared_bytes(l, 1), stream>>>(
-      l, static_cast<const bf16*>(grad), static_cast<const bf16*>(x), w, rp, rstd,
-      static_cast<bf16*>(dx), partials);
-  return cudaGetLastError();
+  const auto* g = static_cast<const bf16*>(grad);
+  const auto* xb = static_cast<const bf16*>(x);
+  rms_rope_bwd<<<grid_of(l), kThreads, 0, stream>>>(l, g, xb, w, rp, rstd, static_cast<bf16*>(dx));
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  return launch_column_sums<1>(l, RmsWeightTerm{g, xb, rstd, rp, l.dim}, partials, stream);
+}
+
+cudaError_t column_sums(const RowLayout& l, const void* x, float* partials, cudaStream_t stream) {
+  return launch_column_sums<1>(l, RowsTerm{static_cast<const bf16*>(x), l.dim}, partials, stream);
 }
 
 }  // namespace wanhost::kernels

@@ -5,10 +5,10 @@
 // Rows: a token tensor is viewed as [T, D] rows. Rows are grouped by sample: sample b owns rows
 // [cu[b], cu[b+1]) when `cu` (int32, device) is given, else [b*S, (b+1)*S). Every kernel runs on
 // a (chunks, samples) grid, `kRowsPerBlock` rows per block, one warp per row; `chunks` must be
-// ceil(longest sample / kRowsPerBlock). Backward kernels write per-block partial sums of the
-// per-sample (or per-tensor) parameter gradients into `partials` [samples, chunks, K, D] (every
-// block writes its slot, zeros included), which the caller sums over chunks: deterministic, no
-// atomics in global memory.
+// ceil(longest sample / kRowsPerBlock). Backward kernels write partial sums of the per-sample (or
+// per-tensor) parameter gradients over kColRows rows each into `partials`
+// [samples, partial_chunks(l), K, D] (every slot written, zeros included), which the caller sums
+// over chunks: deterministic, no atomics.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +18,7 @@
 namespace wanhost::kernels {
 
 constexpr int kRowsPerBlock = 32;
+constexpr int kColRows = 128;  // rows per partial sum of a parameter gradient
 
 struct RowLayout {
   const std::int32_t* cu = nullptr;  // [samples + 1] or null (dense)
@@ -26,6 +27,11 @@ struct RowLayout {
   std::int64_t chunks = 0;
   std::int64_t dim = 0;  // D (multiple of 8)
 };
+
+// Partial sums per sample: ceil(longest sample / kColRows), from chunks = ceil(longest / 32).
+inline constexpr std::int64_t partial_chunks(const RowLayout& l) {
+  return (l.chunks + kColRows / kRowsPerBlock - 1) / (kColRows / kRowsPerBlock);
+}
 
 // y = bf16(LN(x) * (1 + scale[b]) + shift[b]); mean/rstd [T] fp32 saved for backward.
 // x, y bf16 [T, D]; scale, shift fp32 [samples, D].
@@ -58,5 +64,8 @@ cudaError_t rms_norm_rope_backward(const RowLayout& l, const void* grad, const v
                                    std::int64_t table_rows, std::int64_t head_dim,
                                    const float* rstd, void* dx, float* partials,
                                    cudaStream_t stream);
+
+// partials K=1: sum of the rows of x (bf16 [T, D]) per sample.
+cudaError_t column_sums(const RowLayout& l, const void* x, float* partials, cudaStream_t stream);
 
 }  // namespace wanhost::kernels

@@ -1,11 +1,11 @@
 # Where a step of the peer's Wan 2.1 blocks spends its GPU time (eager or torch.compile), per
 # kernel class, from torch.profiler:  profile_peer.py [eager|compiled] [s1|s2|p14]
-import importlib.util, os, sys, collections
+import os, sys, collections
 import torch
 from torch.profiler import profile, ProfilerActivity
 here = os.path.dirname(os.path.abspath(__file__))
-spec = importlib.util.spec_from_file_location("pb", os.path.join(here, "../../build-perf/peer/peer_wan_block.py"))
-pb = importlib.util.module_from_spec(spec); spec.loader.exec_module(pb)
+sys.path.insert(0, os.path.join(here, "../../build-perf/peer"))
+import peer_wan_block as pb  # a real module: torch.compile must be able to import it
 mode = sys.argv[1] if len(sys.argv) > 1 else "eager"
 case = sys.argv[2] if len(sys.argv) > 2 else "s1"
 D, H, Fd, L, B, S, T = {"s1": (1536, 12, 8960, 4, 32, 390, 512),

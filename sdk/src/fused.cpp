@@ -226,8 +226,8 @@ struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
     const Rows rows = Rows::load(ctx);
     auto g = bf16_contiguous(grads[0]);
     auto dx = at::empty_like(x);
-    auto partials =
-        at::empty({rows.samples, rows.chunks, 2, rows.dim}, x.options().dtype(at::kFloat));
+    auto partials = at::empty({rows.samples, kernels::partial_chunks(rows.layout()), 2, rows.dim},
+                              x.options().dtype(at::kFloat));
     check_cuda(kernels::layer_norm_modulate_backward(
                    rows.layout(), g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(),
                    saved[2].data_ptr<float>(), saved[3].data_ptr<float>(), dx.data_ptr(),
@@ -267,8 +267,8 @@ struct GatedResidual : torch::autograd::Function<GatedResidual> {
     const Rows rows = Rows::load(ctx);
     auto g = bf16_contiguous(grads[0]);
     auto dy = at::empty_like(y);
-    auto partials =
-        at::empty({rows.samples, rows.chunks, 1, rows.dim}, y.options().dtype(at::kFloat));
+    auto partials = at::empty({rows.samples, kernels::partial_chunks(rows.layout()), 1, rows.dim},
+                              y.options().dtype(at::kFloat));
     check_cuda(kernels::gated_residual_backward(rows.layout(), g.data_ptr(), y.data_ptr(),
                                                 saved[1].data_ptr<float>(), dy.data_ptr(),
                                                 partials.data_ptr<float>(), stream_of(y)),
@@ -322,7 +322,8 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
     const auto head_dim = ctx->saved_data["head_dim"].toInt();
     auto g = bf16_contiguous(grads[0]);
     auto dx = at::empty_like(x);
-    auto partials = at::empty({1, rows.chunks, 1, rows.dim}, x.options().dtype(at::kFloat));
+    auto partials = at::empty({1, kernels::partial_chunks(rows.layout()), 1, rows.dim},
+                              x.options().dtype(at::kFloat));
     check_cuda(kernels::rms_norm_rope_backward(
                    rows.layout(), g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(),
                    c.defined() ? c.data_ptr<float>() : nullptr,
@@ -336,8 +337,38 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
   }
 };
 
-// Shared memory of the backward kernels: 2 x D floats must fit the default 48 KB.
-constexpr std::int64_t kMaxDim = 6144;
+// y = x W^T + b with the bias gradient from the column-sum kernel; the matrix products of the
+// backward are the ones autograd's AddmmBackward would run.
+struct LinearColumnSumBias : torch::autograd::Function<LinearColumnSumBias> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
+                            const at::Tensor& b) {
+    ctx->save_for_backward({x, w});
+    ctx->saved_data["bias_dtype"] = static_cast<std::int64_t>(b.scalar_type());
+    return at::linear(x, w, b);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0], &w = saved[1];
+    c10::cuda::CUDAGuard guard(x.device());
+    const auto out = w.size(0);
+    auto g = bf16_contiguous(grads[0]).view({-1, out});
+    at::Tensor dx, dw, db;
+    if (ctx->needs_input_grad(0)) dx = at::mm(g, w).view(x.sizes());
+    if (ctx->needs_input_grad(1)) dw = at::mm(g.t(), x.reshape({-1, x.size(-1)}));
+    if (ctx->needs_input_grad(2)) {
+      const Rows rows = rows_flat(g);
+      auto partials = at::empty({1, kernels::partial_chunks(rows.layout()), 1, out},
+                                g.options().dtype(at::kFloat));
+      check_cuda(kernels::column_sums(rows.layout(), g.data_ptr(), partials.data_ptr<float>(),
+                                      stream_of(g)),
+                 "linear bias gradient");
+      db = partials.sum({0, 1, 2}).to(
+          static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt()));
+    }
+    return {dx, dw, db};
+  }
+};
 
 bool aligned(const at::Tensor& t) {
   return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0;
@@ -353,7 +384,7 @@ bool kernels_built() {
 bool kernels_apply(const at::Tensor& x) {
 #if WANHOST_WITH_CUDA
   return x.defined() && x.is_cuda() && x.scalar_type() == at::kBFloat16 && x.dim() >= 1 &&
-         x.size(-1) % 8 == 0 && x.size(-1) <= kMaxDim && x.numel() > 0 &&
+         x.size(-1) % 8 == 0 && x.numel() > 0 &&
          (!x.is_contiguous() || aligned(x));  // 16-byte accesses
 #else
   (void)x;
@@ -405,6 +436,17 @@ at::Tensor rms_norm_rope(const at::Tensor& x, const at::Tensor& weight, const at
   }
 #endif
   return reference::rms_norm_rope(x, weight, cos, sin, head_dim, eps);
+}
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+#if WANHOST_WITH_CUDA
+  // The kernel reads the output gradient, [tokens, out] bf16: out must be a multiple of 8.
+  if (bias.defined() && x.dim() >= 2 && kernels_apply(x) &&
+      weight.scalar_type() == x.scalar_type() && bias.scalar_type() == x.scalar_type() &&
+      weight.dim() == 2 && weight.size(0) % 8 == 0 && x.is_contiguous())
+    return LinearColumnSumBias::apply(x, weight, bias);
+#endif
+  return at::linear(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
 }
 
 }  // namespace wanhost::fused

@@ -10,11 +10,11 @@
 //    either its whole padded row block (the Diffusers/Wan semantics: padded rows are attended) or
 //    only its first text_lengths[i] rows (masked semantics). So cross-attention needs no mask, only
 //    kv cu_seqlens, and both variants run on the same variable-length kernel.
-//    On CUDA with bf16/fp16 inputs this calls cuDNN's ragged attention
-//    (at::_cudnn_attention_forward with cumulative boundaries; CudnnAttentionBackward0) or
-//    LibTorch's variable-length flash attention (at::_flash_attention_forward;
-//    FlashAttentionBackward0); elsewhere (CPU, fp32, unsupported head dims, or when the kernels
-//    refuse) a per-segment SDPA loop. WANHOST_PACKED_ATTENTION picks one (see below).
+//    On CUDA with bf16/fp16 inputs a pack of equal segments runs as a dense batch (SDPA), other
+//    packs on LibTorch's variable-length flash attention (at::_flash_attention_forward with
+//    cu_seqlens; differentiable through FlashAttentionBackward0); elsewhere (CPU, fp32,
+//    unsupported head dims, or when the kernel refuses) a per-segment SDPA loop.
+//    WANHOST_PACKED_ATTENTION overrides the choice (see below).
 #include "wanhost/parallel.hpp"
 
 #include <atomic>
@@ -23,8 +23,6 @@
 #include <optional>
 #include <string>
 
-#include <ATen/core/grad_mode.h>
-#include <ATen/ops/_cudnn_attention_forward.h>
 #include <ATen/ops/_flash_attention_forward.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
@@ -35,6 +33,7 @@
 #include <c10/util/Exception.h>
 
 #include "wanhost/errors.hpp"
+#include "wanhost/fused.hpp"
 #include "wanhost/log.hpp"
 
 namespace wanhost {
@@ -57,9 +56,9 @@ class ReplicatedLinear final : public LinearLayer {
   at::Tensor forward(const at::Tensor& x) override {
     const auto dtype = x.scalar_type();
     at::Tensor w = weight_.scalar_type() == dtype ? weight_ : weight_.to(dtype);
-    std::optional<at::Tensor> b;
+    at::Tensor b;
     if (bias_.defined()) b = bias_.scalar_type() == dtype ? bias_ : bias_.to(dtype);
-    return at::linear(x, w, b);
+    return fused::linear(x, w, b);
   }
 
  private:
@@ -133,71 +132,77 @@ bool flash_eligible(const at::Tensor& q, const at::Tensor& v) {
          v.size(-1) == dh;
 }
 
-// Which fused kernel serves packed batches: WANHOST_PACKED_ATTENTION = auto (cuDNN's ragged
-// attention, else flash attention 2), cudnn, flash or loop (per-segment SDPA). cuDNN's kernels are
-// the ones at::scaled_dot_product_attention picks for dense batches on Hopper, so "auto" keeps
-// packed and dense batches on the same kernel family.
-enum class PackedKernel { automatic, cudnn, flash, loop };
+// How packed batches are attended: WANHOST_PACKED_ATTENTION = auto (default), flash or loop.
+//  - auto: a pack whose segments all have the same lengths (one image resolution, one text
+//    length: the usual stage-1 pack) is a dense batch in disguise, so it is viewed as
+//    [n, len, H, Dh] and goes to at::scaled_dot_product_attention like a dense batch (cuDNN's
+//    attention on Hopper, faster than flash attention 2); other packs use flash attention 2 with
+//    cumulative lengths.
+//  - flash: always the variable-length flash kernel; loop: per-segment SDPA (a reference).
+// cuDNN's own ragged mode (at::_cudnn_attention_forward with cumulative lengths) is not used: in
+// LibTorch 2.11 on an H100 its gradients were wrong (relative errors of 1e21 against fp32) and
+// its steps took ~1 s (measured 2026-11-25).
+enum class PackedKernel { automatic, flash, loop };
 
 PackedKernel packed_kernel_choice() {
   static const PackedKernel choice = [] {
     const char* v = std::getenv("WANHOST_PACKED_ATTENTION");
     const std::string s = v ? v : "auto";
     if (s == "auto" || s.empty()) return PackedKernel::automatic;
-    if (s == "cudnn") return PackedKernel::cudnn;
     if (s == "flash") return PackedKernel::flash;
     if (s == "loop") return PackedKernel::loop;
     throw UsageError("environment variable WANHOST_PACKED_ATTENTION=" + s +
-                     ": expected auto, cudnn, flash or loop");
+                     ": expected auto, flash or loop");
   }();
   return choice;
 }
 
-// One variable-length kernel over [total, H, Dh] with cumulative boundaries; nullopt when it is
-// unavailable (then remembered, and said once).
-template <typename Run>
-std::optional<at::Tensor> try_packed_kernel(std::atomic<bool>& usable, const char* what,
-                                            const Run& run) {
-  if (!usable.load()) return std::nullopt;
-  try {
-    return run();
-  } catch (const c10::Error& e) {
-    usable.store(false);
-    logger()->warn("packed attention: {} unavailable ({}); falling back", what,
-                   e.what_without_backtrace());
-    return std::nullopt;
-  }
+// The common length of every segment, or 0 when they differ.
+std::int64_t uniform_length(const std::vector<std::int64_t>& cu) {
+  const auto first = cu[1] - cu[0];
+  for (std::size_t i = 1; i + 1 < cu.size(); ++i)
+    if (cu[i + 1] - cu[i] != first) return 0;
+  return first;
 }
 
-std::optional<at::Tensor> packed_attention_fused(const at::Tensor& q, const at::Tensor& k,
+// A pack of equal segments as a dense batch; nullopt when the segments differ.
+std::optional<at::Tensor> packed_attention_uniform(const at::Tensor& q, const at::Tensor& k,
+                                                   const at::Tensor& v,
+                                                   const AttentionSegments& seg) {
+  const auto n = static_cast<std::int64_t>(seg.host_cu_q.size()) - 1;
+  const auto lq = uniform_length(seg.host_cu_q), lkv = uniform_length(seg.host_cu_kv);
+  if (lq <= 0 || lkv <= 0) return std::nullopt;
+  auto as_batch = [n](const at::Tensor& t, std::int64_t len) {
+    return t.reshape({n, len, t.size(2), t.size(3)});
+  };
+  auto out = dense_attention(as_batch(q, lq), as_batch(k, lkv), as_batch(v, lkv), at::Tensor());
+  return out.reshape({1, n * lq, q.size(2), v.size(3)});
+}
+
+// Variable-length flash attention over [total, H, Dh]; nullopt when the kernel is unavailable
+// (then remembered, and said once).
+std::optional<at::Tensor> packed_attention_flash(const at::Tensor& q, const at::Tensor& k,
                                                  const at::Tensor& v,
                                                  const AttentionSegments& seg) {
-  const auto choice = packed_kernel_choice();
-  if (choice == PackedKernel::loop || !flash_eligible(q, v)) return std::nullopt;
+  static std::atomic<bool> usable{true};
+  if (!usable.load() || !flash_eligible(q, v)) return std::nullopt;
   const auto device = q.device();
   auto cu_q = device_cu(seg.cu_seqlens_q, seg.host_cu_q, device);
   auto cu_kv = device_cu(seg.cu_seqlens_kv, seg.host_cu_kv, device);
   const auto max_q = seg.max_q > 0 ? seg.max_q : max_length(seg.host_cu_q);
   const auto max_kv = seg.max_kv > 0 ? seg.max_kv : max_length(seg.host_cu_kv);
-  const auto q0 = q[0].contiguous(), k0 = k[0].contiguous(), v0 = v[0].contiguous();
-  if (choice == PackedKernel::automatic || choice == PackedKernel::cudnn) {
-    static std::atomic<bool> usable{true};
-    auto out = try_packed_kernel(usable, "cuDNN ragged attention", [&] {
-      // Log-sum-exp is what the backward needs; inference skips it.
-      const bool lse = at::GradMode::is_enabled() &&
-                       (q.requires_grad() || k.requires_grad() || v.requires_grad());
-      return std::get<0>(at::_cudnn_attention_forward(q0, k0, v0, std::nullopt, cu_q, cu_kv, max_q,
-                                                      max_kv, lse, 0.0, false, false))
-          .unsqueeze(0);
-    });
-    if (out || choice == PackedKernel::cudnn) return out;
+  try {
+    auto result =
+        at::_flash_attention_forward(q[0].contiguous(), k[0].contiguous(), v[0].contiguous(), cu_q,
+                                     cu_kv, max_q, max_kv, 0.0, false, false);
+    return std::get<0>(result).unsqueeze(0);
+  } catch (const c10::Error& e) {
+    // E.g. a GPU generation without flash attention: remember, say so once, use the loop.
+    usable.store(false);
+    logger()->warn("variable-length flash attention unavailable ({}); using per-segment SDPA",
+                   e.what_without_backtrace());
+    return std::nullopt;
   }
-  static std::atomic<bool> usable{true};
-  return try_packed_kernel(usable, "variable-length flash attention", [&] {
-    return std::get<0>(at::_flash_attention_forward(q0, k0, v0, cu_q, cu_kv, max_q, max_kv, 0.0,
-                                                    false, false))
-        .unsqueeze(0);
-  });
 }
 
 }  // namespace
@@ -230,7 +235,11 @@ at::Tensor default_attention(const at::Tensor& q, const at::Tensor& k, const at:
               "attention: kv_lengths and segments are exclusive (put text lengths into the kv "
               "segments of a packed batch)");
   check_segments(q, k, *args.segments);
-  if (auto out = packed_attention_fused(q, k, v, *args.segments)) return *out;
+  const auto choice = packed_kernel_choice();
+  if (choice == PackedKernel::automatic && flash_eligible(q, v))
+    if (auto out = packed_attention_uniform(q, k, v, *args.segments)) return *out;
+  if (choice != PackedKernel::loop)
+    if (auto out = packed_attention_flash(q, k, v, *args.segments)) return *out;
   return packed_attention_loop(q, k, v, *args.segments);
 }
 

@@ -79,12 +79,16 @@ TEST(FusedGpu, LayerNormModulateDense) {
   if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
   check_layer_norm_modulate(3, 70, 256, nullptr, 3);
   check_layer_norm_modulate(2, 33, 1536, nullptr, 2);
+  // Several partial sums per sample (rows > 128) and a channel tile that is not full (D = 200).
+  check_layer_norm_modulate(2, 300, 200, nullptr, 2);
 }
 
 TEST(FusedGpu, LayerNormModulatePacked) {
   if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
   auto seg = segments({37, 64, 5, 90}, at::kCUDA);
   check_layer_norm_modulate(1, 196, 512, seg.get(), 4);
+  auto long_seg = segments({300, 1, 260}, at::kCUDA);
+  check_layer_norm_modulate(1, 561, 1536, long_seg.get(), 3);
 }
 
 void check_gated(std::int64_t b, std::int64_t s, std::int64_t d, const AttentionSegments* seg,
@@ -131,6 +135,25 @@ TEST(FusedGpu, RmsNormRope) {
   check_rms_rope(2, 75, 4, 128, true, 75);     // dense: table per position
   check_rms_rope(1, 300, 12, 128, true, 300);  // packed: table per token
   check_rms_rope(3, 40, 2, 64, false, 0);      // cross-attention q/k: no rotation
+}
+
+// fused::linear: the bias gradient from the column-sum kernel, the rest as at::linear.
+void check_linear(std::int64_t b, std::int64_t s, std::int64_t in, std::int64_t out) {
+  auto x = at::randn({b, s, in}, kBf16Cuda);
+  auto w = at::randn({out, in}, kBf16Cuda) * 0.05;
+  auto bias = at::randn({out}, kBf16Cuda);
+  auto gy = at::randn({b, s, out}, kBf16Cuda);
+  auto in_k = leaves({x, w, bias}), in_r = leaves({x, w, bias});
+  auto yk = fused::linear(in_k[0], in_k[1], in_k[2]);
+  auto yr = at::linear(in_r[0], in_r[1], in_r[2]);
+  expect_close({yk}, {yr}, 1e-3, "linear output");
+  expect_close(grads_of(yk, gy, in_k), grads_of(yr, gy, in_r), 1e-2, "linear gradients");
+}
+
+TEST(FusedGpu, LinearBiasGradient) {
+  if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
+  check_linear(4, 390, 256, 1536);
+  check_linear(1, 1000, 128, 200);
 }
 
 // Kernels and reference inside one small model-like chain: gradients reach every input.

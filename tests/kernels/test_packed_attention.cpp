@@ -89,6 +89,12 @@ TEST(PackedAttentionGpu, CrossAttentionOtherKeyLengths) {
   check({390, 390, 17}, {512, 3, 512}, 12, 128);
 }
 
+TEST(PackedAttentionGpu, EqualSegmentsAsDenseBatch) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device";
+  check({390, 390, 390}, {512, 512, 512}, 12, 128);
+  check({100, 100}, {100, 100}, 4, 128);
+}
+
 TEST(PackedAttentionGpu, HeadDim64) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device";
   check({64, 100}, {64, 100}, 2, 64);

@@ -39,6 +39,11 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Te
 at::Tensor rms_norm_rope(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& cos,
                          const at::Tensor& sin, std::int64_t head_dim, double eps);
 
+// x W^T + b (torch.nn.functional.linear; bias may be undefined). The matrix products are
+// LibTorch's (cuBLAS); on the kernels' tensors the bias gradient, a sum over every token row of
+// the output gradient, is wanhost's column-sum kernel instead of ATen's reduction.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
 // The reference arithmetic of the three operators (ATen only; what the fused path is tested
 // against).
 namespace reference {
