@@ -54,6 +54,11 @@ __device__ __forceinline__ float round_bf16(float v) {
   return __bfloat162float(__float2bfloat16_rn(v));
 }
 
+// Row stride of the input x of the RMSNorm kernels (a q/k slice of a merged projection).
+__host__ __device__ __forceinline__ std::int64_t x_stride(const RowLayout& l) {
+  return l.x_stride > 0 ? l.x_stride : l.dim;
+}
+
 struct Range {
   std::int64_t begin, end;
 };
@@ -147,8 +152,8 @@ __global__ void __launch_bounds__(kThreads)
   const Range rows = block_rows(l);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t d = l.dim;
-  const float* sc = scale + blockIdx.y * d;
-  const float* sh = shift + blockIdx.y * d;
+  const float* sc = scale + blockIdx.y * l.vec_stride;
+  const float* sh = shift + blockIdx.y * l.vec_stride;
   const float inv_d = 1.f / static_cast<float>(d);
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
     const bf16* xr = x + r * d;
@@ -189,7 +194,7 @@ __global__ void __launch_bounds__(kThreads)
   const std::int64_t d = l.dim;
   const Range rows = block_rows(l);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const float* sc = scale + blockIdx.y * d;
+  const float* sc = scale + blockIdx.y * l.vec_stride;
   const float inv_d = 1.f / static_cast<float>(d);
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
     const bf16* xr = x + r * d;
@@ -247,7 +252,7 @@ __global__ void __launch_bounds__(kThreads)
   const Range rows = block_rows(l);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t d = l.dim;
-  const float* gt = gate + blockIdx.y * d;
+  const float* gt = gate + blockIdx.y * l.vec_stride;
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
     for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
       float xv[kVec], yv[kVec], gv[kVec], o[kVec];
@@ -267,7 +272,7 @@ __global__ void __launch_bounds__(kThreads)
   const std::int64_t d = l.dim;
   const Range rows = block_rows(l);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const float* gt = gate + blockIdx.y * d;
+  const float* gt = gate + blockIdx.y * l.vec_stride;
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
     for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
       float gv[kVec], gate_v[kVec], o[kVec];
@@ -326,7 +331,7 @@ __global__ void __launch_bounds__(kThreads)
   const std::int64_t d = l.dim;
   const float inv_d = 1.f / static_cast<float>(d);
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
-    const bf16* xr = x + r * d;
+    const bf16* xr = x + r * x_stride(l);
     float xv[kVec], ss = 0.f;
     for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
       load8(xr + ch, xv);
@@ -379,7 +384,7 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float inv_d = 1.f / static_cast<float>(d);
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
-    const bf16* xr = x + r * d;
+    const bf16* xr = x + r * x_stride(l);
     const bf16* gr = g + r * d;
     const float rstd = rstd_in[r];
     float xv[kVec], gv[kVec], wv[kVec], dot = 0.f;
@@ -414,11 +419,11 @@ struct RmsWeightTerm {
   const bf16* x;
   const float* rstd;
   Rope rp;
-  std::int64_t d;
+  std::int64_t d, xs;
   __device__ void operator()(std::int64_t r, std::int64_t ch, float (&t)[1][kVec]) const {
     float xv[kVec];
     load8(g + r * d + ch, t[0]);
-    load8(x + r * d + ch, xv);
+    load8(x + r * xs + ch, xv);
     unrotate(rp, r, ch, t[0]);
     const float rs = rstd[r];
 #pragma unroll
@@ -492,7 +497,8 @@ cudaError_t rms_norm_rope_backward(const RowLayout& l, const void* grad, const v
   rms_rope_bwd<<<grid_of(l), kThreads, 0, stream>>>(l, g, xb, w, rp, rstd, static_cast<bf16*>(dx));
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  return launch_column_sums<1>(l, RmsWeightTerm{g, xb, rstd, rp, l.dim}, partials, stream);
+  return launch_column_sums<1>(l, RmsWeightTerm{g, xb, rstd, rp, l.dim, x_stride(l)}, partials,
+                               stream);
 }
 
 cudaError_t column_sums(const RowLayout& l, const void* x, float* partials, cudaStream_t stream) {

@@ -26,6 +26,13 @@ struct RowLayout {
   std::int64_t samples = 0;
   std::int64_t chunks = 0;
   std::int64_t dim = 0;  // D (multiple of 8)
+  // Row stride of x in the RMSNorm kernels (0: D): a slice of a wider, row-major tensor, e.g. q
+  // of a merged q/k/v projection. A multiple of 8; every other tensor is [T, D] contiguous.
+  std::int64_t x_stride = 0;
+  // Elements between consecutive samples' per-sample vectors (scale, shift, gate): D when they are
+  // [samples, D] contiguous, 6 D for chunks of a [samples, 6, D] modulation table, 0 for one
+  // vector shared by every sample. A multiple of 4 (16-byte loads).
+  std::int64_t vec_stride = 0;
 };
 
 // Partial sums per sample: ceil(longest sample / kColRows), from chunks = ceil(longest / 32).
@@ -34,7 +41,7 @@ inline constexpr std::int64_t partial_chunks(const RowLayout& l) {
 }
 
 // y = bf16(LN(x) * (1 + scale[b]) + shift[b]); mean/rstd [T] fp32 saved for backward.
-// x, y bf16 [T, D]; scale, shift fp32 [samples, D].
+// x, y bf16 [T, D]; scale, shift fp32, sample b's vector at b * vec_stride.
 cudaError_t layer_norm_modulate_forward(const RowLayout& l, const void* x, const float* scale,
                                         const float* shift, float eps, void* y, float* mean,
                                         float* rstd, cudaStream_t stream);
@@ -43,7 +50,7 @@ cudaError_t layer_norm_modulate_backward(const RowLayout& l, const void* grad, c
                                          const float* scale, const float* mean, const float* rstd,
                                          void* dx, float* partials, cudaStream_t stream);
 
-// out = bf16(x + y * gate[b]); x, y, out bf16, gate fp32 [samples, D].
+// out = bf16(x + y * gate[b]); x, y, out bf16, gate fp32 (sample b's at b * vec_stride).
 cudaError_t gated_residual_forward(const RowLayout& l, const void* x, const void* y,
                                    const float* gate, void* out, cudaStream_t stream);
 // dy = bf16(g * gate[b]); partials K=1: sum g * y (d gate).

@@ -4,7 +4,7 @@
 # kernels on and off, dense and packed), the plain-PyTorch peer on the same shapes in the same
 # call, and short training runs. Results under $OUT. The peer script travels in the ignored
 # folder build-perf/peer (copy ../shared/bench there and name build-perf in `carry`, with .deps).
-# PHASES (default all): tests bench peer profile run.
+# PHASES (default: tests bench peer run); also profile, trace, benchab, bench14off, benchckpt.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/wanhost-perf}
@@ -36,6 +36,10 @@ if has bench && [ -x "$W" ]; then
   bench "${P14[@]}" --no-peak
   has bench14off && bench "${P14[@]}" --option fused_kernels=off --no-peak
   has benchckpt && bench "${S1[@]}" --option activation_checkpointing=true --no-peak
+  if has benchab; then  # what the merged q/k/v projections buy
+    bench "${S1[@]}" --option merge_projections=false --no-peak
+    bench "${S2[@]}" --option merge_projections=false --no-peak
+  fi
 fi
 if has peer; then
   PYTHONUNBUFFERED=1 timeout ${PEER_TIMEOUT:-240} python3 build-perf/peer/peer_wan_block.py \
@@ -45,8 +49,11 @@ if has profile && [ -x "$W" ]; then
   # Kernel time per class and the longest kernels: wanhost (--profile) and the compiled peer.
   prof() { echo "== wanhost $*"; timeout 150 $W bench --no-peak --iters 5 --profile /tmp/trace.json "$@" 2>&1 | grep -v "^ERROR:"; }
   { prof "${S1[@]}"; prof "${S1[@]}" --packed; prof "${S2[@]}"; prof "${P14[@]}"; } >"$OUT/profile.txt"
+  # One stage-1 step as a Chrome trace (chrome://tracing, Perfetto): gaps between kernels show.
+  has trace && timeout 120 $W bench --no-peak --iters 1 --profile "$OUT/trace-s1.json" "${S1[@]}" \
+    >/dev/null 2>&1
   grep -A12 "^== \|kernel time" "$OUT/profile.txt" | grep -v "^--" | head -80
-  for c in ${PEER_PROFILE:-s1 p14}; do
+  for c in ${PEER_PROFILE-s1 p14}; do
     PYTHONUNBUFFERED=1 timeout 150 python3 scripts/device/profile_peer.py compiled $c 2>&1 |
       grep -v Warning >>"$OUT/profile-peer.txt"
   done

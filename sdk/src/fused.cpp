@@ -115,6 +115,8 @@ using torch::autograd::variable_list;
 struct Rows {
   at::Tensor cu;  // int32 [n + 1] on the device, or undefined (dense)
   std::int64_t samples = 0, per_sample = 0, chunks = 0, dim = 0;
+  std::int64_t x_stride = 0;    // see kernels::RowLayout
+  std::int64_t vec_stride = 0;  // see kernels::RowLayout
 
   kernels::RowLayout layout() const {
     kernels::RowLayout l;
@@ -123,17 +125,21 @@ struct Rows {
     l.samples = samples;
     l.chunks = chunks;
     l.dim = dim;
+    l.x_stride = x_stride;
+    l.vec_stride = vec_stride;
     return l;
   }
   void save(AutogradContext* ctx) const {
     ctx->saved_data["cu"] = cu;
-    ctx->saved_data["rows"] = std::vector<std::int64_t>{samples, per_sample, chunks, dim};
+    ctx->saved_data["rows"] =
+        std::vector<std::int64_t>{samples, per_sample, chunks, dim, x_stride, vec_stride};
   }
   static Rows load(AutogradContext* ctx) {
     Rows r;
     r.cu = ctx->saved_data["cu"].toTensor();
     const auto v = ctx->saved_data["rows"].toIntVector();
     r.samples = v[0], r.per_sample = v[1], r.chunks = v[2], r.dim = v[3];
+    r.x_stride = v[4], r.vec_stride = v[5];
     return r;
   }
 };
@@ -168,9 +174,23 @@ Rows rows_of(const at::Tensor& x, const AttentionSegments* seg) {
   return r;
 }
 
+bool aligned(const at::Tensor& t) {
+  return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+
+// The row stride of x [B, S, D] when it is a row-major slice of a wider tensor that the kernels
+// can read in place (rows equally spaced, 16-byte aligned); 0 otherwise (contiguous tensors too).
+std::int64_t row_stride(const at::Tensor& x) {
+  if (x.is_contiguous() || x.dim() != 3 || x.stride(2) != 1) return 0;
+  const auto s = x.stride(1);
+  if (s < x.size(2) || s % 8 != 0 || x.stride(0) != x.size(1) * s || !aligned(x)) return 0;
+  return s;
+}
+
 // Rows of a whole tensor as one group (parameter gradients summed over every token).
 Rows rows_flat(const at::Tensor& x) {
   Rows r;
+  r.x_stride = row_stride(x);
   r.dim = x.size(-1);
   r.samples = 1;
   r.per_sample = x.numel() / r.dim;
@@ -186,8 +206,19 @@ cudaStream_t stream_of(const at::Tensor& x) {
   return at::cuda::getCurrentCUDAStream(x.device().index()).stream();
 }
 
-at::Tensor per_sample_rows(const at::Tensor& v, std::int64_t samples, std::int64_t dim) {
-  return v.to(at::kFloat).reshape({samples, dim}).contiguous();
+// Per-sample vectors [n, 1, D] as the kernels read them: fp32 rows `stride` elements apart. Chunks
+// of a [n, 6, D] modulation table and expanded shared vectors are read in place; anything else
+// is copied to [n, D].
+struct SampleVectors {
+  at::Tensor data;
+  std::int64_t stride = 0;
+};
+
+SampleVectors sample_vectors(const at::Tensor& v, std::int64_t samples, std::int64_t dim) {
+  if (v.scalar_type() == at::kFloat && v.dim() == 3 && v.size(1) == 1 && v.stride(2) == 1 &&
+      v.stride(0) % 4 == 0 && reinterpret_cast<std::uintptr_t>(v.data_ptr()) % 16 == 0)
+    return {v, samples == 1 ? 0 : v.stride(0)};
+  return {v.to(at::kFloat).reshape({samples, dim}).contiguous(), dim};
 }
 
 at::Tensor bf16_contiguous(const at::Tensor& t) {
@@ -199,8 +230,14 @@ struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
                             const at::Tensor& shift, double eps, Rows rows) {
     c10::cuda::CUDAGuard guard(x.device());
     auto xc = x.contiguous();
-    auto sc = per_sample_rows(scale, rows.samples, rows.dim);
-    auto sh = per_sample_rows(shift, rows.samples, rows.dim);
+    auto scv = sample_vectors(scale, rows.samples, rows.dim);
+    auto shv = sample_vectors(shift, rows.samples, rows.dim);
+    if (scv.stride != shv.stride) {  // the kernels take one stride for both
+      scv = {scale.to(at::kFloat).reshape({rows.samples, rows.dim}).contiguous(), rows.dim};
+      shv = {shift.to(at::kFloat).reshape({rows.samples, rows.dim}).contiguous(), rows.dim};
+    }
+    rows.vec_stride = scv.stride;
+    const auto &sc = scv.data, &sh = shv.data;
     auto y = at::empty_like(xc);
     const auto f32 = xc.options().dtype(at::kFloat);
     const auto tokens = xc.numel() / rows.dim;
@@ -248,7 +285,9 @@ struct GatedResidual : torch::autograd::Function<GatedResidual> {
                             const at::Tensor& gate, Rows rows) {
     c10::cuda::CUDAGuard guard(x.device());
     auto xc = x.contiguous(), yc = y.contiguous();
-    auto gt = per_sample_rows(gate, rows.samples, rows.dim);
+    const auto gv = sample_vectors(gate, rows.samples, rows.dim);
+    rows.vec_stride = gv.stride;
+    const auto& gt = gv.data;
     auto out = at::empty_like(xc);
     check_cuda(kernels::gated_residual_forward(rows.layout(), xc.data_ptr(), yc.data_ptr(),
                                                gt.data_ptr<float>(), out.data_ptr(), stream_of(xc)),
@@ -285,7 +324,8 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
                             const at::Tensor& cos, const at::Tensor& sin, std::int64_t head_dim,
                             double eps) {
     c10::cuda::CUDAGuard guard(x.device());
-    auto xc = x.contiguous();
+    // A row-strided slice (q or k of a merged projection) is read in place.
+    auto xc = row_stride(x) > 0 ? x : x.contiguous();
     const Rows rows = rows_flat(xc);
     // The weight in x's dtype, as torch.nn.RMSNorm of a bf16 model applies it.
     auto w = weight.to(x.scalar_type()).to(at::kFloat).contiguous();
@@ -296,7 +336,7 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
       s = sin.to(at::kFloat).contiguous();
       table_rows = c.numel() / (head_dim / 2);
     }
-    auto y = at::empty_like(xc);
+    auto y = at::empty(xc.sizes(), xc.options());
     auto rstd = at::empty({rows.per_sample}, xc.options().dtype(at::kFloat));
     check_cuda(kernels::rms_norm_rope_forward(rows.layout(), xc.data_ptr(), w.data_ptr<float>(),
                                               c.defined() ? c.data_ptr<float>() : nullptr,
@@ -321,7 +361,7 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
     const auto c = ctx->saved_data["cos"].toTensor(), s = ctx->saved_data["sin"].toTensor();
     const auto head_dim = ctx->saved_data["head_dim"].toInt();
     auto g = bf16_contiguous(grads[0]);
-    auto dx = at::empty_like(x);
+    auto dx = at::empty(x.sizes(), x.options());
     auto partials = at::empty({1, kernels::partial_chunks(rows.layout()), 1, rows.dim},
                               x.options().dtype(at::kFloat));
     check_cuda(kernels::rms_norm_rope_backward(
@@ -369,10 +409,6 @@ struct LinearColumnSumBias : torch::autograd::Function<LinearColumnSumBias> {
     return {dx, dw, db};
   }
 };
-
-bool aligned(const at::Tensor& t) {
-  return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0;
-}
 
 }  // namespace
 #endif

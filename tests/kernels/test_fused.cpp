@@ -137,6 +137,45 @@ TEST(FusedGpu, RmsNormRope) {
   check_rms_rope(3, 40, 2, 64, false, 0);      // cross-attention q/k: no rotation
 }
 
+// The block's per-sample vectors are chunks of a [n, 6, D] modulation table, and the affine norm2
+// passes one vector expanded over the samples: both are read in place (sample stride 6 D or 0).
+TEST(FusedGpu, ModulationChunksAndSharedVectorsReadInPlace) {
+  if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
+  const std::int64_t n = 3, s = 140, d = 512;
+  auto x = at::randn({n, s, d}, kBf16Cuda);
+  auto table = at::randn({n, 6, d}, kF32Cuda) * 0.2;
+  auto w = at::randn({1, 1, d}, kF32Cuda) * 0.2, b = at::randn({1, 1, d}, kF32Cuda) * 0.2;
+  auto gy = at::randn({n, s, d}, kBf16Cuda);
+  auto run = [&](bool kernels, const std::vector<at::Tensor>& in) {
+    auto m = in[1].chunk(6, 1);
+    auto ln = kernels ? fused::layer_norm_modulate : fused::reference::layer_norm_modulate;
+    auto gated = kernels ? fused::gated_residual : fused::reference::gated_residual;
+    auto y = gated(in[0], ln(in[0], m[1], m[0], 1e-6, nullptr), m[2], nullptr);
+    return ln(y, in[2].expand({n, 1, d}), in[3].expand({n, 1, d}), 1e-6, nullptr);
+  };
+  auto in_k = leaves({x, table, w, b}), in_r = leaves({x, table, w, b});
+  auto yk = run(true, in_k), yr = run(false, in_r);
+  expect_close({yk}, {yr}, 1e-2, "chained output");
+  expect_close(grads_of(yk, gy, in_k), grads_of(yr, gy, in_r), 2e-2, "chained gradients");
+}
+
+// q and k as column slices of a merged q/k/v projection: the kernels read them in place.
+TEST(FusedGpu, RmsNormRopeReadsRowStridedSlices) {
+  if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
+  const std::int64_t b = 2, s = 150, heads = 4, hd = 128, d = heads * hd;
+  auto qkv = at::randn({b, s, 3 * d}, kBf16Cuda) * 2;
+  auto w = at::rand({d}, kF32Cuda) + 0.5;
+  auto ang = at::rand({s, hd / 2}, kF32Cuda) * 6.28;
+  auto gy = at::randn({b, s, heads, hd}, kBf16Cuda);
+  auto in_k = leaves({qkv, w}), in_r = leaves({qkv, w});
+  auto yk = fused::rms_norm_rope(in_k[0].narrow(-1, d, d), in_k[1], ang.cos(), ang.sin(), hd, 1e-6);
+  auto yr = fused::reference::rms_norm_rope(in_r[0].narrow(-1, d, d), in_r[1], ang.cos(), ang.sin(),
+                                            hd, 1e-6);
+  expect_close({yk}, {yr}, 1e-2, "strided rms_norm_rope output");
+  expect_close(grads_of(yk, gy, in_k), grads_of(yr, gy, in_r), 2e-2,
+               "strided rms_norm_rope gradients");
+}
+
 // fused::linear: the bias gradient from the column-sum kernel, the rest as at::linear.
 void check_linear(std::int64_t b, std::int64_t s, std::int64_t in, std::int64_t out) {
   auto x = at::randn({b, s, in}, kBf16Cuda);
