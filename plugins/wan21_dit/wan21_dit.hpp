@@ -57,7 +57,7 @@ struct WanOptions {
   std::int64_t text_len = 512;            // unmasked text is zero-padded to at least this many rows
   std::string fused_kernels = "auto";     // auto | on | off (wanhost::fused CUDA kernels)
   bool activation_checkpointing = false;  // recompute each block in backward
-  bool merge_projections = true;          // q/k/v (k/v) as one matrix product
+  bool merge_projections = false;         // q/k/v (k/v) as one matrix product
 };
 
 // Named architectures: "tiny", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b". Throws std::invalid_argument.

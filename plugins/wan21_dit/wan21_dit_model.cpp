@@ -508,13 +508,15 @@ std::array<at::Tensor, 3> WanModel::project(Attention& a, const at::Tensor& x,
     auto wc = at::cat(w, 0), bc = at::cat(b, 0);
     return wanhost::fused::linear(src.contiguous(), wc.to(dtype), bc.to(dtype));
   };
+  // split, not narrow: its backward writes the slices' gradients into one tensor in one pass
+  // (narrow's would zero-fill a full-width gradient per slice and add them up).
   const auto d = a.weight[0].size(0);
   if (self) {
-    auto qkv = merged(0);
-    return {qkv.narrow(-1, 0, d), qkv.narrow(-1, d, d), qkv.narrow(-1, 2 * d, d)};
+    auto qkv = merged(0).split(d, -1);
+    return {qkv[0], qkv[1], qkv[2]};
   }
-  auto kv = merged(1);
-  return {a.q->forward(x), kv.narrow(-1, 0, d), kv.narrow(-1, d, d)};
+  auto kv = merged(1).split(d, -1);
+  return {a.q->forward(x), kv[0], kv[1]};
 }
 
 at::Tensor WanModel::attention(Attention& a, const at::Tensor& x, const at::Tensor& src, bool rope,

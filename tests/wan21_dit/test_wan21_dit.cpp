@@ -96,7 +96,7 @@ std::map<std::string, at::Tensor> params(WanModel& m) {
 
 TEST(Wan21Dit, MatchesDiffusersFp32OutputsAndGradients) {
   REQUIRE_REFERENCE();
-  // Merged q/k/v projections (the default) and separate ones are both the Diffusers arithmetic.
+  // Merged q/k/v projections and separate ones (the default) are both the Diffusers arithmetic.
   for (const bool merge : {true, false})
     for (const auto& name : kCases) {
       SCOPED_TRACE(merge ? "merge_projections" : "separate projections");
