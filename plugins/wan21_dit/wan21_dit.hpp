@@ -57,7 +57,6 @@ struct WanOptions {
   std::int64_t text_len = 512;            // unmasked text is zero-padded to at least this many rows
   std::string fused_kernels = "auto";     // auto | on | off (wanhost::fused CUDA kernels)
   bool activation_checkpointing = false;  // recompute each block in backward
-  bool merge_projections = false;         // q/k/v (k/v) as one matrix product
 };
 
 // Named architectures: "tiny", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b". Throws std::invalid_argument.
@@ -120,8 +119,6 @@ class WanModel final : public wanhost::Model {
   std::tuple<at::Tensor, at::Tensor> time_embedding(const at::Tensor& timesteps);
   at::Tensor text_context(const wanhost::Batch& b, wanhost::Activations& act,
                           const std::vector<std::int64_t>& host_cu_q);
-  std::array<at::Tensor, 3> project(Attention& a, const at::Tensor& x, const at::Tensor& src,
-                                    bool self);
   at::Tensor attention(Attention& a, const at::Tensor& x, const at::Tensor& src, bool rope,
                        const wanhost::Activations& act, const wanhost::AttentionArgs& args);
   // One block's arithmetic (block_forward adds activation checkpointing around it).

@@ -259,7 +259,6 @@ WanOptions resolve_options(const wanhost::PluginConfig& cfg) {
   if (o.fused_kernels != "auto" && o.fused_kernels != "on" && o.fused_kernels != "off")
     cfg.fail("fused_kernels", "must be auto, on or off, got '" + o.fused_kernels + "'");
   o.activation_checkpointing = cfg.get_or<bool>("activation_checkpointing", false);
-  o.merge_projections = cfg.get_or<bool>("merge_projections", false);
   if (o.init_seed < 0) cfg.fail("init_seed", "must be >= 0");
   if (o.text_len < 0) cfg.fail("text_len", "must be >= 0");
   return o;

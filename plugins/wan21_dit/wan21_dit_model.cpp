@@ -50,9 +50,6 @@ using wanhost::LinearRole;
 struct WanModel::Attention {
   std::shared_ptr<LinearLayer> q, k, v, out;
   at::Tensor norm_q, norm_k;  // RMSNorm weights over the whole inner dim (all heads)
-  // The q, k, v layers' weight and bias parameters (the same tensors: FSDP's gathers swap their
-  // data in place), for merged projections.
-  std::array<at::Tensor, 3> weight, bias;
 };
 
 struct WanModel::Block {
@@ -248,12 +245,6 @@ void WanModel::build() {
     a.out = linear(*child(*m, "to_out"), "0", d, d, LinearRole::RowParallel);
     a.norm_q = child(*m, "norm_q")->register_parameter("weight", at::empty({d}));
     a.norm_k = child(*m, "norm_k")->register_parameter("weight", at::empty({d}));
-    const std::array<LinearLayer*, 3> qkv{a.q.get(), a.k.get(), a.v.get()};
-    for (std::size_t j = 0; j < 3; ++j) {
-      auto params = qkv[j]->named_parameters(false);
-      if (params.contains("weight")) a.weight[j] = params["weight"];
-      if (params.contains("bias")) a.bias[j] = params["bias"];
-    }
     return a;
   };
   for (std::int64_t i = 0; i < c.num_layers; ++i) {
@@ -490,39 +481,10 @@ wanhost::Activations WanModel::embed(const Batch& b, const at::Tensor& timesteps
   return act;
 }
 
-// q, k, v of an attention layer. With merge_projections the projections that share an input run
-// as one matrix product over concatenated weights (self-attention: q, k, v of x; cross-attention:
-// k, v of the text): one wide product runs nearer the GPU's peak than two or three narrow ones,
-// and its input gradient is one product instead of several plus their sum. The results are
-// column slices of the product (row-strided views the fused RMSNorm reads in place).
-std::array<at::Tensor, 3> WanModel::project(Attention& a, const at::Tensor& x,
-                                            const at::Tensor& src, bool self) {
-  const bool merge = options_.merge_projections && a.weight[0].defined() && a.bias[0].defined() &&
-                     a.weight[1].defined() && a.bias[1].defined() && a.weight[2].defined() &&
-                     a.bias[2].defined();
-  if (!merge) return {a.q->forward(x), a.k->forward(src), a.v->forward(src)};
-  const auto dtype = src.scalar_type();
-  auto merged = [&](std::size_t from) {
-    std::vector<at::Tensor> w(a.weight.begin() + from, a.weight.end());
-    std::vector<at::Tensor> b(a.bias.begin() + from, a.bias.end());
-    auto wc = at::cat(w, 0), bc = at::cat(b, 0);
-    return wanhost::fused::linear(src.contiguous(), wc.to(dtype), bc.to(dtype));
-  };
-  // split, not narrow: its backward writes the slices' gradients into one tensor in one pass
-  // (narrow's would zero-fill a full-width gradient per slice and add them up).
-  const auto d = a.weight[0].size(0);
-  if (self) {
-    auto qkv = merged(0).split(d, -1);
-    return {qkv[0], qkv[1], qkv[2]};
-  }
-  auto kv = merged(1).split(d, -1);
-  return {a.q->forward(x), kv[0], kv[1]};
-}
-
 at::Tensor WanModel::attention(Attention& a, const at::Tensor& x, const at::Tensor& src, bool rope,
                                const Activations& act, const wanhost::AttentionArgs& args) {
   const auto& c = options_.config;
-  auto [q, k, v] = project(a, x, src, rope);
+  auto q = a.q->forward(x), k = a.k->forward(src), v = a.v->forward(src);
   if (fused_) {
     // RMSNorm (+ RoPE for self-attention) in one pass over q and k.
     const at::Tensor none;

@@ -4,7 +4,7 @@
 # kernels on and off, dense and packed), the plain-PyTorch peer on the same shapes in the same
 # call, and short training runs. Results under $OUT. The peer script travels in the ignored
 # folder build-perf/peer (copy ../shared/bench there and name build-perf in `carry`, with .deps).
-# PHASES (default: tests bench peer run); also profile, trace, benchab, bench14off, benchckpt.
+# PHASES (default: tests bench peer run); also profile, trace, bench14off, benchckpt.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/wanhost-perf}
@@ -36,10 +36,6 @@ if has bench && [ -x "$W" ]; then
   bench "${P14[@]}" --no-peak
   has bench14off && bench "${P14[@]}" --option fused_kernels=off --no-peak
   has benchckpt && bench "${S1[@]}" --option activation_checkpointing=true --no-peak
-  if has benchab; then  # what the merged q/k/v projections buy
-    bench "${S1[@]}" --option merge_projections=false --no-peak
-    bench "${S2[@]}" --option merge_projections=false --no-peak
-  fi
 fi
 if has peer; then
   PYTHONUNBUFFERED=1 timeout ${PEER_TIMEOUT:-240} python3 build-perf/peer/peer_wan_block.py \

@@ -1,0 +1,99 @@
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <string>
+
+#include "parity_util.hpp"
+
+namespace {
+
+using wanhost::testing::exists;
+using wanhost::testing::read_json;
+using wanhost::testing::run_wanhost;
+
+// The tiny preset: D 64, FFN 256, 2 heads; 2 samples of 60 tokens, text 16, 2 blocks.
+const std::string kBase = "bench --batch 2 --text-tokens 16 --warmup 1 --no-peak";
+const std::string kCase = kBase + " --preset tiny --blocks 2 --video-tokens 60 --iters 2";
+
+nlohmann::json last_json_line(const std::string& out) {
+  const auto start = out.rfind("\n{");
+  return nlohmann::json::parse(out.substr(start == std::string::npos ? 0 : start + 1));
+}
+
+// shared/bench/peer_wan_block.py's flops_per_step: 3 x (linears + attention products) per block.
+double peer_flops(double b, double s, double t, double d, double f, double l) {
+  const double lin = 2 * b * (s * (4 * d * d + 2 * d * d + 2 * d * f) + t * 2 * d * d);
+  const double att = 2 * b * (2 * s * s * d + 2 * s * t * d);
+  return 3 * l * (lin + att);
+}
+
+std::string temp_path(const std::string& name) {
+  return ::testing::TempDir() + "/" + name + "." + std::to_string(::getpid());
+}
+
+TEST(CliBench, JsonReportCountsFlopsLikeThePeer) {
+  for (const char* layout : {"", " --packed"}) {
+    const auto r = run_wanhost(kCase + " --json" + layout);
+    ASSERT_EQ(r.code, 0) << r.output;
+    const auto j = last_json_line(r.output);
+    EXPECT_EQ(j["packed"].get<bool>(), std::string(layout).empty() ? false : true);
+    EXPECT_EQ(j["device"], "cpu");
+    EXPECT_NEAR(j["step_tflop"].get<double>() * 1e12, peer_flops(2, 60, 16, 64, 256, 2), 1.0);
+    EXPECT_GT(j["step_s"].get<double>(), 0.0);
+    EXPECT_LE(j["min_s"].get<double>(), j["step_s"].get<double>());
+    EXPECT_NEAR(j["tokens_per_s"].get<double>(), 120 / j["step_s"].get<double>(),
+                1e-6 * 120 / j["step_s"].get<double>());
+    EXPECT_NEAR(j["model_tflops"].get<double>(),
+                j["step_tflop"].get<double>() / j["step_s"].get<double>(), 1e-9);
+    EXPECT_TRUE(j["mfu"].is_null());  // --no-peak
+  }
+}
+
+TEST(CliBench, ProfileWritesATraceAndSumsKernelTimeByClass) {
+  const auto trace = temp_path("bench-trace.json");
+  const auto r = run_wanhost(kCase + " --json --profile " + trace + " --profile-top 5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  ASSERT_TRUE(exists(trace)) << trace;
+  const auto t = read_json(trace);
+  ASSERT_TRUE(t.contains("traceEvents"));
+  EXPECT_FALSE(t["traceEvents"].empty());
+  const auto p = last_json_line(r.output)["profile"];
+  EXPECT_EQ(p["trace"], trace);
+  ASSERT_TRUE(p["classes_ms"].contains("matmul")) << p.dump();
+  EXPECT_GT(p["classes_ms"]["matmul"].get<double>(), 0.0);
+  ASSERT_EQ(p["top"].size(), 5u);
+  for (std::size_t i = 1; i < p["top"].size(); ++i)
+    EXPECT_GE(p["top"][i - 1]["ms"].get<double>(), p["top"][i]["ms"].get<double>());
+  std::remove(trace.c_str());
+
+  // Text mode: the per-class table and the longest operators.
+  const auto text = run_wanhost(kCase + " --profile " + trace);
+  ASSERT_EQ(text.code, 0) << text.output;
+  EXPECT_NE(text.output.find("CPU operator times per step"), std::string::npos) << text.output;
+  EXPECT_NE(text.output.find("longest kernels"), std::string::npos) << text.output;
+  EXPECT_NE(text.output.find("trace: " + trace), std::string::npos) << text.output;
+  std::remove(trace.c_str());
+}
+
+TEST(CliBench, UsageErrorsNameTheFlag) {
+  const std::string tiny = kBase + " --preset tiny --video-tokens 60 ";
+  const std::pair<std::string, std::string> cases[] = {
+      {tiny + "--blocks 0", "must be positive"},
+      {tiny + "--iters 0", "--iters must be >= 1"},
+      {tiny + "--grid 1,2", "--grid 1,2: expected three positive integers"},
+      {tiny + "--grid 1,6,9", "holds 54 tokens but --video-tokens is 60"},
+      {tiny + "--option fused_kernels", "--option fused_kernels: expected key=value"},
+      {tiny + "--option fused_kernels=sometimes", "/model/wan21_dit/fused_kernels"},
+      {kBase + " --preset huge", "huge"},
+      {tiny + "--device cuda", "no CUDA device"},
+  };
+  for (const auto& [args, says] : cases) {
+    if (args.find("--device cuda") != std::string::npos && at::hasCUDA()) continue;
+    const auto r = run_wanhost(args);
+    EXPECT_EQ(r.code, 2) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find(says), std::string::npos) << args << "\n" << r.output;
+  }
+}
+
+}  // namespace
