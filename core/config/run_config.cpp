@@ -224,9 +224,24 @@ void apply_stage_defaults(Json& cfg) {
   }
 }
 
+// Rules across keys of a stage. "carry" keeps the AdamW moments of the previous stage's
+// parameters: they mean nothing for weights a stage loads or draws anew.
+void validate_stage_rules(const Json& cfg) {
+  const Json& stages = cfg["stages"];
+  for (std::size_t i = 1; i < stages.size(); ++i) {
+    const std::string init = stages[i]["init"];
+    if (init != "previous" && stages[i]["optimizer_state"] == "carry")
+      throw ConfigError("/stages/" + std::to_string(i) + "/optimizer_state",
+                        "'carry' keeps the optimizer state of the previous stage's weights, but "
+                        "this stage starts from new weights (init '" +
+                            init + "'); use 'fresh', or init 'previous'");
+  }
+}
+
 Json validate_all(Json cfg, const PluginRegistry& registry) {
   apply_stage_defaults(cfg);
   validate_config(cfg, run_schema(), "");
+  validate_stage_rules(cfg);
   for (const auto& kind : plugin_kinds())
     if (kind.section) validate_plugin_section(cfg, kind, registry);
   validate_stage_data(cfg, registry);

@@ -51,9 +51,12 @@ class DataParallel final : public Parallelism {
         ctx_.dp->broadcast(t, 0);
       }
     }
+    // A new model mid-run: the optimizer held the old model's tensors; its state starts afresh.
+    if (optimizer_) configure_optimizer(opt_config_);
   }
 
   void configure_optimizer(const OptimizerConfig& config) override {
+    opt_config_ = config;
     optimizer_ = std::make_unique<AdamW>(named_, config, decay_1d_);
   }
 
@@ -138,6 +141,7 @@ class DataParallel final : public Parallelism {
   std::vector<at::Tensor> params_;
   std::vector<std::pair<std::string, at::Tensor>> named_;
   std::unique_ptr<AdamW> optimizer_;
+  OptimizerConfig opt_config_;
 };
 
 void factories(PluginFactories& f) {

@@ -227,6 +227,23 @@ TEST_F(RunConfig, EnumViolation) {
   EXPECT_CONTAINS(e.what(), R"(value "tpu" is not one of ["auto","cpu","cuda"])");
 }
 
+TEST_F(RunConfig, CarriedOptimizerStateNeedsThePreviousWeights) {
+  const std::string stage0 = R"({"name": "a", "steps": 1, "global_batch": 1, "micro_batch": 1})";
+  for (const char* init : {"random", "/some/weights"}) {
+    auto e = error(R"({"stages": [)" + stage0 +
+                   R"(, {"name": "b", "steps": 1, "global_batch": 1, "micro_batch": 1, "init": ")" +
+                   init + R"(", "optimizer_state": "carry"}]})");
+    EXPECT_EQ(e.pointer(), "/stages/1/optimizer_state");
+    EXPECT_CONTAINS(e.what(), "'carry' keeps the optimizer state of the previous stage's weights");
+    EXPECT_CONTAINS(e.what(), init);
+  }
+  // Carrying across a stage that continues from the previous weights is fine.
+  const auto ok = resolve(R"({"stages": [)" + stage0 +
+                          R"(, {"name": "b", "steps": 1, "global_batch": 1, "micro_batch": 1,
+                                "optimizer_state": "carry"}]})");
+  EXPECT_EQ(ok["stages"][1]["optimizer_state"], "carry");
+}
+
 TEST_F(RunConfig, MissingRequiredValue) {
   auto e = error(R"({"stages": [{"name": "a", "steps": 1, "global_batch": 1}]})");
   EXPECT_EQ(e.pointer(), "/stages/0/micro_batch");
