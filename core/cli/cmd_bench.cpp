@@ -75,19 +75,7 @@ PluginConfig model_config(const PluginManifest& m, const BenchOptions& o, std::i
   cfg.values["preset"] = o.preset;
   cfg.values["overrides"] = Json{{"num_layers", blocks}};
   if (m.options.contains("text_len")) cfg.values["text_len"] = o.text_tokens;
-  for (const auto& kv : o.options) {
-    const auto eq = kv.find('=');
-    if (eq == std::string::npos || eq == 0)
-      throw UsageError("--option " + kv + ": expected key=value (value as JSON)");
-    const auto key = kv.substr(0, eq), text = kv.substr(eq + 1);
-    Json value;
-    try {
-      value = Json::parse(text);
-    } catch (const Json::exception&) {
-      value = text;  // a bare word is a string
-    }
-    cfg.values[key] = value;
-  }
+  apply_plugin_options(cfg.values, o.options);
   validate_config(cfg.values, object_spec(m.options), cfg.pointer, m.name);
   return cfg;
 }

@@ -19,6 +19,7 @@ struct ForwardOptions {
   std::string plugin, weights, inputs, output, dtype = "float32", device = "cpu";
   std::string entry = "forward", tokenizer;
   std::vector<std::string> prompts;
+  std::vector<std::string> options;  // --option key=value for the plugin
 };
 
 at::Tensor required_input(const std::map<std::string, at::Tensor>& in, const std::string& name,
@@ -33,10 +34,14 @@ at::Tensor required_input(const std::map<std::string, at::Tensor>& in, const std
   return it->second;
 }
 
-PluginConfig default_config(const PluginManifest& m, const std::string& section) {
+// The plugin's config: its defaults, `base` values, then --option flags; validated.
+PluginConfig plugin_config(const PluginManifest& m, const std::string& section,
+                           const ForwardOptions& o, Json base = Json::object()) {
   PluginConfig cfg;
   cfg.plugin = m.name;
   cfg.pointer = "/" + section + "/" + m.name;
+  cfg.values = std::move(base);
+  apply_plugin_options(cfg.values, o.options);
   validate_config(cfg.values, object_spec(m.options), cfg.pointer, m.name);
   return cfg;
 }
@@ -71,7 +76,7 @@ void autoencoder_entry(PluginRegistry& reg, const PluginManifest& m, const Forwa
     throw UsageError("--entry " + o.entry + ": plugin '" + m.name +
                      "' is a video autoencoder; use --entry encode or --entry decode");
   if (o.inputs.empty()) throw UsageError("--inputs is required for --entry " + o.entry);
-  auto vae = reg.load(m.name).factories.create_video_autoencoder(default_config(m, "vae"));
+  auto vae = reg.load(m.name).factories.create_video_autoencoder(plugin_config(m, "vae", o));
   vae->load_weights(o.weights);
   vae->to(device_of(o), dtype_of(o));
   vae->module().eval();
@@ -91,7 +96,7 @@ void text_encoder_entry(PluginRegistry& reg, const PluginManifest& m, const Forw
     throw UsageError("--entry " + o.entry + ": plugin '" + m.name +
                      "' is a text encoder; use --entry forward (--inputs with input_ids and "
                      "attention_mask) or --entry encode (--prompt ...)");
-  auto te = reg.load(m.name).factories.create_text_encoder(default_config(m, "text_encoder"));
+  auto te = reg.load(m.name).factories.create_text_encoder(plugin_config(m, "text_encoder", o));
   const std::string tokenizer = o.tokenizer.empty()
                                     ? (fs::path(o.weights).parent_path() / "tokenizer").string()
                                     : o.tokenizer;
@@ -131,13 +136,10 @@ void forward(const GlobalOptions& g, const ForwardOptions& o) {
     throw UsageError("--weights " + o.weights +
                      ": expected a folder with config.json and the safetensors weights");
 
-  PluginConfig cfg;
-  cfg.plugin = m.name;
-  cfg.pointer = "/model/" + m.name;
-  cfg.values = {{"config_file", (dir / "config.json").string()}, {"weights", dir.string()}};
+  Json base = {{"config_file", (dir / "config.json").string()}, {"weights", dir.string()}};
   // Exactly the given text rows, like the reference forward (no extra padding for training).
-  if (m.options.contains("text_len")) cfg.values["text_len"] = 0;
-  validate_config(cfg.values, object_spec(m.options), cfg.pointer, m.name);
+  if (m.options.contains("text_len")) base["text_len"] = 0;
+  const PluginConfig cfg = plugin_config(m, "model", o, std::move(base));
 
   ParallelContext ctx = ParallelContext::single(device_of(o));
   ctx.param_dtype = ctx.compute_dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
@@ -194,6 +196,9 @@ void add_model_command(CLI::App& app, GlobalOptions& g) {
   fwd->add_option("--tokenizer", o->tokenizer,
                   "Text encoder: tokenizer folder (default: ../tokenizer beside --weights)");
   fwd->add_option("--output", o->output, "Where to write the output tensors")->required();
+  fwd->add_option("--option", o->options,
+                  "A plugin option, key=value (value as JSON; repeatable), e.g. max_length=226 "
+                  "for umt5 (see `wanhost plugins inspect PLUGIN`)");
   fwd->add_option("--dtype", o->dtype, "Compute dtype")
       ->check(CLI::IsMember({"float32", "bfloat16"}));
   fwd->add_option("--device", o->device, "Device")->check(CLI::IsMember({"cpu", "cuda"}));

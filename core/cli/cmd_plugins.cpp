@@ -97,6 +97,20 @@ std::unique_ptr<PluginRegistry> make_registry(const GlobalOptions& g) {
   return std::make_unique<PluginRegistry>(std::move(path));
 }
 
+void apply_plugin_options(Json& values, const std::vector<std::string>& options) {
+  for (const auto& kv : options) {
+    const auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw UsageError("--option " + kv + ": expected key=value (value as JSON)");
+    const auto key = kv.substr(0, eq), text = kv.substr(eq + 1);
+    try {
+      values[key] = Json::parse(text);
+    } catch (const Json::exception&) {
+      values[key] = text;  // a bare word is a string
+    }
+  }
+}
+
 void add_plugins_command(CLI::App& app, GlobalOptions& g) {
   auto* plugins = app.add_subcommand(
       "plugins", "List and inspect plugins (reads their manifests; loads no code)");

@@ -19,6 +19,7 @@ namespace st = wanhost::safetensors;
 
 namespace {
 
+using wanhost::testing::read_json;
 using wanhost::testing::rel_l2;
 using wanhost::testing::run_wanhost;
 
@@ -68,6 +69,30 @@ TEST_F(Umt5Cli, EncodePromptsLikeThePipeline) {
   const auto ref = data_.at("encode_hidden").narrow(0, 0, 2);
   EXPECT_LT(rel_l2(hidden.narrow(1, 0, ref_len), ref), 1e-4);
   EXPECT_TRUE(hidden.narrow(1, ref_len, 512 - ref_len).eq(0).all().item<bool>());
+}
+
+// --option reaches the plugin: max_length sets the padded text length (the AutoModel recipe's 226).
+TEST_F(Umt5Cli, PluginOptionsFromTheCommandLine) {
+  const auto meta = read_json(kRef + "/meta.json");
+  const auto texts = meta["batch_texts"].get<std::vector<std::string>>();
+  const std::int64_t ref_len = meta["large_max"].get<std::int64_t>();
+  const std::string out = kTmp + "/encode_short.safetensors";
+  const std::string base = "model forward --plugin umt5 --entry encode --weights " + kRef +
+                           "/model --tokenizer " + kRef + "/tokenizer --prompt '" + texts[0] +
+                           "' --prompt '" + texts[1] + "' --output " + out;
+  auto r = run_wanhost(base + " --option max_length=" + std::to_string(ref_len));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto hidden = st::File::open(out).load("hidden");
+  ASSERT_EQ(hidden.sizes(), (std::vector<std::int64_t>{2, ref_len, 32}));
+  EXPECT_LT(rel_l2(hidden, data_.at("encode_hidden").narrow(0, 0, 2)), 1e-4);
+
+  r = run_wanhost(base + " --option max_length=long");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("/text_encoder/umt5/max_length"), std::string::npos) << r.output;
+  r = run_wanhost(base + " --option max_length");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--option max_length: expected key=value"), std::string::npos)
+      << r.output;
 }
 
 TEST_F(Umt5Cli, ErrorsNameTheFileOrTensor) {
