@@ -70,6 +70,17 @@ void save_outputs(const ForwardOptions& o, const PluginManifest& m,
     logger()->info("wrote {} {} ({}) to {}", k, c10::str(v.sizes()), o.dtype, o.output);
 }
 
+// Runs a plugin on tensors read from --inputs: the plugins reject inputs they cannot take (shape,
+// dtype) with std::invalid_argument, which is the user's input, so a usage error naming the file.
+template <typename F>
+at::Tensor on_inputs(const ForwardOptions& o, F&& f) {
+  try {
+    return f();
+  } catch (const std::invalid_argument& e) {
+    throw UsageError("--inputs " + o.inputs + ": " + e.what());
+  }
+}
+
 // --entry encode|decode of a video autoencoder: video [B,3,F,H,W] <-> latents.
 void autoencoder_entry(PluginRegistry& reg, const PluginManifest& m, const ForwardOptions& o) {
   if (o.entry != "encode" && o.entry != "decode")
@@ -85,7 +96,7 @@ void autoencoder_entry(PluginRegistry& reg, const PluginManifest& m, const Forwa
   const at::Tensor x =
       required_input(in, enc ? "video" : "latents", o.inputs).to(device_of(o), dtype_of(o));
   at::InferenceMode guard;
-  at::Tensor y = enc ? vae->encode(x) : vae->decode(x);
+  at::Tensor y = on_inputs(o, [&] { return enc ? vae->encode(x) : vae->decode(x); });
   save_outputs(o, m, {{enc ? "latents" : "video", y}});
 }
 
@@ -115,7 +126,7 @@ void text_encoder_entry(PluginRegistry& reg, const PluginManifest& m, const Forw
   const at::Tensor ids = required_input(in, "input_ids", o.inputs).to(device_of(o), at::kLong);
   const at::Tensor mask =
       required_input(in, "attention_mask", o.inputs).to(device_of(o), at::kLong);
-  save_outputs(o, m, {{"last_hidden_state", te->forward(ids, mask)}});
+  save_outputs(o, m, {{"last_hidden_state", on_inputs(o, [&] { return te->forward(ids, mask); })}});
 }
 
 void forward(const GlobalOptions& g, const ForwardOptions& o) {
@@ -164,7 +175,9 @@ void forward(const GlobalOptions& g, const ForwardOptions& o) {
   at::Tensor sample;
   {
     at::InferenceMode guard;
-    sample = model->forward(batch, timestep.numel() == 1 ? timestep.expand({b}) : timestep);
+    sample = on_inputs(o, [&] {
+      return model->forward(batch, timestep.numel() == 1 ? timestep.expand({b}) : timestep);
+    });
   }
   save_outputs(o, m, {{"sample", sample}});
 }

@@ -75,10 +75,13 @@ TEST_F(VaeForward, Bfloat16EncodeIsClose) {
 TEST_F(VaeForward, BadInputsSayWhatIsWrong) {
   const std::string out = (kTmp / "never.safetensors").string();
   const at::Tensor six_frames = data_.at("video_0").narrow(2, 0, 4).contiguous();
-  std::string msg = run("encode", write("bad_frames.safetensors", "video", six_frames), out, 1);
+  // The input's fault: a usage error (exit 2) naming the file.
+  const std::string bad_frames = write("bad_frames.safetensors", "video", six_frames);
+  std::string msg = run("encode", bad_frames, out, 2);
+  EXPECT_NE(msg.find("--inputs " + bad_frames + ": "), std::string::npos) << msg;
   EXPECT_NE(msg.find("dimension 2 (frames F) is 4; it must be 1 + 4k"), std::string::npos) << msg;
   const at::Tensor narrow = data_.at("video_0").narrow(4, 0, 44).contiguous();
-  msg = run("encode", write("bad_width.safetensors", "video", narrow), out, 1);
+  msg = run("encode", write("bad_width.safetensors", "video", narrow), out, 2);
   EXPECT_NE(msg.find("dimension 4 (width W) is 44; it must be a positive multiple of 8"),
             std::string::npos)
       << msg;
