@@ -21,8 +21,6 @@ using wanhost::FormatError;
 
 namespace {
 
-using wanhost::listing;
-using wanhost::shape_str;
 using wanhost::starts_with;
 
 std::int64_t positive_int(const Json& j, const char* key, std::int64_t fallback,
@@ -210,7 +208,7 @@ at::Tensor Umt5Encoder::forward(const at::Tensor& ids, const at::Tensor& mask) {
 void Umt5Encoder::load_weights(const std::string& path) {
   const auto coll = wanhost::safetensors::Collection::open(path);
   std::map<std::string, std::string> source;  // parameter name -> checkpoint name
-  std::vector<std::string> unexpected, misshaped, missing;
+  wanhost::CheckpointProblems problems;
   for (const auto& n : coll.names()) {
     if (n == "encoder.embed_tokens.weight") {
       if (!coll.contains("shared.weight")) source["shared.weight"] = n;
@@ -224,28 +222,22 @@ void Umt5Encoder::load_weights(const std::string& path) {
   for (const auto& item : params) {
     auto it = source.find(item.key());
     if (it == source.end()) {
-      missing.push_back(item.key() +
-                        (item.key() == "shared.weight" ? " (or encoder.embed_tokens.weight)" : ""));
+      problems.missing.push_back(
+          item.key() + (item.key() == "shared.weight" ? " (or encoder.embed_tokens.weight)" : ""));
       continue;
     }
     const auto& shape = coll.info(it->second).shape;
     if (shape != item.value().sizes().vec())
-      misshaped.push_back(it->second + ": checkpoint " + shape_str(shape) + ", model " +
-                          shape_str(item.value().sizes()));
+      problems.shape(it->second, shape, item.value().sizes());
   }
   for (const auto& [name, n] : source)
-    if (!params.contains(name)) unexpected.push_back(n);
-  if (!missing.empty() || !unexpected.empty() || !misshaped.empty()) {
+    if (!params.contains(name)) problems.unexpected.push_back(n);
+  if (!problems.empty()) {
     std::ostringstream msg;
     msg << "umt5: checkpoint '" << path << "' does not fit the encoder (" << config_.num_layers
         << " layers, d_model " << config_.d_model << ", " << config_.num_heads << " heads x d_kv "
         << config_.d_kv << ", d_ff " << config_.d_ff << ", vocab " << config_.vocab_size
-        << ", feed_forward_proj " << config_.feed_forward_proj << "): " << missing.size()
-        << " missing, " << unexpected.size() << " unexpected, " << misshaped.size()
-        << " mis-shaped tensor(s)";
-    if (!missing.empty()) msg << "\n  missing:" << listing(missing);
-    if (!unexpected.empty()) msg << "\n  unexpected:" << listing(unexpected);
-    if (!misshaped.empty()) msg << "\n  mis-shaped:" << listing(misshaped);
+        << ", feed_forward_proj " << config_.feed_forward_proj << "): " << problems.report();
     msg << "\n  (is config.json the checkpoint's?)";
     throw FormatError(msg.str());
   }

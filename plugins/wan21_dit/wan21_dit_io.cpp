@@ -30,7 +30,6 @@ using wanhost::FormatError;
 
 namespace {
 
-using wanhost::listing;
 using wanhost::shape_str;
 using wanhost::starts_with;
 
@@ -370,13 +369,13 @@ void WanModel::load_weights(const std::string& path) {
   const auto d = options_.config.dim();
 
   std::map<std::string, std::string> source;  // model name -> checkpoint name
-  std::vector<std::string> unexpected, duplicated, misshaped, missing, unusable;
+  wanhost::CheckpointProblems problems;
   for (const auto& n : names) {
     std::string target = starts_with(n, "model.diffusion_model.") ? n.substr(22) : n;
     if (original) target = original_to_diffusers(target);
     if (target.find("norm_added_q") != std::string::npos) continue;  // Diffusers ignores these too
     if (auto [it, fresh] = source.emplace(target, n); !fresh)
-      duplicated.push_back(n + " and " + it->second + " both give " + target);
+      problems.duplicated.push_back(n + " and " + it->second + " both give " + target);
   }
 
   // Output modulation stored as an adaptive LayerNorm: recover the table from its bias.
@@ -389,23 +388,24 @@ void WanModel::load_weights(const std::string& path) {
     source.erase("norm_out.linear.weight");
     source.erase("norm_out.linear.bias");
     if (!has_w || !has_b) {
-      missing.push_back(has_w ? "norm_out.linear.bias" : "norm_out.linear.weight");
+      problems.missing.push_back(has_w ? "norm_out.linear.bias" : "norm_out.linear.weight");
     } else if (coll.info(w_name).shape != std::vector<std::int64_t>{2 * d, d} ||
                coll.info(b_name).shape != std::vector<std::int64_t>{2 * d}) {
-      misshaped.push_back("norm_out.linear: checkpoint " + shape_str(coll.info(w_name).shape) +
-                          " / " + shape_str(coll.info(b_name).shape) + ", model [" +
-                          std::to_string(2 * d) + ", " + std::to_string(d) + "] / [" +
-                          std::to_string(2 * d) + "]");
+      problems.misshaped.push_back(
+          "norm_out.linear: checkpoint " + shape_str(coll.info(w_name).shape) + " / " +
+          shape_str(coll.info(b_name).shape) + ", model [" + std::to_string(2 * d) + ", " +
+          std::to_string(d) + "] / [" + std::to_string(2 * d) + "]");
     } else {
       auto w = coll.load(w_name).to(at::kDouble);
       auto eye = at::eye(d, at::TensorOptions().dtype(at::kDouble));
       if ((w - at::cat({eye, eye}, 0)).abs().max().item<double>() > 1e-6)
-        unusable.push_back(w_name +
-                           ": not the identity pair of a converted scale_shift_table; a trained "
-                           "SiLU+linear output modulation cannot be represented by the Wan head");
+        problems.unusable.push_back(
+            w_name +
+            ": not the identity pair of a converted scale_shift_table; a trained "
+            "SiLU+linear output modulation cannot be represented by the Wan head");
       else if (source.count("scale_shift_table"))
-        duplicated.push_back(b_name + " and " + source["scale_shift_table"] +
-                             " both give scale_shift_table");
+        problems.duplicated.push_back(b_name + " and " + source["scale_shift_table"] +
+                                      " both give scale_shift_table");
       else
         table_from_norm_out = coll.load(b_name).view({1, 2, d});
     }
@@ -416,32 +416,22 @@ void WanModel::load_weights(const std::string& path) {
     const auto& name = item.key();
     auto it = source.find(name);
     if (it == source.end()) {
-      if (!(name == "scale_shift_table" && table_from_norm_out.defined())) missing.push_back(name);
+      if (!(name == "scale_shift_table" && table_from_norm_out.defined()))
+        problems.missing.push_back(name);
       continue;
     }
     const auto& shape = coll.info(it->second).shape;
     if (shape != item.value().sizes().vec())
-      misshaped.push_back(it->second + ": checkpoint " + shape_str(shape) + ", model " +
-                          shape_str(item.value().sizes().vec()));
+      problems.shape(it->second, shape, item.value().sizes());
   }
   for (const auto& [target, n] : source)
-    if (!params.contains(target)) unexpected.push_back(n);
+    if (!params.contains(target)) problems.unexpected.push_back(n);
 
-  const auto problems =
-      missing.size() + unexpected.size() + misshaped.size() + duplicated.size() + unusable.size();
-  if (problems > 0) {
+  if (!problems.empty()) {
     std::ostringstream msg;
     msg << "wan21_dit: checkpoint '" << path << "' ("
         << (original ? "original Wan 2.1 keys" : "Diffusers keys") << ") does not fit the model ("
-        << options_.config.num_layers << " blocks, dim " << d << "): " << missing.size()
-        << " missing, " << unexpected.size() << " unexpected, " << misshaped.size()
-        << " mis-shaped, " << duplicated.size() << " duplicated, " << unusable.size()
-        << " unusable tensor(s)";
-    if (!missing.empty()) msg << "\n  missing:" << listing(missing);
-    if (!unexpected.empty()) msg << "\n  unexpected:" << listing(unexpected);
-    if (!misshaped.empty()) msg << "\n  mis-shaped:" << listing(misshaped);
-    if (!duplicated.empty()) msg << "\n  duplicated:" << listing(duplicated);
-    if (!unusable.empty()) msg << "\n  unusable:" << listing(unusable);
+        << options_.config.num_layers << " blocks, dim " << d << "): " << problems.report();
     msg << "\n  (is the model config the checkpoint's? set config_file to its config.json)";
     throw FormatError(msg.str());
   }

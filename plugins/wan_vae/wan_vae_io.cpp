@@ -23,8 +23,6 @@ using wanhost::FormatError;
 
 namespace {
 
-using wanhost::listing;
-using wanhost::shape_str;
 using wanhost::starts_with;
 
 // The Diffusers version whose AutoencoderKLWan the parity tests pin (tests/reference).
@@ -330,34 +328,32 @@ void WanVae::load_weights(const std::string& path) {
   const auto names = coll.names();
   const bool original = looks_original(names);
   std::map<std::string, std::string> source;  // model name -> checkpoint name
-  std::vector<std::string> unexpected, duplicated, misshaped, missing;
+  wanhost::CheckpointProblems problems;
   for (const auto& n : names) {
     const std::string target = original ? original_to_diffusers(n, config_) : n;
     if (auto [it, fresh] = source.emplace(target, n); !fresh)
-      duplicated.push_back(n + " and " + it->second + " both give " + target);
+      problems.duplicated.push_back(n + " and " + it->second + " both give " + target);
   }
   auto params = module().named_parameters(true);
   for (const auto& item : params) {
     auto it = source.find(item.key());
     if (it == source.end()) {
-      missing.push_back(item.key());
+      problems.missing.push_back(item.key());
       continue;
     }
     const auto& info = coll.info(it->second);
     const at::ScalarType type = wanhost::safetensors::scalar_type(info.dtype, it->second);
     if (info.shape != item.value().sizes().vec())
-      misshaped.push_back(it->second + ": checkpoint " + shape_str(info.shape) + ", model " +
-                          shape_str(item.value().sizes().vec()));
+      problems.shape(it->second, info.shape, item.value().sizes());
     else if (!at::isFloatingType(type))
-      misshaped.push_back(it->second + ": checkpoint dtype " + info.dtype +
-                          " is not a floating-point type");
+      problems.misshaped.push_back(it->second + ": checkpoint dtype " + info.dtype +
+                                   " is not a floating-point type");
   }
   for (const auto& [target, n] : source)
     if (!params.contains(target))
-      unexpected.push_back(original && target != n ? n + " (= " + target + ")" : n);
+      problems.unexpected.push_back(original && target != n ? n + " (= " + target + ")" : n);
 
-  const auto problems = missing.size() + unexpected.size() + misshaped.size() + duplicated.size();
-  if (problems > 0) {
+  if (!problems.empty()) {
     std::ostringstream msg;
     msg << "wan_vae: checkpoint '" << path << "' ("
         << (original ? "original Wan 2.1 VAE keys" : "Diffusers keys")
@@ -365,12 +361,7 @@ void WanVae::load_weights(const std::string& path) {
         << ", " << config_.dim_mult.size() << " levels, " << config_.num_res_blocks
         << " residual blocks each; config from "
         << (config_from.empty() ? std::string("the Wan 2.1 defaults") : "'" + config_from + "'")
-        << "): " << missing.size() << " missing, " << unexpected.size() << " unexpected, "
-        << misshaped.size() << " mis-shaped, " << duplicated.size() << " duplicated tensor(s)";
-    if (!missing.empty()) msg << "\n  missing:" << listing(missing);
-    if (!unexpected.empty()) msg << "\n  unexpected:" << listing(unexpected);
-    if (!misshaped.empty()) msg << "\n  mis-shaped:" << listing(misshaped);
-    if (!duplicated.empty()) msg << "\n  duplicated:" << listing(duplicated);
+        << "): " << problems.report();
     msg << "\n  (is the config the checkpoint's? set the config_file option to its config.json)";
     throw FormatError(msg.str());
   }
