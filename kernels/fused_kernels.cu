@@ -63,9 +63,9 @@ struct Range {
   std::int64_t begin, end;
 };
 
-// The rows of this block: chunk blockIdx.x of sample blockIdx.y (possibly empty).
-__device__ __forceinline__ Range block_rows(const RowLayout& l) {
-  const std::int64_t b = blockIdx.y, c = blockIdx.x;
+// Rows [begin, end) of chunk c (`per_chunk` rows each) of sample b (possibly empty).
+__device__ __forceinline__ Range chunk_rows(const RowLayout& l, std::int64_t b, std::int64_t c,
+                                            std::int64_t per_chunk) {
   std::int64_t s0, s1;
   if (l.cu != nullptr) {
     s0 = l.cu[b];
@@ -74,9 +74,14 @@ __device__ __forceinline__ Range block_rows(const RowLayout& l) {
     s0 = b * l.rows_per_sample;
     s1 = s0 + l.rows_per_sample;
   }
-  const std::int64_t begin = s0 + c * kRowsPerBlock;
-  const std::int64_t end = begin + kRowsPerBlock < s1 ? begin + kRowsPerBlock : s1;
+  const std::int64_t begin = s0 + c * per_chunk;
+  const std::int64_t end = begin + per_chunk < s1 ? begin + per_chunk : s1;
   return {begin, end};
+}
+
+// The rows of a row kernel's block: chunk blockIdx.x of sample blockIdx.y.
+__device__ __forceinline__ Range block_rows(const RowLayout& l) {
+  return chunk_rows(l, blockIdx.y, blockIdx.x, kRowsPerBlock);
 }
 
 // Parameter gradients (per-sample sums over rows of a product of row tensors) are column sums:
@@ -95,23 +100,14 @@ __global__ void __launch_bounds__(kThreads)
   const std::int64_t b = blockIdx.z, chunk = blockIdx.y;
   const std::int64_t col0 = static_cast<std::int64_t>(blockIdx.x) * kColChannels;
   const std::int64_t ch = col0 + lane * kVec;
-  std::int64_t s0, s1;
-  if (l.cu != nullptr) {
-    s0 = l.cu[b];
-    s1 = l.cu[b + 1];
-  } else {
-    s0 = b * l.rows_per_sample;
-    s1 = s0 + l.rows_per_sample;
-  }
-  const std::int64_t begin = s0 + chunk * kColRows;
-  const std::int64_t end = begin + kColRows < s1 ? begin + kColRows : s1;
+  const Range rows = chunk_rows(l, b, chunk, kColRows);
   float acc[K][kVec];
 #pragma unroll
   for (int k = 0; k < K; ++k)
 #pragma unroll
     for (int i = 0; i < kVec; ++i) acc[k][i] = 0.f;
   if (ch < l.dim) {
-    for (std::int64_t r = begin + row_lane; r < end; r += kColLanes) {
+    for (std::int64_t r = rows.begin + row_lane; r < rows.end; r += kColLanes) {
       float t[K][kVec];
       term(r, ch, t);
 #pragma unroll

@@ -7,17 +7,14 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include "gpu_test_util.hpp"
 #include "wanhost/parallel.hpp"
 
 namespace {
 
 using namespace wanhost;
 
-double rel_err(const at::Tensor& a, const at::Tensor& b) {
-  auto x = a.to(at::kDouble).cpu(), y = b.to(at::kDouble).cpu();
-  EXPECT_FALSE(x.isnan().any().item<bool>()) << "NaN in the tested output";
-  return (x - y).norm().item<double>() / std::max(y.norm().item<double>(), 1e-30);
-}
+using wanhost::testing::rel_err;
 
 AttentionSegments make_segments(const std::vector<std::int64_t>& q_len,
                                 const std::vector<std::int64_t>& kv_len) {
