@@ -1,7 +1,8 @@
 // `wanhost prepare`, `wanhost data inspect` and the latent_dataset source end to end: the real
 // program on the videos of make_videos.sh (several containers and codecs, a truncated and a garbage
 // file, a video too short, one without caption), encoded by the fixture plugins fake_vae and
-// fake_text; then a short two-stage training run on the prepared folders.
+// fake_text, and once by the real wan_vae and umt5 on tiny reference checkpoints; then a short
+// two-stage training run on the prepared folders.
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -16,6 +17,8 @@
 #include <sstream>
 
 #include <gtest/gtest.h>
+
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "data/frame_plan.hpp"
@@ -318,6 +321,66 @@ TEST(Prepare, FramesMode) {
   // The text of a video is stored once and shared by its frames.
   const Json& first = index["samples"][0];
   EXPECT_EQ(first["text"], index["samples"][4]["text"]);
+}
+
+// The real encoders end to end: wan_vae and umt5 on the tiny reference checkpoints that
+// tests/wan_vae and tests/umt5 generate from Diffusers / Transformers (a stand-in pipeline folder
+// of links to them). Latents have the VAE's shape; each stored text equals what
+// `wanhost model forward --plugin umt5 --entry encode` gives for the caption.
+TEST(Prepare, RealEncodersWanVaeAndUmt5) {
+  const fs::path ref = fs::path(WANHOST_BINARY_DIR) / "reference";
+  if (!fs::exists(ref / "vae" / "DONE") || !fs::exists(ref / "umt5" / "DONE"))
+    GTEST_SKIP() << "no VAE / umT5 reference checkpoints in " << ref;
+  if (!fs::exists(fs::path(WANHOST_BINARY_DIR) / "plugins" / "umt5.so"))
+    GTEST_SKIP() << "the umt5 plugin is not built (no sentencepiece)";
+  const fs::path dir = scratch(), model = dir / "pipeline", out = dir / "frames";
+  fs::create_directories(model);
+  fs::create_directory_symlink(ref / "vae" / "base" / "model", model / "vae");
+  fs::create_directory_symlink(ref / "umt5" / "model", model / "text_encoder");
+  fs::create_directory_symlink(ref / "umt5" / "tokenizer", model / "tokenizer");
+  auto args = prepare_args(kVideos, out, "frames");
+  auto set = [&](const std::string& flag, const std::string& value) {
+    auto it = std::find(args.begin(), args.end(), flag);
+    ASSERT_NE(it, args.end()) << flag;
+    *(it + 1) = value;
+  };
+  set("--model", model.string());
+  set("--vae-plugin", "wan_vae");
+  set("--text-plugin", "umt5");
+  const Result r = run(args, dir);
+  ASSERT_EQ(r.code, 0) << describe(r);
+
+  const Json index = read_json(out / "index.json");
+  EXPECT_EQ(index["samples"].size(), 5 * good_videos().size());
+  EXPECT_EQ(index["text_dim"], 32);  // the reference umT5's d_model
+  const Json& first = index["samples"][0];
+  const auto shard = wanhost::safetensors::File::open(
+      (out / index["shards"][first["shard"].get<std::size_t>()]["file"].get<std::string>())
+          .string());
+  for (const auto& s : index["samples"]) {
+    if (s["shard"] != first["shard"]) continue;
+    const at::Tensor lat = shard.load(s["latent"].get<std::string>());
+    // z_dim 4; one latent frame; 32 x 48 pixels / 8.
+    EXPECT_EQ(lat.sizes(), (std::vector<std::int64_t>{4, 1, 4, 6}));
+    EXPECT_TRUE(lat.isfinite().all().item<bool>());
+    EXPECT_GT(lat.abs().max().item<float>(), 0.0f);
+  }
+
+  const std::string caption = first["caption"];
+  const fs::path emb = dir / "caption.safetensors";
+  const Result enc =
+      run({"model", "forward", "--plugin", "umt5", "--entry", "encode", "--weights",
+           (model / "text_encoder").string(), "--prompt", caption, "--output", emb.string()},
+          dir);
+  ASSERT_EQ(enc.code, 0) << describe(enc);
+  const auto f = wanhost::safetensors::File::open(emb.string());
+  const std::int64_t len = first["text_tokens"];
+  EXPECT_EQ(f.load("lengths")[0].item<std::int64_t>(), len);
+  const at::Tensor stored = shard.load(first["text"].get<std::string>());
+  ASSERT_EQ(stored.sizes(), (std::vector<std::int64_t>{len, 32}));
+  const at::Tensor want = f.load("hidden")[0].narrow(0, 0, len);
+  EXPECT_LT((stored.to(at::kDouble) - want.to(at::kDouble)).norm().item<double>(),
+            1e-5 * want.to(at::kDouble).norm().item<double>());
 }
 
 TEST(Prepare, VideoMode) {
