@@ -17,11 +17,14 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
+#include <torch/csrc/autograd/function.h>
+#include <set>
 
 #include "parity_util.hpp"
 
 #include "wan21_dit.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/fused.hpp"
 #include "wanhost/precision.hpp"
 #include "wanhost/safetensors.hpp"
 
@@ -410,6 +413,65 @@ TEST(Wan21Dit, ConfigErrorsNameTheKey) {
   const std::string i2v = std::string(WANHOST_TEST_TMP) + "/i2v_config.json";
   std::ofstream(i2v) << R"({"_class_name": "WanTransformer3DModel", "image_dim": 1280})";
   expect_error({{"config_file", i2v}}, "/model/wan21_dit/config_file");
+}
+
+// Whether the autograd graph behind `t` holds a node named `name`.
+bool graph_has(const at::Tensor& t, const std::string& name) {
+  std::vector<torch::autograd::Node*> todo{t.grad_fn().get()};
+  std::set<torch::autograd::Node*> seen;
+  while (!todo.empty()) {
+    auto* n = todo.back();
+    todo.pop_back();
+    if (n == nullptr || !seen.insert(n).second) continue;
+    if (n->name() == name) return true;
+    for (const auto& e : n->next_edges()) todo.push_back(e.function.get());
+  }
+  return false;
+}
+
+// activation_checkpointing: the block forward runs without a graph and again in backward; the
+// outputs and every gradient (parameters and the latents' input) equal the plain run's.
+TEST(Wan21Dit, ActivationCheckpointingGivesTheSameGradients) {
+  wanhost::Batch b;
+  b.latents = at::randn({2, 16, 2, 8, 8});
+  b.text = at::randn({2, 16, 32});
+  b.text_lengths = at::tensor({16, 9});
+  b.sample_keys = {0, 1};
+  const auto t = at::tensor({500.0f, 20.0f});
+  auto probe = at::randn_like(b.latents);
+  std::map<std::string, at::Tensor> grads[2];
+  at::Tensor outs[2], input_grads[2];
+  for (int ckpt = 0; ckpt < 2; ++ckpt) {
+    auto model = make_model({{"activation_checkpointing", ckpt == 1}, {"init_seed", 3}});
+    wanhost::Batch bb = b;
+    bb.latents = b.latents.clone().requires_grad_(true);
+    outs[ckpt] = model->forward(bb, t);
+    EXPECT_EQ(graph_has(outs[ckpt], "wan21::CheckpointBackward"), ckpt == 1);
+    (outs[ckpt] * probe).sum().backward();
+    for (auto& [n, p] : params(*model)) {
+      ASSERT_TRUE(p.grad().defined()) << n << (ckpt ? " (checkpointed)" : "");
+      grads[ckpt][n] = p.grad().clone();
+    }
+    input_grads[ckpt] = bb.latents.grad().clone();
+  }
+  EXPECT_LT(rel(outs[1], outs[0]), 1e-6);
+  EXPECT_LT(rel(input_grads[1], input_grads[0]), 1e-5);
+  for (const auto& [n, g] : grads[0]) EXPECT_LT(rel(grads[1].at(n), g), 1e-5) << n;
+}
+
+// fused_kernels "on" needs the CUDA kernels and a GPU; "auto" quietly uses the ATen arithmetic.
+TEST(Wan21Dit, FusedKernelsOnNeedsAGpu) {
+  if (wanhost::fused::kernels_built() && at::hasCUDA()) GTEST_SKIP() << "a GPU is present";
+  try {
+    make_model({{"fused_kernels", "on"}});
+    ADD_FAILURE() << "fused_kernels=on accepted on " << (at::hasCUDA() ? "a GPU" : "the CPU");
+  } catch (const wanhost::ConfigError& e) {
+    EXPECT_EQ(e.pointer(), "/model/wan21_dit/fused_kernels");
+    EXPECT_NE(std::string(e.what()).find("needs a CUDA build of wanhost running on a GPU"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_NO_THROW(make_model({{"fused_kernels", "auto"}}));
 }
 
 // A tiny-preset training step (forward + backward, batch 2, 2x16x16 latents) on CPU.
