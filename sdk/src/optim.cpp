@@ -1,9 +1,13 @@
 #include "wanhost/optim.hpp"
 
+#include <atomic>
 #include <cmath>
 #include <stdexcept>
+#include <tuple>
 
 #include <ATen/ATen.h>
+
+#include "wanhost/log.hpp"
 
 namespace wanhost {
 
@@ -30,23 +34,65 @@ bool AdamW::decays(const std::string& name, std::int64_t dims, bool decay_1d) {
   return decay_1d || !one_d;
 }
 
+namespace {
+
+// LibTorch's fused AdamW (one multi-tensor kernel pass over parameter, gradient and both moments
+// instead of eight elementwise passes per tensor) until it refuses once; then tensor by tensor.
+std::atomic<bool> fused_usable{true};
+
+// One tensor's AdamW update (torch.optim.AdamW, decoupled weight decay).
+void update_tensor(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, bool decay,
+                   double lr, std::int64_t step, const OptimizerConfig& c) {
+  const double bias1 = 1.0 - std::pow(c.beta1, static_cast<double>(step));
+  const double bias2_sqrt = std::sqrt(1.0 - std::pow(c.beta2, static_cast<double>(step)));
+  if (decay && c.weight_decay != 0.0) p.mul_(1.0 - lr * c.weight_decay);
+  m.lerp_(g, 1.0 - c.beta1);
+  v.mul_(c.beta2).addcmul_(g, g, 1.0 - c.beta2);
+  at::Tensor denom = (v.sqrt() / bias2_sqrt).add_(c.eps);
+  p.addcdiv_(m, denom, -lr / bias1);
+}
+
+}  // namespace
+
 void AdamW::step(double lr) {
   at::NoGradGuard no_grad;
   ++step_;
-  const double b1 = config_.beta1, b2 = config_.beta2;
-  const double bias1 = 1.0 - std::pow(b1, static_cast<double>(step_));
-  const double bias2 = 1.0 - std::pow(b2, static_cast<double>(step_));
-  const double step_size = lr / bias1;
-  const double bias2_sqrt = std::sqrt(bias2);
+  struct Group {
+    std::vector<at::Tensor> p, g, m, v;
+  };
+  // The fused kernel takes tensors of one device and dtype, and one weight decay.
+  std::map<std::tuple<std::string, at::ScalarType, bool>, Group> groups;
   for (auto& s : slots_) {
     at::Tensor g = s.param.grad();
     if (!g.defined()) continue;
     if (g.scalar_type() != s.param.scalar_type()) g = g.to(s.param.scalar_type());
-    if (s.decay && config_.weight_decay != 0.0) s.param.mul_(1.0 - lr * config_.weight_decay);
-    s.exp_avg.lerp_(g, 1.0 - b1);
-    s.exp_avg_sq.mul_(b2).addcmul_(g, g, 1.0 - b2);
-    at::Tensor denom = (s.exp_avg_sq.sqrt() / bias2_sqrt).add_(config_.eps);
-    s.param.addcdiv_(s.exp_avg, denom, -step_size);
+    auto& gr = groups[{s.param.device().str(), s.param.scalar_type(), s.decay}];
+    gr.p.push_back(s.param);
+    gr.g.push_back(g);
+    gr.m.push_back(s.exp_avg);
+    gr.v.push_back(s.exp_avg_sq);
+  }
+  for (auto& [key, gr] : groups) {
+    const bool decay = std::get<2>(key);
+    if (fused_usable.load()) {
+      try {
+        // The step count, read (not changed) by the kernel: one tensor per parameter.
+        const auto step = at::full({}, static_cast<double>(step_),
+                                   at::TensorOptions().dtype(at::kFloat).device(gr.p[0].device()));
+        const std::vector<at::Tensor> steps(gr.p.size(), step);
+        at::_fused_adamw_(gr.p, gr.g, gr.m, gr.v, {}, steps, lr, config_.beta1, config_.beta2,
+                          decay ? config_.weight_decay : 0.0, config_.eps, /*amsgrad=*/false,
+                          /*maximize=*/false);
+        continue;
+      } catch (const c10::Error& e) {
+        // Its checks run before any tensor changes: this group is updated below instead.
+        fused_usable.store(false);
+        logger()->warn("AdamW: LibTorch's fused kernel refused ({}); updating tensor by tensor",
+                       e.what_without_backtrace());
+      }
+    }
+    for (std::size_t i = 0; i < gr.p.size(); ++i)
+      update_tensor(gr.p[i], gr.g[i], gr.m[i], gr.v[i], decay, lr, step_, config_);
   }
 }
 
@@ -98,12 +144,17 @@ std::int64_t AdamW::state_bytes() const {
 }
 
 at::Tensor grad_norm_squared(const std::vector<at::Tensor>& params) {
+  // Per-tensor norms by multi-tensor kernels (one launch per device and dtype, not three per
+  // tensor), their squares summed in float64.
+  std::map<std::pair<std::string, at::ScalarType>, std::vector<at::Tensor>> groups;
+  for (const auto& p : params)
+    if (p.grad().defined())
+      groups[{p.grad().device().str(), p.grad().scalar_type()}].push_back(p.grad());
   at::Tensor total;
-  for (const auto& p : params) {
-    const at::Tensor& g = p.grad();
-    if (!g.defined()) continue;
-    at::Tensor sq = g.to(at::kDouble).pow(2).sum();
-    total = total.defined() ? total + sq : sq;
+  for (const auto& [key, grads] : groups) {
+    const auto norms = at::_foreach_norm(grads, 2);
+    const auto sq = at::stack(norms).to(at::kDouble).pow(2).sum();
+    total = total.defined() ? total + sq.to(total.device()) : sq;
   }
   if (!total.defined()) total = at::zeros({}, at::TensorOptions().dtype(at::kDouble));
   return total;
@@ -114,8 +165,10 @@ void clip_gradients(const std::vector<at::Tensor>& params, double max_norm, doub
   const double coef = max_norm / (total_norm + 1e-6);
   if (coef >= 1.0) return;
   at::NoGradGuard no_grad;
+  std::vector<at::Tensor> grads;
   for (const auto& p : params)
-    if (p.grad().defined()) p.grad().mul_(coef);
+    if (p.grad().defined()) grads.push_back(p.grad());
+  at::_foreach_mul_(grads, coef);
 }
 
 }  // namespace wanhost
