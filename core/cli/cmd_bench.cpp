@@ -26,8 +26,9 @@ namespace wanhost::core {
 namespace {
 
 struct BenchOptions {
-  std::string plugin = "wan21_dit", preset = "wan2.1-t2v-1.3b", dtype, device, grid;
-  std::string profile;  // Chrome trace path; empty = no profile
+  std::string plugin = "wan21_dit", preset = "wan2.1-t2v-1.3b", dtype, device;
+  std::vector<std::string> grids;  // --grid F,H,W (repeatable with --packed)
+  std::string profile;             // Chrome trace path; empty = no profile
   std::size_t profile_top = 25;
   std::int64_t blocks = 4, batch = 1, video_tokens = 390, text_tokens = 512;
   int warmup = 3, iters = 10;
@@ -35,24 +36,43 @@ struct BenchOptions {
   std::vector<std::string> options;  // key=json for the model plugin
 };
 
-// Token grid (frames, height, width) of one sample: --grid F,H,W, or from --video-tokens.
-std::array<std::int64_t, 3> token_grid(const BenchOptions& o) {
-  if (!o.grid.empty()) {
-    std::array<std::int64_t, 3> g{};
-    if (std::sscanf(o.grid.c_str(), "%ld,%ld,%ld", &g[0], &g[1], &g[2]) != 3 || g[0] <= 0 ||
+using Grid = std::array<std::int64_t, 3>;  // token grid (frames, height, width) of a sample
+
+std::int64_t count(const Grid& g) {
+  return g[0] * g[1] * g[2];
+}
+
+// The samples' token grids: --grid F,H,W (several with --packed: sample i takes grid i mod n), or
+// one from --video-tokens.
+std::vector<Grid> token_grids(const BenchOptions& o) {
+  std::vector<Grid> out;
+  for (const auto& text : o.grids) {
+    Grid g{};
+    if (std::sscanf(text.c_str(), "%ld,%ld,%ld", &g[0], &g[1], &g[2]) != 3 || g[0] <= 0 ||
         g[1] <= 0 || g[2] <= 0)
-      throw UsageError("--grid " + o.grid + ": expected three positive integers F,H,W");
-    if (g[0] * g[1] * g[2] != o.video_tokens)
-      throw UsageError("--grid " + o.grid + " holds " + std::to_string(g[0] * g[1] * g[2]) +
+      throw UsageError("--grid " + text + ": expected three positive integers F,H,W");
+    if (o.grids.size() == 1 && count(g) != o.video_tokens)
+      throw UsageError("--grid " + text + " holds " + std::to_string(count(g)) +
                        " tokens but --video-tokens is " + std::to_string(o.video_tokens));
-    return g;
+    out.push_back(g);
   }
+  if (out.size() > 1 && !o.packed)
+    throw UsageError("--grid given " + std::to_string(out.size()) +
+                     " times: samples of different sizes need --packed");
+  if (out.size() > static_cast<std::size_t>(o.batch))
+    throw UsageError("--grid given " + std::to_string(out.size()) + " times for --batch " +
+                     std::to_string(o.batch) + ": some grids would have no sample");
+  if (!out.empty()) return out;
   const auto s = o.video_tokens;
-  if (s % 390 == 0) return {s / 390, 15, 26};  // 240x416 frames (Wan's 30x52 latents)
+  if (s % 390 == 0) return {{s / 390, 15, 26}};  // 240x416 frames (Wan's 30x52 latents)
   std::int64_t h = 1;
   for (std::int64_t d = 1; d * d <= s; ++d)
     if (s % d == 0) h = d;
-  return {1, h, s / h};
+  return {{1, h, s / h}};
+}
+
+const Grid& grid_of_sample(const std::vector<Grid>& grids, std::int64_t i) {
+  return grids[static_cast<std::size_t>(i) % grids.size()];
 }
 
 double median(std::vector<double> v) {
@@ -80,18 +100,22 @@ PluginConfig model_config(const PluginManifest& m, const BenchOptions& o, std::i
   return cfg;
 }
 
-Batch make_batch(const BenchOptions& o, const std::array<std::int64_t, 3>& g, std::int64_t channels,
+Batch make_batch(const BenchOptions& o, const std::vector<Grid>& grids, std::int64_t channels,
                  std::int64_t text_dim, const c10::Device& device, at::ScalarType dtype) {
   // Latent grid for patch (1, 2, 2), the patch of every Wan 2.1 preset.
-  const std::int64_t f = g[0], h = 2 * g[1], w = 2 * g[2];
   const auto opts = at::TensorOptions().device(device).dtype(dtype);
   Batch b;
   if (o.packed) {
-    b.latents = at::randn({channels, o.batch * f * h * w}, opts);
-    for (std::int64_t i = 0; i < o.batch; ++i)
-      b.segments.push_back(PackSegment{i * f * h * w, f, h, w});
+    std::int64_t offset = 0;
+    for (std::int64_t i = 0; i < o.batch; ++i) {
+      const Grid& g = grid_of_sample(grids, i);
+      b.segments.push_back(PackSegment{offset, g[0], 2 * g[1], 2 * g[2]});
+      offset += 4 * count(g);
+    }
+    b.latents = at::randn({channels, offset}, opts);
   } else {
-    b.latents = at::randn({o.batch, channels, f, h, w}, opts);
+    const Grid& g = grids[0];
+    b.latents = at::randn({o.batch, channels, g[0], 2 * g[1], 2 * g[2]}, opts);
   }
   b.text = at::randn({o.batch, o.text_tokens, text_dim}, opts);
   b.text_lengths =
@@ -113,7 +137,7 @@ void bench(const GlobalOptions& g, BenchOptions o) {
   if (device.is_cuda() && !device.has_index()) device = c10::Device(c10::kCUDA, 0);
   if (o.dtype.empty()) o.dtype = device.is_cuda() ? "bfloat16" : "float32";
   const auto dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
-  const auto grid = token_grid(o);
+  const auto grids = token_grids(o);
 
   auto reg = make_registry(g);
   const PluginManifest& m = reg->require(o.plugin, "model", "");
@@ -121,18 +145,20 @@ void bench(const GlobalOptions& g, BenchOptions o) {
 
   // Block FLOPs: the model's forward_flops is linear in the block count, so the difference to
   // a model with one block more gives one block's share (embedding and head excluded, like the
-  // peer). The probe is built on the CPU and only asked for its count.
-  const PackSegment seg{0, grid[0], 2 * grid[1], 2 * grid[2]};
-  double flops_per_block = 0;
+  // peer), per sample grid. The probes are built on the CPU and only asked for their counts.
+  double step_flops = 0;
   {
     auto ctx = ParallelContext::single(c10::Device(c10::kCPU));
     auto probe_a = d.factories.create_model(model_config(m, o, 1), ctx);
-    const double f1 = probe_a->forward_flops(seg, o.text_tokens);
-    probe_a.reset();
     auto probe_b = d.factories.create_model(model_config(m, o, 2), ctx);
-    flops_per_block = probe_b->forward_flops(seg, o.text_tokens) - f1;
+    for (std::int64_t i = 0; i < o.batch; ++i) {
+      const Grid& g = grid_of_sample(grids, i);
+      const PackSegment seg{0, g[0], 2 * g[1], 2 * g[2]};
+      step_flops +=
+          3.0 * o.blocks *
+          (probe_b->forward_flops(seg, o.text_tokens) - probe_a->forward_flops(seg, o.text_tokens));
+    }
   }
-  const double step_flops = 3.0 * flops_per_block * o.blocks * o.batch;
 
   ParallelContext ctx = ParallelContext::single(device);
   ctx.compute_dtype = dtype;
@@ -151,7 +177,7 @@ void bench(const GlobalOptions& g, BenchOptions o) {
     throw UsageError("--plugin " + o.plugin +
                      ": no condition_embedder.text_embedder.linear_1.weight parameter to size the "
                      "text input from");
-  Batch batch = make_batch(o, grid, channels, text_dim, device, dtype);
+  Batch batch = make_batch(o, grids, channels, text_dim, device, dtype);
   const auto timesteps = at::rand({o.batch}, at::TensorOptions().device(device)) * 1000;
 
   // Input part once, outside the timed region; the blocks get a fresh leaf every step.
@@ -192,14 +218,18 @@ void bench(const GlobalOptions& g, BenchOptions o) {
   // The profile runs after the timed steps so that the profiler's overhead stays out of them.
   KernelProfile profile;
   if (!o.profile.empty()) profile = profile_kernels(device, step, std::min(o.iters, 3), o.profile);
-  const double tokens = static_cast<double>(o.batch * grid[0] * grid[1] * grid[2]);
+  double tokens = 0;
+  for (std::int64_t i = 0; i < o.batch; ++i) tokens += count(grid_of_sample(grids, i));
+  Json grids_json = Json::array();
+  for (const auto& g : grids) grids_json.push_back({g[0], g[1], g[2]});
   const double tflops = step_flops / t / 1e12;
   Json r{{"plugin", m.name},
          {"preset", o.preset},
          {"blocks", o.blocks},
          {"batch", o.batch},
          {"video_tokens", o.video_tokens},
-         {"grid", {grid[0], grid[1], grid[2]}},
+         {"grid", grids_json[0]},
+         {"grids", grids_json},
          {"text_tokens", o.text_tokens},
          {"dtype", o.dtype},
          {"params", o.fp32_master ? "float32" : o.dtype},
@@ -224,14 +254,18 @@ void bench(const GlobalOptions& g, BenchOptions o) {
     std::cout << r.dump() << std::endl;
     return;
   }
+  std::string sizes;
+  for (const auto& g : grids)
+    sizes += (sizes.empty() ? "" : ", ") + std::to_string(count(g)) + " (" + std::to_string(g[0]) +
+             "x" + std::to_string(g[1]) + "x" + std::to_string(g[2]) + ")";
   std::printf(
-      "%s %s: %ld blocks, batch %ld x %ld tokens (%ldx%ldx%ld)%s, text %ld, %s on %s\n"
+      "%s %s: %ld blocks, batch %ld x %s tokens%s, text %ld, %s on %s\n"
       "  step %.4f s (median of %d; min %.4f, max %.4f)\n"
       "  %.0f tokens/s, %.1f model TFLOP/s",
-      m.name.c_str(), o.preset.c_str(), o.blocks, o.batch, o.video_tokens, grid[0], grid[1],
-      grid[2], o.packed ? " packed" : "", o.text_tokens, o.dtype.c_str(), o.device.c_str(), t,
-      o.iters, *std::min_element(times.begin(), times.end()),
-      *std::max_element(times.begin(), times.end()), tokens / t, tflops);
+      m.name.c_str(), o.preset.c_str(), o.blocks, o.batch, sizes.c_str(), o.packed ? " packed" : "",
+      o.text_tokens, o.dtype.c_str(), o.device.c_str(), t, o.iters,
+      *std::min_element(times.begin(), times.end()), *std::max_element(times.begin(), times.end()),
+      tokens / t, tflops);
   if (peak > 0)
     std::printf(", MFU %.1f%% of %.1f TFLOP/s (measured matmul)", 100 * tflops / peak, peak);
   std::printf("\n");
@@ -252,9 +286,10 @@ void add_bench_command(CLI::App& app, GlobalOptions& g) {
   b->add_option("--batch", o->batch, "Samples per step")->capture_default_str();
   b->add_option("--video-tokens", o->video_tokens, "Video tokens per sample")
       ->capture_default_str();
-  b->add_option("--grid", o->grid,
+  b->add_option("--grid", o->grids,
                 "Token grid F,H,W of a sample (default: multiples of 15x26 when --video-tokens "
-                "divides by 390, else 1 x H x W)");
+                "divides by 390, else 1 x H x W). Repeat it with --packed for a pack of mixed "
+                "sizes: sample i takes grid i mod n (--video-tokens is then not used)");
   b->add_option("--text-tokens", o->text_tokens, "Text tokens per sample")->capture_default_str();
   b->add_option("--dtype", o->dtype, "Compute dtype (default: bfloat16 on GPU, float32 on CPU)")
       ->check(CLI::IsMember({"float32", "bfloat16"}));

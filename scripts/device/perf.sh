@@ -4,7 +4,7 @@
 # kernels on and off, dense and packed), the plain-PyTorch peer on the same shapes in the same
 # call, and short training runs. Results under $OUT. The peer script travels in the ignored
 # folder build-perf/peer (copy ../shared/bench there and name build-perf in `carry`, with .deps).
-# PHASES (default: tests bench peer run); also profile, trace, bench14off, benchckpt.
+# PHASES (default: tests bench peer run); also profile, trace, bench14off, benchckpt, benchmix.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/wanhost-perf}
@@ -36,6 +36,8 @@ if has bench && [ -x "$W" ]; then
   bench "${P14[@]}" --no-peak
   has bench14off && bench "${P14[@]}" --option fused_kernels=off --no-peak
   has benchckpt && bench "${S1[@]}" --option activation_checkpointing=true --no-peak
+  # A pack of mixed image sizes (flash attention 2 varlen, not the equal-segment dense path).
+  has benchmix && bench "${S1[@]}" --packed --grid 1,15,26 --grid 1,20,20 --grid 1,12,32 --no-peak
 fi
 if has peer; then
   PYTHONUNBUFFERED=1 timeout ${PEER_TIMEOUT:-240} python3 build-perf/peer/peer_wan_block.py \

@@ -13,8 +13,8 @@ using wanhost::testing::read_json;
 using wanhost::testing::run_wanhost;
 
 // The tiny preset: D 64, FFN 256, 2 heads; 2 samples of 60 tokens, text 16, 2 blocks.
-const std::string kBase = "bench --batch 2 --text-tokens 16 --warmup 1 --no-peak";
-const std::string kCase = kBase + " --preset tiny --blocks 2 --video-tokens 60 --iters 2";
+const std::string kBase = "bench --text-tokens 16 --warmup 1 --no-peak";
+const std::string kCase = kBase + " --batch 2 --preset tiny --blocks 2 --video-tokens 60 --iters 2";
 
 nlohmann::json last_json_line(const std::string& out) {
   const auto start = out.rfind("\n{");
@@ -50,6 +50,19 @@ TEST(CliBench, JsonReportCountsFlopsLikeThePeer) {
   }
 }
 
+// A pack of mixed sizes (--grid repeated): sample i takes grid i mod n; FLOPs add up per sample.
+TEST(CliBench, MixedPackCountsEverySample) {
+  const auto r = run_wanhost(kBase +
+                             " --preset tiny --blocks 2 --iters 2 --json --packed --batch 3 "
+                             "--grid 1,6,10 --grid 1,4,5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto j = last_json_line(r.output);
+  EXPECT_EQ(j["grids"], nlohmann::json::parse("[[1,6,10],[1,4,5]]"));
+  const double want = 2 * peer_flops(1, 60, 16, 64, 256, 2) + peer_flops(1, 20, 16, 64, 256, 2);
+  EXPECT_NEAR(j["step_tflop"].get<double>() * 1e12, want, 1.0);
+  EXPECT_NEAR(j["tokens_per_s"].get<double>() * j["step_s"].get<double>(), 140.0, 1e-6);
+}
+
 TEST(CliBench, ProfileWritesATraceAndSumsKernelTimeByClass) {
   const auto trace = temp_path("bench-trace.json");
   const auto r = run_wanhost(kCase + " --json --profile " + trace + " --profile-top 5");
@@ -77,12 +90,15 @@ TEST(CliBench, ProfileWritesATraceAndSumsKernelTimeByClass) {
 }
 
 TEST(CliBench, UsageErrorsNameTheFlag) {
-  const std::string tiny = kBase + " --preset tiny --video-tokens 60 ";
+  const std::string tiny = kBase + " --batch 2 --preset tiny --video-tokens 60 ";
   const std::pair<std::string, std::string> cases[] = {
       {tiny + "--blocks 0", "must be positive"},
       {tiny + "--iters 0", "--iters must be >= 1"},
       {tiny + "--grid 1,2", "--grid 1,2: expected three positive integers"},
       {tiny + "--grid 1,6,9", "holds 54 tokens but --video-tokens is 60"},
+      {tiny + "--grid 1,6,10 --grid 1,4,5", "samples of different sizes need --packed"},
+      {tiny + "--packed --grid 1,6,10 --grid 1,4,5 --grid 1,2,2",
+       "--grid given 3 times for --batch 2"},
       {tiny + "--option fused_kernels", "--option fused_kernels: expected key=value"},
       {tiny + "--option fused_kernels=sometimes", "/model/wan21_dit/fused_kernels"},
       {kBase + " --preset huge", "huge"},
