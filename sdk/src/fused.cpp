@@ -1,6 +1,6 @@
 // wanhost::fused: the reference arithmetic (ATen) and, in CUDA builds, autograd functions around
-// the kernels of kernels/fused_kernels.cu. The backward kernels return per-block partial sums of
-// the parameter gradients, summed here over blocks in a fixed order (deterministic).
+// the kernels of kernels/fused_kernels.cu. The backward kernels return partial sums (per 128 rows)
+// of the parameter gradients, summed here over blocks in a fixed order (deterministic).
 #include "wanhost/fused.hpp"
 
 #include <ATen/ATen.h>
