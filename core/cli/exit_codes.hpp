@@ -1,4 +1,4 @@
-// Exit codes of the wanhost program (documented in docs/cli.md).
+// Exit codes of the wanhost program (documented in docs/architecture.md, "Errors and exit codes").
 #pragma once
 
 namespace wanhost::core {
