@@ -87,8 +87,9 @@ TEST(CliBench, ProfileWritesATraceAndSumsKernelTimeByClass) {
   EXPECT_NE(text.output.find("longest kernels"), std::string::npos) << text.output;
   EXPECT_NE(text.output.find("trace: " + trace), std::string::npos) << text.output;
   // Kineto's complaint about a missing GPU is kept off the CPU report.
-  if (!at::hasCUDA())
+  if (!at::hasCUDA()) {
     EXPECT_EQ(text.output.find("gpuGetDeviceCount"), std::string::npos) << text.output;
+  }
   std::remove(trace.c_str());
 }
 
