@@ -4,7 +4,9 @@
 # kernels on and off, dense and packed), the plain-PyTorch peer on the same shapes in the same
 # call, and short training runs. Results under $OUT. The peer script travels in the ignored
 # folder build-perf/peer (copy ../shared/bench there and name build-perf in `carry`, with .deps).
-# PHASES (default: tests bench peer run); also profile, trace, bench14off, benchckpt, benchmix.
+# PHASES (default: tests bench peer run); also profile, trace, bench14off, benchckpt, benchmix, runab.
+# The device tool brings back at most 8 files from $OUT: machine.txt, build.log and
+# test_kernels.txt are always written; each run phase adds 4 (choose phases accordingly).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/wanhost-perf}
@@ -57,17 +59,26 @@ if has profile && [ -x "$W" ]; then
   done
   grep -A8 "kernel time per step" "$OUT/profile-peer.txt"
 fi
-if has run && [ -x "$W" ]; then
+# Whole training steps of the 1.3B preset (stage-1 and stage-2 shapes); `runs TAG` writes
+# run-s1TAG.txt, s1TAG-metrics.jsonl and the same for s2.
+runs() {
+  local tag=$1
   common=(--set model.wan21_dit.preset=\"wan2.1-t2v-1.3b\" --set data.synthetic.text_dim=4096
     --set data.synthetic.height=30 --set data.synthetic.width=52 --set checkpoint.at_stage_end=false
     --set checkpoint.export_diffusers=false --set logging.every_steps=1 --set logging.progress=\"off\")
+  rm -rf /tmp/r-s1 /tmp/r-s2
   timeout 150 $W run --out /tmp/r-s1 "${common[@]}" --set stages.0.steps=6 --set stages.0.global_batch=32 \
     --set stages.0.micro_batch=32 --set stages.1.steps=1 --set stages.1.global_batch=1 \
-    --set stages.1.micro_batch=1 >"$OUT/run-s1.txt" 2>&1
-  cp /tmp/r-s1/metrics.jsonl "$OUT/s1-metrics.jsonl" 2>/dev/null; tail -3 "$OUT/run-s1.txt"
+    --set stages.1.micro_batch=1 >"$OUT/run-s1$tag.txt" 2>&1
+  cp /tmp/r-s1/metrics.jsonl "$OUT/s1$tag-metrics.jsonl" 2>/dev/null; tail -3 "$OUT/run-s1$tag.txt"
   timeout 150 $W run --out /tmp/r-s2 "${common[@]}" --set stages.0.steps=1 --set stages.0.global_batch=1 \
     --set stages.0.micro_batch=1 --set stages.1.steps=6 --set stages.1.global_batch=1 \
-    --set stages.1.micro_batch=1 --set data.synthetic.latent_frames=21 >"$OUT/run-s2.txt" 2>&1
-  cp /tmp/r-s2/metrics.jsonl "$OUT/s2-metrics.jsonl" 2>/dev/null; tail -3 "$OUT/run-s2.txt"
+    --set stages.1.micro_batch=1 --set data.synthetic.latent_frames=21 >"$OUT/run-s2$tag.txt" 2>&1
+  cp /tmp/r-s2/metrics.jsonl "$OUT/s2$tag-metrics.jsonl" 2>/dev/null; tail -3 "$OUT/run-s2$tag.txt"
+}
+if [ -x "$W" ]; then
+  has run && runs ""
+  # What the fused AdamW buys: the same runs with the per-tensor update.
+  has runab && WANHOST_ADAMW=loop runs "-adamw-loop"
 fi
 echo "total $((SECONDS - t0)) s"

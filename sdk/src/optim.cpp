@@ -2,11 +2,13 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <stdexcept>
 #include <tuple>
 
 #include <ATen/ATen.h>
 
+#include "wanhost/errors.hpp"
 #include "wanhost/log.hpp"
 
 namespace wanhost {
@@ -38,7 +40,20 @@ namespace {
 
 // LibTorch's fused AdamW (one multi-tensor kernel pass over parameter, gradient and both moments
 // instead of eight elementwise passes per tensor) until it refuses once; then tensor by tensor.
-std::atomic<bool> fused_usable{true};
+// WANHOST_ADAMW=loop asks for the per-tensor update from the start (to compare the two).
+bool fused_wanted() {
+  const char* v = std::getenv("WANHOST_ADAMW");
+  const std::string s = v ? v : "fused";
+  if (s != "fused" && s != "loop")
+    throw UsageError("environment variable WANHOST_ADAMW=" + s + ": expected fused or loop");
+  return s == "fused";
+}
+
+// Read at the first step (a bad value is then a usage error, not a failure at library load).
+std::atomic<bool>& fused_usable() {
+  static std::atomic<bool> usable{fused_wanted()};
+  return usable;
+}
 
 // One tensor's AdamW update (torch.optim.AdamW, decoupled weight decay).
 void update_tensor(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, bool decay,
@@ -74,7 +89,7 @@ void AdamW::step(double lr) {
   }
   for (auto& [key, gr] : groups) {
     const bool decay = std::get<2>(key);
-    if (fused_usable.load()) {
+    if (fused_usable().load()) {
       try {
         // The step count, read (not changed) by the kernel: one tensor per parameter.
         const auto step = at::full({}, static_cast<double>(step_),
@@ -86,7 +101,7 @@ void AdamW::step(double lr) {
         continue;
       } catch (const c10::Error& e) {
         // Its checks run before any tensor changes: this group is updated below instead.
-        fused_usable.store(false);
+        fused_usable().store(false);
         logger()->warn("AdamW: LibTorch's fused kernel refused ({}); updating tensor by tensor",
                        e.what_without_backtrace());
       }

@@ -5,6 +5,10 @@
 // slower whenever other processes shared the cores, e.g. under ctest -j2.)
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
 #include "train_test_util.hpp"
 
 namespace traintest {
@@ -48,6 +52,30 @@ TEST(DefaultRecipe, LearnsInEveryStage) {
         order[k].c_str(), l.size(), w, first, w, last, last / first, kMaxRatio[k]);
     EXPECT_LE(last, kMaxRatio[k] * first) << "stage " << order[k] << " did not learn enough";
   }
+}
+
+// The fused AdamW kernel and the per-tensor update (WANHOST_ADAMW=loop) train the tiny recipe to
+// the same losses and gradient norms within float32 rounding; a bad value is a usage error.
+TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
+  const auto fused = read_metrics(reference_run());
+  const fs::path run = scratch_dir() / "loop";
+  const Result r = run_cli(run_args(run), {{"WANHOST_ADAMW", "loop"}});
+  ASSERT_EQ(r.code, 0) << r.describe();
+  const auto loop = read_metrics(run);
+  ASSERT_EQ(loop.size(), fused.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < loop.size(); ++i)
+    for (const char* key : {"loss", "grad_norm"}) {
+      const double a = loop[i][key], b = fused[i][key];
+      worst = std::max(worst, std::abs(a - b) / std::max(std::abs(b), 1e-12));
+    }
+  std::printf("fused vs per-tensor AdamW over %zu steps: worst relative difference %.2e\n",
+              loop.size(), worst);
+  EXPECT_LT(worst, 1e-4);
+
+  const Result bad = run_cli(run_args(scratch_dir() / "bad"), {{"WANHOST_ADAMW", "sometimes"}});
+  EXPECT_EQ(bad.code, 2) << bad.describe();
+  EXPECT_NE(bad.err.find("WANHOST_ADAMW=sometimes"), std::string::npos) << bad.describe();
 }
 
 }  // namespace
