@@ -23,10 +23,11 @@ import copy
 import json
 import math
 import os
-import sys
 
 import torch
 from safetensors.torch import save_file
+
+import reference_cases  # beside this script
 from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
@@ -167,33 +168,16 @@ def write_case(out_dir, name, spec, first):
     return state
 
 
-def write_malformed(out_dir, state):
+def malformed(state):
+    """A checkpoint with missing, unexpected and mis-shaped tensors."""
     bad = dict(state)
     bad.pop("decoder.conv_out.bias")
     bad.pop("encoder.mid_block.attentions.0.norm.gamma")
     bad["encoder.down_blocks.0.extra.weight"] = torch.zeros(3, 3)
     w = bad["quant_conv.weight"]
     bad["quant_conv.weight"] = torch.zeros(w.shape[0], w.shape[1] + 1, 1, 1, 1)
-    folder = os.path.join(out_dir, "malformed")
-    os.makedirs(folder, exist_ok=True)
-    save_file(bad, os.path.join(folder, "bad.safetensors"))
-
-
-
-def main():
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    out_dir = sys.argv[1]
-    os.makedirs(out_dir, exist_ok=True)
-    torch.manual_seed(0)
-    torch.set_num_threads(2)
-    first_state = None
-    for i, (name, spec) in enumerate(CASES.items()):
-        state = write_case(out_dir, name, spec, first=(i == 0))
-        first_state = first_state or state
-    write_malformed(out_dir, first_state)
-    print("wrote wan_vae reference cases %s to %s" % (", ".join(CASES), out_dir))
+    return bad
 
 
 if __name__ == "__main__":
-    main()
+    reference_cases.run(__doc__, CASES, write_case, malformed, "wan_vae", threads=2)

@@ -28,10 +28,11 @@ import json
 import math
 import os
 import shutil
-import sys
 
 import torch
 from safetensors.torch import save_file
+
+import reference_cases  # beside this script
 from diffusers import WanTransformer3DModel
 
 # Tiny configurations covering: several heads, odd latent frame counts, non-square latents, text
@@ -188,31 +189,15 @@ def write_case(out_dir, name, spec, first):
     return state
 
 
-def write_malformed(out_dir, state):
+def malformed(state):
+    """A checkpoint with missing, unexpected and mis-shaped tensors."""
     bad = dict(state)
     bad.pop("proj_out.bias")
     bad.pop("blocks.1.attn2.norm_k.weight")
     bad["blocks.0.attn1.to_extra.weight"] = torch.zeros(3, 3)
     bad["blocks.0.ffn.net.2.weight"] = torch.zeros(5, 7)
-    folder = os.path.join(out_dir, "malformed")
-    os.makedirs(folder, exist_ok=True)
-    save_file(bad, os.path.join(folder, "bad.safetensors"))
-
-
-
-def main():
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    out_dir = sys.argv[1]
-    os.makedirs(out_dir, exist_ok=True)
-    torch.manual_seed(0)
-    first_state = None
-    for i, (name, spec) in enumerate(CASES.items()):
-        state = write_case(out_dir, name, spec, first=(i == 0))
-        first_state = first_state or state
-    write_malformed(out_dir, first_state)
-    print("wrote Wan reference cases %s to %s" % (", ".join(CASES), out_dir))
+    return bad
 
 
 if __name__ == "__main__":
-    main()
+    reference_cases.run(__doc__, CASES, write_case, malformed, "Wan")

@@ -1,9 +1,10 @@
 #!/bin/sh
 # Runs a reference-data generator once: run_reference.sh PYTHON SCRIPT OUT_DIR "MODULES..."
 # Skips (exit 77) when PYTHON cannot import MODULES; keeps OUT_DIR when its DONE stamp matches the
-# script and tests/reference/requirements.txt.
+# script, tests/reference/requirements.txt and reference_cases.py.
 python=$1 script=$2 out=$3 modules=$4
-want=$(cat "$script" "$(dirname "$script")/requirements.txt" | sha256sum | cut -c1-64)
+want=$(cat "$script" "$(dirname "$script")/requirements.txt" "$(dirname "$script")/reference_cases.py" |
+  sha256sum | cut -c1-64)
 if [ -f "$out/DONE" ] && [ "$(head -n1 "$out/DONE")" = "$want" ]; then
   echo "reference data in $out is up to date"
   exit 0
