@@ -225,6 +225,24 @@ at::Tensor bf16_contiguous(const at::Tensor& t) {
   return t.to(at::kBFloat16).contiguous();
 }
 
+// The kernels' partial sums of K per-sample parameter gradients: [samples, chunks, K, D] fp32.
+at::Tensor partial_sums(const Rows& rows, std::int64_t k, const at::Tensor& like) {
+  return at::empty({rows.samples, kernels::partial_chunks(rows.layout()), k, rows.dim},
+                   like.options().dtype(at::kFloat));
+}
+
+// A gradient is returned in its input's shape and dtype: remember them in forward ...
+void remember_like(AutogradContext* ctx, const std::string& key, const at::Tensor& t) {
+  ctx->saved_data[key + "_sizes"] = t.sizes().vec();
+  ctx->saved_data[key + "_dtype"] = static_cast<std::int64_t>(t.scalar_type());
+}
+
+// ... and give the summed gradient that shape and dtype in backward.
+at::Tensor as_like(AutogradContext* ctx, const std::string& key, const at::Tensor& grad) {
+  return grad.reshape(ctx->saved_data[key + "_sizes"].toIntVector())
+      .to(static_cast<at::ScalarType>(ctx->saved_data[key + "_dtype"].toInt()));
+}
+
 struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale,
                             const at::Tensor& shift, double eps, Rows rows) {
@@ -249,10 +267,8 @@ struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
                "layer_norm_modulate forward");
     ctx->save_for_backward({xc, sc, mean, rstd});
     rows.save(ctx);
-    ctx->saved_data["scale_sizes"] = scale.sizes().vec();
-    ctx->saved_data["shift_sizes"] = shift.sizes().vec();
-    ctx->saved_data["scale_dtype"] = static_cast<std::int64_t>(scale.scalar_type());
-    ctx->saved_data["shift_dtype"] = static_cast<std::int64_t>(shift.scalar_type());
+    remember_like(ctx, "scale", scale);
+    remember_like(ctx, "shift", shift);
     return y;
   }
 
@@ -263,20 +279,15 @@ struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
     const Rows rows = Rows::load(ctx);
     auto g = bf16_contiguous(grads[0]);
     auto dx = at::empty_like(x);
-    auto partials = at::empty({rows.samples, kernels::partial_chunks(rows.layout()), 2, rows.dim},
-                              x.options().dtype(at::kFloat));
+    auto partials = partial_sums(rows, 2, x);
     check_cuda(kernels::layer_norm_modulate_backward(
                    rows.layout(), g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(),
                    saved[2].data_ptr<float>(), saved[3].data_ptr<float>(), dx.data_ptr(),
                    partials.data_ptr<float>(), stream_of(x)),
                "layer_norm_modulate backward");
     auto sums = partials.sum(1);  // [n, 2, D]
-    auto as = [&](const at::Tensor& t, const char* sizes, const char* dtype) {
-      return t.reshape(ctx->saved_data[sizes].toIntVector())
-          .to(static_cast<at::ScalarType>(ctx->saved_data[dtype].toInt()));
-    };
-    return {dx, as(sums.select(1, 1), "scale_sizes", "scale_dtype"),
-            as(sums.select(1, 0), "shift_sizes", "shift_dtype"), at::Tensor(), at::Tensor()};
+    return {dx, as_like(ctx, "scale", sums.select(1, 1)), as_like(ctx, "shift", sums.select(1, 0)),
+            at::Tensor(), at::Tensor()};
   }
 };
 
@@ -294,8 +305,7 @@ struct GatedResidual : torch::autograd::Function<GatedResidual> {
                "gated_residual forward");
     ctx->save_for_backward({yc, gt});
     rows.save(ctx);
-    ctx->saved_data["gate_sizes"] = gate.sizes().vec();
-    ctx->saved_data["gate_dtype"] = static_cast<std::int64_t>(gate.scalar_type());
+    remember_like(ctx, "gate", gate);
     return out;
   }
 
@@ -306,15 +316,12 @@ struct GatedResidual : torch::autograd::Function<GatedResidual> {
     const Rows rows = Rows::load(ctx);
     auto g = bf16_contiguous(grads[0]);
     auto dy = at::empty_like(y);
-    auto partials = at::empty({rows.samples, kernels::partial_chunks(rows.layout()), 1, rows.dim},
-                              y.options().dtype(at::kFloat));
+    auto partials = partial_sums(rows, 1, y);
     check_cuda(kernels::gated_residual_backward(rows.layout(), g.data_ptr(), y.data_ptr(),
                                                 saved[1].data_ptr<float>(), dy.data_ptr(),
                                                 partials.data_ptr<float>(), stream_of(y)),
                "gated_residual backward");
-    auto dgate = partials.sum(1)
-                     .reshape(ctx->saved_data["gate_sizes"].toIntVector())
-                     .to(static_cast<at::ScalarType>(ctx->saved_data["gate_dtype"].toInt()));
+    auto dgate = as_like(ctx, "gate", partials.sum(1));
     return {g, dy, dgate, at::Tensor()};
   }
 };
@@ -349,7 +356,7 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
     ctx->saved_data["sin"] = s;
     ctx->saved_data["table_rows"] = table_rows;
     ctx->saved_data["head_dim"] = head_dim;
-    ctx->saved_data["weight_dtype"] = static_cast<std::int64_t>(weight.scalar_type());
+    remember_like(ctx, "weight", weight);
     return y.unflatten(-1, {-1, head_dim});
   }
 
@@ -362,8 +369,7 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
     const auto head_dim = ctx->saved_data["head_dim"].toInt();
     auto g = bf16_contiguous(grads[0]);
     auto dx = at::empty(x.sizes(), x.options());
-    auto partials = at::empty({1, kernels::partial_chunks(rows.layout()), 1, rows.dim},
-                              x.options().dtype(at::kFloat));
+    auto partials = partial_sums(rows, 1, x);
     check_cuda(kernels::rms_norm_rope_backward(
                    rows.layout(), g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(),
                    c.defined() ? c.data_ptr<float>() : nullptr,
@@ -371,8 +377,7 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
                    ctx->saved_data["table_rows"].toInt(), head_dim, saved[2].data_ptr<float>(),
                    dx.data_ptr(), partials.data_ptr<float>(), stream_of(x)),
                "rms_norm_rope backward");
-    auto dw = partials.sum({0, 1, 2}).to(
-        static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt()));
+    auto dw = as_like(ctx, "weight", partials.sum({0, 1, 2}));
     return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -383,7 +388,7 @@ struct LinearColumnSumBias : torch::autograd::Function<LinearColumnSumBias> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
                             const at::Tensor& b) {
     ctx->save_for_backward({x, w});
-    ctx->saved_data["bias_dtype"] = static_cast<std::int64_t>(b.scalar_type());
+    remember_like(ctx, "bias", b);
     return at::linear(x, w, b);
   }
 
@@ -398,13 +403,11 @@ struct LinearColumnSumBias : torch::autograd::Function<LinearColumnSumBias> {
     if (ctx->needs_input_grad(1)) dw = at::mm(g.t(), x.reshape({-1, x.size(-1)}));
     if (ctx->needs_input_grad(2)) {
       const Rows rows = rows_flat(g);
-      auto partials = at::empty({1, kernels::partial_chunks(rows.layout()), 1, out},
-                                g.options().dtype(at::kFloat));
+      auto partials = partial_sums(rows, 1, g);
       check_cuda(kernels::column_sums(rows.layout(), g.data_ptr(), partials.data_ptr<float>(),
                                       stream_of(g)),
                  "linear bias gradient");
-      db = partials.sum({0, 1, 2}).to(
-          static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt()));
+      db = as_like(ctx, "bias", partials.sum({0, 1, 2}));
     }
     return {dx, dw, db};
   }
