@@ -270,7 +270,7 @@ TEST(Umt5Errors, MissingTokenizerIsNamed) {
   write_text(dir + "/tokenizer.json", read_text(kRef + "/tokenizer/tokenizer.json"));
   const auto msg2 = error_of([&] { e.load(kRef + "/model", dir); });
   EXPECT_NE(msg2.find("no spiece.model in '" + dir + "'"), std::string::npos) << msg2;
-  EXPECT_NE(msg2.find("tokenizer.json"), std::string::npos) << msg2;
+  EXPECT_NE(msg2.find("it has tokenizer.json"), std::string::npos) << msg2;
 
   // Something that is not a SentencePiece model.
   const auto bad = tmp_dir("tokenizer_broken");
@@ -309,14 +309,16 @@ TEST(Umt5Errors, UnsupportedConfigValuesNameTheKey) {
       {"relative_attention_num_buckets", 2},
       {"layer_norm_epsilon", "small"},
       {"vocab_size", 305}};  // below the tokenizer's ids (300 pieces + 10 added tokens)
-  for (const auto& [key, value] : cases) {
-    const auto dir = tmp_dir("config_" + key);
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    const auto& [key, value] = cases[i];
+    // A neutral folder name, so that only the message itself can name the key.
+    const auto dir = tmp_dir("config_case_" + std::to_string(i));
     auto j = base;
     j[key] = value;
     write_text(dir + "/config.json", j.dump());
     const auto msg = error_of([&] { encoder(dir); });
     EXPECT_NE(msg.find(dir + "/config.json"), std::string::npos) << msg;
-    EXPECT_NE(msg.find(key), std::string::npos) << msg;
+    EXPECT_NE(msg.find(key), std::string::npos) << key << ": " << msg;
   }
 }
 
