@@ -11,10 +11,6 @@
 #include <functional>
 #include <iostream>
 
-#if WANHOST_WITH_CUDA
-#include <c10/cuda/CUDACachingAllocator.h>
-#endif
-
 #include "../config/schema.hpp"
 #include "../util/device_timing.hpp"
 #include "../util/kernel_profile.hpp"
@@ -78,10 +74,6 @@ const Grid& grid_of_sample(const std::vector<Grid>& grids, std::int64_t i) {
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
-}
-
-double matmul_peak(const c10::Device& device, bool skip) {
-  return skip ? 0.0 : matmul_peak_tflops(device);
 }
 
 PluginConfig model_config(const PluginManifest& m, const BenchOptions& o, std::int64_t blocks) {
@@ -199,22 +191,14 @@ void bench(const GlobalOptions& g, BenchOptions o) {
     h.to(at::kFloat).square().mean().backward();
   };
 
-  const double peak = matmul_peak(device, o.skip_peak);
+  const double peak = o.skip_peak ? 0.0 : matmul_peak_tflops(device);
   for (int i = 0; i < o.warmup; ++i) step();
   sync_device(device);
-#if WANHOST_WITH_CUDA
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
-#endif
+  reset_peak_memory(device);
   std::vector<double> times;
   for (int i = 0; i < o.iters; ++i) times.push_back(time_once(device, step));
   const double t = median(times);
-  double peak_gib = -1;
-#if WANHOST_WITH_CUDA
-  if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    peak_gib = static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0 * 1024.0);
-  }
-#endif
+  const double peak_gib = peak_memory_gib(device);
   // The profile runs after the timed steps so that the profiler's overhead stays out of them.
   KernelProfile profile;
   if (!o.profile.empty()) profile = profile_kernels(device, step, std::min(o.iters, 3), o.profile);
@@ -245,7 +229,7 @@ void bench(const GlobalOptions& g, BenchOptions o) {
          {"step_tflop", step_flops / 1e12},
          {"matmul_peak_tflops", peak > 0 ? Json(peak) : Json(nullptr)},
          {"mfu", peak > 0 ? Json(tflops / peak) : Json(nullptr)},
-         {"peak_mem_gib", peak_gib >= 0 ? Json(peak_gib) : Json(nullptr)}};
+         {"peak_mem_gib", peak_gib}};
   if (!o.profile.empty()) {
     r["profile"] = profile.to_json(o.profile_top);
     r["profile"]["trace"] = o.profile;
@@ -269,7 +253,7 @@ void bench(const GlobalOptions& g, BenchOptions o) {
   if (peak > 0)
     std::printf(", MFU %.1f%% of %.1f TFLOP/s (measured matmul)", 100 * tflops / peak, peak);
   std::printf("\n");
-  if (peak_gib >= 0) std::printf("  peak memory %.2f GiB\n", peak_gib);
+  std::printf("  peak memory %.2f GiB%s\n", peak_gib, device.is_cuda() ? "" : " (process RSS)");
   if (!o.profile.empty())
     std::printf("%s  trace: %s\n", profile.table(o.profile_top).c_str(), o.profile.c_str());
 }

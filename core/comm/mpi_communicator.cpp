@@ -1,5 +1,7 @@
 #include "mpi_communicator.hpp"
 
+#include "../cli/exit_codes.hpp"
+
 #if WANHOST_WITH_MPI
 #include <mpi.h>
 
@@ -334,8 +336,9 @@ CommunicatorPtr make_mpi_world(double timeout_s) {
 
 void mpi_shutdown(int exit_code) {
   if (!mpi_initialized()) return;
-  // 0 and 75 (SIGTERM, checkpoint saved) are collective exits: every rank gets there.
-  if (exit_code == 0 || exit_code == 75)
+  // Success and preemption (SIGTERM, checkpoint saved) are collective exits: every rank gets
+  // there.
+  if (exit_code == kExitOk || exit_code == kExitPreempted)
     MPI_Finalize();
   else
     MPI_Abort(MPI_COMM_WORLD, exit_code);

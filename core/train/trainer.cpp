@@ -6,14 +6,10 @@
 // down the data position, the LR and every random draw.
 #include "trainer.hpp"
 
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#if WANHOST_WITH_CUDA
-#include <c10/cuda/CUDACachingAllocator.h>
-#endif
 
 #include <atomic>
 #include <chrono>
@@ -160,22 +156,6 @@ Batch collate(Components& c, std::vector<Sample> samples, const CollateOptions& 
   if (c.collator) return c.collator->collate(std::move(samples), opts);
   if (c.collator_name == "packed") return collate_packed(std::move(samples), opts);
   return collate_dense(std::move(samples), opts);
-}
-
-// GPU: the caching allocator's peak of allocated bytes on this device; CPU: the process's
-// peak resident set.
-double peak_memory_gib(const c10::Device& device) {
-#if WANHOST_WITH_CUDA
-  if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    return static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0 * 1024.0);
-  }
-#else
-  (void)device;
-#endif
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_maxrss) / (1024.0 * 1024.0);
 }
 
 class ProgressBar {

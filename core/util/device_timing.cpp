@@ -1,10 +1,13 @@
 #include "device_timing.hpp"
 
+#include <sys/resource.h>
+
 #include <chrono>
 
 #include <ATen/ATen.h>
 #if WANHOST_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 
@@ -34,6 +37,25 @@ void sync_device(const c10::Device& device) {
   (void)device;
 }
 
+double peak_memory_gib(const c10::Device& device) {
+#if WANHOST_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    return static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0 * 1024.0);
+  }
+#endif
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / (1024.0 * 1024.0);
+}
+
+void reset_peak_memory(const c10::Device& device) {
+#if WANHOST_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#endif
+  (void)device;
+}
+
 double matmul_peak_tflops(const c10::Device& device) {
   const bool cuda = device.is_cuda();
   const std::int64_t n = cuda ? 8192 : 1024;
@@ -45,6 +67,9 @@ double matmul_peak_tflops(const c10::Device& device) {
   const double t = time_once(device, [&] {
     for (int i = 0; i < reps; ++i) at::mm(a, b);
   });
+  a.reset();
+  b.reset();
+  reset_peak_memory(device);  // the probe's buffers are not the caller's memory use
   return reps * 2.0 * n * n * n / t / 1e12;
 }
 

@@ -1,5 +1,5 @@
-// Timing on the compute device: CUDA events on GPUs, a host clock on the CPU; and the matrix
-// product peak that MFU figures are measured against (`wanhost bench`, run metrics).
+// Timing on the compute device: CUDA events on GPUs, a host clock on the CPU; the matrix
+// product peak that MFU figures are measured against; peak memory (`wanhost bench`, run metrics).
 #pragma once
 
 #include <functional>
@@ -12,7 +12,12 @@ namespace wanhost::core {
 double time_once(const c10::Device& device, const std::function<void()>& fn);
 // Waits for all work queued on the device (no-op on the CPU).
 void sync_device(const c10::Device& device);
-// TFLOP/s of an 8192^3 bf16 matrix product on a GPU (1024^3 fp32 on the CPU).
+// TFLOP/s of an 8192^3 bf16 matrix product on a GPU (1024^3 fp32 on the CPU). Resets the
+// device's peak-memory statistics afterwards, so the probe does not count as the caller's use.
 double matmul_peak_tflops(const c10::Device& device);
+// GPU: the caching allocator's peak of allocated bytes since the last reset; CPU: the process's
+// peak resident set.
+double peak_memory_gib(const c10::Device& device);
+void reset_peak_memory(const c10::Device& device);  // GPU only (the CPU's peak cannot be reset)
 
 }  // namespace wanhost::core

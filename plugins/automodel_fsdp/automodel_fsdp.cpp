@@ -153,12 +153,13 @@ class Fsdp final : public Parallelism {
     for (const auto& n : order)
       if (!in_blocks.count(n)) root.push_back(n);
     add_unit("root", root, by_name);
-    if (optimizer_) configure_optimizer(opt_config_);  // a new model: state starts afresh
+    // The optimizer held the previous shards; the host configures a new one next (a stage with
+    // new weights starts with fresh optimizer state: run_config refuses "carry").
+    optimizer_.reset();
     log_sharding();
   }
 
   void configure_optimizer(const OptimizerConfig& config) override {
-    opt_config_ = config;
     std::vector<AdamWParam> params;
     for (auto& s : slots_)
       params.push_back(
@@ -510,7 +511,6 @@ class Fsdp final : public Parallelism {
   ParallelContext ctx_;
   std::vector<Slot> slots_;
   std::vector<Unit> units_;  // blocks 0..B-1, then the root unit
-  OptimizerConfig opt_config_;
   std::unique_ptr<AdamW> optimizer_;
 };
 

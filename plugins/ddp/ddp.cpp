@@ -51,12 +51,12 @@ class DataParallel final : public Parallelism {
         ctx_.dp->broadcast(t, 0);
       }
     }
-    // A new model mid-run: the optimizer held the old model's tensors; its state starts afresh.
-    if (optimizer_) configure_optimizer(opt_config_);
+    // The optimizer held the previous model's tensors; the host configures a new one next (a
+    // stage with new weights starts with fresh optimizer state: run_config refuses "carry").
+    optimizer_.reset();
   }
 
   void configure_optimizer(const OptimizerConfig& config) override {
-    opt_config_ = config;
     optimizer_ = std::make_unique<AdamW>(named_, config, decay_1d_);
   }
 
@@ -141,7 +141,6 @@ class DataParallel final : public Parallelism {
   std::vector<at::Tensor> params_;
   std::vector<std::pair<std::string, at::Tensor>> named_;
   std::unique_ptr<AdamW> optimizer_;
-  OptimizerConfig opt_config_;
 };
 
 void factories(PluginFactories& f) {

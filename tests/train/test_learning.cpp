@@ -72,6 +72,8 @@ TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
   std::printf("fused vs per-tensor AdamW over %zu steps: worst relative difference %.2e\n",
               loop.size(), worst);
   EXPECT_LT(worst, 1e-4);
+  // Not the same path twice: the two updates round differently, so some step differs a little.
+  EXPECT_GT(worst, 0.0);
 
   const Result bad = run_cli(run_args(scratch_dir() / "bad"), {{"WANHOST_ADAMW", "sometimes"}});
   EXPECT_EQ(bad.code, 2) << bad.describe();
