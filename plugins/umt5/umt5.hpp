@@ -96,7 +96,6 @@ class Tokenizer {
   void load(const std::string& dir);
   std::vector<std::int64_t> encode(const std::string& text, std::int64_t max_length) const;
   std::int64_t pad_id() const { return pad_id_; }
-  std::int64_t eos_id() const { return eos_id_; }
   std::int64_t max_id() const { return max_id_; }  // the largest id encode() can return
 
  private:
@@ -125,7 +124,6 @@ class Umt5TextEncoder final : public wanhost::TextEncoder {
   bool clean_;
   std::shared_ptr<Umt5Encoder> encoder_;
   Tokenizer tokenizer_;
-  bool tokenizer_loaded_ = false;
 };
 
 }  // namespace umt5

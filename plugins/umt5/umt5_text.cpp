@@ -316,7 +316,6 @@ struct AddedToken {
 struct Tokenizer::Impl {
   sentencepiece::SentencePieceProcessor sp;
   std::vector<AddedToken> added;  // longest first
-  std::string dir;
 };
 
 Tokenizer::Tokenizer() = default;
@@ -340,7 +339,6 @@ void Tokenizer::load(const std::string& dir) {
                        : " (expected the pipeline's tokenizer/ folder: spiece.model, "
                          "tokenizer.json, tokenizer_config.json)"));
   auto impl = std::make_unique<Impl>();
-  impl->dir = dir;
   if (const auto status = impl->sp.Load(model); !status.ok())
     throw FormatError(model + ": not a SentencePiece model: " + status.ToString());
 

@@ -65,7 +65,6 @@ void Umt5TextEncoder::load(const std::string& model_dir, const std::string& toke
   encoder->load_weights(model_dir);
   encoder_ = std::move(encoder);
   tokenizer_ = std::move(tokenizer);
-  tokenizer_loaded_ = true;
 }
 
 const Umt5Encoder& Umt5TextEncoder::loaded() const {
@@ -93,7 +92,7 @@ std::int64_t Umt5TextEncoder::hidden_size() const {
 
 std::vector<std::vector<std::int64_t>> Umt5TextEncoder::tokenize(
     const std::vector<std::string>& texts) const {
-  if (!tokenizer_loaded_) throw std::logic_error("umt5: load() must be called first");
+  loaded();  // the tokenizer is loaded together with the encoder
   std::vector<std::vector<std::int64_t>> out;
   out.reserve(texts.size());
   for (std::size_t i = 0; i < texts.size(); ++i) {
@@ -153,9 +152,13 @@ wanhost::TextEmbeddings Umt5TextEncoder::encode(const std::vector<std::string>& 
   const auto positions = at::arange(max_length_, at::kLong).unsqueeze(0);
   const auto mask = positions.lt(lengths.unsqueeze(1)).to(at::kLong);
   const auto device = encoder_->parameters().front().device();
-  at::Tensor hidden = forward(ids.to(device), mask.to(device));
+  const auto mask_on_device = mask.to(device);
+  // The tokenizer's ids lie in the vocabulary (checked at load) and the mask is built above, so
+  // forward()'s checks of caller-given tensors (and their copies to the host) are skipped.
+  at::NoGradGuard no_grad;
+  at::Tensor hidden = encoder_->forward(ids.to(device), mask_on_device);
   // The pipeline keeps rows [0, length) and zero-pads back to max_length.
-  hidden = hidden.masked_fill(mask.to(device).eq(0).unsqueeze(-1), 0);
+  hidden = hidden.masked_fill(mask_on_device.eq(0).unsqueeze(-1), 0);
   return {hidden, lengths.to(device)};
 }
 

@@ -97,7 +97,6 @@ class WanVae final : public wanhost::VideoAutoencoder {
   std::string config_json() const override;
 
   const VaeConfig& config() const { return config_; }
-  bool loaded() const { return loaded_; }
 
  private:
   void build();

@@ -9,10 +9,10 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
-#include <sstream>
 #include <stdexcept>
 
 #include "wan_vae.hpp"
+#include "wanhost/strings.hpp"
 
 namespace wanvae {
 namespace {
@@ -408,12 +408,6 @@ class DecoderImpl : public torch::nn::Module {
   std::shared_ptr<RmsNormImpl> norm_out_;
 };
 
-std::string dims_str(at::IntArrayRef s) {
-  std::ostringstream o;
-  o << s;
-  return o.str();
-}
-
 }  // namespace
 
 class AutoencoderImpl : public torch::nn::Module {
@@ -469,13 +463,13 @@ void WanVae::check_video(const at::Tensor& v) const {
   if (v.dim() != 5)
     throw std::invalid_argument(what + "must have 5 dimensions [B, " +
                                 std::to_string(config_.in_channels) + ", F, H, W], got " +
-                                std::to_string(v.dim()) + ": " + dims_str(v.sizes()));
+                                std::to_string(v.dim()) + ": " + wanhost::shape_str(v.sizes()));
   if (!at::isFloatingType(v.scalar_type()))
     throw std::invalid_argument(what + "must be a floating-point tensor in [-1, 1], got " +
                                 c10::toString(v.scalar_type()));
   const auto s = config_.spatial_ratio();
   const auto r = config_.temporal_ratio();
-  const std::string shape = " (shape " + dims_str(v.sizes()) + ")";
+  const std::string shape = " (shape " + wanhost::shape_str(v.sizes()) + ")";
   if (v.size(0) < 1) throw std::invalid_argument(what + "batch dimension 0 (B) is empty" + shape);
   if (v.size(1) != config_.in_channels)
     throw std::invalid_argument(what + "dimension 1 (channels) is " + std::to_string(v.size(1)) +
@@ -501,11 +495,11 @@ void WanVae::check_latents(const at::Tensor& z) const {
   if (z.dim() != 5)
     throw std::invalid_argument(what + "must have 5 dimensions [B, " +
                                 std::to_string(config_.z_dim) + ", F, h, w], got " +
-                                std::to_string(z.dim()) + ": " + dims_str(z.sizes()));
+                                std::to_string(z.dim()) + ": " + wanhost::shape_str(z.sizes()));
   if (!at::isFloatingType(z.scalar_type()))
     throw std::invalid_argument(what + "must be a floating-point tensor, got " +
                                 c10::toString(z.scalar_type()));
-  const std::string shape = " (shape " + dims_str(z.sizes()) + ")";
+  const std::string shape = " (shape " + wanhost::shape_str(z.sizes()) + ")";
   if (z.size(1) != config_.z_dim)
     throw std::invalid_argument(what + "dimension 1 (channels) is " + std::to_string(z.size(1)) +
                                 "; it must be " + std::to_string(config_.z_dim) +
