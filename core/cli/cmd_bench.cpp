@@ -11,7 +11,7 @@
 #include <functional>
 #include <iostream>
 
-#include "../config/schema.hpp"
+#include "../config/run_config.hpp"
 #include "../util/device_timing.hpp"
 #include "../util/kernel_profile.hpp"
 #include "app.hpp"
@@ -77,19 +77,16 @@ double median(std::vector<double> v) {
 }
 
 PluginConfig model_config(const PluginManifest& m, const BenchOptions& o, std::int64_t blocks) {
-  PluginConfig cfg;
-  cfg.plugin = m.name;
-  cfg.pointer = "/model/" + m.name;
+  Json values;
   for (const char* key : {"preset", "overrides"})
     if (!m.options.contains(key))
       throw UsageError("--plugin " + o.plugin + ": the plugin has no '" + std::string(key) +
                        "' option, which `bench` needs to choose the architecture");
-  cfg.values["preset"] = o.preset;
-  cfg.values["overrides"] = Json{{"num_layers", blocks}};
-  if (m.options.contains("text_len")) cfg.values["text_len"] = o.text_tokens;
-  apply_plugin_options(cfg.values, o.options);
-  validate_config(cfg.values, object_spec(m.options), cfg.pointer, m.name);
-  return cfg;
+  values["preset"] = o.preset;
+  values["overrides"] = Json{{"num_layers", blocks}};
+  if (m.options.contains("text_len")) values["text_len"] = o.text_tokens;
+  apply_plugin_options(values, o.options);
+  return standalone_plugin_config(m, "model", std::move(values));
 }
 
 Batch make_batch(const BenchOptions& o, const std::vector<Grid>& grids, std::int64_t channels,

@@ -4,7 +4,7 @@
 
 #include <filesystem>
 
-#include "../config/schema.hpp"
+#include "../config/run_config.hpp"
 #include "app.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/log.hpp"
@@ -37,13 +37,8 @@ at::Tensor required_input(const std::map<std::string, at::Tensor>& in, const std
 // The plugin's config: its defaults, `base` values, then --option flags; validated.
 PluginConfig plugin_config(const PluginManifest& m, const std::string& section,
                            const ForwardOptions& o, Json base = Json::object()) {
-  PluginConfig cfg;
-  cfg.plugin = m.name;
-  cfg.pointer = "/" + section + "/" + m.name;
-  cfg.values = std::move(base);
-  apply_plugin_options(cfg.values, o.options);
-  validate_config(cfg.values, object_spec(m.options), cfg.pointer, m.name);
-  return cfg;
+  apply_plugin_options(base, o.options);
+  return standalone_plugin_config(m, section, std::move(base));
 }
 
 c10::Device device_of(const ForwardOptions& o) {

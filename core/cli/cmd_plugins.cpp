@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "../config/run_config.hpp"
 #include "../plugin/abi_reader.hpp"
 #include "app.hpp"
 #include "wanhost/log.hpp"
@@ -102,12 +103,7 @@ void apply_plugin_options(Json& values, const std::vector<std::string>& options)
     const auto eq = kv.find('=');
     if (eq == std::string::npos || eq == 0)
       throw UsageError("--option " + kv + ": expected key=value (value as JSON)");
-    const auto key = kv.substr(0, eq), text = kv.substr(eq + 1);
-    try {
-      values[key] = Json::parse(text);
-    } catch (const Json::exception&) {
-      values[key] = text;  // a bare word is a string
-    }
+    values[kv.substr(0, eq)] = parse_cli_value(kv.substr(eq + 1));
   }
 }
 

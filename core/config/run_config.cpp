@@ -108,12 +108,7 @@ void apply_set(Json& raw, const Json& filled, const std::string& assignment,
   const std::string path = assignment.substr(0, eq), text = assignment.substr(eq + 1);
   const auto tokens = split_path(path);
   if (tokens.empty()) throw ConfigError("", "--set '" + assignment + "': empty key path");
-  Json value;
-  try {
-    value = Json::parse(text);
-  } catch (const Json::parse_error&) {
-    value = text;  // not JSON: a plain string
-  }
+  Json value = parse_cli_value(text);
   // Walk the resolved config; a step that does not exist there may be created only inside an
   // object whose schema allows that key (a known setting, or an open object such as
   // stage_defaults or a model's overrides). Validation afterwards checks the value.
@@ -341,6 +336,24 @@ Json resolve_run_config(const RunConfigRequest& request, const PluginRegistry& r
     filled = validate_all(raw, registry);
   }
   return filled;
+}
+
+Json parse_cli_value(const std::string& text) {
+  try {
+    return Json::parse(text);
+  } catch (const Json::parse_error&) {
+    return text;  // not JSON: a plain string
+  }
+}
+
+PluginConfig standalone_plugin_config(const PluginManifest& m, const std::string& section,
+                                      Json values) {
+  PluginConfig cfg;
+  cfg.plugin = m.name;
+  cfg.pointer = "/" + section + "/" + m.name;
+  cfg.values = std::move(values);
+  validate_config(cfg.values, object_spec(m.options), cfg.pointer, m.name);
+  return cfg;
 }
 
 PluginConfig section_config(const Json& resolved, const std::string& section) {

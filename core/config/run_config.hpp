@@ -13,6 +13,7 @@
 namespace wanhost::core {
 
 class PluginRegistry;
+struct PluginManifest;
 
 struct RunConfigRequest {
   std::vector<std::string> manifest_paths;  // merged in order over the built-in default recipe
@@ -35,5 +36,13 @@ Json resolve_run_config(const RunConfigRequest& request, const PluginRegistry& r
 PluginConfig stage_data_config(const Json& resolved, std::size_t stage);
 // A selected plugin's name and config for a run-manifest section ("model", "data", ...).
 PluginConfig section_config(const Json& resolved, const std::string& section);
+
+// A plugin's config outside a run (`bench`, `model forward`, `prepare`): `values` completed with
+// the manifest's defaults and validated, pointer /<section>/<plugin>.
+PluginConfig standalone_plugin_config(const PluginManifest& m, const std::string& section,
+                                      Json values = Json::object());
+
+// A value given on the command line (--set, --option): JSON if it parses, else the text itself.
+Json parse_cli_value(const std::string& text);
 
 }  // namespace wanhost::core

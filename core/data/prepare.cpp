@@ -19,6 +19,7 @@
 #include <optional>
 #include <thread>
 
+#include "../config/run_config.hpp"
 #include "../config/schema.hpp"
 #include "../plugin/registry.hpp"
 #include "../util/files.hpp"
@@ -276,14 +277,6 @@ struct Encoders {
   at::ScalarType dtype = at::kFloat;
 };
 
-PluginConfig default_plugin_config(const PluginManifest& m, const std::string& section) {
-  PluginConfig cfg;
-  cfg.plugin = m.name;
-  cfg.pointer = "/" + section + "/" + m.name;
-  validate_config(cfg.values, object_spec(m.options), cfg.pointer, m.name);
-  return cfg;
-}
-
 Encoders load_encoders(PluginRegistry& reg, const PrepareOptions& o, c10::Device device,
                        at::ScalarType dtype) {
   Encoders e;
@@ -291,13 +284,13 @@ Encoders load_encoders(PluginRegistry& reg, const PrepareOptions& o, c10::Device
   e.dtype = dtype;
   const fs::path model(o.model);
   const PluginManifest& vm = reg.require(o.vae_plugin, "video_autoencoder", "");
-  e.vae = reg.load(vm.name).factories.create_video_autoencoder(default_plugin_config(vm, "vae"));
+  e.vae = reg.load(vm.name).factories.create_video_autoencoder(standalone_plugin_config(vm, "vae"));
   e.vae->load_weights((model / "vae").string());
   e.vae->to(device, dtype);
   e.vae->module().eval();
   const PluginManifest& tm = reg.require(o.text_plugin, "text_encoder", "");
   e.text =
-      reg.load(tm.name).factories.create_text_encoder(default_plugin_config(tm, "text_encoder"));
+      reg.load(tm.name).factories.create_text_encoder(standalone_plugin_config(tm, "text_encoder"));
   e.text->load((model / "text_encoder").string(), (model / "tokenizer").string());
   e.text->to(device, dtype);
   e.text->module().eval();
