@@ -94,10 +94,22 @@ const PluginDescriptor& load_kind(PluginRegistry& reg, const std::string& name, 
   return d;
 }
 
-std::unique_ptr<Model> make_model(PluginRegistry& reg, const Json& cfg,
-                                  const ParallelContext& ctx) {
+// The model plugin's model; with `weights` (a stage's init path), loaded from there before any
+// parallelism plugin shards it. `stage` names the stage for messages.
+std::unique_ptr<Model> make_model(PluginRegistry& reg, const Json& cfg, const ParallelContext& ctx,
+                                  std::size_t stage = 0) {
   const PluginConfig mc = section_config(cfg, "model");
-  return load_kind(reg, mc.plugin, kKindModel, "model").factories.create_model(mc, ctx);
+  auto model = load_kind(reg, mc.plugin, kKindModel, "model").factories.create_model(mc, ctx);
+  const Json& s = cfg["stages"][stage];
+  const std::string init = s["init"];
+  if (init != "previous" && init != "random") {
+    if (!fs::exists(init))
+      throw ConfigError("/stages/" + std::to_string(stage) + "/init",
+                        "no weights at '" + init + "'");
+    logger()->info("stage {}: loading weights from {}", s["name"].get<std::string>(), init);
+    model->load_weights(init);
+  }
+  return model;
 }
 
 Components build(const Json& cfg, const LaunchEnv& env, PluginRegistry& reg,
@@ -127,7 +139,7 @@ Components build(const Json& cfg, const LaunchEnv& env, PluginRegistry& reg,
                           std::to_string(env.world_size) + " processes were started",
                       pc.plugin);
   c.parallelism->setup(c.ctx);
-  c.model = make_model(reg, cfg, c.ctx);
+  c.model = make_model(reg, cfg, c.ctx, /*stage=*/0);  // the first stage's init weights too
   c.parallelism->attach(*c.model);
 
   const PluginConfig sc = section_config(cfg, "scheduler");
@@ -233,17 +245,10 @@ void Trainer::prepare_run_folder() {
 
 void Trainer::start_stage(std::size_t k, bool run_start) {
   const Json& stage = cfg_["stages"][k];
-  const std::string init = stage["init"];
-  const std::string ptr = "/stages/" + std::to_string(k) + "/init";
-  if (init == "random" && !run_start) {
-    c_.model = make_model(reg_, cfg_, c_.ctx);
-    c_.parallelism->attach(*c_.model);
-  } else if (init != "previous" && init != "random") {
-    if (!fs::exists(init)) throw ConfigError(ptr, "no weights at '" + init + "'");
-    logger()->info("stage {}: loading weights from {}", stage["name"].get<std::string>(), init);
-    // A fresh model: a sharding plugin has already taken the current one's weights apart.
-    c_.model = make_model(reg_, cfg_, c_.ctx);
-    c_.model->load_weights(init);
+  // The run's first stage has the model build() made (with its init weights). Later stages with
+  // new weights get a fresh model: a sharding plugin has taken the current one's weights apart.
+  if (!run_start && stage["init"] != "previous") {
+    c_.model = make_model(reg_, cfg_, c_.ctx, k);
     c_.parallelism->attach(*c_.model);
   }
   if (run_start || stage["optimizer_state"] == "fresh")

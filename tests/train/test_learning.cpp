@@ -80,5 +80,40 @@ TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
   EXPECT_NE(bad.err.find("WANHOST_ADAMW=sometimes"), std::string::npos) << bad.describe();
 }
 
+// A stage's `init` path: stage 2 started from the weights stage 1 ended with (the stage-end
+// checkpoint's model folder) trains exactly like stage 2 of the straight run, whose init is
+// "previous". Stage 1 started from a path loads those weights once, before the model is sharded.
+TEST(StageInit, WeightsFromAPath) {
+  const fs::path ref = reference_run(kKeepAll);
+  const auto straight = read_metrics(ref);
+  const std::string weights =
+      (ref / "checkpoints" / step(kStage1Steps) / "state" / "model").string();
+
+  const fs::path later = scratch_dir() / "stage2-from-path";
+  Result r = run_cli(run_args(later, {"--set", "stages.1.init=\"" + weights + "\""}));
+  ASSERT_EQ(r.code, 0) << r.describe();
+  expect_same_steps(straight, read_metrics(later), "stage 2 initialised from a path");
+
+  const fs::path first = scratch_dir() / "stage1-from-path";
+  r = run_cli(
+      run_args(first, {"--set", "stages.0.init=\"" + weights + "\"", "--stop-after-steps", "2"}));
+  ASSERT_EQ(r.code, 0) << r.describe();
+  const std::string log = r.err;  // loaded before the run folder's log file is opened
+  const auto at = log.find("loading weights from " + weights);
+  ASSERT_NE(at, std::string::npos) << log;
+  EXPECT_EQ(log.find("loading weights from", at + 1), std::string::npos)
+      << "the weights were loaded more than once:\n"
+      << log;
+  // Trained weights: the first loss is far below the freshly initialised run's.
+  const auto loaded = read_metrics(first);
+  ASSERT_FALSE(loaded.empty());
+  EXPECT_LT(loaded[0]["loss"].get<double>(), straight[0]["loss"].get<double>());
+
+  const Result missing =
+      run_cli(run_args(scratch_dir() / "missing", {"--set", "stages.0.init=\"/no/such/weights\""}));
+  EXPECT_EQ(missing.code, 2) << missing.describe();
+  EXPECT_NE(missing.err.find("/stages/0/init"), std::string::npos) << missing.describe();
+}
+
 }  // namespace
 }  // namespace traintest
