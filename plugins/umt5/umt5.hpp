@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,13 @@
 namespace umt5 {
 
 using wanhost::Json;
+
+// Files of a checkpoint folder (POSIX stat: LibTorch's bundled filesystem functions are not
+// used here). read_json skips the values of `skip_top_level` keys (a 16 MB vocabulary) and throws
+// FormatError naming the file.
+bool is_file(const std::string& path);
+bool is_dir(const std::string& path);
+Json read_json(const std::string& path, const std::set<std::string>& skip_top_level = {});
 
 // The keys of a Transformers UMT5Config that the encoder uses; defaults are UMT5Config's.
 struct Umt5Config {

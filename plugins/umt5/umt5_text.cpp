@@ -19,7 +19,35 @@
 #include "wanhost/log.hpp"
 
 namespace umt5 {
+
 using wanhost::FormatError;
+
+// ---- files (umt5.hpp) ---------------------------------------------------------------------
+
+bool is_file(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool is_dir(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// Reads a JSON file; `skip_top_level` names top-level keys whose values are not kept (the
+// vocabulary of a 16 MB tokenizer.json).
+Json read_json(const std::string& path, const std::set<std::string>& skip_top_level) {
+  std::ifstream in(path);
+  if (!in) throw FormatError(path + ": cannot read");
+  try {
+    return Json::parse(in, [&](int depth, Json::parse_event_t event, Json& parsed) {
+      return !(depth == 1 && event == Json::parse_event_t::key &&
+               skip_top_level.count(parsed.get<std::string>()));
+    });
+  } catch (const Json::exception& e) {
+    throw FormatError(path + ": not valid JSON: " + e.what());
+  }
+}
 
 namespace {
 
@@ -208,33 +236,6 @@ std::u32string strip(const std::u32string& s) {
   while (b < e && is_space(s[b])) ++b;
   while (e > b && is_space(s[e - 1])) --e;
   return s.substr(b, e - b);
-}
-
-// ---- tokenizer files -----------------------------------------------------------------------
-
-bool is_file(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-bool is_dir(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-// Reads a JSON file; `skip_top_level` names top-level keys whose values are not kept (the
-// vocabulary of a 16 MB tokenizer.json).
-Json read_json(const std::string& path, const std::set<std::string>& skip_top_level = {}) {
-  std::ifstream in(path);
-  if (!in) throw FormatError(path + ": cannot read");
-  try {
-    return Json::parse(in, [&](int depth, Json::parse_event_t event, Json& parsed) {
-      return !(depth == 1 && event == Json::parse_event_t::key &&
-               skip_top_level.count(parsed.get<std::string>()));
-    });
-  } catch (const Json::exception& e) {
-    throw FormatError(path + ": not valid JSON: " + e.what());
-  }
 }
 
 // A special-token entry of tokenizer_config.json: a string or an AddedToken object.

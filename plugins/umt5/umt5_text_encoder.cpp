@@ -16,11 +16,6 @@ using wanhost::FormatError;
 
 namespace {
 
-bool is_dir(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 std::string parent_of(const std::string& path) {
   const auto slash = path.find_last_of('/');
   if (slash == std::string::npos) return ".";
@@ -44,18 +39,11 @@ void Umt5TextEncoder::load(const std::string& model_dir, const std::string& toke
   // `model_dir`: the text_encoder/ folder, or one of its .safetensors / index files.
   const std::string folder = is_dir(model_dir) ? model_dir : parent_of(model_dir);
   const std::string config_path = folder + "/config.json";
-  std::ifstream in(config_path);
-  if (!in)
+  if (!is_file(config_path))
     throw FormatError("umt5: cannot read " + config_path +
                       " (expected a Transformers text_encoder/ folder: config.json + "
                       "model.safetensors or model.safetensors.index.json)");
-  Json j;
-  try {
-    j = Json::parse(in);
-  } catch (const Json::exception& e) {
-    throw FormatError(config_path + ": not valid JSON: " + e.what());
-  }
-  auto encoder = std::make_shared<Umt5Encoder>(parse_config(j, config_path));
+  auto encoder = std::make_shared<Umt5Encoder>(parse_config(read_json(config_path), config_path));
   Tokenizer tokenizer;
   tokenizer.load(tokenizer_dir);
   if (tokenizer.max_id() >= encoder->config().vocab_size)
