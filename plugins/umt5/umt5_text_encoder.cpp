@@ -1,9 +1,7 @@
 // umt5 as a wanhost::TextEncoder: loading a Transformers text_encoder/ folder and a tokenizer/
 // folder, token ids -> last hidden state, and the Wan pipelines' encode (clean, tokenize, pad to
 // max_length, run, zero the rows past each text's length).
-#include <sys/stat.h>
 
-#include <fstream>
 #include <stdexcept>
 
 #include <ATen/ATen.h>
