@@ -212,7 +212,12 @@ class Fsdp final : public Parallelism {
   void optimizer_step(double lr) override { optimizer_->step(lr); }
 
   void zero_grad() override {
-    for (auto& s : slots_) s.shard.mutable_grad() = at::zeros_like(s.shard);
+    for (auto& s : slots_) {  // in place after the first step: no new buffers every step
+      if (s.shard.grad().defined())
+        s.shard.mutable_grad().zero_();
+      else
+        s.shard.mutable_grad() = at::zeros_like(s.shard);
+    }
   }
 
   std::map<std::string, at::Tensor> full_weights(Model& model) override {
