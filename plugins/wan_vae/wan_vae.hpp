@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -63,8 +64,9 @@ std::string original_to_diffusers(const std::string& name, const VaeConfig& c);
 
 // Plugin options (sidecar wan_vae.json).
 struct VaeOptions {
-  std::string config_file;     // "" = config.json of the weights folder, else the Wan 2.1 VAE
-  bool batch_slicing = false;  // encode/decode one sample at a time
+  std::string config_file;          // "" = config.json of the weights folder, else the Wan 2.1 VAE
+  std::optional<VaeConfig> config;  // config_file as resolve_options read it (read again if unset)
+  bool batch_slicing = false;       // encode/decode one sample at a time
 };
 VaeOptions resolve_options(const wanhost::PluginConfig& cfg);
 

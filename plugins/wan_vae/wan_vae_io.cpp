@@ -301,7 +301,7 @@ VaeOptions resolve_options(const wanhost::PluginConfig& cfg) {
   o.batch_slicing = cfg.get_or<bool>("batch_slicing", false);
   if (!o.config_file.empty()) {
     try {
-      (void)read_config_file(o.config_file);
+      o.config = read_config_file(o.config_file);
     } catch (const FormatError& e) {
       cfg.fail("config_file", e.what());
     }

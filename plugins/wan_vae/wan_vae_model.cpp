@@ -428,7 +428,10 @@ class AutoencoderImpl : public torch::nn::Module {
 };
 
 WanVae::WanVae(VaeOptions options) : options_(std::move(options)) {
-  if (!options_.config_file.empty()) config_ = read_config_file(options_.config_file);
+  if (options_.config)
+    config_ = *options_.config;
+  else if (!options_.config_file.empty())
+    config_ = read_config_file(options_.config_file);
   build();
 }
 
