@@ -36,10 +36,10 @@ CommunicatorPtr make_world_communicator(const LaunchEnv& env, const c10::Device&
   return world;
 }
 
-bool any_rank(Communicator& world, bool flag) {
+bool any_rank(Communicator& world, const c10::Device& device, bool flag) {
   if (world.size() == 1) return flag;
-  at::Tensor t = at::scalar_tensor(flag ? 1 : 0, at::kInt).reshape({1});
-  if (world.backend() == "nccl") t = t.to(at::kCUDA);
+  // On the device the backend works on (the world was made for it: NCCL on GPUs).
+  at::Tensor t = at::scalar_tensor(flag ? 1 : 0, at::kInt).reshape({1}).to(device);
   world.all_reduce(t, ReduceOp::Max);
   return t.item<int>() != 0;
 }

@@ -20,6 +20,6 @@ CommunicatorPtr make_world_communicator(const LaunchEnv& env, const c10::Device&
                                         const CommTimeouts& timeouts);
 
 // True on every rank if `flag` is true on any rank (keeps decisions such as "stop now" collective).
-bool any_rank(Communicator& world, bool flag);
+bool any_rank(Communicator& world, const c10::Device& device, bool flag);
 
 }  // namespace wanhost::core

@@ -550,7 +550,7 @@ int Trainer::run() {
       train_step(k, *data, order);
       const bool stage_end = p_.stage_step == steps;
       const bool stop = opts_.stop_after_steps && p_.global_step >= *opts_.stop_after_steps;
-      const bool term = any_rank(*c_.ctx.world, g_terminate.load());
+      const bool term = any_rank(*c_.ctx.world, c_.ctx.device, g_terminate.load());
       if ((every > 0 && p_.global_step % every == 0) ||
           (stage_end && cfg_["checkpoint"]["at_stage_end"].get<bool>()) || stop || term)
         save_checkpoint();
