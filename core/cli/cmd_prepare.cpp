@@ -68,7 +68,6 @@ void add_prepare_command(CLI::App& app, GlobalOptions& g) {
     o->num_frames_given = cmd->count("--num-frames") > 0;
     o->fps_given = cmd->count("--fps") > 0;
     o->clips_given = cmd->count("--clips-per-video") > 0;
-    data::validate_options(*o);
     auto reg = make_registry(g);
     data::prepare(*reg, *o);
   });
