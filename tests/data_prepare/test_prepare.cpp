@@ -472,7 +472,8 @@ TEST(Prepare, UsageErrorsExit2) {
   expect_usage(a, "no text_encoder/ folder");
   a = prepare_args(dir / "nowhere", out, "frames");
   expect_usage(a, "--input " + (dir / "nowhere").string() + ": not a folder");
-  EXPECT_FALSE(fs::exists(out / "index.json"));
+  // Usage errors are found before anything is written: not even the output folder exists.
+  EXPECT_FALSE(fs::exists(out));
 }
 
 TEST(Prepare, FailsWhenNothingCanBePrepared) {
@@ -538,8 +539,13 @@ TEST(LatentDataset, ServesTheIndexedSamples) {
   auto src = d.factories.create_data_source(cfg);
   const Json index = read_json(dir / "index.json");
   ASSERT_EQ(src->size(), static_cast<std::int64_t>(index["samples"].size()));
-  // Visit the samples out of order so that shards are opened and closed again (2 kept open).
-  for (std::int64_t i = src->size() - 1; i >= 0; i -= 2) {
+  // Back and forth over the shards with 2 kept open, so shards are closed and opened again.
+  std::vector<std::int64_t> order;
+  for (std::int64_t i = src->size() - 1; i >= 0; i -= 2) order.push_back(i);
+  for (std::int64_t i = 0; i < src->size(); i += 3) order.push_back(i);
+  order.push_back(src->size() - 1);
+  order.push_back(0);
+  for (const std::int64_t i : order) {
     const Json& e = index["samples"][static_cast<std::size_t>(i)];
     const wanhost::Sample s = src->get(i);
     EXPECT_EQ(s.index, i);
