@@ -113,9 +113,7 @@ class Fsdp final : public Parallelism {
   }
 
   void setup(ParallelContext& ctx) override {
-    ctx.layout = layout(ctx.world_size);
-    ctx.dp = ctx.world;
-    ctx.tp = ctx.pp = ctx.cp = make_local_communicator();
+    setup_data_parallel(ctx);
     ctx_ = ctx;
     gather_dtype_ = param_dtype_option_ == "auto"   ? ctx.compute_dtype
                     : param_dtype_option_ == "bf16" ? at::kBFloat16

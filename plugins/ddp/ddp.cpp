@@ -29,9 +29,7 @@ class DataParallel final : public Parallelism {
   }
 
   void setup(ParallelContext& ctx) override {
-    ctx.layout = layout(ctx.world_size);
-    ctx.dp = ctx.world;
-    ctx.tp = ctx.pp = ctx.cp = make_local_communicator();
+    setup_data_parallel(ctx);
     ctx_ = ctx;
   }
 

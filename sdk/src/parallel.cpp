@@ -207,6 +207,13 @@ std::optional<at::Tensor> packed_attention_flash(const at::Tensor& q, const at::
 
 }  // namespace
 
+void setup_data_parallel(ParallelContext& ctx) {
+  ctx.layout = ParallelLayout{};
+  ctx.layout.dp = ctx.world_size;
+  ctx.dp = ctx.world;
+  ctx.tp = ctx.pp = ctx.cp = make_local_communicator();
+}
+
 ParallelContext ParallelContext::single(c10::Device device) {
   ParallelContext ctx;
   ctx.device = device;

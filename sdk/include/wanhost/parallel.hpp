@@ -77,6 +77,10 @@ struct ParallelContext {
   static ParallelContext single(c10::Device device = c10::Device(c10::kCPU));
 };
 
+// Pure data parallelism (SDK 1.1): layout dp = world size, ctx.dp = ctx.world, single-rank tp/pp/cp
+// groups; the operators stay as they are. What ddp and automodel_fsdp set up.
+void setup_data_parallel(ParallelContext& ctx);
+
 // The default operators (also what parallel variants fall back to for degree 1).
 std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_t out, bool bias);
 // Dense: at::scaled_dot_product_attention with a key mask from kv_lengths. Packed: per segment
