@@ -141,23 +141,48 @@ cudaError_t launch_column_sums(const RowLayout& l, const Term& term, float* part
   return cudaGetLastError();
 }
 
+// With `res_y` (the residual form): the normalised row is x_out = bf16(x + res_y * gate) (gate
+// null: 1), written out and read back by the same thread for the statistics and the output.
 __global__ void __launch_bounds__(kThreads)
     ln_modulate_fwd(RowLayout l, const bf16* __restrict__ x, const float* __restrict__ scale,
                     const float* __restrict__ shift, float eps, bf16* __restrict__ y,
-                    float* __restrict__ mean_out, float* __restrict__ rstd_out) {
+                    float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                    const bf16* __restrict__ res_y, const float* __restrict__ gate, bf16* x_out) {
   const Range rows = block_rows(l);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t d = l.dim;
   const float* sc = scale + blockIdx.y * l.vec_stride;
   const float* sh = shift + blockIdx.y * l.vec_stride;
+  const float* gt = gate != nullptr ? gate + blockIdx.y * l.gate_stride : nullptr;
   const float inv_d = 1.f / static_cast<float>(d);
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
     const bf16* xr = x + r * d;
     float xv[kVec], s = 0.f;
-    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
-      load8(xr + ch, xv);
+    if (res_y != nullptr) {
+      for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
+        float yv[kVec], gv[kVec];
+        load8(xr + ch, xv);
+        load8(res_y + r * d + ch, yv);
+        if (gt != nullptr) {
+          loadf8(gt + ch, gv);
+        } else {
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) s += xv[i];
+          for (int i = 0; i < kVec; ++i) gv[i] = 1.f;
+        }
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) {
+          xv[i] = round_bf16(xv[i] + yv[i] * gv[i]);
+          s += xv[i];
+        }
+        store8(x_out + r * d + ch, xv);
+      }
+      xr = x_out + r * d;
+    } else {
+      for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
+        load8(xr + ch, xv);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) s += xv[i];
+      }
     }
     const float mean = warp_sum(s) * inv_d;
     float v = 0.f;
@@ -183,14 +208,19 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The residual form adds g_res (the gradient reaching the normalised row directly) to dx and,
+// with `dy`, writes the residual branch's gradient dy = bf16(dx * gate) (gate null: 1).
 __global__ void __launch_bounds__(kThreads)
     ln_modulate_bwd(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ x,
                     const float* __restrict__ scale, const float* __restrict__ mean_in,
-                    const float* __restrict__ rstd_in, bf16* __restrict__ dx) {
+                    const float* __restrict__ rstd_in, bf16* __restrict__ dx,
+                    const bf16* __restrict__ g_res, const float* __restrict__ gate,
+                    bf16* __restrict__ dy) {
   const std::int64_t d = l.dim;
   const Range rows = block_rows(l);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float* sc = scale + blockIdx.y * l.vec_stride;
+  const float* gt = gate != nullptr ? gate + blockIdx.y * l.gate_stride : nullptr;
   const float inv_d = 1.f / static_cast<float>(d);
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
     const bf16* xr = x + r * d;
@@ -220,7 +250,25 @@ __global__ void __launch_bounds__(kThreads)
         const float xhat = (xv[i] - mean) * rstd;
         out[i] = rstd * (gv[i] * (1.f + scv[i]) - a - xhat * b);
       }
+      if (g_res != nullptr) {
+        float rv[kVec];
+        load8(g_res + r * d + ch, rv);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) out[i] += rv[i];
+      }
       store8(dx + r * d + ch, out);
+      if (dy != nullptr) {
+        float gv2[kVec];
+        if (gt != nullptr) {
+          loadf8(gt + ch, gv2);
+        } else {
+#pragma unroll
+          for (int i = 0; i < kVec; ++i) gv2[i] = 1.f;
+        }
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) out[i] = round_bf16(out[i]) * gv2[i];
+        store8(dy + r * d + ch, out);
+      }
     }
   }
 }
@@ -437,8 +485,38 @@ cudaError_t layer_norm_modulate_forward(const RowLayout& l, const void* x, const
                                         const float* shift, float eps, void* y, float* mean,
                                         float* rstd, cudaStream_t stream) {
   ln_modulate_fwd<<<grid_of(l), kThreads, 0, stream>>>(l, static_cast<const bf16*>(x), scale, shift,
-                                                       eps, static_cast<bf16*>(y), mean, rstd);
+                                                       eps, static_cast<bf16*>(y), mean, rstd,
+                                                       nullptr, nullptr, nullptr);
   return cudaGetLastError();
+}
+
+cudaError_t gated_residual_norm_forward(const RowLayout& l, const void* x, const void* y,
+                                        const float* gate, const float* scale, const float* shift,
+                                        float eps, void* x_out, void* n, float* mean, float* rstd,
+                                        cudaStream_t stream) {
+  ln_modulate_fwd<<<grid_of(l), kThreads, 0, stream>>>(
+      l, static_cast<const bf16*>(x), scale, shift, eps, static_cast<bf16*>(n), mean, rstd,
+      static_cast<const bf16*>(y), gate, static_cast<bf16*>(x_out));
+  return cudaGetLastError();
+}
+
+cudaError_t gated_residual_norm_backward(const RowLayout& l, const void* grad_x, const void* grad_n,
+                                         const void* x_out, const void* y, const float* gate,
+                                         const float* scale, const float* mean, const float* rstd,
+                                         void* dx, void* dy, float* norm_partials,
+                                         float* gate_partials, cudaStream_t stream) {
+  const auto* gn = static_cast<const bf16*>(grad_n);
+  const auto* xb = static_cast<const bf16*>(x_out);
+  auto* dxb = static_cast<bf16*>(dx);
+  ln_modulate_bwd<<<grid_of(l), kThreads, 0, stream>>>(l, gn, xb, scale, mean, rstd, dxb,
+                                                       static_cast<const bf16*>(grad_x), gate,
+                                                       static_cast<bf16*>(dy));
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  err = launch_column_sums<2>(l, LnModulateTerms{gn, xb, mean, rstd, l.dim}, norm_partials, stream);
+  if (err != cudaSuccess || gate_partials == nullptr) return err;
+  return launch_column_sums<1>(l, GateTerm{dxb, static_cast<const bf16*>(y), l.dim}, gate_partials,
+                               stream);
 }
 
 cudaError_t layer_norm_modulate_backward(const RowLayout& l, const void* grad, const void* x,
@@ -446,8 +524,8 @@ cudaError_t layer_norm_modulate_backward(const RowLayout& l, const void* grad, c
                                          void* dx, float* partials, cudaStream_t stream) {
   const auto* g = static_cast<const bf16*>(grad);
   const auto* xb = static_cast<const bf16*>(x);
-  ln_modulate_bwd<<<grid_of(l), kThreads, 0, stream>>>(l, g, xb, scale, mean, rstd,
-                                                       static_cast<bf16*>(dx));
+  ln_modulate_bwd<<<grid_of(l), kThreads, 0, stream>>>(
+      l, g, xb, scale, mean, rstd, static_cast<bf16*>(dx), nullptr, nullptr, nullptr);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   return launch_column_sums<2>(l, LnModulateTerms{g, xb, mean, rstd, l.dim}, partials, stream);

@@ -17,6 +17,8 @@
 
 namespace wanhost::kernels {
 
+// Rows per block of the row kernels (8 warps, four rows each; one row per warp measured the same
+// on an H200, docs/performance.md).
 constexpr int kRowsPerBlock = 32;
 constexpr int kColRows = 128;  // rows per partial sum of a parameter gradient
 
@@ -33,6 +35,9 @@ struct RowLayout {
   // [samples, D] contiguous, 6 D for chunks of a [samples, 6, D] modulation table, 0 for one
   // vector shared by every sample. A multiple of 4 (16-byte loads).
   std::int64_t vec_stride = 0;
+  // The same for the gate of the residual-norm kernels (its own: e.g. a table chunk while scale
+  // and shift are a shared affine LayerNorm's).
+  std::int64_t gate_stride = 0;
 };
 
 // Partial sums per sample: ceil(longest sample / kColRows), from chunks = ceil(longest / 32).
@@ -49,6 +54,22 @@ cudaError_t layer_norm_modulate_forward(const RowLayout& l, const void* x, const
 cudaError_t layer_norm_modulate_backward(const RowLayout& l, const void* grad, const void* x,
                                          const float* scale, const float* mean, const float* rstd,
                                          void* dx, float* partials, cudaStream_t stream);
+
+// The two above in one pass, for a residual connection followed by the next norm:
+// x_out = bf16(x + y * gate[b]) (gate null: 1), n = bf16(LN(x_out) * (1 + scale[b]) + shift[b]);
+// mean/rstd of x_out saved. Gate vectors at b * gate_stride.
+cudaError_t gated_residual_norm_forward(const RowLayout& l, const void* x, const void* y,
+                                        const float* gate, const float* scale, const float* shift,
+                                        float eps, void* x_out, void* n, float* mean, float* rstd,
+                                        cudaStream_t stream);
+// Given the gradients reaching x_out directly (grad_x) and through n (grad_n): dx = grad_x +
+// the norm's dx (bf16), dy = bf16(dx * gate[b]); norm_partials K=2 as layer_norm_modulate's;
+// gate_partials (null: not wanted) K=1: sum dx * y.
+cudaError_t gated_residual_norm_backward(const RowLayout& l, const void* grad_x, const void* grad_n,
+                                         const void* x_out, const void* y, const float* gate,
+                                         const float* scale, const float* mean, const float* rstd,
+                                         void* dx, void* dy, float* norm_partials,
+                                         float* gate_partials, cudaStream_t stream);
 
 // out = bf16(x + y * gate[b]); x, y, out bf16, gate fp32 (sample b's at b * vec_stride).
 cudaError_t gated_residual_forward(const RowLayout& l, const void* x, const void* y,

@@ -95,12 +95,12 @@ set(CPACK_RPM_DEV_PACKAGE_NAME wanhost-devel)
 set(CPACK_RPM_DEV_PACKAGE_GROUP "Development/Libraries")
 set(CPACK_RPM_DEV_PACKAGE_REQUIRES
     "wanhost = ${_wanhost_full_version}, json-devel >= 3.10, spdlog-devel, fmt-devel, cmake >= 3.25")
-# Automatic requirements, except LibTorch's libraries and the CUDA runtime (bin/wanhost finds them
+# Automatic requirements, except LibTorch's libraries, the CUDA runtime and cuBLASLt (bin/wanhost finds them
 # in the LibTorch installation; no distribution RPM provides them); no automatic
 # "provides" for the plugins (they are not libraries for other packages to link); no
 # /usr/lib/.build-id links (no debuginfo packages are made), so both formats hold the same files.
 set(CPACK_RPM_SPEC_MORE_DEFINE
-    "%global __requires_exclude ^lib(torch|torch_cpu|torch_cuda|c10|c10_cuda|cudart)\\\\.so.*$
+    "%global __requires_exclude ^lib(torch|torch_cpu|torch_cuda|c10|c10_cuda|cudart|cublasLt)\\\\.so.*$
 %global __provides_exclude_from ^/usr/${WANHOST_INSTALL_PLUGINDIR}/.*$
 %define _build_id_links none")
 # Folders that belong to the filesystem or to CMake, not to these packages.

@@ -10,6 +10,7 @@
 // embedder, the bf16 q/k RMSNorm) run with autocast excluded.
 #include <cmath>
 #include <stdexcept>
+#include <tuple>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
@@ -575,24 +576,28 @@ at::Tensor WanModel::block_impl(std::int64_t i, const at::Tensor& hidden, const 
 
   if (fused_) {
     // The same arithmetic through wanhost::fused: one pass each for norm + modulation and for
-    // the gated residuals, in bf16 between the passes (fp32 inside them).
+    // the gated residuals, in bf16 between the passes (fp32 inside them); the feed-forward's GELU
+    // in its up-projection's epilogue.
     namespace fused = wanhost::fused;
     const auto* seg = act.segments_self.get();
+    // Each residual connection and the norm after it are one operator (gated_residual_norm).
     auto x = hidden;
     auto n1 = fused::layer_norm_modulate(x, m[1], m[0], eps, seg);
-    x = fused::gated_residual(x, attention(blk.self, n1, n1, true, act, act.self_attention), m[2],
-                              seg);
-    auto n2 = x;
+    auto a = attention(blk.self, n1, n1, true, act, act.self_attention);
+    at::Tensor n2;
     if (blk.norm2_weight.defined()) {
       // Affine LayerNorm = LayerNorm * (1 + (weight - 1)) + bias, the same for every sample.
       const auto n = m[0].size(0), d = x.size(-1);
-      n2 = fused::layer_norm_modulate(
-          x, (blk.norm2_weight.to(at::kFloat) - 1).view({1, 1, d}).expand({n, 1, d}),
+      std::tie(x, n2) = fused::gated_residual_norm(
+          x, a, m[2], (blk.norm2_weight.to(at::kFloat) - 1).view({1, 1, d}).expand({n, 1, d}),
           blk.norm2_bias.to(at::kFloat).view({1, 1, d}).expand({n, 1, d}), eps, seg);
+    } else {
+      x = n2 = fused::gated_residual(x, a, m[2], seg);
     }
-    x = x + attention(blk.cross, n2, act.context[1], false, act, act.cross_attention);
-    auto n3 = fused::layer_norm_modulate(x, m[4], m[3], eps, seg);
-    auto f = blk.ffn_down->forward(at::gelu(blk.ffn_up->forward(n3), "tanh"));
+    auto c = attention(blk.cross, n2, act.context[1], false, act, act.cross_attention);
+    at::Tensor n3;
+    std::tie(x, n3) = fused::gated_residual_norm(x, c, at::Tensor(), m[4], m[3], eps, seg);
+    auto f = wanhost::gelu_feed_forward(*blk.ffn_up, *blk.ffn_down, n3);
     return fused::gated_residual(x, f.to(cdt), m[5], seg);
   }
 

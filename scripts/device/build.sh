@@ -5,8 +5,9 @@
 # into /) on every call, since the carried folder replaces the machine's copy. Cheap when the
 # targets are already built.
 #   scripts/device/build.sh [--tests] [TARGET...]   (default: the training path)
-# --tests configures the test tree with only tests/kernels (the other test folders need the
-# Python reference packages). Without sentencepiece the umt5 plugin is left out; without FFmpeg or
+# --tests configures the test tree with only tests/kernels and tests/wan21_dit (the other test
+# folders need the Python reference packages; wan21_dit's parity tests skip without them, its GPU
+# test of the fused path runs). Without sentencepiece the umt5 plugin is left out; without FFmpeg or
 # MPI development files the build leaves out `prepare` / CPU multi-process runs by itself. These
 # edits touch the device's copy of the tree, never the repo.
 set -euo pipefail
@@ -19,7 +20,9 @@ P=$PWD/.deps/root
 [ -d "$P/usr/include" ] || for f in .deps/*.deb; do dpkg -x "$f" "$P"; done
 pkg-config --exists sentencepiece 2>/dev/null || rm -rf plugins/umt5 tests/umt5
 if [ $tests = ON ]; then
-  for d in tests/*/; do [ "$d" = tests/kernels/ ] || rm -f "$d/CMakeLists.txt"; done
+  for d in tests/*/; do
+    case $d in tests/kernels/ | tests/wan21_dit/) ;; *) rm -f "$d/CMakeLists.txt" ;; esac
+  done
 fi
 TORCH_CMAKE=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 t0=$SECONDS

@@ -4,7 +4,8 @@
 # kernels on and off, dense and packed), the plain-PyTorch peer on the same shapes in the same
 # call, and short training runs. Results under $OUT. The peer script travels in the ignored
 # folder build-perf/peer (copy ../shared/bench there and name build-perf in `carry`, with .deps).
-# PHASES (default: tests bench peer run); also profile, trace, bench14off, benchckpt, benchmix, runab.
+# PHASES (default: tests bench peer run); also ab, profile, trace, bench14off, benchckpt, benchmix,
+# runab.
 # The device tool brings back at most 8 files from $OUT: machine.txt, build.log and
 # test_kernels.txt are always written; each run phase adds 4 (choose phases accordingly).
 set -uo pipefail
@@ -16,7 +17,7 @@ t0=$SECONDS
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } |
   tee "$OUT/machine.txt"
-scripts/device/build.sh --tests wanhost wan21_dit ddp flow_matching synthetic test_kernels \
+scripts/device/build.sh --tests wanhost wan21_dit ddp flow_matching synthetic test_kernels test_wan21_dit \
   >"$OUT/build.log" 2>&1 || { echo "build failed:"; grep -E "error|Error" "$OUT/build.log" | head -20; }
 tail -1 "$OUT/build.log"
 W=build-gpu/bin/wanhost
@@ -24,6 +25,9 @@ if has tests && [ -x build-gpu/bin/test_kernels ]; then
   build-gpu/bin/test_kernels 2>&1 | tee "$OUT/test_kernels.txt" | grep -E "^\[  |OK|FAIL|rel|Expected|Which" | tail -30
   WANHOST_PACKED_ATTENTION=flash build-gpu/bin/test_kernels --gtest_filter='PackedAttention*' 2>&1 |
     tee -a "$OUT/test_kernels.txt" | grep -E "FAIL|PASSED|warn" | tail -5
+  # The whole model: fused block path vs the plain path (against fp32), dense and packed.
+  build-gpu/bin/test_wan21_dit --gtest_filter='*OnAGpu*' 2>&1 | tee -a "$OUT/test_kernels.txt" |
+    grep -E "OK|FAIL|fused|Expected" | tail -12
 fi
 bench() { echo "-- bench $*"; timeout 150 $W bench --json "$@" 2>&1 | tee -a "$OUT/bench.jsonl" | tail -2; }
 S1=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 32 --video-tokens 390 --text-tokens 512)
@@ -37,6 +41,12 @@ if has bench && [ -x "$W" ]; then
   bench "${S2[@]}" --option fused_kernels=off --no-peak
   bench "${P14[@]}" --no-peak
   has bench14off && bench "${P14[@]}" --option fused_kernels=off --no-peak
+  # A/B of single changes: each cuBLASLt epilogue on its own.
+  if has ab; then
+    abbench() { echo "# $1" >>"$OUT/bench.jsonl"; (export "$1"; shift; bench "$@"); }
+    for e in off gelu dgelu all; do abbench WANHOST_LT_EPILOGUES=$e "${S1[@]}" --no-peak; done
+    abbench WANHOST_LT_EPILOGUES=off "${S2[@]}" --no-peak
+  fi
   has benchckpt && bench "${S1[@]}" --option activation_checkpointing=true --no-peak
   # A pack of mixed image sizes (flash attention 2 varlen, not the equal-segment dense path).
   has benchmix && bench "${S1[@]}" --packed --grid 1,15,26 --grid 1,20,20 --grid 1,12,32 --no-peak

@@ -7,6 +7,9 @@
 #include <c10/core/DispatchKeySet.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/Exception.h>
+#include <atomic>
+#include <cstdlib>
+#include <string>
 
 #if WANHOST_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -14,6 +17,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "fused_kernels.hpp"
+#include "lt_matmul.hpp"
+#include "wanhost/log.hpp"
 #endif
 
 namespace wanhost::fused {
@@ -103,6 +108,23 @@ at::Tensor rms_norm_rope(const at::Tensor& x, const at::Tensor& weight, const at
   return at::stack({x1 * c - x2 * s, x1 * s + x2 * c}, -1).flatten(-2).to(x.scalar_type());
 }
 
+std::pair<at::Tensor, at::Tensor> gated_residual_norm(const at::Tensor& x, const at::Tensor& y,
+                                                      const at::Tensor& gate,
+                                                      const at::Tensor& scale,
+                                                      const at::Tensor& shift, double eps,
+                                                      const AttentionSegments* segments) {
+  TORCH_CHECK(x.sizes() == y.sizes(), "fused::gated_residual_norm: x ", x.sizes(), " and y ",
+              y.sizes(), " differ");
+  auto x_out = gate.defined() ? reference::gated_residual(x, y, gate, segments)
+                              : (x.to(at::kFloat) + y.to(at::kFloat)).to(x.scalar_type());
+  return {x_out, reference::layer_norm_modulate(x_out, scale, shift, eps, segments)};
+}
+
+at::Tensor gelu_feed_forward(const at::Tensor& x, const at::Tensor& w_up, const at::Tensor& b_up,
+                             const at::Tensor& w_down, const at::Tensor& b_down) {
+  return at::linear(at::gelu(at::linear(x, w_up, b_up), "tanh"), w_down, b_down);
+}
+
 }  // namespace reference
 
 #if WANHOST_WITH_CUDA
@@ -117,6 +139,7 @@ struct Rows {
   std::int64_t samples = 0, per_sample = 0, chunks = 0, dim = 0;
   std::int64_t x_stride = 0;    // see kernels::RowLayout
   std::int64_t vec_stride = 0;  // see kernels::RowLayout
+  std::int64_t gate_stride = 0;
 
   kernels::RowLayout layout() const {
     kernels::RowLayout l;
@@ -127,19 +150,20 @@ struct Rows {
     l.dim = dim;
     l.x_stride = x_stride;
     l.vec_stride = vec_stride;
+    l.gate_stride = gate_stride;
     return l;
   }
   void save(AutogradContext* ctx) const {
     ctx->saved_data["cu"] = cu;
-    ctx->saved_data["rows"] =
-        std::vector<std::int64_t>{samples, per_sample, chunks, dim, x_stride, vec_stride};
+    ctx->saved_data["rows"] = std::vector<std::int64_t>{samples,  per_sample, chunks,     dim,
+                                                        x_stride, vec_stride, gate_stride};
   }
   static Rows load(AutogradContext* ctx) {
     Rows r;
     r.cu = ctx->saved_data["cu"].toTensor();
     const auto v = ctx->saved_data["rows"].toIntVector();
     r.samples = v[0], r.per_sample = v[1], r.chunks = v[2], r.dim = v[3];
-    r.x_stride = v[4], r.vec_stride = v[5];
+    r.x_stride = v[4], r.vec_stride = v[5], r.gate_stride = v[6];
     return r;
   }
 };
@@ -221,6 +245,20 @@ SampleVectors sample_vectors(const at::Tensor& v, std::int64_t samples, std::int
   return {v.to(at::kFloat).reshape({samples, dim}).contiguous(), dim};
 }
 
+// scale and shift of a modulated LayerNorm as the kernels read them (one stride for both, set in
+// rows.vec_stride).
+std::pair<at::Tensor, at::Tensor> norm_vectors(const at::Tensor& scale, const at::Tensor& shift,
+                                               Rows& rows) {
+  auto scv = sample_vectors(scale, rows.samples, rows.dim);
+  auto shv = sample_vectors(shift, rows.samples, rows.dim);
+  if (scv.stride != shv.stride) {
+    scv = {scale.to(at::kFloat).reshape({rows.samples, rows.dim}).contiguous(), rows.dim};
+    shv = {shift.to(at::kFloat).reshape({rows.samples, rows.dim}).contiguous(), rows.dim};
+  }
+  rows.vec_stride = scv.stride;
+  return {scv.data, shv.data};
+}
+
 at::Tensor bf16_contiguous(const at::Tensor& t) {
   return t.to(at::kBFloat16).contiguous();
 }
@@ -248,14 +286,7 @@ struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
                             const at::Tensor& shift, double eps, Rows rows) {
     c10::cuda::CUDAGuard guard(x.device());
     auto xc = x.contiguous();
-    auto scv = sample_vectors(scale, rows.samples, rows.dim);
-    auto shv = sample_vectors(shift, rows.samples, rows.dim);
-    if (scv.stride != shv.stride) {  // the kernels take one stride for both
-      scv = {scale.to(at::kFloat).reshape({rows.samples, rows.dim}).contiguous(), rows.dim};
-      shv = {shift.to(at::kFloat).reshape({rows.samples, rows.dim}).contiguous(), rows.dim};
-    }
-    rows.vec_stride = scv.stride;
-    const auto &sc = scv.data, &sh = shv.data;
+    const auto [sc, sh] = norm_vectors(scale, shift, rows);
     auto y = at::empty_like(xc);
     const auto f32 = xc.options().dtype(at::kFloat);
     const auto tokens = xc.numel() / rows.dim;
@@ -288,6 +319,71 @@ struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
     auto sums = partials.sum(1);  // [n, 2, D]
     return {dx, as_like(ctx, "scale", sums.select(1, 1)), as_like(ctx, "shift", sums.select(1, 0)),
             at::Tensor(), at::Tensor()};
+  }
+};
+
+// (x_out, n) = (x + y * gate, layer_norm_modulate(x_out)); an empty gate (numel 0) is 1
+// (custom autograd functions take no undefined tensors).
+struct GatedResidualNorm : torch::autograd::Function<GatedResidualNorm> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& y,
+                               const at::Tensor& gate, const at::Tensor& scale,
+                               const at::Tensor& shift, double eps, Rows rows) {
+    c10::cuda::CUDAGuard guard(x.device());
+    auto xc = x.contiguous(), yc = y.contiguous();
+    const auto [sc, sh] = norm_vectors(scale, shift, rows);
+    at::Tensor gt;
+    if (gate.numel() > 0) {
+      const auto gv = sample_vectors(gate, rows.samples, rows.dim);
+      gt = gv.data;
+      rows.gate_stride = gv.stride;
+    }
+    auto x_out = at::empty_like(xc), n = at::empty_like(xc);
+    const auto f32 = xc.options().dtype(at::kFloat);
+    const auto tokens = xc.numel() / rows.dim;
+    auto mean = at::empty({tokens}, f32), rstd = at::empty({tokens}, f32);
+    check_cuda(kernels::gated_residual_norm_forward(
+                   rows.layout(), xc.data_ptr(), yc.data_ptr(),
+                   gt.defined() ? gt.data_ptr<float>() : nullptr, sc.data_ptr<float>(),
+                   sh.data_ptr<float>(), static_cast<float>(eps), x_out.data_ptr(), n.data_ptr(),
+                   mean.data_ptr<float>(), rstd.data_ptr<float>(), stream_of(xc)),
+               "gated_residual_norm forward");
+    ctx->save_for_backward({x_out, yc, sc, mean, rstd, gt});
+    rows.save(ctx);
+    remember_like(ctx, "scale", scale);
+    remember_like(ctx, "shift", shift);
+    if (gt.defined()) remember_like(ctx, "gate", gate);
+    return {x_out, n};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &x_out = saved[0], &y = saved[1], &gt = saved[5];
+    c10::cuda::CUDAGuard guard(x_out.device());
+    const Rows rows = Rows::load(ctx);
+    const auto gx = grads[0].defined() ? bf16_contiguous(grads[0]) : at::Tensor();
+    const auto gn = grads[1].defined() ? bf16_contiguous(grads[1]) : at::zeros_like(x_out);
+    auto dx = at::empty_like(x_out), dy = at::empty_like(x_out);
+    auto norm_partials = partial_sums(rows, 2, x_out);
+    const bool gate_grad = gt.defined() && ctx->needs_input_grad(2);
+    at::Tensor gate_partials = gate_grad ? partial_sums(rows, 1, x_out) : at::Tensor();
+    check_cuda(
+        kernels::gated_residual_norm_backward(
+            rows.layout(), gx.defined() ? gx.data_ptr() : nullptr, gn.data_ptr(), x_out.data_ptr(),
+            y.data_ptr(), gt.defined() ? gt.data_ptr<float>() : nullptr, saved[2].data_ptr<float>(),
+            saved[3].data_ptr<float>(), saved[4].data_ptr<float>(), dx.data_ptr(), dy.data_ptr(),
+            norm_partials.data_ptr<float>(), gate_grad ? gate_partials.data_ptr<float>() : nullptr,
+            stream_of(x_out)),
+        "gated_residual_norm backward");
+    auto sums = norm_partials.sum(1);  // [n, 2, D]
+    at::Tensor dgate;
+    if (gate_grad) dgate = as_like(ctx, "gate", gate_partials.sum(1));
+    return {dx,
+            dy,
+            dgate,
+            as_like(ctx, "scale", sums.select(1, 1)),
+            as_like(ctx, "shift", sums.select(1, 0)),
+            at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -382,6 +478,178 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
   }
 };
 
+std::atomic<std::int64_t> lt_fallbacks{0};
+
+const char* epilogue_name(kernels::LtEpilogue e) {
+  switch (e) {
+    case kernels::LtEpilogue::Bias:
+      return "bias";
+    case kernels::LtEpilogue::GeluAuxBias:
+      return "GELU (aux, bias)";
+    case kernels::LtEpilogue::DGelu:
+      return "GELU-gradient";
+    case kernels::LtEpilogue::BGradB:
+      return "bias-gradient";
+  }
+  return "?";
+}
+
+// Which cuBLASLt epilogues run. WANHOST_LT_EPILOGUES (for A/B timing) is "off", "all" or a
+// comma list of: gelu (the up-projection's GELU_AUX_BIAS), dgelu (the GELU gradient in the
+// product that makes the hidden gradient), bgrad (bias gradients in weight-gradient products).
+// Default: dgelu. Measured on an H200 (docs/performance.md): cuBLASLt runs BGRADB, and DGELU
+// with a bias gradient, as separate global reductions after the product (0.9 ms per 12480 x 8960
+// DGELU_BGRAD), so the bias gradients stay with wanhost's column kernel; the GELU_AUX_BIAS
+// product ran at ~630 TFLOP/s, which costs what the separate GELU pass saves.
+struct LtUse {
+  bool gelu = false, dgelu = true, bgrad = false;
+};
+
+const LtUse& lt_use() {
+  static const LtUse use = [] {
+    LtUse u;
+    const char* v = std::getenv("WANHOST_LT_EPILOGUES");
+    if (v == nullptr) return u;
+    const std::string s = v;
+    if (s == "all") return LtUse{true, true, true};
+    u = LtUse{false, false, false};
+    if (s == "off") return u;
+    std::size_t start = 0;
+    while (start <= s.size()) {
+      const auto end = std::min(s.find(',', start), s.size());
+      const auto item = s.substr(start, end - start);
+      if (item == "gelu")
+        u.gelu = true;
+      else if (item == "dgelu")
+        u.dgelu = true;
+      else if (item == "bgrad")
+        u.bgrad = true;
+      else
+        TORCH_CHECK(false, "WANHOST_LT_EPILOGUES: unknown item '", item,
+                    "' (off, all, or a comma list of gelu, dgelu, bgrad)");
+      start = end + 1;
+    }
+    return u;
+  }();
+  return use;
+}
+
+// The column sums of g [M, out] bf16 (a bias gradient), fp32 [out], by the column-sum kernel.
+at::Tensor bias_grad(const at::Tensor& g) {
+  const Rows rows = rows_flat(g);
+  auto partials = partial_sums(rows, 1, g);
+  check_cuda(
+      kernels::column_sums(rows.layout(), g.data_ptr(), partials.data_ptr<float>(), stream_of(g)),
+      "bias gradient");
+  return partials.sum({0, 1, 2});
+}
+
+// The cuBLASLt products of the operators below. Each returns false, before writing anything,
+// when cuBLASLt has no algorithm for the case; the caller then computes it with ATen.
+bool run_lt(const kernels::LtMatmul& p, const at::Tensor& like) {
+  // ATen's own cuBLASLt workspace: its products run on the same stream, one after another.
+  const auto status = kernels::lt_matmul(at::cuda::getCurrentCUDABlasLtHandle(), p,
+                                         at::cuda::getCUDABlasLtWorkspace(),
+                                         at::cuda::getCUDABlasLtWorkspaceSize(), stream_of(like));
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
+    static std::atomic<bool> warned[4];
+    if (!warned[static_cast<int>(p.epilogue) % 4].exchange(true))
+      logger()->warn(
+          "cuBLASLt has no algorithm for a {} product of {} x {} x {}; ATen computes such "
+          "products (slower)",
+          epilogue_name(p.epilogue), p.m, p.n, p.k);
+    ++lt_fallbacks;
+    return false;
+  }
+  TORCH_CHECK(status == CUBLAS_STATUS_SUCCESS, "wanhost cuBLASLt product (", p.m, " x ", p.n, " x ",
+              p.k, "): cuBLAS status ", static_cast<int>(status));
+  return true;
+}
+
+// dw [out, in] = g^T x and db [out] = the column sums of g, in one product (BGRADB epilogue);
+// g [M, out] and x [M, in] row-major bf16.
+bool weight_and_bias_grads(const at::Tensor& g, const at::Tensor& x, at::Tensor& dw,
+                           at::Tensor& db) {
+  if (!lt_use().bgrad || !x.is_contiguous() || !g.is_contiguous()) return false;
+  const auto rows = g.size(0), out = g.size(1), in = x.size(1);
+  auto w = at::empty({out, in}, g.options());
+  auto b = at::empty({out}, g.options());
+  kernels::LtMatmul p;
+  // Column-major view: dw^T [in, out] = x^T [in, M] * g [M, out].
+  p.m = in, p.n = out, p.k = rows;
+  p.a = x.data_ptr(), p.lda = in;
+  p.trans_b = true, p.b = g.data_ptr(), p.ldb = out;
+  p.d = w.data_ptr(), p.ldd = in;
+  p.epilogue = kernels::LtEpilogue::BGradB, p.bias = b.data_ptr();
+  if (!run_lt(p, g)) return false;
+  dw = w, db = b;
+  return true;
+}
+
+// down(gelu_tanh(x W1^T + b1)) with W2, b2; all bf16, x [M, D] contiguous. Saved for backward:
+// x, the pre-activation (the epilogue's aux output) and the GELU output (the down-projection's
+// input), as the unfused graph saves them.
+struct GeluFeedForward : torch::autograd::Function<GeluFeedForward> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w1,
+                            const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
+    c10::cuda::CUDAGuard guard(x.device());
+    const auto x2 = x.reshape({-1, x.size(-1)});
+    const auto rows = x2.size(0), dim = x2.size(1), hidden = w1.size(0);
+    auto pre = at::empty({rows, hidden}, x.options());
+    auto h = at::empty({rows, hidden}, x.options());
+    kernels::LtMatmul p;
+    // Column-major view: h^T [F, M] = gelu(W1 [F, D] * x^T [D, M] + b1).
+    p.trans_a = true, p.m = hidden, p.n = rows, p.k = dim;
+    p.a = w1.data_ptr(), p.lda = dim;
+    p.b = x2.data_ptr(), p.ldb = dim;
+    p.d = h.data_ptr(), p.ldd = hidden;
+    p.epilogue = kernels::LtEpilogue::GeluAuxBias, p.bias = b1.data_ptr();
+    p.aux = pre.data_ptr(), p.ldaux = hidden;
+    if (!lt_use().gelu || !run_lt(p, x)) {
+      pre = at::linear(x2, w1, b1);
+      h = at::gelu(pre, "tanh");
+    }
+    ctx->save_for_backward({x, w1, w2, pre, h});
+    remember_like(ctx, "b1", b1);
+    remember_like(ctx, "b2", b2);
+    auto sizes = x.sizes().vec();
+    sizes.back() = w2.size(0);
+    return at::linear(h, w2, b2).view(sizes);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0], &w1 = saved[1], &w2 = saved[2], &pre = saved[3], &h = saved[4];
+    c10::cuda::CUDAGuard guard(x.device());
+    const auto out = w2.size(0), hidden = w1.size(0);
+    const auto g = bf16_contiguous(grads[0]).view({-1, out});
+    const auto rows = g.size(0);
+    const auto x2 = x.reshape({-1, x.size(-1)});
+
+    // d pre = (g W2) * gelu'(pre) (DGELU epilogue).
+    auto dpre = at::empty({rows, hidden}, g.options());
+    kernels::LtMatmul p;
+    // Column-major view: dpre^T [F, M] = W2^T [F, D_out] * g^T [D_out, M].
+    p.m = hidden, p.n = rows, p.k = out;
+    p.a = w2.data_ptr(), p.lda = hidden;
+    p.b = g.data_ptr(), p.ldb = out;
+    p.d = dpre.data_ptr(), p.ldd = hidden;
+    p.epilogue = kernels::LtEpilogue::DGelu;
+    p.aux = const_cast<void*>(pre.data_ptr()), p.ldaux = hidden;
+    if (!lt_use().dgelu || !run_lt(p, g)) dpre = at::gelu_backward(at::mm(g, w2), pre, "tanh");
+    const auto db1 = bias_grad(dpre);
+    at::Tensor dw2, db2;
+    if (!weight_and_bias_grads(g, h, dw2, db2)) {
+      dw2 = at::mm(g.t(), h);
+      db2 = bias_grad(g);
+    }
+    at::Tensor dx, dw1;
+    if (ctx->needs_input_grad(0)) dx = at::mm(dpre, w1).view(x.sizes());
+    if (ctx->needs_input_grad(1)) dw1 = at::mm(dpre.t(), x2);
+    return {dx, dw1, as_like(ctx, "b1", db1), dw2, as_like(ctx, "b2", db2)};
+  }
+};
+
 // y = x W^T + b with the bias gradient from the column-sum kernel; the matrix products of the
 // backward are the ones autograd's AddmmBackward would run.
 struct LinearColumnSumBias : torch::autograd::Function<LinearColumnSumBias> {
@@ -398,17 +666,16 @@ struct LinearColumnSumBias : torch::autograd::Function<LinearColumnSumBias> {
     c10::cuda::CUDAGuard guard(x.device());
     const auto out = w.size(0);
     auto g = bf16_contiguous(grads[0]).view({-1, out});
+    const auto x2 = x.reshape({-1, x.size(-1)});
     at::Tensor dx, dw, db;
     if (ctx->needs_input_grad(0)) dx = at::mm(g, w).view(x.sizes());
-    if (ctx->needs_input_grad(1)) dw = at::mm(g.t(), x.reshape({-1, x.size(-1)}));
-    if (ctx->needs_input_grad(2)) {
-      const Rows rows = rows_flat(g);
-      auto partials = partial_sums(rows, 1, g);
-      check_cuda(kernels::column_sums(rows.layout(), g.data_ptr(), partials.data_ptr<float>(),
-                                      stream_of(g)),
-                 "linear bias gradient");
-      db = as_like(ctx, "bias", partials.sum({0, 1, 2}));
+    if (ctx->needs_input_grad(1) && ctx->needs_input_grad(2) &&
+        weight_and_bias_grads(g, x2, dw, db)) {
+      db = as_like(ctx, "bias", db);
+      return {dx, dw, db};
     }
+    if (ctx->needs_input_grad(1)) dw = at::mm(g.t(), x2);
+    if (ctx->needs_input_grad(2)) db = as_like(ctx, "bias", bias_grad(g));
     return {dx, dw, db};
   }
 };
@@ -458,6 +725,26 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Te
   return reference::gated_residual(x, y, gate, segments);
 }
 
+std::pair<at::Tensor, at::Tensor> gated_residual_norm(const at::Tensor& x, const at::Tensor& y,
+                                                      const at::Tensor& gate,
+                                                      const at::Tensor& scale,
+                                                      const at::Tensor& shift, double eps,
+                                                      const AttentionSegments* segments) {
+#if WANHOST_WITH_CUDA
+  if (kernels_apply(x) && y.scalar_type() == at::kBFloat16 && y.sizes() == x.sizes() &&
+      y.device() == x.device() && x.dim() == 3) {
+    const auto n = samples_of(x, segments);
+    check_vectors(x, scale, n, "gated_residual_norm", "scale");
+    check_vectors(x, shift, n, "gated_residual_norm", "shift");
+    if (gate.defined()) check_vectors(x, gate, n, "gated_residual_norm", "gate");
+    const auto g = gate.defined() ? gate : at::empty({0}, x.options().dtype(at::kFloat));
+    auto out = GatedResidualNorm::apply(x, y, g, scale, shift, eps, rows_of(x, segments));
+    return {out[0], out[1]};
+  }
+#endif
+  return reference::gated_residual_norm(x, y, gate, scale, shift, eps, segments);
+}
+
 at::Tensor rms_norm_rope(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& cos,
                          const at::Tensor& sin, std::int64_t head_dim, double eps) {
 #if WANHOST_WITH_CUDA
@@ -475,6 +762,31 @@ at::Tensor rms_norm_rope(const at::Tensor& x, const at::Tensor& weight, const at
   }
 #endif
   return reference::rms_norm_rope(x, weight, cos, sin, head_dim, eps);
+}
+
+std::int64_t lt_fallback_count() {
+#if WANHOST_WITH_CUDA
+  return lt_fallbacks.load();
+#else
+  return 0;
+#endif
+}
+
+at::Tensor gelu_feed_forward(const at::Tensor& x, const at::Tensor& w_up, const at::Tensor& b_up,
+                             const at::Tensor& w_down, const at::Tensor& b_down) {
+#if WANHOST_WITH_CUDA
+  auto eligible = [&](const at::Tensor& t) {
+    return t.defined() && t.device() == x.device() && t.scalar_type() == at::kBFloat16 &&
+           t.is_contiguous() && aligned(t);
+  };
+  if ((lt_use().gelu || lt_use().dgelu) && x.dim() >= 2 && kernels_apply(x) && x.is_contiguous() &&
+      eligible(w_up) && eligible(b_up) && eligible(w_down) && eligible(b_down) && w_up.dim() == 2 &&
+      w_down.dim() == 2 && w_up.size(1) == x.size(-1) && w_down.size(1) == w_up.size(0) &&
+      b_up.numel() == w_up.size(0) && b_down.numel() == w_down.size(0) && w_up.size(0) % 8 == 0 &&
+      w_down.size(0) % 8 == 0)
+    return GeluFeedForward::apply(x, w_up, b_up, w_down, b_down);
+#endif
+  return reference::gelu_feed_forward(x, w_up, b_up, w_down, b_down);
 }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {

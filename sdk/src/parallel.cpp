@@ -27,6 +27,7 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/gelu.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <ATen/ops/tensor.h>
@@ -54,16 +55,36 @@ class ReplicatedLinear final : public LinearLayer {
   }
 
   at::Tensor forward(const at::Tensor& x) override {
-    const auto dtype = x.scalar_type();
+    const auto [w, b] = parameters_as(x.scalar_type());
+    return fused::linear(x, w, b);
+  }
+
+  // Weight and bias (undefined without one) in `dtype`, differentiably cast from the master copy.
+  std::pair<at::Tensor, at::Tensor> parameters_as(at::ScalarType dtype) const {
     at::Tensor w = weight_.scalar_type() == dtype ? weight_ : weight_.to(dtype);
     at::Tensor b;
     if (bias_.defined()) b = bias_.scalar_type() == dtype ? bias_ : bias_.to(dtype);
-    return fused::linear(x, w, b);
+    return {w, b};
   }
 
  private:
   at::Tensor weight_, bias_;
 };
+
+}  // namespace
+
+at::Tensor gelu_feed_forward(LinearLayer& up, LinearLayer& down, const at::Tensor& x) {
+  auto* u = dynamic_cast<ReplicatedLinear*>(&up);
+  auto* d = dynamic_cast<ReplicatedLinear*>(&down);
+  if (u != nullptr && d != nullptr) {
+    const auto [w1, b1] = u->parameters_as(x.scalar_type());
+    const auto [w2, b2] = d->parameters_as(x.scalar_type());
+    if (b1.defined() && b2.defined()) return fused::gelu_feed_forward(x, w1, b1, w2, b2);
+  }
+  return down.forward(at::gelu(up.forward(x), "tanh"));
+}
+
+namespace {
 
 at::Tensor key_mask(const at::Tensor& kv_lengths, std::int64_t batch, std::int64_t s_kv,
                     const c10::Device& device) {

@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <cmath>
+
 #include "gpu_test_util.hpp"
 #include "wanhost/fused.hpp"
 
@@ -173,7 +175,8 @@ TEST(FusedGpu, RmsNormRopeReadsRowStridedSlices) {
                "strided rms_norm_rope gradients");
 }
 
-// fused::linear: the bias gradient from the column-sum kernel, the rest as at::linear.
+// fused::linear: the bias gradient from the column-sum kernel (with WANHOST_LT_EPILOGUES
+// including bgrad: the weight-gradient product's BGRADB epilogue), the rest as at::linear.
 void check_linear(std::int64_t b, std::int64_t s, std::int64_t in, std::int64_t out) {
   auto x = at::randn({b, s, in}, kBf16Cuda);
   auto w = at::randn({out, in}, kBf16Cuda) * 0.05;
@@ -183,13 +186,100 @@ void check_linear(std::int64_t b, std::int64_t s, std::int64_t in, std::int64_t 
   auto yk = fused::linear(in_k[0], in_k[1], in_k[2]);
   auto yr = at::linear(in_r[0], in_r[1], in_r[2]);
   expect_close({yk}, {yr}, 1e-3, "linear output");
+  const auto fallbacks = fused::lt_fallback_count();
   expect_close(grads_of(yk, gy, in_k), grads_of(yr, gy, in_r), 1e-2, "linear gradients");
+  EXPECT_EQ(fused::lt_fallback_count(), fallbacks) << "cuBLASLt refused the BGRADB epilogue";
 }
 
 TEST(FusedGpu, LinearBiasGradient) {
   if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
   check_linear(4, 390, 256, 1536);
   check_linear(1, 1000, 128, 200);
+}
+
+// fused::gated_residual_norm against gated_residual then layer_norm_modulate (reference), with
+// a per-sample gate, with no gate (x + y), and with shared affine vectors beside a table gate
+// (the kernels read table chunks and expanded vectors in place, each with its own stride).
+void check_gated_residual_norm(std::int64_t b, std::int64_t s, std::int64_t d,
+                               const AttentionSegments* seg, std::int64_t samples, bool gate,
+                               bool shared) {
+  auto x = at::randn({b, s, d}, kBf16Cuda) * 3 + 0.5;
+  auto y = at::randn({b, s, d}, kBf16Cuda);
+  auto table = at::randn({samples, 6, d}, kF32Cuda) * 0.2;
+  auto affine = at::randn({2, d}, kF32Cuda) * 0.2;
+  auto gx = at::randn({b, s, d}, kBf16Cuda), gn = at::randn({b, s, d}, kBf16Cuda);
+  const std::string what = std::string("gated_residual_norm") + (gate ? "" : " (no gate)") +
+                           (shared ? " (shared vectors)" : "");
+  auto run = [&](bool kernels, std::vector<at::Tensor>& in) {
+    // in: x, y, table, affine (leaves); the vectors are views of them.
+    auto vec = [&](int i) {
+      return shared ? in[3][i].view({1, 1, d}).expand({samples, 1, d}) : in[2].narrow(1, i, 1);
+    };
+    const auto g = gate ? in[2].narrow(1, 2, 1) : at::Tensor();
+    auto out =
+        kernels ? fused::gated_residual_norm(in[0], in[1], g, vec(1), vec(0), 1e-6, seg)
+                : fused::reference::gated_residual_norm(in[0], in[1], g, vec(1), vec(0), 1e-6, seg);
+    auto grads =
+        torch::autograd::grad({out.first, out.second}, in, {gx, gn}, std::nullopt, false, true);
+    std::vector<at::Tensor> all{out.first, out.second};
+    for (std::size_t i = 0; i < grads.size(); ++i)
+      if ((i != 2 || gate || !shared) && (i != 3 || shared)) all.push_back(grads[i]);  // used
+    return all;
+  };
+  auto in_k = leaves({x, y, table, affine}), in_r = leaves({x, y, table, affine});
+  auto k = run(true, in_k), r = run(false, in_r);
+  // One bf16 rounding of x + y * gate on both paths (a fused multiply-add may round a few
+  // elements the other way).
+  EXPECT_LT(rel_err(k[0], r[0]), 1e-5) << what << " residual sum";
+  expect_close({k[1]}, {r[1]}, 1e-2, what + " output");
+  expect_close(std::vector<at::Tensor>(k.begin() + 2, k.end()),
+               std::vector<at::Tensor>(r.begin() + 2, r.end()), 2e-2, what + " gradients");
+}
+
+TEST(FusedGpu, GatedResidualNorm) {
+  if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
+  check_gated_residual_norm(4, 390, 1536, nullptr, 4, true, false);
+  check_gated_residual_norm(4, 390, 1536, nullptr, 4, false, false);
+  check_gated_residual_norm(2, 100, 256, nullptr, 2, true, true);
+  auto seg = segments({100, 37, 260}, at::kCUDA);
+  check_gated_residual_norm(1, 397, 512, seg.get(), 3, true, false);
+  check_gated_residual_norm(1, 397, 512, seg.get(), 3, false, true);
+}
+
+// fused::gelu_feed_forward: GELU in the up-projection's cuBLASLt epilogue, its gradient in the
+// epilogue of the product that makes the hidden gradient (as WANHOST_LT_EPILOGUES picks).
+// Against the ATen reference in bf16, and both against float64 arithmetic on the same bf16
+// inputs: the fused path rounds fewer intermediates, so it must not be farther from it.
+void check_gelu_feed_forward(std::int64_t b, std::int64_t s, std::int64_t d, std::int64_t f,
+                             std::int64_t d_out) {
+  auto x = at::randn({b, s, d}, kBf16Cuda);
+  auto w1 = at::randn({f, d}, kBf16Cuda) / std::sqrt(static_cast<double>(d));
+  auto b1 = at::randn({f}, kBf16Cuda) * 0.5;
+  auto w2 = at::randn({d_out, f}, kBf16Cuda) / std::sqrt(static_cast<double>(f));
+  auto b2 = at::randn({d_out}, kBf16Cuda) * 0.5;
+  auto gy = at::randn({b, s, d_out}, kBf16Cuda);
+  const auto fallbacks = fused::lt_fallback_count();
+  auto in_k = leaves({x, w1, b1, w2, b2}), in_r = leaves({x, w1, b1, w2, b2});
+  auto in_d = leaves({x.to(at::kDouble), w1.to(at::kDouble), b1.to(at::kDouble), w2.to(at::kDouble),
+                      b2.to(at::kDouble)});
+  auto yk = fused::gelu_feed_forward(in_k[0], in_k[1], in_k[2], in_k[3], in_k[4]);
+  auto yr = fused::reference::gelu_feed_forward(in_r[0], in_r[1], in_r[2], in_r[3], in_r[4]);
+  auto yd = fused::reference::gelu_feed_forward(in_d[0], in_d[1], in_d[2], in_d[3], in_d[4]);
+  expect_close({yk}, {yr}, 1e-2, "gelu_feed_forward output");
+  EXPECT_LE(rel_err(yk, yd), rel_err(yr, yd) * 1.05 + 1e-4) << "output vs float64";
+  auto gk = grads_of(yk, gy, in_k), gr = grads_of(yr, gy, in_r);
+  auto gd = grads_of(yd, gy.to(at::kDouble), in_d);
+  expect_close(gk, gr, 2e-2, "gelu_feed_forward gradients");
+  for (std::size_t i = 0; i < gk.size(); ++i)
+    EXPECT_LE(rel_err(gk[i], gd[i]), rel_err(gr[i], gd[i]) * 1.05 + 1e-4)
+        << "gradient #" << i << " vs float64";
+  EXPECT_EQ(fused::lt_fallback_count(), fallbacks) << "cuBLASLt refused an epilogue";
+}
+
+TEST(FusedGpu, GeluFeedForward) {
+  if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
+  check_gelu_feed_forward(4, 390, 256, 1024, 256);
+  check_gelu_feed_forward(1, 1000, 128, 448, 200);  // rows and widths off the usual tiles
 }
 
 // Kernels and reference inside one small model-like chain: gradients reach every input.

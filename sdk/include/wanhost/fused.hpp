@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 #include <ATen/core/Tensor.h>
 
@@ -31,6 +32,16 @@ at::Tensor layer_norm_modulate(const at::Tensor& x, const at::Tensor& scale,
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,
                           const AttentionSegments* segments = nullptr);
 
+// A residual connection and the norm after it in one pass (SDK 1.2):
+// x_out = gated_residual(x, y, gate) (an undefined gate is 1: x + y) and
+// n = layer_norm_modulate(x_out, scale, shift); returns {x_out, n}. Saves a pass over x_out in
+// forward and the sum of x_out's two gradients in backward.
+std::pair<at::Tensor, at::Tensor> gated_residual_norm(const at::Tensor& x, const at::Tensor& y,
+                                                      const at::Tensor& gate,
+                                                      const at::Tensor& scale,
+                                                      const at::Tensor& shift, double eps,
+                                                      const AttentionSegments* segments = nullptr);
+
 // RMSNorm over the last dim of x [B, S, D] with `weight` [D] (applied in x's dtype, like
 // torch.nn.RMSNorm of a bf16 model), split into heads of head_dim -> [B, S, H, head_dim], then,
 // if cos/sin are defined, rotary embedding of adjacent channel pairs: cos/sin hold one angle per
@@ -44,8 +55,21 @@ at::Tensor rms_norm_rope(const at::Tensor& x, const at::Tensor& weight, const at
 // the output gradient, is wanhost's column-sum kernel instead of ATen's reduction.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
-// The reference arithmetic of the three operators (ATen only; what the fused path is tested
-// against).
+// down(gelu_tanh(up(x))): x [..., D], w_up [F, D], b_up [F], w_down [D_out, F], b_down [D_out]
+// (biases required). On the kernels' tensors the GELU runs in the up-projection's cuBLASLt
+// epilogue, which also keeps the pre-activation for backward, and the backward applies the GELU
+// gradient in the epilogue of the product that makes the hidden gradient; bias gradients by the
+// column-sum kernel. WANHOST_LT_EPILOGUES (off, all, or a comma list of gelu, dgelu, bgrad)
+// picks the epilogues for A/B timing; bgrad also moves fused::linear's bias gradient into its
+// weight-gradient product (BGRADB).
+at::Tensor gelu_feed_forward(const at::Tensor& x, const at::Tensor& w_up, const at::Tensor& b_up,
+                             const at::Tensor& w_down, const at::Tensor& b_down);
+
+// How many products cuBLASLt refused (no algorithm for the shape and epilogue) and ATen computed
+// instead; the first refusal of each kind is logged as a warning.
+std::int64_t lt_fallback_count();
+
+// The reference arithmetic of the operators (ATen only; what the fused path is tested against).
 namespace reference {
 at::Tensor layer_norm_modulate(const at::Tensor& x, const at::Tensor& scale,
                                const at::Tensor& shift, double eps,
@@ -54,6 +78,13 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Te
                           const AttentionSegments* segments = nullptr);
 at::Tensor rms_norm_rope(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& cos,
                          const at::Tensor& sin, std::int64_t head_dim, double eps);
+at::Tensor gelu_feed_forward(const at::Tensor& x, const at::Tensor& w_up, const at::Tensor& b_up,
+                             const at::Tensor& w_down, const at::Tensor& b_down);
+std::pair<at::Tensor, at::Tensor> gated_residual_norm(const at::Tensor& x, const at::Tensor& y,
+                                                      const at::Tensor& gate,
+                                                      const at::Tensor& scale,
+                                                      const at::Tensor& shift, double eps,
+                                                      const AttentionSegments* segments = nullptr);
 }  // namespace reference
 
 }  // namespace wanhost::fused

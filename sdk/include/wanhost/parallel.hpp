@@ -83,6 +83,10 @@ void setup_data_parallel(ParallelContext& ctx);
 
 // The default operators (also what parallel variants fall back to for degree 1).
 std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_t out, bool bias);
+// down(gelu_tanh(up(x))), a DiT block's feed-forward (SDK 1.2). When both are the SDK's replicated
+// layers this is fused::gelu_feed_forward over their parameters (cast to x's dtype, like their
+// forward); other layers (tensor-parallel, adapters) run their own forward with ATen's GELU.
+at::Tensor gelu_feed_forward(LinearLayer& up, LinearLayer& down, const at::Tensor& x);
 // Dense: at::scaled_dot_product_attention with a key mask from kv_lengths. Packed: per segment
 // on CPU; variable-length flash attention on CUDA where LibTorch provides it.
 at::Tensor default_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
