@@ -44,6 +44,16 @@ __device__ __forceinline__ void loadf4(const float* p, float (&o)[4]) {
   o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w;
 }
 
+// 8 gate values at channel ch, or ones without a gate (a plain residual connection).
+__device__ __forceinline__ void load_gate8(const float* gt, std::int64_t ch, float (&o)[kVec]) {
+  if (gt != nullptr) {
+    loadf8(gt + ch, o);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) o[i] = 1.f;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -163,12 +173,7 @@ __global__ void __launch_bounds__(kThreads)
         float yv[kVec], gv[kVec];
         load8(xr + ch, xv);
         load8(res_y + r * d + ch, yv);
-        if (gt != nullptr) {
-          loadf8(gt + ch, gv);
-        } else {
-#pragma unroll
-          for (int i = 0; i < kVec; ++i) gv[i] = 1.f;
-        }
+        load_gate8(gt, ch, gv);
 #pragma unroll
         for (int i = 0; i < kVec; ++i) {
           xv[i] = round_bf16(xv[i] + yv[i] * gv[i]);
@@ -259,12 +264,7 @@ __global__ void __launch_bounds__(kThreads)
       store8(dx + r * d + ch, out);
       if (dy != nullptr) {
         float gv2[kVec];
-        if (gt != nullptr) {
-          loadf8(gt + ch, gv2);
-        } else {
-#pragma unroll
-          for (int i = 0; i < kVec; ++i) gv2[i] = 1.f;
-        }
+        load_gate8(gt, ch, gv2);
 #pragma unroll
         for (int i = 0; i < kVec; ++i) out[i] = round_bf16(out[i]) * gv2[i];
         store8(dy + r * d + ch, out);

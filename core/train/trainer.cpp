@@ -25,6 +25,7 @@
 #include "../plugin/registry.hpp"
 #include "../util/device_timing.hpp"
 #include "../util/files.hpp"
+#include "../util/kernel_profile.hpp"
 #include "checkpoint.hpp"
 #include "communication.hpp"
 #include "lr_schedule.hpp"
@@ -212,6 +213,7 @@ class Trainer {
   void resume_from(const std::string& dir);
   void start_stage(std::size_t k, bool fresh_run_start);
   void train_step(std::size_t k, DataSource& data, SampleOrder& order);
+  void profiled_step(std::size_t k, DataSource& data, SampleOrder& order);
   void save_checkpoint();
   void export_weights();
   void summary() const;
@@ -231,6 +233,7 @@ class Trainer {
   std::vector<StageStats> stats_;
   std::string last_checkpoint_;
   double peak_tflops_ = 0;  // MFU denominator (0: none)
+  bool profiling_ = false;  // the step running now is under the profiler (its metrics say so)
 };
 
 void Trainer::prepare_run_folder() {
@@ -400,6 +403,7 @@ void Trainer::train_step(std::size_t k, DataSource& data, SampleOrder& order) {
                 {"peak_mem_gib", peak_memory_gib(c_.ctx.device)},
                 {"step_time_s", secs},
                 {"skipped_steps", p_.skipped}};
+    if (profiling_) rec["profiled"] = true;
     metrics_->write(rec);
     if (tb_) {
       for (const char* key :
@@ -416,6 +420,35 @@ void Trainer::train_step(std::size_t k, DataSource& data, SampleOrder& order) {
           stage["name"].get<std::string>(), p_.stage_step, steps, p_.global_step, loss, lr,
           grad_norm, gb / secs);
   }
+}
+
+// logging.profile_step: that global step runs under LibTorch's profiler (Kineto; CUPTI on
+// GPUs). Every rank writes its Chrome trace to <run>/profile/trace-rank<r>.json; rank 0 logs the
+// device time by kernel class and the longest kernels (operator times on the CPU) and writes them
+// to <run>/profile/summary.json. The step's own metrics carry "profiled": true (the profiler
+// slows it down).
+void Trainer::profiled_step(std::size_t k, DataSource& data, SampleOrder& order) {
+  const long step = p_.global_step + 1;
+  const std::string dir = out_ + "/profile";
+  fs::create_directories(dir);
+  profiling_ = true;
+  KernelProfile prof;
+  try {
+    prof = profile_kernels(
+        c_.ctx.device, [&] { train_step(k, data, order); }, 1,
+        dir + "/trace-rank" + std::to_string(env_.rank) + ".json");
+  } catch (...) {
+    profiling_ = false;
+    throw;
+  }
+  profiling_ = false;
+  if (!rank0()) return;
+  Json summary = prof.to_json(50);
+  summary["global_step"] = step;
+  summary["device"] = c_.ctx.device.str();
+  write_file_atomic(dir + "/summary.json", summary.dump(2) + "\n");
+  logger()->info("profile of global step {} ({}; trace: {}/trace-rank0.json):\n{}", step,
+                 c_.ctx.device.is_cuda() ? "device kernels" : "CPU operators", dir, prof.table(15));
 }
 
 void Trainer::export_weights() {
@@ -546,8 +579,12 @@ int Trainer::run() {
     SampleOrder order(cfg_["run"]["seed"].get<std::uint64_t>(), k, data->size());
     logger()->info("stage {} '{}': {} steps, global batch {}, micro batch {}, data: {}", k,
                    stage["name"].get<std::string>(), steps, gb, mb, data->describe());
+    const long profile_step = cfg_["logging"].value("profile_step", 0L);
     while (p_.stage_step < steps) {
-      train_step(k, *data, order);
+      if (p_.global_step + 1 == profile_step)
+        profiled_step(k, *data, order);
+      else
+        train_step(k, *data, order);
       const bool stage_end = p_.stage_step == steps;
       const bool stop = opts_.stop_after_steps && p_.global_step >= *opts_.stop_after_steps;
       const bool term = any_rank(*c_.ctx.world, c_.ctx.device, g_terminate.load());

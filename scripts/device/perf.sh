@@ -70,21 +70,25 @@ if has profile && [ -x "$W" ]; then
   grep -A8 "kernel time per step" "$OUT/profile-peer.txt"
 fi
 # Whole training steps of the 1.3B preset (stage-1 and stage-2 shapes); `runs TAG` writes
-# run-s1TAG.txt, s1TAG-metrics.jsonl and the same for s2.
+# run-s1TAG.txt, s1TAG-metrics.jsonl and the same for s2; with PROFILE_STEP=N (e.g. 5) also
+# s1TAG-profile.json / s2TAG-profile.json, the kernel time of global step N by class.
 runs() {
   local tag=$1
   common=(--set model.wan21_dit.preset=\"wan2.1-t2v-1.3b\" --set data.synthetic.text_dim=4096
     --set data.synthetic.height=30 --set data.synthetic.width=52 --set checkpoint.at_stage_end=false
-    --set checkpoint.export_diffusers=false --set logging.every_steps=1 --set logging.progress=\"off\")
+    --set checkpoint.export_diffusers=false --set logging.every_steps=1 --set logging.progress=\"off\"
+    --set logging.profile_step=${PROFILE_STEP:-0})
   rm -rf /tmp/r-s1 /tmp/r-s2
   timeout 150 $W run --out /tmp/r-s1 "${common[@]}" --set stages.0.steps=6 --set stages.0.global_batch=32 \
     --set stages.0.micro_batch=32 --set stages.1.steps=1 --set stages.1.global_batch=1 \
     --set stages.1.micro_batch=1 >"$OUT/run-s1$tag.txt" 2>&1
   cp /tmp/r-s1/metrics.jsonl "$OUT/s1$tag-metrics.jsonl" 2>/dev/null; tail -3 "$OUT/run-s1$tag.txt"
+  cp /tmp/r-s1/profile/summary.json "$OUT/s1$tag-profile.json" 2>/dev/null
   timeout 150 $W run --out /tmp/r-s2 "${common[@]}" --set stages.0.steps=1 --set stages.0.global_batch=1 \
     --set stages.0.micro_batch=1 --set stages.1.steps=6 --set stages.1.global_batch=1 \
     --set stages.1.micro_batch=1 --set data.synthetic.latent_frames=21 >"$OUT/run-s2$tag.txt" 2>&1
   cp /tmp/r-s2/metrics.jsonl "$OUT/s2$tag-metrics.jsonl" 2>/dev/null; tail -3 "$OUT/run-s2$tag.txt"
+  cp /tmp/r-s2/profile/summary.json "$OUT/s2$tag-profile.json" 2>/dev/null
 }
 if [ -x "$W" ]; then
   has run && runs ""

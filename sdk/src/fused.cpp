@@ -595,17 +595,21 @@ struct GeluFeedForward : torch::autograd::Function<GeluFeedForward> {
     c10::cuda::CUDAGuard guard(x.device());
     const auto x2 = x.reshape({-1, x.size(-1)});
     const auto rows = x2.size(0), dim = x2.size(1), hidden = w1.size(0);
-    auto pre = at::empty({rows, hidden}, x.options());
-    auto h = at::empty({rows, hidden}, x.options());
-    kernels::LtMatmul p;
-    // Column-major view: h^T [F, M] = gelu(W1 [F, D] * x^T [D, M] + b1).
-    p.trans_a = true, p.m = hidden, p.n = rows, p.k = dim;
-    p.a = w1.data_ptr(), p.lda = dim;
-    p.b = x2.data_ptr(), p.ldb = dim;
-    p.d = h.data_ptr(), p.ldd = hidden;
-    p.epilogue = kernels::LtEpilogue::GeluAuxBias, p.bias = b1.data_ptr();
-    p.aux = pre.data_ptr(), p.ldaux = hidden;
-    if (!lt_use().gelu || !run_lt(p, x)) {
+    at::Tensor pre, h;
+    if (lt_use().gelu) {
+      pre = at::empty({rows, hidden}, x.options());
+      h = at::empty({rows, hidden}, x.options());
+      kernels::LtMatmul p;
+      // Column-major view: h^T [F, M] = gelu(W1 [F, D] * x^T [D, M] + b1).
+      p.trans_a = true, p.m = hidden, p.n = rows, p.k = dim;
+      p.a = w1.data_ptr(), p.lda = dim;
+      p.b = x2.data_ptr(), p.ldb = dim;
+      p.d = h.data_ptr(), p.ldd = hidden;
+      p.epilogue = kernels::LtEpilogue::GeluAuxBias, p.bias = b1.data_ptr();
+      p.aux = pre.data_ptr(), p.ldaux = hidden;
+      if (!run_lt(p, x)) pre = h = at::Tensor();
+    }
+    if (!pre.defined()) {
       pre = at::linear(x2, w1, b1);
       h = at::gelu(pre, "tanh");
     }
@@ -627,16 +631,20 @@ struct GeluFeedForward : torch::autograd::Function<GeluFeedForward> {
     const auto x2 = x.reshape({-1, x.size(-1)});
 
     // d pre = (g W2) * gelu'(pre) (DGELU epilogue).
-    auto dpre = at::empty({rows, hidden}, g.options());
-    kernels::LtMatmul p;
-    // Column-major view: dpre^T [F, M] = W2^T [F, D_out] * g^T [D_out, M].
-    p.m = hidden, p.n = rows, p.k = out;
-    p.a = w2.data_ptr(), p.lda = hidden;
-    p.b = g.data_ptr(), p.ldb = out;
-    p.d = dpre.data_ptr(), p.ldd = hidden;
-    p.epilogue = kernels::LtEpilogue::DGelu;
-    p.aux = const_cast<void*>(pre.data_ptr()), p.ldaux = hidden;
-    if (!lt_use().dgelu || !run_lt(p, g)) dpre = at::gelu_backward(at::mm(g, w2), pre, "tanh");
+    at::Tensor dpre;
+    if (lt_use().dgelu) {
+      dpre = at::empty({rows, hidden}, g.options());
+      kernels::LtMatmul p;
+      // Column-major view: dpre^T [F, M] = W2^T [F, D_out] * g^T [D_out, M].
+      p.m = hidden, p.n = rows, p.k = out;
+      p.a = w2.data_ptr(), p.lda = hidden;
+      p.b = g.data_ptr(), p.ldb = out;
+      p.d = dpre.data_ptr(), p.ldd = hidden;
+      p.epilogue = kernels::LtEpilogue::DGelu;
+      p.aux = const_cast<void*>(pre.data_ptr()), p.ldaux = hidden;
+      if (!run_lt(p, g)) dpre = at::Tensor();
+    }
+    if (!dpre.defined()) dpre = at::gelu_backward(at::mm(g, w2), pre, "tanh");
     const auto db1 = bias_grad(dpre);
     at::Tensor dw2, db2;
     if (!weight_and_bias_grads(g, h, dw2, db2)) {

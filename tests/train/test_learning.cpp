@@ -115,5 +115,35 @@ TEST(StageInit, WeightsFromAPath) {
   EXPECT_NE(missing.err.find("/stages/0/init"), std::string::npos) << missing.describe();
 }
 
+// logging.profile_step: that step runs under the profiler (a Chrome trace and a summary in the
+// run folder, a table in the log), its metrics say so, and the run computes what it computes
+// without the profiler (the same losses and gradient norms, step by step).
+TEST(Profile, OneStepUnderTheProfiler) {
+  const auto plain = read_metrics(reference_run());
+  const fs::path run = scratch_dir() / "profiled";
+  const Result r = run_cli(run_args(run, {"--set", "logging.profile_step=3", "--stop-after-steps",
+                                          "4", "--set", "logging.progress=\"off\""}));
+  ASSERT_EQ(r.code, 0) << r.describe();
+  const auto m = read_metrics(run);
+  ASSERT_EQ(m.size(), 4u);
+  for (std::size_t i = 0; i < m.size(); ++i) {
+    EXPECT_EQ(m[i].value("profiled", false), i == 2) << m[i];
+    EXPECT_EQ(m[i]["loss"], plain[i]["loss"]) << "step " << i + 1;
+    EXPECT_EQ(m[i]["grad_norm"], plain[i]["grad_norm"]) << "step " << i + 1;
+  }
+  const Json summary = Json::parse(read_file(run / "profile" / "summary.json"));
+  EXPECT_EQ(summary["global_step"], 3);
+  EXPECT_EQ(summary["device"], "cpu");
+  ASSERT_FALSE(summary["top"].empty()) << summary;
+  EXPECT_TRUE(summary["classes_ms"].contains("matmul")) << summary["classes_ms"];
+  const Json trace = Json::parse(read_file(run / "profile" / "trace-rank0.json"));
+  EXPECT_FALSE(trace["traceEvents"].empty());
+  EXPECT_NE(r.err.find("profile of global step 3"), std::string::npos) << r.describe();
+
+  const Result bad = run_cli(run_args(scratch_dir() / "bad", {"--set", "logging.profile_step=-1"}));
+  EXPECT_EQ(bad.code, 2) << bad.describe();
+  EXPECT_NE(bad.err.find("/logging/profile_step"), std::string::npos) << bad.describe();
+}
+
 }  // namespace
 }  // namespace traintest
