@@ -21,8 +21,6 @@ int alignment(const void* p) {
 
 cublasLtEpilogue_t to_lt(LtEpilogue e) {
   switch (e) {
-    case LtEpilogue::Bias:
-      return CUBLASLT_EPILOGUE_BIAS;
     case LtEpilogue::GeluAuxBias:
       return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
     case LtEpilogue::DGelu:

@@ -20,7 +20,6 @@
 namespace wanhost::kernels {
 
 enum class LtEpilogue {
-  Bias,         // D = AB + bias[m]                             (bias: input, bf16 [m])
   GeluAuxBias,  // aux = AB + bias[m]; D = gelu(aux)            (bias: input; aux: output)
   DGelu,        // D = AB * gelu'(aux)                          (aux: input)
   BGradB,       // D = AB; bias[n] = sum_k op(B)                (bias: output, bf16 [n])
@@ -35,7 +34,7 @@ struct LtMatmul {
   std::int64_t ldb = 0;
   void* d = nullptr;
   std::int64_t ldd = 0;
-  LtEpilogue epilogue = LtEpilogue::Bias;
+  LtEpilogue epilogue = LtEpilogue::DGelu;
   void* bias = nullptr;
   void* aux = nullptr;  // [m, n] column-major, leading dimension ldaux (a multiple of 8)
   std::int64_t ldaux = 0;

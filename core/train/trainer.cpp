@@ -431,16 +431,10 @@ void Trainer::profiled_step(std::size_t k, DataSource& data, SampleOrder& order)
   const long step = p_.global_step + 1;
   const std::string dir = out_ + "/profile";
   fs::create_directories(dir);
-  profiling_ = true;
-  KernelProfile prof;
-  try {
-    prof = profile_kernels(
-        c_.ctx.device, [&] { train_step(k, data, order); }, 1,
-        dir + "/trace-rank" + std::to_string(env_.rank) + ".json");
-  } catch (...) {
-    profiling_ = false;
-    throw;
-  }
+  profiling_ = true;  // an exception here ends the run, so the flag needs no unwinding
+  const KernelProfile prof = profile_kernels(
+      c_.ctx.device, [&] { train_step(k, data, order); }, 1,
+      dir + "/trace-rank" + std::to_string(env_.rank) + ".json");
   profiling_ = false;
   if (!rank0()) return;
   Json summary = prof.to_json(50);

@@ -576,8 +576,8 @@ at::Tensor WanModel::block_impl(std::int64_t i, const at::Tensor& hidden, const 
 
   if (fused_) {
     // The same arithmetic through wanhost::fused: one pass each for norm + modulation and for
-    // the gated residuals, in bf16 between the passes (fp32 inside them); the feed-forward's GELU
-    // in its up-projection's epilogue.
+    // the gated residuals, in bf16 between the passes (fp32 inside them); the feed-forward as one
+    // operator (its GELU gradient in a cuBLASLt epilogue, fused::gelu_feed_forward).
     namespace fused = wanhost::fused;
     const auto* seg = act.segments_self.get();
     // Each residual connection and the norm after it are one operator (gated_residual_norm).

@@ -482,8 +482,6 @@ std::atomic<std::int64_t> lt_fallbacks{0};
 
 const char* epilogue_name(kernels::LtEpilogue e) {
   switch (e) {
-    case kernels::LtEpilogue::Bias:
-      return "bias";
     case kernels::LtEpilogue::GeluAuxBias:
       return "GELU (aux, bias)";
     case kernels::LtEpilogue::DGelu:
@@ -552,8 +550,8 @@ bool run_lt(const kernels::LtMatmul& p, const at::Tensor& like) {
                                          at::cuda::getCUDABlasLtWorkspace(),
                                          at::cuda::getCUDABlasLtWorkspaceSize(), stream_of(like));
   if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
-    static std::atomic<bool> warned[4];
-    if (!warned[static_cast<int>(p.epilogue) % 4].exchange(true))
+    static std::atomic<bool> warned[3];  // one per LtEpilogue
+    if (!warned[static_cast<int>(p.epilogue) % 3].exchange(true))
       logger()->warn(
           "cuBLASLt has no algorithm for a {} product of {} x {} x {}; ATen computes such "
           "products (slower)",
