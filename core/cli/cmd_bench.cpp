@@ -14,6 +14,7 @@
 #include "../config/run_config.hpp"
 #include "../util/device_timing.hpp"
 #include "../util/kernel_profile.hpp"
+#include "../util/step_graph.hpp"
 #include "app.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/log.hpp"
@@ -28,7 +29,7 @@ struct BenchOptions {
   std::size_t profile_top = 25;
   std::int64_t blocks = 4, batch = 1, video_tokens = 390, text_tokens = 512;
   int warmup = 3, iters = 10;
-  bool packed = false, json = false, fp32_master = false, skip_peak = false;
+  bool packed = false, json = false, fp32_master = false, skip_peak = false, cuda_graph = false;
   std::vector<std::string> options;  // key=json for the model plugin
 };
 
@@ -124,6 +125,8 @@ void bench(const GlobalOptions& g, BenchOptions o) {
   // "cuda" means the current device: name its index (the allocator's statistics need one).
   c10::Device device(o.device);
   if (device.is_cuda() && !device.has_index()) device = c10::Device(c10::kCUDA, 0);
+  if (o.cuda_graph && !device.is_cuda())
+    throw UsageError("--cuda-graph needs a GPU (--device cuda); this run is on " + device.str());
   if (o.dtype.empty()) o.dtype = device.is_cuda() ? "bfloat16" : "float32";
   const auto dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
   const auto grids = token_grids(o);
@@ -181,7 +184,7 @@ void bench(const GlobalOptions& g, BenchOptions o) {
   std::vector<at::Tensor> params;
   for (auto& p : model->module().parameters(true)) params.push_back(p);
 
-  auto step = [&] {
+  auto eager_step = [&] {
     for (auto& p : params) p.mutable_grad() = at::Tensor();
     auto h = hidden.detach().requires_grad_(true);
     for (std::int64_t i = 0; i < model->num_blocks(); ++i) h = model->block_forward(i, h, act);
@@ -189,9 +192,26 @@ void bench(const GlobalOptions& g, BenchOptions o) {
   };
 
   const double peak = o.skip_peak ? 0.0 : matmul_peak_tflops(device);
-  for (int i = 0; i < o.warmup; ++i) step();
-  sync_device(device);
-  reset_peak_memory(device);
+  std::function<void()> step = eager_step;
+  std::unique_ptr<StepGraph> graph;
+  if (o.cuda_graph) {
+    // The warm-up and capture allocate what an eager step does: the peak memory counts them
+    // (replays allocate nothing; the graph's pool keeps the step's intermediates reserved).
+    sync_device(device);
+    reset_peak_memory(device);
+    try {
+      // At least one eager step first: cuBLAS/cuDNN create their plans and workspaces there.
+      graph = std::make_unique<StepGraph>(device, eager_step, std::max(o.warmup, 1));
+    } catch (const std::invalid_argument& e) {
+      throw UsageError(std::string("--cuda-graph: ") + e.what());
+    }
+    step = [&] { graph->replay(); };
+    sync_device(device);
+  } else {
+    for (int i = 0; i < o.warmup; ++i) step();
+    sync_device(device);
+    reset_peak_memory(device);
+  }
   std::vector<double> times;
   for (int i = 0; i < o.iters; ++i) times.push_back(time_once(device, step));
   const double t = median(times);
@@ -215,6 +235,7 @@ void bench(const GlobalOptions& g, BenchOptions o) {
          {"dtype", o.dtype},
          {"params", o.fp32_master ? "float32" : o.dtype},
          {"packed", o.packed},
+         {"cuda_graph", o.cuda_graph},
          {"device", device.str()},
          {"options", o.options},
          {"iters", o.iters},
@@ -240,13 +261,13 @@ void bench(const GlobalOptions& g, BenchOptions o) {
     sizes += (sizes.empty() ? "" : ", ") + std::to_string(count(g)) + " (" + std::to_string(g[0]) +
              "x" + std::to_string(g[1]) + "x" + std::to_string(g[2]) + ")";
   std::printf(
-      "%s %s: %ld blocks, batch %ld x %s tokens%s, text %ld, %s on %s\n"
+      "%s %s: %ld blocks, batch %ld x %s tokens%s, text %ld, %s on %s%s\n"
       "  step %.4f s (median of %d; min %.4f, max %.4f)\n"
       "  %.0f tokens/s, %.1f model TFLOP/s",
       m.name.c_str(), o.preset.c_str(), o.blocks, o.batch, sizes.c_str(), o.packed ? " packed" : "",
-      o.text_tokens, o.dtype.c_str(), o.device.c_str(), t, o.iters,
-      *std::min_element(times.begin(), times.end()), *std::max_element(times.begin(), times.end()),
-      tokens / t, tflops);
+      o.text_tokens, o.dtype.c_str(), o.device.c_str(), o.cuda_graph ? " (CUDA graph)" : "", t,
+      o.iters, *std::min_element(times.begin(), times.end()),
+      *std::max_element(times.begin(), times.end()), tokens / t, tflops);
   if (peak > 0)
     std::printf(", MFU %.1f%% of %.1f TFLOP/s (measured matmul)", 100 * tflops / peak, peak);
   std::printf("\n");
@@ -283,6 +304,8 @@ void add_bench_command(CLI::App& app, GlobalOptions& g) {
                 "Model plugin option key=value (value as JSON), e.g. fused_kernels=off");
   b->add_option("--warmup", o->warmup, "Untimed steps first")->capture_default_str();
   b->add_option("--iters", o->iters, "Timed steps (the median is reported)")->capture_default_str();
+  b->add_flag("--cuda-graph", o->cuda_graph,
+              "Capture the step once as a CUDA graph and time its replays (GPU only)");
   b->add_flag("--no-peak", o->skip_peak, "Skip the matrix-product peak (no MFU)");
   b->add_flag("--json", o->json, "Print one JSON object");
   b->add_option("--profile", o->profile,

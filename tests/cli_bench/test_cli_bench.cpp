@@ -107,6 +107,7 @@ TEST(CliBench, UsageErrorsNameTheFlag) {
       {tiny + "--option fused_kernels=sometimes", "/model/wan21_dit/fused_kernels"},
       {kBase + " --preset huge", "huge"},
       {tiny + "--device cuda", "no CUDA device"},
+      {tiny + "--device cpu --cuda-graph", "--cuda-graph needs a GPU (--device cuda)"},
   };
   for (const auto& [args, says] : cases) {
     if (args.find("--device cuda") != std::string::npos && at::hasCUDA()) continue;
