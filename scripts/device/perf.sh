@@ -4,8 +4,8 @@
 # kernels on and off, dense and packed), the plain-PyTorch peer on the same shapes in the same
 # call, and short training runs. Results under $OUT. The peer script travels in the ignored
 # folder build-perf/peer (copy ../shared/bench there and name build-perf in `carry`, with .deps).
-# PHASES (default: tests bench peer run); also ab, profile, trace, bench14off, benchckpt, benchmix,
-# runab.
+# PHASES (default: tests bench peer run); also ab, rowab, graph (--cuda-graph), profile, trace, ncu,
+# bench14off, benchckpt, benchmix, runab.
 # The device tool brings back at most 8 files from $OUT: machine.txt, build.log and
 # test_kernels.txt are always written; each run phase adds 4 (choose phases accordingly).
 set -uo pipefail
@@ -23,6 +23,11 @@ tail -1 "$OUT/build.log"
 W=build-gpu/bin/wanhost
 if has tests && [ -x build-gpu/bin/test_kernels ]; then
   build-gpu/bin/test_kernels 2>&1 | tee "$OUT/test_kernels.txt" | grep -E "^\[  |OK|FAIL|rel|Expected|Which" | tail -30
+  # The other forms of the row kernels (default: forward kernels keep rows in registers).
+  for v in off all; do
+    WANHOST_ROW_REGISTERS=$v build-gpu/bin/test_kernels --gtest_filter='FusedGpu.*' 2>&1 |
+      tee -a "$OUT/test_kernels.txt" | grep -E "FAIL|PASSED" | tail -5
+  done
   WANHOST_PACKED_ATTENTION=flash build-gpu/bin/test_kernels --gtest_filter='PackedAttention*' 2>&1 |
     tee -a "$OUT/test_kernels.txt" | grep -E "FAIL|PASSED|warn" | tail -5
   # The whole model: fused block path vs the plain path (against fp32), dense and packed.
@@ -34,18 +39,31 @@ S1=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 32 --video-tokens 390 --text-tok
 S2=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 1 --video-tokens 8190 --text-tokens 512)
 P14=(--preset wan2.1-t2v-14b --blocks 2 --batch 1 --video-tokens 37440 --text-tokens 512)
 if has bench && [ -x "$W" ]; then
+  # BENCH_SHORT=1: the stage-1/2 cases with fused kernels on only (no fused-off runs, no 14B).
+  short=${BENCH_SHORT:-0}
   bench "${S1[@]}"
   bench "${S1[@]}" --packed
-  bench "${S1[@]}" --option fused_kernels=off --no-peak
+  [ "$short" = 1 ] || bench "${S1[@]}" --option fused_kernels=off --no-peak
   bench "${S2[@]}" --no-peak
-  bench "${S2[@]}" --option fused_kernels=off --no-peak
-  bench "${P14[@]}" --no-peak
+  [ "$short" = 1 ] || bench "${S2[@]}" --option fused_kernels=off --no-peak
+  [ "$short" = 1 ] || bench "${P14[@]}" --no-peak
   has bench14off && bench "${P14[@]}" --option fused_kernels=off --no-peak
-  # A/B of single changes: each cuBLASLt epilogue on its own.
+  # A/B of single changes: each cuBLASLt epilogue on its own; rows in registers or not.
+  abbench() { echo "# $1" >>"$OUT/bench.jsonl"; (export "$1"; shift; bench "$@"); }
   if has ab; then
-    abbench() { echo "# $1" >>"$OUT/bench.jsonl"; (export "$1"; shift; bench "$@"); }
     for e in off gelu dgelu all; do abbench WANHOST_LT_EPILOGUES=$e "${S1[@]}" --no-peak; done
     abbench WANHOST_LT_EPILOGUES=off "${S2[@]}" --no-peak
+  fi
+  if has rowab; then
+    for v in off all; do abbench WANHOST_ROW_REGISTERS=$v "${S1[@]}" --no-peak; done
+    abbench WANHOST_ROW_REGISTERS=off "${S2[@]}" --no-peak
+  fi
+  # The step captured once as a CUDA graph and replayed (no host launches between kernels).
+  if has graph; then
+    bench "${S1[@]}" --cuda-graph --no-peak
+    [ "$short" = 1 ] || bench "${S1[@]}" --packed --cuda-graph --no-peak
+    bench "${S2[@]}" --cuda-graph --no-peak
+    [ "$short" = 1 ] || bench "${P14[@]}" --cuda-graph --no-peak
   fi
   has benchckpt && bench "${S1[@]}" --option activation_checkpointing=true --no-peak
   # A pack of mixed image sizes (flash attention 2 varlen, not the equal-segment dense path).
@@ -68,6 +86,16 @@ if has profile && [ -x "$W" ]; then
       grep -v Warning >>"$OUT/profile-peer.txt"
   done
   grep -A8 "kernel time per step" "$OUT/profile-peer.txt"
+fi
+# Hardware counters of the fused kernels (Nsight Compute; works on the Firecracker machines only):
+# achieved DRAM bandwidth, what limits each kernel. NCU_KERNELS picks the kernels (a regex).
+if has ncu && [ -x "$W" ]; then
+  timeout 240 ncu --clock-control none --kernel-name "regex:${NCU_KERNELS:-ln_modulate|rms_rope|column_sums}" \
+    --launch-skip 0 --launch-count ${NCU_COUNT:-12} --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section Occupancy --section LaunchStats $W bench --no-peak --warmup 0 --iters 1 "${S1[@]}" \
+    >"$OUT/ncu.txt" 2>&1
+  grep -E "^  [a-z_].*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Compute \(SM\) Thr" \
+    "$OUT/ncu.txt" | head -120
 fi
 # Whole training steps of the 1.3B preset (stage-1 and stage-2 shapes); `runs TAG` writes
 # run-s1TAG.txt, s1TAG-metrics.jsonl and the same for s2; with PROFILE_STEP=N (e.g. 5) also
