@@ -591,32 +591,20 @@ bool row_registers_enabled(RowPass pass) {
   return level == 2 || (level == 1 && pass == RowPass::forward);
 }
 
+// launch(std::integral_constant<int, nv>) when nv is one of NVs, else launch(..<int, 0>).
+template <int... NVs, typename Launch>
+void launch_with(std::int64_t nv, Launch& launch) {
+  const bool done = ((nv == NVs && (launch(std::integral_constant<int, NVs>{}), true)) || ...);
+  if (!done) launch(std::integral_constant<int, 0>{});
+}
+
 // Launches launch(std::integral_constant<int, NV>) with the register-resident NV for D (the
 // widths of the Wan models and the tests: D = 256 ... 2048), else NV = 0 (any D).
 template <typename Launch>
 cudaError_t launch_rows(const RowLayout& l, RowPass pass, Launch&& launch) {
   const std::int64_t nv =
       row_registers_enabled(pass) && l.dim % kRowStep == 0 ? l.dim / kRowStep : 0;
-  switch (nv) {
-    case 1:
-      launch(std::integral_constant<int, 1>{});
-      break;
-    case 2:
-      launch(std::integral_constant<int, 2>{});
-      break;
-    case 4:
-      launch(std::integral_constant<int, 4>{});
-      break;
-    case 6:
-      launch(std::integral_constant<int, 6>{});
-      break;
-    case 8:
-      launch(std::integral_constant<int, 8>{});
-      break;
-    default:
-      launch(std::integral_constant<int, 0>{});
-      break;
-  }
+  launch_with<1, 2, 4, 6, 8>(nv, launch);
   return cudaGetLastError();
 }
 
