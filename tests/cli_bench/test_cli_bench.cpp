@@ -39,6 +39,7 @@ TEST(CliBench, JsonReportCountsFlopsLikeThePeer) {
     const auto j = last_json_line(r.output);
     EXPECT_EQ(j["packed"].get<bool>(), std::string(layout).empty() ? false : true);
     EXPECT_EQ(j["device"], "cpu");
+    EXPECT_EQ(j["cuda_graph"], false);  // eager steps (--cuda-graph is GPU only)
     EXPECT_NEAR(j["step_tflop"].get<double>() * 1e12, peer_flops(2, 60, 16, 64, 256, 2), 1.0);
     EXPECT_GT(j["step_s"].get<double>(), 0.0);
     EXPECT_LE(j["min_s"].get<double>(), j["step_s"].get<double>());
