@@ -5,10 +5,6 @@
 
 #include <cuda_bf16.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <type_traits>
-
 namespace wanhost::kernels {
 namespace {
 
@@ -17,7 +13,8 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kVec = 8;
 using bf16 = __nv_bfloat16;
 
-__device__ __forceinline__ void unpack8(const uint4& raw, float (&o)[kVec]) {
+__device__ __forceinline__ void load8(const bf16* p, float (&o)[kVec]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
   const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -27,20 +24,12 @@ __device__ __forceinline__ void unpack8(const uint4& raw, float (&o)[kVec]) {
   }
 }
 
-__device__ __forceinline__ uint4 pack8(const float (&v)[kVec]) {
+__device__ __forceinline__ void store8(bf16* p, const float (&v)[kVec]) {
   uint4 raw;
   auto* h = reinterpret_cast<__nv_bfloat162*>(&raw);
 #pragma unroll
   for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
-  return raw;
-}
-
-__device__ __forceinline__ void load8(const bf16* p, float (&o)[kVec]) {
-  unpack8(*reinterpret_cast<const uint4*>(p), o);
-}
-
-__device__ __forceinline__ void store8(bf16* p, const float (&v)[kVec]) {
-  *reinterpret_cast<uint4*>(p) = pack8(v);
+  *reinterpret_cast<uint4*>(p) = raw;
 }
 
 __device__ __forceinline__ void loadf8(const float* p, float (&o)[kVec]) {
@@ -73,52 +62,6 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 __device__ __forceinline__ float round_bf16(float v) {
   return __bfloat162float(__float2bfloat16_rn(v));
-}
-
-// Row kernels walk a row in steps of 32 lanes x 8 channels. With NV > 0 (D = NV * kRowStep) a
-// lane's NV vectors stay in registers between the passes over the row: all loads of a pass are
-// issued together and later passes read registers. Written because ncu (H200, 2026-12-01) showed
-// the forward kernels at 1.4-2.2 TB/s with a third of the warps resident (latency-bound); the A/B
-// in docs/performance.md found it within noise (forward kernels +0.7-1.5% at stage 1, backward
-// -0.8%), so by default only the forward kernels use it. NV = 0 serves any D (multiple of 8) and
-// reloads the row for each pass. Both give the same values.
-constexpr int kRowStep = 32 * kVec;
-
-template <int NV>
-__device__ __forceinline__ bool in_row(int j, int lane, std::int64_t d) {
-  if constexpr (NV > 0)
-    return j < NV;
-  else
-    return lane * kVec + static_cast<std::int64_t>(j) * kRowStep < d;
-}
-
-// Blocks per SM the register-resident forward kernels are compiled for (<= 128 registers, no
-// spills; unbounded, the compiler spends ~100-130 on hoisted loads). The backward kernels keep
-// two rows' worth of vectors and would spill under that bound: they stay at one block.
-template <int NV>
-constexpr int kRowBlocksPerSm = NV > 0 ? 2 : 1;
-
-// A lane's NV vectors of a bf16 row (4 registers per 8 channels). Every value the kernels keep
-// is bf16 already (loaded, or rounded like x_out), so keeping it this way loses nothing.
-template <int NV>
-struct RowRegs {
-  uint4 v[NV > 0 ? NV : 1];
-};
-
-// Keeps vector j (values representable in bf16) when the row stays in registers.
-template <int NV>
-__device__ __forceinline__ void keep(RowRegs<NV>& regs, int j, const float (&v)[kVec]) {
-  if constexpr (NV > 0) regs.v[j] = pack8(v);
-}
-
-// Vector j of the row: from registers (NV > 0) or loaded from p.
-template <int NV>
-__device__ __forceinline__ void row_vector(const RowRegs<NV>& regs, int j, const bf16* p,
-                                           float (&o)[kVec]) {
-  if constexpr (NV > 0)
-    unpack8(regs.v[j], o);
-  else
-    load8(p, o);
 }
 
 // Row stride of the input x of the RMSNorm kernels (a q/k slice of a merged projection).
@@ -209,10 +152,8 @@ cudaError_t launch_column_sums(const RowLayout& l, const Term& term, float* part
 }
 
 // With `res_y` (the residual form): the normalised row is x_out = bf16(x + res_y * gate) (gate
-// null: 1), written out and used (NV = 0: read back by the same thread) for the statistics and
-// the output.
-template <int NV>
-__global__ void __launch_bounds__(kThreads, kRowBlocksPerSm<NV>)
+// null: 1), written out and read back by the same thread for the statistics and the output.
+__global__ void __launch_bounds__(kThreads)
     ln_modulate_fwd(RowLayout l, const bf16* __restrict__ x, const float* __restrict__ scale,
                     const float* __restrict__ shift, float eps, bf16* __restrict__ y,
                     float* __restrict__ mean_out, float* __restrict__ rstd_out,
@@ -226,41 +167,39 @@ __global__ void __launch_bounds__(kThreads, kRowBlocksPerSm<NV>)
   const float inv_d = 1.f / static_cast<float>(d);
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
     const bf16* xr = x + r * d;
-    RowRegs<NV> regs;
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; in_row<NV>(j, lane, d); ++j) {
-      const std::int64_t ch = lane * kVec + j * kRowStep;
-      float xv[kVec];
-      load8(xr + ch, xv);
-      if (res_y != nullptr) {
+    float xv[kVec], s = 0.f;
+    if (res_y != nullptr) {
+      for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
         float yv[kVec], gv[kVec];
+        load8(xr + ch, xv);
         load8(res_y + r * d + ch, yv);
         load_gate8(gt, ch, gv);
 #pragma unroll
-        for (int i = 0; i < kVec; ++i) xv[i] = round_bf16(xv[i] + yv[i] * gv[i]);
+        for (int i = 0; i < kVec; ++i) {
+          xv[i] = round_bf16(xv[i] + yv[i] * gv[i]);
+          s += xv[i];
+        }
         store8(x_out + r * d + ch, xv);
       }
+      xr = x_out + r * d;
+    } else {
+      for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
+        load8(xr + ch, xv);
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) s += xv[i];
-      keep<NV>(regs, j, xv);
+        for (int i = 0; i < kVec; ++i) s += xv[i];
+      }
     }
-    if (res_y != nullptr) xr = x_out + r * d;
     const float mean = warp_sum(s) * inv_d;
     float v = 0.f;
-#pragma unroll
-    for (int j = 0; in_row<NV>(j, lane, d); ++j) {
-      float xv[kVec];
-      row_vector<NV>(regs, j, xr + lane * kVec + j * kRowStep, xv);
+    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
+      load8(xr + ch, xv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) v += (xv[i] - mean) * (xv[i] - mean);
     }
     const float rstd = rsqrtf(warp_sum(v) * inv_d + eps);
-#pragma unroll
-    for (int j = 0; in_row<NV>(j, lane, d); ++j) {
-      const std::int64_t ch = lane * kVec + j * kRowStep;
-      float xv[kVec], scv[kVec], shv[kVec], out[kVec];
-      row_vector<NV>(regs, j, xr + ch, xv);
+    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
+      float scv[kVec], shv[kVec], out[kVec];
+      load8(xr + ch, xv);
       loadf8(sc + ch, scv);
       loadf8(sh + ch, shv);
 #pragma unroll
@@ -275,9 +214,7 @@ __global__ void __launch_bounds__(kThreads, kRowBlocksPerSm<NV>)
 }
 
 // The residual form adds g_res (the gradient reaching the normalised row directly) to dx and,
-// with `dy`, writes the residual branch's gradient dy = bf16(dx * gate) (gate null: 1). NV > 0
-// keeps the row's x and g in registers for the second pass.
-template <int NV>
+// with `dy`, writes the residual branch's gradient dy = bf16(dx * gate) (gate null: 1).
 __global__ void __launch_bounds__(kThreads)
     ln_modulate_bwd(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ x,
                     const float* __restrict__ scale, const float* __restrict__ mean_in,
@@ -290,49 +227,34 @@ __global__ void __launch_bounds__(kThreads)
   const float* sc = scale + blockIdx.y * l.vec_stride;
   const float* gt = gate != nullptr ? gate + blockIdx.y * l.gate_stride : nullptr;
   const float inv_d = 1.f / static_cast<float>(d);
-  // g * (1 + scale) (in place) and xhat of vector j.
-  auto terms = [&](std::int64_t ch, float mean, float rstd, const float(&xv)[kVec],
-                   float(&gs)[kVec], float(&xhat)[kVec]) {
-    float scv[kVec];
-    loadf8(sc + ch, scv);
-#pragma unroll
-    for (int i = 0; i < kVec; ++i) {
-      gs[i] *= 1.f + scv[i];
-      xhat[i] = (xv[i] - mean) * rstd;
-    }
-  };
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
-    const float mean = mean_in[r], rstd = rstd_in[r];
     const bf16* xr = x + r * d;
     const bf16* gr = g + r * d;
-    RowRegs<NV> x_regs, g_regs;
-    float a = 0.f, b = 0.f;
-#pragma unroll
-    for (int j = 0; in_row<NV>(j, lane, d); ++j) {
-      const std::int64_t ch = lane * kVec + j * kRowStep;
-      float xv[kVec], gs[kVec], xhat[kVec];
+    const float mean = mean_in[r], rstd = rstd_in[r];
+    float xv[kVec], gv[kVec], scv[kVec], a = 0.f, b = 0.f;
+    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
       load8(xr + ch, xv);
-      load8(gr + ch, gs);
-      keep<NV>(x_regs, j, xv);
-      keep<NV>(g_regs, j, gs);
-      terms(ch, mean, rstd, xv, gs, xhat);
+      load8(gr + ch, gv);
+      loadf8(sc + ch, scv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
-        a += gs[i];
-        b += gs[i] * xhat[i];
+        const float gs = gv[i] * (1.f + scv[i]);
+        a += gs;
+        b += gs * (xv[i] - mean) * rstd;
       }
     }
     a = warp_sum(a) * inv_d;
     b = warp_sum(b) * inv_d;
+    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
+      float out[kVec];
+      load8(xr + ch, xv);
+      load8(gr + ch, gv);
+      loadf8(sc + ch, scv);
 #pragma unroll
-    for (int j = 0; in_row<NV>(j, lane, d); ++j) {
-      const std::int64_t ch = lane * kVec + j * kRowStep;
-      float xv[kVec], gs[kVec], xhat[kVec], out[kVec];
-      row_vector<NV>(x_regs, j, xr + ch, xv);
-      row_vector<NV>(g_regs, j, gr + ch, gs);
-      terms(ch, mean, rstd, xv, gs, xhat);
-#pragma unroll
-      for (int i = 0; i < kVec; ++i) out[i] = rstd * (gs[i] - a - xhat[i] * b);
+      for (int i = 0; i < kVec; ++i) {
+        const float xhat = (xv[i] - mean) * rstd;
+        out[i] = rstd * (gv[i] * (1.f + scv[i]) - a - xhat * b);
+      }
       if (g_res != nullptr) {
         float rv[kVec];
         load8(g_res + r * d + ch, rv);
@@ -445,8 +367,7 @@ __device__ __forceinline__ void rope_angles(const Rope& rp, std::int64_t r, std:
   loadf4(rp.sin + at, s);
 }
 
-template <int NV>
-__global__ void __launch_bounds__(kThreads, kRowBlocksPerSm<NV>)
+__global__ void __launch_bounds__(kThreads)
     rms_rope_fwd(RowLayout l, const bf16* __restrict__ x, const float* __restrict__ w, Rope rp,
                  float eps, bf16* __restrict__ y, float* __restrict__ rstd_out) {
   const Range rows = block_rows(l);
@@ -455,22 +376,16 @@ __global__ void __launch_bounds__(kThreads, kRowBlocksPerSm<NV>)
   const float inv_d = 1.f / static_cast<float>(d);
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
     const bf16* xr = x + r * x_stride(l);
-    RowRegs<NV> regs;
-    float ss = 0.f;
-#pragma unroll
-    for (int j = 0; in_row<NV>(j, lane, d); ++j) {
-      float xv[kVec];
-      load8(xr + lane * kVec + j * kRowStep, xv);
+    float xv[kVec], ss = 0.f;
+    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
+      load8(xr + ch, xv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) ss += xv[i] * xv[i];
-      keep<NV>(regs, j, xv);
     }
     const float rstd = rsqrtf(warp_sum(ss) * inv_d + eps);
-#pragma unroll
-    for (int j = 0; in_row<NV>(j, lane, d); ++j) {
-      const std::int64_t ch = lane * kVec + j * kRowStep;
-      float xv[kVec], wv[kVec], t[kVec];
-      row_vector<NV>(regs, j, xr + ch, xv);
+    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
+      float wv[kVec], t[kVec];
+      load8(xr + ch, xv);
       loadf8(w + ch, wv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) t[i] = round_bf16(xv[i] * rstd * wv[i]);
@@ -504,8 +419,6 @@ __device__ __forceinline__ void unrotate(const Rope& rp, std::int64_t r, std::in
   }
 }
 
-// NV > 0 keeps the row's x and g in registers for the second pass.
-template <int NV>
 __global__ void __launch_bounds__(kThreads)
     rms_rope_bwd(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ x,
                  const float* __restrict__ w, Rope rp, const float* __restrict__ rstd_in,
@@ -518,38 +431,27 @@ __global__ void __launch_bounds__(kThreads)
     const bf16* xr = x + r * x_stride(l);
     const bf16* gr = g + r * d;
     const float rstd = rstd_in[r];
-    // (rotated-back g) * w of vector j, in place.
-    auto times_w = [&](std::int64_t ch, float(&gw)[kVec]) {
-      float wv[kVec];
-      loadf8(w + ch, wv);
-      unrotate(rp, r, ch, gw);
-#pragma unroll
-      for (int i = 0; i < kVec; ++i) gw[i] *= wv[i];
-    };
-    RowRegs<NV> x_regs, g_regs;
-    float dot = 0.f;
-#pragma unroll
-    for (int j = 0; in_row<NV>(j, lane, d); ++j) {
-      const std::int64_t ch = lane * kVec + j * kRowStep;
-      float gw[kVec], xv[kVec];
+    float xv[kVec], gv[kVec], wv[kVec], dot = 0.f;
+    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
       load8(xr + ch, xv);
-      load8(gr + ch, gw);
-      keep<NV>(x_regs, j, xv);
-      keep<NV>(g_regs, j, gw);
-      times_w(ch, gw);
+      load8(gr + ch, gv);
+      loadf8(w + ch, wv);
+      unrotate(rp, r, ch, gv);
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) dot += gw[i] * xv[i] * rstd;
+      for (int i = 0; i < kVec; ++i) dot += gv[i] * wv[i] * xv[i] * rstd;
     }
     dot = warp_sum(dot) * inv_d;
+    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
+      float out[kVec];
+      load8(xr + ch, xv);
+      load8(gr + ch, gv);
+      loadf8(w + ch, wv);
+      unrotate(rp, r, ch, gv);
 #pragma unroll
-    for (int j = 0; in_row<NV>(j, lane, d); ++j) {
-      const std::int64_t ch = lane * kVec + j * kRowStep;
-      float gw[kVec], xv[kVec], out[kVec];
-      row_vector<NV>(x_regs, j, xr + ch, xv);
-      row_vector<NV>(g_regs, j, gr + ch, gw);
-      times_w(ch, gw);
-#pragma unroll
-      for (int i = 0; i < kVec; ++i) out[i] = rstd * (gw[i] - xv[i] * rstd * dot);
+      for (int i = 0; i < kVec; ++i) {
+        const float xhat = xv[i] * rstd;
+        out[i] = rstd * (gv[i] * wv[i] - xhat * dot);
+      }
       store8(dx + r * d + ch, out);
     }
   }
@@ -577,58 +479,25 @@ dim3 grid_of(const RowLayout& l) {
   return dim3(static_cast<unsigned>(l.chunks), static_cast<unsigned>(l.samples));
 }
 
-// Which row kernels keep rows in registers: WANHOST_ROW_REGISTERS = forward (default: the
-// forward kernels), all or off (A/B on a GPU; every form gives the same values).
-enum class RowPass { forward, backward };
-
-bool row_registers_enabled(RowPass pass) {
-  static const int level = [] {
-    const char* v = std::getenv("WANHOST_ROW_REGISTERS");
-    if (v != nullptr && std::strcmp(v, "off") == 0) return 0;
-    if (v != nullptr && std::strcmp(v, "all") == 0) return 2;
-    return 1;
-  }();
-  return level == 2 || (level == 1 && pass == RowPass::forward);
-}
-
-// launch(std::integral_constant<int, nv>) when nv is one of NVs, else launch(..<int, 0>).
-template <int... NVs, typename Launch>
-void launch_with(std::int64_t nv, Launch& launch) {
-  const bool done = ((nv == NVs && (launch(std::integral_constant<int, NVs>{}), true)) || ...);
-  if (!done) launch(std::integral_constant<int, 0>{});
-}
-
-// Launches launch(std::integral_constant<int, NV>) with the register-resident NV for D (the
-// widths of the Wan models and the tests: D = 256 ... 2048), else NV = 0 (any D).
-template <typename Launch>
-cudaError_t launch_rows(const RowLayout& l, RowPass pass, Launch&& launch) {
-  const std::int64_t nv =
-      row_registers_enabled(pass) && l.dim % kRowStep == 0 ? l.dim / kRowStep : 0;
-  launch_with<1, 2, 4, 6, 8>(nv, launch);
-  return cudaGetLastError();
-}
-
 }  // namespace
 
 cudaError_t layer_norm_modulate_forward(const RowLayout& l, const void* x, const float* scale,
                                         const float* shift, float eps, void* y, float* mean,
                                         float* rstd, cudaStream_t stream) {
-  return launch_rows(l, RowPass::forward, [&](auto nv) {
-    ln_modulate_fwd<decltype(nv)::value><<<grid_of(l), kThreads, 0, stream>>>(
-        l, static_cast<const bf16*>(x), scale, shift, eps, static_cast<bf16*>(y), mean, rstd,
-        nullptr, nullptr, nullptr);
-  });
+  ln_modulate_fwd<<<grid_of(l), kThreads, 0, stream>>>(l, static_cast<const bf16*>(x), scale, shift,
+                                                       eps, static_cast<bf16*>(y), mean, rstd,
+                                                       nullptr, nullptr, nullptr);
+  return cudaGetLastError();
 }
 
 cudaError_t gated_residual_norm_forward(const RowLayout& l, const void* x, const void* y,
                                         const float* gate, const float* scale, const float* shift,
                                         float eps, void* x_out, void* n, float* mean, float* rstd,
                                         cudaStream_t stream) {
-  return launch_rows(l, RowPass::forward, [&](auto nv) {
-    ln_modulate_fwd<decltype(nv)::value><<<grid_of(l), kThreads, 0, stream>>>(
-        l, static_cast<const bf16*>(x), scale, shift, eps, static_cast<bf16*>(n), mean, rstd,
-        static_cast<const bf16*>(y), gate, static_cast<bf16*>(x_out));
-  });
+  ln_modulate_fwd<<<grid_of(l), kThreads, 0, stream>>>(
+      l, static_cast<const bf16*>(x), scale, shift, eps, static_cast<bf16*>(n), mean, rstd,
+      static_cast<const bf16*>(y), gate, static_cast<bf16*>(x_out));
+  return cudaGetLastError();
 }
 
 cudaError_t gated_residual_norm_backward(const RowLayout& l, const void* grad_x, const void* grad_n,
@@ -639,11 +508,10 @@ cudaError_t gated_residual_norm_backward(const RowLayout& l, const void* grad_x,
   const auto* gn = static_cast<const bf16*>(grad_n);
   const auto* xb = static_cast<const bf16*>(x_out);
   auto* dxb = static_cast<bf16*>(dx);
-  cudaError_t err = launch_rows(l, RowPass::backward, [&](auto nv) {
-    ln_modulate_bwd<decltype(nv)::value><<<grid_of(l), kThreads, 0, stream>>>(
-        l, gn, xb, scale, mean, rstd, dxb, static_cast<const bf16*>(grad_x), gate,
-        static_cast<bf16*>(dy));
-  });
+  ln_modulate_bwd<<<grid_of(l), kThreads, 0, stream>>>(l, gn, xb, scale, mean, rstd, dxb,
+                                                       static_cast<const bf16*>(grad_x), gate,
+                                                       static_cast<bf16*>(dy));
+  cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   err = launch_column_sums<2>(l, LnModulateTerms{gn, xb, mean, rstd, l.dim}, norm_partials, stream);
   if (err != cudaSuccess || gate_partials == nullptr) return err;
@@ -656,10 +524,9 @@ cudaError_t layer_norm_modulate_backward(const RowLayout& l, const void* grad, c
                                          void* dx, float* partials, cudaStream_t stream) {
   const auto* g = static_cast<const bf16*>(grad);
   const auto* xb = static_cast<const bf16*>(x);
-  const cudaError_t err = launch_rows(l, RowPass::backward, [&](auto nv) {
-    ln_modulate_bwd<decltype(nv)::value><<<grid_of(l), kThreads, 0, stream>>>(
-        l, g, xb, scale, mean, rstd, static_cast<bf16*>(dx), nullptr, nullptr, nullptr);
-  });
+  ln_modulate_bwd<<<grid_of(l), kThreads, 0, stream>>>(
+      l, g, xb, scale, mean, rstd, static_cast<bf16*>(dx), nullptr, nullptr, nullptr);
+  const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   return launch_column_sums<2>(l, LnModulateTerms{g, xb, mean, rstd, l.dim}, partials, stream);
 }
@@ -688,10 +555,9 @@ cudaError_t rms_norm_rope_forward(const RowLayout& l, const void* x, const float
                                   std::int64_t head_dim, float eps, void* y, float* rstd,
                                   cudaStream_t stream) {
   const Rope rp{cos, sin, table_rows, head_dim};
-  return launch_rows(l, RowPass::forward, [&](auto nv) {
-    rms_rope_fwd<decltype(nv)::value><<<grid_of(l), kThreads, 0, stream>>>(
-        l, static_cast<const bf16*>(x), w, rp, eps, static_cast<bf16*>(y), rstd);
-  });
+  rms_rope_fwd<<<grid_of(l), kThreads, 0, stream>>>(l, static_cast<const bf16*>(x), w, rp, eps,
+                                                    static_cast<bf16*>(y), rstd);
+  return cudaGetLastError();
 }
 
 cudaError_t rms_norm_rope_backward(const RowLayout& l, const void* grad, const void* x,
@@ -702,10 +568,8 @@ cudaError_t rms_norm_rope_backward(const RowLayout& l, const void* grad, const v
   const Rope rp{cos, sin, table_rows, head_dim};
   const auto* g = static_cast<const bf16*>(grad);
   const auto* xb = static_cast<const bf16*>(x);
-  const cudaError_t err = launch_rows(l, RowPass::backward, [&](auto nv) {
-    rms_rope_bwd<decltype(nv)::value>
-        <<<grid_of(l), kThreads, 0, stream>>>(l, g, xb, w, rp, rstd, static_cast<bf16*>(dx));
-  });
+  rms_rope_bwd<<<grid_of(l), kThreads, 0, stream>>>(l, g, xb, w, rp, rstd, static_cast<bf16*>(dx));
+  const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   return launch_column_sums<1>(l, RmsWeightTerm{g, xb, rstd, rp, l.dim, x_stride(l)}, partials,
                                stream);

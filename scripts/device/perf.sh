@@ -4,7 +4,7 @@
 # kernels on and off, dense and packed), the plain-PyTorch peer on the same shapes in the same
 # call, and short training runs. Results under $OUT. The peer script travels in the ignored
 # folder build-perf/peer (copy ../shared/bench there and name build-perf in `carry`, with .deps).
-# PHASES (default: tests bench peer run); also ab, rowab, graph (--cuda-graph), profile, trace, ncu,
+# PHASES (default: tests bench peer run); also ab, graph (--cuda-graph), profile, trace, ncu,
 # bench14off, benchckpt, benchmix, runab.
 # The device tool brings back at most 8 files from $OUT: machine.txt, build.log and
 # test_kernels.txt are always written; each run phase adds 4 (choose phases accordingly).
@@ -23,11 +23,11 @@ tail -1 "$OUT/build.log"
 W=build-gpu/bin/wanhost
 if has tests && [ -x build-gpu/bin/test_kernels ]; then
   build-gpu/bin/test_kernels 2>&1 | tee "$OUT/test_kernels.txt" | grep -E "^\[  |OK|FAIL|rel|Expected|Which" | tail -30
-  # The other forms of the row kernels (default: forward kernels keep rows in registers).
-  for v in off all; do
-    WANHOST_ROW_REGISTERS=$v build-gpu/bin/test_kernels --gtest_filter='FusedGpu.*' 2>&1 |
-      tee -a "$OUT/test_kernels.txt" | grep -E "FAIL|PASSED" | tail -5
-  done
+  # Every cuBLASLt epilogue on (by default only DGELU runs): the feed-forward and linear tests
+  # then also check the GELU_AUX_BIAS and BGRADB products (and that cuBLASLt refused none).
+  WANHOST_LT_EPILOGUES=all build-gpu/bin/test_kernels \
+    --gtest_filter='FusedGpu.GeluFeedForward:FusedGpu.LinearBiasGradient' 2>&1 |
+    tee -a "$OUT/test_kernels.txt" | grep -E "FAIL|PASSED|refused" | tail -5
   WANHOST_PACKED_ATTENTION=flash build-gpu/bin/test_kernels --gtest_filter='PackedAttention*' 2>&1 |
     tee -a "$OUT/test_kernels.txt" | grep -E "FAIL|PASSED|warn" | tail -5
   # The whole model: fused block path vs the plain path (against fp32), dense and packed.
@@ -48,15 +48,11 @@ if has bench && [ -x "$W" ]; then
   [ "$short" = 1 ] || bench "${S2[@]}" --option fused_kernels=off --no-peak
   [ "$short" = 1 ] || bench "${P14[@]}" --no-peak
   has bench14off && bench "${P14[@]}" --option fused_kernels=off --no-peak
-  # A/B of single changes: each cuBLASLt epilogue on its own; rows in registers or not.
+  # A/B of single changes: each cuBLASLt epilogue on its own.
   abbench() { echo "# $1" >>"$OUT/bench.jsonl"; (export "$1"; shift; bench "$@"); }
   if has ab; then
     for e in off gelu dgelu all; do abbench WANHOST_LT_EPILOGUES=$e "${S1[@]}" --no-peak; done
     abbench WANHOST_LT_EPILOGUES=off "${S2[@]}" --no-peak
-  fi
-  if has rowab; then
-    for v in off all; do abbench WANHOST_ROW_REGISTERS=$v "${S1[@]}" --no-peak; done
-    abbench WANHOST_ROW_REGISTERS=off "${S2[@]}" --no-peak
   fi
   # The step captured once as a CUDA graph and replayed (no host launches between kernels).
   if has graph; then
