@@ -24,6 +24,7 @@ enum class LtEpilogue {
   DGelu,        // D = AB * gelu'(aux)                          (aux: input)
   BGradB,       // D = AB; bias[n] = sum_k op(B)                (bias: output, bf16 [n])
 };
+constexpr int kLtEpilogues = 3;  // the number of LtEpilogue values (tables indexed by them)
 
 struct LtMatmul {
   bool trans_a = false, trans_b = false;

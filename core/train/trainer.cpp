@@ -530,6 +530,19 @@ int Trainer::run() {
   // Every rank's own figure (in its log file; rank 0's on the console): what sharding saves.
   logger()->info("parameters + gradients + optimizer state on this rank: {:.3f} MiB",
                  static_cast<double>(c_.parallelism->state_bytes()) / (1024.0 * 1024.0));
+  const long profile_step = cfg_["logging"]["profile_step"];
+  long total_steps = 0;
+  for (const auto& stage : cfg_["stages"]) total_steps += stage["steps"].get<long>();
+  if (profile_step > total_steps)
+    throw ConfigError("/logging/profile_step",
+                      "global step " + std::to_string(profile_step) +
+                          " is past the run's last step (the stages' steps add up to " +
+                          std::to_string(total_steps) + ")");
+  if (profile_step > 0 && profile_step <= p_.global_step)
+    logger()->warn(
+        "logging.profile_step {}: the resumed run starts after that step; no step runs "
+        "under the profiler",
+        profile_step);
   if (opts_.stop_after_steps && p_.global_step >= *opts_.stop_after_steps) {
     logger()->info("already at global step {} (--stop-after-steps {}): nothing to train",
                    p_.global_step, *opts_.stop_after_steps);
@@ -573,7 +586,6 @@ int Trainer::run() {
     SampleOrder order(cfg_["run"]["seed"].get<std::uint64_t>(), k, data->size());
     logger()->info("stage {} '{}': {} steps, global batch {}, micro batch {}, data: {}", k,
                    stage["name"].get<std::string>(), steps, gb, mb, data->describe());
-    const long profile_step = cfg_["logging"].value("profile_step", 0L);
     while (p_.stage_step < steps) {
       if (p_.global_step + 1 == profile_step)
         profiled_step(k, *data, order);

@@ -550,8 +550,8 @@ bool run_lt(const kernels::LtMatmul& p, const at::Tensor& like) {
                                          at::cuda::getCUDABlasLtWorkspace(),
                                          at::cuda::getCUDABlasLtWorkspaceSize(), stream_of(like));
   if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
-    static std::atomic<bool> warned[3];  // one per LtEpilogue
-    if (!warned[static_cast<int>(p.epilogue) % 3].exchange(true))
+    static std::atomic<bool> warned[kernels::kLtEpilogues];
+    if (!warned[static_cast<int>(p.epilogue)].exchange(true))
       logger()->warn(
           "cuBLASLt has no algorithm for a {} product of {} x {} x {}; ATen computes such "
           "products (slower)",

@@ -140,9 +140,15 @@ TEST(Profile, OneStepUnderTheProfiler) {
   EXPECT_FALSE(trace["traceEvents"].empty());
   EXPECT_NE(r.err.find("profile of global step 3"), std::string::npos) << r.describe();
 
-  const Result bad = run_cli(run_args(scratch_dir() / "bad", {"--set", "logging.profile_step=-1"}));
-  EXPECT_EQ(bad.code, 2) << bad.describe();
-  EXPECT_NE(bad.err.find("/logging/profile_step"), std::string::npos) << bad.describe();
+  // Negative, and past the run's last step (a profile that would silently never happen).
+  for (const auto& [value, says] : {std::pair{"-1", "/logging/profile_step"},
+                                    std::pair{"100000", "past the run's last step"}}) {
+    const Result bad = run_cli(
+        run_args(scratch_dir() / "bad", {"--set", std::string("logging.profile_step=") + value}));
+    EXPECT_EQ(bad.code, 2) << bad.describe();
+    EXPECT_NE(bad.err.find("/logging/profile_step"), std::string::npos) << bad.describe();
+    EXPECT_NE(bad.err.find(says), std::string::npos) << bad.describe();
+  }
 }
 
 }  // namespace
