@@ -31,6 +31,7 @@
 #include "lr_schedule.hpp"
 #include "metrics.hpp"
 #include "sample_order.hpp"
+#include "step_inputs.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/log.hpp"
 #include "wanhost/random.hpp"
@@ -212,8 +213,10 @@ class Trainer {
   void prepare_run_folder();
   void resume_from(const std::string& dir);
   void start_stage(std::size_t k, bool fresh_run_start);
-  void train_step(std::size_t k, DataSource& data, SampleOrder& order);
-  void profiled_step(std::size_t k, DataSource& data, SampleOrder& order);
+  StepInputs make_inputs(std::size_t k, DataSource& data, SampleOrder& order, long stage_step,
+                         long global_step);
+  void train_step(std::size_t k, StepPrefetcher& inputs);
+  void profiled_step(std::size_t k, StepPrefetcher& inputs);
   void save_checkpoint();
   void export_weights();
   void summary() const;
@@ -302,34 +305,48 @@ void Trainer::save_checkpoint() {
   logger()->info("checkpoint saved: {}", last_checkpoint_);
 }
 
-void Trainer::train_step(std::size_t k, DataSource& data, SampleOrder& order) {
+// This rank's share of a step's samples on the host, collated into micro batches and noised.
+// Runs on the prefetcher's worker thread (run.prefetch), so it reads nothing that the training
+// thread changes: the step counters come as arguments.
+StepInputs Trainer::make_inputs(std::size_t k, DataSource& data, SampleOrder& order,
+                                long stage_step, long global_step) {
   const Json& stage = cfg_["stages"][k];
-  const long gb = stage["global_batch"], mb = stage["micro_batch"], steps = stage["steps"];
+  const long gb = stage["global_batch"], mb = stage["micro_batch"];
   const int dp = c_.ctx.dp->size(), dp_rank = c_.ctx.dp->rank();
   const long local = gb / dp;
-  const auto t0 = std::chrono::steady_clock::now();
-
   CollateOptions copts;
   copts.text_rows = stage["text_rows"];
   const std::uint64_t seed = cfg_["run"]["seed"];
-  std::vector<NoisedBatch> micro;
-  double tokens = 0, flops = 0;
+  StepInputs in;
+  in.stage_step = stage_step;
+  in.global_step = global_step;
   for (long start = 0; start < local; start += mb) {
     std::vector<Sample> samples;
     std::vector<std::int64_t> keys;
     for (long j = start; j < std::min(local, start + mb); ++j) {
-      const std::int64_t position = p_.stage_step * gb + dp_rank * local + j;
+      const std::int64_t position = stage_step * gb + dp_rank * local + j;
       samples.push_back(data.get(order.at(position)));
       keys.push_back(position);
       const Sample& s = samples.back();
       const PackSegment grid{0, s.latent.size(1), s.latent.size(2), s.latent.size(3)};
-      tokens += static_cast<double>(c_.model->tokens(grid));
-      flops += 3.0 * c_.model->forward_flops(grid, s.text.size(0));
+      in.tokens += static_cast<double>(c_.model->tokens(grid));
+      in.flops += 3.0 * c_.model->forward_flops(grid, s.text.size(0));
     }
     Batch batch = collate(c_, std::move(samples), copts);
     batch.sample_keys = keys;  // stream positions: unique per sample of the stage
-    micro.push_back(c_.scheduler->add_noise(batch.to(c_.ctx.device), seed, p_.global_step));
+    in.micro.push_back(c_.scheduler->add_noise(batch, seed, global_step));
   }
+  return in;
+}
+
+void Trainer::train_step(std::size_t k, StepPrefetcher& inputs) {
+  const Json& stage = cfg_["stages"][k];
+  const long gb = stage["global_batch"], steps = stage["steps"];
+  const auto t0 = std::chrono::steady_clock::now();
+  double data_wait_s = 0;
+  const StepInputs in = inputs.take(p_.stage_step, p_.global_step, &data_wait_s);
+  const std::vector<NoisedBatch>& micro = in.micro;
+  const double tokens = in.tokens, flops = in.flops;
 
   c_.parallelism->zero_grad();
   StepLoss sl = c_.parallelism->forward_backward(
@@ -402,6 +419,7 @@ void Trainer::train_step(std::size_t k, DataSource& data, SampleOrder& order) {
                                          : Json(nullptr)},
                 {"peak_mem_gib", peak_memory_gib(c_.ctx.device)},
                 {"step_time_s", secs},
+                {"data_wait_s", data_wait_s},
                 {"skipped_steps", p_.skipped}};
     if (profiling_) rec["profiled"] = true;
     metrics_->write(rec);
@@ -427,13 +445,13 @@ void Trainer::train_step(std::size_t k, DataSource& data, SampleOrder& order) {
 // device time by kernel class and the longest kernels (operator times on the CPU) and writes them
 // to <run>/profile/summary.json. The step's own metrics carry "profiled": true (the profiler
 // slows it down).
-void Trainer::profiled_step(std::size_t k, DataSource& data, SampleOrder& order) {
+void Trainer::profiled_step(std::size_t k, StepPrefetcher& inputs) {
   const long step = p_.global_step + 1;
   const std::string dir = out_ + "/profile";
   fs::create_directories(dir);
   profiling_ = true;  // an exception here ends the run, so the flag needs no unwinding
   const KernelProfile prof = profile_kernels(
-      c_.ctx.device, [&] { train_step(k, data, order); }, 1,
+      c_.ctx.device, [&] { train_step(k, inputs); }, 1,
       dir + "/trace-rank" + std::to_string(env_.rank) + ".json");
   profiling_ = false;
   if (!rank0()) return;
@@ -586,11 +604,17 @@ int Trainer::run() {
     SampleOrder order(cfg_["run"]["seed"].get<std::uint64_t>(), k, data->size());
     logger()->info("stage {} '{}': {} steps, global batch {}, micro batch {}, data: {}", k,
                    stage["name"].get<std::string>(), steps, gb, mb, data->describe());
+    // Destroyed before `data` and `order`, which its worker uses.
+    StepPrefetcher inputs(
+        [&, k](long stage_step, long global_step) {
+          return make_inputs(k, *data, order, stage_step, global_step);
+        },
+        c_.ctx.device, steps - 1, cfg_["run"]["prefetch"].get<bool>());
     while (p_.stage_step < steps) {
       if (p_.global_step + 1 == profile_step)
-        profiled_step(k, *data, order);
+        profiled_step(k, inputs);
       else
-        train_step(k, *data, order);
+        train_step(k, inputs);
       const bool stage_end = p_.stage_step == steps;
       const bool stop = opts_.stop_after_steps && p_.global_step >= *opts_.stop_after_steps;
       const bool term = any_rank(*c_.ctx.world, c_.ctx.device, g_terminate.load());

@@ -5,7 +5,7 @@
 # call, and short training runs. Results under $OUT. The peer script travels in the ignored
 # folder build-perf/peer (copy ../shared/bench there and name build-perf in `carry`, with .deps).
 # PHASES (default: tests bench peer run); also ab, graph (--cuda-graph), profile, trace, ncu,
-# bench14off, benchckpt, benchmix, runab.
+# bench14off, benchckpt, benchmix, runab (per-tensor AdamW), runnopf (run.prefetch=false).
 # The device tool brings back at most 8 files from $OUT: machine.txt, build.log and
 # test_kernels.txt are always written; each run phase adds 4 (choose phases accordingly).
 set -uo pipefail
@@ -46,7 +46,7 @@ if has bench && [ -x "$W" ]; then
   [ "$short" = 1 ] || bench "${S1[@]}" --option fused_kernels=off --no-peak
   bench "${S2[@]}" --no-peak
   [ "$short" = 1 ] || bench "${S2[@]}" --option fused_kernels=off --no-peak
-  [ "$short" = 1 ] || bench "${P14[@]}" --no-peak
+  [ "$short" = 1 ] && [ "${BENCH_14:-0}" != 1 ] || bench "${P14[@]}" --no-peak
   has bench14off && bench "${P14[@]}" --option fused_kernels=off --no-peak
   # A/B of single changes: each cuBLASLt epilogue on its own.
   abbench() { echo "# $1" >>"$OUT/bench.jsonl"; (export "$1"; shift; bench "$@"); }
@@ -101,13 +101,14 @@ runs() {
   common=(--set model.wan21_dit.preset=\"wan2.1-t2v-1.3b\" --set data.synthetic.text_dim=4096
     --set data.synthetic.height=30 --set data.synthetic.width=52 --set checkpoint.at_stage_end=false
     --set checkpoint.export_diffusers=false --set logging.every_steps=1 --set logging.progress=\"off\"
-    --set logging.profile_step=${PROFILE_STEP:-0})
+    --set logging.profile_step=${PROFILE_STEP:-0} ${RUN_EXTRA:-})
   rm -rf /tmp/r-s1 /tmp/r-s2
   timeout 150 $W run --out /tmp/r-s1 "${common[@]}" --set stages.0.steps=6 --set stages.0.global_batch=32 \
     --set stages.0.micro_batch=32 --set stages.1.steps=1 --set stages.1.global_batch=1 \
     --set stages.1.micro_batch=1 >"$OUT/run-s1$tag.txt" 2>&1
   cp /tmp/r-s1/metrics.jsonl "$OUT/s1$tag-metrics.jsonl" 2>/dev/null; tail -3 "$OUT/run-s1$tag.txt"
   cp /tmp/r-s1/profile/summary.json "$OUT/s1$tag-profile.json" 2>/dev/null
+  [ "${KEEP_TRACE:-0}" = 1 ] && cp /tmp/r-s1/profile/trace-rank0.json "$OUT/s1$tag-trace.json" 2>/dev/null
   timeout 150 $W run --out /tmp/r-s2 "${common[@]}" --set stages.0.steps=1 --set stages.0.global_batch=1 \
     --set stages.0.micro_batch=1 --set stages.1.steps=6 --set stages.1.global_batch=1 \
     --set stages.1.micro_batch=1 --set data.synthetic.latent_frames=21 >"$OUT/run-s2$tag.txt" 2>&1
@@ -118,5 +119,7 @@ if [ -x "$W" ]; then
   has run && runs ""
   # What the fused AdamW buys: the same runs with the per-tensor update.
   has runab && WANHOST_ADAMW=loop runs "-adamw-loop"
+  # What prefetching the next step's batches on a worker thread buys.
+  has runnopf && RUN_EXTRA="--set run.prefetch=false" runs "-noprefetch"
 fi
 echo "total $((SECONDS - t0)) s"

@@ -80,6 +80,28 @@ TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
   EXPECT_NE(bad.err.find("WANHOST_ADAMW=sometimes"), std::string::npos) << bad.describe();
 }
 
+// run.prefetch (default on) makes each step's micro batches on a worker thread one step ahead;
+// the inputs depend only on (seed, step, sample position), so a run that makes them in the step
+// itself (prefetch off) takes exactly the same steps. A worker that paired a step with another
+// step's batch, or noised it with another step's draws, would change the losses.
+TEST(Prefetch, OnAndOffTakeTheSameSteps) {
+  const auto ahead = read_metrics(reference_run());
+  const fs::path run = scratch_dir() / "inline";
+  const Result r = run_cli(run_args(run, {"--set", "run.prefetch=false"}));
+  ASSERT_EQ(r.code, 0) << r.describe();
+  const auto inline_ = read_metrics(run);
+  ASSERT_EQ(inline_.size(), ahead.size());
+  ASSERT_EQ(ahead.size(), static_cast<std::size_t>(kTotalSteps));
+  for (std::size_t i = 0; i < ahead.size(); ++i) {
+    for (const char* key : {"loss", "grad_norm", "lr"})
+      EXPECT_EQ(inline_[i][key].get<double>(), ahead[i][key].get<double>())
+          << key << " at step " << i + 1;
+    // Host seconds the step waited for its inputs: reported either way.
+    EXPECT_GE(ahead[i]["data_wait_s"].get<double>(), 0.0) << ahead[i];
+    EXPECT_GE(inline_[i]["data_wait_s"].get<double>(), 0.0) << inline_[i];
+  }
+}
+
 // A stage's `init` path: stage 2 started from the weights stage 1 ended with (the stage-end
 // checkpoint's model folder) trains exactly like stage 2 of the straight run, whose init is
 // "previous". Stage 1 started from a path loads those weights once, before the model is sharded.

@@ -13,6 +13,9 @@
 
 namespace wanhost {
 
+// Threads: during training the host calls get() (and collators their collate()) from one worker
+// thread that makes the next step's batches while the current step trains (run.prefetch), one
+// call at a time; nothing else of the source is used meanwhile.
 class DataSource {
  public:
   virtual ~DataSource() = default;

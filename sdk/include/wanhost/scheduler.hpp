@@ -32,7 +32,10 @@ class Scheduler {
   virtual ~Scheduler() = default;
 
   // Noise `clean` for training. `seed` and `step` with each sample's key (Batch::sample_keys)
-  // determine its timestep and noise (see random.hpp), whatever rank draws them.
+  // determine its timestep and noise (see random.hpp), whatever rank draws them. The trainer
+  // passes host (CPU) batches and copies the result to the device itself, and calls this from
+  // its data worker thread (run.prefetch) while loss() may run on the training thread: keep
+  // the two free of shared mutable state.
   virtual NoisedBatch add_noise(const Batch& clean, std::uint64_t seed, std::int64_t step) = 0;
   // `global_batch`: number of samples in the whole optimizer step (all ranks, all micro batches);
   // the returned loss is scaled so that the sum over all of them is the mean per-sample loss.

@@ -1,0 +1,100 @@
+#include "step_inputs.hpp"
+
+#include <chrono>
+#include <optional>
+
+#include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/Event.h>
+#include <c10/core/Stream.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+
+namespace wanhost::core {
+namespace {
+
+// Every tensor of a noised batch (the batch's own host fields stay as they are).
+template <typename Fn>
+void for_each_tensor(NoisedBatch& nb, Fn fn) {
+  for (at::Tensor* t : {&nb.noisy.latents, &nb.noisy.text, &nb.noisy.text_lengths, &nb.timesteps,
+                        &nb.sigmas, &nb.target, &nb.weights})
+    if (t->defined()) fn(*t);
+}
+
+}  // namespace
+
+struct StepPrefetcher::Ready {
+  StepInputs inputs;
+  std::optional<c10::Event> copied;  // recorded on `stream` after the copies (worker, GPU)
+  std::optional<c10::Stream> stream;
+};
+
+StepPrefetcher::StepPrefetcher(Make make, const c10::Device& device, long last_stage_step,
+                               bool ahead)
+    : make_(std::move(make)), device_(device), last_(last_stage_step), ahead_(ahead) {}
+
+StepPrefetcher::~StepPrefetcher() {
+  if (pending_.valid()) pending_.wait();  // its error, if any, is of a step nobody asked for
+}
+
+// On the worker (GPU): the host tensors are pinned and copied asynchronously on a stream of the
+// pool, and an event marks the end of the copies; the training stream waits for that event, not
+// the host. Inline: plain copies on the current stream, as a step without prefetching does.
+std::unique_ptr<StepPrefetcher::Ready> StepPrefetcher::make_on_device(long stage_step,
+                                                                      long global_step,
+                                                                      bool on_worker) {
+  auto r = std::make_unique<Ready>();
+  r->inputs = make_(stage_step, global_step);
+  if (device_.is_cpu()) return r;
+  if (!on_worker) {
+    for (auto& nb : r->inputs.micro) for_each_tensor(nb, [&](at::Tensor& t) { t = t.to(device_); });
+    return r;
+  }
+  const c10::DeviceGuard device_guard(device_);  // this thread's current device
+  const c10::impl::VirtualGuardImpl impl(device_.type());
+  const c10::Stream stream = impl.getStreamFromGlobalPool(device_, /*isHighPriority=*/false);
+  const c10::StreamGuard stream_guard(stream);
+  for (auto& nb : r->inputs.micro)
+    for_each_tensor(nb,
+                    [&](at::Tensor& t) { t = t.pin_memory().to(device_, /*non_blocking=*/true); });
+  r->copied.emplace(device_.type());
+  r->copied->record(stream);
+  r->stream = stream;
+  return r;
+}
+
+StepInputs StepPrefetcher::take(long stage_step, long global_step, double* wait_s) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::unique_ptr<Ready> r;
+  if (pending_.valid() && pending_step_ == stage_step) {
+    r = pending_.get();
+  } else {
+    if (pending_.valid()) {  // made for another step (not expected): drop it
+      try {
+        pending_.get();
+      } catch (...) {
+      }
+    }
+    r = make_on_device(stage_step, global_step, /*on_worker=*/false);
+  }
+  if (wait_s)
+    *wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (r->copied) {
+    // The step's stream waits for the copies; the tensors were allocated on the copy stream, so
+    // the allocator must also know the step's stream uses them before it hands their memory on.
+    const c10::impl::VirtualGuardImpl impl(device_.type());
+    const c10::Stream current = impl.getStream(device_);
+    r->copied->block(current);
+    for (auto& nb : r->inputs.micro)
+      for_each_tensor(nb, [&](at::Tensor& t) { t.record_stream(current); });
+  }
+  if (ahead_ && stage_step + 1 <= last_) {
+    pending_step_ = stage_step + 1;
+    pending_ = std::async(std::launch::async, [this, s = stage_step + 1, g = global_step + 1] {
+      return make_on_device(s, g, /*on_worker=*/true);
+    });
+  }
+  return std::move(r->inputs);
+}
+
+}  // namespace wanhost::core

@@ -1,0 +1,54 @@
+// The inputs of an optimizer step (this rank's noised micro batches) and the prefetcher that
+// makes them one step ahead on a worker thread, so the GPU does not wait for the host's data
+// work (reading or generating samples, collating, drawing noise, copying to the device) between
+// steps. Randomness is a function of (seed, global step, sample position), so inputs made ahead
+// are the very inputs the step would have made itself: runs with and without prefetching give
+// the same losses.
+#pragma once
+
+#include <functional>
+#include <future>
+#include <memory>
+#include <vector>
+
+#include <c10/core/Device.h>
+
+#include "wanhost/scheduler.hpp"
+
+namespace wanhost::core {
+
+struct StepInputs {
+  long stage_step = -1, global_step = -1;  // the step they are for (0-based counters before it)
+  std::vector<NoisedBatch> micro;          // on the training device
+  double tokens = 0, flops = 0;            // this rank's share, for the throughput metrics
+};
+
+class StepPrefetcher {
+ public:
+  // make(stage_step, global_step) builds a step's inputs with host tensors (the CPU); it runs on
+  // the worker thread when `ahead`, never twice at the same time. `last_stage_step`: the stage's
+  // last step (nothing is made beyond it).
+  using Make = std::function<StepInputs(long stage_step, long global_step)>;
+  StepPrefetcher(Make make, const c10::Device& device, long last_stage_step, bool ahead);
+  ~StepPrefetcher();  // waits for the step being made (make may use objects the caller owns)
+  StepPrefetcher(const StepPrefetcher&) = delete;
+  StepPrefetcher& operator=(const StepPrefetcher&) = delete;
+
+  // The inputs of the given step on the device, usable on the caller's current stream; then
+  // starts making the next step's (when ahead). Errors of make are thrown here. `wait_s`: host
+  // seconds this call waited for the inputs (the whole making time when not ahead).
+  StepInputs take(long stage_step, long global_step, double* wait_s = nullptr);
+
+ private:
+  struct Ready;  // inputs on the device, and on the worker the copies' stream and event
+  std::unique_ptr<Ready> make_on_device(long stage_step, long global_step, bool on_worker);
+
+  Make make_;
+  c10::Device device_;
+  long last_;
+  bool ahead_;
+  std::future<std::unique_ptr<Ready>> pending_;
+  long pending_step_ = -1;
+};
+
+}  // namespace wanhost::core
