@@ -9,10 +9,15 @@
 #include <c10/util/Exception.h>
 #include <atomic>
 #include <cstdlib>
+#include <functional>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 
 #if WANHOST_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -564,6 +569,53 @@ bool run_lt(const kernels::LtMatmul& p, const at::Tensor& like) {
   return true;
 }
 
+// Whether the GELU-gradient product of this shape runs with the DGELU epilogue. cuBLASLt fuses
+// the epilogue into the product at some shapes (sm90 "dgelu" kernels at the 1.3B shapes: +1-1.5%
+// a step) and at others runs it as a separate pass after the product that costs more than ATen's
+// gelu_backward (H200, 14B, 37440 x 13824 x 5120: cuBLASLt's epilogue kernel 4.0 ms a call,
+// gelu_backward ~0.8 ms). So the first call of each shape times both ways on the current stream
+// (CUDA events, after one untimed call of each; the separate way first, so that at most two
+// token-by-hidden buffers live at once, as on that path) and keeps the faster; the choice is
+// logged once. `epilogue(dpre)` runs the
+// product into dpre (false: cuBLASLt refused), `separate()` returns the other way's result.
+// Nothing can be timed while the stream is being captured into a CUDA graph: a shape first seen
+// there takes the epilogue, untimed (wanhost bench --cuda-graph warms up before capturing).
+bool dgelu_epilogue_pays(std::int64_t rows, std::int64_t hidden, std::int64_t out,
+                         const at::Tensor& dpre, const std::function<bool()>& epilogue,
+                         const std::function<at::Tensor()>& separate) {
+  static std::mutex mutex;
+  static std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t, int>, bool> chosen;
+  const auto key = std::make_tuple(rows, hidden, out, static_cast<int>(dpre.get_device()));
+  std::lock_guard<std::mutex> lock(mutex);
+  if (auto it = chosen.find(key); it != chosen.end()) return it->second;
+  const cudaStream_t stream = stream_of(dpre);
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  check_cuda(cudaStreamIsCapturing(stream, &capture), "GELU-gradient timing");
+  if (capture != cudaStreamCaptureStatusNone) return true;
+  // Each way once untimed first: the first calls pay for heuristics, plans and module loading
+  // on the host while the device waits (the first epilogue call measured 4-10 ms for a 0.5 ms
+  // product), and the timed calls must not.
+  constexpr int kTimed = 3;
+  at::cuda::CUDAEvent start(cudaEventDefault), mid(cudaEventDefault), end(cudaEventDefault);
+  const auto current = at::cuda::getCurrentCUDAStream(dpre.get_device());
+  separate();
+  if (!epilogue()) return chosen[key] = false;  // refused: run_lt has said so
+  start.record(current);
+  for (int i = 0; i < kTimed; ++i) separate();
+  mid.record(current);
+  for (int i = 0; i < kTimed; ++i) epilogue();
+  end.record(current);
+  end.synchronize();
+  const double separate_ms = start.elapsed_time(mid) / kTimed;
+  const double epilogue_ms = mid.elapsed_time(end) / kTimed;
+  const bool use = epilogue_ms <= separate_ms;
+  logger()->info(
+      "GELU-gradient product {} x {} x {}: cuBLASLt epilogue {:.3f} ms, product + "
+      "gelu_backward {:.3f} ms: using the {}",
+      rows, hidden, out, epilogue_ms, separate_ms, use ? "epilogue" : "separate pass");
+  return chosen[key] = use;
+}
+
 // dw [out, in] = g^T x and db [out] = the column sums of g, in one product (BGRADB epilogue);
 // g [M, out] and x [M, in] row-major bf16.
 bool weight_and_bias_grads(const at::Tensor& g, const at::Tensor& x, at::Tensor& dw,
@@ -628,7 +680,8 @@ struct GeluFeedForward : torch::autograd::Function<GeluFeedForward> {
     const auto rows = g.size(0);
     const auto x2 = x.reshape({-1, x.size(-1)});
 
-    // d pre = (g W2) * gelu'(pre) (DGELU epilogue).
+    // d pre = (g W2) * gelu'(pre): in one product with the DGELU epilogue where that is faster.
+    const auto separate = [&] { return at::gelu_backward(at::mm(g, w2), pre, "tanh"); };
     at::Tensor dpre;
     if (lt_use().dgelu) {
       dpre = at::empty({rows, hidden}, g.options());
@@ -640,9 +693,11 @@ struct GeluFeedForward : torch::autograd::Function<GeluFeedForward> {
       p.d = dpre.data_ptr(), p.ldd = hidden;
       p.epilogue = kernels::LtEpilogue::DGelu;
       p.aux = const_cast<void*>(pre.data_ptr()), p.ldaux = hidden;
-      if (!run_lt(p, g)) dpre = at::Tensor();
+      const auto epilogue = [&] { return run_lt(p, g); };
+      if (!dgelu_epilogue_pays(rows, hidden, out, dpre, epilogue, separate) || !epilogue())
+        dpre = at::Tensor();
     }
-    if (!dpre.defined()) dpre = at::gelu_backward(at::mm(g, w2), pre, "tanh");
+    if (!dpre.defined()) dpre = separate();
     const auto db1 = bias_grad(dpre);
     at::Tensor dw2, db2;
     if (!weight_and_bias_grads(g, h, dw2, db2)) {
