@@ -2,6 +2,8 @@
 
 #include <chrono>
 #include <optional>
+#include <stdexcept>
+#include <string>
 
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
@@ -54,9 +56,11 @@ std::unique_ptr<StepPrefetcher::Ready> StepPrefetcher::make_on_device(long stage
   const c10::impl::VirtualGuardImpl impl(device_.type());
   const c10::Stream stream = impl.getStreamFromGlobalPool(device_, /*isHighPriority=*/false);
   const c10::StreamGuard stream_guard(stream);
+  // (A tensor a plugin already made on a GPU is only moved to this device if need be.)
   for (auto& nb : r->inputs.micro)
-    for_each_tensor(nb,
-                    [&](at::Tensor& t) { t = t.pin_memory().to(device_, /*non_blocking=*/true); });
+    for_each_tensor(nb, [&](at::Tensor& t) {
+      t = t.is_cpu() ? t.pin_memory().to(device_, /*non_blocking=*/true) : t.to(device_);
+    });
   r->copied.emplace(device_.type());
   r->copied->record(stream);
   r->stream = stream;
@@ -79,6 +83,10 @@ StepInputs StepPrefetcher::take(long stage_step, long global_step, double* wait_
   }
   if (wait_s)
     *wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (r->inputs.stage_step != stage_step || r->inputs.global_step != global_step)
+    throw std::logic_error("step prefetcher: inputs made for stage step " +
+                           std::to_string(r->inputs.stage_step) + " handed to stage step " +
+                           std::to_string(stage_step));
   if (r->copied) {
     // The step's stream waits for the copies; the tensors were allocated on the copy stream, so
     // the allocator must also know the step's stream uses them before it hands their memory on.

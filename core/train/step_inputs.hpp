@@ -18,7 +18,7 @@
 namespace wanhost::core {
 
 struct StepInputs {
-  long stage_step = -1, global_step = -1;  // the step they are for (0-based counters before it)
+  long stage_step = -1, global_step = -1;  // the step they are for (make sets them; take checks)
   std::vector<NoisedBatch> micro;          // on the training device
   double tokens = 0, flops = 0;            // this rank's share, for the throughput metrics
 };
