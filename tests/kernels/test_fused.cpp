@@ -90,6 +90,30 @@ TEST(FusedGpu, LayerNormModulatePacked) {
   check_layer_norm_modulate(1, 561, 1536, long_seg.get(), 3);
 }
 
+// The parameter gradients are sums over many blocks' rows, always taken in the same order (no
+// float atomics): the same inputs give the same bits, run after run, dense or packed.
+TEST(FusedGpu, ParameterGradientsRepeatBitForBit) {
+  if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
+  auto seg = segments({300, 1, 260, 517}, at::kCUDA);
+  auto x = at::randn({1, 1078, 1536}, kBf16Cuda);
+  auto scale = at::randn({4, 1, 1536}, kF32Cuda) * 0.2;
+  auto shift = at::randn({4, 1, 1536}, kF32Cuda) * 0.2;
+  auto w = at::rand({1536}, kF32Cuda) + 0.5;
+  auto gy = at::randn({1, 1078, 1536}, kBf16Cuda);
+  auto run = [&] {
+    auto in = leaves({x, scale, shift, w});
+    auto y = fused::layer_norm_modulate(in[0], in[1], in[2], 1e-6, seg.get());
+    auto z = fused::rms_norm_rope(y, in[3], at::Tensor(), at::Tensor(), 128, 1e-6);
+    return grads_of(z, gy.view({1, 1078, 12, 128}), in);
+  };
+  const auto first = run();
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    const auto again = run();
+    for (std::size_t i = 0; i < first.size(); ++i)
+      EXPECT_TRUE(at::equal(first[i], again[i])) << "gradient " << i << ", repeat " << repeat;
+  }
+}
+
 void check_gated(std::int64_t b, std::int64_t s, std::int64_t d, const AttentionSegments* seg,
                  std::int64_t samples) {
   auto x = at::randn({b, s, d}, kBf16Cuda), y = at::randn({b, s, d}, kBf16Cuda);
