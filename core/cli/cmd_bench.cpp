@@ -16,6 +16,7 @@
 #include "../util/kernel_profile.hpp"
 #include "../util/step_graph.hpp"
 #include "app.hpp"
+#include "bench_kernels.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/log.hpp"
 
@@ -30,6 +31,7 @@ struct BenchOptions {
   std::int64_t blocks = 4, batch = 1, video_tokens = 390, text_tokens = 512;
   int warmup = 3, iters = 10;
   bool packed = false, json = false, fp32_master = false, skip_peak = false, cuda_graph = false;
+  bool kernels = false;  // each fused operator against its ATen reference instead of blocks
   std::vector<std::string> options;  // key=json for the model plugin
 };
 
@@ -127,6 +129,10 @@ void bench(const GlobalOptions& g, BenchOptions o) {
   if (device.is_cuda() && !device.has_index()) device = c10::Device(c10::kCUDA, 0);
   if (o.cuda_graph && !device.is_cuda())
     throw UsageError("--cuda-graph needs a GPU (--device cuda); this run is on " + device.str());
+  if (o.kernels && (o.cuda_graph || o.packed || !o.grids.empty() || !o.profile.empty()))
+    throw UsageError(
+        "--kernels times single operators on dense rows: it takes no --cuda-graph, "
+        "--packed, --grid or --profile");
   if (o.dtype.empty()) o.dtype = device.is_cuda() ? "bfloat16" : "float32";
   const auto dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
   const auto grids = token_grids(o);
@@ -150,6 +156,32 @@ void bench(const GlobalOptions& g, BenchOptions o) {
           3.0 * o.blocks *
           (probe_b->forward_flops(seg, o.text_tokens) - probe_a->forward_flops(seg, o.text_tokens));
     }
+  }
+
+  if (o.kernels) {
+    // The operators at the model's widths: from its Diffusers-style config.
+    const auto cfg = Json::parse(
+        d.factories.create_model(model_config(m, o, 1), ParallelContext::single(c10::kCPU))
+            ->config_json());
+    for (const char* key : {"num_attention_heads", "attention_head_dim", "ffn_dim"})
+      if (!cfg.contains(key) || !cfg[key].is_number_integer())
+        throw UsageError("--kernels: the config of plugin " + o.plugin + " has no integer '" + key +
+                         "' to size the operators from");
+    KernelBenchShape shape;
+    shape.samples = o.batch;
+    shape.rows_per_sample = o.video_tokens;
+    shape.heads = cfg["num_attention_heads"];
+    shape.dim = shape.heads * cfg["attention_head_dim"].get<std::int64_t>();
+    shape.ffn = cfg["ffn_dim"];
+    Json r = bench_kernels(device, dtype, shape, o.warmup, o.iters);
+    r["plugin"] = m.name;
+    r["preset"] = o.preset;
+    r["dtype"] = o.dtype;
+    if (o.json)
+      std::cout << r.dump() << std::endl;
+    else
+      std::printf("%s", kernel_bench_table(r).c_str());
+    return;
   }
 
   ParallelContext ctx = ParallelContext::single(device);
@@ -307,6 +339,9 @@ void add_bench_command(CLI::App& app, GlobalOptions& g) {
   b->add_flag("--cuda-graph", o->cuda_graph,
               "Capture the step once as a CUDA graph and time its replays (GPU only)");
   b->add_flag("--no-peak", o->skip_peak, "Skip the matrix-product peak (no MFU)");
+  b->add_flag("--kernels", o->kernels,
+              "Time each fused operator (forward + backward) against its ATen reference at the "
+              "preset's widths and --batch x --video-tokens rows, instead of whole blocks");
   b->add_flag("--json", o->json, "Print one JSON object");
   b->add_option("--profile", o->profile,
                 "Profile a few steps after the timed ones: write a Chrome trace to this file and "

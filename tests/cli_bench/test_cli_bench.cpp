@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <string>
+#include <vector>
 
 #include "parity_util.hpp"
 
@@ -94,6 +95,38 @@ TEST(CliBench, ProfileWritesATraceAndSumsKernelTimeByClass) {
   std::remove(trace.c_str());
 }
 
+// --kernels: each fused operator, forward + backward, against its ATen reference at the preset's
+// widths. On the CPU both columns run ATen and the report says so; the memory-bound operators
+// count 3 x their inputs' bytes + 2 x their outputs'.
+TEST(CliBench, KernelsTimeEveryFusedOperatorAgainstItsReference) {
+  const auto r = run_wanhost(kBase +
+                             " --kernels --preset tiny --batch 2 --video-tokens 60 --iters 2 "
+                             "--device cpu --json");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto j = last_json_line(r.output);
+  EXPECT_EQ(j["dim"], 64);
+  EXPECT_EQ(j["heads"], 2);
+  EXPECT_EQ(j["ffn"], 256);
+  EXPECT_EQ(j["dtype"], "float32");
+  EXPECT_EQ(j["fused_kernels"], false);
+  std::vector<std::string> ops;
+  for (const auto& e : j["ops"]) {
+    ops.push_back(e["op"]);
+    EXPECT_GT(e["fused_us"].get<double>(), 0.0) << e;
+    EXPECT_GT(e["reference_us"].get<double>(), 0.0) << e;
+    EXPECT_NEAR(e["speedup"].get<double>(),
+                e["reference_us"].get<double>() / e["fused_us"].get<double>(), 1e-9);
+  }
+  EXPECT_EQ(
+      ops, (std::vector<std::string>{"layer_norm_modulate", "gated_residual", "gated_residual_norm",
+                                     "rms_norm_rope", "linear (bias gradient by the column kernel)",
+                                     "gelu_feed_forward"}));
+  // x [2, 60, 64] and scale, shift [2, 1, 64] in; y [2, 60, 64] out; float32.
+  const double x = 2 * 60 * 64 * 4, v = 2 * 64 * 4;
+  EXPECT_EQ(j["ops"][0]["bytes"].get<double>(), 3 * (x + 2 * v) + 2 * x);
+  EXPECT_FALSE(j["ops"][5].contains("bytes"));  // matrix products: no bandwidth figure
+}
+
 TEST(CliBench, UsageErrorsNameTheFlag) {
   const std::string tiny = kBase + " --batch 2 --preset tiny --video-tokens 60 ";
   const std::pair<std::string, std::string> cases[] = {
@@ -109,6 +142,7 @@ TEST(CliBench, UsageErrorsNameTheFlag) {
       {kBase + " --preset huge", "huge"},
       {tiny + "--device cuda", "no CUDA device"},
       {tiny + "--device cpu --cuda-graph", "--cuda-graph needs a GPU (--device cuda)"},
+      {tiny + "--kernels --packed", "--kernels times single operators on dense rows"},
   };
   for (const auto& [args, says] : cases) {
     if (args.find("--device cuda") != std::string::npos && at::hasCUDA()) continue;
