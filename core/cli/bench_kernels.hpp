@@ -18,7 +18,8 @@ struct KernelBenchShape {
   std::int64_t dim = 0, heads = 0, ffn = 0;       // model width, attention heads, FFN width
 };
 
-// One entry per operator: "op", "fused_us" and "reference_us" (median forward + backward time),
+// One entry per operator: "op", "fused_us" and "reference_us" (median forward + backward time of
+// one call, from 10 calls queued back to back),
 // "speedup", and for the memory-bound ones "bytes" (3 x inputs + 2 x outputs: forward reads
 // the inputs and writes the outputs, backward reads the output gradients and the inputs and
 // writes the input gradients) with "fused_gbps"; "fused_kernels" says whether the GPU kernels ran
