@@ -41,8 +41,7 @@ double median_seconds(const c10::Device& device, const std::function<void()>& fn
                             for (int k = 0; k < kBackToBack; ++k) fn();
                           }) /
                 kBackToBack);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return median(std::move(t));
 }
 
 double nbytes(const Tensors& ts) {

@@ -74,11 +74,6 @@ const Grid& grid_of_sample(const std::vector<Grid>& grids, std::int64_t i) {
   return grids[static_cast<std::size_t>(i) % grids.size()];
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 PluginConfig model_config(const PluginManifest& m, const BenchOptions& o, std::int64_t blocks) {
   Json values;
   for (const char* key : {"preset", "overrides"})
@@ -141,23 +136,6 @@ void bench(const GlobalOptions& g, BenchOptions o) {
   const PluginManifest& m = reg->require(o.plugin, "model", "");
   const PluginDescriptor& d = reg->load(m.name);
 
-  // Block FLOPs: the model's forward_flops is linear in the block count, so the difference to
-  // a model with one block more gives one block's share (embedding and head excluded, like the
-  // peer), per sample grid. The probes are built on the CPU and only asked for their counts.
-  double step_flops = 0;
-  {
-    auto ctx = ParallelContext::single(c10::Device(c10::kCPU));
-    auto probe_a = d.factories.create_model(model_config(m, o, 1), ctx);
-    auto probe_b = d.factories.create_model(model_config(m, o, 2), ctx);
-    for (std::int64_t i = 0; i < o.batch; ++i) {
-      const Grid& g = grid_of_sample(grids, i);
-      const PackSegment seg{0, g[0], 2 * g[1], 2 * g[2]};
-      step_flops +=
-          3.0 * o.blocks *
-          (probe_b->forward_flops(seg, o.text_tokens) - probe_a->forward_flops(seg, o.text_tokens));
-    }
-  }
-
   if (o.kernels) {
     // The operators at the model's widths: from its Diffusers-style config.
     const auto cfg = Json::parse(
@@ -182,6 +160,23 @@ void bench(const GlobalOptions& g, BenchOptions o) {
     else
       std::printf("%s", kernel_bench_table(r).c_str());
     return;
+  }
+
+  // Block FLOPs: the model's forward_flops is linear in the block count, so the difference to
+  // a model with one block more gives one block's share (embedding and head excluded, like the
+  // peer), per sample grid. The probes are built on the CPU and only asked for their counts.
+  double step_flops = 0;
+  {
+    auto ctx = ParallelContext::single(c10::Device(c10::kCPU));
+    auto probe_a = d.factories.create_model(model_config(m, o, 1), ctx);
+    auto probe_b = d.factories.create_model(model_config(m, o, 2), ctx);
+    for (std::int64_t i = 0; i < o.batch; ++i) {
+      const Grid& g = grid_of_sample(grids, i);
+      const PackSegment seg{0, g[0], 2 * g[1], 2 * g[2]};
+      step_flops +=
+          3.0 * o.blocks *
+          (probe_b->forward_flops(seg, o.text_tokens) - probe_a->forward_flops(seg, o.text_tokens));
+    }
   }
 
   ParallelContext ctx = ParallelContext::single(device);

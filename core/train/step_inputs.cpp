@@ -27,8 +27,7 @@ void for_each_tensor(NoisedBatch& nb, Fn fn) {
 
 struct StepPrefetcher::Ready {
   StepInputs inputs;
-  std::optional<c10::Event> copied;  // recorded on `stream` after the copies (worker, GPU)
-  std::optional<c10::Stream> stream;
+  std::optional<c10::Event> copied;  // recorded after the worker's copies (GPU)
 };
 
 StepPrefetcher::StepPrefetcher(Make make, const c10::Device& device, long last_stage_step,
@@ -63,30 +62,22 @@ std::unique_ptr<StepPrefetcher::Ready> StepPrefetcher::make_on_device(long stage
     });
   r->copied.emplace(device_.type());
   r->copied->record(stream);
-  r->stream = stream;
   return r;
 }
 
 StepInputs StepPrefetcher::take(long stage_step, long global_step, double* wait_s) {
   const auto t0 = std::chrono::steady_clock::now();
-  std::unique_ptr<Ready> r;
-  if (pending_.valid() && pending_step_ == stage_step) {
-    r = pending_.get();
-  } else {
-    if (pending_.valid()) {  // made for another step (not expected): drop it
-      try {
-        pending_.get();
-      } catch (...) {
-      }
-    }
-    r = make_on_device(stage_step, global_step, /*on_worker=*/false);
-  }
+  // The step made ahead, or (first step of a stage, prefetching off) this step, made here.
+  std::unique_ptr<Ready> r = pending_.valid()
+                                 ? pending_.get()
+                                 : make_on_device(stage_step, global_step, /*on_worker=*/false);
   if (wait_s)
     *wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (r->inputs.stage_step != stage_step || r->inputs.global_step != global_step)
-    throw std::logic_error("step prefetcher: inputs made for stage step " +
-                           std::to_string(r->inputs.stage_step) + " handed to stage step " +
-                           std::to_string(stage_step));
+    throw std::logic_error(
+        "step prefetcher: steps must be taken in order; inputs made for stage step " +
+        std::to_string(r->inputs.stage_step) + " handed to stage step " +
+        std::to_string(stage_step));
   if (r->copied) {
     // The step's stream waits for the copies; the tensors were allocated on the copy stream, so
     // the allocator must also know the step's stream uses them before it hands their memory on.
@@ -97,7 +88,6 @@ StepInputs StepPrefetcher::take(long stage_step, long global_step, double* wait_
       for_each_tensor(nb, [&](at::Tensor& t) { t.record_stream(current); });
   }
   if (ahead_ && stage_step + 1 <= last_) {
-    pending_step_ = stage_step + 1;
     pending_ = std::async(std::launch::async, [this, s = stage_step + 1, g = global_step + 1] {
       return make_on_device(s, g, /*on_worker=*/true);
     });

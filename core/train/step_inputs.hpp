@@ -35,8 +35,9 @@ class StepPrefetcher {
   StepPrefetcher& operator=(const StepPrefetcher&) = delete;
 
   // The inputs of the given step on the device, usable on the caller's current stream; then
-  // starts making the next step's (when ahead). Errors of make are thrown here. `wait_s`: host
-  // seconds this call waited for the inputs (the whole making time when not ahead).
+  // starts making the next step's (when ahead). Steps are taken in order, one after another. Errors
+  // of make are thrown here. `wait_s`: host seconds this call waited for the inputs (the whole
+  // making time when not ahead).
   StepInputs take(long stage_step, long global_step, double* wait_s = nullptr);
 
  private:
@@ -47,8 +48,7 @@ class StepPrefetcher {
   c10::Device device_;
   long last_;
   bool ahead_;
-  std::future<std::unique_ptr<Ready>> pending_;
-  long pending_step_ = -1;
+  std::future<std::unique_ptr<Ready>> pending_;  // the next step's, being made on the worker
 };
 
 }  // namespace wanhost::core

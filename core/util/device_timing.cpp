@@ -1,5 +1,7 @@
 #include "device_timing.hpp"
 
+#include <algorithm>
+
 #include <sys/resource.h>
 
 #include <chrono>
@@ -28,6 +30,11 @@ double time_once(const c10::Device& device, const std::function<void()>& fn) {
   const auto t0 = std::chrono::steady_clock::now();
   fn();
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
 }
 
 void sync_device(const c10::Device& device) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <vector>
 
 #include <c10/core/Device.h>
 
@@ -10,6 +11,8 @@ namespace wanhost::core {
 
 // Seconds of one call of fn (on a GPU: between two events on the current stream).
 double time_once(const c10::Device& device, const std::function<void()>& fn);
+// The median of timings (the upper middle one of an even count); v must not be empty.
+double median(std::vector<double> v);
 // Waits for all work queued on the device (no-op on the CPU).
 void sync_device(const c10::Device& device);
 // TFLOP/s of an 8192^3 bf16 matrix product on a GPU (1024^3 fp32 on the CPU). Resets the

@@ -7,7 +7,8 @@
 # PHASES (default: tests bench peer run); also ab, graph (--cuda-graph), profile, trace, ncu,
 # bench14off, benchckpt, benchmix, runab (per-tensor AdamW), runnopf (run.prefetch=false).
 # The device tool brings back at most 8 files from $OUT: machine.txt, build.log and
-# test_kernels.txt are always written; each run phase adds 4 (choose phases accordingly).
+# test_kernels.txt are always written; each run phase adds 4 (5 with KEEP_TRACE=1). For more,
+# point OUT at a scratch folder and tar it into the tool's $OUT after this script.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/wanhost-perf}

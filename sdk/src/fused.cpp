@@ -576,8 +576,8 @@ bool run_lt(const kernels::LtMatmul& p, const at::Tensor& like) {
 // gelu_backward ~0.8 ms). So the first call of each shape times both ways on the current stream
 // (CUDA events, after one untimed call of each; the separate way first, so that at most two
 // token-by-hidden buffers live at once, as on that path) and keeps the faster; the choice is
-// logged once. `epilogue(dpre)` runs the
-// product into dpre (false: cuBLASLt refused), `separate()` returns the other way's result.
+// logged once. `epilogue()` runs the product into dpre (false: cuBLASLt refused), `separate()`
+// returns the other way's result.
 // Nothing can be timed while the stream is being captured into a CUDA graph: a shape first seen
 // there takes the epilogue, untimed (wanhost bench --cuda-graph warms up before capturing).
 bool dgelu_epilogue_pays(std::int64_t rows, std::int64_t hidden, std::int64_t out,
@@ -588,16 +588,15 @@ bool dgelu_epilogue_pays(std::int64_t rows, std::int64_t hidden, std::int64_t ou
   const auto key = std::make_tuple(rows, hidden, out, static_cast<int>(dpre.get_device()));
   std::lock_guard<std::mutex> lock(mutex);
   if (auto it = chosen.find(key); it != chosen.end()) return it->second;
-  const cudaStream_t stream = stream_of(dpre);
+  const auto current = at::cuda::getCurrentCUDAStream(dpre.get_device());
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  check_cuda(cudaStreamIsCapturing(stream, &capture), "GELU-gradient timing");
+  check_cuda(cudaStreamIsCapturing(current.stream(), &capture), "GELU-gradient timing");
   if (capture != cudaStreamCaptureStatusNone) return true;
   // Each way once untimed first: the first calls pay for heuristics, plans and module loading
   // on the host while the device waits (the first epilogue call measured 4-10 ms for a 0.5 ms
   // product), and the timed calls must not.
   constexpr int kTimed = 3;
   at::cuda::CUDAEvent start(cudaEventDefault), mid(cudaEventDefault), end(cudaEventDefault);
-  const auto current = at::cuda::getCurrentCUDAStream(dpre.get_device());
   separate();
   if (!epilogue()) return chosen[key] = false;  // refused: run_lt has said so
   start.record(current);

@@ -29,15 +29,21 @@ double peer_flops(double b, double s, double t, double d, double f, double l) {
   return 3 * l * (lin + att);
 }
 
+// `wanhost <args>`, which must succeed, and its JSON report (null when it failed).
+nlohmann::json json_report(const std::string& args) {
+  const auto r = run_wanhost(args);
+  EXPECT_EQ(r.code, 0) << args << "\n" << r.output;
+  return r.code == 0 ? last_json_line(r.output) : nlohmann::json();
+}
+
 std::string temp_path(const std::string& name) {
   return ::testing::TempDir() + "/" + name + "." + std::to_string(::getpid());
 }
 
 TEST(CliBench, JsonReportCountsFlopsLikeThePeer) {
   for (const char* layout : {"", " --packed"}) {
-    const auto r = run_wanhost(kCase + " --json" + layout);
-    ASSERT_EQ(r.code, 0) << r.output;
-    const auto j = last_json_line(r.output);
+    const auto j = json_report(kCase + " --json" + layout);
+    ASSERT_FALSE(j.is_null());
     EXPECT_EQ(j["packed"].get<bool>(), std::string(layout).empty() ? false : true);
     EXPECT_EQ(j["device"], "cpu");
     EXPECT_EQ(j["cuda_graph"], false);  // eager steps (--cuda-graph is GPU only)
@@ -54,11 +60,10 @@ TEST(CliBench, JsonReportCountsFlopsLikeThePeer) {
 
 // A pack of mixed sizes (--grid repeated): sample i takes grid i mod n; FLOPs add up per sample.
 TEST(CliBench, MixedPackCountsEverySample) {
-  const auto r = run_wanhost(kBase +
+  const auto j = json_report(kBase +
                              " --preset tiny --blocks 2 --iters 2 --json --packed --batch 3 "
                              "--grid 1,6,10 --grid 1,4,5");
-  ASSERT_EQ(r.code, 0) << r.output;
-  const auto j = last_json_line(r.output);
+  ASSERT_FALSE(j.is_null());
   EXPECT_EQ(j["grids"], nlohmann::json::parse("[[1,6,10],[1,4,5]]"));
   const double want = 2 * peer_flops(1, 60, 16, 64, 256, 2) + peer_flops(1, 20, 16, 64, 256, 2);
   EXPECT_NEAR(j["step_tflop"].get<double>() * 1e12, want, 1.0);
@@ -99,11 +104,10 @@ TEST(CliBench, ProfileWritesATraceAndSumsKernelTimeByClass) {
 // widths. On the CPU both columns run ATen and the report says so; the memory-bound operators
 // count 3 x their inputs' bytes + 2 x their outputs'.
 TEST(CliBench, KernelsTimeEveryFusedOperatorAgainstItsReference) {
-  const auto r = run_wanhost(kBase +
+  const auto j = json_report(kBase +
                              " --kernels --preset tiny --batch 2 --video-tokens 60 --iters 2 "
                              "--device cpu --json");
-  ASSERT_EQ(r.code, 0) << r.output;
-  const auto j = last_json_line(r.output);
+  ASSERT_FALSE(j.is_null());
   EXPECT_EQ(j["dim"], 64);
   EXPECT_EQ(j["heads"], 2);
   EXPECT_EQ(j["ffn"], 256);
