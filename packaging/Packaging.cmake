@@ -2,11 +2,12 @@
 #
 # Two components, two packages per format:
 #   wanhost      -> wanhost (DEB, RPM): the launcher bin/wanhost, the real program
-#                   lib/wanhost/wanhost, libwanhost.so.1, libwanhost_sdk.so.1, the built-in plugins
+#                   lib/wanhost/wanhost, libwanhost.so.1, libwanhost_sdk.so.2 (the SDK contract),
+#                   libwanhost_kit.so.1 (the SDK toolkit), the built-in plugins
 #                   and their manifests in lib/wanhost/plugins, the recipes in share/wanhost,
 #                   the documentation in share/doc/wanhost;
 #   dev          -> wanhost-dev (DEB) / wanhost-devel (RPM): the SDK headers, the link
-#                   libwanhost_sdk.so, the CMake package WanHost (with wanhost_add_plugin) and the
+#                   links libwanhost_sdk.so and libwanhost_kit.so, the CMake package WanHost (with wanhost_add_plugin) and the
 #                   example plugin; it depends on exactly the same wanhost version.
 # Every installed ELF file finds wanhost's own libraries through a RUNPATH relative to $ORIGIN.
 # LibTorch is not a distribution package: bin/wanhost finds and checks it at start-up
@@ -17,6 +18,7 @@ file(RELATIVE_PATH _wanhost_host_to_lib /${WANHOST_INSTALL_HOSTDIR} /${CMAKE_INS
 string(REGEX REPLACE "/$" "" _wanhost_host_to_lib "${_wanhost_host_to_lib}")
 set_target_properties(wanhost PROPERTIES INSTALL_RPATH "$ORIGIN/${_wanhost_host_to_lib}")
 set_target_properties(wanhost_core PROPERTIES INSTALL_RPATH "$ORIGIN")
+set_target_properties(wanhost_kit PROPERTIES INSTALL_RPATH "$ORIGIN")  # finds libwanhost_sdk beside it
 install(TARGETS wanhost RUNTIME DESTINATION ${WANHOST_INSTALL_HOSTDIR} COMPONENT wanhost)
 # libwanhost is the host's own library, not an API: no development link.
 install(TARGETS wanhost_core LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT wanhost NAMELINK_SKIP)
@@ -110,4 +112,4 @@ include(CPack)
 cpack_add_component(wanhost DISPLAY_NAME "wanhost"
   DESCRIPTION "Wan 2.1 text-to-video DiT trainer: the wanhost program, its libraries, the built-in plugins and recipes. Needs LibTorch ${Torch_VERSION} (${WANHOST_TORCH_FLAVOR}), which is not packaged: see /usr/share/doc/wanhost/install.md.")
 cpack_add_component(dev DISPLAY_NAME "wanhost SDK" DEPENDS wanhost
-  DESCRIPTION "wanhost plugin SDK: headers, the CMake package WanHost (find_package(WanHost 1), wanhost_add_plugin()) and an example plugin. Plugins build against LibTorch ${Torch_VERSION} (${WANHOST_TORCH_FLAVOR}).")
+  DESCRIPTION "wanhost plugin SDK: headers, the CMake package WanHost (find_package(WanHost 2): WanHost::sdk, WanHost::kit, wanhost_add_plugin()) and an example plugin. Plugins build against LibTorch ${Torch_VERSION} (${WANHOST_TORCH_FLAVOR}).")

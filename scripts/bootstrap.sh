@@ -14,7 +14,7 @@ TORCH_VERSION=2.11.0
 
 say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 
-# 1. Debian packages (compilers, build tools and the C++ libraries of DESIGN.md).
+# 1. Debian packages (compilers, build tools and the C++ libraries of docs/architecture.md).
 APT_PACKAGES=(
   g++ cmake ninja-build ccache pkg-config python3 python3-venv python3-pip
   libboost-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev
@@ -59,8 +59,14 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
     -DCMAKE_PREFIX_PATH="$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
     -DWANHOST_TEST_PYTHON="$ROOT/.venv/bin/python" >/dev/null
 fi
-say "building"
-cmake --build "$BUILD_DIR" -j "$(nproc)"
+# A run needs the program and its plugins; the tests need everything.
+if [ "$MODE" = run ]; then
+  say "building the program and its plugins"
+  cmake --build "$BUILD_DIR" -j "$(nproc)" --target runtime
+else
+  say "building"
+  cmake --build "$BUILD_DIR" -j "$(nproc)"
+fi
 
 # 4. Run.
 case "$MODE" in

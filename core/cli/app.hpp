@@ -9,7 +9,7 @@
 
 #include "../launch/launch_env.hpp"
 #include "../plugin/registry.hpp"
-#include "exit_codes.hpp"
+#include "../util/exit_codes.hpp"
 
 namespace wanhost::core {
 
@@ -21,10 +21,6 @@ struct GlobalOptions {
 
 // Builds the plugin registry from --plugin-dir, WANHOST_PLUGIN_PATH and the built-in folder.
 std::unique_ptr<PluginRegistry> make_registry(const GlobalOptions& g);
-
-// `--option key=value` flags onto a plugin's config values: the value is read as JSON, else taken
-// as a string (a bare word). Throws UsageError naming the flag. Validate the values afterwards.
-void apply_plugin_options(Json& values, const std::vector<std::string>& options);
 
 // Command registration: each adds its subcommand to `app` and sets its callback.
 void add_plugins_command(CLI::App& app, GlobalOptions& g);

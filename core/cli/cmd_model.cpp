@@ -4,11 +4,13 @@
 
 #include <filesystem>
 
-#include "../config/run_config.hpp"
+#include "../run/components.hpp"
+#include "../run/resolve.hpp"
 #include "app.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/layers.hpp"
+#include "wanhost/kit/safetensors.hpp"
 #include "wanhost/log.hpp"
-#include "wanhost/safetensors.hpp"
 
 namespace fs = std::filesystem;
 
@@ -82,7 +84,7 @@ void autoencoder_entry(PluginRegistry& reg, const PluginManifest& m, const Forwa
     throw UsageError("--entry " + o.entry + ": plugin '" + m.name +
                      "' is a video autoencoder; use --entry encode or --entry decode");
   if (o.inputs.empty()) throw UsageError("--inputs is required for --entry " + o.entry);
-  auto vae = reg.load(m.name).factories.create_video_autoencoder(plugin_config(m, "vae", o));
+  auto vae = ComponentBuilder(reg).video_autoencoder(plugin_config(m, "vae", o));
   vae->load_weights(o.weights);
   vae->to(device_of(o), dtype_of(o));
   vae->module().eval();
@@ -102,7 +104,7 @@ void text_encoder_entry(PluginRegistry& reg, const PluginManifest& m, const Forw
     throw UsageError("--entry " + o.entry + ": plugin '" + m.name +
                      "' is a text encoder; use --entry forward (--inputs with input_ids and "
                      "attention_mask) or --entry encode (--prompt ...)");
-  auto te = reg.load(m.name).factories.create_text_encoder(plugin_config(m, "text_encoder", o));
+  auto te = ComponentBuilder(reg).text_encoder(plugin_config(m, "text_encoder", o));
   const std::string tokenizer = o.tokenizer.empty()
                                     ? (fs::path(o.weights).parent_path() / "tokenizer").string()
                                     : o.tokenizer;
@@ -147,10 +149,9 @@ void forward(const GlobalOptions& g, const ForwardOptions& o) {
   if (m.options.contains("text_len")) base["text_len"] = 0;
   const PluginConfig cfg = plugin_config(m, "model", o, std::move(base));
 
-  ParallelContext ctx = ParallelContext::single(device_of(o));
+  ParallelContext ctx = single_process_context(device_of(o));
   ctx.param_dtype = ctx.compute_dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
-  const PluginDescriptor& d = reg->load(m.name);
-  std::unique_ptr<Model> model = d.factories.create_model(cfg, ctx);
+  std::unique_ptr<Model> model = ComponentBuilder(*reg).model(cfg, ctx);
   model->module().to(ctx.device, ctx.param_dtype);
   model->module().eval();
 

@@ -2,9 +2,11 @@
 // files; no plugin code runs.
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
-#include "../config/run_config.hpp"
 #include "../plugin/abi_reader.hpp"
+#include "../plugin/registry.hpp"
+#include "../run/resolve.hpp"
 #include "app.hpp"
 #include "wanhost/log.hpp"
 
@@ -21,23 +23,55 @@ void warn_refused(const PluginRegistry& r) {
   for (const auto& [file, why] : r.refused()) logger()->warn("refused {}: {}", file, why);
 }
 
+// "" when `run` may load the plugin as far as can be told without loading it, else why not.
+std::string refusal(const PluginManifest& m) {
+  return check_before_loading(m);
+}
+
 void list(const GlobalOptions& g, bool json) {
   auto reg = make_registry(g);
   warn_refused(*reg);
   if (json) {
     Json out = Json::array();
-    for (const auto& m : reg->plugins()) out.push_back(manifest_json(m));
+    for (const auto& m : reg->plugins()) {
+      Json j = manifest_json(m);
+      const std::string why = refusal(m);
+      j["compatible"] = why.empty();
+      if (!why.empty()) j["problem"] = why;
+      out.push_back(j);
+    }
     std::cout << out.dump(2) << "\n";
     return;
   }
-  std::printf("%-20s %-10s %-24s %s\n", "NAME", "VERSION", "KINDS", "PATH");
+  std::printf("%-20s %-10s %-24s %-14s %s\n", "NAME", "VERSION", "KINDS", "STATUS", "PATH");
+  std::vector<std::string> problems;
   for (const auto& m : reg->plugins()) {
     std::string kinds;
     for (const auto& k : m.kinds) kinds += (kinds.empty() ? "" : ",") + k;
-    std::printf("%-20s %-10s %-24s %s\n", m.name.c_str(), m.version.c_str(), kinds.c_str(),
-                m.library_path.c_str());
+    const std::string why = refusal(m);
+    std::printf("%-20s %-10s %-24s %-14s %s\n", m.name.c_str(), m.version.c_str(), kinds.c_str(),
+                why.empty() ? "ok" : "INCOMPATIBLE", m.library_path.c_str());
+    if (!why.empty()) problems.push_back(m.name + ": " + why);
   }
+  for (const auto& p : problems) std::printf("\nINCOMPATIBLE %s", p.c_str());
+  if (!problems.empty()) std::printf("\n");
+  for (const auto& [unused, used] : reg->shadowed())
+    std::printf("\nnot used: %s (a plugin of the same name was found first: %s)", unused.c_str(),
+                used.c_str());
   std::printf("\nsearched:%s\n", reg->describe_search_path().c_str());
+}
+
+// One option of a plugin's config table, as `plugins inspect` prints it.
+std::string option_line(const std::string& key, const Json& spec) {
+  std::string s = key + " (" + spec.value("type", "any");
+  if (spec.value("nullable", false)) s += " or null";
+  s += ", default " + spec.value("default", Json(nullptr)).dump();
+  if (spec.contains("min")) s += ", min " + spec["min"].dump();
+  if (spec.contains("max")) s += ", max " + spec["max"].dump();
+  if (spec.contains("min_items")) s += ", at least " + spec["min_items"].dump() + " items";
+  s += ")";
+  if (spec.contains("enum")) s += " one of " + spec["enum"].dump();
+  return s;
 }
 
 void inspect(const GlobalOptions& g, const std::string& name, bool json) {
@@ -46,25 +80,14 @@ void inspect(const GlobalOptions& g, const std::string& name, bool json) {
   Json out = manifest_json(m);
   out["config"] = m.options;
   const AbiTag host = current_abi_tag();
-  try {
-    if (auto tag = read_abi_tag(m.library_path)) {
-      const std::string why = abi_mismatch(*tag, host);
-      out["abi"] = {{"plugin", describe(*tag)},
-                    {"host", describe(host)},
-                    {"compatible", why.empty()},
-                    {"problem", why}};
-    } else {
-      out["abi"] = {{"plugin", nullptr},
-                    {"host", describe(host)},
-                    {"compatible", false},
-                    {"problem", "no " WANHOST_ABI_SECTION " section"}};
-    }
-  } catch (const std::exception& e) {
-    out["abi"] = {{"plugin", nullptr},
-                  {"host", describe(host)},
-                  {"compatible", false},
-                  {"problem", e.what()}};
-  }
+  std::optional<AbiTag> tag;
+  const std::string why = check_before_loading(m, &tag);
+  // "compatible": every check `run` makes before loading the library passes (the ones after it,
+  // such as unresolved symbols, need its code to run).
+  out["abi"] = {{"plugin", tag ? Json(describe(*tag)) : Json(nullptr)},
+                {"host", describe(host)},
+                {"compatible", why.empty()},
+                {"problem", why}};
   if (json) {
     std::cout << out.dump(2) << "\n";
     return;
@@ -73,16 +96,11 @@ void inspect(const GlobalOptions& g, const std::string& name, bool json) {
             << "  " << m.description << "\n"
             << "  library:  " << m.library_path << "\n"
             << "  manifest: " << m.manifest_path << "\n"
-            << "  ABI:      "
-            << (out["abi"]["plugin"].is_null() ? "-" : out["abi"]["plugin"].get<std::string>())
-            << (out["abi"]["compatible"].get<bool>()
-                    ? "  (compatible)"
-                    : "  (NOT compatible: " + out["abi"]["problem"].get<std::string>() + ")")
+            << "  ABI:      " << (tag ? describe(*tag) : std::string("-"))
+            << (why.empty() ? "  (compatible)" : "  (NOT compatible: " + why + ")")
             << "\n  config:\n";
   for (auto it = m.options.begin(); it != m.options.end(); ++it) {
-    std::cout << "    " << it.key() << " (" << it->value("type", "") << ", default "
-              << (*it)["default"].dump() << ")";
-    if (it->contains("enum")) std::cout << " one of " << (*it)["enum"].dump();
+    std::cout << "    " << option_line(it.key(), *it);
     if (it->contains("description"))
       std::cout << "\n        " << (*it)["description"].get<std::string>();
     std::cout << "\n";
@@ -96,15 +114,6 @@ std::unique_ptr<PluginRegistry> make_registry(const GlobalOptions& g) {
   auto path = plugin_search_path(g.plugin_dirs, std::getenv("WANHOST_PLUGIN_PATH"), &warnings);
   for (const auto& w : warnings) logger()->warn("{}", w);
   return std::make_unique<PluginRegistry>(std::move(path));
-}
-
-void apply_plugin_options(Json& values, const std::vector<std::string>& options) {
-  for (const auto& kv : options) {
-    const auto eq = kv.find('=');
-    if (eq == std::string::npos || eq == 0)
-      throw UsageError("--option " + kv + ": expected key=value (value as JSON)");
-    values[kv.substr(0, eq)] = parse_cli_value(kv.substr(eq + 1));
-  }
 }
 
 void add_plugins_command(CLI::App& app, GlobalOptions& g) {

@@ -4,7 +4,7 @@
 #include "app.hpp"
 
 #if WANHOST_WITH_FFMPEG
-#include "../data/prepare.hpp"
+#include "../prepare/prepare.hpp"
 
 namespace wanhost::core {
 

@@ -3,8 +3,11 @@
 
 #include "../config/run_config.hpp"
 #include "../logging/logging.hpp"
+#include "../run/components.hpp"
+#include "../run/resolve.hpp"
 #include "../train/trainer.hpp"
 #include "app.hpp"
+#include "wanhost/errors.hpp"
 #include "wanhost/log.hpp"
 
 namespace wanhost::core {
@@ -50,18 +53,28 @@ void add_run_commands(CLI::App& app, GlobalOptions& g) {
       "validate", "Check a run manifest (and --plugins/--set) without running it");
   add_config_options(validate, *vo);
   auto print_v = std::make_shared<bool>(false);
+  auto world_v = std::make_shared<int>(1);
   validate->add_flag("--print-config", *print_v, "Print the resolved manifest");
-  validate->callback([&g, vo, print_v] {
+  validate
+      ->add_option("--world-size", *world_v,
+                   "Check the parallel layout and batch splits for this many processes")
+      ->check(CLI::PositiveNumber)
+      ->default_str("1");
+  validate->callback([&g, vo, print_v, world_v] {
     auto reg = make_registry(g);
-    Json resolved = resolve_run_config(request_of(*vo), *reg);
-    if (*print_v)
-      std::cout << resolved.dump(2) << "\n";
-    else
-      std::cout << (vo->manifests.empty() ? std::string("built-in default recipe")
-                                          : vo->manifests.back())
-                << ": OK (" << resolved["stages"].size() << " stage(s); model "
-                << resolved["model"]["plugin"].get<std::string>() << ", parallelism "
-                << resolved["parallelism"]["plugin"].get<std::string>() << ")\n";
+    const RunConfig config = parse_run_config(resolve_run_config(request_of(*vo), *reg));
+    // The plugins' own checks too (all but the model, whose weights would be allocated).
+    ComponentBuilder builder(*reg);
+    const auto lines = check_run_plugins(config, builder, *world_v);
+    if (*print_v) {
+      std::cout << config.resolved.dump(2) << "\n";
+      return;
+    }
+    std::cout << (vo->manifests.empty() ? std::string("built-in default recipe")
+                                        : vo->manifests.back())
+              << ": OK (" << config.stages.size() << " stage(s); model " << config.model.plugin
+              << ", parallelism " << config.parallelism.plugin << ")\n";
+    for (const auto& line : lines) std::cout << "  " << line << "\n";
   });
 
   auto ro = std::make_shared<ConfigOptions>();
@@ -91,17 +104,20 @@ void add_run_commands(CLI::App& app, GlobalOptions& g) {
     setup_logging(env.rank, env.world_size, g.log_level);
     auto reg = make_registry(g);
     RunConfigRequest req = request_of(*ro);
-    if (!out->empty()) req.sets.push_back("run.out=" + Json(*out).dump());
-    Json resolved = resolve_run_config(req, *reg);
+    if (run->count("--out")) {
+      if (out->empty()) throw UsageError("--out: the run folder must not be empty");
+      req.sets.push_back("run.out=" + Json(*out).dump());
+    }
+    const RunConfig config = parse_run_config(resolve_run_config(req, *reg));
     if (*print) {
-      if (env.rank == 0) std::cout << resolved.dump(2) << "\n";
+      if (env.rank == 0) std::cout << config.resolved.dump(2) << "\n";
       return;
     }
     if (env.rank == 0) logger()->info("launch: {}", env.describe());
     TrainOptions opts;
     if (run->count("--resume")) opts.resume = (*resume == "LATEST" ? std::string() : *resume);
     if (*stop > 0) opts.stop_after_steps = *stop;
-    const int code = train(resolved, opts, env, *reg);
+    const int code = train(config, opts, env, *reg);
     if (code != 0) throw CLI::RuntimeError(code);
   });
 }

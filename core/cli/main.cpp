@@ -4,11 +4,33 @@
 
 #include "../comm/mpi_communicator.hpp"
 #include "../logging/logging.hpp"
+#include "../plugin/registry.hpp"
+#include "../util/exit_codes.hpp"
 #include "app.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/log.hpp"
 
 namespace {
+
+// Usage and configuration errors exit 2, refused plugins 3, the rest 1. An error from a plugin
+// (core/plugin/plugin_call.hpp) carries the plugin's own exception, whose type decides.
+int exit_code_for(const std::exception& e) {
+  using namespace wanhost::core;
+  if (const auto* n = dynamic_cast<const std::nested_exception*>(&e); n && n->nested_ptr()) {
+    try {
+      std::rethrow_exception(n->nested_ptr());
+    } catch (const std::exception& inner) {
+      return exit_code_for(inner);
+    } catch (...) {
+      return kExitFailure;
+    }
+  }
+  if (dynamic_cast<const wanhost::ConfigError*>(&e) || dynamic_cast<const wanhost::UsageError*>(&e))
+    return kExitUsage;
+  if (dynamic_cast<const PluginRefused*>(&e)) return kExitPluginRefused;
+  return kExitFailure;
+}
+
 int run_cli(int argc, char** argv) {
   using namespace wanhost::core;
   setup_logging(0, 1);
@@ -41,23 +63,15 @@ int run_cli(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);
     return code == 0 ? kExitOk : kExitUsage;
-  } catch (const wanhost::ConfigError& e) {
-    wanhost::logger()->error("{}", e.what());
-  } catch (const wanhost::UsageError& e) {
-    wanhost::logger()->error("{}", e.what());
-    flush_logs();
-    return kExitUsage;
-  } catch (const PluginRefused& e) {
-    wanhost::logger()->error("{}", e.what());
-    flush_logs();
-    return kExitPluginRefused;
   } catch (const std::exception& e) {
     wanhost::logger()->error("{}", e.what());
     flush_logs();
+    return exit_code_for(e);
+  } catch (...) {  // not from a plugin (call_plugin names those): a host bug
+    wanhost::logger()->error("internal error: a non-standard exception reached the top level");
+    flush_logs();
     return kExitFailure;
   }
-  flush_logs();
-  return kExitUsage;
 }
 }  // namespace
 

@@ -1,6 +1,6 @@
 #include "mpi_communicator.hpp"
 
-#include "../cli/exit_codes.hpp"
+#include "../util/exit_codes.hpp"
 
 #if WANHOST_WITH_MPI
 #include <mpi.h>

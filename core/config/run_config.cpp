@@ -1,279 +1,117 @@
 #include "run_config.hpp"
 
-#include <algorithm>
-#include <charconv>
-#include <cstring>
-#include <fstream>
-#include <sstream>
-
-#include "../plugin/registry.hpp"
-#include "embedded_configs.hpp"
-#include "schema.hpp"
+#include <limits>
+#include <stdexcept>
 
 namespace wanhost::core {
 namespace {
 
-const std::vector<std::string> kBuiltinCollators = {"dense", "packed"};
-
-bool is_builtin_collator(const std::string& name) {
-  return std::find(kBuiltinCollators.begin(), kBuiltinCollators.end(), name) !=
-         kBuiltinCollators.end();
-}
-
-std::string escape_token(const std::string& key) {
-  std::string out;
-  for (char c : key) out += c == '~' ? "~0" : c == '/' ? "~1" : std::string(1, c);
-  return out;
-}
-
-// "a.b.0.c" or the JSON pointer "/a/b/0/c" -> tokens.
-std::vector<std::string> split_path(const std::string& path) {
-  std::vector<std::string> tokens;
-  const bool pointer = !path.empty() && path[0] == '/';
-  std::stringstream ss(pointer ? path.substr(1) : path);
-  std::string t;
-  while (std::getline(ss, t, pointer ? '/' : '.')) {
-    if (pointer) {  // RFC 6901 unescaping: ~1 is '/', ~0 is '~'
-      std::string u;
-      for (std::size_t i = 0; i < t.size(); ++i) {
-        if (t[i] == '~' && i + 1 < t.size())
-          u += t[++i] == '1' ? '/' : '~';
-        else
-          u += t[i];
-      }
-      t = u;
-    }
-    tokens.push_back(t);
-  }
-  return tokens;
-}
-
-std::string pointer_of(const std::vector<std::string>& tokens, std::size_t n) {
-  std::string p;
-  for (std::size_t i = 0; i < n; ++i) p += "/" + escape_token(tokens[i]);
-  return p;
-}
-
-// Walks `root` along tokens[0..n); returns null when a step does not exist.
-Json* walk(Json& root, const std::vector<std::string>& tokens, std::size_t n) {
-  Json* cur = &root;
-  for (std::size_t i = 0; i < n; ++i) {
-    const std::string& t = tokens[i];
-    if (cur->is_object()) {
-      auto it = cur->find(t);
-      if (it == cur->end()) return nullptr;
-      cur = &*it;
-    } else if (cur->is_array()) {
-      std::size_t idx = 0;
-      auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), idx);
-      if (ec != std::errc() || p != t.data() + t.size() || idx >= cur->size()) return nullptr;
-      cur = &(*cur)[idx];
-    } else {
-      return nullptr;
-    }
-  }
-  return cur;
-}
-
-// The schema of the setting at tokens[0..n): the host schema, and below a plugin's section or a
-// stage's data overrides that plugin's option table. Null when unknown.
-Json spec_at(const std::vector<std::string>& tokens, std::size_t n,
-             const PluginRegistry& registry) {
-  Json spec = run_schema();
-  for (std::size_t i = 0; i < n; ++i) {
-    const bool kind_section = i == 1 && kind_by_section(tokens[0]) != nullptr;
-    const bool stage_data = i == 3 && tokens[0] == "stages" && tokens[2] == "data";
-    if ((kind_section || stage_data) && tokens[i] != "plugin") {
-      const PluginManifest* m = registry.find(tokens[i]);
-      if (!m) return nullptr;
-      spec = object_spec(m->options);
-      continue;
-    }
-    const Json* child = child_spec(spec, tokens[i]);
-    if (!child) {
-      if (!spec_allows_key(spec, tokens[i])) return nullptr;
-      spec = Json{{"type", "any"}};  // inside an open object: anything goes
-      continue;
-    }
-    spec = *child;
-  }
-  return spec;
-}
-
-void apply_set(Json& raw, const Json& filled, const std::string& assignment,
-               const PluginRegistry& registry) {
-  const auto eq = assignment.find('=');
-  if (eq == std::string::npos || eq == 0)
-    throw ConfigError("", "--set '" + assignment + "': expected KEY.PATH=VALUE");
-  const std::string path = assignment.substr(0, eq), text = assignment.substr(eq + 1);
-  const auto tokens = split_path(path);
-  if (tokens.empty()) throw ConfigError("", "--set '" + assignment + "': empty key path");
-  Json value = parse_cli_value(text);
-  // Walk the resolved config; a step that does not exist there may be created only inside an
-  // object whose schema allows that key (a known setting, or an open object such as
-  // stage_defaults or a model's overrides). Validation afterwards checks the value.
-  Json& view = const_cast<Json&>(filled);
-  Json* cur = &raw;
-  for (std::size_t i = 0; i < tokens.size(); ++i) {
-    const bool last = i + 1 == tokens.size();
-    const Json* here = walk(view, tokens, i);
-    const bool exists_next = walk(view, tokens, i + 1) != nullptr;
-    if (!exists_next && here) {  // (no `here`: inside an open object created by this --set)
-      const std::string missing = pointer_of(tokens, i + 1);
-      if (here->is_array() || (!here->is_object() && i == 0))
-        throw ConfigError(missing, "--set " + path + ": there is no such setting (" + missing +
-                                       " does not exist)");
-      if (!here->is_object())
-        throw ConfigError(pointer_of(tokens, i), "--set " + path + ": there is no such setting (" +
-                                                     pointer_of(tokens, i) + " is not an object)");
-      // A new last key is left to validation, which names the schema's keys ("did you mean").
-      const Json parent_spec = spec_at(tokens, i, registry);
-      if (!last && (parent_spec.is_null() || !(spec_allows_key(parent_spec, tokens[i]) ||
-                                               parent_spec.value("type", "") == "any")))
-        throw ConfigError(missing, "--set " + path + ": there is no such setting (" + missing +
-                                       " does not exist)");
-    }
-    if (cur->is_array()) {
-      std::size_t idx = 0;
-      auto [p, ec] = std::from_chars(tokens[i].data(), tokens[i].data() + tokens[i].size(), idx);
-      if (ec != std::errc() || idx >= cur->size())
-        throw ConfigError(pointer_of(tokens, i + 1), "--set " + path + ": index out of range");
-      cur = &(*cur)[idx];
-    } else {
-      if (!cur->is_object()) *cur = Json::object();
-      if (!cur->contains(tokens[i]) && exists_next && !last)
-        (*cur)[tokens[i]] = *walk(view, tokens, i + 1);  // a default so far: start from its value
-      cur = &(*cur)[tokens[i]];
-    }
-    if (last) *cur = value;
-  }
-}
-
-void validate_plugin_section(Json& cfg, const KindInfo& kind, const PluginRegistry& registry) {
-  const std::string section = kind.section;
-  Json& s = cfg[section];
-  const std::string name = s["plugin"].get<std::string>();
-  const std::string ptr = "/" + section;
-  const bool builtin = kind.bit == kKindCollator && is_builtin_collator(name);
-  if (!builtin) registry.require(name, kind.name, ptr + "/plugin");
-  for (auto it = s.begin(); it != s.end(); ++it) {
-    if (it.key() == "plugin") continue;
-    const std::string key_ptr = ptr + "/" + escape_token(it.key());
-    const PluginManifest* m = registry.find(it.key());
-    if (!m || !m->provides(kind.name))
-      throw ConfigError(key_ptr, "'" + it.key() +
-                                     "' is neither \"plugin\" nor the name of an installed " +
-                                     std::string(kind.name) +
-                                     " plugin (a section holds one config object per plugin name)");
-    if (!it->is_object())
-      throw ConfigError(key_ptr, "expected the config object of plugin '" + m->name + "'", m->name);
-    if (it.key() == name) {
-      validate_config(*it, object_spec(m->options), key_ptr, m->name);
-    } else {
-      Json copy = *it;  // configs kept for other plugins of this kind: checked, not filled
-      validate_config(copy, object_spec(m->options), key_ptr, m->name);
-    }
-  }
-  if (!builtin && !s.contains(name)) {
-    Json fresh = Json::object();
-    validate_config(fresh, object_spec(registry.find(name)->options), ptr + "/" + name, name);
-    s[name] = fresh;
-  }
-}
-
-void validate_stage_data(Json& cfg, const PluginRegistry& registry) {
-  const std::string data_plugin = cfg["data"]["plugin"];
-  const PluginManifest* m = registry.find(data_plugin);
-  for (std::size_t i = 0; i < cfg["stages"].size(); ++i) {
-    Json& d = cfg["stages"][i]["data"];
-    const std::string ptr = "/stages/" + std::to_string(i) + "/data";
-    for (auto it = d.begin(); it != d.end(); ++it) {
-      if (it.key() != data_plugin)
-        throw ConfigError(
-            ptr + "/" + escape_token(it.key()),
-            "stage data overrides must be keyed by the data plugin's name ('" + data_plugin + "')");
-      Json merged = cfg["data"][data_plugin];
-      merge_into(merged, *it);
-      validate_config(merged, object_spec(m ? m->options : Json::object()), ptr + "/" + data_plugin,
-                      data_plugin);
-    }
-  }
-}
-
-// Merges /stage_defaults under every stage (a stage's own values win). The defaults are first
-// checked on their own against the stage schema, so errors point into /stage_defaults.
-void apply_stage_defaults(Json& cfg) {
-  auto d = cfg.find("stage_defaults");
-  if (d == cfg.end() || !d->is_object() || d->empty() || !cfg.contains("stages") ||
-      !cfg["stages"].is_array())
-    return;
-  Json spec = run_schema()["properties"]["stages"]["items"];
-  for (auto& [key, prop] : spec["properties"].items()) prop.erase("required");
-  Json check = *d;
-  validate_config(check, spec, "/stage_defaults");
-  for (auto& stage : cfg["stages"]) {
-    if (!stage.is_object()) continue;
-    Json merged = *d;
-    merge_into(merged, stage);
-    stage = merged;
-  }
-}
-
-// Rules across keys of a stage. "carry" keeps the AdamW moments of the previous stage's
-// parameters: they mean nothing for weights a stage loads or draws anew.
-void validate_stage_rules(const Json& cfg) {
-  const Json& stages = cfg["stages"];
-  for (std::size_t i = 1; i < stages.size(); ++i) {
-    const std::string init = stages[i]["init"];
-    if (init != "previous" && stages[i]["optimizer_state"] == "carry")
-      throw ConfigError("/stages/" + std::to_string(i) + "/optimizer_state",
-                        "'carry' keeps the optimizer state of the previous stage's weights, but "
-                        "this stage starts from new weights (init '" +
-                            init + "'); use 'fresh', or init 'previous'");
-  }
-}
-
-Json validate_all(Json cfg, const PluginRegistry& registry) {
-  apply_stage_defaults(cfg);
-  validate_config(cfg, run_schema(), "");
-  validate_stage_rules(cfg);
-  for (const auto& kind : plugin_kinds())
-    if (kind.section) validate_plugin_section(cfg, kind, registry);
-  validate_stage_data(cfg, registry);
-  return cfg;
+StageConfig parse_stage(const Json& resolved, std::size_t k) {
+  const Json& s = resolved.at("stages").at(k);
+  StageConfig st;
+  st.index = k;
+  st.name = s.at("name");
+  st.pointer = "/stages/" + std::to_string(k);
+  st.steps = s.at("steps");
+  st.global_batch = s.at("global_batch");
+  st.micro_batch = s.at("micro_batch");
+  st.text_rows = s.at("text_rows");
+  st.init = s.at("init");
+  st.carry_optimizer = s.at("optimizer_state") == "carry";
+  const Json& o = s.at("optimizer");
+  st.optimizer.lr = o.at("lr");
+  st.optimizer.beta1 = o.at("beta1");
+  st.optimizer.beta2 = o.at("beta2");
+  st.optimizer.eps = o.at("eps");
+  st.optimizer.weight_decay = o.at("weight_decay");
+  st.clip_grad_norm = o.at("clip_grad_norm");
+  const Json& l = s.at("lr_schedule");
+  st.lr_schedule.type = l.at("type");
+  st.lr_schedule.warmup_steps = l.at("warmup_steps");
+  st.lr_schedule.warmup_start_factor = l.at("warmup_start_factor");
+  st.lr_schedule.min_lr_factor = l.at("min_lr_factor");
+  st.data = stage_data_config(resolved, k);
+  return st;
 }
 
 }  // namespace
 
-const Json& run_schema() {
-  static const Json schema = Json::parse(embedded_run_schema());
-  return schema;
+long RunConfig::total_steps() const {
+  long n = 0;
+  for (const auto& s : stages) n += s.steps;
+  return n;
 }
 
-const Json& default_recipe() {
-  static const Json recipe = Json::parse(embedded_default_recipe());
-  return recipe;
+std::vector<const PluginConfig*> RunConfig::plugin_configs() const {
+  return {&model, &parallelism, &data, &collator, &scheduler};
 }
 
-Json read_json_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError("", "cannot read manifest " + path + ": " + std::strerror(errno));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string text = ss.str();
+RunConfig parse_run_config(const Json& resolved) {
+  RunConfig c;
+  c.resolved = resolved;
+  const Json& r = resolved.at("run");
+  c.run.name = r.at("name");
+  c.run.out = r.at("out");
+  if (c.run.out.empty())
+    throw ConfigError("/run/out", "the run folder is empty: give --out DIR or run.out");
+  c.run.seed = r.at("seed");
+  c.run.device = r.at("device");
+  c.run.precision = r.at("precision");
+  c.run.master_weights = r.at("master_weights");
+  c.run.skip_nonfinite = r.at("nonfinite") == "skip";
+  c.run.threads = r.at("threads");
+  c.run.prefetch = r.at("prefetch");
+  c.run.comm_init_timeout_s = r.at("comm_init_timeout_s");
+  c.run.comm_timeout_s = r.at("comm_timeout_s");
+  c.run.peak_tflops = r.at("peak_tflops");
+  const Json& k = r.at("kernels");
   try {
-    return Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    std::size_t line = 1, col = 1;
-    for (std::size_t i = 0; i + 1 < e.byte && i < text.size(); ++i) {
-      if (text[i] == '\n')
-        ++line, col = 1;
-      else
-        ++col;
-    }
-    throw ConfigError("", path + ":" + std::to_string(line) + ":" + std::to_string(col) +
-                              " (byte " + std::to_string(e.byte) + "): invalid JSON: " + e.what());
+    c.run.kernels =
+        parse_kernel_options(k.at("packed_attention"), k.at("adamw"), k.at("lt_epilogues"));
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError("/run/kernels/lt_epilogues", e.what());
   }
+  c.model = section_config(resolved, "model");
+  c.parallelism = section_config(resolved, "parallelism");
+  c.scheduler = section_config(resolved, "scheduler");
+  c.collator = section_config(resolved, "collator");
+  c.data = section_config(resolved, "data");
+  long total = 0;
+  for (std::size_t k = 0; k < resolved.at("stages").size(); ++k) {
+    c.stages.push_back(parse_stage(resolved, k));
+    const long steps = c.stages.back().steps;
+    if (steps > std::numeric_limits<long>::max() - total)
+      throw ConfigError(c.stages.back().pointer + "/steps",
+                        "the stages' steps add up to more than " +
+                            std::to_string(std::numeric_limits<long>::max()));
+    total += steps;
+  }
+  const Json& ck = resolved.at("checkpoint");
+  c.checkpoint.every_steps = ck.at("every_steps");
+  c.checkpoint.keep_last = ck.at("keep_last");
+  c.checkpoint.at_stage_end = ck.at("at_stage_end");
+  c.checkpoint.export_diffusers = ck.at("export_diffusers");
+  const Json& lg = resolved.at("logging");
+  c.logging.every_steps = lg.at("every_steps");
+  c.logging.tensorboard = lg.at("tensorboard");
+  c.logging.progress = lg.at("progress");
+  c.logging.profile_step = lg.at("profile_step");
+  if (c.logging.profile_step > total)
+    throw ConfigError("/logging/profile_step",
+                      "global step " + std::to_string(c.logging.profile_step) +
+                          " is past the run's last step (the stages' steps add up to " +
+                          std::to_string(total) + ")");
+  return c;
+}
+
+void check_batch_split(const RunConfig& config, int dp) {
+  for (const auto& s : config.stages)
+    if (s.global_batch % dp != 0 || (s.global_batch / dp) % s.micro_batch != 0)
+      throw ConfigError(s.pointer + "/global_batch",
+                        "global_batch " + std::to_string(s.global_batch) + " must split into " +
+                            std::to_string(dp) +
+                            " data-parallel rank(s) x whole micro batches of " +
+                            std::to_string(s.micro_batch));
 }
 
 void merge_into(Json& base, const Json& over) {
@@ -289,73 +127,6 @@ void merge_into(Json& base, const Json& over) {
   }
 }
 
-Json resolve_run_config(const RunConfigRequest& request, const PluginRegistry& registry) {
-  // What the user asked for (manifests, then --plugins), kept apart from the built-in recipe so
-  // that the recipe's configs for plugins the user replaced do not leak into the result.
-  Json user = Json::object();
-  for (const auto& path : request.manifest_paths) {
-    Json manifest = read_json_file(path);
-    if (!manifest.is_object()) throw ConfigError("", path + ": a manifest must be a JSON object");
-    merge_into(user, manifest);
-  }
-  for (const auto& name : request.plugins) {
-    const PluginManifest* m = registry.find(name);
-    if (!m && is_builtin_collator(name)) {
-      user["collator"]["plugin"] = name;
-      continue;
-    }
-    if (!m) registry.require(name, "", "");  // throws: lists what exists and where we looked
-    bool used = false;
-    for (const auto& kind : m->kinds)
-      if (const char* section = kind_by_name(kind)->section) {
-        user[section]["plugin"] = name;
-        used = true;
-      }
-    if (!used)
-      throw UsageError("--plugins " + name + ": a " + m->kinds.front() +
-                       " plugin is not part of a training run (`wanhost prepare` uses it)");
-  }
-  Json raw = default_recipe();
-  for (const auto& kind : plugin_kinds()) {
-    if (!kind.section) continue;
-    const std::string section = kind.section;
-    if (!user.contains(section) || !user[section].contains("plugin") || !raw.contains(section))
-      continue;
-    const std::string old = raw[section].value("plugin", "");
-    if (old == user[section]["plugin"].get<std::string>() || user[section].contains(old)) continue;
-    raw[section].erase(old);
-    if (section == "data" && !user.contains("stages"))
-      for (auto& stage : raw["stages"])
-        if (stage.contains("data")) stage["data"].erase(old);
-  }
-  merge_into(raw, user);
-  Json filled = validate_all(raw, registry);
-  if (request.sets.empty()) return filled;
-  for (const auto& s : request.sets) {
-    apply_set(raw, filled, s, registry);
-    filled = validate_all(raw, registry);
-  }
-  return filled;
-}
-
-Json parse_cli_value(const std::string& text) {
-  try {
-    return Json::parse(text);
-  } catch (const Json::parse_error&) {
-    return text;  // not JSON: a plain string
-  }
-}
-
-PluginConfig standalone_plugin_config(const PluginManifest& m, const std::string& section,
-                                      Json values) {
-  PluginConfig cfg;
-  cfg.plugin = m.name;
-  cfg.pointer = "/" + section + "/" + m.name;
-  cfg.values = std::move(values);
-  validate_config(cfg.values, object_spec(m.options), cfg.pointer, m.name);
-  return cfg;
-}
-
 PluginConfig section_config(const Json& resolved, const std::string& section) {
   PluginConfig c;
   c.plugin = resolved.at(section).at("plugin").get<std::string>();
@@ -367,9 +138,10 @@ PluginConfig section_config(const Json& resolved, const std::string& section) {
 PluginConfig stage_data_config(const Json& resolved, std::size_t stage) {
   PluginConfig c = section_config(resolved, "data");
   const Json& over = resolved.at("stages").at(stage).at("data");
-  if (auto it = over.find(c.plugin); it != over.end()) {
+  if (auto it = over.find(c.plugin); it != over.end() && it->is_object()) {
     merge_into(c.values, *it);
-    c.pointer = "/stages/" + std::to_string(stage) + "/data/" + c.plugin;
+    const std::string here = "/stages/" + std::to_string(stage) + "/data/" + c.plugin;
+    for (auto key = it->begin(); key != it->end(); ++key) c.key_pointers[key.key()] = here;
   }
   return c;
 }

@@ -30,9 +30,8 @@ class LoadedPlugin {
 };
 
 namespace {
-// The descriptor of SDK 1.0 ends after create_scheduler.
-constexpr std::size_t kMinDescriptorSize =
-    offsetof(PluginDescriptor, factories) + offsetof(PluginFactories, create_video_autoencoder);
+// SDK 2.0's descriptor: the oldest a 2.x host accepts (1.x plugins are refused by their tag).
+constexpr std::size_t kMinDescriptorSize = sizeof(PluginDescriptor);
 }  // namespace
 
 void LoadedPluginDeleter::operator()(LoadedPlugin* p) const {
@@ -76,6 +75,23 @@ bool valid_plugin_name(const std::string& s) {
   return std::all_of(s.begin(), s.end(), [](char c) {
     return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
   });
+}
+
+// Why a folder's ancestors may not be trusted, or "": one that others (or its group) may write
+// to could have the plugin folder replaced under it, unless it is sticky (like /tmp), where only
+// an entry's owner may rename or remove it.
+std::string unsafe_ancestor(const std::string& dir) {
+  fs::path p = fs::absolute(dir).lexically_normal();
+  for (p = p.parent_path(); !p.empty(); p = p.parent_path()) {
+    struct stat st {};
+    if (stat(p.c_str(), &st) != 0) break;
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))
+      return "lies in " + p.string() + ", which is writable by " +
+             ((st.st_mode & S_IWOTH) ? "others" : "its group") +
+             " and not sticky (anyone could replace the plugin folder); run chmod go-w on it";
+    if (p == p.root_path()) break;
+  }
+  return {};
 }
 
 // Why a folder or file may not be trusted, or "".
@@ -216,6 +232,10 @@ void PluginRegistry::scan(const SearchPath& sp) {
     refused_.emplace_back(sp.dir, "plugin folder " + why);
     return;
   }
+  if (std::string why = unsafe_ancestor(sp.dir); !why.empty()) {
+    refused_.emplace_back(sp.dir, "plugin folder " + why);
+    return;
+  }
   std::vector<fs::path> files;
   for (const auto& e : fs::directory_iterator(sp.dir, ec))
     if (e.path().extension() == ".so") files.push_back(e.path());
@@ -254,9 +274,21 @@ void PluginRegistry::scan(const SearchPath& sp) {
       refused_.emplace_back(so_path, e.what());
       continue;
     }
-    if (const PluginManifest* other = find(m.name))
-      throw PluginRefused("two plugins are named '" + m.name + "': " + other->library_path +
-                          " and " + so_path + "; remove or rename one of them");
+    if (const PluginManifest* other = find(m.name)) {
+      if (fs::path(other->library_path).parent_path() == so.parent_path()) {
+        // One folder, two files of one name: neither is preferred by the search order.
+        refused_.emplace_back(so_path, "another file in the same folder, " + other->library_path +
+                                           ", is also plugin '" + m.name +
+                                           "' (the one first in name order is used)");
+      } else {
+        // The folder searched first wins: a plugin under development (--plugin-dir) shadows the
+        // installed one of the same name.
+        shadowed_.emplace_back(so_path, other->library_path);
+        logger()->info("plugin '{}': using {} (searched first); {} is not used", m.name,
+                       other->library_path, so_path);
+      }
+      continue;
+    }
     plugins_.push_back(std::move(m));
   }
 }
@@ -291,28 +323,35 @@ const PluginManifest& PluginRegistry::require(const std::string& name, const std
   throw ConfigError(pointer, msg);
 }
 
-const PluginDescriptor& load_plugin_library(const PluginManifest& m, LoadedPluginPtr& holder) {
+std::string check_before_loading(const PluginManifest& m, std::optional<AbiTag>* tag_out) {
   const std::string& path = m.library_path;
-  // 1. The ABI tag, read from the file: nothing of the plugin runs before this passes.
   std::optional<AbiTag> tag;
   try {
     tag = read_abi_tag(path);
   } catch (const std::exception& e) {
-    throw PluginRefused("plugin '" + m.name + "' refused: " + e.what());
+    return e.what();
   }
+  if (tag_out) *tag_out = tag;
   if (!tag)
-    throw PluginRefused("plugin '" + m.name + "' refused: " + path +
-                        " has no " WANHOST_ABI_SECTION
-                        " section (not built with WANHOST_PLUGIN from the wanhost SDK)");
+    return path + " has no " WANHOST_ABI_SECTION
+                  " section (not built with WANHOST_PLUGIN from the wanhost SDK)";
   const AbiTag host = current_abi_tag();
   if (std::string why = abi_mismatch(*tag, host); !why.empty())
-    throw PluginRefused("plugin '" + m.name + "' refused: " + path + " was built for " +
-                        describe(*tag) + ", this host is " + describe(host) + " (" + why +
-                        "); rebuild the plugin against this SDK");
+    return path + " was built for " + describe(*tag) + ", this host is " + describe(host) + " (" +
+           why + "); rebuild the plugin against this SDK";
   const std::string tag_name(tag->plugin_name, strnlen(tag->plugin_name, sizeof tag->plugin_name));
   if (tag_name != m.name)
-    throw PluginRefused("plugin refused: " + path + " calls itself '" + tag_name +
-                        "' but its sidecar " + m.manifest_path + " says '" + m.name + "'");
+    return path + " calls itself '" + tag_name + "' but its sidecar " + m.manifest_path +
+           " says '" + m.name + "'";
+  return {};
+}
+
+const PluginDescriptor& load_plugin_library(const PluginManifest& m, LoadedPluginPtr& holder) {
+  const std::string& path = m.library_path;
+  // 1. The ABI tag, read from the file: nothing of the plugin runs before this passes.
+  std::optional<AbiTag> tag;
+  if (std::string why = check_before_loading(m, &tag); !why.empty())
+    throw PluginRefused("plugin '" + m.name + "' refused: " + why);
 
   // 2. Load eagerly so unresolved symbols fail now, privately so plugins cannot clash.
   LoadedPluginPtr loaded(new LoadedPlugin);

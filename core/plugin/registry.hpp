@@ -6,13 +6,17 @@
 // <prefix>/lib/wanhost/plugins when installed: the packages' real executable is
 // <prefix>/lib/wanhost/wanhost, next to that folder). Never the current directory.
 // Refused, each with its own message: non-regular files and symlinks, files or folders writable by
-// group or others, files owned by someone other than root or this user, a missing or malformed
-// sidecar, duplicate plugin names (both files named), an ABI tag that does not match this host,
-// a missing entry point, unresolved symbols (libraries are loaded with RTLD_NOW).
+// group or others (a folder also when one of its ancestors is, unless that one is sticky), files
+// owned by someone other than root or this user, a missing or malformed sidecar, a second file of
+// the same plugin name in one folder, an ABI tag that does not match this host, a missing entry
+// point, unresolved symbols (libraries are loaded with RTLD_NOW).
+// Two plugins of one name in different folders: the folder searched first wins (logged; listed
+// by `plugins list`), so a plugin built with --plugin-dir replaces the installed one.
 #pragma once
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -73,7 +77,7 @@ class PluginRefused : public std::runtime_error {
 
 class PluginRegistry {
  public:
-  // Scans the folders. Throws PluginRefused for duplicate names (naming both files).
+  // Scans the folders (see the file comment for what is refused and which duplicate wins).
   explicit PluginRegistry(std::vector<SearchPath> path);
   ~PluginRegistry();
 
@@ -85,6 +89,9 @@ class PluginRegistry {
                                 const std::string& pointer) const;
   // Files that were found but refused, with the reason (reported by `plugins list`).
   const std::vector<std::pair<std::string, std::string>>& refused() const { return refused_; }
+  // Plugins not used because one of the same name lies in a folder searched earlier:
+  // (not used, used).
+  const std::vector<std::pair<std::string, std::string>>& shadowed() const { return shadowed_; }
   const std::vector<SearchPath>& search_path() const { return path_; }
   std::string describe_search_path() const;
 
@@ -97,8 +104,15 @@ class PluginRegistry {
   std::vector<SearchPath> path_;
   std::vector<PluginManifest> plugins_;
   std::vector<std::pair<std::string, std::string>> refused_;
+  std::vector<std::pair<std::string, std::string>> shadowed_;
   std::map<std::string, LoadedPluginPtr> loaded_;
 };
+
+// The checks made before a plugin's library is loaded (its ABI tag read from the file: magic, SDK
+// version, LibTorch, C++ ABI, CUDA, name): "" when they pass, else why the plugin is refused.
+// `tag` receives the tag when one was read. Used by `plugins list|inspect`, which load no code.
+std::string check_before_loading(const PluginManifest& manifest,
+                                 std::optional<AbiTag>* tag = nullptr);
 
 // Loads one plugin file after the checks above (exposed for tests).
 const PluginDescriptor& load_plugin_library(const PluginManifest& manifest,

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <regex>
 
+#include "../util/faults.hpp"
 #include "../util/files.hpp"
 #include "wanhost/log.hpp"
 
@@ -24,32 +25,6 @@ std::optional<long> step_of(const std::string& name) {
 }
 
 }  // namespace
-
-namespace {
-int g_fault_rank = 0;
-}  // namespace
-
-void set_fault_rank(int rank) {
-  g_fault_rank = rank;
-}
-
-bool fault_active(const char* site, long step) {
-  const char* spec = std::getenv("WANHOST_FAULT");
-  if (!spec) return false;
-  if (const char* only = std::getenv("WANHOST_FAULT_RANK"); only && std::atoi(only) != g_fault_rank)
-    return false;
-  const std::string s(spec);
-  const auto colon = s.rfind(':');
-  if (colon == std::string::npos) return false;
-  return s.substr(0, colon) == site && std::atol(s.c_str() + colon + 1) == step;
-}
-
-void fault_point(const char* site, long step) {
-  if (fault_active(site, step)) {
-    logger()->flush();
-    std::raise(SIGKILL);
-  }
-}
 
 CheckpointStore::CheckpointStore(std::string root, Communicator& world)
     : root_(std::move(root)), world_(world) {}

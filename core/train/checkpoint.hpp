@@ -43,15 +43,4 @@ class CheckpointStore {
   Communicator& world_;
 };
 
-// Fault injection for tests: WANHOST_FAULT=<site>:<step> kills the process with SIGKILL when
-// `site` is reached at global step `step` (sites: step.before_optimizer, save.files_written,
-// save.manifest_written, save.renamed). With WANHOST_FAULT_RANK=<r> only rank r (as given to
-// set_fault_rank) is hit.
-void set_fault_rank(int rank);
-void fault_point(const char* site, long step);
-// True when WANHOST_FAULT names `site` at global step `step`: the hook for faults other than a
-// kill (site step.nan_loss: the step's loss and gradients become NaN; step.hang: the rank stops
-// responding before the step's gradient reduction).
-bool fault_active(const char* site, long step);
-
 }  // namespace wanhost::core

@@ -17,13 +17,14 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
-#include <thread>
 
-#include "../cli/exit_codes.hpp"
-#include "../config/run_config.hpp"
 #include "../logging/logging.hpp"
+#include "../plugin/plugin_call.hpp"
 #include "../plugin/registry.hpp"
+#include "../run/components.hpp"
 #include "../util/device_timing.hpp"
+#include "../util/exit_codes.hpp"
+#include "../util/faults.hpp"
 #include "../util/files.hpp"
 #include "../util/kernel_profile.hpp"
 #include "checkpoint.hpp"
@@ -33,9 +34,8 @@
 #include "sample_order.hpp"
 #include "step_inputs.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/safetensors.hpp"
 #include "wanhost/log.hpp"
-#include "wanhost/random.hpp"
-#include "wanhost/safetensors.hpp"
 
 namespace fs = std::filesystem;
 
@@ -46,15 +46,6 @@ std::atomic<bool> g_terminate{false};
 extern "C" void on_sigterm(int) {
   g_terminate.store(true);
 }
-
-struct Components {
-  ParallelContext ctx;
-  std::unique_ptr<Parallelism> parallelism;
-  std::unique_ptr<Model> model;
-  std::unique_ptr<Scheduler> scheduler;
-  std::unique_ptr<Collator> collator;  // null: a built-in collator
-  std::string collator_name;
-};
 
 // Where training stands; this is what a checkpoint's trainer_state.json holds.
 struct Progress {
@@ -77,100 +68,6 @@ struct StageStats {
   double seconds = 0;
   double samples = 0, tokens = 0;
 };
-
-c10::Device pick_device(const std::string& wanted, const LaunchEnv& env) {
-  if (wanted == "cpu") return c10::Device(c10::kCPU);
-  const bool cuda = at::hasCUDA();
-  if (wanted == "cuda" && !cuda)
-    throw ConfigError("/run/device",
-                      "\"cuda\" requested but no CUDA device is visible to this process");
-  if (!cuda) return c10::Device(c10::kCPU);
-  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
-}
-
-const PluginDescriptor& load_kind(PluginRegistry& reg, const std::string& name, PluginKind kind,
-                                  const char* kind_name) {
-  const PluginDescriptor& d = reg.load(name);
-  if (!(d.kinds & kind))
-    throw PluginRefused("plugin '" + name + "' does not provide a " + kind_name);
-  return d;
-}
-
-// The model plugin's model; with `weights` (a stage's init path), loaded from there before any
-// parallelism plugin shards it. `stage` names the stage for messages.
-std::unique_ptr<Model> make_model(PluginRegistry& reg, const Json& cfg, const ParallelContext& ctx,
-                                  std::size_t stage = 0) {
-  const PluginConfig mc = section_config(cfg, "model");
-  auto model = load_kind(reg, mc.plugin, kKindModel, "model").factories.create_model(mc, ctx);
-  const Json& s = cfg["stages"][stage];
-  const std::string init = s["init"];
-  if (init != "previous" && init != "random") {
-    if (!fs::exists(init))
-      throw ConfigError("/stages/" + std::to_string(stage) + "/init",
-                        "no weights at '" + init + "'");
-    logger()->info("stage {}: loading weights from {}", s["name"].get<std::string>(), init);
-    model->load_weights(init);
-  }
-  return model;
-}
-
-Components build(const Json& cfg, const LaunchEnv& env, PluginRegistry& reg,
-                 const c10::Device& device, CommunicatorPtr world) {
-  Components c;
-  const Json& run = cfg["run"];
-  // The SDK's single-process context (default operators), then this process's place and dtypes;
-  // the parallelism plugin fills in groups and may swap the operators in setup().
-  c.ctx = ParallelContext::single(device);
-  c.ctx.world_rank = env.rank;
-  c.ctx.world_size = env.world_size;
-  c.ctx.world = world;
-  const std::string precision = run["precision"];
-  c.ctx.param_dtype = run["master_weights"] == "bf16" ? at::kBFloat16 : at::kFloat;
-  if (precision != "auto") c.ctx.compute_dtype = precision == "bf16" ? at::kBFloat16 : at::kFloat;
-
-  const PluginConfig pc = section_config(cfg, "parallelism");
-  c.parallelism =
-      load_kind(reg, pc.plugin, kKindParallelism, "parallelism").factories.create_parallelism(pc);
-  const ParallelLayout layout = c.parallelism->layout(env.world_size);
-  if (layout.world() != env.world_size)
-    throw ConfigError("/parallelism/" + pc.plugin,
-                      "the parallel degrees dp=" + std::to_string(layout.dp) +
-                          " tp=" + std::to_string(layout.tp) + " pp=" + std::to_string(layout.pp) +
-                          " cp=" + std::to_string(layout.cp) + " multiply to " +
-                          std::to_string(layout.world()) + ", but " +
-                          std::to_string(env.world_size) + " processes were started",
-                      pc.plugin);
-  c.parallelism->setup(c.ctx);
-  c.model = make_model(reg, cfg, c.ctx, /*stage=*/0);  // the first stage's init weights too
-  c.parallelism->attach(*c.model);
-
-  const PluginConfig sc = section_config(cfg, "scheduler");
-  c.scheduler =
-      load_kind(reg, sc.plugin, kKindScheduler, "scheduler").factories.create_scheduler(sc);
-  c.collator_name = cfg["collator"]["plugin"];
-  if (c.collator_name != "dense" && c.collator_name != "packed") {
-    const PluginConfig cc = section_config(cfg, "collator");
-    c.collator = load_kind(reg, cc.plugin, kKindCollator, "collator").factories.create_collator(cc);
-  }
-  return c;
-}
-
-OptimizerConfig optimizer_config(const Json& stage) {
-  const Json& o = stage["optimizer"];
-  OptimizerConfig oc;
-  oc.lr = o["lr"];
-  oc.beta1 = o["beta1"];
-  oc.beta2 = o["beta2"];
-  oc.eps = o["eps"];
-  oc.weight_decay = o["weight_decay"];
-  return oc;
-}
-
-Batch collate(Components& c, std::vector<Sample> samples, const CollateOptions& opts) {
-  if (c.collator) return c.collator->collate(std::move(samples), opts);
-  if (c.collator_name == "packed") return collate_packed(std::move(samples), opts);
-  return collate_dense(std::move(samples), opts);
-}
 
 class ProgressBar {
  public:
@@ -204,30 +101,35 @@ double mean_of(const std::vector<double>& v, std::size_t from, std::size_t n) {
 
 class Trainer {
  public:
-  Trainer(const Json& cfg, const TrainOptions& opts, const LaunchEnv& env, PluginRegistry& reg)
-      : cfg_(cfg), opts_(opts), env_(env), reg_(reg), out_(cfg["run"]["out"].get<std::string>()) {}
+  Trainer(const RunConfig& cfg, const TrainOptions& opts, const LaunchEnv& env, PluginRegistry& reg)
+      : cfg_(cfg), opts_(opts), env_(env), builder_(reg), out_(cfg.run.out) {}
 
   int run();
 
  private:
+  // Calls into the run's plugins, each named when it throws (core/plugin/plugin_call.hpp).
+  template <class F>
+  decltype(auto) parallelism(const char* call, F&& f) {
+    return call_plugin(cfg_.parallelism.plugin, "parallelism", call, std::forward<F>(f));
+  }
   void prepare_run_folder();
   void resume_from(const std::string& dir);
   void start_stage(std::size_t k, bool fresh_run_start);
-  StepInputs make_inputs(std::size_t k, DataSource& data, SampleOrder& order, long stage_step,
-                         long global_step);
-  void train_step(std::size_t k, StepPrefetcher& inputs);
-  void profiled_step(std::size_t k, StepPrefetcher& inputs);
+  StepInputs make_inputs(const StageConfig& stage, DataSource& data, SampleOrder& order,
+                         long stage_step, long global_step);
+  void train_step(const StageConfig& stage, StepPrefetcher& inputs);
+  void profiled_step(const StageConfig& stage, StepPrefetcher& inputs);
   void save_checkpoint();
   void export_weights();
   void summary() const;
   bool rank0() const { return env_.rank == 0; }
 
-  const Json& cfg_;
+  const RunConfig& cfg_;
   TrainOptions opts_;
   LaunchEnv env_;
-  PluginRegistry& reg_;
+  ComponentBuilder builder_;
   std::string out_;
-  Components c_;
+  RunComponents c_;
   Progress p_;
   std::unique_ptr<CheckpointStore> store_;
   std::unique_ptr<MetricsLog> metrics_;
@@ -243,22 +145,25 @@ void Trainer::prepare_run_folder() {
   const fs::path ckpt = fs::path(out_) / "checkpoints";
   if (rank0()) {
     fs::create_directories(ckpt);
-    write_file_atomic((fs::path(out_) / "config.resolved.json").string(), cfg_.dump(2) + "\n");
+    write_file_atomic((fs::path(out_) / "config.resolved.json").string(),
+                      cfg_.resolved.dump(2) + "\n");
   }
   c_.ctx.world->barrier();
   add_rank_log_file(out_);
 }
 
 void Trainer::start_stage(std::size_t k, bool run_start) {
-  const Json& stage = cfg_["stages"][k];
-  // The run's first stage has the model build() made (with its init weights). Later stages with
-  // new weights get a fresh model: a sharding plugin has taken the current one's weights apart.
-  if (!run_start && stage["init"] != "previous") {
-    c_.model = make_model(reg_, cfg_, c_.ctx, k);
-    c_.parallelism->attach(*c_.model);
+  const StageConfig& stage = cfg_.stages[k];
+  // The run's first stage has the model build_run() made (with its init weights). Later stages
+  // with new weights get a fresh model: a sharding plugin has taken the current one's weights
+  // apart.
+  if (!run_start && stage.init != "previous") {
+    c_.model = build_stage_model(cfg_, k, builder_, c_.ctx);
+    parallelism("attach", [&] { c_.parallelism->attach(*c_.model); });
   }
-  if (run_start || stage["optimizer_state"] == "fresh")
-    c_.parallelism->configure_optimizer(optimizer_config(stage));
+  if (run_start || !stage.carry_optimizer)
+    parallelism("configure_optimizer",
+                [&] { c_.parallelism->configure_optimizer(stage.optimizer); });
 }
 
 void Trainer::resume_from(const std::string& dir) {
@@ -267,15 +172,16 @@ void Trainer::resume_from(const std::string& dir) {
   p_.stage_step = state.at("stage_step");
   p_.global_step = state.at("global_step");
   p_.skipped = state.value("skipped_steps", 0L);
-  if (p_.stage >= cfg_["stages"].size())
+  if (p_.stage >= cfg_.stages.size())
     throw ConfigError("/stages", "the checkpoint " + dir + " is in stage " +
                                      std::to_string(p_.stage) + ", but this manifest has only " +
-                                     std::to_string(cfg_["stages"].size()) + " stage(s)");
-  c_.parallelism->configure_optimizer(optimizer_config(cfg_["stages"][p_.stage]));
-  c_.parallelism->load_state(*c_.model, (fs::path(dir) / "state").string());
+                                     std::to_string(cfg_.stages.size()) + " stage(s)");
+  parallelism("configure_optimizer",
+              [&] { c_.parallelism->configure_optimizer(cfg_.stages[p_.stage].optimizer); });
+  parallelism("load_state",
+              [&] { c_.parallelism->load_state(*c_.model, (fs::path(dir) / "state").string()); });
   logger()->info("resumed from {} (stage {} '{}', step {} of the stage, global step {})", dir,
-                 p_.stage, cfg_["stages"][p_.stage]["name"].get<std::string>(), p_.stage_step,
-                 p_.global_step);
+                 p_.stage, cfg_.stages[p_.stage].name, p_.stage_step, p_.global_step);
 }
 
 void Trainer::save_checkpoint() {
@@ -283,144 +189,145 @@ void Trainer::save_checkpoint() {
                {"world_size", env_.world_size},
                {"plugins", Json::object()},
                {"wanhost_version", WANHOST_VERSION}};
-  for (const auto& kind : plugin_kinds()) {
-    if (!kind.section) continue;
-    const std::string name = cfg_[kind.section]["plugin"];
-    if (const PluginManifest* m = reg_.find(name)) meta["plugins"][name] = m->version;
-  }
+  for (const PluginConfig* pc : cfg_.plugin_configs())
+    if (const PluginManifest* m = builder_.registry().find(pc->plugin))
+      meta["plugins"][pc->plugin] = m->version;
   last_checkpoint_ = store_->save(
       p_.global_step,
       [&](const std::string& dir) {
         if (rank0()) {
           write_file_atomic((fs::path(dir) / "trainer_state.json").string(),
                             to_json(p_).dump(2) + "\n");
-          write_file_atomic((fs::path(dir) / "config.resolved.json").string(), cfg_.dump(2) + "\n");
+          write_file_atomic((fs::path(dir) / "config.resolved.json").string(),
+                            cfg_.resolved.dump(2) + "\n");
         }
         c_.ctx.world->barrier();
         if (rank0()) fs::create_directories(fs::path(dir) / "state");
         c_.ctx.world->barrier();
-        c_.parallelism->save_state(*c_.model, (fs::path(dir) / "state").string());
+        parallelism("save_state", [&] {
+          c_.parallelism->save_state(*c_.model, (fs::path(dir) / "state").string());
+        });
       },
-      meta, cfg_["checkpoint"]["keep_last"].get<int>());
+      meta, cfg_.checkpoint.keep_last);
   logger()->info("checkpoint saved: {}", last_checkpoint_);
 }
 
 // This rank's share of a step's samples on the host, collated into micro batches and noised.
 // Runs on the prefetcher's worker thread (run.prefetch), so it reads nothing that the training
 // thread changes: the step counters come as arguments.
-StepInputs Trainer::make_inputs(std::size_t k, DataSource& data, SampleOrder& order,
+StepInputs Trainer::make_inputs(const StageConfig& stage, DataSource& data, SampleOrder& order,
                                 long stage_step, long global_step) {
-  const Json& stage = cfg_["stages"][k];
-  const long gb = stage["global_batch"], mb = stage["micro_batch"];
+  const long gb = stage.global_batch;
   const int dp = c_.ctx.dp->size(), dp_rank = c_.ctx.dp->rank();
   const long local = gb / dp;
   CollateOptions copts;
-  copts.text_rows = stage["text_rows"];
-  const std::uint64_t seed = cfg_["run"]["seed"];
+  copts.text_rows = stage.text_rows;
+  copts.micro_batch = stage.micro_batch;
   StepInputs in;
   in.stage_step = stage_step;
   in.global_step = global_step;
-  for (long start = 0; start < local; start += mb) {
-    std::vector<Sample> samples;
-    std::vector<std::int64_t> keys;
-    for (long j = start; j < std::min(local, start + mb); ++j) {
-      const std::int64_t position = stage_step * gb + dp_rank * local + j;
-      samples.push_back(data.get(order.at(position)));
-      keys.push_back(position);
-      const Sample& s = samples.back();
-      const PackSegment grid{0, s.latent.size(1), s.latent.size(2), s.latent.size(3)};
-      in.tokens += static_cast<double>(c_.model->tokens(grid));
-      in.flops += 3.0 * c_.model->forward_flops(grid, s.text.size(0));
-    }
-    Batch batch = collate(c_, std::move(samples), copts);
-    batch.sample_keys = keys;  // stream positions: unique per sample of the stage
-    in.micro.push_back(c_.scheduler->add_noise(batch, seed, global_step));
+  std::vector<Sample> samples;
+  for (long j = 0; j < local; ++j) {
+    const std::int64_t position = stage_step * gb + dp_rank * local + j;
+    samples.push_back(call_plugin(stage.data.plugin, "data_source", "get",
+                                  [&] { return data.get(order.at(position)); }));
+    Sample& s = samples.back();
+    s.key = position;  // the stream position: unique per sample of the stage
+    const PackSegment grid{0, s.latent.size(1), s.latent.size(2), s.latent.size(3)};
+    in.tokens += static_cast<double>(c_.model->tokens(grid));
+    in.flops += 3.0 * c_.model->forward_flops(grid, s.text.size(0));
   }
+  std::vector<Batch> micro = call_plugin(cfg_.collator.plugin, "collator", "collate", [&] {
+    return c_.collator->collate(std::move(samples), copts);
+  });
+  for (const Batch& batch : micro)
+    in.micro.push_back(call_plugin(cfg_.scheduler.plugin, "scheduler", "add_noise", [&] {
+      return c_.scheduler->add_noise(batch, cfg_.run.seed, global_step);
+    }));
   return in;
 }
 
-void Trainer::train_step(std::size_t k, StepPrefetcher& inputs) {
-  const Json& stage = cfg_["stages"][k];
-  const long gb = stage["global_batch"], steps = stage["steps"];
+void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
+  const long gb = stage.global_batch;
   const auto t0 = std::chrono::steady_clock::now();
   double data_wait_s = 0;
   const StepInputs in = inputs.take(p_.stage_step, p_.global_step, &data_wait_s);
-  const std::vector<NoisedBatch>& micro = in.micro;
-  const double tokens = in.tokens, flops = in.flops;
 
-  c_.parallelism->zero_grad();
-  StepLoss sl = c_.parallelism->forward_backward(
-      *c_.model, micro, [&](const at::Tensor& pred, const NoisedBatch& nb) {
-        return c_.scheduler->loss(pred, nb, gb);
-      });
-  if (fault_active("step.nan_loss", p_.global_step + 1)) {  // test hook: a diverged step
-    at::NoGradGuard no_grad;
-    sl.sum = std::nan("");
-    for (auto& p : c_.model->module().parameters())
-      if (p.grad().defined()) p.mutable_grad().fill_(std::nan(""));
-  }
-  if (fault_active("step.hang", p_.global_step + 1)) {  // test hook: a rank that stops responding
-    logger()->warn("fault injection: rank {} hangs at global step {}", env_.rank,
-                   p_.global_step + 1);
-    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
-  }
-  const double clip = stage["optimizer"]["clip_grad_norm"];
-  const double grad_norm = c_.parallelism->reduce_and_clip_gradients(clip);
+  // The step on the device: nothing below reads a value back until the step's numbers are
+  // reduced over the ranks (one host synchronisation a step).
+  parallelism("zero_grad", [&] { c_.parallelism->zero_grad(); });
+  StepLoss sl = parallelism("forward_backward", [&] {
+    return c_.parallelism->forward_backward(
+        *c_.model, in.micro, [&](const at::Tensor& pred, const NoisedBatch& nb) {
+          return call_plugin(cfg_.scheduler.plugin, "scheduler", "loss",
+                             [&] { return c_.scheduler->loss(pred, nb, gb); });
+        });
+  });
+  if (!sl.sum.defined())
+    sl.sum = at::zeros({}, at::TensorOptions(at::kDouble).device(c_.ctx.device));
+  step_faults(p_.global_step + 1, sl.sum, c_.model->module());  // test-only (util/faults.hpp)
+  const at::Tensor grad_norm_t = parallelism("reduce_and_clip_gradients", [&] {
+    return c_.parallelism->reduce_and_clip_gradients(stage.clip_grad_norm);
+  });
   // Global mean loss and throughput over the data-parallel group (ranks sharing samples through
   // TP/CP hold the same numbers and are not counted twice).
-  at::Tensor totals =
-      at::tensor({sl.sum, static_cast<double>(sl.count), tokens, flops}, at::kDouble)
-          .to(c_.ctx.device);
+  const auto f64 = at::TensorOptions(at::kDouble).device(c_.ctx.device);
+  at::Tensor totals = at::cat(
+      {sl.sum.detach().to(f64).reshape({1}),
+       at::tensor({static_cast<double>(sl.count), in.tokens, in.flops}, at::kDouble).to(f64)});
   c_.ctx.dp->all_reduce(totals, ReduceOp::Sum);
-  totals = totals.cpu();
-  const double loss = totals[0].item<double>() / std::max(1.0, totals[1].item<double>());
+  // The one read of the step on the host: loss sum, sample count, tokens, FLOPs, gradient norm.
+  const at::Tensor host = at::cat({totals, grad_norm_t.detach().to(f64).reshape({1})}).cpu();
+  const double* h = host.data_ptr<double>();
+  const double loss = h[0] / std::max(1.0, h[1]), tokens = h[2], flops = h[3];
+  const double grad_norm = h[4];
   const double lr = learning_rate(stage, p_.stage_step);
 
   const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
-  if (!finite && cfg_["run"]["nonfinite"] == "abort")
+  if (!finite && !cfg_.run.skip_nonfinite)
     throw std::runtime_error("non-finite " +
                              std::string(std::isfinite(loss) ? "gradient norm" : "loss") +
                              " at global step " + std::to_string(p_.global_step + 1) + " (stage '" +
-                             stage["name"].get<std::string>() + "'); the last good checkpoint is " +
+                             stage.name + "'); the last good checkpoint is " +
                              (last_checkpoint_.empty() ? std::string("none") : last_checkpoint_) +
                              "; set run.nonfinite=skip to skip such steps");
   fault_point("step.before_optimizer", p_.global_step + 1);
   if (finite) {
-    c_.parallelism->optimizer_step(lr);
+    parallelism("optimizer_step", [&] { c_.parallelism->optimizer_step(lr); });
   } else {
     ++p_.skipped;
     if (rank0())
       logger()->warn("non-finite {} at global step {} (stage '{}'): step skipped ({} so far)",
-                     std::isfinite(loss) ? "gradient norm" : "loss", p_.global_step + 1,
-                     stage["name"].get<std::string>(), p_.skipped);
+                     std::isfinite(loss) ? "gradient norm" : "loss", p_.global_step + 1, stage.name,
+                     p_.skipped);
   }
   ++p_.stage_step;
   ++p_.global_step;
 
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  StageStats& st = stats_[k];
+  StageStats& st = stats_[stage.index];
   st.losses.push_back(loss);
   st.seconds += secs;
   st.samples += static_cast<double>(gb);
-  st.tokens += totals[2].item<double>();
+  st.tokens += tokens;
   if (rank0()) {
-    Json rec = {{"stage", stage["name"]},
-                {"stage_index", k},
-                {"step", p_.global_step},
-                {"stage_step", p_.stage_step},
-                {"loss", finite ? Json(loss) : Json(nullptr)},
-                {"lr", lr},
-                {"grad_norm", std::isfinite(grad_norm) ? Json(grad_norm) : Json(nullptr)},
-                {"samples_per_s", gb / secs},
-                {"tokens_per_s", totals[2].item<double>() / secs},
-                {"tflops_per_gpu", totals[3].item<double>() / env_.world_size / secs / 1e12},
-                {"mfu", peak_tflops_ > 0 ? Json(totals[3].item<double>() / env_.world_size / secs /
-                                                1e12 / peak_tflops_)
-                                         : Json(nullptr)},
-                {"peak_mem_gib", peak_memory_gib(c_.ctx.device)},
-                {"step_time_s", secs},
-                {"data_wait_s", data_wait_s},
-                {"skipped_steps", p_.skipped}};
+    Json rec = {
+        {"stage", stage.name},
+        {"stage_index", stage.index},
+        {"step", p_.global_step},
+        {"stage_step", p_.stage_step},
+        {"loss", finite ? Json(loss) : Json(nullptr)},
+        {"lr", lr},
+        {"grad_norm", std::isfinite(grad_norm) ? Json(grad_norm) : Json(nullptr)},
+        {"samples_per_s", gb / secs},
+        {"tokens_per_s", tokens / secs},
+        {"tflops_per_gpu", flops / env_.world_size / secs / 1e12},
+        {"mfu", peak_tflops_ > 0 ? Json(flops / env_.world_size / secs / 1e12 / peak_tflops_)
+                                 : Json(nullptr)},
+        {"peak_mem_gib", peak_memory_gib(c_.ctx.device)},
+        {"step_time_s", secs},
+        {"data_wait_s", data_wait_s},
+        {"skipped_steps", p_.skipped}};
     if (profiling_) rec["profiled"] = true;
     metrics_->write(rec);
     if (tb_) {
@@ -430,13 +337,12 @@ void Trainer::train_step(std::size_t k, StepPrefetcher& inputs) {
           tb_->scalar(std::string("train/") + key, rec[key].get<double>(), p_.global_step);
       tb_->flush();
     }
-    const long every = cfg_["logging"]["every_steps"];
-    bar_->update(stage["name"], p_.stage_step, steps, loss, lr, 1.0 / secs);
-    if (!bar_->on() && (p_.stage_step % every == 0 || p_.stage_step == steps))
+    const long every = cfg_.logging.every_steps;
+    bar_->update(stage.name, p_.stage_step, stage.steps, loss, lr, 1.0 / secs);
+    if (!bar_->on() && (p_.stage_step % every == 0 || p_.stage_step == stage.steps))
       logger()->info(
           "[{}] step {}/{} (global {}): loss {:.5f}, lr {:.3e}, grad norm {:.4f}, {:.1f} samples/s",
-          stage["name"].get<std::string>(), p_.stage_step, steps, p_.global_step, loss, lr,
-          grad_norm, gb / secs);
+          stage.name, p_.stage_step, stage.steps, p_.global_step, loss, lr, grad_norm, gb / secs);
   }
 }
 
@@ -445,13 +351,13 @@ void Trainer::train_step(std::size_t k, StepPrefetcher& inputs) {
 // device time by kernel class and the longest kernels (operator times on the CPU) and writes them
 // to <run>/profile/summary.json. The step's own metrics carry "profiled": true (the profiler
 // slows it down).
-void Trainer::profiled_step(std::size_t k, StepPrefetcher& inputs) {
+void Trainer::profiled_step(const StageConfig& stage, StepPrefetcher& inputs) {
   const long step = p_.global_step + 1;
   const std::string dir = out_ + "/profile";
   fs::create_directories(dir);
   profiling_ = true;  // an exception here ends the run, so the flag needs no unwinding
   const KernelProfile prof = profile_kernels(
-      c_.ctx.device, [&] { train_step(k, inputs); }, 1,
+      c_.ctx.device, [&] { train_step(stage, inputs); }, 1,
       dir + "/trace-rank" + std::to_string(env_.rank) + ".json");
   profiling_ = false;
   if (!rank0()) return;
@@ -464,7 +370,8 @@ void Trainer::profiled_step(std::size_t k, StepPrefetcher& inputs) {
 }
 
 void Trainer::export_weights() {
-  auto weights = c_.parallelism->full_weights(*c_.model);
+  auto weights =
+      parallelism("full_weights", [&] { return c_.parallelism->full_weights(*c_.model); });
   if (!rank0()) return;
   const fs::path dir = fs::path(out_) / "export";
   fs::create_directories(dir);
@@ -490,25 +397,26 @@ void Trainer::summary() const {
   }
   s += "\n  run folder: " + out_ + " (metrics.jsonl, tensorboard/, logs/, config.resolved.json)";
   if (!last_checkpoint_.empty()) s += "\n  last checkpoint: " + last_checkpoint_;
-  if (cfg_["checkpoint"]["export_diffusers"].get<bool>())
-    s += "\n  Diffusers export: " + out_ + "/export";
+  if (cfg_.checkpoint.export_diffusers) s += "\n  Diffusers export: " + out_ + "/export";
   logger()->info("{}", s);
 }
 
 int Trainer::run() {
-  if (cfg_["run"]["threads"].get<int>() > 0) at::set_num_threads(cfg_["run"]["threads"].get<int>());
+  // Before anything that takes time: a SIGTERM from here on stops the run cleanly.
+  std::signal(SIGTERM, on_sigterm);
+  if (cfg_.run.threads > 0) at::set_num_threads(cfg_.run.threads);
+  set_kernel_options(cfg_.run.kernels);
   set_fault_rank(env_.rank);
-  const c10::Device device = pick_device(cfg_["run"]["device"], env_);
+  const c10::Device device = run_device(cfg_, env_.local_rank);
   CommTimeouts timeouts;
-  timeouts.init_s = cfg_["run"]["comm_init_timeout_s"];
-  timeouts.collective_s = cfg_["run"]["comm_timeout_s"];
-  c_ = build(cfg_, env_, reg_, device, make_world_communicator(env_, device, timeouts));
+  timeouts.init_s = cfg_.run.comm_init_timeout_s;
+  timeouts.collective_s = cfg_.run.comm_timeout_s;
+  c_ = build_run(cfg_, builder_, device, make_world_communicator(env_, device, timeouts));
   logger()->info(
       "device {}, master weights {}, compute {}; model {} ({} blocks), parallelism {}, world {}",
       c_.ctx.device.str(), c10::toString(c_.ctx.param_dtype), c10::toString(c_.ctx.compute_dtype),
-      cfg_["model"]["plugin"].get<std::string>(), c_.model->num_blocks(),
-      cfg_["parallelism"]["plugin"].get<std::string>(), env_.world_size);
-  peak_tflops_ = cfg_["run"]["peak_tflops"];
+      cfg_.model.plugin, c_.model->num_blocks(), cfg_.parallelism.plugin, env_.world_size);
+  peak_tflops_ = cfg_.run.peak_tflops;
   if (peak_tflops_ <= 0 && device.is_cuda()) {
     peak_tflops_ = matmul_peak_tflops(device);
     logger()->info("MFU is measured against {:.1f} TFLOP/s (bf16 matrix product on {})",
@@ -539,8 +447,8 @@ int Trainer::run() {
       logger()->warn("--resume: no complete checkpoint in {}; starting from scratch",
                      store_->root());
   }
-  stats_.resize(cfg_["stages"].size());
-  for (std::size_t k = 0; k < stats_.size(); ++k) stats_[k].name = cfg_["stages"][k]["name"];
+  stats_.resize(cfg_.stages.size());
+  for (std::size_t k = 0; k < stats_.size(); ++k) stats_[k].name = cfg_.stages[k].name;
   if (resume_dir)
     resume_from(*resume_dir);
   else
@@ -548,14 +456,7 @@ int Trainer::run() {
   // Every rank's own figure (in its log file; rank 0's on the console): what sharding saves.
   logger()->info("parameters + gradients + optimizer state on this rank: {:.3f} MiB",
                  static_cast<double>(c_.parallelism->state_bytes()) / (1024.0 * 1024.0));
-  const long profile_step = cfg_["logging"]["profile_step"];
-  long total_steps = 0;
-  for (const auto& stage : cfg_["stages"]) total_steps += stage["steps"].get<long>();
-  if (profile_step > total_steps)
-    throw ConfigError("/logging/profile_step",
-                      "global step " + std::to_string(profile_step) +
-                          " is past the run's last step (the stages' steps add up to " +
-                          std::to_string(total_steps) + ")");
+  const long profile_step = cfg_.logging.profile_step;
   if (profile_step > 0 && profile_step <= p_.global_step)
     logger()->warn(
         "logging.profile_step {}: the resumed run starts after that step; no step runs "
@@ -569,57 +470,42 @@ int Trainer::run() {
   if (rank0()) {
     metrics_ = std::make_unique<MetricsLog>(out_, p_.global_step);
     // A resumed run marks where it starts, so TensorBoard drops the interrupted run's later points.
-    if (cfg_["logging"]["tensorboard"].get<bool>())
+    if (cfg_.logging.tensorboard)
       tb_ = std::make_unique<TensorBoardWriter>(out_, resume_dir ? p_.global_step + 1 : 0);
   }
-  const std::string progress = cfg_["logging"]["progress"];
+  const std::string& progress = cfg_.logging.progress;
   bar_ = std::make_unique<ProgressBar>(rank0() &&
                                        (progress == "on" || (progress == "auto" && isatty(2))));
 
-  std::signal(SIGTERM, on_sigterm);
-  const long every = cfg_["checkpoint"]["every_steps"];
-  for (std::size_t k = p_.stage; k < cfg_["stages"].size(); ++k) {
-    const Json& stage = cfg_["stages"][k];
-    const long steps = stage["steps"], gb = stage["global_batch"], mb = stage["micro_batch"];
-    const std::string sptr = "/stages/" + std::to_string(k);
-    if (gb % c_.ctx.dp->size() != 0 || (gb / c_.ctx.dp->size()) % mb != 0)
-      throw ConfigError(sptr + "/global_batch",
-                        "global_batch " + std::to_string(gb) + " must split into " +
-                            std::to_string(c_.ctx.dp->size()) +
-                            " data-parallel rank(s) x whole micro batches of " +
-                            std::to_string(mb));
+  const long every = cfg_.checkpoint.every_steps;
+  for (std::size_t k = p_.stage; k < cfg_.stages.size(); ++k) {
+    const StageConfig& stage = cfg_.stages[k];
     if (k != p_.stage) {  // entering a new stage (not the one a resume landed in)
       p_.stage = k;
       p_.stage_step = 0;
       start_stage(k, false);
     }
-    if (p_.stage_step >= steps) continue;
-    auto data = [&] {
-      const PluginConfig dc = stage_data_config(cfg_, k);
-      return load_kind(reg_, dc.plugin, kKindDataSource, "data source")
-          .factories.create_data_source(dc);
-    }();
-    if (data->size() <= 0)
-      throw ConfigError(sptr + "/data", "the data source serves no samples: " + data->describe());
-    SampleOrder order(cfg_["run"]["seed"].get<std::uint64_t>(), k, data->size());
+    if (p_.stage_step >= stage.steps) continue;
+    DataSource& data = *c_.data[k];
+    SampleOrder order(cfg_.run.seed, k, data.size());
     logger()->info("stage {} '{}': {} steps, global batch {}, micro batch {}, data: {}", k,
-                   stage["name"].get<std::string>(), steps, gb, mb, data->describe());
-    // Destroyed before `data` and `order`, which its worker uses.
+                   stage.name, stage.steps, stage.global_batch, stage.micro_batch, data.describe());
+    // Destroyed before `order`, which its worker uses.
     StepPrefetcher inputs(
-        [&, k](long stage_step, long global_step) {
-          return make_inputs(k, *data, order, stage_step, global_step);
+        [&](long stage_step, long global_step) {
+          return make_inputs(stage, data, order, stage_step, global_step);
         },
-        c_.ctx.device, steps - 1, cfg_["run"]["prefetch"].get<bool>());
-    while (p_.stage_step < steps) {
+        c_.ctx.device, stage.steps - 1, cfg_.run.prefetch);
+    while (p_.stage_step < stage.steps) {
       if (p_.global_step + 1 == profile_step)
-        profiled_step(k, inputs);
+        profiled_step(stage, inputs);
       else
-        train_step(k, inputs);
-      const bool stage_end = p_.stage_step == steps;
+        train_step(stage, inputs);
+      const bool stage_end = p_.stage_step == stage.steps;
       const bool stop = opts_.stop_after_steps && p_.global_step >= *opts_.stop_after_steps;
       const bool term = any_rank(*c_.ctx.world, c_.ctx.device, g_terminate.load());
       if ((every > 0 && p_.global_step % every == 0) ||
-          (stage_end && cfg_["checkpoint"]["at_stage_end"].get<bool>()) || stop || term)
+          (stage_end && cfg_.checkpoint.at_stage_end) || stop || term)
         save_checkpoint();
       if (term) {
         bar_->finish();
@@ -639,16 +525,16 @@ int Trainer::run() {
     }
     bar_->finish();
   }
-  if (cfg_["checkpoint"]["export_diffusers"].get<bool>()) export_weights();
+  if (cfg_.checkpoint.export_diffusers) export_weights();
   summary();
   return 0;
 }
 
 }  // namespace
 
-int train(const Json& resolved, const TrainOptions& options, const LaunchEnv& env,
+int train(const RunConfig& config, const TrainOptions& options, const LaunchEnv& env,
           PluginRegistry& registry) {
-  Trainer t(resolved, options, env, registry);
+  Trainer t(config, options, env, registry);
   return t.run();
 }
 

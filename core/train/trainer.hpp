@@ -6,8 +6,8 @@
 #include <optional>
 #include <string>
 
+#include "../config/run_config.hpp"
 #include "../launch/launch_env.hpp"
-#include "wanhost/config.hpp"
 
 namespace wanhost::core {
 
@@ -19,7 +19,7 @@ struct TrainOptions {
 };
 
 // Returns the process exit code (0, or kExitPreempted after SIGTERM).
-int train(const Json& resolved, const TrainOptions& options, const LaunchEnv& env,
+int train(const RunConfig& config, const TrainOptions& options, const LaunchEnv& env,
           PluginRegistry& registry);
 
 }  // namespace wanhost::core

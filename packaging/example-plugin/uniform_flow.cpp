@@ -1,15 +1,16 @@
 // uniform_flow: an example third-party wanhost plugin (a scheduler variant), built against the
-// installed SDK only. Rectified flow: x_t = (1 - sigma) x0 + sigma eps, the model predicts the
+// installed SDK only: the contract (WanHost::sdk) and, for its keyed random draws, the kit
+// (WanHost::kit). Rectified flow: x_t = (1 - sigma) x0 + sigma eps, the model predicts the
 // velocity eps - x0; sigma is drawn uniformly from [min_sigma, max_sigma] for every sample, and
 // every sample weighs the same in the loss.
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "wanhost/kit/keyed_random.hpp"
 #include "wanhost/log.hpp"
 #include "wanhost/plugin.hpp"
 #include "wanhost/random.hpp"
@@ -37,30 +38,21 @@ class UniformFlow final : public wanhost::Scheduler {
                                  std::int64_t step) override {
     const std::int64_t b = clean.batch_size();
     if (b == 0) throw std::invalid_argument("uniform_flow: add_noise on an empty batch");
-    const std::int64_t channels = clean.latents.size(clean.packed() ? 0 : 1);
     std::vector<float> sigmas(b);
-    at::Tensor noise = at::zeros(clean.latents.sizes(), at::TensorOptions(at::kFloat));
     for (std::int64_t i = 0; i < b; ++i) {
-      const std::int64_t key = clean.sample_keys[i];
-      auto timestep_gen = at::make_generator<at::CPUGeneratorImpl>(
-          wanhost::random_key(seed, step, key, wanhost::RandomStream::Timestep));
-      const double u = at::rand({1}, timestep_gen, at::TensorOptions(at::kDouble)).item<double>();
+      // The sample's own key: the same timestep whatever rank or micro batch draws it.
+      at::Generator gen = wanhost::keyed_generator(seed, step, clean.sample_keys[i],
+                                                   wanhost::RandomStream::Timestep);
+      const double u = at::rand({1}, gen, at::TensorOptions(at::kDouble)).item<double>();
       sigmas[i] = static_cast<float>(min_sigma_ + (max_sigma_ - min_sigma_) * u);
-      // Each sample's noise with its own grid, so dense and packed batches agree.
-      auto noise_gen = at::make_generator<at::CPUGeneratorImpl>(
-          wanhost::random_key(seed, step, key, wanhost::RandomStream::Noise));
-      const wanhost::PackSegment g = clean.grid(i);
-      at::Tensor eps = at::randn({channels, g.frames, g.height, g.width}, noise_gen,
-                                 at::TensorOptions(at::kFloat));
-      if (clean.packed())
-        noise.narrow(1, g.offset, g.numel()).copy_(eps.reshape({channels, g.numel()}));
-      else
-        noise[i].copy_(eps);
     }
+    // Each sample's noise drawn with its own grid from its key (the kit's helper), so dense and
+    // packed batches agree.
+    const at::Tensor noise = wanhost::per_sample_noise(clean, seed, step);
     const at::Device device = clean.latents.device();
     at::Tensor sigma = at::tensor(sigmas, at::kFloat).to(device);
     at::Tensor x0 = clean.latents.to(at::kFloat);
-    at::Tensor eps = noise.to(device);
+    at::Tensor eps = noise;
     at::Tensor s = clean.per_sample_to_latent(sigma);
 
     wanhost::NoisedBatch out;
@@ -82,7 +74,7 @@ class UniformFlow final : public wanhost::Scheduler {
         noised.noisy.per_sample_mean((prediction.to(at::kFloat) - noised.target).square());
     wanhost::LossTerms terms;
     terms.loss = per_sample.sum() / static_cast<double>(global_batch);
-    terms.sum = per_sample.detach().sum().item<double>();
+    terms.sum = per_sample.detach().sum().to(at::kDouble);
     terms.count = noised.noisy.batch_size();
     return terms;
   }

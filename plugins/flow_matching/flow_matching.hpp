@@ -1,13 +1,16 @@
 // Internal interface of the flow_matching scheduler plugin: the plugin entry point and the tests
 // both build on it (the tests link the implementation directly instead of loading the .so).
 //
-// Rectified-flow objective as in the reference DFM FlowMatchingPipeline (dfm_paths.md §1):
+// Rectified-flow objective as in the reference DFM FlowMatchingPipeline (NVIDIA-NeMo/DFM
+// dfm/src/automodel/flow_matching/flow_matching_pipeline.py):
 //   σ = clamp(shift(u), min_sigma, max_sigma), u from the timestep sampling mode,
 //   x_t = (1 - σ) x0 + σ ε,  target v = ε - x0,  model timestep t = num_train_timesteps · σ,
 //   weight w = 1 + shift · σ (or 1),  loss = w · mean (prediction - v)².
 // Unlike the reference, every sample draws σ and ε from generators keyed by (seed, step, sample
 // key), so the numbers do not depend on batch composition, rank or layout; "per_pack" granularity
-// reproduces the reference Megatron behaviour of one σ for a whole micro batch (§1.6).
+// reproduces the reference Megatron behaviour of one σ for a whole micro batch (NVIDIA-NeMo/DFM
+// dfm/src/megatron/model/wan/wan_step.py::wan_data_step hands FlowMatchingPipeline.step a pack as
+// one batch row).
 #pragma once
 
 #include <cstdint>
@@ -19,7 +22,7 @@
 #include "wanhost/config.hpp"
 #include "wanhost/scheduler.hpp"
 
-namespace wanhost::flow_matching {
+namespace wanhost::plugins::flow_matching {
 
 enum class TimestepSampling { Uniform, LogitNormal, Mode };
 enum class LossWeighting { None, Shift };
@@ -77,7 +80,6 @@ class FlowMatchingScheduler final : public Scheduler {
 
  private:
   std::vector<double> batch_sigmas(const Batch& clean, std::uint64_t seed, std::int64_t step) const;
-  at::Tensor batch_noise(const Batch& clean, std::uint64_t seed, std::int64_t step) const;
   at::Tensor to_model_timesteps(const at::Tensor& sigmas) const;
 
   Options options_;
@@ -85,4 +87,4 @@ class FlowMatchingScheduler final : public Scheduler {
 
 std::unique_ptr<Scheduler> make_scheduler(const PluginConfig& cfg);
 
-}  // namespace wanhost::flow_matching
+}  // namespace wanhost::plugins::flow_matching

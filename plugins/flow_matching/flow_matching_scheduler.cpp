@@ -1,4 +1,5 @@
-// Flow-matching scheduler: see flow_matching.hpp for the objective and dfm_paths.md §1 for the
+// Flow-matching scheduler: see flow_matching.hpp for the objective and NVIDIA-NeMo/DFM
+// dfm/src/automodel/flow_matching/flow_matching_pipeline.py::FlowMatchingPipeline for the
 // reference it follows.
 #include "flow_matching.hpp"
 
@@ -9,11 +10,11 @@
 #include <string>
 
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 
+#include "wanhost/kit/keyed_random.hpp"
 #include "wanhost/random.hpp"
 
-namespace wanhost::flow_matching {
+namespace wanhost::plugins::flow_matching {
 namespace {
 
 // The reference floors u before the shift so that σ never reaches exactly 0 (1/u stays finite).
@@ -29,11 +30,6 @@ Enum parse_enum(const PluginConfig& cfg, const std::string& key,
     known += (known.empty() ? "" : ", ") + std::string(name);
   }
   cfg.fail(key, "unknown value '" + value + "' (expected one of: " + known + ")");
-}
-
-at::Generator keyed_generator(std::uint64_t seed, std::int64_t step, std::int64_t key,
-                              RandomStream stream) {
-  return at::make_generator<at::CPUGeneratorImpl>(random_key(seed, step, key, stream));
 }
 
 double uniform01(at::Generator& gen) {
@@ -97,7 +93,8 @@ double FlowMatchingScheduler::draw_u(std::uint64_t seed, std::int64_t step,
                                      std::int64_t key) const {
   at::Generator gen = keyed_generator(seed, step, key, RandomStream::Timestep);
   // The mixing coin is drawn whatever the settings so that u uses the same draws in every mode.
-  // Unlike the reference (one coin per micro batch, §1.2) it is flipped per sample.
+  // Unlike the reference (one coin per micro batch in FlowMatchingPipeline.sample_timesteps) it is
+  // flipped per sample.
   const double coin = uniform01(gen);
   const bool use_uniform = options_.sampling == TimestepSampling::Uniform ||
                            (options_.mix_uniform_ratio > 0 && coin < options_.mix_uniform_ratio);
@@ -134,28 +131,11 @@ std::vector<double> FlowMatchingScheduler::batch_sigmas(const Batch& clean, std:
   return sigmas;
 }
 
-// Every sample's noise is drawn with its own [C, F, H, W] shape, so a sample gets the same
-// numbers in a dense and in a packed batch. Packed padding columns stay zero.
-at::Tensor FlowMatchingScheduler::batch_noise(const Batch& clean, std::uint64_t seed,
-                                              std::int64_t step) const {
-  const std::int64_t b = clean.batch_size();
-  const std::int64_t channels = clean.latents.size(clean.packed() ? 0 : 1);
-  at::Tensor noise = at::zeros(clean.latents.sizes(), at::TensorOptions(at::kFloat));
-  for (std::int64_t i = 0; i < b; ++i) {
-    const PackSegment g = clean.grid(i);
-    at::Tensor eps =
-        draw_noise(seed, step, clean.sample_keys[i], {channels, g.frames, g.height, g.width});
-    if (clean.packed())
-      noise.narrow(1, g.offset, g.numel()).copy_(eps.reshape({channels, g.numel()}));
-    else
-      noise[i].copy_(eps);
-  }
-  return noise.to(clean.latents.device());
-}
-
 at::Tensor FlowMatchingScheduler::to_model_timesteps(const at::Tensor& sigmas) const {
   at::Tensor t = sigmas * static_cast<double>(options_.num_train_timesteps);
-  // The reference adapters hand the model bf16 timesteps (§1.3); optional, for bit-matching.
+  // The reference adapters hand the model bf16 timesteps (NVIDIA-NeMo/DFM
+  // dfm/src/automodel/flow_matching/adapters/simple.py, SimpleAdapter.prepare_inputs); optional,
+  // for bit-matching.
   if (options_.round_timesteps_bf16) t = t.to(at::kBFloat16).to(at::kFloat);
   return t;
 }
@@ -174,7 +154,9 @@ NoisedBatch FlowMatchingScheduler::add_noise(const Batch& clean, std::uint64_t s
       at::tensor(std::vector<float>(drawn.begin(), drawn.end()), at::kFloat).to(device);
 
   at::Tensor x0 = clean.latents.to(at::kFloat);
-  at::Tensor eps = batch_noise(clean, seed, step);
+  // Each sample's noise drawn with its own shape from its key (a sample gets the same noise in a
+  // dense and in a packed batch; packed padding columns stay zero).
+  at::Tensor eps = per_sample_noise(clean, seed, step);
   at::Tensor s = clean.per_sample_to_latent(sigmas);
 
   NoisedBatch out;
@@ -211,13 +193,14 @@ LossTerms FlowMatchingScheduler::loss(const at::Tensor& prediction, const Noised
   }
   LossTerms terms;
   terms.loss = share / static_cast<double>(global_batch);
-  terms.sum = per_sample.detach().sum().item<double>();
+  terms.sum = per_sample.detach().sum().to(at::kDouble);  // stays on the device
   terms.count = b;
   return terms;
 }
 
-// FlowMatchEulerDiscreteScheduler.set_timesteps with a fixed shift (wan21.md §6.1): a linspace
-// from the shifted training range [shift(1/T), 1], shifted again, then a final 0.
+// FlowMatchEulerDiscreteScheduler.set_timesteps with a fixed shift
+// (diffusers/schedulers/scheduling_flow_match_euler_discrete.py): a linspace from the shifted
+// training range [shift(1/T), 1], shifted again, then a final 0.
 std::vector<double> FlowMatchingScheduler::sampling_sigmas(std::int64_t steps) const {
   if (steps < 1) throw std::invalid_argument("flow_matching: sampling needs at least one step");
   const double s = options_.sampling_shift;
@@ -250,4 +233,4 @@ std::unique_ptr<Scheduler> make_scheduler(const PluginConfig& cfg) {
   return std::make_unique<FlowMatchingScheduler>(Options::from_config(cfg));
 }
 
-}  // namespace wanhost::flow_matching
+}  // namespace wanhost::plugins::flow_matching

@@ -16,7 +16,7 @@
 #include "wanhost/config.hpp"
 #include "wanhost/encoders.hpp"
 
-namespace umt5 {
+namespace wanhost::plugins::umt5 {
 
 using wanhost::Json;
 
@@ -134,4 +134,4 @@ class Umt5TextEncoder final : public wanhost::TextEncoder {
   Tokenizer tokenizer_;
 };
 
-}  // namespace umt5
+}  // namespace wanhost::plugins::umt5

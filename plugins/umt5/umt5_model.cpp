@@ -12,11 +12,12 @@
 
 #include "umt5.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/safetensors.hpp"
+#include "wanhost/kit/strings.hpp"
+#include "wanhost/kit/weights.hpp"
 #include "wanhost/log.hpp"
-#include "wanhost/safetensors.hpp"
-#include "wanhost/strings.hpp"
 
-namespace umt5 {
+namespace wanhost::plugins::umt5 {
 using wanhost::FormatError;
 
 namespace {
@@ -219,19 +220,9 @@ void Umt5Encoder::load_weights(const std::string& path) {
     source[n] = n;
   }
   auto params = named_parameters(/*recurse=*/true);
-  for (const auto& item : params) {
-    auto it = source.find(item.key());
-    if (it == source.end()) {
-      problems.missing.push_back(
-          item.key() + (item.key() == "shared.weight" ? " (or encoder.embed_tokens.weight)" : ""));
-      continue;
-    }
-    const auto& shape = coll.info(it->second).shape;
-    if (shape != item.value().sizes().vec())
-      problems.shape(it->second, shape, item.value().sizes());
-  }
-  for (const auto& [name, n] : source)
-    if (!params.contains(name)) problems.unexpected.push_back(n);
+  wanhost::match_weights(coll, params, source, problems);
+  for (auto& m : problems.missing)
+    if (m == "shared.weight") m += " (or encoder.embed_tokens.weight)";
   if (!problems.empty()) {
     std::ostringstream msg;
     msg << "umt5: checkpoint '" << path << "' does not fit the encoder (" << config_.num_layers
@@ -241,9 +232,8 @@ void Umt5Encoder::load_weights(const std::string& path) {
     msg << "\n  (is config.json the checkpoint's?)";
     throw FormatError(msg.str());
   }
-  at::NoGradGuard no_grad;
-  for (auto& item : params) item.value().copy_(coll.load(source.at(item.key())));
-  wanhost::logger()->info("umt5: loaded {} tensors from {}", params.size(), path);
+  const std::size_t n = wanhost::load_matched_weights(coll, params, source);
+  wanhost::logger()->info("umt5: loaded {} tensors from {}", n, path);
 }
 
-}  // namespace umt5
+}  // namespace wanhost::plugins::umt5

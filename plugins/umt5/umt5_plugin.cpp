@@ -2,15 +2,17 @@
 #include "umt5.hpp"
 #include "wanhost/plugin.hpp"
 
+namespace wanhost::plugins::umt5 {
 namespace {
 
 void factories(wanhost::PluginFactories& f) {
   f.create_text_encoder =
       [](const wanhost::PluginConfig& cfg) -> std::unique_ptr<wanhost::TextEncoder> {
-    return std::make_unique<umt5::Umt5TextEncoder>(cfg);
+    return std::make_unique<wanhost::plugins::umt5::Umt5TextEncoder>(cfg);
   };
 }
 
 }  // namespace
+}  // namespace wanhost::plugins::umt5
 
-WANHOST_PLUGIN("umt5", "0.1.0", factories)
+WANHOST_PLUGIN("umt5", "0.1.0", wanhost::plugins::umt5::factories)

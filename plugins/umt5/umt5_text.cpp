@@ -18,7 +18,7 @@
 #include "wanhost/errors.hpp"
 #include "wanhost/log.hpp"
 
-namespace umt5 {
+namespace wanhost::plugins::umt5 {
 
 using wanhost::FormatError;
 
@@ -460,4 +460,4 @@ std::vector<std::int64_t> Tokenizer::encode(const std::string& text,
   return ids;
 }
 
-}  // namespace umt5
+}  // namespace wanhost::plugins::umt5

@@ -9,7 +9,7 @@
 #include "umt5.hpp"
 #include "wanhost/errors.hpp"
 
-namespace umt5 {
+namespace wanhost::plugins::umt5 {
 using wanhost::FormatError;
 
 namespace {
@@ -148,4 +148,4 @@ wanhost::TextEmbeddings Umt5TextEncoder::encode(const std::vector<std::string>& 
   return {hidden, lengths.to(device)};
 }
 
-}  // namespace umt5
+}  // namespace wanhost::plugins::umt5

@@ -1,7 +1,8 @@
 // wan21_dit internals: the Wan 2.1 text-to-video DiT (Diffusers WanTransformer3DModel semantics)
 // as a wanhost::Model. Shared by the plugin entry point and the tests (library wan21_dit_impl).
-// The model's arithmetic, names and dtype islands follow the project brief (shared/wan21.md
-// §1-§2); docs/model.md describes the plugin from a user's side.
+// The model's arithmetic, names and dtype islands follow Diffusers
+// (diffusers/models/transformers/transformer_wan.py, WanTransformer3DModel); docs/model.md
+// describes the plugin from a user's side.
 #pragma once
 
 #include <array>
@@ -20,7 +21,7 @@
 #include "wanhost/model.hpp"
 #include "wanhost/parallel.hpp"
 
-namespace wan21 {
+namespace wanhost::plugins::wan21_dit {
 
 using wanhost::Json;
 
@@ -71,8 +72,8 @@ WanOptions resolve_options(const wanhost::PluginConfig& cfg);
 // Diffusers tensor names and shapes of a WanTransformer3DModel with this config (registration
 // order). 825 tensors / 1,418,996,800 values for the 1.3B preset.
 std::vector<std::pair<std::string, std::vector<std::int64_t>>> diffusers_shapes(const WanConfig& c);
-// Model FLOPs of one forward pass (wan21.md §3.1) for `tokens` video tokens and `text_tokens`
-// attended text rows.
+// Model FLOPs of one forward pass (docs/model.md "FLOPs") for `tokens` video tokens and
+// `text_tokens` attended text rows.
 double forward_flops(const WanConfig& c, std::int64_t tokens, std::int64_t text_tokens);
 
 // Original Wan 2.1 key -> Diffusers key (ComfyUI prefix stripped); unchanged when unknown.
@@ -143,4 +144,4 @@ class WanModel final : public wanhost::Model {
 std::unique_ptr<wanhost::Model> create_model(const wanhost::PluginConfig& cfg,
                                              const wanhost::ParallelContext& ctx);
 
-}  // namespace wan21
+}  // namespace wanhost::plugins::wan21_dit

@@ -20,11 +20,12 @@
 
 #include "wan21_dit.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/safetensors.hpp"
+#include "wanhost/kit/strings.hpp"
+#include "wanhost/kit/weights.hpp"
 #include "wanhost/log.hpp"
-#include "wanhost/safetensors.hpp"
-#include "wanhost/strings.hpp"
 
-namespace wan21 {
+namespace wanhost::plugins::wan21_dit {
 using wanhost::ConfigError;
 using wanhost::FormatError;
 
@@ -111,7 +112,8 @@ WanConfig apply_keys(WanConfig c, const Json& keys) {
   return c;
 }
 
-// Original Wan 2.1 checkpoints name the top-level layers differently (wan21.md §1a).
+// Original Wan 2.1 checkpoints name the top-level layers differently (diffusers
+// scripts/convert_wan_to_diffusers.py, TRANSFORMER_KEYS_RENAME_DICT).
 bool looks_original(const std::vector<std::string>& names) {
   for (auto n : names) {
     if (starts_with(n, "model.diffusion_model.")) n = n.substr(22);
@@ -190,7 +192,8 @@ Json WanConfig::to_json() const {
               {"text_dim", text_dim}};
 }
 
-// wan21.md §0. "tiny": a 2-block, 64-wide model whose CPU training step takes milliseconds.
+// The Wan-AI/Wan2.1-T2V-{1.3B,14B}-Diffusers transformer configs (docs/model.md "Presets").
+// "tiny": a 2-block, 64-wide model whose CPU training step takes milliseconds.
 WanConfig preset_config(const std::string& name) {
   WanConfig c;  // the defaults are the tiny preset
   if (name == "tiny") return c;
@@ -300,7 +303,7 @@ std::vector<std::pair<std::string, std::vector<std::int64_t>>> diffusers_shapes(
   return s;
 }
 
-// wan21.md §3.1, with the patch-embedding / proj_out widths generalised from 64 each.
+// docs/model.md "FLOPs", with the patch-embedding / proj_out widths generalised from 64 each.
 double forward_flops(const WanConfig& c, std::int64_t tokens, std::int64_t text_tokens) {
   const double d = static_cast<double>(c.dim()), f = static_cast<double>(c.ffn_dim);
   const double layers = static_cast<double>(c.num_layers);
@@ -412,20 +415,9 @@ void WanModel::load_weights(const std::string& path) {
   }
 
   auto params = root_->named_parameters(true);
-  for (const auto& item : params) {
-    const auto& name = item.key();
-    auto it = source.find(name);
-    if (it == source.end()) {
-      if (!(name == "scale_shift_table" && table_from_norm_out.defined()))
-        problems.missing.push_back(name);
-      continue;
-    }
-    const auto& shape = coll.info(it->second).shape;
-    if (shape != item.value().sizes().vec())
-      problems.shape(it->second, shape, item.value().sizes());
-  }
-  for (const auto& [target, n] : source)
-    if (!params.contains(target)) problems.unexpected.push_back(n);
+  std::set<std::string> filled;  // by the plugin itself: the table recovered from norm_out
+  if (table_from_norm_out.defined()) filled.insert("scale_shift_table");
+  wanhost::match_weights(coll, params, source, problems, filled);
 
   if (!problems.empty()) {
     std::ostringstream msg;
@@ -436,10 +428,10 @@ void WanModel::load_weights(const std::string& path) {
     throw FormatError(msg.str());
   }
 
-  at::NoGradGuard no_grad;
-  for (auto& item : params) {
-    auto it = source.find(item.key());
-    item.value().copy_(it != source.end() ? coll.load(it->second) : table_from_norm_out);
+  wanhost::load_matched_weights(coll, params, source);
+  if (table_from_norm_out.defined()) {
+    at::NoGradGuard no_grad;
+    params["scale_shift_table"].copy_(table_from_norm_out);
   }
   wanhost::logger()->info("wan21_dit: loaded {} tensors from {}{}", params.size(), path,
                           original                        ? " (original Wan 2.1 keys)"
@@ -466,4 +458,4 @@ std::string WanModel::config_json() const {
   return options_.config.to_json().dump(2);
 }
 
-}  // namespace wan21
+}  // namespace wanhost::plugins::wan21_dit

@@ -1,5 +1,6 @@
 // The Wan 2.1 DiT forward pass: input part (patch, time and text embedding, RoPE tables), blocks
-// and output part, with Diffusers' parameter names and its fp32 islands (wan21.md §2).
+// and output part, with Diffusers' parameter names and its fp32 islands
+// (diffusers/models/transformers/transformer_wan.py, WanTransformer3DModel).
 //
 // Dtypes: parameters are ctx.param_dtype (fp32 master weights); activations run in
 // ctx.compute_dtype (bf16 on GPU, fp32 on CPU). Linear layers compute in their input's dtype, so a
@@ -38,9 +39,10 @@
 
 #include "wan21_dit.hpp"
 #include "wanhost/errors.hpp"
-#include "wanhost/fused.hpp"
+#include "wanhost/kit/fused.hpp"
+#include "wanhost/kit/layers.hpp"
 
-namespace wan21 {
+namespace wanhost::plugins::wan21_dit {
 
 using wanhost::Activations;
 using wanhost::AttentionSegments;
@@ -61,8 +63,9 @@ struct WanModel::Block {
   at::Tensor table;  // scale_shift_table [1, 6, D]
 };
 
-// 3-D RoPE tables (wan21.md §2.2): per axis cos/sin of pos * theta^(-2j/n) computed in float64,
-// stored fp32; one value per rotated pair (Diffusers stores each twice and reads every other).
+// 3-D RoPE tables (diffusers/models/transformers/transformer_wan.py, WanRotaryPosEmbed): per axis
+// cos/sin of pos * theta^(-2j/n) computed in float64, stored fp32; one value per rotated pair
+// (Diffusers stores each twice and reads every other).
 struct WanModel::Rope {
   std::array<at::Tensor, 3> cos, sin;  // [max_len, n_axis / 2] fp32, CPU
   std::int64_t max_len = 0;
@@ -209,7 +212,8 @@ WanModel::WanModel(WanOptions options, const wanhost::ParallelContext& ctx)
 
 WanModel::~WanModel() = default;
 
-// Registers every parameter under its Diffusers name (wan21.md §1), in Diffusers' order.
+// Registers every parameter under its Diffusers name (diffusers/models/transformers/
+// transformer_wan.py, WanTransformer3DModel), in Diffusers' order.
 void WanModel::build() {
   const auto& c = options_.config;
   const auto d = c.dim();
@@ -269,7 +273,8 @@ void WanModel::build() {
   out_table_ = root_->register_parameter("scale_shift_table", at::empty({1, 2, d}));
 }
 
-// PyTorch default initialisation, as WanTransformer3DModel.from_config gives (dfm_paths.md §3.6):
+// PyTorch default initialisation, as WanTransformer3DModel.from_config gives (the reference's
+// pretrain mode, NVIDIA-NeMo/DFM dfm/src/automodel/recipes/train.py; docs/model.md):
 // Linear/Conv3d U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, RMSNorm/LayerNorm weight 1
 // and bias 0, modulation tables randn/sqrt(D). Nothing is zero-initialised in the reference.
 // Drawn in parameter order from a CPU generator seeded with `seed`, so every device and rank
@@ -362,7 +367,8 @@ at::Tensor WanModel::patch_tokens(const Batch& b) const {
 }
 
 // Sinusoid (cos first) -> time_embedder (fp32 island) -> temb [B, D] in compute dtype, and
-// timestep_proj = time_proj(SiLU(temb)) [B, 6, D] (wan21.md §2.3).
+// timestep_proj = time_proj(SiLU(temb)) [B, 6, D] (diffusers/models/transformers/
+// transformer_wan.py, WanTimeTextImageEmbedding).
 std::tuple<at::Tensor, at::Tensor> WanModel::time_embedding(const at::Tensor& timesteps) {
   const auto& c = options_.config;
   const auto half = c.freq_dim / 2;
@@ -523,7 +529,7 @@ class CheckpointBackward final : public torch::autograd::Node {
   torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
     return recompute(grads.at(0));
   }
-  std::string name() const override { return "wan21::CheckpointBackward"; }
+  std::string name() const override { return "wanhost::plugins::wan21_dit::CheckpointBackward"; }
   void release_variables() override { recompute = nullptr; }
 };
 
@@ -566,7 +572,7 @@ at::Tensor WanModel::block_checkpointed(std::int64_t i, const at::Tensor& hidden
   return out;
 }
 
-// One WanTransformerBlock (wan21.md §2.5).
+// One WanTransformerBlock (diffusers/models/transformers/transformer_wan.py).
 at::Tensor WanModel::block_impl(std::int64_t i, const at::Tensor& hidden, const Activations& act) {
   auto& blk = *blocks_.at(static_cast<std::size_t>(i));
   const auto eps = options_.config.eps;
@@ -618,7 +624,8 @@ at::Tensor WanModel::block_impl(std::int64_t i, const at::Tensor& hidden, const 
   return (x.to(at::kFloat) + gated(f.to(at::kFloat), m[5], act)).to(cdt);
 }
 
-// Output head (wan21.md §2.6): (shift, scale) = table + temb, no SiLU — the original arithmetic.
+// Output head (diffusers/models/transformers/transformer_wan.py, WanTransformer3DModel.forward):
+// (shift, scale) = table + temb, no SiLU — the original arithmetic.
 // The sum promotes like Diffusers': fp32 with an fp32 table, bf16 in an all-bf16 model.
 at::Tensor WanModel::head(const at::Tensor& hidden, const Activations& act, const Batch& noisy) {
   const auto cdt = hidden.scalar_type();
@@ -662,7 +669,7 @@ std::int64_t WanModel::tokens(const wanhost::PackSegment& g) const {
 double WanModel::forward_flops(const wanhost::PackSegment& grid, std::int64_t text_tokens) const {
   const auto t =
       options_.mask_text_padding ? text_tokens : std::max(text_tokens, options_.text_len);
-  return wan21::forward_flops(options_.config, tokens(grid), t);
+  return wanhost::plugins::wan21_dit::forward_flops(options_.config, tokens(grid), t);
 }
 
 std::unique_ptr<wanhost::Model> create_model(const wanhost::PluginConfig& cfg,
@@ -670,4 +677,4 @@ std::unique_ptr<wanhost::Model> create_model(const wanhost::PluginConfig& cfg,
   return std::make_unique<WanModel>(resolve_options(cfg), ctx);
 }
 
-}  // namespace wan21
+}  // namespace wanhost::plugins::wan21_dit

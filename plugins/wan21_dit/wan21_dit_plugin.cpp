@@ -2,15 +2,17 @@
 #include "wan21_dit.hpp"
 #include "wanhost/plugin.hpp"
 
+namespace wanhost::plugins::wan21_dit {
 namespace {
 
 void factories(wanhost::PluginFactories& f) {
   f.create_model = [](const wanhost::PluginConfig& cfg,
                       const wanhost::ParallelContext& ctx) -> std::unique_ptr<wanhost::Model> {
-    return wan21::create_model(cfg, ctx);
+    return create_model(cfg, ctx);
   };
 }
 
 }  // namespace
+}  // namespace wanhost::plugins::wan21_dit
 
-WANHOST_PLUGIN("wan21_dit", "0.1.0", factories)
+WANHOST_PLUGIN("wan21_dit", "0.1.0", wanhost::plugins::wan21_dit::factories)

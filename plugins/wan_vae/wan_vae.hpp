@@ -1,7 +1,8 @@
 // wan_vae internals: the Wan 2.1 causal video VAE (Diffusers AutoencoderKLWan semantics) as a
 // wanhost::VideoAutoencoder. Shared by the plugin entry point and the tests (library
-// wan_vae_impl). The arithmetic follows Diffusers 0.42.1 (autoencoder_kl_wan.py) and the project
-// brief (shared/wan21.md §4); docs/model.md describes the plugin from a user's side.
+// wan_vae_impl). The arithmetic follows Diffusers 0.42.1
+// (diffusers/models/autoencoders/autoencoder_kl_wan.py, AutoencoderKLWan); docs/model.md describes
+// the plugin from a user's side.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +19,7 @@
 #include "wanhost/config.hpp"
 #include "wanhost/encoders.hpp"
 
-namespace wanvae {
+namespace wanhost::plugins::wan_vae {
 
 using wanhost::Json;
 
@@ -117,4 +118,4 @@ class WanVae final : public wanhost::VideoAutoencoder {
 
 std::unique_ptr<wanhost::VideoAutoencoder> create_autoencoder(const wanhost::PluginConfig& cfg);
 
-}  // namespace wanvae
+}  // namespace wanhost::plugins::wan_vae

@@ -14,11 +14,12 @@
 
 #include "wan_vae.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/safetensors.hpp"
+#include "wanhost/kit/strings.hpp"
+#include "wanhost/kit/weights.hpp"
 #include "wanhost/log.hpp"
-#include "wanhost/safetensors.hpp"
-#include "wanhost/strings.hpp"
 
-namespace wanvae {
+namespace wanhost::plugins::wan_vae {
 using wanhost::FormatError;
 
 namespace {
@@ -28,7 +29,8 @@ using wanhost::starts_with;
 // The Diffusers version whose AutoencoderKLWan the parity tests pin (tests/reference).
 constexpr const char* kDiffusersVersion = "0.42.1";
 
-// Wan 2.1 VAE latent statistics (AutoencoderKLWan defaults; shared/wan21.md §4.4).
+// Wan 2.1 VAE latent statistics (AutoencoderKLWan defaults; diffusers/models/autoencoders/
+// autoencoder_kl_wan.py).
 const std::vector<double> kWanMean{-0.7571, -0.7089, -0.9113, 0.1075,  -0.1745, 0.9653,
                                    -0.1517, 1.5508,  0.4134,  -0.0715, 0.5517,  -0.3632,
                                    -0.1922, -0.9497, 0.2503,  -0.2921};
@@ -335,23 +337,10 @@ void WanVae::load_weights(const std::string& path) {
       problems.duplicated.push_back(n + " and " + it->second + " both give " + target);
   }
   auto params = module().named_parameters(true);
-  for (const auto& item : params) {
-    auto it = source.find(item.key());
-    if (it == source.end()) {
-      problems.missing.push_back(item.key());
-      continue;
-    }
-    const auto& info = coll.info(it->second);
-    const at::ScalarType type = wanhost::safetensors::scalar_type(info.dtype, it->second);
-    if (info.shape != item.value().sizes().vec())
-      problems.shape(it->second, info.shape, item.value().sizes());
-    else if (!at::isFloatingType(type))
-      problems.misshaped.push_back(it->second + ": checkpoint dtype " + info.dtype +
-                                   " is not a floating-point type");
-  }
-  for (const auto& [target, n] : source)
-    if (!params.contains(target))
-      problems.unexpected.push_back(original && target != n ? n + " (= " + target + ")" : n);
+  wanhost::match_weights(coll, params, source, problems, {},
+                         [&](const std::string& target, const std::string& n) {
+                           return original && target != n ? n + " (= " + target + ")" : n;
+                         });
 
   if (!problems.empty()) {
     std::ostringstream msg;
@@ -366,11 +355,10 @@ void WanVae::load_weights(const std::string& path) {
     throw FormatError(msg.str());
   }
 
-  at::NoGradGuard no_grad;
-  for (auto& item : params) item.value().copy_(coll.load(source.at(item.key())));
+  wanhost::load_matched_weights(coll, params, source);
   loaded_ = true;
   wanhost::logger()->info("wan_vae: loaded {} tensors from {}{}", params.size(), path,
                           original ? " (original Wan 2.1 VAE keys)" : "");
 }
 
-}  // namespace wanvae
+}  // namespace wanhost::plugins::wan_vae

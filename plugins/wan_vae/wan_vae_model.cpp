@@ -12,9 +12,9 @@
 #include <stdexcept>
 
 #include "wan_vae.hpp"
-#include "wanhost/strings.hpp"
+#include "wanhost/kit/strings.hpp"
 
-namespace wanvae {
+namespace wanhost::plugins::wan_vae {
 namespace {
 
 at::Tensor param(torch::nn::Module& m, const std::string& name, at::IntArrayRef shape) {
@@ -595,4 +595,4 @@ std::unique_ptr<wanhost::VideoAutoencoder> create_autoencoder(const wanhost::Plu
   return std::make_unique<WanVae>(resolve_options(cfg));
 }
 
-}  // namespace wanvae
+}  // namespace wanhost::plugins::wan_vae

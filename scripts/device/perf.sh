@@ -3,7 +3,8 @@
 # the kernel tests), runs the kernel parity tests, `wanhost bench` at the reference shapes (fused
 # kernels on and off, dense and packed), the plain-PyTorch peer on the same shapes in the same
 # call, and short training runs. Results under $OUT. The peer script travels in the ignored
-# folder build-perf/peer (copy ../shared/bench there and name build-perf in `carry`, with .deps).
+# folder build-perf/peer (copy the peer scripts there from the team's benchmark folder and name
+# build-perf in `carry`, with .deps).
 # PHASES (default: tests bench peer run); also ab, graph (--cuda-graph), profile, trace, ncu,
 # bench14off, benchckpt, benchmix, runab (per-tensor AdamW), runnopf (run.prefetch=false).
 # The device tool brings back at most 8 files from $OUT: machine.txt, build.log and
@@ -26,10 +27,10 @@ if has tests && [ -x build-gpu/bin/test_kernels ]; then
   build-gpu/bin/test_kernels 2>&1 | tee "$OUT/test_kernels.txt" | grep -E "^\[  |OK|FAIL|rel|Expected|Which" | tail -30
   # Every cuBLASLt epilogue on (by default only DGELU runs): the feed-forward and linear tests
   # then also check the GELU_AUX_BIAS and BGRADB products (and that cuBLASLt refused none).
-  WANHOST_LT_EPILOGUES=all build-gpu/bin/test_kernels \
+  WANHOST_TEST_LT_EPILOGUES=all build-gpu/bin/test_kernels \
     --gtest_filter='FusedGpu.GeluFeedForward:FusedGpu.LinearBiasGradient' 2>&1 |
     tee -a "$OUT/test_kernels.txt" | grep -E "FAIL|PASSED|refused" | tail -5
-  WANHOST_PACKED_ATTENTION=flash build-gpu/bin/test_kernels --gtest_filter='PackedAttention*' 2>&1 |
+  WANHOST_TEST_PACKED_ATTENTION=flash build-gpu/bin/test_kernels --gtest_filter='PackedAttention*' 2>&1 |
     tee -a "$OUT/test_kernels.txt" | grep -E "FAIL|PASSED|warn" | tail -5
   # The whole model: fused block path vs the plain path (against fp32), dense and packed.
   build-gpu/bin/test_wan21_dit --gtest_filter='*OnAGpu*' 2>&1 | tee -a "$OUT/test_kernels.txt" |
@@ -50,10 +51,10 @@ if has bench && [ -x "$W" ]; then
   [ "$short" = 1 ] && [ "${BENCH_14:-0}" != 1 ] || bench "${P14[@]}" --no-peak
   has bench14off && bench "${P14[@]}" --option fused_kernels=off --no-peak
   # A/B of single changes: each cuBLASLt epilogue on its own.
-  abbench() { echo "# $1" >>"$OUT/bench.jsonl"; (export "$1"; shift; bench "$@"); }
+  abbench() { echo "# $1" >>"$OUT/bench.jsonl"; bench "$@"; }
   if has ab; then
-    for e in off gelu dgelu all; do abbench WANHOST_LT_EPILOGUES=$e "${S1[@]}" --no-peak; done
-    abbench WANHOST_LT_EPILOGUES=off "${S2[@]}" --no-peak
+    for e in off gelu dgelu all; do abbench --lt-epilogues=$e "${S1[@]}" --no-peak; done
+    abbench --lt-epilogues=off "${S2[@]}" --no-peak
   fi
   # The step captured once as a CUDA graph and replayed (no host launches between kernels).
   if has graph; then
@@ -119,7 +120,7 @@ runs() {
 if [ -x "$W" ]; then
   has run && runs ""
   # What the fused AdamW buys: the same runs with the per-tensor update.
-  has runab && WANHOST_ADAMW=loop runs "-adamw-loop"
+  has runab && RUN_EXTRA="--set run.kernels.adamw=loop" runs "-adamw-loop"
   # What prefetching the next step's batches on a worker thread buys.
   has runnopf && RUN_EXTRA="--set run.prefetch=false" runs "-noprefetch"
 fi

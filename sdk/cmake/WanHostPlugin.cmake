@@ -23,6 +23,7 @@ function(wanhost_add_plugin name)
     set(WANHOST_PLUGIN_OUTPUT_DIR ${CMAKE_CURRENT_BINARY_DIR})
   endif()
   add_library(${name} MODULE ${ARG_SOURCES})
+  set_property(GLOBAL APPEND PROPERTY WANHOST_PLUGIN_TARGETS ${name})
   target_link_libraries(${name} PRIVATE WanHost::sdk ${ARG_LINK_LIBRARIES})
   set_target_properties(${name} PROPERTIES
     PREFIX ""
@@ -39,10 +40,13 @@ function(wanhost_add_plugin name)
     target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${WANHOST_WARNINGS}>)
   endif()
   get_filename_component(manifest "${ARG_MANIFEST}" ABSOLUTE)
-  add_custom_command(TARGET ${name} POST_BUILD
-    COMMAND ${CMAKE_COMMAND} -E copy_if_different "${manifest}" "${WANHOST_PLUGIN_OUTPUT_DIR}/${name}.json"
-    VERBATIM)
-  set_property(TARGET ${name} APPEND PROPERTY ADDITIONAL_CLEAN_FILES "${WANHOST_PLUGIN_OUTPUT_DIR}/${name}.json")
+  # The sidecar copy is an output of its own that depends on the manifest, so that editing only
+  # the JSON updates the copy beside the .so on the next build.
+  set(sidecar "${WANHOST_PLUGIN_OUTPUT_DIR}/${name}.json")
+  add_custom_command(OUTPUT "${sidecar}"
+    COMMAND ${CMAKE_COMMAND} -E copy_if_different "${manifest}" "${sidecar}"
+    DEPENDS "${manifest}" VERBATIM)
+  target_sources(${name} PRIVATE "${sidecar}")
   if(NOT ARG_NO_INSTALL AND WANHOST_INSTALL_PLUGINDIR)
     if(TARGET wanhost_sdk AND CMAKE_INSTALL_LIBDIR)
       # Inside the wanhost tree: installed plugins find libwanhost_sdk relative to themselves.
@@ -54,4 +58,28 @@ function(wanhost_add_plugin name)
     install(FILES "${manifest}" DESTINATION ${WANHOST_INSTALL_PLUGINDIR} RENAME ${name}.json
             COMPONENT wanhost)
   endif()
+endfunction()
+
+# wanhost_clean_link_directories()
+#
+# LibTorch's CMake files give some imported targets link folders that do not exist (caffe2::mkl
+# lists ${MKL_ROOT}/lib/intel64, ... with MKL_ROOT empty) or are empty; CMake copies link folders
+# into the RUNPATH of what it builds, and an empty entry means "the current directory". This keeps
+# only existing folders on the imported targets of the calling directory (call it after
+# find_package(Torch); the WanHost package calls it itself).
+function(wanhost_clean_link_directories)
+  get_property(imported DIRECTORY PROPERTY IMPORTED_TARGETS)
+  foreach(t IN LISTS imported)
+    get_target_property(dirs ${t} INTERFACE_LINK_DIRECTORIES)
+    if(NOT dirs)
+      continue()
+    endif()
+    set(kept)
+    foreach(d IN LISTS dirs)
+      if(NOT d STREQUAL "" AND IS_DIRECTORY "${d}")
+        list(APPEND kept "${d}")
+      endif()
+    endforeach()
+    set_property(TARGET ${t} PROPERTY INTERFACE_LINK_DIRECTORIES "${kept}")
+  endforeach()
 endfunction()

@@ -22,7 +22,8 @@ nlohmann::json last_json_line(const std::string& out) {
   return nlohmann::json::parse(out.substr(start == std::string::npos ? 0 : start + 1));
 }
 
-// shared/bench/peer_wan_block.py's flops_per_step: 3 x (linears + attention products) per block.
+// The plain-PyTorch peer benchmark's FLOP count (docs/performance.md): 3 x (linears + attention
+// products) per block.
 double peer_flops(double b, double s, double t, double d, double f, double l) {
   const double lin = 2 * b * (s * (4 * d * d + 2 * d * d + 2 * d * f) + t * 2 * d * d);
   const double att = 2 * b * (2 * s * s * d + 2 * s * t * d);

@@ -11,7 +11,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "wanhost/safetensors.hpp"
+#include "wanhost/kit/safetensors.hpp"
 
 namespace fs = std::filesystem;
 namespace st = wanhost::safetensors;

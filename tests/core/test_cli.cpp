@@ -105,7 +105,7 @@ class Cli : public ::testing::Test {
 
 TEST_F(Cli, PluginsListJson) {
   const Json list = list_json();
-  ASSERT_EQ(list.size(), 6u) << list.dump(2);
+  ASSERT_EQ(list.size(), 8u) << list.dump(2);
   for (const auto& p : list) {
     ASSERT_TRUE(p.is_object());
     ASSERT_TRUE(p.contains("name") && p["name"].is_string()) << p.dump();
@@ -116,9 +116,11 @@ TEST_F(Cli, PluginsListJson) {
     EXPECT_EQ(p["path"], (builtin_ / (p["name"].get<std::string>() + ".so")).string());
     EXPECT_EQ(p["version"], "1.0.0");
   }
-  EXPECT_EQ(names_of(list), (std::vector<std::string>{"ddp", "flow_matching", "fx_combo",
-                                                      "fx_data_alt", "synthetic", "wan21_dit"}));
-  EXPECT_EQ(list[2]["kinds"], Json::parse(R"(["model", "scheduler"])"));
+  EXPECT_EQ(names_of(list),
+            (std::vector<std::string>{"ddp", "dense", "flow_matching", "fx_combo", "fx_data_alt",
+                                      "packed", "synthetic", "wan21_dit"}));
+  EXPECT_EQ(list[3]["kinds"], Json::parse(R"(["model", "scheduler"])"));
+  for (const auto& p : list) EXPECT_EQ(p["compatible"], true) << p.dump();
 }
 
 TEST_F(Cli, PluginsListText) {
@@ -161,7 +163,7 @@ TEST_F(Cli, SearchOrderFlagThenVariableThenBuiltIn) {
   stage_fixture("dup_a", "fx_dup", b);
   const Json list = list_json({"--plugin-dir", a.string()}, {{"WANHOST_PLUGIN_PATH", b.string()}});
   const std::vector<std::string> names = names_of(list);
-  ASSERT_EQ(names.size(), 8u) << list.dump(2);
+  ASSERT_EQ(names.size(), 10u) << list.dump(2);
   EXPECT_EQ(names[0], "fx_good");
   EXPECT_EQ(names[1], "fx_dup");
   EXPECT_EQ(names[2], "ddp");
@@ -175,22 +177,40 @@ TEST_F(Cli, SearchOrderFlagThenVariableThenBuiltIn) {
                                 " (WANHOST_PLUGIN_PATH)\n  " + builtin_.string() + " (built-in)");
 }
 
-TEST_F(Cli, DuplicateNamesExit3NamingBothFilesInSearchOrder) {
+// Two plugins of one name: the folder searched first wins (a plugin under development shadows the
+// installed one); the other file is named by `plugins list`, and nothing stops.
+TEST_F(Cli, DuplicateNamesTheFolderSearchedFirstWins) {
   const fs::path a = dir_ / "a", b = dir_ / "b", c = dir_ / "c";
   stage_fixture("dup_a", "fx_dup", a);
   stage_fixture("dup_b", "fx_dup", b);
   // --plugin-dir comes before WANHOST_PLUGIN_PATH.
   CommandResult r = wanhost({"--plugin-dir", a.string(), "plugins", "list"},
                             {{"WANHOST_PLUGIN_PATH", b.string()}});
-  EXPECT_EQ(r.code, 3) << shown(r);
-  EXPECT_CONTAINS(r.err, "two plugins are named 'fx_dup': " + (a / "fx_dup.so").string() + " and " +
-                             (b / "fx_dup.so").string());
-  // WANHOST_PLUGIN_PATH comes before the built-in folder.
+  ASSERT_EQ(r.code, 0) << shown(r);
+  EXPECT_CONTAINS(r.out, (a / "fx_dup.so").string());
+  EXPECT_CONTAINS(r.out, "not used: " + (b / "fx_dup.so").string() +
+                             " (a plugin of the same name was found first: " +
+                             (a / "fx_dup.so").string() + ")");
+  // WANHOST_PLUGIN_PATH comes before the built-in folder: its synthetic is the one a run uses.
   stage_fixture("config", "synthetic", c);
-  r = wanhost({"validate"}, {{"WANHOST_PLUGIN_PATH", c.string()}});
-  EXPECT_EQ(r.code, 3) << shown(r);
-  EXPECT_CONTAINS(r.err, "two plugins are named 'synthetic': " + (c / "synthetic.so").string() +
-                             " and " + (builtin_ / "synthetic.so").string());
+  r = wanhost({"plugins", "list"}, {{"WANHOST_PLUGIN_PATH", c.string()}});
+  EXPECT_EQ(r.code, 0) << shown(r);
+  EXPECT_CONTAINS(r.err, "plugin 'synthetic': using " + (c / "synthetic.so").string() +
+                             " (searched first); " + (builtin_ / "synthetic.so").string() +
+                             " is not used");
+}
+
+// `plugins list` marks a plugin that `run` would refuse, and says why.
+TEST_F(Cli, PluginsListMarksIncompatiblePlugins) {
+  const fs::path p = dir_ / "p";
+  stage_fixture("sdk_old", "fx_sdk_old", p);
+  const CommandResult r = wanhost({"--plugin-dir", p.string(), "plugins", "list"});
+  ASSERT_EQ(r.code, 0) << shown(r);
+  EXPECT_CONTAINS(r.out, "INCOMPATIBLE");
+  EXPECT_CONTAINS(r.out, "INCOMPATIBLE fx_sdk_old: " + (p / "fx_sdk_old.so").string());
+  EXPECT_CONTAINS(r.out, "SDK ABI major: plugin 1, host " + kHostMajor);
+  const Json list = list_json({"--plugin-dir", p.string()});
+  for (const auto& e : list) EXPECT_EQ(e["compatible"], e["name"] != "fx_sdk_old") << e.dump();
 }
 
 TEST_F(Cli, RelativeAndEmptyPathEntriesIgnoredNeverTheCurrentDirectory) {
@@ -203,12 +223,12 @@ TEST_F(Cli, RelativeAndEmptyPathEntriesIgnoredNeverTheCurrentDirectory) {
   const std::vector<std::string> names = names_of(Json::parse(r.out));
   EXPECT_EQ(std::find(names.begin(), names.end(), "fx_good"), names.end()) << r.out;
   EXPECT_EQ(std::find(names.begin(), names.end(), "fx_dup"), names.end()) << r.out;
-  EXPECT_EQ(names.size(), 6u);
+  EXPECT_EQ(names.size(), 8u);
   EXPECT_CONTAINS(r.err, "WANHOST_PLUGIN_PATH entry '.' ignored: not an absolute path");
   EXPECT_CONTAINS(r.err, "WANHOST_PLUGIN_PATH entry 'plugins' ignored: not an absolute path");
   EXPECT_CONTAINS(r.err, "WANHOST_PLUGIN_PATH entry './plugins' ignored: not an absolute path");
   // Without the variable, the current directory is not searched either.
-  EXPECT_EQ(list_json({}, {}, work_).size(), 6u);
+  EXPECT_EQ(list_json({}, {}, work_).size(), 8u);
   // An explicit --plugin-dir may be relative: it is the user's own choice.
   const std::vector<std::string> with_flag = names_of(list_json({"--plugin-dir", "."}));
   EXPECT_EQ(with_flag.front(), "fx_good");
@@ -238,7 +258,7 @@ TEST_F(Cli, UnsafeAndNonRegularFilesAreRefusedWithAWarning) {
   const CommandResult r = wanhost(
       {"--plugin-dir", d.string(), "--plugin-dir", w.string(), "plugins", "list", "--json"});
   ASSERT_EQ(r.code, 0) << shown(r);
-  EXPECT_EQ(names_of(Json::parse(r.out)).size(), 6u) << r.out;  // only the built-in ones
+  EXPECT_EQ(names_of(Json::parse(r.out)).size(), 8u) << r.out;  // only the built-in ones
   EXPECT_CONTAINS(r.err, "refused " + (d / "fx_good.so").string() + ": is a symbolic link");
   EXPECT_CONTAINS(r.err, "refused " + (d / "x.so").string() + ": is not a regular file");
   EXPECT_CONTAINS(r.err, "refused " + gw.string() + ": is writable by its group (mode 775)");
@@ -266,7 +286,8 @@ TEST_F(Cli, InspectShowsAbiWithoutLoadingCode) {
   EXPECT_EQ(j["name"], "fx_sentinel_bad");
   EXPECT_EQ(j["path"], (bad / "fx_sentinel_bad.so").string());
   EXPECT_EQ(j["abi"]["compatible"], false);
-  EXPECT_EQ(j["abi"]["problem"], "SDK ABI major: plugin " + kNextMajor + ", host " + kHostMajor);
+  EXPECT_CONTAINS(j["abi"]["problem"].get<std::string>(),
+                  "(SDK ABI major: plugin " + kNextMajor + ", host " + kHostMajor + ")");
   EXPECT_EQ(j["abi"]["plugin"].get<std::string>().rfind("sdk " + kNextMajor + ".", 0), 0u);
   EXPECT_EQ(j["abi"]["host"].get<std::string>().rfind("sdk " + kHostMajor + ".", 0), 0u);
   EXPECT_FALSE(fs::exists(sentinel)) << "inspect ran the plugin's code";
@@ -282,8 +303,8 @@ TEST_F(Cli, InspectShowsAbiWithoutLoadingCode) {
 
   r = wanhost({"--plugin-dir", bad.string(), "plugins", "inspect", "fx_sentinel_bad"}, env);
   ASSERT_EQ(r.code, 0) << shown(r);
-  EXPECT_CONTAINS(r.out,
-                  "NOT compatible: SDK ABI major: plugin " + kNextMajor + ", host " + kHostMajor);
+  EXPECT_CONTAINS(r.out, "NOT compatible: ");
+  EXPECT_CONTAINS(r.out, "(SDK ABI major: plugin " + kNextMajor + ", host " + kHostMajor + ")");
   EXPECT_FALSE(fs::exists(sentinel));
 }
 
@@ -298,7 +319,7 @@ TEST_F(Cli, InspectShowsTheOptionTable) {
 TEST_F(Cli, InspectUnknownPluginIsAUsageError) {
   const CommandResult r = wanhost({"plugins", "inspect", "fx_nope"});
   EXPECT_EQ(r.code, 2) << shown(r);
-  EXPECT_CONTAINS(r.err, "no plugin named 'fx_nope'; available: ddp, flow_matching");
+  EXPECT_CONTAINS(r.err, "no plugin named 'fx_nope'; available: ddp, dense, flow_matching");
   EXPECT_CONTAINS(r.err, builtin_.string() + " (built-in)");
 }
 
@@ -321,6 +342,15 @@ TEST_F(CliRefusedRun, WrongSdkMajor) {
   EXPECT_CONTAINS(r.err,
                   "plugin 'fx_sdk_major' refused: " + (dir_ / "p" / "fx_sdk_major.so").string());
   EXPECT_CONTAINS(r.err, "SDK ABI major: plugin " + kNextMajor + ", host " + kHostMajor);
+}
+
+// A plugin built against SDK 1.x: refused, naming both versions.
+TEST_F(CliRefusedRun, PluginOfTheOldSdk) {
+  const CommandResult r = run_with("sdk_old", "fx_sdk_old");
+  EXPECT_EQ(r.code, 3) << shown(r);
+  EXPECT_CONTAINS(r.err, "was built for sdk 1.2,");
+  EXPECT_CONTAINS(r.err, "this host is sdk " + kHostMajor + ".");
+  EXPECT_CONTAINS(r.err, "SDK ABI major: plugin 1, host " + kHostMajor);
 }
 
 TEST_F(CliRefusedRun, WrongTorchVersion) {
@@ -373,7 +403,12 @@ TEST_F(CliConfig, ValidateDefaultRecipe) {
   const CommandResult r = wanhost({"validate"});
   ASSERT_EQ(r.code, 0) << shown(r);
   EXPECT_EQ(r.out, "built-in default recipe: OK (" + std::to_string(recipe()["stages"].size()) +
-                       " stage(s); model wan21_dit, parallelism ddp)\n");
+                       " stage(s); model wan21_dit, parallelism ddp)\n"
+                       "  parallelism ddp: dp=1 tp=1 pp=1 cp=1 for 1 process(es)\n"
+                       "  scheduler flow_matching: built\n"
+                       "  collator dense: built\n"
+                       "  stage t2i data: fixture stand-in\n"
+                       "  stage t2v data: fixture stand-in\n");
 }
 
 TEST_F(CliConfig, TypoKey) {
@@ -426,6 +461,10 @@ TEST_F(CliConfig, SetValuesInThePrintedConfig) {
   const CommandResult o = wanhost({"run", "--print-config", "--out", "somewhere/else"});
   ASSERT_EQ(o.code, 0) << shown(o);
   EXPECT_EQ(Json::parse(o.out)["run"]["out"], "somewhere/else");
+  // An empty --out is a mistake, not the default folder.
+  const CommandResult e = wanhost({"run", "--print-config", "--out", ""});
+  EXPECT_EQ(e.code, 2) << shown(e);
+  EXPECT_CONTAINS(e.err, "--out: the run folder must not be empty");
 }
 
 TEST_F(CliConfig, PluginsByName) {
@@ -444,8 +483,8 @@ TEST_F(CliConfig, PluginsByName) {
 
 TEST_F(CliConfig, UnknownPluginName) {
   expect_config_error({"validate", "--plugins", "nope"},
-                      {"no plugin named 'nope'; available: ddp, flow_matching, fx_combo, "
-                       "fx_data_alt, synthetic, wan21_dit; searched:",
+                      {"no plugin named 'nope'; available: ddp, dense, flow_matching, fx_combo, "
+                       "fx_data_alt, packed, synthetic, wan21_dit; searched:",
                        builtin_.string() + " (built-in)"});
   expect_config_error({"validate", manifest(R"({"scheduler": {"plugin": "nope"}})")},
                       {"config error at /scheduler/plugin",
@@ -461,12 +500,58 @@ TEST_F(CliConfig, PluginConfigTypoNamesThePlugin) {
                       {"config error at /data/synthetic/fx_mode (plugin 'synthetic')"});
 }
 
-TEST_F(CliConfig, StageDataKeyedByTheWrongPlugin) {
+// Stage data overrides for another data plugin (the recipe's, before --plugins swapped it) are
+// dropped with a warning naming them; a key that names no data plugin is an error.
+TEST_F(CliConfig, StageDataKeyedByAnotherPlugin) {
+  const std::string m = manifest(R"({"stages": [{"name": "a", "steps": 1, "global_batch": 1,
+                                                 "micro_batch": 1, "data": {"fx_data_alt": {}}}]})");
+  CommandResult r = wanhost({"validate", m, "--print-config"});
+  ASSERT_EQ(r.code, 0) << shown(r);
+  EXPECT_CONTAINS(r.err,
+                  "/stages/0/data/fx_data_alt: these overrides are for data plugin "
+                  "'fx_data_alt', but the run uses 'synthetic'; they are dropped");
+  EXPECT_FALSE(Json::parse(r.out)["stages"][0]["data"].contains("fx_data_alt"));
+  // The default recipe's stage overrides (keyed synthetic) when --plugins picks another source.
+  r = wanhost({"validate", "--plugins", "fx_data_alt"});
+  ASSERT_EQ(r.code, 0) << shown(r);
+  EXPECT_CONTAINS(r.err,
+                  "/stages/1/data/synthetic: these overrides are for data plugin "
+                  "'synthetic', but the run uses 'fx_data_alt'");
   expect_config_error(
       {"validate", manifest(R"({"stages": [{"name": "a", "steps": 1, "global_batch": 1,
-                                              "micro_batch": 1, "data": {"fx_data_alt": {}}}]})")},
-      {"config error at /stages/0/data/fx_data_alt",
-       "must be keyed by the data plugin's name ('synthetic')"});
+                                              "micro_batch": 1, "data": {"nope": {}}}]})")},
+      {"config error at /stages/0/data/nope", "'nope' is not an installed data source plugin"});
+}
+
+// validate builds the plugins (not the model): their own checks run before a run does.
+TEST_F(CliConfig, ValidateBuildsThePlugins) {
+  const CommandResult r = wanhost({"validate"});
+  ASSERT_EQ(r.code, 0) << shown(r);
+  EXPECT_CONTAINS(r.out, "parallelism ddp: dp=1 tp=1 pp=1 cp=1 for 1 process(es)");
+  EXPECT_CONTAINS(r.out, "stage t2v data: fixture stand-in");
+  const CommandResult w = wanhost({"validate", "--world-size", "3"});
+  EXPECT_EQ(w.code, 2) << shown(w);
+  EXPECT_CONTAINS(w.err, "config error at /stages/0/global_batch");
+  EXPECT_CONTAINS(w.err, "must split into 3 data-parallel rank(s)");
+}
+
+// An error from a plugin names the plugin, its kind and the call; the exit code follows the
+// plugin's exception; a non-standard exception is caught at the boundary (no crash).
+TEST_F(CliConfig, ErrorsFromAPluginNameIt) {
+  const fs::path p = dir_ / "p";
+  stage_fixture("throws", "fx_throws", p);
+  stage_fixture("throws", "fx_throws_int", p);
+  CommandResult r = wanhost({"--plugin-dir", p.string(), "validate", "--plugins", "fx_throws"});
+  EXPECT_EQ(r.code, 1) << shown(r);
+  EXPECT_CONTAINS(r.err,
+                  "plugin 'fx_throws' (scheduler) failed in create_scheduler: the "
+                  "fixture's factory failed on purpose");
+  r = wanhost({"--plugin-dir", p.string(), "run", small_manifest(dir_), "--plugins",
+               "fx_throws_int", "--out", (dir_ / "r").string()});
+  EXPECT_EQ(r.code, 1) << shown(r);
+  EXPECT_CONTAINS(r.err,
+                  "plugin 'fx_throws_int' (scheduler) failed in create_scheduler: a "
+                  "non-standard exception");
 }
 
 TEST_F(CliConfig, BadFlagsAndFiles) {

@@ -143,6 +143,25 @@ TEST_F(Loader, WrongSdkMajorRefusedNamingBothSides) {
   EXPECT_EQ(msg.find("LibTorch version:"), std::string::npos) << msg;
 }
 
+// Minors only add: a host loads plugins of an older or equal minor, never a newer one (the plugin
+// could call what this host does not have).
+TEST_F(Loader, NewerSdkMinorRefusedNamingBothSides) {
+  const fs::path so = stage_fixture("sdk_minor", "fx_sdk_minor", dir_);
+  const std::string msg = refusal(dir_, "fx_sdk_minor");
+  EXPECT_CONTAINS(msg, "plugin 'fx_sdk_minor' refused: " + so.string());
+  EXPECT_CONTAINS(msg, "SDK ABI minor (plugin needs a newer host): plugin " +
+                           std::to_string(WANHOST_SDK_ABI_MINOR + 1) + ", host " +
+                           std::to_string(WANHOST_SDK_ABI_MINOR));
+}
+
+// A plugin built against SDK 1.x (before the 2.0 contract) is refused naming both versions.
+TEST_F(Loader, PluginOfSdk1Refused) {
+  stage_fixture("sdk_old", "fx_sdk_old", dir_);
+  const std::string msg = refusal(dir_, "fx_sdk_old");
+  EXPECT_CONTAINS(msg, "was built for sdk 1.2, torch");
+  EXPECT_CONTAINS(msg, "SDK ABI major: plugin 1, host " + std::to_string(WANHOST_SDK_ABI_MAJOR));
+}
+
 TEST_F(Loader, WrongTorchVersionRefusedNamingBothSides) {
   stage_fixture("torch_version", "fx_torch_version", dir_);
   const std::string msg = refusal(dir_, "fx_torch_version");
@@ -235,16 +254,39 @@ TEST_F(Loader, RefusedPluginRunsNoCode) {
   unsetenv("WANHOST_TEST_SENTINEL");
 }
 
-TEST_F(Loader, DuplicateNamesNameBothFiles) {
+// Two folders with a plugin of one name: the folder searched first wins, the other file is
+// named as not used (developing the next version of an installed plugin with --plugin-dir).
+TEST_F(Loader, DuplicateNamesTheFolderSearchedFirstWins) {
   const fs::path a = stage_fixture("dup_a", "fx_dup", dir_ / "a");
   const fs::path b = stage_fixture("dup_b", "fx_dup", dir_ / "b");
-  try {
-    PluginRegistry reg(flag_dirs({dir_ / "a", dir_ / "b"}));
-    FAIL() << "two plugins named fx_dup were accepted";
-  } catch (const PluginRefused& e) {
-    EXPECT_CONTAINS(e.what(),
-                    "two plugins are named 'fx_dup': " + a.string() + " and " + b.string());
+  for (const bool a_first : {true, false}) {
+    PluginRegistry reg(a_first ? flag_dirs({dir_ / "a", dir_ / "b"})
+                               : flag_dirs({dir_ / "b", dir_ / "a"}));
+    ASSERT_NE(reg.find("fx_dup"), nullptr);
+    const fs::path used = a_first ? a : b, unused = a_first ? b : a;
+    EXPECT_EQ(reg.find("fx_dup")->library_path, used.string());
+    ASSERT_EQ(reg.shadowed().size(), 1u);
+    EXPECT_EQ(reg.shadowed()[0].first, unused.string());
+    EXPECT_EQ(reg.shadowed()[0].second, used.string());
+    EXPECT_TRUE(reg.refused().empty());
   }
+}
+
+// Two files of one plugin name in the same folder: the first in name order is used, the other
+// refused with a reason naming both; nothing else stops.
+TEST_F(Loader, DuplicateNamesInOneFolderRefuseTheSecondFile) {
+  const fs::path first = stage_fixture("dup_a", "fx_dup", dir_ / "c");
+  stage_fixture("good", "fx_good", dir_ / "c");
+  const fs::path src = stage_fixture("dup_b", "fx_dup", dir_ / "src");
+  fs::copy_file(src, dir_ / "c" / "zz_other.so");
+  fs::copy_file(dir_ / "src" / "fx_dup.json", dir_ / "c" / "zz_other.json");
+  PluginRegistry reg(flag_dirs({dir_ / "c"}));
+  ASSERT_NE(reg.find("fx_dup"), nullptr);
+  EXPECT_EQ(reg.find("fx_dup")->library_path, first.string());
+  EXPECT_NE(reg.find("fx_good"), nullptr);
+  EXPECT_CONTAINS(
+      refused_reason(reg, dir_ / "c" / "zz_other.so"),
+      "another file in the same folder, " + first.string() + ", is also plugin 'fx_dup'");
 }
 
 TEST_F(Loader, SameFileThroughTwoFoldersCountsOnce) {
@@ -321,6 +363,22 @@ TEST_F(Loader, WritablePluginFolderRefused) {
   EXPECT_TRUE(others.plugins().empty());
   EXPECT_CONTAINS(refused_reason(others, dir_ / "g"), "plugin folder is writable by others");
   ASSERT_EQ(chmod((dir_ / "g").c_str(), 0755), 0);
+}
+
+// A plugin folder inside a folder that others may write to could be swapped for another one:
+// refused, unless that folder is sticky (like /tmp), where only an entry's owner may rename it.
+TEST_F(Loader, PluginFolderBelowAWritableFolderRefused) {
+  stage_fixture("good", "fx_good", dir_ / "open" / "g");
+  ASSERT_EQ(chmod((dir_ / "open").c_str(), 0777), 0);
+  PluginRegistry open(flag_dirs({dir_ / "open" / "g"}));
+  EXPECT_TRUE(open.plugins().empty());
+  EXPECT_CONTAINS(
+      refused_reason(open, dir_ / "open" / "g"),
+      "lies in " + (dir_ / "open").string() + ", which is writable by others and not sticky");
+  ASSERT_EQ(chmod((dir_ / "open").c_str(), 01777), 0);
+  PluginRegistry sticky(flag_dirs({dir_ / "open" / "g"}));
+  EXPECT_NE(sticky.find("fx_good"), nullptr);
+  ASSERT_EQ(chmod((dir_ / "open").c_str(), 0755), 0);
 }
 
 TEST_F(Loader, MissingSidecar) {

@@ -1,4 +1,4 @@
-// Run-manifest resolution in-process (core/config/run_config.hpp): built-in default recipe <-
+// Run-manifest resolution in-process (core/run/resolve.hpp): built-in default recipe <-
 // manifest <- --plugins <- --set, validated against the run schema and the selected plugins'
 // option tables. The registry holds the fixture plugins of tests/core/fixtures/config (stand-ins
 // named like the built-in plugins of the default recipe, plus fx_data_alt and fx_combo), so these
@@ -14,6 +14,7 @@
 #include "config/schema.hpp"
 #include "core_test_util.hpp"
 #include "plugin/registry.hpp"
+#include "run/resolve.hpp"
 #include "wanhost/errors.hpp"
 
 namespace {
@@ -34,7 +35,7 @@ class RunConfig : public ::testing::Test {
     stage_config_plugins(dir_ / "plugins", wanhost::core::default_recipe());
     reg_ = std::make_unique<PluginRegistry>(
         std::vector<wanhost::core::SearchPath>{{(dir_ / "plugins").string(), "--plugin-dir"}});
-    ASSERT_EQ(reg_->plugins().size(), 6u);
+    ASSERT_EQ(reg_->plugins().size(), 8u);
     ASSERT_TRUE(reg_->refused().empty());
   }
 
@@ -121,7 +122,10 @@ TEST_F(RunConfig, StageDataOverridesMergeOverTheDataSection) {
   EXPECT_EQ(d0.values["fx_mode"], "frames");
   EXPECT_EQ(d0.values["fx_samples"], 100);
   const wanhost::PluginConfig d1 = wanhost::core::stage_data_config(c, 1);
-  EXPECT_EQ(d1.pointer, "/stages/1/data/synthetic");
+  // Errors name where the user set each value: the override in the stage, the rest in /data.
+  EXPECT_EQ(d1.pointer, "/data/synthetic");
+  EXPECT_EQ(d1.where("fx_mode"), "/stages/1/data/synthetic/fx_mode");
+  EXPECT_EQ(d1.where("fx_samples"), "/data/synthetic/fx_samples");
   EXPECT_EQ(d1.values["fx_mode"], "clips");
   EXPECT_EQ(d1.values["fx_samples"], 100);
 }
@@ -358,7 +362,7 @@ TEST_F(RunConfig, PluginsChosenByName) {
   EXPECT_EQ(c["model"]["fx_combo"]["width"], 32);
   EXPECT_EQ(c["scheduler"]["fx_combo"]["width"], 32);
   EXPECT_EQ(c["parallelism"]["plugin"], "ddp");
-  // Built-in collators by name.
+  // Collators are plugins like the others.
   EXPECT_EQ(resolve("", {"packed"})["collator"]["plugin"], "packed");
   // Over a manifest, and with --set on the chosen plugin's options.
   c = resolve(std::string("{") + kOneStage + "}", {"fx_data_alt"},
@@ -370,8 +374,8 @@ TEST_F(RunConfig, PluginsChosenByName) {
 TEST_F(RunConfig, UnknownPluginNameListsAvailablePluginsAndFolders) {
   auto e = error("", {"nope"});
   EXPECT_CONTAINS(e.what(),
-                  "no plugin named 'nope'; available: ddp, flow_matching, fx_combo, "
-                  "fx_data_alt, synthetic, wan21_dit; searched:\n  " +
+                  "no plugin named 'nope'; available: ddp, dense, flow_matching, fx_combo, "
+                  "fx_data_alt, packed, synthetic, wan21_dit; searched:\n  " +
                       (dir_ / "plugins").string() + " (--plugin-dir)");
   e = error(R"({"model": {"plugin": "nope"}})");
   EXPECT_EQ(e.pointer(), "/model/plugin");
@@ -381,7 +385,7 @@ TEST_F(RunConfig, UnknownPluginNameListsAvailablePluginsAndFolders) {
   EXPECT_CONTAINS(e.what(), "plugin 'synthetic' is not a model plugin (it provides data_source)");
   e = error(R"({"collator": {"plugin": "sparse"}})");
   EXPECT_EQ(e.pointer(), "/collator/plugin");
-  EXPECT_CONTAINS(e.what(), "available collator plugins: none");
+  EXPECT_CONTAINS(e.what(), "available collator plugins: dense, packed");
 }
 
 TEST_F(RunConfig, PluginConfigErrorsNameThePlugin) {
@@ -422,11 +426,15 @@ TEST_F(RunConfig, PluginConfigErrorsNameThePlugin) {
 }
 
 TEST_F(RunConfig, StageDataOverridesKeyedByTheWrongPlugin) {
+  // Overrides for another data plugin are dropped (with a warning); a name that is no data
+  // plugin is an error.
+  const Json c = resolve(R"({"stages": [{"name": "a", "steps": 1, "global_batch": 1,
+                                         "micro_batch": 1, "data": {"fx_data_alt": {"root": "/x"}}}]})");
+  EXPECT_TRUE(c["stages"][0]["data"].empty());
   auto e = error(R"({"stages": [{"name": "a", "steps": 1, "global_batch": 1, "micro_batch": 1,
-                                 "data": {"fx_data_alt": {"root": "/x"}}}]})");
-  EXPECT_EQ(e.pointer(), "/stages/0/data/fx_data_alt");
-  EXPECT_CONTAINS(e.what(),
-                  "stage data overrides must be keyed by the data plugin's name ('synthetic')");
+                                 "data": {"fx_combo": {}}}]})");
+  EXPECT_EQ(e.pointer(), "/stages/0/data/fx_combo");
+  EXPECT_CONTAINS(e.what(), "'fx_combo' is not an installed data source plugin");
   e = error(R"({"stages": [{"name": "a", "steps": 1, "global_batch": 1, "micro_batch": 1,
                             "data": {"synthetic": {"fx_mode": "video"}}}]})");
   EXPECT_EQ(e.pointer(), "/stages/0/data/synthetic/fx_mode");
@@ -438,15 +446,14 @@ TEST_F(RunConfig, StageDataOverridesKeyedByTheWrongPlugin) {
   EXPECT_CONTAINS(e.what(), "did you mean 'fx_mode'?");
 }
 
-// Known host problems (core/config/run_config.cpp), kept here disabled so that they can be
-// switched on with the fix:
-// 1. --plugins that swaps the data source of the default recipe fails, because the recipe's stage
-//    data overrides stay keyed by the recipe's data plugin ("synthetic").
+// --plugins that swaps the data source of the default recipe: the recipe's stage data overrides
+// (keyed "synthetic") are dropped, not an error.
 TEST_F(RunConfig, PluginsSwapTheDataSourceOfTheDefaultRecipe) {
   const Json c = resolve("", {"fx_data_alt"});
   EXPECT_EQ(c["data"]["plugin"], "fx_data_alt");
+  for (const auto& stage : c["stages"]) EXPECT_FALSE(stage["data"].contains("synthetic"));
 }
-// 2. --set into an array element that exists only as a default materialises an object
+// --set into an array element that exists only as a default materialises an object
 //    ({"0": 512}) instead of the array.
 TEST_F(RunConfig, SetIntoAnArrayThatIsOnlyADefault) {
   const Json c = resolve(R"({"data": {"plugin": "fx_data_alt"}, "stages": [{"name": "a",

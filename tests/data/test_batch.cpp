@@ -8,6 +8,7 @@
 
 #include "wanhost/batch.hpp"
 #include "wanhost/data.hpp"
+#include "wanhost/kit/collate.hpp"
 
 using wanhost::Batch;
 using wanhost::collate_dense;
@@ -131,6 +132,35 @@ TEST(CollatePacked, ChannelMismatchNamesTheSample) {
   const std::string msg = error_of([&] { collate_packed(samples, CollateOptions{}); });
   EXPECT_NE(msg.find("sample 1 (index 5)"), std::string::npos) << msg;
   EXPECT_THROW(collate_packed({}, CollateOptions{}), std::invalid_argument);
+}
+
+// A step's samples in consecutive micro batches of options.micro_batch (the last may be smaller),
+// in order, each sample once, its key (set by the host) in sample_keys.
+TEST(Collate, InGroupsOfTheMicroBatch) {
+  std::vector<Sample> samples;
+  for (std::int64_t i = 0; i < 5; ++i) {
+    samples.push_back(make_sample(10 + i, {2, 1, 2, 3}, 2));
+    samples.back().key = 100 + i;
+  }
+  CollateOptions o;
+  o.micro_batch = 2;
+  const auto batches = wanhost::collate_in_groups(samples, o, collate_dense);
+  ASSERT_EQ(batches.size(), 3u);
+  const std::vector<std::vector<std::int64_t>> keys = {{100, 101}, {102, 103}, {104}};
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    EXPECT_EQ(batches[b].sample_keys, keys[b]) << "micro batch " << b;
+    EXPECT_EQ(batches[b].latents.size(0), static_cast<std::int64_t>(keys[b].size()));
+  }
+  EXPECT_TRUE(batches[2].latents[0].equal(samples[4].latent));
+  o.micro_batch = 0;
+  EXPECT_NE(error_of([&] {
+              wanhost::collate_in_groups(samples, o, collate_dense);
+            }).find("micro_batch must be positive"),
+            std::string::npos);
+  // Without a key (-1) a collator falls back on the data index.
+  samples[0].key = -1;
+  o.micro_batch = 5;
+  EXPECT_EQ(wanhost::collate_in_groups(samples, o, collate_dense)[0].sample_keys[0], 10);
 }
 
 TEST(BatchHelpers, PerSampleToLatentDense) {

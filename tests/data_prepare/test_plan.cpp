@@ -5,9 +5,9 @@
 #include <filesystem>
 #include <fstream>
 
-#include "data/frame_plan.hpp"
-#include "data/prepare.hpp"
-#include "data/video_reader.hpp"
+#include "prepare/frame_plan.hpp"
+#include "prepare/prepare.hpp"
+#include "prepare/video_reader.hpp"
 #include "wanhost/errors.hpp"
 
 namespace fs = std::filesystem;
@@ -76,6 +76,9 @@ TEST(PlanClips, ResamplesToTargetRate) {
   ASSERT_EQ(clips.size(), 3u);  // 16 / 5 whole clips
   EXPECT_EQ(clips[0].frames, (std::vector<std::int64_t>{0, 1, 2, 3, 5}));
   // Spread evenly from start to end without overlap: starts at 0, 5.5 -> 6 (rounded), 11.
+  EXPECT_EQ(clips[1].frames.front(), 7);  // target 6 at 0.75 s shows source frame 7
+  EXPECT_NEAR(clips[1].start, 0.75, 1e-9);
+  EXPECT_NEAR(clips[2].start, 11.0 / 8.0, 1e-9);
   EXPECT_EQ(clips[2].frames.back(), 18);  // target 15 at 1.875 s
   EXPECT_NEAR(clips[2].end, 2.0, 1e-9);
   for (std::size_t c = 1; c < clips.size(); ++c)

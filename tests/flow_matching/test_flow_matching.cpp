@@ -13,8 +13,10 @@
 #include "flow_matching.hpp"
 #include "wanhost/data.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/collate.hpp"
 
 using namespace wanhost;
+using namespace wanhost::plugins;
 using flow_matching::FlowMatchingScheduler;
 using flow_matching::Options;
 
@@ -280,7 +282,8 @@ TEST(FlowMatchingLoss, EqualsHandComputedWeightedMse) {
     sum += (1 + 2.5 * n.sigmas[i].item<double>()) * mse;
   }
   EXPECT_NEAR(t.loss.item<double>(), sum / 8, 1e-5);
-  EXPECT_NEAR(t.sum, sum, 1e-4);
+  EXPECT_EQ(t.sum.scalar_type(), at::kDouble);
+  EXPECT_NEAR(t.sum.item<double>(), sum, 1e-4);
   EXPECT_EQ(t.count, 2);
   t.loss.backward();
   EXPECT_TRUE(pred.grad().defined());
@@ -303,12 +306,12 @@ TEST(FlowMatchingLoss, MicroBatchSharesSumToTheGlobalMean) {
     const NoisedBatch n = fm.add_noise(mb, kSeed, 9);
     const LossTerms t = fm.loss(at::zeros_like(n.target), n, 6);
     total += t.loss.item<double>();
-    logged += t.sum;
+    logged += t.sum.item<double>();
     count += t.count;
   }
   EXPECT_NEAR(total, whole.loss.item<double>(), 1e-5);
-  EXPECT_NEAR(logged / count, whole.sum / whole.count, 1e-5);
-  EXPECT_NEAR(total, whole.sum / 6, 1e-5);
+  EXPECT_NEAR(logged / count, whole.sum.item<double>() / whole.count, 1e-5);
+  EXPECT_NEAR(total, whole.sum.item<double>() / 6, 1e-5);
 }
 
 TEST(FlowMatchingLoss, PackedEqualsSeparateSamples) {

@@ -9,7 +9,7 @@
 #include <string_view>
 
 #include "wanhost/errors.hpp"
-#include "wanhost/safetensors_header.hpp"
+#include "wanhost/kit/safetensors_header.hpp"
 
 namespace {
 

@@ -10,7 +10,7 @@
 
 #include <gtest/gtest.h>
 
-#include "wanhost/safetensors_header.hpp"
+#include "wanhost/kit/safetensors_header.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size);
 

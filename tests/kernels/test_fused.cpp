@@ -9,7 +9,8 @@
 #include <cmath>
 
 #include "gpu_test_util.hpp"
-#include "wanhost/fused.hpp"
+#include "wanhost/kit/fused.hpp"
+#include "wanhost/kit/layers.hpp"
 
 namespace {
 
@@ -199,7 +200,7 @@ TEST(FusedGpu, RmsNormRopeReadsRowStridedSlices) {
                "strided rms_norm_rope gradients");
 }
 
-// fused::linear: the bias gradient from the column-sum kernel (with WANHOST_LT_EPILOGUES
+// fused::linear: the bias gradient from the column-sum kernel (with run.kernels.lt_epilogues
 // including bgrad: the weight-gradient product's BGRADB epilogue), the rest as at::linear.
 void check_linear(std::int64_t b, std::int64_t s, std::int64_t in, std::int64_t out) {
   auto x = at::randn({b, s, in}, kBf16Cuda);
@@ -212,9 +213,9 @@ void check_linear(std::int64_t b, std::int64_t s, std::int64_t in, std::int64_t 
   expect_close({yk}, {yr}, 1e-3, "linear output");
   const auto fallbacks = fused::lt_fallback_count();
   expect_close(grads_of(yk, gy, in_k), grads_of(yr, gy, in_r), 1e-2, "linear gradients");
-  // Only meaningful with WANHOST_LT_EPILOGUES including bgrad (off by default: then no cuBLASLt
+  // Only meaningful with run.kernels.lt_epilogues including bgrad (off by default: then no cuBLASLt
   // product runs here and the count cannot change); scripts/device/perf.sh runs this test with
-  // WANHOST_LT_EPILOGUES=all too.
+  // run.kernels.lt_epilogues=all too.
   EXPECT_EQ(fused::lt_fallback_count(), fallbacks) << "cuBLASLt refused the BGRADB epilogue";
 }
 
@@ -274,7 +275,7 @@ TEST(FusedGpu, GatedResidualNorm) {
 }
 
 // fused::gelu_feed_forward: GELU in the up-projection's cuBLASLt epilogue, its gradient in the
-// epilogue of the product that makes the hidden gradient (as WANHOST_LT_EPILOGUES picks).
+// epilogue of the product that makes the hidden gradient (as run.kernels.lt_epilogues picks).
 // Against the ATen reference in bf16, and both against float64 arithmetic on the same bf16
 // inputs: the fused path rounds fewer intermediates, so it must not be farther from it.
 void check_gelu_feed_forward(std::int64_t b, std::int64_t s, std::int64_t d, std::int64_t f,

@@ -1,13 +1,14 @@
 // Packed (variable-length) attention on the GPU: wanhost::default_attention with segments, served
 // by a fused kernel (cuDNN ragged attention, or flash attention when
-// WANHOST_PACKED_ATTENTION=flash), against float32 attention computed segment by segment; outputs
-// and q/k/v gradients.
+// run.kernels.packed_attention=flash), against float32 attention computed segment by segment;
+// outputs and q/k/v gradients.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
 
 #include "gpu_test_util.hpp"
+#include "wanhost/kit/layers.hpp"
 #include "wanhost/parallel.hpp"
 
 namespace {

@@ -90,16 +90,18 @@ expect_not_in() {  # list-file regex what
 }
 for list in "$WORK/deb-runtime.txt" "$WORK/rpm-runtime.txt"; do
   expect_in "$list" /usr/bin/wanhost /usr/lib/wanhost/wanhost /usr/lib/libwanhost.so.1 \
-    /usr/lib/libwanhost_sdk.so.1 /usr/share/wanhost/default.json /usr/share/doc/wanhost/install.md
+    /usr/lib/libwanhost_sdk.so.2 /usr/lib/libwanhost_kit.so.1 /usr/share/wanhost/default.json /usr/share/doc/wanhost/install.md
   # Every built-in plugin of the build, with its manifest.
   for so in "$BUILD"/plugins/*.so; do
     name=$(basename "$so" .so)
     expect_in "$list" "/usr/lib/wanhost/plugins/$name.so" "/usr/lib/wanhost/plugins/$name.json"
   done
-  expect_not_in "$list" '^/usr/include/|\.cmake$|/libwanhost(_sdk)?\.so$' "development files in the runtime package"
+  expect_not_in "$list" '^/usr/include/|\.cmake$|/libwanhost(_sdk|_kit)?\.so$' "development files in the runtime package"
 done
 for list in "$WORK/deb-dev.txt" "$WORK/rpm-dev.txt"; do
   expect_in "$list" /usr/include/wanhost/plugin.hpp /usr/include/wanhost/abi.hpp /usr/lib/libwanhost_sdk.so \
+    /usr/include/wanhost/kit/safetensors.hpp /usr/include/wanhost/kit/parallelism_base.hpp \
+    /usr/lib/libwanhost_kit.so \
     /usr/lib/cmake/WanHost/WanHostConfig.cmake /usr/lib/cmake/WanHost/WanHostConfigVersion.cmake \
     /usr/lib/cmake/WanHost/WanHostTargets.cmake /usr/lib/cmake/WanHost/WanHostPlugin.cmake \
     /usr/share/doc/wanhost-dev/example-plugin/CMakeLists.txt
@@ -191,11 +193,11 @@ echo "  $version_out"
 step "the CMake package refuses another SDK major"
 PROBE=$WORK/sdk-major-probe
 mkdir -p "$PROBE"
-printf 'cmake_minimum_required(VERSION 3.25)\nproject(probe LANGUAGES NONE)\nfind_package(WanHost 2 REQUIRED)\n' >"$PROBE/CMakeLists.txt"
+printf 'cmake_minimum_required(VERSION 3.25)\nproject(probe LANGUAGES NONE)\nfind_package(WanHost 3 REQUIRED)\n' >"$PROBE/CMakeLists.txt"
 if probe_out=$(cmake -S "$PROBE" -B "$PROBE/build" -DCMAKE_PREFIX_PATH="$STAGE/usr" 2>&1); then
-  fail "find_package(WanHost 2) accepted the SDK"
-elif ! grep -qF 'version: 1.' <<<"$probe_out"; then
-  fail "find_package(WanHost 2) failed without naming the SDK version: $probe_out"
+  fail "find_package(WanHost 3) accepted the SDK"
+elif ! grep -qF 'version: 2.' <<<"$probe_out"; then
+  fail "find_package(WanHost 3) failed without naming the SDK version: $probe_out"
 fi
 
 step "build the example plugin against the staged SDK"

@@ -69,7 +69,8 @@ def randomize(model, gen):
 
 
 def to_original(state, cfg):
-    """Diffusers names -> original Wan 2.1 VAE names (wan21.md 4.2), for the 4-level layout."""
+    """Diffusers names -> original Wan 2.1 VAE names (the inverse of convert_vae in diffusers'
+    scripts/convert_wan_to_diffusers.py), for the 4-level layout."""
     out = {}
     per_block = cfg["num_res_blocks"] + 2  # (num_res_blocks + 1) resnets + 1 resample
     res = {"norm1.gamma": "residual.0.gamma", "conv1.": "residual.2.", "norm2.gamma": "residual.3.gamma",

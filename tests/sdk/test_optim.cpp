@@ -5,8 +5,11 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
 
-#include "wanhost/optim.hpp"
+#include "wanhost/kit/optim.hpp"
 
 namespace {
 
@@ -107,6 +110,20 @@ TEST(AdamW, ResumedStateContinuesTheSameTrajectory) {
   EXPECT_TRUE(run(true).equal(run(false)));
 }
 
+// Which parameters get weight decay. The Megatron reference (decay_1d = false) decays matrices
+// only: no biases and no 1-D parameters (norm weights, tables); the AutoModel one decays all.
+TEST(AdamW, DecayRuleOfBothReferences) {
+  using wanhost::AdamW;
+  EXPECT_TRUE(AdamW::decays("blocks.0.attn1.to_q.weight", 2, false));
+  EXPECT_TRUE(AdamW::decays("patch_embedding.weight", 5, false));
+  EXPECT_FALSE(AdamW::decays("blocks.0.attn1.to_q.bias", 1, false));
+  EXPECT_FALSE(AdamW::decays("blocks.0.attn1.norm_q.weight", 1, false));
+  EXPECT_FALSE(AdamW::decays("condition_embedder.time_embedder.linear_1.bias", 1, false));
+  for (const auto& [name, dims] : std::vector<std::pair<std::string, std::int64_t>>{
+           {"blocks.0.attn1.to_q.weight", 2}, {"blocks.0.attn1.to_q.bias", 1}, {"norm.weight", 1}})
+    EXPECT_TRUE(AdamW::decays(name, dims, true)) << name;
+}
+
 TEST(GradNorm, SquaredNormAndClipping) {
   std::vector<at::Tensor> params = {at::zeros({3}), at::zeros({2, 2}), at::zeros({5})};
   params[0].mutable_grad() = at::tensor({3.0f, 0.0f, 4.0f});
@@ -114,10 +131,15 @@ TEST(GradNorm, SquaredNormAndClipping) {
   // params[2] has no gradient.
   const double sq = wanhost::grad_norm_squared(params).item<double>();
   EXPECT_NEAR(sq, 25.0 + 4.0, 1e-9);
-  wanhost::clip_gradients(params, 1.0, std::sqrt(sq));
+  wanhost::clip_gradients(params, 1.0, at::scalar_tensor(std::sqrt(sq), at::kDouble));
   const double after = wanhost::grad_norm_squared(params).item<double>();
   EXPECT_NEAR(std::sqrt(after), 1.0, 1e-5);
-  wanhost::clip_gradients(params, 10.0, 1.0);  // below the limit: unchanged
+  // Below the limit, max_norm 0 (off) and a non-finite norm: unchanged, bit for bit.
+  const at::Tensor before = params[0].grad().clone();
+  wanhost::clip_gradients(params, 10.0, at::scalar_tensor(1.0, at::kDouble));
+  wanhost::clip_gradients(params, 0.0, at::scalar_tensor(1e6, at::kDouble));
+  wanhost::clip_gradients(params, 1.0, at::scalar_tensor(std::nan(""), at::kDouble));
+  EXPECT_TRUE(params[0].grad().equal(before));
   EXPECT_NEAR(wanhost::grad_norm_squared(params).item<double>(), after, 1e-12);
   EXPECT_NEAR(wanhost::grad_norm_squared({at::zeros({2})}).item<double>(), 0.0, 0.0);
 }

@@ -1,6 +1,6 @@
 // safetensors reader/writer: round trips, byte compatibility with the reference writer, every
-// validation rule (reliability.md §2.1, §4 items 10-13), pickle/zip refusal, sharded indexes and
-// atomic saving.
+// validation rule (safetensors format specification, huggingface/safetensors README, "Format"),
+// pickle/zip refusal, sharded indexes and atomic saving.
 #include <dirent.h>
 #include <ftw.h>
 #include <sys/resource.h>
@@ -18,7 +18,7 @@
 #include <gtest/gtest.h>
 
 #include "wanhost/errors.hpp"
-#include "wanhost/safetensors.hpp"
+#include "wanhost/kit/safetensors.hpp"
 
 namespace st = wanhost::safetensors;
 using namespace std::string_literals;

@@ -54,12 +54,15 @@ TEST(DefaultRecipe, LearnsInEveryStage) {
   }
 }
 
-// The fused AdamW kernel and the per-tensor update (WANHOST_ADAMW=loop) train the tiny recipe to
-// the same losses and gradient norms within float32 rounding; a bad value is a usage error.
+// The fused AdamW kernel and the per-tensor update (run.kernels.adamw=loop) train the tiny recipe
+// to the same losses and gradient norms within float32 rounding; a bad value is a usage error.
 TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
   const auto fused = read_metrics(reference_run());
   const fs::path run = scratch_dir() / "loop";
-  const Result r = run_cli(run_args(run), {{"WANHOST_ADAMW", "loop"}});
+  auto args = run_args(run);
+  args.push_back("--set");
+  args.push_back("run.kernels.adamw=loop");
+  const Result r = run_cli(args);
   ASSERT_EQ(r.code, 0) << r.describe();
   const auto loop = read_metrics(run);
   ASSERT_EQ(loop.size(), fused.size());
@@ -75,9 +78,12 @@ TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
   // Not the same path twice: the two updates round differently, so some step differs a little.
   EXPECT_GT(worst, 0.0);
 
-  const Result bad = run_cli(run_args(scratch_dir() / "bad"), {{"WANHOST_ADAMW", "sometimes"}});
+  auto bad_args = run_args(scratch_dir() / "bad");
+  bad_args.push_back("--set");
+  bad_args.push_back("run.kernels.adamw=sometimes");
+  const Result bad = run_cli(bad_args);
   EXPECT_EQ(bad.code, 2) << bad.describe();
-  EXPECT_NE(bad.err.find("WANHOST_ADAMW=sometimes"), std::string::npos) << bad.describe();
+  EXPECT_NE(bad.err.find("/run/kernels/adamw"), std::string::npos) << bad.describe();
 }
 
 // run.prefetch (default on) makes each step's micro batches on a worker thread one step ahead;
@@ -175,4 +181,62 @@ TEST(Profile, OneStepUnderTheProfiler) {
 }
 
 }  // namespace
+// Every stage's settings are checked before step 1: a stage-2 batch that does not split into
+// micro batches (found only when stage 2 began, before SDK 2.0) or a stage-2 data value out of
+// range stops the run before anything trained (exit 2, no metrics.jsonl).
+TEST(RunChecks, LaterStageErrorsStopTheRunBeforeStepOne) {
+  const fs::path batch = scratch_dir() / "batch";
+  Result r = run_cli(run_args(batch, {"--set", "stages.1.micro_batch=3"}));
+  EXPECT_EQ(r.code, 2) << r.describe();
+  EXPECT_NE(r.err.find("config error at /stages/1/global_batch"), std::string::npos)
+      << r.describe();
+  EXPECT_FALSE(fs::exists(batch / "metrics.jsonl"));
+
+  // A stage-2 data value out of its plugin's range: named where it was set.
+  const fs::path data = scratch_dir() / "data";
+  r = run_cli(run_args(data, {"--set", "stages.1.data.synthetic.latent_frames=0"}));
+  EXPECT_EQ(r.code, 2) << r.describe();
+  EXPECT_NE(r.err.find("config error at /stages/1/data/synthetic/latent_frames"), std::string::npos)
+      << r.describe();
+  EXPECT_FALSE(fs::exists(data / "metrics.jsonl"));
+}
+
+// The LR each step trained at (metrics.jsonl) against the schedule written out here, not the
+// host's own function: stage 1 of the default recipe warms up linearly from 0 over 10 steps to
+// 2e-3 (the step after k steps of the stage trains at 2e-3 * k / 10); stage 2 of the tiny
+// settings is cosine with 2 warm-up steps from 0 to 1e-3, then falls to 1e-4 at its end.
+TEST(LrSchedule, MetricsFollowTheRecipe) {
+  const auto m = read_metrics(reference_run());
+  ASSERT_EQ(m.size(), static_cast<std::size_t>(kTotalSteps));
+  for (const Json& r : m) {
+    const double n = r["stage_step"].get<double>() - 1;  // steps of the stage before this one
+    double want = 0;
+    if (r["stage_index"] == 0) {
+      want = 2e-3 * std::min(1.0, n / 10.0);
+    } else {
+      const double lr = 1e-3, low = 1e-4, warmup = 2, span = kStage2Steps - warmup;
+      want = n < warmup ? lr * n / warmup
+                        : low + (lr - low) * 0.5 * (1 + std::cos(M_PI * (n - warmup) / span));
+    }
+    EXPECT_NEAR(r["lr"].get<double>(), want, 1e-15) << r;
+  }
+  EXPECT_EQ(m.front()["lr"].get<double>(), 0.0);  // the first step: the warm-up's start
+}
+
+// Every sample's randomness (timestep, noise) is keyed by its position in the stage's sample
+// stream, whatever micro batch it lands in: with the tiny settings (stage 1: global batch 4 in
+// micro batches of 2; stage 2: 2 in micro batches of 1) step k of a stage draws keys 4k..4k+3
+// (stage 1) or 2k, 2k+1 (stage 2; positions restart with each stage), each batch given the global
+// step. A key built from anything else (the step, the micro batch) fails here.
+TEST(RandomKeys, SamplesAreKeyedByTheirStreamPosition) {
+  const fs::path dir = scratch_dir(), run = dir / "run", keys = dir / "keys.txt";
+  std::vector<std::string> args{"--plugin-dir", WANHOST_KEY_RECORDER_DIR};
+  for (const auto& a : run_args(run, {"--plugins", "fx_key_recorder", "--set", "stages.0.steps=2",
+                                      "--set", "stages.1.steps=2"}))
+    args.push_back(a);
+  const Result r = run_cli(args, {{"WANHOST_TEST_KEYS", keys.string()}});
+  ASSERT_EQ(r.code, 0) << r.describe();
+  EXPECT_EQ(read_file(keys), "0: 0 1\n0: 2 3\n1: 4 5\n1: 6 7\n2: 0\n2: 1\n3: 2\n3: 3\n");
+}
+
 }  // namespace traintest

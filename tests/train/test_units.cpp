@@ -19,35 +19,34 @@ namespace {
 
 // ---- LR schedules -------------------------------------------------------------------------------
 
-Json stage_with(const std::string& type, double lr, long steps, long warmup = 0,
-                double start_factor = 0.0, double min_factor = 0.0) {
-  return {{"name", "s"},
-          {"steps", steps},
-          {"optimizer", {{"lr", lr}}},
-          {"lr_schedule",
-           {{"type", type},
-            {"warmup_steps", warmup},
-            {"warmup_start_factor", start_factor},
-            {"min_lr_factor", min_factor}}}};
+wanhost::core::StageConfig stage_with(const std::string& type, double lr, long steps,
+                                      long warmup = 0, double start_factor = 0.0,
+                                      double min_factor = 0.0) {
+  wanhost::core::StageConfig s;
+  s.name = "s";
+  s.steps = steps;
+  s.optimizer.lr = lr;
+  s.lr_schedule = {type, warmup, start_factor, min_factor};
+  return s;
 }
 
 using wanhost::core::learning_rate;
 
 TEST(LrSchedule, Constant) {
-  const Json s = stage_with("constant", 3e-4, 50, /*warmup (ignored)=*/10, 0.5);
+  const auto s = stage_with("constant", 3e-4, 50, /*warmup (ignored)=*/10, 0.5);
   for (long n : {0L, 1L, 9L, 10L, 49L, 50L}) EXPECT_DOUBLE_EQ(learning_rate(s, n), 3e-4) << n;
 }
 
 TEST(LrSchedule, LinearWarmupFromStartFactor) {
   const double lr = 2e-3;
-  const Json s = stage_with("linear_warmup_constant", lr, 100, 10, 0.1);
+  const auto s = stage_with("linear_warmup_constant", lr, 100, 10, 0.1);
   EXPECT_DOUBLE_EQ(learning_rate(s, 0), 0.1 * lr);  // AutoModel: starts at 0.1 * lr
   EXPECT_DOUBLE_EQ(learning_rate(s, 5), (0.1 + 0.9 * 0.5) * lr);
   EXPECT_DOUBLE_EQ(learning_rate(s, 9), (0.1 + 0.9 * 0.9) * lr);
   for (long n : {10L, 11L, 50L, 99L}) EXPECT_DOUBLE_EQ(learning_rate(s, n), lr) << n;
   for (long n = 1; n <= 10; ++n) EXPECT_GT(learning_rate(s, n), learning_rate(s, n - 1)) << n;
   // Megatron: from 0.
-  const Json z = stage_with("linear_warmup_constant", lr, 100, 4, 0.0);
+  const auto z = stage_with("linear_warmup_constant", lr, 100, 4, 0.0);
   EXPECT_DOUBLE_EQ(learning_rate(z, 0), 0.0);
   EXPECT_DOUBLE_EQ(learning_rate(z, 1), 0.25 * lr);
   EXPECT_DOUBLE_EQ(learning_rate(z, 4), lr);
@@ -56,7 +55,7 @@ TEST(LrSchedule, LinearWarmupFromStartFactor) {
 TEST(LrSchedule, CosineWarmupPeakAndEndValue) {
   const double lr = 1e-3;
   const long steps = 110, warmup = 10;
-  const Json s = stage_with("cosine", lr, steps, warmup, 0.0, 0.1);
+  const auto s = stage_with("cosine", lr, steps, warmup, 0.0, 0.1);
   EXPECT_DOUBLE_EQ(learning_rate(s, 0), 0.0);
   EXPECT_DOUBLE_EQ(learning_rate(s, 5), 0.5 * lr);
   EXPECT_DOUBLE_EQ(learning_rate(s, warmup), lr);                // the peak
@@ -68,7 +67,7 @@ TEST(LrSchedule, CosineWarmupPeakAndEndValue) {
     EXPECT_GE(learning_rate(s, n), 0.1 * lr) << n;
   }
   // No warm-up, min 0: a plain half cosine from lr to 0.
-  const Json c = stage_with("cosine", lr, 8, 0, 0.0, 0.0);
+  const auto c = stage_with("cosine", lr, 8, 0, 0.0, 0.0);
   for (long n = 0; n <= 8; ++n)
     EXPECT_NEAR(learning_rate(c, n), lr * 0.5 * (1 + std::cos(M_PI * n / 8.0)), 1e-17) << n;
 }

@@ -22,7 +22,7 @@
 
 #include "train/checkpoint.hpp"
 #include "util/files.hpp"
-#include "wanhost/safetensors.hpp"
+#include "wanhost/kit/safetensors.hpp"
 
 extern char** environ;
 

@@ -19,7 +19,7 @@
 
 #include "umt5.hpp"
 #include "wanhost/errors.hpp"
-#include "wanhost/safetensors.hpp"
+#include "wanhost/kit/safetensors.hpp"
 
 namespace {
 
@@ -27,8 +27,8 @@ using wanhost::testing::exists;
 using wanhost::testing::read_json;
 using wanhost::testing::rel_l2;
 
-using umt5::Umt5TextEncoder;
 using wanhost::Json;
+using wanhost::plugins::umt5::Umt5TextEncoder;
 namespace st = wanhost::safetensors;
 
 const std::string kRef = std::string(WANHOST_BINARY_DIR) + "/reference/umt5";
@@ -106,7 +106,8 @@ TEST(Umt5Text, CleaningMatchesTheWanPipeline) {
   REQUIRE_REFERENCE();
   const auto tokens = read_json(kRef + "/tokens.json");
   for (const auto& c : tokens["cases"])
-    EXPECT_EQ(umt5::clean_prompt(c["text"].get<std::string>()), c["cleaned"].get<std::string>())
+    EXPECT_EQ(wanhost::plugins::umt5::clean_prompt(c["text"].get<std::string>()),
+              c["cleaned"].get<std::string>())
         << "text: " << c["text"].dump();
 }
 
@@ -115,30 +116,33 @@ TEST(Umt5Text, HtmlUnescapeMatchesPython) {
   const auto tokens = read_json(kRef + "/tokens.json");
   ASSERT_GT(tokens["unescape"].size(), 20u);
   for (const auto& c : tokens["unescape"])
-    EXPECT_EQ(umt5::html_unescape(c["text"].get<std::string>()), c["once"].get<std::string>())
+    EXPECT_EQ(wanhost::plugins::umt5::html_unescape(c["text"].get<std::string>()),
+              c["once"].get<std::string>())
         << "text: " << c["text"].dump();
 }
 
 TEST(Umt5Text, InvalidUtf8IsRefusedWithItsOffset) {
   EXPECT_NE(error_of([] {
-              umt5::clean_prompt(
+              wanhost::plugins::umt5::clean_prompt(
                   "ab\xff"
                   "cd");
             }).find("byte 2"),
             std::string::npos);
-  EXPECT_NE(error_of([] { umt5::clean_prompt("a\xc3"); }).find("byte 1"), std::string::npos);
-  EXPECT_NE(error_of([] { umt5::clean_prompt("\xed\xa0\x80"); }).find("UTF-8"), std::string::npos)
+  EXPECT_NE(error_of([] { wanhost::plugins::umt5::clean_prompt("a\xc3"); }).find("byte 1"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { wanhost::plugins::umt5::clean_prompt("\xed\xa0\x80"); }).find("UTF-8"),
+            std::string::npos)
       << "a surrogate is not valid UTF-8";
 }
 
 TEST(Umt5Text, RelativePositionBucketsFollowTheT5Formula) {
   // 32 buckets, max distance 128: 16 per direction, |d| < 8 exact, else
   // 8 + floor(ln(|d| / 8) / ln(16) * 8) capped at 15; keys after the query add 16.
-  const auto b = umt5::relative_position_buckets(1, 301, 32, 128);
+  const auto b = wanhost::plugins::umt5::relative_position_buckets(1, 301, 32, 128);
   const std::map<std::int64_t, std::int64_t> expect = {
       {0, 0}, {1, 17}, {7, 23}, {8, 24}, {12, 25}, {16, 26}, {127, 31}, {128, 31}, {300, 31}};
   for (const auto& [d, bucket] : expect) EXPECT_EQ(b[0][d].item<std::int64_t>(), bucket) << d;
-  const auto back = umt5::relative_position_buckets(301, 1, 32, 128);
+  const auto back = wanhost::plugins::umt5::relative_position_buckets(301, 1, 32, 128);
   const std::map<std::int64_t, std::int64_t> expect_back = {{1, 1},   {7, 7},    {8, 8},   {12, 9},
                                                             {16, 10}, {127, 15}, {300, 15}};
   for (const auto& [d, bucket] : expect_back)

@@ -13,7 +13,7 @@
 #include <fstream>
 
 #include "wanhost/config.hpp"
-#include "wanhost/safetensors.hpp"
+#include "wanhost/kit/safetensors.hpp"
 
 namespace st = wanhost::safetensors;
 

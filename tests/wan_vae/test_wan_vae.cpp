@@ -12,13 +12,13 @@
 
 #include "wan_vae.hpp"
 #include "wanhost/errors.hpp"
-#include "wanhost/safetensors.hpp"
+#include "wanhost/kit/safetensors.hpp"
 
 namespace fs = std::filesystem;
 namespace st = wanhost::safetensors;
-using wanvae::VaeConfig;
-using wanvae::VaeOptions;
-using wanvae::WanVae;
+using wanhost::plugins::wan_vae::VaeConfig;
+using wanhost::plugins::wan_vae::VaeOptions;
+using wanhost::plugins::wan_vae::WanVae;
 
 namespace {
 
@@ -247,7 +247,8 @@ TEST(WanVae, DefaultIsTheWan21Vae) {
     if (p.key().rfind("encoder.", 0) == 0) enc += p.value().numel();
     if (p.key().rfind("decoder.", 0) == 0) dec += p.value().numel();
   }
-  // shared/wan21.md §4: encoder 53,595,872; decoder 73,295,331; total 126,892,531.
+  // AutoencoderKLWan with its default config (diffusers/models/autoencoders/autoencoder_kl_wan.py;
+  // total also in docs/model.md): encoder 53,595,872; decoder 73,295,331; total 126,892,531.
   EXPECT_EQ(enc, 53595872);
   EXPECT_EQ(dec, 73295331);
   EXPECT_EQ(count, 126892531);
@@ -267,24 +268,25 @@ TEST(WanVae, ConfigJsonRoundTrips) {
   auto vae = load(kRef / "small" / "model");
   EXPECT_EQ(vae->config().decoder_base_dim, 12);
   EXPECT_EQ(vae->spatial_ratio(), 4);
-  const VaeConfig again = wanvae::parse_config(wanhost::Json::parse(vae->config_json()));
+  const VaeConfig again =
+      wanhost::plugins::wan_vae::parse_config(wanhost::Json::parse(vae->config_json()));
   EXPECT_TRUE(again == vae->config());
   std::ifstream in(kRef / "small" / "model" / "config.json");
-  EXPECT_TRUE(wanvae::parse_config(wanhost::Json::parse(in)) == vae->config());
+  EXPECT_TRUE(wanhost::plugins::wan_vae::parse_config(wanhost::Json::parse(in)) == vae->config());
 }
 
 TEST(WanVae, UnsupportedConfigValuesNameTheKey) {
   using wanhost::Json;
   const Json base = Json::parse(R"({"base_dim": 8, "z_dim": 2, "dim_mult": [1, 2, 2],
       "temperal_downsample": [true, true], "latents_mean": [0, 0], "latents_std": [1, 1]})");
-  ASSERT_NO_THROW(wanvae::parse_config(base));
+  ASSERT_NO_THROW(wanhost::plugins::wan_vae::parse_config(base));
   const auto refused = [&](const Json& patch, const std::string& key, const std::string& part) {
     Json j = base;
     j.merge_patch(patch);
     try {
-      wanvae::parse_config(j);
+      wanhost::plugins::wan_vae::parse_config(j);
       ADD_FAILURE() << "accepted " << patch.dump();
-    } catch (const wanvae::ConfigKeyError& e) {
+    } catch (const wanhost::plugins::wan_vae::ConfigKeyError& e) {
       EXPECT_EQ(e.key, key) << patch.dump() << ": " << e.message;
       EXPECT_NE(e.message.find(part), std::string::npos) << e.message;
     }
@@ -311,13 +313,15 @@ TEST(WanVae, UnsupportedConfigValuesNameTheKey) {
   Json j = base;
   j["is_residual"] = true;
   std::ofstream(file) << j.dump();
-  const std::string msg = message_of([&] { wanvae::read_config_file(file); });
+  const std::string msg = message_of([&] { wanhost::plugins::wan_vae::read_config_file(file); });
   EXPECT_NE(msg.find(file), std::string::npos) << msg;
   EXPECT_NE(msg.find("key 'is_residual'"), std::string::npos) << msg;
   j = base;
   j["_class_name"] = "AutoencoderKL";
   std::ofstream(file) << j.dump();
-  EXPECT_NE(message_of([&] { wanvae::read_config_file(file); }).find("not an AutoencoderKLWan"),
+  EXPECT_NE(message_of([&] {
+              wanhost::plugins::wan_vae::read_config_file(file);
+            }).find("not an AutoencoderKLWan"),
             std::string::npos);
 }
 
@@ -339,7 +343,8 @@ TEST(WanVae, OriginalNamesMapToDiffusersNames) {
       {"decoder.head.2.weight", "decoder.conv_out.weight"},
       {"decoder.head.0.gamma", "decoder.norm_out.gamma"},
   };
-  for (const auto& [from, to] : cases) EXPECT_EQ(wanvae::original_to_diffusers(from, c), to);
+  for (const auto& [from, to] : cases)
+    EXPECT_EQ(wanhost::plugins::wan_vae::original_to_diffusers(from, c), to);
 }
 
 }  // namespace

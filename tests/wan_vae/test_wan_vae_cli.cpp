@@ -10,7 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "wanhost/safetensors.hpp"
+#include "wanhost/kit/safetensors.hpp"
 
 namespace fs = std::filesystem;
 namespace st = wanhost::safetensors;

@@ -16,6 +16,10 @@ struct Sample {
   at::Tensor text;    // [L, D_text] text-encoder output at its real token length L
   std::string caption;
   std::int64_t index = 0;  // position in the data source (stable identity of the sample)
+  // The key of this sample's randomness (timestep, noise; see random.hpp): the host sets it to
+  // the sample's position in the stage's sample stream before collation. -1: not set (collators
+  // then use `index`).
+  std::int64_t key = -1;
 };
 
 // Where each sample sits inside a packed batch.

@@ -1,4 +1,5 @@
-// Data plugins: sources (random access to samples) and collators (samples -> micro batch).
+// Data plugins: sources (random access to samples) and collators (a step's samples -> micro
+// batches).
 //
 // The host owns the sample order (seeded shuffle per epoch, split over data-parallel ranks,
 // resumable by a single counter), so a source only has to answer "sample i" deterministically.
@@ -35,21 +36,25 @@ class DataSource {
 
 struct CollateOptions {
   // Pad text embeddings to this many rows (0: to the longest in the batch). The reference paths
-  // differ here (AutoModel 226, Megatron 512); the model masks padded rows either way.
+  // differ here (AutoModel 226, Megatron 512); whether padded rows are attended is the model's
+  // choice (wan21_dit: mask_text_padding).
   std::int64_t text_rows = 0;
+  // Samples per micro batch, as the stage asks (run manifest: stages/N/micro_batch). Collators
+  // that form micro batches by another rule (token budgets) may ignore it.
+  std::int64_t micro_batch = 1;
 };
 
+// Turns this rank's samples of one optimizer step into its micro batches. Called on the data
+// worker thread (see DataSource), one call at a time.
 class Collator {
  public:
   virtual ~Collator() = default;
-  virtual Batch collate(std::vector<Sample> samples, const CollateOptions& options) = 0;
+  // `samples` are in stream order, each with its key set (Sample::key). Every sample must end
+  // up in exactly one micro batch, with its key in Batch::sample_keys; the result must not
+  // depend on anything but the samples and the options (a resumed run collates as the straight
+  // run did).
+  virtual std::vector<Batch> collate(std::vector<Sample> samples,
+                                     const CollateOptions& options) = 0;
 };
-
-// The dense collator every host has: stacks same-shape samples into [B, C, F, H, W]. Throws
-// std::invalid_argument naming the sample whose shape differs.
-Batch collate_dense(std::vector<Sample> samples, const CollateOptions& options);
-
-// Packs samples of any grids into one packed batch (see Batch).
-Batch collate_packed(std::vector<Sample> samples, const CollateOptions& options);
 
 }  // namespace wanhost

@@ -70,26 +70,11 @@ struct ParallelContext {
   at::ScalarType compute_dtype = at::kFloat;  // autocast dtype on GPU (bf16), fp32 on CPU
   CommunicatorPtr world, dp, tp, pp, cp;
 
-  LinearFactory make_linear;  // defaults to replicated torch.nn.Linear semantics
-  AttentionFn attention;      // defaults to the SDK's reference attention
-
-  // A context for one process, no parallelism, default operators.
-  static ParallelContext single(c10::Device device = c10::Device(c10::kCPU));
+  // The host fills both with the kit's defaults (wanhost/kit/layers.hpp: replicated
+  // torch.nn.Linear semantics, reference/flash attention); a parallelism plugin may replace them
+  // in setup().
+  LinearFactory make_linear;
+  AttentionFn attention;
 };
-
-// Pure data parallelism (SDK 1.1): layout dp = world size, ctx.dp = ctx.world, single-rank tp/pp/cp
-// groups; the operators stay as they are. What ddp and automodel_fsdp set up.
-void setup_data_parallel(ParallelContext& ctx);
-
-// The default operators (also what parallel variants fall back to for degree 1).
-std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_t out, bool bias);
-// down(gelu_tanh(up(x))), a DiT block's feed-forward (SDK 1.2). When both are the SDK's replicated
-// layers this is fused::gelu_feed_forward over their parameters (cast to x's dtype, like their
-// forward); other layers (tensor-parallel, adapters) run their own forward with ATen's GELU.
-at::Tensor gelu_feed_forward(LinearLayer& up, LinearLayer& down, const at::Tensor& x);
-// Dense: at::scaled_dot_product_attention with a key mask from kv_lengths. Packed: per segment
-// on CPU; variable-length flash attention on CUDA where LibTorch provides it.
-at::Tensor default_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                             const AttentionArgs& args);
 
 }  // namespace wanhost

@@ -3,6 +3,29 @@
 // the model is built, owns the parameters' placement (replicated, sharded) and the optimizer state,
 // and runs the forward/backward passes of a step's micro batches (so that pipeline schedules fit).
 // The host owns everything else: data order, noise, the loss, LR schedule, logging, checkpoints.
+//
+// Lifecycle: the host calls, in this order and always on its training thread,
+//
+//   layout(world_size)                  once, before anything else (degrees checked against it)
+//   setup(ctx)                          once: groups, operators
+//   -- the host builds the model with ctx (and loads a stage's init weights) --
+//   attach(model)                       the model now belongs to the plugin's placement
+//   configure_optimizer(config)         fresh AdamW state for the attached parameters
+//   load_state(model, dir)              only when resuming, after configure_optimizer
+//   per optimizer step:
+//     zero_grad()
+//     forward_backward(model, micro_batches, loss)
+//     reduce_and_clip_gradients(max_norm)
+//     optimizer_step(lr)                skipped for a step whose loss or norm is not finite
+//   save_state(model, dir)              between steps, every rank, into a folder shared by all
+//   at a stage with new weights: attach(new model), then configure_optimizer(...) again
+//   at a stage with init "previous" and optimizer_state "fresh": configure_optimizer(...) again
+//   full_weights(model)                 at the end (export), every rank
+//
+// state_bytes() may be called between any two of these. The loss function given to
+// forward_backward may be called from it on the training thread only. The kit's ParallelismBase
+// (wanhost/kit/parallelism_base.hpp) implements the optimizer half of this for plugins whose
+// ranks each hold a set of named tensors to update.
 #pragma once
 
 #include <cstdint>
@@ -27,9 +50,17 @@ struct OptimizerConfig {
 // Gives the loss for one micro batch's prediction; the plugin calls backward on LossTerms::loss.
 using LossFn = std::function<LossTerms(const at::Tensor& prediction, const NoisedBatch& batch)>;
 
+// The loss numbers of one rank's micro batches, on the device (no host synchronisation).
 struct StepLoss {
-  double sum = 0;  // sum of per-sample losses over this rank's micro batches
+  at::Tensor sum;  // float64 scalar: sum of per-sample losses over this rank's micro batches
   std::int64_t count = 0;
+
+  // Adds one micro batch's terms (sum starts as the first micro batch's).
+  void add(const LossTerms& terms) {
+    const at::Tensor s = terms.sum.detach();
+    sum = sum.defined() ? sum + s : s;
+    count += terms.count;
+  }
 };
 
 class Parallelism {
@@ -52,9 +83,11 @@ class Parallelism {
   // Forward and backward of this rank's micro batches of one step; gradients accumulate.
   virtual StepLoss forward_backward(Model& model, const std::vector<NoisedBatch>& micro_batches,
                                     const LossFn& loss) = 0;
-  // Finishes gradient reduction, returns the global gradient norm before clipping (non-finite if
-  // any gradient is) and clips to `max_norm` when max_norm > 0. Identical on all ranks.
-  virtual double reduce_and_clip_gradients(double max_norm) = 0;
+  // Finishes gradient reduction and returns the global gradient norm before clipping (a float64
+  // scalar on the device; non-finite if any gradient is), identical on all ranks; clips to
+  // `max_norm` when max_norm > 0 (torch.nn.utils.clip_grad_norm_ semantics), without reading
+  // the norm on the host.
+  virtual at::Tensor reduce_and_clip_gradients(double max_norm) = 0;
   virtual void optimizer_step(double lr) = 0;
   virtual void zero_grad() = 0;
 

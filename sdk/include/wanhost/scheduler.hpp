@@ -20,11 +20,13 @@ struct NoisedBatch {
   at::Tensor weights;    // [B] per-sample loss weights
 };
 
-// Per-sample loss numbers, so that the host can reduce over the global batch exactly.
+// Per-sample loss numbers, so that the host can reduce over the global batch exactly. Both
+// tensors stay on the device: the host reads the step's loss once, after the last micro batch
+// (no host synchronisation between micro batches).
 struct LossTerms {
   at::Tensor loss;  // scalar to call backward() on: this micro batch's share of the global loss
-  double sum = 0;   // sum over this micro batch of the per-sample losses (for logging)
-  std::int64_t count = 0;
+  at::Tensor sum;   // float64 scalar: sum over this micro batch of the per-sample losses (logging)
+  std::int64_t count = 0;  // samples in this micro batch
 };
 
 class Scheduler {

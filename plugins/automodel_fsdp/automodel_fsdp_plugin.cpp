@@ -1,0 +1,533 @@
+// `automodel_fsdp`: the AutoModel path's fully sharded data parallelism, FSDP2-style.
+//
+// Sharding: every parameter is flattened and split into equal chunks over the data-parallel
+// ranks (the last chunk zero-padded); rank r keeps chunk r as its fp32 master shard, with the
+// gradient and AdamW state of that shard only. Units: one per transformer block, plus the root
+// unit (everything outside the blocks: patch/text/time embeddings and the output head).
+//
+// A step: the root unit is gathered for the whole step. Block i is gathered (all-gather of the
+// concatenated shards of its parameters, in the compute dtype) right before its forward, which
+// runs without building a graph; its weights are freed afterwards. A custom autograd node stands
+// in for the block: in backward it gathers the weights again, recomputes the block with autograd
+// on, back-propagates, reduce-scatters the weight gradients (fp32) into the shards and frees the
+// weights. So activation memory is one hidden state per block and weight memory one block at a
+// time. With prefetch on, the next block's gather is started before the current block computes
+// (on GPUs NCCL runs it on its own stream, overlapping the compute).
+//
+// Every micro batch's loss is already scaled by 1/global_batch, so summing the reduce-scattered
+// gradients over ranks gives the gradient of the global mean loss, as the single process has.
+#include <filesystem>
+#include <fstream>
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/function.h>
+
+#include "wanhost/errors.hpp"
+#include "wanhost/kit/layers.hpp"
+#include "wanhost/kit/parallelism_base.hpp"
+#include "wanhost/kit/precision.hpp"
+#include "wanhost/kit/safetensors.hpp"
+#include "wanhost/log.hpp"
+#include "wanhost/plugin.hpp"
+
+namespace wanhost::plugins::automodel_fsdp {
+namespace {
+
+using namespace wanhost;
+namespace fs = std::filesystem;
+using torch::autograd::variable_list;
+
+constexpr const char* kFormat = "wanhost-fsdp-1";
+
+struct Slot {
+  std::string name;
+  at::Tensor param;  // the model's parameter: holds the full weight only while gathered
+  std::vector<std::int64_t> shape;
+  std::int64_t numel = 0, chunk = 0;  // chunk: elements per rank (padded)
+  std::int64_t offset = 0;            // of this slot's chunk within its unit's shard
+  at::Tensor shard;                   // [chunk] master weights; .grad() = reduced gradients
+};
+
+struct Unit {
+  std::string name;
+  std::vector<std::size_t> slots;
+  std::int64_t shard_numel = 0;
+  bool gathered = false;
+  at::Tensor buffer, send;  // gather output and input while a gather is in flight
+  WorkPtr pending;
+};
+
+// Turns autocast's weight-cast cache off while gathered weights come and go (it is keyed by the
+// parameter object, whose data changes under it).
+class AutocastCacheOff {
+ public:
+  AutocastCacheOff() : previous_(at::autocast::is_autocast_cache_enabled()) {
+    at::autocast::set_autocast_cache_enabled(false);
+  }
+  ~AutocastCacheOff() { at::autocast::set_autocast_cache_enabled(previous_); }
+
+ private:
+  bool previous_;
+};
+
+class Fsdp;
+
+// The backward of one block call (see the file comment).
+class BlockBackward final : public torch::autograd::Node {
+ public:
+  BlockBackward(Fsdp* owner, Model* model, std::int64_t block, at::Tensor hidden,
+                std::shared_ptr<const Activations> act)
+      : owner_(owner),
+        model_(model),
+        block_(block),
+        hidden_(std::move(hidden)),
+        act_(std::move(act)) {}
+  variable_list apply(variable_list&& grads) override;
+  std::string name() const override { return "FsdpBlockBackward"; }
+  void release_variables() override {
+    hidden_.reset();
+    act_.reset();
+  }
+
+ private:
+  Fsdp* owner_;
+  Model* model_;
+  std::int64_t block_;
+  at::Tensor hidden_;
+  std::shared_ptr<const Activations> act_;
+};
+
+class Fsdp final : public ParallelismBase {
+ public:
+  explicit Fsdp(const PluginConfig& cfg)
+      : ParallelismBase("automodel_fsdp", GradReset::ZeroInPlace),
+        param_dtype_option_(cfg.get<std::string>("param_dtype")),
+        reduce_dtype_(cfg.get<std::string>("reduce_dtype") == "bf16" ? at::kBFloat16 : at::kFloat),
+        prefetch_(cfg.get<bool>("prefetch")),
+        reshard_last_(cfg.get<bool>("reshard_last_block")),
+        decay_1d_(cfg.get<bool>("decay_1d")) {}
+
+  ParallelLayout layout(int world_size) const override {
+    ParallelLayout l;
+    l.dp = world_size;
+    return l;
+  }
+
+  void setup(ParallelContext& ctx) override {
+    setup_data_parallel(ctx);
+    ctx_ = ctx;
+    gather_dtype_ = param_dtype_option_ == "auto"   ? ctx.compute_dtype
+                    : param_dtype_option_ == "bf16" ? at::kBFloat16
+                                                    : at::kFloat;
+  }
+
+  void attach(Model& model) override {
+    model.module().to(ctx_.device, ctx_.param_dtype);
+    std::map<const void*, std::string> names;
+    std::vector<std::string> order;
+    for (auto& p : model.module().named_parameters(true)) {
+      names[p.value().unsafeGetTensorImpl()] = p.key();
+      order.push_back(p.key());
+    }
+    std::map<std::string, at::Tensor> by_name;
+    for (auto& p : model.module().named_parameters(true)) by_name[p.key()] = p.value();
+
+    slots_.clear();
+    units_.clear();
+    std::set<std::string> in_blocks;
+    const std::int64_t blocks = model.num_blocks();
+    for (std::int64_t i = 0; i < blocks; ++i) {
+      std::vector<std::string> members;
+      for (auto& p : model.block_module(i).parameters(true)) {
+        auto it = names.find(p.unsafeGetTensorImpl());
+        if (it == names.end())
+          throw std::logic_error("automodel_fsdp: block " + std::to_string(i) +
+                                 " has a parameter that is not part of the model's module tree");
+        members.push_back(it->second);
+        in_blocks.insert(it->second);
+      }
+      add_unit("blocks." + std::to_string(i), members, by_name);
+    }
+    std::vector<std::string> root;
+    for (const auto& n : order)
+      if (!in_blocks.count(n)) root.push_back(n);
+    add_unit("root", root, by_name);
+    // The optimizer state belongs to the previous shards: the host configures a new one next (a
+    // stage with new weights starts with fresh optimizer state: run_config refuses "carry").
+    std::vector<AdamWParam> params;
+    for (auto& s : slots_)
+      params.push_back(
+          {s.name, s.shard,
+           AdamW::decays(s.name, static_cast<std::int64_t>(s.shape.size()), decay_1d_)});
+    set_optimized(std::move(params));
+    log_sharding();
+  }
+
+  StepLoss forward_backward(Model& model, const std::vector<NoisedBatch>& micro_batches,
+                            const LossFn& loss) override {
+    AutocastCacheOff no_cache;
+    Unit& root = units_.back();
+    gather(root, gather_dtype_, /*async=*/false);
+    materialize(root);
+    StepLoss total;
+    for (const auto& mb : micro_batches) {
+      LossTerms terms;
+      {
+        AutocastGuard autocast(ctx_);
+        auto act = std::make_shared<Activations>(model.embed(mb.noisy, mb.timesteps));
+        at::Tensor h = act->hidden;
+        for (std::int64_t i = 0; i < model.num_blocks(); ++i) h = block_call(model, i, h, act);
+        at::Tensor prediction = model.head(h, *act, mb.noisy);
+        terms = loss(prediction, mb);
+      }
+      terms.loss.backward();
+      std::vector<at::Tensor> grads;
+      for (std::size_t k : root.slots) {
+        grads.push_back(slots_[k].param.grad());
+        slots_[k].param.mutable_grad() = at::Tensor();
+      }
+      reduce_gradients(root, grads);
+      total.add(terms);
+    }
+    release(root);
+    return total;
+  }
+
+  at::Tensor reduce_and_clip_gradients(double max_norm) override {
+    // The shards' gradients are complete (reduce-scattered as each unit finished backward); each
+    // rank holds a part of the model, so the squared norms add up over the group.
+    return clip_by_global_norm(max_norm, ctx_.dp.get());
+  }
+
+  std::map<std::string, at::Tensor> full_weights(Model& model) override {
+    std::map<std::string, at::Tensor> out;
+    for (auto& u : units_) {
+      const bool was = u.gathered;
+      if (!was) {
+        gather(u, ctx_.param_dtype, false);
+        materialize(u);
+      }
+      for (std::size_t k : u.slots) out[slots_[k].name] = slots_[k].param.detach().to(at::kCPU);
+      if (!was) release(u);
+    }
+    for (auto& b : model.module().named_buffers(true)) out[b.key()] = b.value().detach().cpu();
+    return out;
+  }
+
+  void save_state(Model&, const std::string& dir) override {
+    const int rank = ctx_.dp->rank(), n = ctx_.dp->size();
+    std::map<std::string, at::Tensor> tensors;
+    for (auto& s : slots_) tensors["param." + s.name] = s.shard.detach().cpu();
+    for (auto& [k, v] : optimizer().state()) tensors["optim." + k] = v.detach().cpu();
+    safetensors::save(
+        rank_file(dir, rank), tensors,
+        {{"format", kFormat}, {"dp_size", std::to_string(n)}, {"rank", std::to_string(rank)}});
+    if (rank == 0) {
+      Json meta = {{"format", kFormat}, {"dp_size", n}, {"params", Json::array()}};
+      for (auto& s : slots_)
+        meta["params"].push_back({{"name", s.name}, {"shape", s.shape}, {"numel", s.numel}});
+      write_text(fs::path(dir) / "fsdp.json", meta.dump(1) + "\n");
+    }
+  }
+
+  void load_state(Model&, const std::string& dir) override {
+    const fs::path meta_path = fs::path(dir) / "fsdp.json";
+    if (!fs::exists(meta_path))
+      throw std::runtime_error(dir +
+                               " holds no automodel_fsdp state (no fsdp.json): the "
+                               "checkpoint was written by another parallelism plugin");
+    const Json meta = Json::parse(std::ifstream(meta_path));
+    if (meta.value("format", "") != kFormat)
+      throw std::runtime_error(meta_path.string() + ": unknown format " +
+                               meta.value("format", "?"));
+    const int old_n = meta.at("dp_size");
+    std::map<std::string, std::vector<std::int64_t>> shapes;
+    for (const auto& p : meta.at("params"))
+      shapes[p.at("name").get<std::string>()] = p.at("shape").get<std::vector<std::int64_t>>();
+    std::string problems;
+    for (auto& s : slots_) {
+      auto it = shapes.find(s.name);
+      if (it == shapes.end())
+        problems += "\n  missing " + s.name;
+      else if (it->second != s.shape)
+        problems += "\n  " + s.name + " has shape " + Json(it->second).dump() + ", the model " +
+                    Json(s.shape).dump();
+      shapes.erase(s.name);
+    }
+    for (const auto& [name, shape] : shapes) problems += "\n  unexpected " + name;
+    if (!problems.empty())
+      throw std::runtime_error("the checkpoint " + dir + " does not match the model:" + problems);
+
+    std::vector<safetensors::File> files;
+    for (int k = 0; k < old_n; ++k) files.push_back(safetensors::File::open(rank_file(dir, k)));
+    if (old_n != ctx_.dp->size() && ctx_.dp->rank() == 0)
+      logger()->info("automodel_fsdp: resharding the checkpoint from {} to {} data-parallel ranks",
+                     old_n, ctx_.dp->size());
+    std::map<std::string, at::Tensor> opt;
+    at::NoGradGuard no_grad;
+    for (auto& s : slots_) {
+      s.shard.copy_(reshard(files, "param." + s.name, s));
+      opt[s.name + ".exp_avg"] = reshard(files, "optim." + s.name + ".exp_avg", s);
+      opt[s.name + ".exp_avg_sq"] = reshard(files, "optim." + s.name + ".exp_avg_sq", s);
+    }
+    opt["__step__"] = files.front().load("optim.__step__");
+    optimizer().load_state(opt);
+  }
+
+  // --- used by BlockBackward ---
+  const ParallelContext& ctx() const { return ctx_; }
+  void ensure_gathered(std::int64_t i) {
+    Unit& u = units_[static_cast<std::size_t>(i)];
+    if (!u.gathered) {
+      gather(u, gather_dtype_, false);
+      materialize(u);
+    }
+  }
+  void prefetch(std::int64_t i) {
+    if (prefetch_ && i >= 0 && i + 1 < static_cast<std::int64_t>(units_.size()))
+      gather(units_[static_cast<std::size_t>(i)], gather_dtype_, true);
+  }
+  std::vector<at::Tensor> unit_params(std::int64_t i) const {
+    std::vector<at::Tensor> out;
+    for (std::size_t k : units_[static_cast<std::size_t>(i)].slots) out.push_back(slots_[k].param);
+    return out;
+  }
+  void finish_block_backward(std::int64_t i, const std::vector<at::Tensor>& grads) {
+    Unit& u = units_[static_cast<std::size_t>(i)];
+    reduce_gradients(u, grads);
+    release(u);
+  }
+
+ private:
+  void add_unit(const std::string& name, const std::vector<std::string>& members,
+                const std::map<std::string, at::Tensor>& by_name) {
+    const int n = ctx_.dp->size(), r = ctx_.dp->rank();
+    Unit u;
+    u.name = name;
+    at::NoGradGuard no_grad;
+    for (const auto& m : members) {
+      Slot s;
+      s.name = m;
+      s.param = by_name.at(m);
+      s.shape = s.param.sizes().vec();
+      s.numel = s.param.numel();
+      s.chunk = (s.numel + n - 1) / n;
+      s.offset = u.shard_numel;
+      u.shard_numel += s.chunk;
+      // Every rank starts from rank 0's initial weights, whatever its own initialisation did.
+      at::Tensor full = s.param.detach().contiguous();
+      if (n > 1) ctx_.dp->broadcast(full, 0);
+      s.shard = at::zeros({s.chunk}, full.options());
+      const std::int64_t lo = std::min(s.numel, r * s.chunk), hi = std::min(s.numel, lo + s.chunk);
+      if (hi > lo) s.shard.slice(0, 0, hi - lo).copy_(full.reshape(-1).slice(0, lo, hi));
+      s.shard.requires_grad_(true);
+      s.param.set_data(at::empty({0}, full.options()));  // the full weight is gone from now on
+      u.slots.push_back(slots_.size());
+      slots_.push_back(std::move(s));
+    }
+    units_.push_back(std::move(u));
+  }
+
+  void log_sharding() const {
+    std::int64_t total = 0, local = 0;
+    for (const auto& s : slots_) {
+      total += s.numel;
+      local += s.chunk;
+    }
+    if (ctx_.world_rank == 0)
+      logger()->info(
+          "automodel_fsdp: {} parameters in {} units sharded over {} rank(s): {} per rank; "
+          "weights gathered in {}, gradients reduced in {}, prefetch {}",
+          total, units_.size(), ctx_.dp->size(), local, c10::toString(gather_dtype_),
+          c10::toString(reduce_dtype_), prefetch_ ? "on" : "off");
+  }
+
+  // Starts (async) or completes the all-gather of a unit's weights into one buffer.
+  void gather(Unit& u, at::ScalarType dtype, bool async) {
+    if (u.gathered || u.pending || u.buffer.defined()) return;
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> parts;
+    for (std::size_t k : u.slots) parts.push_back(slots_[k].shard.detach());
+    if (parts.empty()) {
+      u.buffer = at::empty({0}, at::TensorOptions().dtype(dtype).device(ctx_.device));
+      return;
+    }
+    u.send = at::cat(parts).to(dtype);
+    if (ctx_.dp->size() == 1) {
+      u.buffer = u.send;
+      return;
+    }
+    u.buffer = at::empty({ctx_.dp->size() * u.shard_numel}, u.send.options());
+    u.pending = ctx_.dp->all_gather(u.buffer, u.send, async);
+  }
+
+  // Waits for the gather and points every parameter of the unit at its full weight.
+  void materialize(Unit& u) {
+    if (u.gathered) return;
+    if (u.pending) {
+      u.pending->wait();
+      u.pending.reset();
+    }
+    const int n = ctx_.dp->size();
+    at::Tensor rows = u.buffer.view({n, u.shard_numel});
+    for (std::size_t k : u.slots) {
+      Slot& s = slots_[k];
+      at::Tensor full = n == 1 ? u.buffer.slice(0, s.offset, s.offset + s.numel)
+                               : rows.slice(1, s.offset, s.offset + s.chunk)
+                                     .reshape(-1)
+                                     .slice(0, 0, s.numel)
+                                     .contiguous();
+      s.param.set_data(full.view(s.shape));
+    }
+    u.buffer = at::Tensor();
+    u.send = at::Tensor();
+    u.gathered = true;
+  }
+
+  void release(Unit& u) {
+    if (!u.gathered) return;
+    for (std::size_t k : u.slots) {
+      Slot& s = slots_[k];
+      s.param.set_data(at::empty({0}, s.param.options()));
+      s.param.mutable_grad() = at::Tensor();
+    }
+    u.gathered = false;
+  }
+
+  // Reduce-scatters a unit's full-weight gradients (aligned with u.slots; undefined = zero) and
+  // adds this rank's part to the shards' gradients.
+  void reduce_gradients(Unit& u, const std::vector<at::Tensor>& grads) {
+    if (u.slots.empty()) return;
+    at::NoGradGuard no_grad;
+    const int n = ctx_.dp->size();
+    auto opts = at::TensorOptions().dtype(reduce_dtype_).device(ctx_.device);
+    at::Tensor input = at::zeros({n, u.shard_numel}, opts);
+    for (std::size_t j = 0; j < u.slots.size(); ++j) {
+      if (!grads[j].defined()) continue;
+      const Slot& s = slots_[u.slots[j]];
+      at::Tensor g = grads[j].reshape(-1).to(reduce_dtype_);
+      g = at::constant_pad_nd(g, {0, n * s.chunk - s.numel}).view({n, s.chunk});
+      input.slice(1, s.offset, s.offset + s.chunk).copy_(g);
+    }
+    at::Tensor mine = input.view(-1);
+    if (n > 1) {
+      mine = at::empty({u.shard_numel}, opts);
+      ctx_.dp->reduce_scatter(mine, input.view(-1), ReduceOp::Sum);
+    }
+    for (std::size_t k : u.slots) {
+      Slot& s = slots_[k];
+      s.shard.mutable_grad().add_(mine.slice(0, s.offset, s.offset + s.chunk));
+    }
+  }
+
+  at::Tensor block_call(Model& model, std::int64_t i, const at::Tensor& h,
+                        const std::shared_ptr<Activations>& act) {
+    ensure_gathered(i);
+    prefetch(i + 1);
+    at::Tensor out;
+    {
+      at::NoGradGuard no_grad;
+      out = model.block_forward(i, h, *act);
+    }
+    const bool last = i + 1 == model.num_blocks();
+    if (!last || reshard_last_) release(units_[static_cast<std::size_t>(i)]);
+    torch::autograd::edge_list edges;
+    edges.push_back(torch::autograd::impl::gradient_edge(h));
+    for (const auto& c : act->context) edges.push_back(torch::autograd::impl::gradient_edge(c));
+    auto node = std::shared_ptr<BlockBackward>(new BlockBackward(this, &model, i, h.detach(), act),
+                                               torch::autograd::deleteNode);
+    node->set_next_edges(std::move(edges));
+    torch::autograd::create_gradient_edge(out, node);
+    return out;
+  }
+
+  static std::string rank_file(const std::string& dir, int rank) {
+    char name[64];
+    std::snprintf(name, sizeof name, "fsdp_rank_%05d.safetensors", rank);
+    return (fs::path(dir) / name).string();
+  }
+
+  static void write_text(const fs::path& path, const std::string& text) {
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    f << text;
+    f.flush();
+    if (!f) throw std::runtime_error("cannot write " + path.string());
+  }
+
+  // This rank's chunk of `key` for slot `s`, assembled from the chunks of the old layout.
+  at::Tensor reshard(const std::vector<safetensors::File>& files, const std::string& key,
+                     const Slot& s) const {
+    const std::int64_t old_n = static_cast<std::int64_t>(files.size());
+    const std::int64_t old_chunk = (s.numel + old_n - 1) / old_n;
+    const std::int64_t lo = std::min(s.numel, ctx_.dp->rank() * s.chunk);
+    const std::int64_t hi = std::min(s.numel, lo + s.chunk);
+    at::Tensor out = at::zeros({s.chunk}, s.shard.options().requires_grad(false));
+    for (std::int64_t k = lo / std::max<std::int64_t>(1, old_chunk); k < old_n && hi > lo; ++k) {
+      const std::int64_t olo = k * old_chunk, ohi = std::min(s.numel, olo + old_chunk);
+      const std::int64_t a = std::max(lo, olo), b = std::min(hi, ohi);
+      if (a >= hi) break;
+      if (b <= a) continue;
+      const auto& file = files[static_cast<std::size_t>(k)];
+      if (!file.contains(key)) throw std::runtime_error(file.path() + ": no tensor '" + key + "'");
+      at::Tensor part = file.load(key);
+      if (part.numel() != old_chunk)
+        throw std::runtime_error(file.path() + ": '" + key + "' has " +
+                                 std::to_string(part.numel()) + " elements, expected " +
+                                 std::to_string(old_chunk));
+      out.slice(0, a - lo, b - lo).copy_(part.slice(0, a - olo, b - olo));
+    }
+    return out.to(s.shard.device());
+  }
+
+  std::string param_dtype_option_;
+  at::ScalarType reduce_dtype_;
+  bool prefetch_, reshard_last_, decay_1d_;
+  at::ScalarType gather_dtype_ = at::kFloat;
+  ParallelContext ctx_;
+  std::vector<Slot> slots_;
+  std::vector<Unit> units_;  // blocks 0..B-1, then the root unit
+};
+
+variable_list BlockBackward::apply(variable_list&& grads) {
+  const std::size_t n_out = 1 + act_->context.size();
+  if (!grads[0].defined()) return variable_list(n_out);
+  owner_->ensure_gathered(block_);
+  owner_->prefetch(block_ - 1);
+
+  at::AutoGradMode grad_on(true);
+  AutocastCacheOff no_cache;
+  std::vector<at::Tensor> inputs;
+  at::Tensor h = hidden_.detach().requires_grad_(true);
+  Activations act = *act_;
+  inputs.push_back(h);
+  for (auto& c : act.context) {
+    c = c.detach().requires_grad_(c.requires_grad() || c.is_floating_point());
+    inputs.push_back(c);
+  }
+  const std::vector<at::Tensor> params = owner_->unit_params(block_);
+  for (const auto& p : params) inputs.push_back(p);
+  at::Tensor out;
+  {
+    AutocastGuard autocast(owner_->ctx());
+    out = model_->block_forward(block_, h, act);
+  }
+  variable_list g = torch::autograd::grad({out}, inputs, {grads[0]}, /*retain_graph=*/false,
+                                          /*create_graph=*/false, /*allow_unused=*/true);
+  owner_->finish_block_backward(
+      block_, std::vector<at::Tensor>(g.begin() + static_cast<std::ptrdiff_t>(n_out), g.end()));
+  g.resize(n_out);
+  return g;
+}
+
+void factories(PluginFactories& f) {
+  f.create_parallelism = [](const PluginConfig& cfg) -> std::unique_ptr<Parallelism> {
+    return std::make_unique<Fsdp>(cfg);
+  };
+}
+
+}  // namespace
+}  // namespace wanhost::plugins::automodel_fsdp
+
+WANHOST_PLUGIN("automodel_fsdp", "0.1.0", wanhost::plugins::automodel_fsdp::factories)

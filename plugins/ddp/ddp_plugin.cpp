@@ -1,0 +1,127 @@
+// `ddp`: replicated data parallelism. Each rank runs whole micro batches of its share of the
+// global batch; the loss of every micro batch is already scaled by 1/global_batch, so summing the
+// gradients over ranks gives the gradient of the global mean loss. Optimizer state is identical on
+// every rank, so only rank 0 writes it to checkpoints.
+#include <filesystem>
+
+#include <ATen/ATen.h>
+
+#include "wanhost/errors.hpp"
+#include "wanhost/kit/layers.hpp"
+#include "wanhost/kit/parallelism_base.hpp"
+#include "wanhost/kit/precision.hpp"
+#include "wanhost/kit/safetensors.hpp"
+#include "wanhost/log.hpp"
+#include "wanhost/plugin.hpp"
+
+namespace wanhost::plugins::ddp {
+namespace {
+
+using namespace wanhost;
+namespace fs = std::filesystem;
+
+class DataParallel final : public ParallelismBase {
+ public:
+  explicit DataParallel(const PluginConfig& cfg)
+      : ParallelismBase("ddp", GradReset::Drop), decay_1d_(cfg.get<bool>("decay_1d")) {}
+
+  ParallelLayout layout(int world_size) const override {
+    ParallelLayout l;
+    l.dp = world_size;
+    return l;
+  }
+
+  void setup(ParallelContext& ctx) override {
+    setup_data_parallel(ctx);
+    ctx_ = ctx;
+  }
+
+  void attach(Model& model) override {
+    model.module().to(ctx_.device, ctx_.param_dtype);
+    std::vector<AdamWParam> params;
+    for (auto& p : model.module().named_parameters(/*recurse=*/true))
+      params.push_back({p.key(), p.value(), AdamW::decays(p.key(), p.value().dim(), decay_1d_)});
+    // Every rank must start from the same weights, whatever its own initialisation did.
+    if (ctx_.world_size > 1) {
+      at::NoGradGuard no_grad;
+      for (auto& p : params) {
+        at::Tensor t = p.tensor.detach();
+        ctx_.dp->broadcast(t, 0);
+      }
+    }
+    set_optimized(std::move(params));
+  }
+
+  StepLoss forward_backward(Model& model, const std::vector<NoisedBatch>& micro_batches,
+                            const LossFn& loss) override {
+    StepLoss total;
+    for (const auto& mb : micro_batches) {
+      LossTerms terms;
+      {
+        AutocastGuard autocast(ctx_);
+        at::Tensor prediction = model.forward(mb.noisy, mb.timesteps);
+        terms = loss(prediction, mb);
+      }
+      terms.loss.backward();
+      total.add(terms);
+    }
+    return total;
+  }
+
+  at::Tensor reduce_and_clip_gradients(double max_norm) override {
+    if (ctx_.world_size > 1) {
+      // One flat buffer: one collective per step instead of one per tensor.
+      const std::vector<at::Tensor> params = optimized_tensors();
+      std::vector<at::Tensor> grads;
+      for (auto p : params) {
+        if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+        grads.push_back(p.grad().reshape(-1));
+      }
+      at::Tensor flat = at::cat(grads);
+      ctx_.dp->all_reduce(flat, ReduceOp::Sum);
+      std::int64_t off = 0;
+      for (const auto& p : params) {
+        const std::int64_t n = p.numel();
+        p.grad().view(-1).copy_(flat.slice(0, off, off + n));
+        off += n;
+      }
+    }
+    return clip_by_global_norm(max_norm);  // replicated: every rank holds every gradient
+  }
+
+  std::map<std::string, at::Tensor> full_weights(Model& model) override {
+    std::map<std::string, at::Tensor> out;
+    for (auto& p : model.module().named_parameters(true)) out[p.key()] = p.value().detach();
+    for (auto& b : model.module().named_buffers(true)) out[b.key()] = b.value().detach();
+    return out;
+  }
+
+  void save_state(Model& model, const std::string& dir) override {
+    if (ctx_.world_rank != 0) return;  // replicated: rank 0 holds everything
+    model.save_weights((fs::path(dir) / "model").string());
+    safetensors::save((fs::path(dir) / "optimizer.safetensors").string(), optimizer().state(),
+                      {{"format", "wanhost-adamw"}, {"parallelism", "ddp"}});
+  }
+
+  void load_state(Model& model, const std::string& dir) override {
+    // Copies into the existing parameters (same tensors), so the optimizer's references hold.
+    model.load_weights((fs::path(dir) / "model").string());
+    const std::string opt = (fs::path(dir) / "optimizer.safetensors").string();
+    optimizer().load_state(safetensors::File::open(opt).load_all());  // copied onto the device
+  }
+
+ private:
+  bool decay_1d_;
+  ParallelContext ctx_;
+};
+
+void factories(PluginFactories& f) {
+  f.create_parallelism = [](const PluginConfig& cfg) -> std::unique_ptr<Parallelism> {
+    return std::make_unique<DataParallel>(cfg);
+  };
+}
+
+}  // namespace
+}  // namespace wanhost::plugins::ddp
+
+WANHOST_PLUGIN("ddp", "0.1.0", wanhost::plugins::ddp::factories)

@@ -1,0 +1,104 @@
+// Internal interface of the synthetic data source plugin (plugin name "synthetic"); the plugin
+// entry point and the tests both build on it.
+//
+// Every video is a small procedural scene rendered directly in latent space: 1-3 shapes (discs or
+// squares), each with a colour, moving or growing over the latent frames, on a smooth background.
+// Each colour and each shape kind owns a fixed pseudo-random channel vector, so the "look" of a
+// shape class is the same in every video and a model can learn it from the caption. Captions
+// describe the scene ("a red disc moving left and a blue square growing"); the text embedding
+// gives each word a fixed pseudo-random vector plus a position code. Everything is a pure
+// function of (seed, video index), so any rank can produce any sample.
+//
+// mode "clips": sample i is video i, [C, F, H, W]. mode "frames": sample i is frame i % F of video
+// i / F, [C, 1, H, W], with the video's caption (like the reference stage 1, NVIDIA-NeMo/DFM
+// docs/mcore_automodel_comparision_wan21.md).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "wanhost/config.hpp"
+#include "wanhost/data.hpp"
+
+namespace wanhost::plugins::synthetic {
+
+enum class Mode { Frames, Clips };
+
+struct Options {
+  Mode mode = Mode::Frames;
+  std::int64_t num_samples = 512;
+  std::int64_t latent_frames = 5;
+  std::int64_t height = 8;
+  std::int64_t width = 8;
+  std::int64_t channels = 16;
+  std::int64_t text_dim = 4096;
+  std::uint64_t seed = 0;
+
+  static Options from_config(const PluginConfig& cfg);
+};
+
+enum class Motion { Still, Left, Right, Up, Down, Growing, Shrinking };
+
+inline constexpr const char* kColourNames[] = {"red",    "green",  "blue",
+                                               "yellow", "purple", "orange"};
+inline constexpr int kNumColours = 6;
+
+struct Shape {
+  int colour = 0;       // index into kColourNames
+  bool square = false;  // else a disc
+  Motion motion = Motion::Still;
+  // Geometry at the middle of the clip, in latent cells: centre (x along W, y along H), radius.
+  double x = 0, y = 0, radius = 1;
+  double vx = 0, vy = 0;  // cells per latent frame
+  double growth = 1;      // radius factor per latent frame
+};
+
+struct Scene {
+  std::vector<Shape> shapes;                    // drawn in order; later shapes cover earlier ones
+  at::Tensor base;                              // [C] background level
+  at::Tensor wave;                              // [C] amplitude of the background wave
+  double kx = 0, ky = 0, phase = 0, drift = 0;  // wave numbers, phase, phase change per frame
+};
+
+// Words of a shape's motion as they appear in captions ("moving left", "growing", ...).
+const char* motion_words(Motion m);
+
+class SyntheticSource final : public DataSource {
+ public:
+  explicit SyntheticSource(Options options);
+
+  std::int64_t size() const override { return options_.num_samples; }
+  Sample get(std::int64_t index) override;
+  PackSegment grid(std::int64_t index) override;
+  std::string describe() const override;
+
+  const Options& options() const { return options_; }
+  std::int64_t frames_per_sample() const;
+  // Which video and which of its latent frames sample `index` shows (frame -1: the whole clip).
+  std::int64_t video_of(std::int64_t index) const;
+  std::int64_t frame_of(std::int64_t index) const;
+
+  Scene scene(std::int64_t video) const;
+  std::string caption(const Scene& scene) const;
+  at::Tensor render_frame(const Scene& scene, std::int64_t frame) const;  // [C, H, W]
+  at::Tensor render_clip(const Scene& scene) const;                       // [C, F, H, W]
+  at::Tensor embed(const std::string& caption) const;                     // [words, text_dim]
+  at::Tensor word_vector(const std::string& word) const;                  // [text_dim]
+  // The channel vector a shape of this class is painted with.
+  at::Tensor class_vector(int colour, bool square) const;
+
+ private:
+  void check_index(std::int64_t index) const;
+
+  Options options_;
+  std::vector<at::Tensor> colour_vectors_;  // [C] each
+  at::Tensor disc_vector_, square_vector_;  // [C]
+};
+
+std::unique_ptr<DataSource> make_source(const PluginConfig& cfg);
+
+}  // namespace wanhost::plugins::synthetic

@@ -1,0 +1,35 @@
+// Process-wide choices among equivalent kernels of the kit: what the run manifest's run.kernels
+// section (docs/configuration.md) and `wanhost bench` flags set, for A/B timing and for falling
+// back from a kernel that misbehaves. Set them before the first step; they are read on every
+// call without locking.
+#pragma once
+
+#include <string>
+
+namespace wanhost {
+
+struct KernelOptions {
+  // Packed (variable-length) attention on CUDA: automatic (a pack of equal segments as a dense
+  // batch, else variable-length flash attention), flash (always the variable-length kernel), loop
+  // (per-segment SDPA, a reference).
+  enum class PackedAttention { automatic, flash, loop };
+  PackedAttention packed_attention = PackedAttention::automatic;
+  // AdamW: LibTorch's fused multi-tensor kernel (falls back by itself when it refuses) or the
+  // per-tensor update.
+  bool fused_adamw = true;
+  // cuBLASLt epilogues of the GELU feed-forward (fused::gelu_feed_forward): the up-projection's
+  // GELU_AUX_BIAS, the GELU gradient in the product that makes the hidden gradient, the bias
+  // gradients in weight-gradient products.
+  bool lt_gelu = false, lt_dgelu = true, lt_bgrad = false;
+};
+
+void set_kernel_options(const KernelOptions& options);
+const KernelOptions& kernel_options();
+
+// Parse the manifest's strings; throw std::invalid_argument saying what is expected.
+//   packed_attention: auto | flash | loop;   adamw: fused | loop;
+//   lt_epilogues: off | all | a comma list of gelu, dgelu, bgrad (default "dgelu").
+KernelOptions parse_kernel_options(const std::string& packed_attention, const std::string& adamw,
+                                   const std::string& lt_epilogues);
+
+}  // namespace wanhost

@@ -1,0 +1,39 @@
+// The default operators of a ParallelContext and the contexts built from them: what the host
+// gives a model when no parallelism plugin swaps an operator, and what parallel variants fall
+// back to at degree 1.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include "wanhost/parallel.hpp"
+
+namespace wanhost {
+
+// A context for one process: no parallelism, fp32 master weights, bf16 compute on CUDA (fp32 on
+// the CPU), the default operators below.
+ParallelContext single_process_context(c10::Device device = c10::Device(c10::kCPU));
+
+// Puts the default operators into `ctx` (make_linear: replicated; attention: default_attention).
+void set_default_operators(ParallelContext& ctx);
+
+// Pure data parallelism: layout dp = world size, ctx.dp = ctx.world, single-rank tp/pp/cp
+// groups; the operators stay as they are. What ddp and automodel_fsdp set up.
+void setup_data_parallel(ParallelContext& ctx);
+
+// torch.nn.Linear semantics, computed in the input's dtype.
+std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_t out, bool bias);
+// down(gelu_tanh(up(x))), a DiT block's feed-forward. When both are the kit's replicated layers
+// this is fused::gelu_feed_forward over their parameters (cast to x's dtype, like their forward);
+// other layers (tensor-parallel, adapters) run their own forward with ATen's GELU.
+at::Tensor gelu_feed_forward(LinearLayer& up, LinearLayer& down, const at::Tensor& x);
+// Dense: at::scaled_dot_product_attention with a key mask from kv_lengths. Packed: per segment
+// on CPU; variable-length flash attention on CUDA where LibTorch provides it (the kernel is
+// chosen by kit::KernelOptions::packed_attention, see wanhost/kit/kernel_options.hpp).
+at::Tensor default_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const AttentionArgs& args);
+
+}  // namespace wanhost

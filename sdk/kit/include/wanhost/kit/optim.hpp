@@ -1,0 +1,65 @@
+// The optimizer every parallelism plugin uses, so that all paths apply the same update and store
+// the same state: AdamW with decoupled weight decay (torch.optim.AdamW semantics), plus
+// global-norm gradient clipping. State tensors are plain named tensors, saved in checkpoints.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "wanhost/parallelism.hpp"
+
+namespace wanhost {
+
+// A parameter with its weight-decay decision made by the caller (SDK 1.1): for optimizers over
+// shards, whose 1-D flat tensors no longer show the parameter's rank.
+struct AdamWParam {
+  std::string name;
+  at::Tensor tensor;
+  bool decay = true;
+};
+
+class AdamW {
+ public:
+  // `params`: (name, tensor) pairs; the tensors are updated in place from their .grad().
+  // Parameters whose name ends in "bias" or that have one dimension get no weight decay when
+  // `decay_1d` is false (the Megatron reference); the AutoModel reference decays everything.
+  AdamW(std::vector<std::pair<std::string, at::Tensor>> params, const OptimizerConfig& config,
+        bool decay_1d = true);
+  AdamW(std::vector<AdamWParam> params, const OptimizerConfig& config);  // SDK 1.1
+  // The rule of the first constructor: false for biases and 1-D parameters unless `decay_1d`.
+  static bool decays(const std::string& name, std::int64_t dims, bool decay_1d);
+
+  void step(double lr);
+  std::int64_t steps() const { return step_; }
+
+  // "<param>.exp_avg", "<param>.exp_avg_sq" and "__step__" (int64 scalar).
+  std::map<std::string, at::Tensor> state() const;
+  // Throws std::runtime_error listing missing or mis-shaped entries.
+  void load_state(const std::map<std::string, at::Tensor>& state);
+  std::int64_t state_bytes() const;
+
+ private:
+  struct Slot {
+    std::string name;
+    at::Tensor param, exp_avg, exp_avg_sq;
+    bool decay;
+  };
+  std::vector<Slot> slots_;
+  OptimizerConfig config_;
+  std::int64_t step_ = 0;
+};
+
+// Squared L2 norm (float64 scalar tensor on the parameters' device) of the given gradients;
+// undefined gradients count as zero. Parallel plugins sum it over their shards.
+at::Tensor grad_norm_squared(const std::vector<at::Tensor>& params);
+// Scales every gradient by min(1, max_norm / (total_norm + 1e-6)) (torch.nn.utils semantics);
+// `total_norm` is a scalar tensor (on any device), never read on the host; max_norm <= 0: off.
+void clip_gradients(const std::vector<at::Tensor>& params, double max_norm,
+                    const at::Tensor& total_norm);
+
+}  // namespace wanhost

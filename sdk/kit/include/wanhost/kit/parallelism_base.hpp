@@ -1,0 +1,67 @@
+// The optimizer half of a parallelism plugin, shared by the built-in ones: AdamW over the tensors
+// this rank updates (whole parameters when replicated, flat shards when sharded), zero_grad,
+// gradient-norm clipping over the whole model, the optimizer's checkpoint state and the memory
+// figure. A plugin derives from ParallelismBase, names its tensors in attach() with
+// set_optimized(), and implements the rest of the lifecycle (wanhost/parallelism.hpp).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "wanhost/communicator.hpp"
+#include "wanhost/kit/optim.hpp"
+#include "wanhost/parallelism.hpp"
+
+namespace wanhost {
+
+class ParallelismBase : public Parallelism {
+ public:
+  // How zero_grad() resets the gradients of the optimized tensors.
+  enum class GradReset {
+    Drop,         // undefined: autograd allocates them again in the next backward
+    ZeroInPlace,  // kept and zeroed (allocated zeroed the first time): gradients a plugin
+                  // writes into itself (reduce-scatter into shards) need their buffers
+  };
+
+  // `plugin`: the plugin's name, for messages.
+  ParallelismBase(std::string plugin, GradReset reset)
+      : plugin_(std::move(plugin)), reset_(reset) {}
+
+  // AdamW over the tensors of set_optimized(), fresh state.
+  void configure_optimizer(const OptimizerConfig& config) override;
+  void optimizer_step(double lr) override;
+  void zero_grad() override;
+  // 2 x the optimized tensors' bytes (values and gradients) + the optimizer state.
+  std::int64_t state_bytes() const override;
+
+ protected:
+  // The tensors this rank updates, with their weight-decay decision; drops the optimizer (the
+  // host configures a new one next: a stage with new weights starts with fresh state).
+  void set_optimized(std::vector<AdamWParam> params);
+  const std::vector<AdamWParam>& optimized() const { return optimized_; }
+  std::vector<at::Tensor> optimized_tensors() const;
+
+  // The global gradient norm of the optimized tensors (float64 scalar on their device), their
+  // squared norms summed over `shards` when each rank holds a part of the model (null:
+  // every rank holds all of it); then clips them to max_norm (0: off). No host synchronisation.
+  at::Tensor clip_by_global_norm(double max_norm, Communicator* shards = nullptr);
+
+  // The optimizer (throws std::logic_error naming the plugin before configure_optimizer).
+  AdamW& optimizer();
+  const AdamW& optimizer() const;
+  bool has_optimizer() const { return optimizer_ != nullptr; }
+  const std::string& plugin_name() const { return plugin_; }
+
+ private:
+  std::string plugin_;
+  GradReset reset_;
+  std::vector<AdamWParam> optimized_;
+  std::unique_ptr<AdamW> optimizer_;
+};
+
+}  // namespace wanhost

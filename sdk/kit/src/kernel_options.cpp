@@ -1,0 +1,59 @@
+#include "wanhost/kit/kernel_options.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace wanhost {
+namespace {
+KernelOptions g_options;
+}  // namespace
+
+void set_kernel_options(const KernelOptions& options) {
+  g_options = options;
+}
+
+const KernelOptions& kernel_options() {
+  return g_options;
+}
+
+KernelOptions parse_kernel_options(const std::string& packed_attention, const std::string& adamw,
+                                   const std::string& lt_epilogues) {
+  KernelOptions o;
+  if (packed_attention == "auto")
+    o.packed_attention = KernelOptions::PackedAttention::automatic;
+  else if (packed_attention == "flash")
+    o.packed_attention = KernelOptions::PackedAttention::flash;
+  else if (packed_attention == "loop")
+    o.packed_attention = KernelOptions::PackedAttention::loop;
+  else
+    throw std::invalid_argument("packed attention '" + packed_attention +
+                                "': expected auto, flash or loop");
+  if (adamw != "fused" && adamw != "loop")
+    throw std::invalid_argument("AdamW '" + adamw + "': expected fused or loop");
+  o.fused_adamw = adamw == "fused";
+  const std::string& s = lt_epilogues;
+  if (s == "all") {
+    o.lt_gelu = o.lt_dgelu = o.lt_bgrad = true;
+    return o;
+  }
+  o.lt_gelu = o.lt_dgelu = o.lt_bgrad = false;
+  if (s == "off") return o;
+  std::size_t start = 0;
+  while (start <= s.size()) {
+    const auto end = std::min(s.find(',', start), s.size());
+    const auto item = s.substr(start, end - start);
+    if (item == "gelu")
+      o.lt_gelu = true;
+    else if (item == "dgelu")
+      o.lt_dgelu = true;
+    else if (item == "bgrad")
+      o.lt_bgrad = true;
+    else
+      throw std::invalid_argument("cuBLASLt epilogues '" + s + "': unknown item '" + item +
+                                  "' (expected off, all, or a comma list of gelu, dgelu, bgrad)");
+    start = end + 1;
+  }
+  return o;
+}
+
+}  // namespace wanhost

@@ -1,0 +1,277 @@
+// The default operators of a ParallelContext: replicated linear layers and reference attention.
+//
+// Layouts the attention operator sees (q [B, S_q, H, Dh], k/v [B, S_kv, H, Dh]):
+//  - dense: every row of the batch attends to its own keys; `kv_lengths` masks keys at positions
+//    >= length (padded text rows) with a boolean mask for at::scaled_dot_product_attention.
+//  - packed (args.segments, B == 1): the samples of a pack are concatenated along S. Query segment
+//    i = [cu_q[i], cu_q[i+1]) attends only to key segment i = [cu_kv[i], cu_kv[i+1]).
+//    Self-attention uses the same boundaries for q and kv. For cross-attention the model flattens
+//    the packed batch's text into one kv sequence whose segment i holds sample i's text rows —
+//    either its whole padded row block (the Diffusers/Wan semantics: padded rows are attended) or
+//    only its first text_lengths[i] rows (masked semantics). So cross-attention needs no mask, only
+//    kv cu_seqlens, and both variants run on the same variable-length kernel.
+//    On CUDA with bf16/fp16 inputs a pack of equal segments runs as a dense batch (SDPA), other
+//    packs on LibTorch's variable-length flash attention (at::_flash_attention_forward with
+//    cu_seqlens; differentiable through FlashAttentionBackward0); elsewhere (CPU, fp32,
+//    unsupported head dims, or when the kernel refuses) a per-segment SDPA loop.
+//    KernelOptions::packed_attention (run.kernels.packed_attention) overrides the choice.
+#include "wanhost/kit/layers.hpp"
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <optional>
+#include <string>
+
+#include <ATen/ops/_flash_attention_forward.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/scaled_dot_product_attention.h>
+#include <ATen/ops/tensor.h>
+#include <c10/util/Exception.h>
+
+#include "wanhost/errors.hpp"
+#include "wanhost/kit/fused.hpp"
+#include "wanhost/kit/kernel_options.hpp"
+#include "wanhost/log.hpp"
+
+namespace wanhost {
+namespace {
+
+// torch.nn.Linear semantics. Computes in the input's dtype: with bf16 activations and fp32 master
+// weights the weights are cast (differentiably, so gradients reach the fp32 master), which is the
+// arithmetic of a model whose weights were loaded in bf16.
+class ReplicatedLinear final : public LinearLayer {
+ public:
+  ReplicatedLinear(std::int64_t in, std::int64_t out, bool bias) {
+    TORCH_CHECK(in > 0 && out > 0, "linear layer needs positive sizes, got in=", in, " out=", out);
+    // torch.nn.Linear.reset_parameters: kaiming_uniform_(a=sqrt(5)) is U(-1/sqrt(in), 1/sqrt(in));
+    // the bias uses the same bound.
+    const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+    weight_ = register_parameter("weight", at::empty({out, in}).uniform_(-bound, bound));
+    if (bias) bias_ = register_parameter("bias", at::empty({out}).uniform_(-bound, bound));
+  }
+
+  at::Tensor forward(const at::Tensor& x) override {
+    const auto [w, b] = parameters_as(x.scalar_type());
+    return fused::linear(x, w, b);
+  }
+
+  // Weight and bias (undefined without one) in `dtype`, differentiably cast from the master copy.
+  std::pair<at::Tensor, at::Tensor> parameters_as(at::ScalarType dtype) const {
+    at::Tensor w = weight_.scalar_type() == dtype ? weight_ : weight_.to(dtype);
+    at::Tensor b;
+    if (bias_.defined()) b = bias_.scalar_type() == dtype ? bias_ : bias_.to(dtype);
+    return {w, b};
+  }
+
+ private:
+  at::Tensor weight_, bias_;
+};
+
+}  // namespace
+
+at::Tensor gelu_feed_forward(LinearLayer& up, LinearLayer& down, const at::Tensor& x) {
+  auto* u = dynamic_cast<ReplicatedLinear*>(&up);
+  auto* d = dynamic_cast<ReplicatedLinear*>(&down);
+  if (u != nullptr && d != nullptr) {
+    const auto [w1, b1] = u->parameters_as(x.scalar_type());
+    const auto [w2, b2] = d->parameters_as(x.scalar_type());
+    if (b1.defined() && b2.defined()) return fused::gelu_feed_forward(x, w1, b1, w2, b2);
+  }
+  return down.forward(at::gelu(up.forward(x), "tanh"));
+}
+
+namespace {
+
+at::Tensor key_mask(const at::Tensor& kv_lengths, std::int64_t batch, std::int64_t s_kv,
+                    const c10::Device& device) {
+  TORCH_CHECK(kv_lengths.dim() == 1 && kv_lengths.size(0) == batch,
+              "attention: kv_lengths must be [B] = [", batch, "], got ", kv_lengths.sizes());
+  auto lengths = kv_lengths.to(device, at::kLong);
+  auto positions = at::arange(s_kv, lengths.options());
+  // [B, 1, 1, S_kv], true = attend; broadcast over heads and queries.
+  return (positions.unsqueeze(0) < lengths.unsqueeze(1)).view({batch, 1, 1, s_kv});
+}
+
+at::Tensor dense_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& kv_lengths) {
+  std::optional<at::Tensor> mask;
+  if (kv_lengths.defined()) mask = key_mask(kv_lengths, q.size(0), k.size(1), q.device());
+  auto out = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                              v.transpose(1, 2), mask, 0.0, false);
+  return out.transpose(1, 2);
+}
+
+void check_segments(const at::Tensor& q, const at::Tensor& k, const AttentionSegments& seg) {
+  TORCH_CHECK(q.size(0) == 1, "attention: a packed batch must have B == 1, got B=", q.size(0));
+  TORCH_CHECK(seg.host_cu_q.size() >= 2 && seg.host_cu_q.size() == seg.host_cu_kv.size(),
+              "attention: packed layout needs host_cu_q and host_cu_kv of equal length n+1 >= 2");
+  TORCH_CHECK(seg.host_cu_q.front() == 0 && seg.host_cu_kv.front() == 0,
+              "attention: cumulative segment boundaries must start at 0");
+  TORCH_CHECK(seg.host_cu_q.back() == q.size(1) && seg.host_cu_kv.back() == k.size(1),
+              "attention: segments cover ", seg.host_cu_q.back(), " queries / ",
+              seg.host_cu_kv.back(), " keys but the tensors hold ", q.size(1), " / ", k.size(1));
+}
+
+at::Tensor packed_attention_loop(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const AttentionSegments& seg) {
+  std::vector<at::Tensor> parts;
+  parts.reserve(seg.host_cu_q.size() - 1);
+  for (std::size_t i = 0; i + 1 < seg.host_cu_q.size(); ++i) {
+    const auto q0 = seg.host_cu_q[i], nq = seg.host_cu_q[i + 1] - q0;
+    const auto k0 = seg.host_cu_kv[i], nk = seg.host_cu_kv[i + 1] - k0;
+    TORCH_CHECK(nq >= 0 && nk >= 0, "attention: segment boundaries must not decrease");
+    if (nq == 0) continue;
+    TORCH_CHECK(nk > 0, "attention: segment ", i, " has ", nq, " queries but no keys");
+    parts.push_back(dense_attention(q.narrow(1, q0, nq), k.narrow(1, k0, nk), v.narrow(1, k0, nk),
+                                    at::Tensor()));
+  }
+  return at::cat(parts, 1);
+}
+
+std::int64_t max_length(const std::vector<std::int64_t>& cu) {
+  std::int64_t m = 0;
+  for (std::size_t i = 0; i + 1 < cu.size(); ++i) m = std::max(m, cu[i + 1] - cu[i]);
+  return m;
+}
+
+at::Tensor device_cu(const at::Tensor& given, const std::vector<std::int64_t>& host,
+                     const c10::Device& device) {
+  if (given.defined() && given.device() == device && given.scalar_type() == at::kInt) return given;
+  if (given.defined()) return given.to(device, at::kInt).contiguous();
+  std::vector<std::int32_t> values(host.begin(), host.end());
+  return at::tensor(values, at::TensorOptions().dtype(at::kInt)).to(device);
+}
+
+bool flash_eligible(const at::Tensor& q, const at::Tensor& v) {
+  const auto t = q.scalar_type();
+  const auto dh = q.size(-1);
+  return q.is_cuda() && (t == at::kBFloat16 || t == at::kHalf) && dh % 8 == 0 && dh <= 256 &&
+         v.size(-1) == dh;
+}
+
+// How packed batches are attended: WANHOST_PACKED_ATTENTION = auto (default), flash or loop.
+//  - auto: a pack whose segments all have the same lengths (one image resolution, one text
+//    length: the usual stage-1 pack) is a dense batch in disguise, so it is viewed as
+//    [n, len, H, Dh] and goes to at::scaled_dot_product_attention like a dense batch (cuDNN's
+//    attention on Hopper, faster than flash attention 2); other packs use flash attention 2 with
+//    cumulative lengths.
+//  - flash: always the variable-length flash kernel; loop: per-segment SDPA (a reference).
+// cuDNN's own ragged mode (at::_cudnn_attention_forward with cumulative lengths) is not used: in
+// LibTorch 2.11 on an H100 its gradients were wrong (relative errors of 1e21 against fp32) and
+// its steps took ~1 s (measured 2026-11-25).
+enum class PackedKernel { automatic, flash, loop };
+
+PackedKernel packed_kernel_choice() {
+  switch (kernel_options().packed_attention) {
+    case KernelOptions::PackedAttention::flash:
+      return PackedKernel::flash;
+    case KernelOptions::PackedAttention::loop:
+      return PackedKernel::loop;
+    default:
+      return PackedKernel::automatic;
+  }
+}
+
+// The common length of every segment, or 0 when they differ.
+std::int64_t uniform_length(const std::vector<std::int64_t>& cu) {
+  const auto first = cu[1] - cu[0];
+  for (std::size_t i = 1; i + 1 < cu.size(); ++i)
+    if (cu[i + 1] - cu[i] != first) return 0;
+  return first;
+}
+
+// A pack of equal segments as a dense batch; nullopt when the segments differ.
+std::optional<at::Tensor> packed_attention_uniform(const at::Tensor& q, const at::Tensor& k,
+                                                   const at::Tensor& v,
+                                                   const AttentionSegments& seg) {
+  const auto n = static_cast<std::int64_t>(seg.host_cu_q.size()) - 1;
+  const auto lq = uniform_length(seg.host_cu_q), lkv = uniform_length(seg.host_cu_kv);
+  if (lq <= 0 || lkv <= 0) return std::nullopt;
+  auto as_batch = [n](const at::Tensor& t, std::int64_t len) {
+    return t.reshape({n, len, t.size(2), t.size(3)});
+  };
+  auto out = dense_attention(as_batch(q, lq), as_batch(k, lkv), as_batch(v, lkv), at::Tensor());
+  return out.reshape({1, n * lq, q.size(2), v.size(3)});
+}
+
+// Variable-length flash attention over [total, H, Dh]; nullopt when the kernel is unavailable
+// (then remembered, and said once).
+std::optional<at::Tensor> packed_attention_flash(const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& v,
+                                                 const AttentionSegments& seg) {
+  static std::atomic<bool> usable{true};
+  if (!usable.load() || !flash_eligible(q, v)) return std::nullopt;
+  const auto device = q.device();
+  auto cu_q = device_cu(seg.cu_seqlens_q, seg.host_cu_q, device);
+  auto cu_kv = device_cu(seg.cu_seqlens_kv, seg.host_cu_kv, device);
+  const auto max_q = seg.max_q > 0 ? seg.max_q : max_length(seg.host_cu_q);
+  const auto max_kv = seg.max_kv > 0 ? seg.max_kv : max_length(seg.host_cu_kv);
+  try {
+    auto result =
+        at::_flash_attention_forward(q[0].contiguous(), k[0].contiguous(), v[0].contiguous(), cu_q,
+                                     cu_kv, max_q, max_kv, 0.0, false, false);
+    return std::get<0>(result).unsqueeze(0);
+  } catch (const c10::Error& e) {
+    // E.g. a GPU generation without flash attention: remember, say so once, use the loop.
+    usable.store(false);
+    logger()->warn("variable-length flash attention unavailable ({}); using per-segment SDPA",
+                   e.what_without_backtrace());
+    return std::nullopt;
+  }
+}
+
+}  // namespace
+
+void setup_data_parallel(ParallelContext& ctx) {
+  ctx.layout = ParallelLayout{};
+  ctx.layout.dp = ctx.world_size;
+  ctx.dp = ctx.world;
+  ctx.tp = ctx.pp = ctx.cp = make_local_communicator();
+}
+
+void set_default_operators(ParallelContext& ctx) {
+  ctx.make_linear = [](std::int64_t in, std::int64_t out, bool bias, LinearRole) {
+    return make_replicated_linear(in, out, bias);
+  };
+  ctx.attention = default_attention;
+}
+
+ParallelContext single_process_context(c10::Device device) {
+  ParallelContext ctx;
+  ctx.device = device;
+  ctx.param_dtype = at::kFloat;
+  ctx.compute_dtype = device.is_cuda() ? at::kBFloat16 : at::kFloat;
+  ctx.world = make_local_communicator();
+  ctx.dp = ctx.tp = ctx.pp = ctx.cp = ctx.world;
+  set_default_operators(ctx);
+  return ctx;
+}
+
+std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_t out, bool bias) {
+  return std::make_shared<ReplicatedLinear>(in, out, bias);
+}
+
+at::Tensor default_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const AttentionArgs& args) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+              "attention: q, k, v must be [B, S, H, Dh], got ", q.sizes(), ", ", k.sizes(), ", ",
+              v.sizes());
+  if (args.segments == nullptr) return dense_attention(q, k, v, args.kv_lengths);
+  TORCH_CHECK(!args.kv_lengths.defined(),
+              "attention: kv_lengths and segments are exclusive (put text lengths into the kv "
+              "segments of a packed batch)");
+  check_segments(q, k, *args.segments);
+  const auto choice = packed_kernel_choice();
+  if (choice == PackedKernel::automatic && flash_eligible(q, v))
+    if (auto out = packed_attention_uniform(q, k, v, *args.segments)) return *out;
+  if (choice != PackedKernel::loop)
+    if (auto out = packed_attention_flash(q, k, v, *args.segments)) return *out;
+  return packed_attention_loop(q, k, v, *args.segments);
+}
+
+}  // namespace wanhost

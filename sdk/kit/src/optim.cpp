@@ -1,0 +1,195 @@
+#include "wanhost/kit/optim.hpp"
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <stdexcept>
+#include <tuple>
+
+#include <ATen/ATen.h>
+
+#include "wanhost/errors.hpp"
+#include "wanhost/kit/kernel_options.hpp"
+#include "wanhost/log.hpp"
+
+namespace wanhost {
+
+AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> params, const OptimizerConfig& config,
+             bool decay_1d)
+    : config_(config) {
+  for (auto& [name, p] : params)
+    slots_.push_back({name, p, at::zeros_like(p, at::MemoryFormat::Contiguous),
+                      at::zeros_like(p, at::MemoryFormat::Contiguous),
+                      decays(name, p.dim(), decay_1d)});
+}
+
+AdamW::AdamW(std::vector<AdamWParam> params, const OptimizerConfig& config) : config_(config) {
+  // State in the parameter's dtype (fp32 master weights by default make this fp32); fp32 state
+  // for bf16 parameters would change the reference bf16 path.
+  for (auto& p : params)
+    slots_.push_back({p.name, p.tensor, at::zeros_like(p.tensor, at::MemoryFormat::Contiguous),
+                      at::zeros_like(p.tensor, at::MemoryFormat::Contiguous), p.decay});
+}
+
+bool AdamW::decays(const std::string& name, std::int64_t dims, bool decay_1d) {
+  const bool one_d =
+      dims <= 1 || (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0);
+  return decay_1d || !one_d;
+}
+
+namespace {
+
+// LibTorch's fused AdamW (one multi-tensor kernel pass over parameter, gradient and both moments
+// instead of eight elementwise passes per tensor) until it refuses once; then tensor by tensor.
+// KernelOptions::fused_adamw = false (run.kernels.adamw = loop) asks for the per-tensor update
+// from the start (to compare the two).
+std::atomic<bool>& fused_refused() {
+  static std::atomic<bool> refused{false};
+  return refused;
+}
+
+bool fused_usable() {
+  return kernel_options().fused_adamw && !fused_refused().load();
+}
+
+// One tensor's AdamW update (torch.optim.AdamW, decoupled weight decay).
+void update_tensor(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, bool decay,
+                   double lr, std::int64_t step, const OptimizerConfig& c) {
+  const double bias1 = 1.0 - std::pow(c.beta1, static_cast<double>(step));
+  const double bias2_sqrt = std::sqrt(1.0 - std::pow(c.beta2, static_cast<double>(step)));
+  if (decay && c.weight_decay != 0.0) p.mul_(1.0 - lr * c.weight_decay);
+  m.lerp_(g, 1.0 - c.beta1);
+  v.mul_(c.beta2).addcmul_(g, g, 1.0 - c.beta2);
+  at::Tensor denom = (v.sqrt() / bias2_sqrt).add_(c.eps);
+  p.addcdiv_(m, denom, -lr / bias1);
+}
+
+}  // namespace
+
+void AdamW::step(double lr) {
+  at::NoGradGuard no_grad;
+  ++step_;
+  struct Group {
+    std::vector<at::Tensor> p, g, m, v;
+  };
+  // The fused kernel takes tensors of one device and dtype, and one weight decay.
+  std::map<std::tuple<std::string, at::ScalarType, bool>, Group> groups;
+  for (auto& s : slots_) {
+    at::Tensor g = s.param.grad();
+    if (!g.defined()) continue;
+    if (g.scalar_type() != s.param.scalar_type()) g = g.to(s.param.scalar_type());
+    auto& gr = groups[{s.param.device().str(), s.param.scalar_type(), s.decay}];
+    gr.p.push_back(s.param);
+    gr.g.push_back(g);
+    gr.m.push_back(s.exp_avg);
+    gr.v.push_back(s.exp_avg_sq);
+  }
+  for (auto& [key, gr] : groups) {
+    const bool decay = std::get<2>(key);
+    if (fused_usable()) {
+      try {
+        // The step count, read (not changed) by the kernel: one tensor per parameter.
+        const auto step = at::full({}, static_cast<double>(step_),
+                                   at::TensorOptions().dtype(at::kFloat).device(gr.p[0].device()));
+        const std::vector<at::Tensor> steps(gr.p.size(), step);
+        at::_fused_adamw_(gr.p, gr.g, gr.m, gr.v, {}, steps, lr, config_.beta1, config_.beta2,
+                          decay ? config_.weight_decay : 0.0, config_.eps, /*amsgrad=*/false,
+                          /*maximize=*/false);
+        continue;
+      } catch (const c10::Error& e) {
+        // Its checks run before any tensor changes: this group is updated below instead.
+        fused_refused().store(true);
+        logger()->warn("AdamW: LibTorch's fused kernel refused ({}); updating tensor by tensor",
+                       e.what_without_backtrace());
+      }
+    }
+    for (std::size_t i = 0; i < gr.p.size(); ++i)
+      update_tensor(gr.p[i], gr.g[i], gr.m[i], gr.v[i], decay, lr, step_, config_);
+  }
+}
+
+std::map<std::string, at::Tensor> AdamW::state() const {
+  std::map<std::string, at::Tensor> out;
+  for (const auto& s : slots_) {
+    out[s.name + ".exp_avg"] = s.exp_avg;
+    out[s.name + ".exp_avg_sq"] = s.exp_avg_sq;
+  }
+  out["__step__"] = at::scalar_tensor(step_, at::kLong);
+  return out;
+}
+
+void AdamW::load_state(const std::map<std::string, at::Tensor>& state) {
+  std::string problems;
+  auto get = [&](const std::string& key, const at::Tensor& like) -> const at::Tensor* {
+    auto it = state.find(key);
+    if (it == state.end()) {
+      problems += "\n  missing " + key;
+      return nullptr;
+    }
+    if (it->second.sizes() != like.sizes()) {
+      problems += "\n  " + key + " has shape " + c10::str(it->second.sizes()) + ", expected " +
+                  c10::str(like.sizes());
+      return nullptr;
+    }
+    return &it->second;
+  };
+  for (auto& s : slots_) {
+    const at::Tensor* m = get(s.name + ".exp_avg", s.exp_avg);
+    const at::Tensor* v = get(s.name + ".exp_avg_sq", s.exp_avg_sq);
+    if (m && v) {
+      s.exp_avg.copy_(*m);
+      s.exp_avg_sq.copy_(*v);
+    }
+  }
+  auto it = state.find("__step__");
+  if (it == state.end()) problems += "\n  missing __step__";
+  if (!problems.empty())
+    throw std::runtime_error("optimizer state does not match the parameters:" + problems);
+  step_ = it->second.item<std::int64_t>();
+}
+
+std::int64_t AdamW::state_bytes() const {
+  std::int64_t n = 0;
+  for (const auto& s : slots_)
+    n += 2 * s.exp_avg.numel() * static_cast<std::int64_t>(s.exp_avg.element_size());
+  return n;
+}
+
+at::Tensor grad_norm_squared(const std::vector<at::Tensor>& params) {
+  // Per-tensor norms by multi-tensor kernels (one launch per device and dtype, not three per
+  // tensor), their squares summed in float64.
+  std::map<std::pair<std::string, at::ScalarType>, std::vector<at::Tensor>> groups;
+  for (const auto& p : params)
+    if (p.grad().defined())
+      groups[{p.grad().device().str(), p.grad().scalar_type()}].push_back(p.grad());
+  at::Tensor total;
+  for (const auto& [key, grads] : groups) {
+    const auto norms = at::_foreach_norm(grads, 2);
+    const auto sq = at::stack(norms).to(at::kDouble).pow(2).sum();
+    total = total.defined() ? total + sq.to(total.device()) : sq;
+  }
+  if (!total.defined()) total = at::zeros({}, at::TensorOptions().dtype(at::kDouble));
+  return total;
+}
+
+void clip_gradients(const std::vector<at::Tensor>& params, double max_norm,
+                    const at::Tensor& total_norm) {
+  if (max_norm <= 0) return;
+  at::NoGradGuard no_grad;
+  std::map<std::pair<std::string, at::ScalarType>, std::vector<at::Tensor>> groups;
+  for (const auto& p : params)
+    if (p.grad().defined())
+      groups[{p.grad().device().str(), p.grad().scalar_type()}].push_back(p.grad());
+  if (groups.empty()) return;
+  // torch.nn.utils.clip_grad_norm_: coef = min(1, max_norm / (norm + 1e-6)), computed in float64
+  // on the device and applied to every gradient (a factor of exactly 1 changes nothing), so the
+  // norm is never read on the host. A non-finite norm leaves the gradients as they are (the
+  // host skips or aborts that step).
+  const at::Tensor norm = total_norm.to(at::kDouble);
+  at::Tensor coef = at::clamp_max(max_norm / (norm + 1e-6), 1.0);
+  coef = at::where(at::isfinite(norm), coef, at::ones_like(coef));
+  for (auto& [key, grads] : groups)
+    at::_foreach_mul_(grads, coef.to(grads.front().device(), grads.front().scalar_type()));
+}
+
+}  // namespace wanhost

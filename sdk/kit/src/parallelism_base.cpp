@@ -1,0 +1,80 @@
+#include "wanhost/kit/parallelism_base.hpp"
+
+#include <cmath>
+#include <stdexcept>
+
+#include <ATen/ATen.h>
+
+namespace wanhost {
+
+void ParallelismBase::set_optimized(std::vector<AdamWParam> params) {
+  optimized_ = std::move(params);
+  optimizer_.reset();
+}
+
+std::vector<at::Tensor> ParallelismBase::optimized_tensors() const {
+  std::vector<at::Tensor> out;
+  out.reserve(optimized_.size());
+  for (const auto& p : optimized_) out.push_back(p.tensor);
+  return out;
+}
+
+void ParallelismBase::configure_optimizer(const OptimizerConfig& config) {
+  optimizer_ = std::make_unique<AdamW>(optimized_, config);
+}
+
+void ParallelismBase::optimizer_step(double lr) {
+  optimizer().step(lr);
+}
+
+void ParallelismBase::zero_grad() {
+  for (auto& p : optimized_) {
+    at::Tensor& t = p.tensor;
+    if (reset_ == GradReset::Drop) {
+      if (t.grad().defined()) t.mutable_grad() = at::Tensor();
+    } else if (t.grad().defined()) {
+      t.mutable_grad().zero_();
+    } else {
+      t.mutable_grad() = at::zeros_like(t);
+    }
+  }
+}
+
+std::int64_t ParallelismBase::state_bytes() const {
+  std::int64_t n = 0;
+  for (const auto& p : optimized_)
+    n += 2 * p.tensor.numel() * static_cast<std::int64_t>(p.tensor.element_size());
+  return n + (optimizer_ ? optimizer_->state_bytes() : 0);
+}
+
+at::Tensor ParallelismBase::clip_by_global_norm(double max_norm, Communicator* shards) {
+  const std::vector<at::Tensor> tensors = optimized_tensors();
+  at::Tensor sq = grad_norm_squared(tensors);
+  if (!tensors.empty()) sq = sq.to(tensors.front().device());
+  if (shards && shards->size() > 1) {
+    sq = sq.reshape({1}).contiguous();
+    shards->all_reduce(sq, ReduceOp::Sum);
+    sq = sq.reshape({});
+  }
+  // A correctly rounded square root everywhere: CUDA's is, ATen's CPU kernel is not (about 1% of
+  // float64 values differ from std::sqrt in the last bit). On the CPU reading the value costs no
+  // synchronisation, so std::sqrt there.
+  const at::Tensor norm =
+      sq.is_cpu() ? at::scalar_tensor(std::sqrt(sq.item<double>()), sq.options()) : sq.sqrt();
+  clip_gradients(tensors, max_norm, norm);
+  return norm;
+}
+
+AdamW& ParallelismBase::optimizer() {
+  if (!optimizer_)
+    throw std::logic_error(plugin_ + ": the optimizer is used before configure_optimizer");
+  return *optimizer_;
+}
+
+const AdamW& ParallelismBase::optimizer() const {
+  if (!optimizer_)
+    throw std::logic_error(plugin_ + ": the optimizer is used before configure_optimizer");
+  return *optimizer_;
+}
+
+}  // namespace wanhost

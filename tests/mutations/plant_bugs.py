@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Plants known bugs one at a time and checks that a test catches each (docs/testing.md).
+
+For every mutation below: replace one exact piece of code (it must occur exactly once), rebuild
+the targets the named test needs, run that test, and put the code back (always, also on errors
+or Ctrl-C). A mutation is "caught" when the test fails. Prints a table; exits 1 if any mutation
+survived (or could not be planted).
+
+    tests/mutations/plant_bugs.py BUILD_DIR [NAME_SUBSTRING...]
+
+BUILD_DIR is a configured build folder (Ninja) of this tree with the tests; the run takes one
+incremental rebuild per mutation. The list documents the suite: each entry names the bug and the
+test that is meant to see it.
+"""
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+# name, file, old, new, ninja targets, test binary, gtest filter
+MUTATIONS = [
+    ("LR schedule one step ahead", "core/train/trainer.cpp",
+     "learning_rate(stage, p_.stage_step)", "learning_rate(stage, p_.stage_step + 1)",
+     ["wanhost", "test_train_learning"], "test_train_learning", "LrSchedule.MetricsFollowTheRecipe"),
+    ("decay_1d=false decays the wrong parameters", "sdk/kit/src/optim.cpp",
+     "return decay_1d || !one_d;", "return decay_1d || one_d;",
+     ["test_optim"], "test_optim", "AdamW.DecayRuleOfBothReferences"),
+    ("clip_grad_norm=0 zeroes every gradient", "sdk/kit/src/optim.cpp",
+     "if (max_norm <= 0) return;", "if (max_norm < 0) return;",
+     ["test_optim"], "test_optim", "GradNorm.SquaredNormAndClipping"),
+    ("sample keys built from the step", "core/train/trainer.cpp",
+     "s.key = position;", "s.key = global_step;",
+     ["wanhost", "test_train_learning"], "test_train_learning",
+     "RandomKeys.SamplesAreKeyedByTheirStreamPosition"),
+    ("collators key samples by their data index", "sdk/kit/src/collate.cpp",
+     "s.key >= 0 ? s.key : s.index", "s.index",
+     ["wanhost", "dense", "test_train_learning"], "test_train_learning",
+     "RandomKeys.SamplesAreKeyedByTheirStreamPosition"),
+    ("micro batches one sample short", "sdk/kit/src/collate.cpp",
+     "std::min(samples.size(), start + mb)", "std::min(samples.size(), start + mb - 1)",
+     ["test_batch"], "test_batch", "Collate.InGroupsOfTheMicroBatch"),
+    ("clip start not rounded", "core/prepare/frame_plan.cpp",
+     "(c * (m - num_frames) + (n - 1) / 2) / (n - 1)", "(c * (m - num_frames)) / (n - 1)",
+     ["test_data_plan"], "test_data_plan", "PlanClips.ResamplesToTargetRate"),
+    ("a plugin one SDK minor newer accepted", "core/plugin/abi_reader.cpp",
+     "else if (p.sdk_minor > h.sdk_minor)", "else if (p.sdk_minor > h.sdk_minor + 1)",
+     ["test_core_loader"], "test_core_loader", "Loader.NewerSdkMinorRefusedNamingBothSides"),
+    ("empty prompt keeps no key row when masked", "plugins/wan21_dit/wan21_dit_model.cpp",
+     "for (auto& l : lengths) l = std::max<std::int64_t>(l, 1);", "",
+     ["test_wan21_dit"], "test_wan21_dit", "Wan21Dit.EmptyPromptKeepsOneKeyRowWhenMasked"),
+    ("FSDP gradients averaged instead of summed", "plugins/automodel_fsdp/automodel_fsdp_plugin.cpp",
+     "ctx_.dp->reduce_scatter(mine, input.view(-1), ReduceOp::Sum);",
+     "ctx_.dp->reduce_scatter(mine, input.view(-1), ReduceOp::Avg);",
+     ["wanhost", "automodel_fsdp", "test_distributed_runs"], "test_distributed_runs",
+     "Distributed.FsdpOnOneTwoThreeRanksReproducesTheSingleProcessRun"),
+    ("sharded gradient norm not summed over ranks", "sdk/kit/src/parallelism_base.cpp",
+     "if (shards && shards->size() > 1) {", "if (shards && shards->size() > 99) {",
+     ["wanhost", "automodel_fsdp", "test_distributed_runs"], "test_distributed_runs",
+     "Distributed.FsdpOnOneTwoThreeRanksReproducesTheSingleProcessRun"),
+]
+
+
+def main():
+    if len(sys.argv) < 2:
+        print(__doc__)
+        return 2
+    build = pathlib.Path(sys.argv[1]).resolve()
+    wanted = sys.argv[2:]
+    rows, survived = [], 0
+    for name, rel, old, new, targets, binary, test in MUTATIONS:
+        if wanted and not any(w in name for w in wanted):
+            continue
+        path = ROOT / rel
+        text = path.read_text()
+        if text.count(old) != 1:
+            rows.append((name, f"NOT PLANTED ({rel}: the code occurs {text.count(old)} times)"))
+            survived += 1
+            continue
+        try:
+            path.write_text(text.replace(old, new))
+            b = subprocess.run(["ninja", "-C", str(build)] + targets, capture_output=True, text=True)
+            if b.returncode != 0:
+                rows.append((name, "NOT BUILT: " + b.stdout[-300:]))
+                survived += 1
+                continue
+            t = subprocess.run([str(build / "bin" / binary), "--gtest_filter=" + test],
+                               capture_output=True, text=True)
+            caught = t.returncode != 0
+            survived += not caught
+            rows.append((name, ("caught by " if caught else "SURVIVED ") + test))
+            print(f"{name:48s} {rows[-1][1]}", flush=True)
+        finally:
+            path.write_text(text)
+    subprocess.run(["ninja", "-C", str(build)] + sorted({t for m in MUTATIONS for t in m[4]}),
+                   capture_output=True)  # back to the real code
+    print("\nsummary:")
+    for name, result in rows:
+        print(f"{name:48s} {result}")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
