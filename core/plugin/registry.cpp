@@ -232,10 +232,13 @@ void PluginRegistry::scan(const SearchPath& sp) {
     refused_.emplace_back(sp.dir, "plugin folder " + why);
     return;
   }
-  if (std::string why = unsafe_ancestor(sp.dir); !why.empty()) {
-    refused_.emplace_back(sp.dir, "plugin folder " + why);
-    return;
-  }
+  // The folders a user names. (The built-in folder lies beside the program itself: whoever could
+  // swap it could swap the program.)
+  if (sp.origin != "built-in")
+    if (std::string why = unsafe_ancestor(sp.dir); !why.empty()) {
+      refused_.emplace_back(sp.dir, "plugin folder " + why);
+      return;
+    }
   std::vector<fs::path> files;
   for (const auto& e : fs::directory_iterator(sp.dir, ec))
     if (e.path().extension() == ".so") files.push_back(e.path());

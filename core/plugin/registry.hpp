@@ -6,7 +6,8 @@
 // <prefix>/lib/wanhost/plugins when installed: the packages' real executable is
 // <prefix>/lib/wanhost/wanhost, next to that folder). Never the current directory.
 // Refused, each with its own message: non-regular files and symlinks, files or folders writable by
-// group or others (a folder also when one of its ancestors is, unless that one is sticky), files
+// group or others (a --plugin-dir or WANHOST_PLUGIN_PATH folder also when one of its ancestors
+// is, unless that one is sticky), files
 // owned by someone other than root or this user, a missing or malformed sidecar, a second file of
 // the same plugin name in one folder, an ABI tag that does not match this host, a missing entry
 // point, unresolved symbols (libraries are loaded with RTLD_NOW).
