@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "wanhost/kit/kernel_options.hpp"
 #include "wanhost/kit/optim.hpp"
 
 namespace {
@@ -35,7 +36,8 @@ double rel(const at::Tensor& a, const at::Tensor& b) {
   return ((x - y).norm() / y.norm()).item<double>();
 }
 
-TEST(AdamW, MatchesTorchAdamWWithAndWithoutDecay) {
+// Five steps of wanhost::AdamW against the float64 reference of torch.optim.AdamW above.
+void expect_torch_adamw() {
   OptimizerConfig c;
   c.beta1 = 0.9;
   c.beta2 = 0.95;
@@ -74,6 +76,20 @@ TEST(AdamW, MatchesTorchAdamWWithAndWithoutDecay) {
   EXPECT_LT(rel(state.at("w.exp_avg"), ref[0].m), 1e-6);
   EXPECT_LT(rel(state.at("w.exp_avg_sq"), ref[0].v), 1e-6);
   EXPECT_EQ(state.at("__step__").item<std::int64_t>(), 5);
+}
+
+TEST(AdamW, MatchesTorchAdamWWithAndWithoutDecay) {
+  expect_torch_adamw();
+}
+
+// The per-tensor update (run.kernels.adamw=loop, and the fallback when LibTorch's fused kernel
+// refuses) against the same reference: its own bias correction and decoupled decay.
+TEST(AdamW, PerTensorUpdateMatchesTorchAdamW) {
+  wanhost::KernelOptions loop;
+  loop.fused_adamw = false;
+  wanhost::set_kernel_options(loop);
+  expect_torch_adamw();
+  wanhost::set_kernel_options(wanhost::KernelOptions{});
 }
 
 TEST(AdamW, ResumedStateContinuesTheSameTrajectory) {
