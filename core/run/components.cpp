@@ -27,12 +27,47 @@ std::string layout_string(const ParallelLayout& l) {
          " pp=" + std::to_string(l.pp) + " cp=" + std::to_string(l.cp);
 }
 
-// A factory's result, which must be an object.
-template <class T>
-std::unique_ptr<T> made(std::unique_ptr<T> object, const std::string& plugin, const char* kind,
-                        const char* call) {
-  if (!object) throw PluginError(plugin, kind, call, "the factory returned no object");
+// Calls one factory of plugin `c.plugin` (descriptor `d`) across the plugin boundary; its
+// result must be an object.
+template <class Make>
+auto create(const PluginDescriptor& d, const PluginConfig& c, PluginKind kind, const char* call,
+            Make make) {
+  const std::string k = kind_name(kind);
+  auto object = call_plugin(c.plugin, k, call, [&] { return make(d.factories); });
+  if (!object) throw PluginError(c.plugin, k, call, "the factory returned no object");
   return object;
+}
+
+// The parallelism plugin's layout for `world_size` processes, checked against it, and every
+// stage's batch split over its data-parallel degree.
+ParallelLayout checked_layout(const RunConfig& config, Parallelism& parallelism, int world_size) {
+  const PluginConfig& pc = config.parallelism;
+  const ParallelLayout layout = call_plugin(pc.plugin, "parallelism", "layout",
+                                            [&] { return parallelism.layout(world_size); });
+  if (layout.world() != world_size)
+    throw ConfigError(pc.pointer,
+                      "the parallel degrees " + layout_string(layout) + " multiply to " +
+                          std::to_string(layout.world()) + ", not the " +
+                          std::to_string(world_size) + " process(es) of this run",
+                      pc.plugin);
+  check_batch_split(config, layout.dp);
+  return layout;
+}
+
+// Every stage's data source, each checked to serve samples.
+std::vector<std::unique_ptr<DataSource>> stage_data_sources(const RunConfig& config,
+                                                            ComponentBuilder& builder) {
+  std::vector<std::unique_ptr<DataSource>> out;
+  for (const auto& stage : config.stages) {
+    out.push_back(builder.data_source(stage.data));
+    DataSource& data = *out.back();
+    const std::int64_t n =
+        call_plugin(stage.data.plugin, "data_source", "size", [&] { return data.size(); });
+    if (n <= 0)
+      throw ConfigError(stage.pointer + "/data",
+                        "the data source serves no samples: " + data.describe());
+  }
+  return out;
 }
 
 }  // namespace
@@ -45,52 +80,39 @@ const PluginDescriptor& ComponentBuilder::load(const std::string& plugin, Plugin
 }
 
 std::unique_ptr<Model> ComponentBuilder::model(const PluginConfig& c, const ParallelContext& ctx) {
-  const auto& d = load(c.plugin, kKindModel);
-  return made(call_plugin(c.plugin, "model", "create_model",
-                          [&] { return d.factories.create_model(c, ctx); }),
-              c.plugin, "model", "create_model");
+  return create(load(c.plugin, kKindModel), c, kKindModel, "create_model",
+                [&](const PluginFactories& f) { return f.create_model(c, ctx); });
 }
 
 std::unique_ptr<Parallelism> ComponentBuilder::parallelism(const PluginConfig& c) {
-  const auto& d = load(c.plugin, kKindParallelism);
-  return made(call_plugin(c.plugin, "parallelism", "create_parallelism",
-                          [&] { return d.factories.create_parallelism(c); }),
-              c.plugin, "parallelism", "create_parallelism");
+  return create(load(c.plugin, kKindParallelism), c, kKindParallelism, "create_parallelism",
+                [&](const PluginFactories& f) { return f.create_parallelism(c); });
 }
 
 std::unique_ptr<Scheduler> ComponentBuilder::scheduler(const PluginConfig& c) {
-  const auto& d = load(c.plugin, kKindScheduler);
-  return made(call_plugin(c.plugin, "scheduler", "create_scheduler",
-                          [&] { return d.factories.create_scheduler(c); }),
-              c.plugin, "scheduler", "create_scheduler");
+  return create(load(c.plugin, kKindScheduler), c, kKindScheduler, "create_scheduler",
+                [&](const PluginFactories& f) { return f.create_scheduler(c); });
 }
 
 std::unique_ptr<DataSource> ComponentBuilder::data_source(const PluginConfig& c) {
-  const auto& d = load(c.plugin, kKindDataSource);
-  return made(call_plugin(c.plugin, "data_source", "create_data_source",
-                          [&] { return d.factories.create_data_source(c); }),
-              c.plugin, "data_source", "create_data_source");
+  return create(load(c.plugin, kKindDataSource), c, kKindDataSource, "create_data_source",
+                [&](const PluginFactories& f) { return f.create_data_source(c); });
 }
 
 std::unique_ptr<Collator> ComponentBuilder::collator(const PluginConfig& c) {
-  const auto& d = load(c.plugin, kKindCollator);
-  return made(call_plugin(c.plugin, "collator", "create_collator",
-                          [&] { return d.factories.create_collator(c); }),
-              c.plugin, "collator", "create_collator");
+  return create(load(c.plugin, kKindCollator), c, kKindCollator, "create_collator",
+                [&](const PluginFactories& f) { return f.create_collator(c); });
 }
 
 std::unique_ptr<VideoAutoencoder> ComponentBuilder::video_autoencoder(const PluginConfig& c) {
-  const auto& d = load(c.plugin, kKindVideoAutoencoder);
-  return made(call_plugin(c.plugin, "video_autoencoder", "create_video_autoencoder",
-                          [&] { return d.factories.create_video_autoencoder(c); }),
-              c.plugin, "video_autoencoder", "create_video_autoencoder");
+  return create(load(c.plugin, kKindVideoAutoencoder), c, kKindVideoAutoencoder,
+                "create_video_autoencoder",
+                [&](const PluginFactories& f) { return f.create_video_autoencoder(c); });
 }
 
 std::unique_ptr<TextEncoder> ComponentBuilder::text_encoder(const PluginConfig& c) {
-  const auto& d = load(c.plugin, kKindTextEncoder);
-  return made(call_plugin(c.plugin, "text_encoder", "create_text_encoder",
-                          [&] { return d.factories.create_text_encoder(c); }),
-              c.plugin, "text_encoder", "create_text_encoder");
+  return create(load(c.plugin, kKindTextEncoder), c, kKindTextEncoder, "create_text_encoder",
+                [&](const PluginFactories& f) { return f.create_text_encoder(c); });
 }
 
 PluginConfig ComponentBuilder::standalone_config(const std::string& plugin, const std::string& kind,
@@ -138,27 +160,11 @@ RunComponents build_run(const RunConfig& config, ComponentBuilder& builder,
 
   const PluginConfig& pc = config.parallelism;
   c.parallelism = builder.parallelism(pc);
-  const ParallelLayout layout = call_plugin(
-      pc.plugin, "parallelism", "layout", [&] { return c.parallelism->layout(c.ctx.world_size); });
-  if (layout.world() != c.ctx.world_size)
-    throw ConfigError(pc.pointer,
-                      "the parallel degrees " + layout_string(layout) + " multiply to " +
-                          std::to_string(layout.world()) + ", but " +
-                          std::to_string(c.ctx.world_size) + " processes were started",
-                      pc.plugin);
-  check_batch_split(config, layout.dp);
+  checked_layout(config, *c.parallelism, c.ctx.world_size);
   call_plugin(pc.plugin, "parallelism", "setup", [&] { c.parallelism->setup(c.ctx); });
-
   c.scheduler = builder.scheduler(config.scheduler);
   c.collator = builder.collator(config.collator);
-  for (const auto& stage : config.stages) {
-    c.data.push_back(builder.data_source(stage.data));
-    const std::int64_t n = call_plugin(stage.data.plugin, "data_source", "size",
-                                       [&] { return c.data.back()->size(); });
-    if (n <= 0)
-      throw ConfigError(stage.pointer + "/data",
-                        "the data source serves no samples: " + c.data.back()->describe());
-  }
+  c.data = stage_data_sources(config, builder);
 
   c.model = build_stage_model(config, 0, builder, c.ctx);
   call_plugin(pc.plugin, "parallelism", "attach", [&] { c.parallelism->attach(*c.model); });
@@ -167,33 +173,18 @@ RunComponents build_run(const RunConfig& config, ComponentBuilder& builder,
 
 std::vector<std::string> check_run_plugins(const RunConfig& config, ComponentBuilder& builder,
                                            int world_size) {
-  std::vector<std::string> lines;
-  const PluginConfig& pc = config.parallelism;
-  auto parallelism = builder.parallelism(pc);
-  const ParallelLayout layout = call_plugin(pc.plugin, "parallelism", "layout",
-                                            [&] { return parallelism->layout(world_size); });
-  if (layout.world() != world_size)
-    throw ConfigError(pc.pointer,
-                      "the parallel degrees " + layout_string(layout) + " multiply to " +
-                          std::to_string(layout.world()) + ", not the " +
-                          std::to_string(world_size) + " process(es) checked for",
-                      pc.plugin);
-  check_batch_split(config, layout.dp);
-  lines.push_back("parallelism " + pc.plugin + ": " + layout_string(layout) + " for " +
-                  std::to_string(world_size) + " process(es)");
+  const ParallelLayout layout =
+      checked_layout(config, *builder.parallelism(config.parallelism), world_size);
+  std::vector<std::string> lines = {"parallelism " + config.parallelism.plugin + ": " +
+                                    layout_string(layout) + " for " + std::to_string(world_size) +
+                                    " process(es)"};
   builder.scheduler(config.scheduler);
   lines.push_back("scheduler " + config.scheduler.plugin + ": built");
   builder.collator(config.collator);
   lines.push_back("collator " + config.collator.plugin + ": built");
-  for (const auto& stage : config.stages) {
-    auto data = builder.data_source(stage.data);
-    const std::int64_t n =
-        call_plugin(stage.data.plugin, "data_source", "size", [&] { return data->size(); });
-    if (n <= 0)
-      throw ConfigError(stage.pointer + "/data",
-                        "the data source serves no samples: " + data->describe());
-    lines.push_back("stage " + stage.name + " data: " + data->describe());
-  }
+  const auto data = stage_data_sources(config, builder);
+  for (std::size_t k = 0; k < data.size(); ++k)
+    lines.push_back("stage " + config.stages[k].name + " data: " + data[k]->describe());
   return lines;
 }
 

@@ -10,8 +10,8 @@
 // function of (seed, video index), so any rank can produce any sample.
 //
 // mode "clips": sample i is video i, [C, F, H, W]. mode "frames": sample i is frame i % F of video
-// i / F, [C, 1, H, W], with the video's caption (like the reference stage 1, NVIDIA-NeMo/DFM
-// docs/mcore_automodel_comparision_wan21.md).
+// i / F, [C, 1, H, W], with the video's caption (like the reference stage 1: docs/training.md,
+// "The two reference paths").
 #pragma once
 
 #include <cstdint>

@@ -4,7 +4,7 @@
 # scripts/device/fetch-debs.sh; name .deps in `carry`) and are unpacked into .deps/root (never
 # into /) on every call, since the carried folder replaces the machine's copy. Cheap when the
 # targets are already built.
-#   scripts/device/build.sh [--tests] [TARGET...]   (default: the training path)
+#   scripts/device/build.sh [--tests] [TARGET...]   (default: runtime, the program and its plugins)
 # --tests configures the test tree with only tests/kernels and tests/wan21_dit (the other test
 # folders need the Python reference packages; wan21_dit's parity tests skip without them, its GPU
 # test of the fused path runs). Without sentencepiece the umt5 plugin is left out; without FFmpeg or
@@ -15,18 +15,15 @@ cd "$(dirname "$0")/../.."
 tests=OFF
 if [ "${1:-}" = --tests ]; then tests=ON; shift; fi
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(wanhost automodel_fsdp ddp wan21_dit flow_matching synthetic)
-P=$PWD/.deps/root
-[ -d "$P/usr/include" ] || for f in .deps/*.deb; do dpkg -x "$f" "$P"; done
+[ ${#targets[@]} -gt 0 ] || targets=(runtime)
+. scripts/device/deps.sh
 pkg-config --exists sentencepiece 2>/dev/null || rm -rf plugins/umt5 tests/umt5
 if [ $tests = ON ]; then
   for d in tests/*/; do
     case $d in tests/kernels/ | tests/wan21_dit/) ;; *) rm -f "$d/CMakeLists.txt" ;; esac
   done
 fi
-TORCH_CMAKE=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 t0=$SECONDS
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DWANHOST_BUILD_TESTS=$tests \
-  -DCMAKE_PREFIX_PATH="$TORCH_CMAKE;$P/usr" -DBoost_INCLUDE_DIR="$P/usr/include" ${CMAKE_EXTRA:-}
+configure . build-gpu -DCMAKE_BUILD_TYPE=Release -DWANHOST_BUILD_TESTS=$tests ${CMAKE_EXTRA:-}
 ninja -C build-gpu "${targets[@]}"
 echo "build-gpu: ${targets[*]} built in $((SECONDS - t0)) s" >&2

@@ -9,12 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
-P=$PWD/.deps/root
-[ -d "$P/usr/include" ] || for f in .deps/*.deb; do dpkg -x "$f" "$P"; done
-TORCH_CMAKE=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+. scripts/device/deps.sh
 t0=$SECONDS
-cmake -S . -B build-suite -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_CMAKE;$P/usr" \
-  -DBoost_INCLUDE_DIR="$P/usr/include" -DWANHOST_TEST_PYTHON="$(command -v python3)" \
+configure . build-suite -DCMAKE_BUILD_TYPE=Release -DWANHOST_TEST_PYTHON="$(command -v python3)" \
   >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
 # BUILD_LIMIT_S: stop the build there (a later call on the still-warm machine continues it).
 # -k 0: targets that need what the machine lacks (FFmpeg for the preparation tests) fail alone.

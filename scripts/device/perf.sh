@@ -19,7 +19,7 @@ t0=$SECONDS
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } |
   tee "$OUT/machine.txt"
-scripts/device/build.sh --tests wanhost wan21_dit ddp flow_matching synthetic test_kernels test_wan21_dit \
+scripts/device/build.sh --tests wanhost wan21_dit ddp flow_matching synthetic dense test_kernels test_wan21_dit \
   >"$OUT/build.log" 2>&1 || { echo "build failed:"; grep -E "error|Error" "$OUT/build.log" | head -20; }
 tail -1 "$OUT/build.log"
 W=build-gpu/bin/wanhost

@@ -8,12 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
 other=$1
-P=$PWD/.deps/root
-[ -d "$P/usr/include" ] || for f in .deps/*.deb; do dpkg -x "$f" "$P"; done
-TORCH_CMAKE=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+. scripts/device/deps.sh
 build() {  # source build-dir
-  cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DWANHOST_BUILD_TESTS=OFF \
-    -DCMAKE_PREFIX_PATH="$TORCH_CMAKE;$P/usr" -DBoost_INCLUDE_DIR="$P/usr/include" >/dev/null
+  configure "$1" "$2" -DCMAKE_BUILD_TYPE=Release -DWANHOST_BUILD_TESTS=OFF >/dev/null
   ninja -C "$2" -j "$(nproc)" wanhost ddp wan21_dit synthetic flow_matching \
     $(grep -q "add_custom_target(runtime" "$1/CMakeLists.txt" && echo runtime) >"$OUT/build-$(basename "$2").log" 2>&1
 }

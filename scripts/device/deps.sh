@@ -1,0 +1,12 @@
+# Sourced by the device scripts: the Debian packages of .deps/ (scripts/device/fetch-debs.sh; name
+# .deps in `carry`) unpacked into .deps/root (never into /), and configure SRC BUILD [ARGS...],
+# which points CMake at them and at the machine's LibTorch.
+P=$PWD/.deps/root
+[ -d "$P/usr/include" ] || for f in .deps/*.deb; do dpkg -x "$f" "$P"; done
+TORCH_CMAKE=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+configure() {  # src build [cmake args...]
+  local src=$1 build=$2
+  shift 2
+  cmake -S "$src" -B "$build" -G Ninja -DCMAKE_PREFIX_PATH="$TORCH_CMAKE;$P/usr" \
+    -DBoost_INCLUDE_DIR="$P/usr/include" "$@"
+}
