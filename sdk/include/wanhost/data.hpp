@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,6 +43,10 @@ struct CollateOptions {
   // Samples per micro batch, as the stage asks (run manifest: stages/N/micro_batch). Collators
   // that form micro batches by another rule (token budgets) may ignore it.
   std::int64_t micro_batch = 1;
+  // SDK 2.1: the model's transformer token count of a latent grid (Model::tokens), for collators
+  // that pack by a token budget. The host always sets it during a run; it is empty only where no
+  // model exists (collators that need it then fail with a message).
+  std::function<std::int64_t(const PackSegment&)> tokens;
 };
 
 // Turns this rank's samples of one optimizer step into its micro batches. Called on the data

@@ -75,6 +75,13 @@ struct ParallelContext {
   // in setup().
   LinearFactory make_linear;
   AttentionFn attention;
+
+  // SDK 2.1: in a packed batch the model pads each sample's token sequence to a multiple of this
+  // many tokens (a parallelism that splits sequences sets it in setup(): 2 x cp for the
+  // load-balanced context-parallel split of every sample, as Megatron-Bridge's Wan task encoder
+  // pads, times tp with sequence parallelism). Padding tokens attend only to each other, never
+  // reach the prediction, and so never reach the loss. 1: no padding.
+  std::int64_t token_multiple = 1;
 };
 
 }  // namespace wanhost
