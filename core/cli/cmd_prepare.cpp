@@ -5,6 +5,7 @@
 
 #if WANHOST_WITH_FFMPEG
 #include "../prepare/prepare.hpp"
+#include "wanhost/errors.hpp"
 
 namespace wanhost::core {
 
@@ -86,6 +87,10 @@ void add_prepare_command(CLI::App& app, GlobalOptions& g) {
       std::cout << summary.dump(2) << "\n";
     else
       std::cout << data::describe_inspection(summary);
+    // A dataset a run cannot read whole is an error (exit 1), after the listing.
+    if (!summary["problems"].empty())
+      throw FormatError(*dir + ": " + std::to_string(summary["problems"].size()) +
+                        " problem(s) with its shards (listed above)");
   });
 }
 

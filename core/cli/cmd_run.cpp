@@ -6,6 +6,7 @@
 #include "../run/components.hpp"
 #include "../run/resolve.hpp"
 #include "../train/trainer.hpp"
+#include "../util/stop_signal.hpp"
 #include "app.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/log.hpp"
@@ -100,6 +101,8 @@ void add_run_commands(CLI::App& app, GlobalOptions& g) {
   run->add_option("--master-addr", g.launch.master_addr, "Rendezvous host");
   run->add_option("--master-port", g.launch.master_port, "Rendezvous port");
   run->callback([&g, ro, out, print, resume, stop, run] {
+    // First: a SIGTERM while plugins load or the run is built stops it cleanly (exit 75).
+    install_stop_signal_handler();
     LaunchEnv env = resolve_launch_env(g.launch, [](const char* n) { return std::getenv(n); });
     setup_logging(env.rank, env.world_size, g.log_level);
     auto reg = make_registry(g);

@@ -4,6 +4,7 @@
 
 #include "../comm/mpi_communicator.hpp"
 #include "../logging/logging.hpp"
+#include "../plugin/plugin_call.hpp"
 #include "../plugin/registry.hpp"
 #include "../util/exit_codes.hpp"
 #include "app.hpp"
@@ -64,7 +65,7 @@ int run_cli(int argc, char** argv) {
     const int code = app.exit(e);
     return code == 0 ? kExitOk : kExitUsage;
   } catch (const std::exception& e) {
-    wanhost::logger()->error("{}", e.what());
+    wanhost::logger()->error("{}", error_message(e));
     flush_logs();
     return exit_code_for(e);
   } catch (...) {  // not from a plugin (call_plugin names those): a host bug

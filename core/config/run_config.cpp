@@ -59,6 +59,7 @@ RunConfig parse_run_config(const Json& resolved) {
   c.run.precision = r.at("precision");
   c.run.master_weights = r.at("master_weights");
   c.run.skip_nonfinite = r.at("nonfinite") == "skip";
+  c.run.nonfinite_max_consecutive = r.at("nonfinite_max_consecutive");
   c.run.threads = r.at("threads");
   c.run.prefetch = r.at("prefetch");
   c.run.comm_init_timeout_s = r.at("comm_init_timeout_s");
@@ -80,6 +81,13 @@ RunConfig parse_run_config(const Json& resolved) {
   for (std::size_t k = 0; k < resolved.at("stages").size(); ++k) {
     c.stages.push_back(parse_stage(resolved, k));
     const long steps = c.stages.back().steps;
+    // A sample's stream position is stage_step x global_batch + j: it must fit in 64 bits.
+    long samples = 0;
+    if (__builtin_mul_overflow(steps, c.stages.back().global_batch, &samples))
+      throw ConfigError(c.stages.back().pointer + "/steps",
+                        std::to_string(steps) + " steps of global_batch " +
+                            std::to_string(c.stages.back().global_batch) +
+                            " are more samples than a 64-bit count holds");
     if (steps > std::numeric_limits<long>::max() - total)
       throw ConfigError(c.stages.back().pointer + "/steps",
                         "the stages' steps add up to more than " +

@@ -22,6 +22,7 @@ struct RunSettings {
   std::string precision;        // auto | fp32 | bf16 (compute)
   std::string master_weights;   // fp32 | bf16
   bool skip_nonfinite = false;  // nonfinite: skip (else abort)
+  long nonfinite_max_consecutive = 10;
   int threads = 0;
   bool prefetch = true;
   double comm_init_timeout_s = 0, comm_timeout_s = 0;

@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <mutex>
 
 namespace wanhost::core {
 namespace {
@@ -17,6 +18,17 @@ std::string prefix(int rank, int world) {
 }
 
 int g_rank = 0, g_world = 1;
+std::mutex g_error_mutex;
+std::string g_log_error;  // guarded by g_error_mutex
+
+// spdlog's error handler (sinks throw into the logger, which catches and calls this): keep the
+// first message and say it once on stderr, which needs no disk.
+void on_log_error(const std::string& message) {
+  std::lock_guard<std::mutex> lock(g_error_mutex);
+  if (!g_log_error.empty()) return;
+  g_log_error = message;
+  std::fprintf(stderr, "wanhost: cannot write a log file: %s\n", message.c_str());
+}
 
 }  // namespace
 
@@ -27,6 +39,7 @@ void setup_logging(int rank, int world_size, const std::string& level) {
   if (!log) {
     auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
     log = std::make_shared<spdlog::logger>("wanhost", console);
+    log->set_error_handler(on_log_error);
     spdlog::register_logger(log);
   }
   log->set_pattern(prefix(rank, world_size));  // every sink
@@ -57,6 +70,11 @@ void add_rank_log_file(const std::string& run_dir) {
 
 void flush_logs() {
   if (auto log = spdlog::get("wanhost")) log->flush();
+}
+
+std::string log_write_error() {
+  std::lock_guard<std::mutex> lock(g_error_mutex);
+  return g_log_error;
 }
 
 }  // namespace wanhost::core

@@ -14,5 +14,9 @@ void setup_logging(int rank, int world_size, const std::string& level = "");
 void add_rank_log_file(const std::string& run_dir);
 // Flushes every sink (at exit and before a fatal error).
 void flush_logs();
+// The first failure to write a log file (a full disk), or "" when every write succeeded. spdlog
+// reports such failures to its error handler instead of throwing; the trainer flushes the logs
+// after every step and stops the run when this is set.
+std::string log_write_error();
 
 }  // namespace wanhost::core

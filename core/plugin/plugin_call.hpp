@@ -13,6 +13,10 @@
 
 namespace wanhost::core {
 
+// The message of an error for a user: LibTorch's c10::Error without its C++ stack trace (its
+// what() appends one), any other exception's what().
+std::string error_message(const std::exception& e);
+
 class PluginError : public std::runtime_error {
  public:
   PluginError(const std::string& plugin, const std::string& kind, const std::string& call,
@@ -30,7 +34,7 @@ decltype(auto) call_plugin(const std::string& plugin, const std::string& kind, c
   } catch (const PluginError&) {
     throw;  // already named by an inner boundary
   } catch (const std::exception& e) {
-    std::throw_with_nested(PluginError(plugin, kind, call, e.what()));
+    std::throw_with_nested(PluginError(plugin, kind, call, error_message(e)));
   } catch (...) {
     throw PluginError(plugin, kind, call, "a non-standard exception (not a std::exception)");
   }

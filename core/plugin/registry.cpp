@@ -16,6 +16,7 @@
 
 #include "../config/schema.hpp"
 #include "abi_reader.hpp"
+#include "wanhost/kit/json_file.hpp"
 #include "wanhost/log.hpp"
 
 namespace fs = std::filesystem;
@@ -125,14 +126,7 @@ std::string join(const std::vector<std::string>& v, const char* sep = ", ") {
 }  // namespace
 
 PluginManifest read_plugin_manifest(const std::string& json_path, const std::string& library_path) {
-  std::ifstream in(json_path);
-  if (!in) throw std::runtime_error(json_path + ": cannot read sidecar manifest");
-  Json j;
-  try {
-    j = Json::parse(in);
-  } catch (const Json::parse_error& e) {
-    throw std::runtime_error(json_path + ": not valid JSON (" + e.what() + ")");
-  }
+  const Json j = wanhost::read_json_file(json_path);  // FormatError names the file and byte
   auto need_string = [&](const char* key) {
     if (!j.is_object() || !j.contains(key) || !j[key].is_string())
       throw std::runtime_error(json_path + ": sidecar manifest needs a string \"" + key + "\"");

@@ -8,6 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "wanhost/kit/json_file.hpp"
+
 namespace fs = std::filesystem;
 
 namespace wanhost::core::data {
@@ -21,12 +23,14 @@ std::string lower(std::string s) {
   return s;
 }
 
+// A caption file's text; nullopt when it cannot be read or is not a regular file (a FIFO would
+// block the preparation).
 std::optional<std::string> read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) return std::nullopt;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  try {
+    return read_regular_file(p.string(), std::size_t{16} << 20);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
 }
 
 }  // namespace

@@ -1,13 +1,16 @@
 // `wanhost data inspect`: what a prepared dataset folder holds, from its index.json (and the
-// report of the preparation when present), without reading tensor data.
+// report of the preparation when present), with every shard opened and its safetensors header
+// checked against the index (no tensor data is read).
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <sstream>
 
-#include "../util/files.hpp"
 #include "prepare.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/json_file.hpp"
+#include "wanhost/kit/safetensors.hpp"
 
 namespace fs = std::filesystem;
 
@@ -16,18 +19,84 @@ namespace {
 
 using Json = nlohmann::json;
 
-Json read_json(const fs::path& p, const std::string& what) {
-  std::string text;
-  try {
-    text = read_file(p.string());
-  } catch (const std::exception& e) {
-    throw UsageError(what + ": cannot read " + p.string() + ": " + e.what());
+// The guarded reader (regular files only; errors name the line and byte).
+Json read_json(const fs::path& p) {
+  return read_json_file(p.string());
+}
+
+// index.json values by JSON pointer, each type-checked: a malformed index is reported as
+// "index.json, /samples/3/latent_shape: expected ...", never as a JSON library message.
+struct IndexReader {
+  fs::path file;
+  [[noreturn]] void bad(const std::string& pointer, const std::string& what) const {
+    throw FormatError(file.string() + ", " + pointer + ": " + what);
   }
-  try {
-    return Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    throw FormatError(p.string() + ": invalid JSON at byte " + std::to_string(e.byte));
+  const Json& array(const Json& parent, const std::string& key, const std::string& ptr) const {
+    if (!parent.is_object() || !parent.contains(key) || !parent[key].is_array())
+      bad(ptr + "/" + key, "expected an array");
+    return parent[key];
   }
+  std::string string(const Json& parent, const std::string& key, const std::string& ptr) const {
+    if (!parent.is_object() || !parent.contains(key) || !parent[key].is_string())
+      bad(ptr + "/" + key, "expected a string");
+    return parent[key].get<std::string>();
+  }
+  std::int64_t integer(const Json& parent, const std::string& key, const std::string& ptr,
+                       std::int64_t min) const {
+    if (!parent.is_object() || !parent.contains(key) || !parent[key].is_number_integer() ||
+        parent[key].get<std::int64_t>() < min)
+      bad(ptr + "/" + key, "expected an integer >= " + std::to_string(min));
+    return parent[key].get<std::int64_t>();
+  }
+};
+
+// Opens every shard (reading its safetensors header) and checks that each sample's tensors are
+// there with the latent shape the index gives. Returns one line per problem.
+std::vector<std::string> verify_shards(const fs::path& root, const Json& shards,
+                                       const Json& samples, const IndexReader& r) {
+  std::vector<std::string> problems;
+  std::vector<std::optional<safetensors::File>> open(shards.size());
+  for (std::size_t k = 0; k < shards.size(); ++k) {
+    const std::string name = r.string(shards[k], "file", "/shards/" + std::to_string(k));
+    const fs::path p = root / name;
+    if (name.empty() || name.find('/') != std::string::npos || name[0] == '.') {
+      problems.push_back("/shards/" + std::to_string(k) + "/file: '" + name +
+                         "' is not a plain file name inside the dataset folder");
+      continue;
+    }
+    std::error_code ec;
+    if (!fs::exists(p, ec)) {
+      problems.push_back(p.string() + ": missing");
+      continue;
+    }
+    try {
+      open[k] = safetensors::File::open(p.string());
+    } catch (const std::exception& e) {
+      problems.push_back(e.what());
+    }
+  }
+  for (std::size_t i = 0; i < samples.size(); ++i) {
+    const std::string ptr = "/samples/" + std::to_string(i);
+    const auto k = r.integer(samples[i], "shard", ptr, 0);
+    if (k >= static_cast<std::int64_t>(shards.size()))
+      r.bad(ptr + "/shard", "there is no shard " + std::to_string(k));
+    const auto& f = open[static_cast<std::size_t>(k)];
+    if (!f) continue;  // reported above
+    const Json& shape = r.array(samples[i], "latent_shape", ptr);
+    for (const char* key : {"latent", "text"}) {
+      const std::string tensor = r.string(samples[i], key, ptr);
+      if (!f->contains(tensor)) {
+        problems.push_back(f->path() + ": has no tensor '" + tensor + "' (index.json " + ptr + "/" +
+                           key + ")");
+      } else if (std::string(key) == "latent") {
+        const auto& have = f->info(tensor).shape;
+        if (Json(have) != shape)
+          problems.push_back(f->path() + ": tensor '" + tensor + "' is " + Json(have).dump() +
+                             ", index.json " + ptr + "/latent_shape says " + shape.dump());
+      }
+    }
+  }
+  return problems;
 }
 
 std::string shape_text(const Json& shape) {
@@ -45,33 +114,38 @@ Json inspect_dataset(const std::string& dir) {
     throw UsageError("DIR " + dir +
                      ": no index.json (not a dataset folder written by `wanhost prepare`, or the "
                      "preparation has not finished; run it again to resume)");
-  const Json index = read_json(root / "index.json", "DIR " + dir);
-  if (index.value("format", "") != kDatasetFormat)
-    throw FormatError((root / "index.json").string() + ": /format is not \"" + kDatasetFormat +
-                      "\"");
+  const Json index = read_json(root / "index.json");
+  const IndexReader r{root / "index.json"};
+  if (!index.is_object() || index.value("format", "") != kDatasetFormat)
+    r.bad("/format", std::string("expected \"") + kDatasetFormat + "\"");
   Json out;
   out["path"] = fs::absolute(root).lexically_normal().string();
   out["mode"] = index.value("mode", "");
   out["settings"] = index.value("settings", Json::object());
   out["latent_channels"] = index.value("latent_channels", 0);
   out["text_dim"] = index.value("text_dim", 0);
-  const Json& samples = index.at("samples");
-  const Json& shards = index.at("shards");
+  const Json& samples = r.array(index, "samples", "");
+  const Json& shards = r.array(index, "shards", "");
   out["shards"] = shards.size();
   out["videos"] = index.value("videos", 0);
   out["samples"] = samples.size();
-  std::int64_t missing = 0;
-  for (const auto& s : shards)
-    if (!fs::exists(root / s.at("file").get<std::string>())) ++missing;
-  out["missing_shards"] = missing;
+  const std::vector<std::string> problems = verify_shards(root, shards, samples, r);
+  out["problems"] = problems;
 
   Json shapes = Json::object();
   std::vector<std::int64_t> tokens;
   for (std::size_t i = 0; i < samples.size(); ++i) {
     const Json& s = samples[i];
-    const std::string key = shape_text(s.at("latent_shape"));
+    const std::string ptr = "/samples/" + std::to_string(i);
+    const Json& shape = r.array(s, "latent_shape", ptr);
+    if (shape.size() != 4 || !std::all_of(shape.begin(), shape.end(), [](const Json& d) {
+          return d.is_number_integer() && d.get<std::int64_t>() > 0;
+        }))
+      r.bad(ptr + "/latent_shape",
+            "expected 4 positive integers [channels, frames, height, width]");
+    const std::string key = shape_text(shape);
     shapes[key] = shapes.value(key, 0) + 1;
-    tokens.push_back(s.at("text_tokens").get<std::int64_t>());
+    tokens.push_back(r.integer(s, "text_tokens", ptr, 0));
   }
   out["latent_shapes"] = shapes;
   Json t = Json::object();
@@ -96,7 +170,7 @@ Json inspect_dataset(const std::string& dir) {
   }
   out["text_tokens"] = t;
   if (fs::exists(root / "report.json")) {
-    const Json report = read_json(root / "report.json", "DIR " + dir);
+    const Json report = read_json(root / "report.json");
     out["input_videos"] = report.value("videos", 0);
     out["skipped"] = report.value("skipped", Json::array());
   }
@@ -116,10 +190,8 @@ std::string describe_inspection(const Json& s) {
   }
   o << "\n";
   o << "  samples     " << s["samples"] << " from " << s["videos"] << " videos in " << s["shards"]
-    << " shard(s)";
-  if (s["missing_shards"].get<std::int64_t>() > 0)
-    o << " (" << s["missing_shards"] << " shard file(s) MISSING)";
-  o << "\n";
+    << " shard(s), " << (s["problems"].empty() ? "all verified" : "NOT all readable") << "\n";
+  for (const auto& p : s["problems"]) o << "  PROBLEM     " << p.get<std::string>() << "\n";
   if (s.contains("input_videos"))
     o << "  inputs      " << s["input_videos"] << " file(s), " << s["skipped"].size()
       << " skipped\n";

@@ -27,6 +27,7 @@
 #include "frame_plan.hpp"
 #include "video_reader.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/json_file.hpp"
 #include "wanhost/kit/safetensors.hpp"
 #include "wanhost/log.hpp"
 
@@ -464,7 +465,7 @@ void check_output_settings(const fs::path& out, const Json& settings) {
   if (!fs::exists(pj)) return;
   Json old;
   try {
-    old = Json::parse(read_file(pj.string()));
+    old = read_json_file(pj.string());
   } catch (const std::exception& e) {
     throw UsageError("--output " + out.string() + ": " + pj.string() +
                      " is not valid JSON; remove the folder or choose another --output (" +

@@ -61,7 +61,8 @@ struct PrepareSummary {
 PrepareSummary prepare(PluginRegistry& registry, const PrepareOptions& o);
 
 // `wanhost data inspect`: the summary of a dataset folder (counts, latent shapes, token-count
-// histogram) as JSON, and as text.
+// histogram, and "problems": missing or unreadable shards, tensors the index names that a shard
+// lacks) as JSON, and as text. A malformed index.json throws FormatError naming the pointer.
 nlohmann::json inspect_dataset(const std::string& dir);
 std::string describe_inspection(const nlohmann::json& summary);
 

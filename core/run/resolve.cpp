@@ -10,6 +10,8 @@
 #include "../config/run_config.hpp"
 #include "../config/schema.hpp"
 #include "../plugin/registry.hpp"
+#include "wanhost/errors.hpp"
+#include "wanhost/kit/json_file.hpp"
 #include "wanhost/log.hpp"
 
 namespace wanhost::core {
@@ -103,7 +105,7 @@ void apply_set(Json& raw, const Json& filled, const std::string& assignment,
   const std::string path = assignment.substr(0, eq), text = assignment.substr(eq + 1);
   const auto tokens = split_path(path);
   if (tokens.empty()) throw ConfigError("", "--set '" + assignment + "': empty key path");
-  Json value = parse_cli_value(text);
+  Json value = parse_cli_value(text, "--set " + assignment);
   // Walk the resolved config; a step that does not exist there may be created only inside an
   // object whose schema allows that key (a known setting, or an open object such as
   // stage_defaults or a model's overrides). Validation afterwards checks the value.
@@ -271,23 +273,10 @@ const Json& default_recipe() {
 }
 
 Json read_json_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError("", "cannot read manifest " + path + ": " + std::strerror(errno));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string text = ss.str();
   try {
-    return Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    std::size_t line = 1, col = 1;
-    for (std::size_t i = 0; i + 1 < e.byte && i < text.size(); ++i) {
-      if (text[i] == '\n')
-        ++line, col = 1;
-      else
-        ++col;
-    }
-    throw ConfigError("", path + ":" + std::to_string(line) + ":" + std::to_string(col) +
-                              " (byte " + std::to_string(e.byte) + "): invalid JSON: " + e.what());
+    return wanhost::read_json_file(path);  // regular files only; errors name line and byte
+  } catch (const FormatError& e) {
+    throw ConfigError("", std::string("manifest ") + e.what());
   }
 }
 
@@ -333,11 +322,14 @@ Json resolve_run_config(const RunConfigRequest& request, const PluginRegistry& r
   return filled;
 }
 
-Json parse_cli_value(const std::string& text) {
+Json parse_cli_value(const std::string& text, const std::string& flag) {
   try {
     return Json::parse(text);
   } catch (const Json::parse_error&) {
-    return text;  // not JSON: a plain string
+    return text;                         // not JSON: a plain string
+  } catch (const Json::out_of_range&) {  // e.g. 1e400: a number JSON numbers here cannot hold
+    throw UsageError(flag + ": " + text +
+                     " is out of range (numbers must fit a 64-bit integer or a double)");
   }
 }
 
@@ -356,7 +348,7 @@ void apply_plugin_options(Json& values, const std::vector<std::string>& options)
     const auto eq = kv.find('=');
     if (eq == std::string::npos || eq == 0)
       throw UsageError("--option " + kv + ": expected key=value (value as JSON)");
-    values[kv.substr(0, eq)] = parse_cli_value(kv.substr(eq + 1));
+    values[kv.substr(0, eq)] = parse_cli_value(kv.substr(eq + 1), "--option " + kv);
   }
 }
 

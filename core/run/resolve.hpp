@@ -35,7 +35,7 @@ PluginConfig standalone_plugin_config(const PluginManifest& m, const std::string
                                       Json values = Json::object());
 
 // A value given on the command line (--set, --option): JSON if it parses, else the text itself.
-Json parse_cli_value(const std::string& text);
+Json parse_cli_value(const std::string& text, const std::string& flag);
 
 // `--option key=value` flags onto a plugin's config values: the value is read as JSON, else taken
 // as a string (a bare word). Throws UsageError naming the flag. Validate the values afterwards.

@@ -7,6 +7,7 @@
 
 #include "../util/faults.hpp"
 #include "../util/files.hpp"
+#include "wanhost/kit/json_file.hpp"
 #include "wanhost/log.hpp"
 
 namespace fs = std::filesystem;
@@ -34,7 +35,8 @@ void CheckpointStore::remove_stale_temporaries() const {
   if (!fs::is_directory(root_, ec)) return;
   for (const auto& e : fs::directory_iterator(root_, ec)) {
     const std::string name = e.path().filename().string();
-    if (name.rfind(".tmp-", 0) == 0) {
+    // .tmp-step-N/ of a save, .LATEST.tmp-* of write_file_atomic (util/files.hpp).
+    if (name.rfind(".tmp-", 0) == 0 || name.rfind(std::string(".") + kLatest + ".tmp-", 0) == 0) {
       logger()->warn("removing the leftover of an interrupted checkpoint save: {}",
                      e.path().string());
       remove_tree(e.path().string());
@@ -117,7 +119,7 @@ void CheckpointStore::retain(int keep_last) const {
 }
 
 Json CheckpointStore::read_manifest(const std::string& dir) {
-  return Json::parse(read_file((fs::path(dir) / kManifest).string()));
+  return read_json_file((fs::path(dir) / kManifest).string());
 }
 
 bool CheckpointStore::verify(const std::string& dir, std::string* why) {
@@ -149,10 +151,18 @@ bool CheckpointStore::verify(const std::string& dir, std::string* why) {
   return true;
 }
 
-std::optional<std::string> CheckpointStore::find_latest() const {
+bool CheckpointStore::holds_checkpoints() const {
+  std::error_code ec;
+  if (!fs::is_directory(root_, ec)) return false;
+  for (const auto& e : fs::directory_iterator(root_, ec))
+    if (step_of(e.path().filename().string())) return true;
+  return false;
+}
+
+std::optional<std::string> CheckpointStore::find_latest(std::vector<std::string>* refused) const {
   std::error_code ec;
   if (!fs::is_directory(root_, ec)) return std::nullopt;
-  std::string why;
+  std::string why, latest_name;
   if (fs::exists(fs::path(root_) / kLatest, ec)) try {
       std::string name = read_file((fs::path(root_) / kLatest).string());
       name.erase(name.find_last_not_of(" \n\r\t") + 1);
@@ -161,6 +171,7 @@ std::optional<std::string> CheckpointStore::find_latest() const {
         why = "not a checkpoint name";
       else if (verify(dir.string(), &why))
         return dir.string();
+      latest_name = name;
       logger()->warn(
           "checkpoints/LATEST names '{}', which does not verify ({}); looking for an older one",
           name, why);
@@ -175,7 +186,10 @@ std::optional<std::string> CheckpointStore::find_latest() const {
   std::sort(found.rbegin(), found.rend());
   for (const auto& [s, p] : found) {
     if (verify(p.string(), &why)) return p.string();
-    logger()->warn("skipping checkpoint {}: {}", p.string(), why);
+    if (refused) refused->push_back(p.string() + ": " + why);
+    // (LATEST's target was reported above.)
+    if (p.filename().string() != latest_name)
+      logger()->warn("skipping checkpoint {}: {}", p.string(), why);
   }
   return std::nullopt;
 }

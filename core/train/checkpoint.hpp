@@ -12,6 +12,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "wanhost/communicator.hpp"
 #include "wanhost/config.hpp"
@@ -28,8 +29,11 @@ class CheckpointStore {
                    const Json& meta, int keep_last);
 
   // The checkpoint to resume from: LATEST if it verifies, else the newest verified one; nullopt
-  // when there is none. (Any rank may call it; it only reads.)
-  std::optional<std::string> find_latest() const;
+  // when there is none. `refused` (optional) receives "FOLDER: why" for every checkpoint folder
+  // that failed to verify on the way. (Any rank may call it; it only reads.)
+  std::optional<std::string> find_latest(std::vector<std::string>* refused = nullptr) const;
+  // True when the folder holds any checkpoint folder (step-N), complete or not.
+  bool holds_checkpoints() const;
   // Verifies a folder; on failure returns false with the reason.
   static bool verify(const std::string& dir, std::string* why);
   static Json read_manifest(const std::string& dir);

@@ -37,11 +37,21 @@ CommunicatorPtr make_world_communicator(const LaunchEnv& env, const c10::Device&
 }
 
 bool any_rank(Communicator& world, const c10::Device& device, bool flag) {
-  if (world.size() == 1) return flag;
+  return any_rank(world, device, std::vector<bool>{flag}).front();
+}
+
+std::vector<bool> any_rank(Communicator& world, const c10::Device& device,
+                           const std::vector<bool>& flags) {
+  if (world.size() == 1) return flags;
   // On the device the backend works on (the world was made for it: NCCL on GPUs).
-  at::Tensor t = at::scalar_tensor(flag ? 1 : 0, at::kInt).reshape({1}).to(device);
+  std::vector<int> values(flags.begin(), flags.end());
+  at::Tensor t = at::tensor(values, at::kInt).to(device);
   world.all_reduce(t, ReduceOp::Max);
-  return t.item<int>() != 0;
+  const at::Tensor host = t.cpu();
+  std::vector<bool> any(flags.size());
+  for (std::size_t i = 0; i < flags.size(); ++i)
+    any[i] = host[static_cast<long>(i)].item<int>() != 0;
+  return any;
 }
 
 }  // namespace wanhost::core

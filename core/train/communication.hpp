@@ -3,6 +3,8 @@
 
 #include <c10/core/Device.h>
 
+#include <vector>
+
 #include "../launch/launch_env.hpp"
 #include "wanhost/communicator.hpp"
 
@@ -21,5 +23,8 @@ CommunicatorPtr make_world_communicator(const LaunchEnv& env, const c10::Device&
 
 // True on every rank if `flag` is true on any rank (keeps decisions such as "stop now" collective).
 bool any_rank(Communicator& world, const c10::Device& device, bool flag);
+// The same for several flags in one collective.
+std::vector<bool> any_rank(Communicator& world, const c10::Device& device,
+                           const std::vector<bool>& flags);
 
 }  // namespace wanhost::core

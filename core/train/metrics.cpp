@@ -1,8 +1,11 @@
 #include "metrics.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -16,7 +19,9 @@ namespace wanhost::core {
 
 MetricsLog::MetricsLog(const std::string& run_dir, long resume_step) {
   const fs::path path = fs::path(run_dir) / "metrics.jsonl";
-  if (fs::exists(path)) {
+  path_ = path.string();
+  std::error_code ec;
+  if (fs::is_regular_file(path, ec)) {
     std::stringstream in(read_file(path.string()));
     std::string line, kept;
     while (std::getline(in, line)) {
@@ -30,12 +35,35 @@ MetricsLog::MetricsLog(const std::string& run_dir, long resume_step) {
     }
     write_file_atomic(path.string(), kept);
   }
-  out_.open(path, std::ios::app);
+  fd_ = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0)
+    throw std::runtime_error(path_ + ": cannot open for appending: " + std::strerror(errno));
+}
+
+MetricsLog::~MetricsLog() {
+  if (fd_ >= 0) ::close(fd_);
 }
 
 void MetricsLog::write(const Json& record) {
-  out_ << record.dump() << "\n";
-  out_.flush();
+  const std::string line = record.dump() + "\n";
+  struct stat st {};
+  const bool regular = ::fstat(fd_, &st) == 0 && S_ISREG(st.st_mode);
+  std::size_t done = 0;
+  while (done < line.size()) {
+    const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const std::string why = n < 0 ? std::strerror(errno) : "nothing written";
+      // Cut the partial record off again (O_APPEND put it at the old end of the file).
+      if (regular && done > 0) {
+        const int rc = ::ftruncate(fd_, st.st_size);
+        (void)rc;  // best effort: the error below is what the user needs to see
+      }
+      throw std::runtime_error(path_ + ": cannot write the metrics of step " +
+                               std::to_string(record.value("step", 0L)) + ": " + why);
+    }
+    done += static_cast<std::size_t>(n);
+  }
 }
 
 std::uint32_t crc32c(const void* data, std::size_t n) {
@@ -108,7 +136,9 @@ TensorBoardWriter::TensorBoardWriter(const std::string& run_dir, long start_step
   const auto secs = static_cast<long>(now_seconds());
   const fs::path path = dir / ("events.out.tfevents." + std::to_string(secs) + "." + host + "." +
                                std::to_string(::getpid()) + ".wanhost");
+  path_ = path.string();
   out_.open(path, std::ios::binary);
+  if (!out_) throw std::runtime_error(path_ + ": cannot create: " + std::strerror(errno));
   std::string e = event_header(0);
   bytes_field(e, 3, "brain.Event:2");
   record(e);
@@ -149,6 +179,7 @@ void TensorBoardWriter::record(const std::string& data) {
 
 void TensorBoardWriter::flush() {
   out_.flush();
+  if (!out_) throw std::runtime_error(path_ + ": cannot write TensorBoard events (disk full?)");
 }
 
 }  // namespace wanhost::core

@@ -27,13 +27,16 @@
 #include "../util/faults.hpp"
 #include "../util/files.hpp"
 #include "../util/kernel_profile.hpp"
+#include "../util/stop_signal.hpp"
 #include "checkpoint.hpp"
 #include "communication.hpp"
 #include "lr_schedule.hpp"
 #include "metrics.hpp"
+#include "resume_check.hpp"
 #include "sample_order.hpp"
 #include "step_inputs.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/json_file.hpp"
 #include "wanhost/kit/safetensors.hpp"
 #include "wanhost/log.hpp"
 
@@ -42,24 +45,21 @@ namespace fs = std::filesystem;
 namespace wanhost::core {
 namespace {
 
-std::atomic<bool> g_terminate{false};
-extern "C" void on_sigterm(int) {
-  g_terminate.store(true);
-}
-
 // Where training stands; this is what a checkpoint's trainer_state.json holds.
 struct Progress {
   std::size_t stage = 0;
-  long stage_step = 0;   // steps completed in `stage`
-  long global_step = 0;  // steps completed in all stages
-  long skipped = 0;      // steps skipped for non-finite values (policy "skip")
+  long stage_step = 0;        // steps completed in `stage`
+  long global_step = 0;       // steps completed in all stages
+  long skipped = 0;           // steps skipped for non-finite values (policy "skip")
+  long skipped_in_a_row = 0;  // the current run of consecutive skipped steps
 };
 
 Json to_json(const Progress& p) {
   return {{"stage", p.stage},
           {"stage_step", p.stage_step},
           {"global_step", p.global_step},
-          {"skipped_steps", p.skipped}};
+          {"skipped_steps", p.skipped},
+          {"consecutive_skipped_steps", p.skipped_in_a_row}};
 }
 
 struct StageStats {
@@ -113,6 +113,8 @@ class Trainer {
     return call_plugin(cfg_.parallelism.plugin, "parallelism", call, std::forward<F>(f));
   }
   void prepare_run_folder();
+  std::optional<std::string> checkpoint_to_resume() const;
+  void check_resume_settings(const std::string& dir) const;
   void resume_from(const std::string& dir);
   void start_stage(std::size_t k, bool fresh_run_start);
   StepInputs make_inputs(const StageConfig& stage, DataSource& data, SampleOrder& order,
@@ -120,6 +122,7 @@ class Trainer {
   void train_step(const StageConfig& stage, StepPrefetcher& inputs);
   void profiled_step(const StageConfig& stage, StepPrefetcher& inputs);
   void save_checkpoint();
+  [[noreturn]] void stop_after_write_error();
   void export_weights();
   void summary() const;
   bool rank0() const { return env_.rank == 0; }
@@ -137,19 +140,80 @@ class Trainer {
   std::unique_ptr<ProgressBar> bar_;
   std::vector<StageStats> stats_;
   std::string last_checkpoint_;
-  double peak_tflops_ = 0;  // MFU denominator (0: none)
-  bool profiling_ = false;  // the step running now is under the profiler (its metrics say so)
+  double peak_tflops_ = 0;   // MFU denominator (0: none)
+  bool profiling_ = false;   // the step running now is under the profiler (its metrics say so)
+  bool exported_ = false;    // the Diffusers export was written
+  std::string write_error_;  // a failed metrics/log write on this rank: the run stops
 };
 
+// Folders and this rank's log file. config.resolved.json is written once the run is accepted
+// (after a resume has loaded), so a refused resume leaves the folder as it was.
 void Trainer::prepare_run_folder() {
-  const fs::path ckpt = fs::path(out_) / "checkpoints";
-  if (rank0()) {
-    fs::create_directories(ckpt);
-    write_file_atomic((fs::path(out_) / "config.resolved.json").string(),
-                      cfg_.resolved.dump(2) + "\n");
-  }
+  if (rank0()) fs::create_directories(fs::path(out_) / "checkpoints");
   c_.ctx.world->barrier();
   add_rank_log_file(out_);
+}
+
+// Which checkpoint this run continues from (nullopt: a fresh start). Reads only; every refusal
+// comes before anything is written into the run folder.
+std::optional<std::string> Trainer::checkpoint_to_resume() const {
+  if (opts_.resume && !opts_.resume->empty()) {
+    std::string why;
+    if (!CheckpointStore::verify(*opts_.resume, &why))
+      throw ConfigError("",
+                        "--resume " + *opts_.resume + ": not a complete checkpoint (" + why + ")");
+    return *opts_.resume;
+  }
+  if (!opts_.resume) {
+    if (store_->holds_checkpoints())
+      throw UsageError("the run folder " + out_ +
+                       " already holds checkpoints: pass --resume to continue that run, or "
+                       "--out DIR to start a new one (nothing was changed)");
+    return std::nullopt;
+  }
+  std::vector<std::string> refused;
+  std::optional<std::string> dir = store_->find_latest(&refused);
+  if (!dir && !refused.empty()) {
+    std::string msg = "--resume: none of the " + std::to_string(refused.size()) +
+                      " checkpoint(s) in " + store_->root() +
+                      " verifies, so there is nothing to continue from (nothing was changed):";
+    for (const auto& r : refused) msg += "\n  " + r;
+    throw UsageError(msg +
+                     "\nRestore a good copy, or start a new run with --out DIR; a fresh start "
+                     "in this folder needs the damaged checkpoints moved away first");
+  }
+  if (!dir)
+    logger()->warn(
+        "--resume: {} holds no checkpoint; starting from scratch (as a requeued job "
+        "that never saved one does)",
+        store_->root());
+  return dir;
+}
+
+// The settings a checkpoint's trajectory depends on must be unchanged (resume_check.hpp).
+void Trainer::check_resume_settings(const std::string& dir) const {
+  const fs::path saved_path = fs::path(dir) / "config.resolved.json";
+  const Json saved = read_json_file(saved_path.string());
+  const Json state = read_json_file((fs::path(dir) / "trainer_state.json").string());
+  const ResumeChanges changes =
+      compare_resume_settings(saved, cfg_.resolved, state.at("stage").get<std::size_t>());
+  if (!changes.refused.empty()) {
+    std::string msg = "--resume " + dir +
+                      ": the checkpoint was trained with other values of settings that decide "
+                      "its trajectory; resume with its values (" +
+                      saved_path.string() + "), or start a new run with --out DIR:";
+    for (const auto& r : changes.refused) msg += "\n  " + r;
+    throw ConfigError(changes.first_refused, msg);
+  }
+  const auto& changed = changes.altering;
+  if (!changed.empty() && rank0()) {
+    std::string lines;
+    for (const auto& c : changed) lines += "\n  " + c;
+    logger()->warn(
+        "resuming {} with {} changed setting(s) that alter the training from here on (the "
+        "checkpoint's values are in {}):{}",
+        dir, changed.size(), saved_path.string(), lines);
+  }
 }
 
 void Trainer::start_stage(std::size_t k, bool run_start) {
@@ -167,11 +231,12 @@ void Trainer::start_stage(std::size_t k, bool run_start) {
 }
 
 void Trainer::resume_from(const std::string& dir) {
-  const Json state = Json::parse(read_file((fs::path(dir) / "trainer_state.json").string()));
+  const Json state = read_json_file((fs::path(dir) / "trainer_state.json").string());
   p_.stage = state.at("stage");
   p_.stage_step = state.at("stage_step");
   p_.global_step = state.at("global_step");
   p_.skipped = state.value("skipped_steps", 0L);
+  p_.skipped_in_a_row = state.value("consecutive_skipped_steps", 0L);
   if (p_.stage >= cfg_.stages.size())
     throw ConfigError("/stages", "the checkpoint " + dir + " is in stage " +
                                      std::to_string(p_.stage) + ", but this manifest has only " +
@@ -210,6 +275,28 @@ void Trainer::save_checkpoint() {
       },
       meta, cfg_.checkpoint.keep_last);
   logger()->info("checkpoint saved: {}", last_checkpoint_);
+}
+
+// A metrics or log write failed on some rank (most likely a full disk): save what can be saved
+// (a checkpoint of the step just trained, which may fail too: the last good one stays intact),
+// then stop with an error (exit 1).
+void Trainer::stop_after_write_error() {
+  bar_->finish();
+  std::string saved = "the last good checkpoint is " +
+                      (last_checkpoint_.empty() ? std::string("none") : last_checkpoint_);
+  try {
+    save_checkpoint();
+    saved = "saved a checkpoint of global step " + std::to_string(p_.global_step) + " (" +
+            last_checkpoint_ + ")";
+  } catch (const std::exception& e) {
+    saved = "a checkpoint could not be saved either (" + std::string(e.what()) + "); " + saved;
+  }
+  throw std::runtime_error(
+      (write_error_.empty() ? std::string("another rank could not write its log or metrics (see "
+                                          "its log or the console)")
+                            : write_error_) +
+      "; stopped after global step " + std::to_string(p_.global_step) + ": " + saved +
+      ". Free disk space and continue with --resume");
 }
 
 // This rank's share of a step's samples on the host, collated into micro batches and noised.
@@ -294,12 +381,27 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
   fault_point("step.before_optimizer", p_.global_step + 1);
   if (finite) {
     parallelism("optimizer_step", [&] { c_.parallelism->optimizer_step(lr); });
+    p_.skipped_in_a_row = 0;
   } else {
     ++p_.skipped;
+    ++p_.skipped_in_a_row;
+    const long limit = cfg_.run.nonfinite_max_consecutive;
+    if (p_.skipped_in_a_row > limit)
+      throw std::runtime_error(
+          "non-finite " + std::string(std::isfinite(loss) ? "gradient norm" : "loss") +
+          " at global step " + std::to_string(p_.global_step + 1) + " (stage '" + stage.name +
+          "'): " + std::to_string(p_.skipped_in_a_row) +
+          " steps in a row were non-finite, more than run.nonfinite_max_consecutive = " +
+          std::to_string(limit) +
+          " allows; stopped like run.nonfinite=abort (the weights are "
+          "most likely broken). The last good checkpoint is " +
+          (last_checkpoint_.empty() ? std::string("none") : last_checkpoint_));
     if (rank0())
-      logger()->warn("non-finite {} at global step {} (stage '{}'): step skipped ({} so far)",
-                     std::isfinite(loss) ? "gradient norm" : "loss", p_.global_step + 1, stage.name,
-                     p_.skipped);
+      logger()->warn(
+          "non-finite {} at global step {} (stage '{}'): step skipped ({} so far, {} in a row "
+          "of at most {})",
+          std::isfinite(loss) ? "gradient norm" : "loss", p_.global_step + 1, stage.name,
+          p_.skipped, p_.skipped_in_a_row, limit);
   }
   ++p_.stage_step;
   ++p_.global_step;
@@ -329,13 +431,17 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
         {"data_wait_s", data_wait_s},
         {"skipped_steps", p_.skipped}};
     if (profiling_) rec["profiled"] = true;
-    metrics_->write(rec);
-    if (tb_) {
-      for (const char* key :
-           {"loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "tflops_per_gpu"})
-        if (rec[key].is_number())
-          tb_->scalar(std::string("train/") + key, rec[key].get<double>(), p_.global_step);
-      tb_->flush();
+    try {
+      metrics_->write(rec);
+      if (tb_) {
+        for (const char* key :
+             {"loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "tflops_per_gpu"})
+          if (rec[key].is_number())
+            tb_->scalar(std::string("train/") + key, rec[key].get<double>(), p_.global_step);
+        tb_->flush();
+      }
+    } catch (const std::exception& e) {
+      if (write_error_.empty()) write_error_ = e.what();  // the run stops after this step
     }
     const long every = cfg_.logging.every_steps;
     bar_->update(stage.name, p_.stage_step, stage.steps, loss, lr, 1.0 / secs);
@@ -373,13 +479,28 @@ void Trainer::export_weights() {
   auto weights =
       parallelism("full_weights", [&] { return c_.parallelism->full_weights(*c_.model); });
   if (!rank0()) return;
+  std::map<std::string, at::Tensor> cpu;
+  std::vector<std::string> broken;
+  for (auto& [k, v] : weights) {
+    cpu[k] = v.detach().to(at::kCPU);
+    if (cpu[k].is_floating_point() && !at::isfinite(cpu[k]).all().item<bool>()) broken.push_back(k);
+  }
+  // Never export weights a pipeline cannot use.
+  if (!broken.empty()) {
+    std::string names;
+    for (std::size_t i = 0; i < broken.size() && i < 5; ++i) names += (i ? ", " : "") + broken[i];
+    throw std::runtime_error("the final weights hold non-finite values in " +
+                             std::to_string(broken.size()) + " of " + std::to_string(cpu.size()) +
+                             " tensors (" + names + (broken.size() > 5 ? ", ..." : "") +
+                             "): nothing was exported. The last checkpoint is " +
+                             (last_checkpoint_.empty() ? std::string("none") : last_checkpoint_));
+  }
   const fs::path dir = fs::path(out_) / "export";
   fs::create_directories(dir);
-  std::map<std::string, at::Tensor> cpu;
-  for (auto& [k, v] : weights) cpu[k] = v.detach().to(at::kCPU);
   safetensors::save((dir / "diffusion_pytorch_model.safetensors").string(), cpu,
                     {{"format", "pt"}});
   write_file_atomic((dir / "config.json").string(), c_.model->config_json());
+  exported_ = true;
   logger()->info("exported the final weights in Diffusers layout to {}", dir.string());
 }
 
@@ -397,13 +518,14 @@ void Trainer::summary() const {
   }
   s += "\n  run folder: " + out_ + " (metrics.jsonl, tensorboard/, logs/, config.resolved.json)";
   if (!last_checkpoint_.empty()) s += "\n  last checkpoint: " + last_checkpoint_;
-  if (cfg_.checkpoint.export_diffusers) s += "\n  Diffusers export: " + out_ + "/export";
+  if (exported_) s += "\n  Diffusers export: " + out_ + "/export";
   logger()->info("{}", s);
 }
 
 int Trainer::run() {
-  // Before anything that takes time: a SIGTERM from here on stops the run cleanly.
-  std::signal(SIGTERM, on_sigterm);
+  // `wanhost run` installed the SIGTERM handler before loading plugins (util/stop_signal.hpp);
+  // this covers other callers (tests).
+  install_stop_signal_handler();
   if (cfg_.run.threads > 0) at::set_num_threads(cfg_.run.threads);
   set_kernel_options(cfg_.run.kernels);
   set_fault_rank(env_.rank);
@@ -425,34 +547,22 @@ int Trainer::run() {
   store_ =
       std::make_unique<CheckpointStore>((fs::path(out_) / "checkpoints").string(), *c_.ctx.world);
   // Refusals come before anything is written into the run folder.
-  std::optional<std::string> resume_dir;
-  if (opts_.resume && !opts_.resume->empty()) {
-    std::string why;
-    if (!CheckpointStore::verify(*opts_.resume, &why))
-      throw ConfigError("",
-                        "--resume " + *opts_.resume + ": not a complete checkpoint (" + why + ")");
-    resume_dir = *opts_.resume;
-  } else if (!opts_.resume && store_->find_latest()) {
-    throw UsageError("the run folder " + out_ +
-                     " already holds checkpoints: pass --resume to continue that run, or "
-                     "--out DIR to start a new one (nothing was changed)");
-  }
+  const std::optional<std::string> resume_dir = checkpoint_to_resume();
+  if (resume_dir) check_resume_settings(*resume_dir);
   prepare_run_folder();
   if (rank0()) store_->remove_stale_temporaries();
   c_.ctx.world->barrier();
 
-  if (opts_.resume && opts_.resume->empty()) {
-    resume_dir = store_->find_latest();
-    if (!resume_dir)
-      logger()->warn("--resume: no complete checkpoint in {}; starting from scratch",
-                     store_->root());
-  }
   stats_.resize(cfg_.stages.size());
   for (std::size_t k = 0; k < stats_.size(); ++k) stats_[k].name = cfg_.stages[k].name;
   if (resume_dir)
     resume_from(*resume_dir);
   else
     start_stage(0, /*run_start=*/true);
+  // The run is accepted: its settings become the folder's.
+  if (rank0())
+    write_file_atomic((fs::path(out_) / "config.resolved.json").string(),
+                      cfg_.resolved.dump(2) + "\n");
   // Every rank's own figure (in its log file; rank 0's on the console): what sharding saves.
   logger()->info("parameters + gradients + optimizer state on this rank: {:.3f} MiB",
                  static_cast<double>(c_.parallelism->state_bytes()) / (1024.0 * 1024.0));
@@ -477,6 +587,14 @@ int Trainer::run() {
   bar_ = std::make_unique<ProgressBar>(rank0() &&
                                        (progress == "on" || (progress == "auto" && isatty(2))));
 
+  // A SIGTERM while the run was being built: stop before training (nothing new to save).
+  if (any_rank(*c_.ctx.world, c_.ctx.device, stop_signal_received())) {
+    logger()->warn(
+        "SIGTERM before the first step: stopped at global step {}; continue with "
+        "--resume",
+        p_.global_step);
+    return kExitPreempted;
+  }
   const long every = cfg_.checkpoint.every_steps;
   for (std::size_t k = p_.stage; k < cfg_.stages.size(); ++k) {
     const StageConfig& stage = cfg_.stages[k];
@@ -503,7 +621,13 @@ int Trainer::run() {
         train_step(stage, inputs);
       const bool stage_end = p_.stage_step == stage.steps;
       const bool stop = opts_.stop_after_steps && p_.global_step >= *opts_.stop_after_steps;
-      const bool term = any_rank(*c_.ctx.world, c_.ctx.device, g_terminate.load());
+      // Every rank flushes its log file each step, so a full disk is noticed now.
+      flush_logs();
+      if (write_error_.empty()) write_error_ = log_write_error();
+      const auto flags =
+          any_rank(*c_.ctx.world, c_.ctx.device, {stop_signal_received(), !write_error_.empty()});
+      const bool term = flags[0], write_failed = flags[1];
+      if (write_failed) stop_after_write_error();
       if ((every > 0 && p_.global_step % every == 0) ||
           (stage_end && cfg_.checkpoint.at_stage_end) || stop || term)
         save_checkpoint();

@@ -28,7 +28,9 @@ bool fault_active(const char* site, long step) {
   const std::string s(spec);
   const auto colon = s.rfind(':');
   if (colon == std::string::npos) return false;
-  return s.substr(0, colon) == site && std::atol(s.c_str() + colon + 1) == step;
+  if (s.substr(0, colon) != site) return false;
+  const long at = std::atol(s.c_str() + colon + 1);
+  return s.back() == '+' ? step >= at : step == at;  // "<site>:<N>+": step N and every later one
 }
 
 void fault_point(const char* site, long step) {

@@ -1,7 +1,7 @@
 // Test-only fault injection: the one interface through which the host's tests make a run crash,
 // diverge or hang at a chosen place. Off unless the environment variable WANHOST_FAULT is set.
 //
-//   WANHOST_FAULT=<site>:<global step>   where to fault
+//   WANHOST_FAULT=<site>:<global step>   where to fault ("<site>:<N>+": step N and every later one)
 //   WANHOST_FAULT_RANK=<r>               only on rank r (as given to set_fault_rank)
 //
 // Kill sites (SIGKILL, as a crash): step.before_optimizer, save.files_written,

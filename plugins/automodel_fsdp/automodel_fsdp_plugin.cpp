@@ -25,6 +25,7 @@
 #include <torch/csrc/autograd/function.h>
 
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/json_file.hpp"
 #include "wanhost/kit/layers.hpp"
 #include "wanhost/kit/parallelism_base.hpp"
 #include "wanhost/kit/precision.hpp"
@@ -238,7 +239,7 @@ class Fsdp final : public ParallelismBase {
       throw std::runtime_error(dir +
                                " holds no automodel_fsdp state (no fsdp.json): the "
                                "checkpoint was written by another parallelism plugin");
-    const Json meta = Json::parse(std::ifstream(meta_path));
+    const Json meta = read_json_file(meta_path.string());
     if (meta.value("format", "") != kFormat)
       throw std::runtime_error(meta_path.string() + ": unknown format " +
                                meta.value("format", "?"));

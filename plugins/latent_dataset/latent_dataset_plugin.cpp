@@ -16,6 +16,7 @@
 #include <mutex>
 #include <sstream>
 
+#include "wanhost/kit/json_file.hpp"
 #include "wanhost/kit/safetensors.hpp"
 #include "wanhost/log.hpp"
 #include "wanhost/plugin.hpp"
@@ -54,19 +55,12 @@ class LatentDataset final : public wanhost::DataSource {
       cfg.fail("path", "required: the dataset folder written by `wanhost prepare --output DIR`");
     if (!is_dir(dir_)) cfg.fail("path", "'" + dir_ + "' is not a folder");
     index_path_ = join(dir_, "index.json");
-    std::ifstream in(index_path_, std::ios::binary);
-    if (!in)
+    struct stat st {};
+    if (::lstat(index_path_.c_str(), &st) != 0)
       cfg.fail("path", "'" + dir_ +
                            "' has no index.json: not a dataset folder of `wanhost prepare`, or "
                            "its preparation has not finished (run it again to resume)");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    Json index;
-    try {
-      index = Json::parse(ss.str());
-    } catch (const Json::parse_error& e) {
-      throw FormatError(index_path_ + ": invalid JSON at byte " + std::to_string(e.byte));
-    }
+    const Json index = wanhost::read_json_file(index_path_);  // FormatError names file and byte
     read_index(index);
     const std::string want = cfg.get<std::string>("mode");
     if (want != "any" && want != mode_)

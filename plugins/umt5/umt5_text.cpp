@@ -16,6 +16,7 @@
 
 #include "umt5.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/json_file.hpp"
 #include "wanhost/log.hpp"
 
 namespace wanhost::plugins::umt5 {
@@ -37,15 +38,15 @@ bool is_dir(const std::string& path) {
 // Reads a JSON file; `skip_top_level` names top-level keys whose values are not kept (the
 // vocabulary of a 16 MB tokenizer.json).
 Json read_json(const std::string& path, const std::set<std::string>& skip_top_level) {
-  std::ifstream in(path);
-  if (!in) throw FormatError(path + ": cannot read");
+  // Guarded read (regular files only: a FIFO would block), then a filtered parse.
+  const std::string text = read_regular_file(path, std::size_t{1} << 30);
   try {
-    return Json::parse(in, [&](int depth, Json::parse_event_t event, Json& parsed) {
+    return Json::parse(text, [&](int depth, Json::parse_event_t event, Json& parsed) {
       return !(depth == 1 && event == Json::parse_event_t::key &&
                skip_top_level.count(parsed.get<std::string>()));
     });
-  } catch (const Json::exception& e) {
-    throw FormatError(path + ": not valid JSON: " + e.what());
+  } catch (const Json::exception&) {
+    return parse_json_text(text, path);  // throws FormatError with line, column and byte
   }
 }
 

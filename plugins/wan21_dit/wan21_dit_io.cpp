@@ -20,6 +20,7 @@
 
 #include "wan21_dit.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/json_file.hpp"
 #include "wanhost/kit/safetensors.hpp"
 #include "wanhost/kit/strings.hpp"
 #include "wanhost/kit/weights.hpp"
@@ -48,7 +49,41 @@ std::int64_t positive_int(const Json& v, const std::string& key) {
   return v.get<std::int64_t>();
 }
 
+// The largest weight tensor and the largest model a config may ask for. Products of config
+// integers are checked before use: signed overflow is undefined behaviour, and a layer no machine
+// can hold is a config error, not an allocator failure deep inside LibTorch.
+constexpr std::int64_t kMaxTensorElements = std::int64_t{1} << 36;
+constexpr std::int64_t kMaxModelElements = std::int64_t{1} << 42;
+
+std::int64_t checked_product(std::int64_t a, std::int64_t b, std::int64_t limit,
+                             const std::string& key, const std::string& what) {
+  std::int64_t r = 0;
+  if (__builtin_mul_overflow(a, b, &r) || r > limit)
+    throw KeyError{key, what + " = " + std::to_string(a) + " x " + std::to_string(b) +
+                            " is more than the " + std::to_string(limit) +
+                            " elements wan21_dit allows"};
+  return r;
+}
+
 void validate(const WanConfig& c) {
+  const auto T = kMaxTensorElements;
+  const std::int64_t d = checked_product(c.heads, c.head_dim, T, "num_attention_heads",
+                                         "the width num_attention_heads x attention_head_dim");
+  checked_product(d, d, T, "num_attention_heads", "an attention projection (width x width)");
+  checked_product(6 * d, d, T, "num_attention_heads", "the time projection (6 x width x width)");
+  checked_product(d, c.ffn_dim, T, "ffn_dim", "an FFN layer (width x ffn_dim)");
+  checked_product(d, c.text_dim, T, "text_dim", "the text projection (width x text_dim)");
+  checked_product(d, c.freq_dim, T, "freq_dim", "the time embedding (width x freq_dim)");
+  const std::int64_t pv =
+      checked_product(checked_product(c.patch[0], c.patch[1], T, "patch_size", "the patch area"),
+                      c.patch[2], T, "patch_size", "the patch volume");
+  for (const auto& [key, channels] :
+       {std::pair{"in_channels", c.in_channels}, std::pair{"out_channels", c.out_channels}})
+    checked_product(checked_product(channels, pv, T, key, std::string(key) + " x patch volume"), d,
+                    T, key, std::string("the patch projection (") + key + " x patch x width)");
+  // One block holds about 8 width x width + 2 width x ffn_dim weights (each term checked above).
+  checked_product(c.num_layers, 8 * d * d + 2 * d * c.ffn_dim, kMaxModelElements, "num_layers",
+                  "the blocks' weights (num_layers x per-block weights)");
   if (c.head_dim % 2 != 0 || c.head_dim < 6)
     throw KeyError{"attention_head_dim",
                    "must be even and >= 6 (3-D RoPE splits each head into three rotated parts), "
@@ -234,13 +269,11 @@ WanOptions resolve_options(const wanhost::PluginConfig& cfg) {
   }
   const auto file = cfg.get_or<std::string>("config_file", "");
   if (!file.empty()) {
-    std::ifstream in(file);
-    if (!in) cfg.fail("config_file", "cannot read '" + file + "'");
     Json j;
     try {
-      j = Json::parse(in);
-    } catch (const Json::exception& e) {
-      cfg.fail("config_file", "'" + file + "' is not valid JSON: " + e.what());
+      j = wanhost::read_json_file(file);
+    } catch (const wanhost::FormatError& e) {
+      cfg.fail("config_file", e.what());
     }
     // Keys missing from the file take WanTransformer3DModel's defaults (= the 14B architecture).
     try {

@@ -327,6 +327,8 @@ std::vector<WanModel::TokenGrid> WanModel::token_grids(const Batch& b) const {
   if (!b.packed()) {
     if (x.dim() != 5 || x.size(1) != c.in_channels)
       bad_batch("dense latents must be [B, " + std::to_string(c.in_channels) + ", F, H, W]");
+    // Every later step reads the first sample's grid, text and timestep.
+    if (x.size(0) == 0) bad_batch("the batch is empty (batch size 0)");
     return std::vector<TokenGrid>(x.size(0), grid(x.size(2), x.size(3), x.size(4)));
   }
   if (x.dim() != 2 || x.size(0) != c.in_channels)

@@ -14,6 +14,7 @@
 
 #include "wan_vae.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/json_file.hpp"
 #include "wanhost/kit/safetensors.hpp"
 #include "wanhost/kit/strings.hpp"
 #include "wanhost/kit/weights.hpp"
@@ -239,13 +240,11 @@ VaeConfig parse_config(const Json& keys) {
 }
 
 VaeConfig read_config_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw FormatError("wan_vae: cannot read config file '" + path + "'");
   Json j;
   try {
-    j = Json::parse(in);
-  } catch (const Json::exception& e) {
-    throw FormatError("wan_vae: config file '" + path + "' is not valid JSON: " + e.what());
+    j = read_json_file(path);
+  } catch (const FormatError& e) {
+    throw FormatError(std::string("wan_vae: config file ") + e.what());
   }
   if (j.is_object() && j.contains("_class_name") && j["_class_name"] != "AutoencoderKLWan")
     throw FormatError("wan_vae: config file '" + path +

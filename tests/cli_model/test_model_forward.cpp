@@ -82,6 +82,19 @@ TEST_F(ModelForward, UsageErrorsSayWhatIsWrong) {
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("no plugin named 'no_such_model'"), std::string::npos) << r.output;
 
+  // Batch 0 (issue 18: embed() read the first sample of an empty batch and died with SIGSEGV).
+  const std::string empty_inputs = (kTmp / "empty_inputs.safetensors").string();
+  const auto data = st::File::open(inputs_).load_all();
+  st::save(empty_inputs,
+           {{"hidden_states", data.at("hidden_states").narrow(0, 0, 0)},
+            {"timestep", data.at("timestep").narrow(0, 0, 0)},
+            {"encoder_hidden_states", data.at("encoder_hidden_states").narrow(0, 0, 0)}});
+  r = run_wanhost("model forward --plugin wan21_dit --weights " + model + " --inputs " +
+                  empty_inputs + " --output " + (kTmp / "x.safetensors").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--inputs " + empty_inputs + ": "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("batch is empty"), std::string::npos) << r.output;
+
   const std::string pickle = (kTmp / "inputs.pt").string();
   std::ofstream(pickle, std::ios::binary) << std::string("\x80\x02}q\x00.", 6);
   r = run_wanhost("model forward --plugin wan21_dit --weights " + model + " --inputs " + pickle +

@@ -1,10 +1,14 @@
 // The checkpoint store through the real CLI: damaged checkpoints and LATEST, retention, refusing
 // to start over a run folder that holds checkpoints, and the non-finite policies.
+#include <cmath>
 #include <fstream>
+
+#include <ATen/ATen.h>
 
 #include <gtest/gtest.h>
 
 #include "train_test_util.hpp"
+#include "wanhost/kit/safetensors.hpp"
 
 namespace traintest {
 namespace {
@@ -245,6 +249,177 @@ TEST(NonFinite, SkipCountsAndDoesNotStep) {
                 .value("skipped_steps", -1),
             1);
   EXPECT_NE(r.err.find("non-finite"), std::string::npos) << "the skip is reported";
+}
+
+// --resume when no checkpoint verifies: exit 2 naming each checkpoint and why, and the run folder
+// (metrics history, config.resolved.json) is left as it was; without --resume the folder is
+// refused too (damaged checkpoints are still checkpoints). (Issue 18: this used to restart from
+// step 0, exit 0 and truncate metrics.jsonl.)
+TEST(DamagedState, ResumeWhenNoCheckpointVerifiesIsRefused) {
+  const fs::path run = copy_of_reference("run");
+  std::vector<fs::path> damaged;
+  for (const auto& name : checkpoint_names(run)) {
+    damaged.push_back(some_weights(run / "checkpoints" / name));
+    flip_last_byte(damaged.back());
+  }
+  ASSERT_EQ(damaged.size(), static_cast<std::size_t>(kTotalSteps / kEvery));
+  const auto before = snapshot(run);
+
+  Result r = run_cli(run_args(run, {"--resume"}));
+  EXPECT_EQ(r.code, 2) << r.describe();
+  EXPECT_NE(r.err.find("none of the " + std::to_string(damaged.size()) + " checkpoint(s) in " +
+                       (run / "checkpoints").string() + " verifies"),
+            std::string::npos)
+      << r.describe();
+  for (const auto& w : damaged)
+    EXPECT_NE(r.err.find(w.string() + " fails its checksum"), std::string::npos) << w;
+  EXPECT_EQ(snapshot(run), before) << "history and config kept";
+
+  r = run_cli(run_args(run, {}));
+  EXPECT_EQ(r.code, 2) << r.describe();
+  EXPECT_NE(r.err.find("already holds checkpoints"), std::string::npos) << r.describe();
+  EXPECT_EQ(snapshot(run), before);
+}
+
+// A folder without any checkpoint (a job requeued before its first save) starts from scratch
+// under --resume, with a warning.
+TEST(RunFolder, ResumeWithoutAnyCheckpointStartsFresh) {
+  const fs::path run = scratch_dir() / "run";
+  const Result r = run_cli(run_args(run, {"--resume", "--stop-after-steps", "2"}));
+  ASSERT_EQ(r.code, 0) << r.describe();
+  EXPECT_NE(r.err.find("holds no checkpoint; starting from scratch"), std::string::npos)
+      << r.describe();
+  EXPECT_EQ(read_metrics(run).size(), 2u);
+}
+
+// The settings that decide a checkpoint's trajectory (seed, master-weight dtype, the current
+// stage's global batch) cannot change on resume: exit 2 naming old and new values, and the run
+// folder is untouched, config.resolved.json included. Other changes that alter the numbers are
+// accepted and named in a warning; changes that cannot (logging) are not named.
+TEST(ResumeSettings, TrajectorySettingsRefusedOthersNamed) {
+  const fs::path run = copy_of_reference("run");
+  const std::string from = (run / "checkpoints" / step(2 * kEvery)).string();
+  const auto before = snapshot(run);
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"run.seed=7", "/run/seed: 1234 -> 7"},
+      {"run.master_weights=\"bf16\"", "/run/master_weights: \"fp32\" -> \"bf16\""},
+      {"stages.0.global_batch=8", "/stages/0/global_batch: 4 -> 8"}};
+  for (const auto& [set, named] : refused) {
+    SCOPED_TRACE(set);
+    const Result r = run_cli(run_args(run, {"--resume", from, "--set", set}));
+    EXPECT_EQ(r.code, 2) << r.describe();
+    EXPECT_NE(r.err.find("--resume " + from + ": the checkpoint was trained with other values"),
+              std::string::npos)
+        << r.describe();
+    EXPECT_NE(r.err.find(named), std::string::npos) << r.describe();
+    EXPECT_EQ(snapshot(run), before) << "a refused resume changes nothing";
+  }
+
+  const Result r = run_cli(run_args(
+      run, {"--resume", from, "--set", "stages.0.optimizer.lr=2e-4", "--set",
+            "logging.every_steps=3", "--stop-after-steps", std::to_string(2 * kEvery + 1)}));
+  ASSERT_EQ(r.code, 0) << r.describe();
+  EXPECT_NE(r.err.find("1 changed setting(s) that alter the training"), std::string::npos)
+      << r.describe();
+  EXPECT_NE(r.err.find("/stages/0/optimizer/lr: "), std::string::npos) << r.describe();
+  EXPECT_EQ(r.err.find("/logging/every_steps"), std::string::npos) << r.describe();
+  const Json resolved = Json::parse(read_file(run / "config.resolved.json"));
+  EXPECT_EQ(resolved["stages"][0]["optimizer"]["lr"].get<double>(), 2e-4)
+      << "the accepted run's settings are the folder's";
+}
+
+// A full disk (/dev/full) under metrics.jsonl: the run stops after the step with exit 1 and a
+// message naming the file and the reason, saves a checkpoint of that step first, and the file
+// never holds a partial record. (Issue 18: this used to exit 0 with metrics cut mid-record.)
+TEST(WriteFailures, FullDiskUnderMetricsStopsTheRun) {
+  const fs::path run = scratch_dir() / "run";
+  fs::create_directories(run);
+  fs::create_symlink("/dev/full", run / "metrics.jsonl");
+  const Result r = run_cli(run_args(run, {}));
+  EXPECT_EQ(r.code, 1) << r.describe();
+  EXPECT_NE(r.err.find((run / "metrics.jsonl").string() +
+                       ": cannot write the metrics of step 1: No space left on device"),
+            std::string::npos)
+      << r.describe();
+  EXPECT_NE(r.err.find("saved a checkpoint of global step 1"), std::string::npos) << r.describe();
+  EXPECT_EQ(latest(run), step(1));
+
+  // With the disk back, --resume goes on from there.
+  fs::remove(run / "metrics.jsonl");
+  const Result resumed = run_cli(run_args(run, {"--resume", "--stop-after-steps", "3"}));
+  ASSERT_EQ(resumed.code, 0) << resumed.describe();
+  EXPECT_EQ(read_metrics(run).size(), 2u) << "steps 2 and 3";
+}
+
+// The same for a rank's log file: spdlog reports the failed write to its error handler, which
+// the trainer checks after every step.
+TEST(WriteFailures, FullDiskUnderTheRankLogStopsTheRun) {
+  const fs::path run = scratch_dir() / "run";
+  fs::create_directories(run / "logs");
+  fs::create_symlink("/dev/full", run / "logs" / "rank_00000.log");
+  const Result r = run_cli(run_args(run, {}));
+  EXPECT_EQ(r.code, 1) << r.describe();
+  EXPECT_NE(r.err.find("cannot write a log file"), std::string::npos) << r.describe();
+  EXPECT_NE(r.err.find("stopped after global step 1"), std::string::npos) << r.describe();
+  EXPECT_EQ(read_metrics(run).size(), 1u);
+}
+
+// run.nonfinite=skip has a limit: more than run.nonfinite_max_consecutive non-finite steps in a
+// row stop the run as abort does (here every step from 3 on is non-finite).
+TEST(NonFinite, SkipStopsAfterTooManyInARow) {
+  const fs::path run = scratch_dir() / "run";
+  const Result r = run_cli(run_args(run, {"--set", "run.nonfinite=\"skip\"", "--set",
+                                          "run.nonfinite_max_consecutive=4"}),
+                           {{"WANHOST_FAULT", "step.nan_loss:3+"}});
+  EXPECT_EQ(r.code, 1) << r.describe();
+  EXPECT_NE(r.err.find("non-finite loss at global step 7 (stage 't2i'): 5 steps in a row "
+                       "were non-finite, more than run.nonfinite_max_consecutive = 4 allows"),
+            std::string::npos)
+      << r.describe();
+  EXPECT_EQ(read_metrics(run).size(), 6u);
+  EXPECT_FALSE(fs::exists(run / "export"));
+}
+
+// Weights that are non-finite at the end (here from the start: the init weights hold a NaN, and
+// every step is skipped within the limit) are never exported.
+TEST(NonFinite, NonFiniteWeightsAreNeverExported) {
+  const fs::path ref = reference_run(kKeepAll);
+  const fs::path weights = scratch_dir() / "nan-weights";
+  copy_run(ref / "checkpoints" / step(kStage1Steps) / "state" / "model", weights);
+  const fs::path file = weights / "diffusion_pytorch_model.safetensors";
+  auto tensors = wanhost::safetensors::File::open(file.string()).load_all();
+  at::Tensor& t = tensors.begin()->second;
+  t = t.clone();
+  t.view(-1)[0] = std::nan("");
+  wanhost::safetensors::save(file.string(), tensors, {{"format", "pt"}});
+
+  const fs::path run = scratch_dir() / "run";
+  const Result r = run_cli(
+      run_args(run, {"--set", "stages.0.init=\"" + weights.string() + "\"", "--set",
+                     "run.nonfinite=\"skip\"", "--set", "run.nonfinite_max_consecutive=100"}));
+  EXPECT_EQ(r.code, 1) << r.describe();
+  EXPECT_NE(r.err.find("the final weights hold non-finite values in 1 of "), std::string::npos)
+      << r.describe();
+  EXPECT_NE(r.err.find(tensors.begin()->first), std::string::npos) << r.describe();
+  EXPECT_FALSE(fs::exists(run / "export"));
+  EXPECT_EQ(read_metrics(run).back()["skipped_steps"].get<long>(), kTotalSteps);
+}
+
+// A stopped run's summary names no export (none was written); leftovers of an interrupted
+// LATEST swap are removed at start like those of interrupted saves.
+TEST(RunFolder, StopSummaryAndLatestLeftovers) {
+  const fs::path run = copy_of_reference("run");
+  const fs::path leftover = run / "checkpoints" / ".LATEST.tmp-Ab12Cd";
+  write_file(leftover, "step-8\n");
+  const Result r = run_cli(run_args(
+      run, {"--resume", (run / "checkpoints" / step(8)).string(), "--stop-after-steps", "9"}));
+  ASSERT_EQ(r.code, 0) << r.describe();
+  EXPECT_FALSE(fs::exists(leftover));
+  EXPECT_NE(
+      r.err.find("removing the leftover of an interrupted checkpoint save: " + leftover.string()),
+      std::string::npos)
+      << r.describe();
+  EXPECT_EQ(r.err.find("Diffusers export:"), std::string::npos) << r.describe();
 }
 
 }  // namespace
