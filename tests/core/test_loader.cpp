@@ -396,7 +396,7 @@ TEST_F(Loader, MalformedSidecars) {
     std::string expected;
   };
   const std::vector<Case> cases = {
-      {"bad_json.json", ": not valid JSON ("},
+      {"bad_json.json", ":4:9 (byte 53): invalid JSON: parse error at line 4, column 9"},
       {"unknown_key.json", ": unknown key 'homepage' in sidecar manifest"},
       {"bad_option_table.json", ": option 'steps' needs a \"default\""},
       {"bad_default.json", ": option 'samples': its default is invalid"},

@@ -285,7 +285,8 @@ TEST_F(RunConfig, ManifestMustBeAnObjectAndReadable) {
     wanhost::core::resolve_run_config(r, *reg_);
     FAIL() << "a missing manifest was accepted";
   } catch (const ConfigError& e2) {
-    EXPECT_CONTAINS(e2.what(), "cannot read manifest " + (dir_ / "absent.json").string());
+    EXPECT_CONTAINS(e2.what(),
+                    "manifest " + (dir_ / "absent.json").string() + ": cannot open: No such file");
   }
 }
 

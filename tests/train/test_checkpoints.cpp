@@ -384,7 +384,8 @@ TEST(NonFinite, SkipStopsAfterTooManyInARow) {
 // every step is skipped within the limit) are never exported.
 TEST(NonFinite, NonFiniteWeightsAreNeverExported) {
   const fs::path ref = reference_run(kKeepAll);
-  const fs::path weights = scratch_dir() / "nan-weights";
+  const fs::path scratch = scratch_dir();  // (each call empties the folder)
+  const fs::path weights = scratch / "nan-weights";
   copy_run(ref / "checkpoints" / step(kStage1Steps) / "state" / "model", weights);
   const fs::path file = weights / "diffusion_pytorch_model.safetensors";
   auto tensors = wanhost::safetensors::File::open(file.string()).load_all();
@@ -393,7 +394,7 @@ TEST(NonFinite, NonFiniteWeightsAreNeverExported) {
   t.view(-1)[0] = std::nan("");
   wanhost::safetensors::save(file.string(), tensors, {{"format", "pt"}});
 
-  const fs::path run = scratch_dir() / "run";
+  const fs::path run = scratch / "run";
   const Result r = run_cli(
       run_args(run, {"--set", "stages.0.init=\"" + weights.string() + "\"", "--set",
                      "run.nonfinite=\"skip\"", "--set", "run.nonfinite_max_consecutive=100"}));
@@ -402,7 +403,9 @@ TEST(NonFinite, NonFiniteWeightsAreNeverExported) {
       << r.describe();
   EXPECT_NE(r.err.find(tensors.begin()->first), std::string::npos) << r.describe();
   EXPECT_FALSE(fs::exists(run / "export"));
-  EXPECT_EQ(read_metrics(run).back()["skipped_steps"].get<long>(), kTotalSteps);
+  const auto m = read_metrics(run);
+  ASSERT_EQ(m.size(), static_cast<std::size_t>(kTotalSteps));
+  EXPECT_EQ(m.back()["skipped_steps"].get<long>(), kTotalSteps);
 }
 
 // A stopped run's summary names no export (none was written); leftovers of an interrupted
