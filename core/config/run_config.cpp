@@ -55,6 +55,7 @@ RunConfig parse_run_config(const Json& resolved) {
   if (c.run.out.empty())
     throw ConfigError("/run/out", "the run folder is empty: give --out DIR or run.out");
   c.run.seed = r.at("seed");
+  c.run.shared_randomness = r.at("randomness") == "shared_across_data_parallel";
   c.run.device = r.at("device");
   c.run.precision = r.at("precision");
   c.run.master_weights = r.at("master_weights");

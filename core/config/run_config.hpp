@@ -18,10 +18,11 @@ namespace wanhost::core {
 struct RunSettings {
   std::string name, out;
   std::uint64_t seed = 0;
-  std::string device;           // auto | cpu | cuda
-  std::string precision;        // auto | fp32 | bf16 (compute)
-  std::string master_weights;   // fp32 | bf16
-  bool skip_nonfinite = false;  // nonfinite: skip (else abort)
+  bool shared_randomness = false;  // randomness: shared_across_data_parallel (else per_sample)
+  std::string device;              // auto | cpu | cuda
+  std::string precision;           // auto | fp32 | bf16 (compute)
+  std::string master_weights;      // fp32 | bf16
+  bool skip_nonfinite = false;     // nonfinite: skip (else abort)
   long nonfinite_max_consecutive = 10;
   int threads = 0;
   bool prefetch = true;

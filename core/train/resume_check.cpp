@@ -39,7 +39,8 @@ ResumeChanges compare_resume_settings(const Json& saved, const Json& now, std::s
     const auto ia = a.find(p), ib = b.find(p);
     if (ia != a.end() && ib != b.end() && *ia == *ib) continue;
     const std::string line = p + ": " + value_text(a, p) + " -> " + value_text(b, p);
-    if (p == "/run/seed" || p == "/run/master_weights" || p == current_batch) {
+    if (p == "/run/seed" || p == "/run/randomness" || p == "/run/master_weights" ||
+        p == current_batch) {
       if (r.refused.empty()) r.first_refused = p;
       r.refused.push_back(line);
     } else if (!quiet(p)) {

@@ -2,9 +2,9 @@
 // resumed run's config is compared with it, setting by setting (JSON pointers), before anything is
 // loaded or written:
 //  - refused (ConfigError, exit 2): the settings that would silently give another trajectory than
-//    the one the checkpoint is on: run.seed (every timestep and noise draw), run.master_weights
-//    (the optimizer state's dtype) and the current stage's global_batch (the data position is
-//    counted in samples of it);
+//    the one the checkpoint is on: run.seed and run.randomness (every timestep and noise draw),
+//    run.master_weights (the optimizer state's dtype) and the current stage's global_batch (the
+//    data position is counted in samples of it);
 //  - named in one warning: every other change that can alter the numbers (learning rate, schedule,
 //    steps, model options, data, scheduler, collator, parallelism, ...);
 //  - quiet: settings that cannot (run folder and name, logging, checkpointing, threads, prefetch,

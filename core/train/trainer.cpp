@@ -319,7 +319,10 @@ StepInputs Trainer::make_inputs(const StageConfig& stage, DataSource& data, Samp
     samples.push_back(call_plugin(stage.data.plugin, "data_source", "get",
                                   [&] { return data.get(order.at(position)); }));
     Sample& s = samples.back();
-    s.key = position;  // the stream position: unique per sample of the stage
+    // The stream position, unique per sample of the stage; run.randomness
+    // shared_across_data_parallel counts only within this rank's share, so every data-parallel
+    // rank draws the same keys (the reference Megatron path's same-seed-everywhere behaviour).
+    s.key = cfg_.run.shared_randomness ? stage_step * local + j : position;
     const PackSegment grid{0, s.latent.size(1), s.latent.size(2), s.latent.size(3)};
     in.tokens += static_cast<double>(c_.model->tokens(grid));
     in.flops += 3.0 * c_.model->forward_flops(grid, s.text.size(0));

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -241,6 +242,45 @@ TEST_F(Distributed, CpuRanksWithoutMpirunAreRefusedClearly) {
       {"RANK=0", "WORLD_SIZE=2", "LOCAL_RANK=0", "MASTER_ADDR=127.0.0.1", "MASTER_PORT=29511"}, 60);
   EXPECT_EQ(r.code, 2) << tail(r.log);
   EXPECT_NE(r.log.find("mpirun -np 2"), std::string::npos) << tail(r.log);
+}
+
+// run.randomness: by default the ranks draw disjoint keys (each sample its stream position);
+// shared_across_data_parallel gives every rank the same keys, as the reference Megatron path's
+// seeding does. Keys come from fx_key_recorder (tests/train), one line per micro batch and rank:
+// "<global step>: <keys>". One step a stage, 6 samples a rank in micro batches of 2.
+TEST_F(Distributed, SharedRandomnessGivesEveryRankTheSameKeys) {
+  const fs::path dir = scratch();
+  const auto lines_of = [](const fs::path& f) {
+    std::ifstream in(f);
+    std::vector<std::string> lines;
+    for (std::string l; std::getline(in, l);) lines.push_back(l);
+    std::sort(lines.begin(), lines.end());
+    return lines;
+  };
+  const auto expected = [](bool shared) {
+    std::vector<std::string> lines;
+    for (int step : {0, 1})
+      for (int rank : {0, 1})
+        for (int j = 0; j < 6; j += 2) {
+          const int k = shared ? j : rank * 6 + j;
+          lines.push_back(std::to_string(step) + ": " + std::to_string(k) + " " +
+                          std::to_string(k + 1));
+        }
+    std::sort(lines.begin(), lines.end());
+    return lines;
+  };
+  for (const bool shared : {false, true}) {
+    SCOPED_TRACE(shared ? "shared_across_data_parallel" : "per_sample");
+    const fs::path keys = dir / (shared ? "shared.txt" : "own.txt");
+    const Result r = run(
+        dir / (shared ? "shared" : "own"), 2, "ddp,fx_key_recorder",
+        std::string("--set stages.0.steps=1 --set stages.1.steps=1 --set "
+                    "run.randomness=") +
+            (shared ? "shared_across_data_parallel" : "per_sample"),
+        {"WANHOST_PLUGIN_PATH=" WANHOST_KEY_RECORDER_DIR, "WANHOST_TEST_KEYS=" + keys.string()});
+    ASSERT_EQ(r.code, 0) << tail(r.log);
+    EXPECT_EQ(lines_of(keys), expected(shared));
+  }
 }
 
 }  // namespace
