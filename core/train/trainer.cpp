@@ -343,7 +343,7 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
         {"loss", finite ? Json(loss) : Json(nullptr)},
         {"lr", lr},
         {"grad_norm", std::isfinite(grad_norm) ? Json(grad_norm) : Json(nullptr)},
-        {"samples", gb},
+        {"samples", std::llround(h[1])},  // samples trained (the losses' count)
         {"packs", std::llround(packs)},
         {"tokens", std::llround(tokens)},
         {"pack_efficiency", pack_efficiency},
