@@ -21,6 +21,9 @@ struct StepInputs {
   long stage_step = -1, global_step = -1;  // the step they are for (make sets them; take checks)
   std::vector<NoisedBatch> micro;          // on the training device
   double tokens = 0, flops = 0;            // this rank's share, for the throughput metrics
+  // This rank's micro batches (packs) and their tokens after the model's per-sample padding of
+  // packed batches to ParallelContext::token_multiple (= tokens for dense batches).
+  double packs = 0, padded_tokens = 0;
 };
 
 class StepPrefetcher {

@@ -72,15 +72,16 @@ struct StageStats {
 class ProgressBar {
  public:
   explicit ProgressBar(bool on) : on_(on) {}
-  void update(const std::string& stage, long step, long total, double loss, double lr,
-              double it_s) {
+  void update(const std::string& stage, long step, long total, double loss, double lr, double it_s,
+              double packs, double pack_efficiency) {
     if (!on_) return;
     const int width = 30;
     const int filled = total > 0 ? static_cast<int>(width * step / total) : 0;
     std::string bar(filled, '=');
     if (filled < width) bar += '>' + std::string(width - filled - 1, ' ');
-    std::fprintf(stderr, "\r[%s] %ld/%ld [%s] loss %.4f lr %.2e %.1f it/s ", stage.c_str(), step,
-                 total, bar.c_str(), loss, lr, it_s);
+    std::fprintf(stderr, "\r[%s] %ld/%ld [%s] loss %.4f lr %.2e %.1f it/s %.0f packs %.0f%% ",
+                 stage.c_str(), step, total, bar.c_str(), loss, lr, it_s, packs,
+                 100.0 * pack_efficiency);
     std::fflush(stderr);
   }
   void finish() {
@@ -91,6 +92,12 @@ class ProgressBar {
  private:
   bool on_;
 };
+
+// A sample's tokens in a packed batch: the model pads each sample's run to a multiple of
+// ParallelContext::token_multiple.
+std::int64_t padded_tokens(std::int64_t tokens, std::int64_t multiple) {
+  return multiple > 1 ? (tokens + multiple - 1) / multiple * multiple : tokens;
+}
 
 double mean_of(const std::vector<double>& v, std::size_t from, std::size_t n) {
   double s = 0;
@@ -310,6 +317,12 @@ StepInputs Trainer::make_inputs(const StageConfig& stage, DataSource& data, Samp
   CollateOptions copts;
   copts.text_rows = stage.text_rows;
   copts.micro_batch = stage.micro_batch;
+  // Token budgets (seq_packer) count what the model will process: padded tokens.
+  const Model* model = c_.model.get();
+  const std::int64_t multiple = c_.ctx.token_multiple;
+  copts.tokens = [model, multiple](const PackSegment& grid) {
+    return padded_tokens(model->tokens(grid), multiple);
+  };
   StepInputs in;
   in.stage_step = stage_step;
   in.global_step = global_step;
@@ -330,6 +343,13 @@ StepInputs Trainer::make_inputs(const StageConfig& stage, DataSource& data, Samp
   std::vector<Batch> micro = call_plugin(cfg_.collator.plugin, "collator", "collate", [&] {
     return c_.collator->collate(std::move(samples), copts);
   });
+  in.packs = static_cast<double>(micro.size());
+  in.padded_tokens = in.tokens;
+  for (const Batch& batch : micro)
+    for (std::int64_t i = 0; batch.packed() && i < batch.batch_size(); ++i) {
+      const std::int64_t t = model->tokens(batch.grid(i));
+      in.padded_tokens += static_cast<double>(padded_tokens(t, multiple) - t);
+    }
   for (const Batch& batch : micro)
     in.micro.push_back(call_plugin(cfg_.scheduler.plugin, "scheduler", "add_noise", [&] {
       return c_.scheduler->add_noise(batch, cfg_.run.seed, global_step);
@@ -364,13 +384,17 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
   const auto f64 = at::TensorOptions(at::kDouble).device(c_.ctx.device);
   at::Tensor totals = at::cat(
       {sl.sum.detach().to(f64).reshape({1}),
-       at::tensor({static_cast<double>(sl.count), in.tokens, in.flops}, at::kDouble).to(f64)});
+       at::tensor({static_cast<double>(sl.count), in.tokens, in.flops, in.packs, in.padded_tokens},
+                  at::kDouble)
+           .to(f64)});
   c_.ctx.dp->all_reduce(totals, ReduceOp::Sum);
-  // The one read of the step on the host: loss sum, sample count, tokens, FLOPs, gradient norm.
+  // The one read of the step on the host: loss sum, sample count, tokens, FLOPs, packs, padded
+  // tokens, gradient norm.
   const at::Tensor host = at::cat({totals, grad_norm_t.detach().to(f64).reshape({1})}).cpu();
   const double* h = host.data_ptr<double>();
   const double loss = h[0] / std::max(1.0, h[1]), tokens = h[2], flops = h[3];
-  const double grad_norm = h[4];
+  const double packs = h[4], pack_efficiency = h[5] > 0 ? tokens / h[5] : 1.0;
+  const double grad_norm = h[6];
   const double lr = learning_rate(stage, p_.stage_step);
 
   const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
@@ -424,6 +448,10 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
         {"loss", finite ? Json(loss) : Json(nullptr)},
         {"lr", lr},
         {"grad_norm", std::isfinite(grad_norm) ? Json(grad_norm) : Json(nullptr)},
+        {"samples", std::llround(h[1])},  // samples trained (the losses' count)
+        {"packs", std::llround(packs)},
+        {"tokens", std::llround(tokens)},
+        {"pack_efficiency", pack_efficiency},
         {"samples_per_s", gb / secs},
         {"tokens_per_s", tokens / secs},
         {"tflops_per_gpu", flops / env_.world_size / secs / 1e12},
@@ -447,11 +475,14 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
       if (write_error_.empty()) write_error_ = e.what();  // the run stops after this step
     }
     const long every = cfg_.logging.every_steps;
-    bar_->update(stage.name, p_.stage_step, stage.steps, loss, lr, 1.0 / secs);
+    bar_->update(stage.name, p_.stage_step, stage.steps, loss, lr, 1.0 / secs, packs,
+                 pack_efficiency);
     if (!bar_->on() && (p_.stage_step % every == 0 || p_.stage_step == stage.steps))
       logger()->info(
-          "[{}] step {}/{} (global {}): loss {:.5f}, lr {:.3e}, grad norm {:.4f}, {:.1f} samples/s",
-          stage.name, p_.stage_step, stage.steps, p_.global_step, loss, lr, grad_norm, gb / secs);
+          "[{}] step {}/{} (global {}): loss {:.5f}, lr {:.3e}, grad norm {:.4f}, {:.1f} "
+          "samples/s, {} samples in {} packs, {:.0f} tokens, pack efficiency {:.1f}%",
+          stage.name, p_.stage_step, stage.steps, p_.global_step, loss, lr, grad_norm, gb / secs,
+          gb, packs, tokens, 100.0 * pack_efficiency);
   }
 }
 

@@ -11,7 +11,8 @@
 //
 // mode "clips": sample i is video i, [C, F, H, W]. mode "frames": sample i is frame i % F of video
 // i / F, [C, 1, H, W], with the video's caption (like the reference stage 1: docs/training.md,
-// "The two reference paths").
+// "The two reference paths"). With min_latent_frames > 0, clips mode gives video i its own length
+// (the first clip_frames(i) latent frames of its scene): clips of mixed grids.
 #pragma once
 
 #include <cstdint>
@@ -32,6 +33,7 @@ struct Options {
   Mode mode = Mode::Frames;
   std::int64_t num_samples = 512;
   std::int64_t latent_frames = 5;
+  std::int64_t min_latent_frames = 0;  // clips mode, > 0: clip lengths in [this, latent_frames]
   std::int64_t height = 8;
   std::int64_t width = 8;
   std::int64_t channels = 16;
@@ -78,6 +80,8 @@ class SyntheticSource final : public DataSource {
 
   const Options& options() const { return options_; }
   std::int64_t frames_per_sample() const;
+  // Latent frames of video `video`'s clip in clips mode (latent_frames unless min_latent_frames).
+  std::int64_t clip_frames(std::int64_t video) const;
   // Which video and which of its latent frames sample `index` shows (frame -1: the whole clip).
   std::int64_t video_of(std::int64_t index) const;
   std::int64_t frame_of(std::int64_t index) const;
@@ -85,9 +89,10 @@ class SyntheticSource final : public DataSource {
   Scene scene(std::int64_t video) const;
   std::string caption(const Scene& scene) const;
   at::Tensor render_frame(const Scene& scene, std::int64_t frame) const;  // [C, H, W]
-  at::Tensor render_clip(const Scene& scene) const;                       // [C, F, H, W]
-  at::Tensor embed(const std::string& caption) const;                     // [words, text_dim]
-  at::Tensor word_vector(const std::string& word) const;                  // [text_dim]
+  // [C, F, H, W], the first `frames` latent frames (-1: latent_frames).
+  at::Tensor render_clip(const Scene& scene, std::int64_t frames = -1) const;
+  at::Tensor embed(const std::string& caption) const;     // [words, text_dim]
+  at::Tensor word_vector(const std::string& word) const;  // [text_dim]
   // The channel vector a shape of this class is painted with.
   at::Tensor class_vector(int colour, bool square) const;
 

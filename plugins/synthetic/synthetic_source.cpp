@@ -125,6 +125,11 @@ Options Options::from_config(const PluginConfig& cfg) {
     cfg.fail("mode", "unknown value '" + mode + "' (expected frames or clips)");
   o.num_samples = cfg.get<std::int64_t>("num_samples");
   o.latent_frames = cfg.get<std::int64_t>("latent_frames");
+  o.min_latent_frames = cfg.get_or<std::int64_t>("min_latent_frames", 0);
+  if (o.min_latent_frames < 0 || o.min_latent_frames > o.latent_frames)
+    cfg.fail("min_latent_frames",
+             "must be in [0, latent_frames = " + std::to_string(o.latent_frames) + "], got " +
+                 std::to_string(o.min_latent_frames));
   o.height = cfg.get<std::int64_t>("height");
   o.width = cfg.get<std::int64_t>("width");
   o.channels = cfg.get<std::int64_t>("channels");
@@ -148,6 +153,13 @@ SyntheticSource::SyntheticSource(Options options) : options_(options) {
 
 std::int64_t SyntheticSource::frames_per_sample() const {
   return options_.mode == Mode::Frames ? 1 : options_.latent_frames;
+}
+
+std::int64_t SyntheticSource::clip_frames(std::int64_t video) const {
+  const Options& o = options_;
+  if (o.mode != Mode::Clips || o.min_latent_frames <= 0) return o.latent_frames;
+  at::Generator gen = generator(random_key(o.seed, 1, video, RandomStream::Data));
+  return o.min_latent_frames + pick(gen, o.latent_frames - o.min_latent_frames + 1);
 }
 
 std::int64_t SyntheticSource::video_of(std::int64_t index) const {
@@ -230,9 +242,9 @@ at::Tensor SyntheticSource::render_frame(const Scene& scene, std::int64_t frame)
   return image.contiguous();
 }
 
-at::Tensor SyntheticSource::render_clip(const Scene& scene) const {
+at::Tensor SyntheticSource::render_clip(const Scene& scene, std::int64_t count) const {
   std::vector<at::Tensor> frames;
-  for (std::int64_t f = 0; f < options_.latent_frames; ++f)
+  for (std::int64_t f = 0; f < (count < 0 ? options_.latent_frames : count); ++f)
     frames.push_back(render_frame(scene, f));
   return at::stack(frames, 1);
 }
@@ -255,7 +267,7 @@ Sample SyntheticSource::get(std::int64_t index) {
   const Scene s = scene(video_of(index));
   Sample sample;
   sample.latent = options_.mode == Mode::Frames ? render_frame(s, frame_of(index)).unsqueeze(1)
-                                                : render_clip(s);
+                                                : render_clip(s, clip_frames(index));
   sample.caption = caption(s);
   sample.text = embed(sample.caption);
   sample.index = index;
@@ -264,7 +276,8 @@ Sample SyntheticSource::get(std::int64_t index) {
 
 PackSegment SyntheticSource::grid(std::int64_t index) {
   check_index(index);
-  return PackSegment{0, frames_per_sample(), options_.height, options_.width};
+  const std::int64_t frames = options_.mode == Mode::Frames ? 1 : clip_frames(index);
+  return PackSegment{0, frames, options_.height, options_.width};
 }
 
 std::string SyntheticSource::describe() const {
@@ -274,9 +287,12 @@ std::string SyntheticSource::describe() const {
                                   : o.num_samples;
   std::ostringstream s;
   s << "synthetic shapes: " << o.num_samples << (o.mode == Mode::Frames ? " frames" : " clips")
-    << " of latent [" << o.channels << ", " << frames_per_sample() << ", " << o.height << ", "
-    << o.width << "] from " << videos << " videos of " << o.latent_frames
-    << " latent frames, text_dim " << o.text_dim << ", seed " << o.seed;
+    << " of latent [" << o.channels << ", "
+    << (o.mode == Mode::Clips && o.min_latent_frames > 0
+            ? std::to_string(o.min_latent_frames) + ".." + std::to_string(o.latent_frames)
+            : std::to_string(frames_per_sample()))
+    << ", " << o.height << ", " << o.width << "] from " << videos << " videos of "
+    << o.latent_frames << " latent frames, text_dim " << o.text_dim << ", seed " << o.seed;
   return s.str();
 }
 

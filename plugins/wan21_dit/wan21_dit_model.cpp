@@ -124,9 +124,15 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
   return at::stack({even, odd}, -1).flatten(-2).to(x.scalar_type());
 }
 
-// Token boundaries of a packed batch, or null for a dense one.
+// Each sample's token run in a packed batch (its padding included, see WanModel::embed), or null
+// for a dense one: the cross-attention layout has one query segment a sample.
 const std::vector<std::int64_t>* packed_bounds(const Activations& act) {
-  return act.segments_self ? &act.segments_self->host_cu_q : nullptr;
+  return act.segments_cross ? &act.segments_cross->host_cu_q : nullptr;
+}
+
+// Tokens of a sample's run in a packed batch: its tokens rounded up to a multiple of `multiple`.
+std::int64_t padded(std::int64_t tokens, std::int64_t multiple) {
+  return (tokens + multiple - 1) / multiple * multiple;
 }
 
 // normed * (1 + scale) + shift with per-sample scale/shift [B, 1, D]. Packed tokens [1, N, D] are
@@ -186,6 +192,9 @@ WanModel::WanModel(WanOptions options, const wanhost::ParallelContext& ctx)
       return wanhost::make_replicated_linear(in, out, bias);
     };
   if (!ctx_.attention) ctx_.attention = wanhost::default_attention;
+  if (ctx_.token_multiple < 1)
+    throw std::invalid_argument("wan21_dit: ParallelContext::token_multiple must be >= 1, got " +
+                                std::to_string(ctx_.token_multiple));
   if (ctx_.layout.tp > 1)
     throw wanhost::ConfigError(
         "/model",
@@ -362,9 +371,13 @@ at::Tensor WanModel::patch_tokens(const Batch& b) const {
   auto x = b.latents.to(ctx_.device, ctx_.compute_dtype);
   if (!b.packed()) return patchify(x);
   std::vector<at::Tensor> parts;
-  for (const auto& s : b.segments)
+  for (const auto& s : b.segments) {
     parts.push_back(patchify(
         x.narrow(1, s.offset, s.numel()).reshape({1, x.size(0), s.frames, s.height, s.width})));
+    // Padding tokens (ParallelContext::token_multiple): zero patches.
+    const auto n = parts.back().size(1), pad = padded(n, ctx_.token_multiple) - n;
+    if (pad > 0) parts.push_back(at::zeros({1, pad, parts.back().size(2)}, x.options()));
+  }
   return at::cat(parts, 1);
 }
 
@@ -460,8 +473,18 @@ wanhost::Activations WanModel::embed(const Batch& b, const at::Tensor& timesteps
   if (timesteps.numel() != n)
     bad_batch("expected " + std::to_string(n) + " timesteps, got " +
               std::to_string(timesteps.numel()));
-  std::vector<std::int64_t> cu{0};
-  for (const auto& g : grids) cu.push_back(cu.back() + g.count());
+  // Packed batches: each sample's run padded to a multiple of ctx.token_multiple (a sequence
+  // split needs equal shares of every sample). `cu`: the samples' runs, padding included (one
+  // modulation, text and cross-attention segment a sample); `cu_self`: the real tokens and the
+  // padding of each sample as separate self-attention segments, so that padding tokens attend
+  // only to each other and no real token sees them. With token_multiple 1 both are the samples'.
+  const auto multiple = b.packed() ? ctx_.token_multiple : 1;
+  std::vector<std::int64_t> cu{0}, cu_self{0};
+  for (const auto& g : grids) {
+    cu.push_back(cu.back() + padded(g.count(), multiple));
+    cu_self.push_back(cu_self.back() + g.count());
+    if (cu_self.back() != cu.back()) cu_self.push_back(cu.back());
+  }
 
   Activations act;
   const auto cdt = ctx_.compute_dtype;
@@ -474,6 +497,13 @@ wanhost::Activations WanModel::embed(const Batch& b, const at::Tensor& timesteps
     const auto& [tc, ts] = rope_->grid(grids[i].f, grids[i].h, grids[i].w, ctx_.device);
     cos.push_back(tc);
     sin.push_back(ts);
+    // Padding tokens take the first position's angles (a finite rotation, never seen by a real
+    // token).
+    const auto pad = (cu[i + 1] - cu[i]) - grids[i].count();
+    if (b.packed() && pad > 0) {
+      cos.push_back(tc.narrow(0, 0, 1).expand({pad, tc.size(1)}));
+      sin.push_back(ts.narrow(0, 0, 1).expand({pad, ts.size(1)}));
+    }
   }
   auto rope_view = [](const std::vector<at::Tensor>& t) {
     auto all = t.size() == 1 ? t[0] : at::cat(t, 0);
@@ -482,7 +512,7 @@ wanhost::Activations WanModel::embed(const Batch& b, const at::Tensor& timesteps
   act.aux = {rope_view(cos), rope_view(sin)};
 
   if (b.packed()) {
-    act.segments_self = make_segments(cu, cu, ctx_.device);
+    act.segments_self = make_segments(cu_self, cu_self, ctx_.device);
     act.self_attention.segments = act.segments_self.get();
   }
   auto context = text_context(b, act, cu);
@@ -587,7 +617,7 @@ at::Tensor WanModel::block_impl(std::int64_t i, const at::Tensor& hidden, const 
     // the gated residuals, in bf16 between the passes (fp32 inside them); the feed-forward as one
     // operator (its GELU gradient in a cuBLASLt epilogue, fused::gelu_feed_forward).
     namespace fused = wanhost::fused;
-    const auto* seg = act.segments_self.get();
+    const auto* seg = act.segments_cross.get();  // one segment a sample (padding included)
     // Each residual connection and the norm after it are one operator (gated_residual_norm).
     auto x = hidden;
     auto n1 = fused::layer_norm_modulate(x, m[1], m[0], eps, seg);
@@ -634,6 +664,13 @@ at::Tensor WanModel::head(const at::Tensor& hidden, const Activations& act, cons
   const auto m = (out_table_ + act.context[2].unsqueeze(1)).chunk(2, 1);
   auto y = modulate(plain_layer_norm(hidden.to(at::kFloat), options_.config.eps), m[1], m[0], act)
                .to(cdt);
+  if (const auto* cu = packed_bounds(act); cu != nullptr && ctx_.token_multiple > 1) {
+    // Padding tokens (embed) are dropped: the prediction has the latents' layout.
+    std::vector<at::Tensor> real;
+    for (std::size_t i = 0; i < noisy.segments.size(); ++i)
+      real.push_back(y.narrow(1, (*cu)[i], tokens(noisy.segments[i])));
+    y = at::cat(real, 1);
+  }
   return unpatchify(proj_out_->forward(y), noisy);
 }
 

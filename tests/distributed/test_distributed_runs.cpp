@@ -202,6 +202,27 @@ TEST_F(Distributed, DdpOnTwoRanksReproducesTheSingleProcessRun) {
   expect_same_run(reference(), out, "ddp on 2 ranks");
 }
 
+// seq_packer under a token budget with mixed clip lengths: each rank packs its own samples, so the
+// ranks may run different numbers of micro batches in a step (ddp reduces once after all of
+// them); two ranks train like one process, with the same samples and tokens per step.
+TEST_F(Distributed, DdpWithSeqPackerOnTwoRanksReproducesTheSingleProcessRun) {
+  const fs::path dir = scratch();
+  const std::string packing =
+      "--set 'collator.plugin=\"seq_packer\"' --set 'collator.seq_packer.max_tokens=96' "
+      "--set 'stages.1.data.synthetic.min_latent_frames=1'";
+  const fs::path single = dir / "single", two = dir / "ddp-2";
+  Result r = run(single, 0, "ddp", packing);
+  ASSERT_EQ(r.code, 0) << tail(r.log);
+  r = run(two, 2, "ddp", packing);
+  ASSERT_EQ(r.code, 0) << tail(r.log);
+  expect_same_run(single, two, "ddp + seq_packer on 2 ranks");
+  EXPECT_EQ(metric(single, "tokens"), metric(two, "tokens"));
+  EXPECT_EQ(metric(single, "samples"), metric(two, "samples"));
+  const auto packs = metric(two, "packs");
+  ASSERT_EQ(packs.size(), 20u);
+  EXPECT_EQ(packs[0], 2);  // 6 frames of 16 tokens on each rank: one pack each
+}
+
 TEST_F(Distributed, FsdpStopOnTwoRanksResumeOnThree) {
   const fs::path out = scratch() / "run";
   Result a = run(out, 2, "automodel_fsdp", "--stop-after-steps 8");

@@ -61,6 +61,20 @@ MUTATIONS = [
      "if (shards && shards->size() > 1) {", "if (shards && shards->size() > 99) {",
      ["wanhost", "automodel_fsdp", "test_distributed_runs"], "test_distributed_runs",
      "Distributed.FsdpOnOneTwoThreeRanksReproducesTheSingleProcessRun"),
+    ("seq_packer fills packs smallest first", "plugins/seq_packer/seq_packer.cpp",
+     "if (tokens[a] != tokens[b]) return tokens[a] > tokens[b];",
+     "if (tokens[a] != tokens[b]) return tokens[a] < tokens[b];",
+     ["test_seq_packer"], "test_seq_packer", "SeqPacker.FirstFitDecreasingByHand"),
+    ("seq_packer drops a pack's last sample", "plugins/seq_packer/seq_packer.cpp",
+     "for (std::size_t i : pack) members.push_back(std::move(samples[i]));",
+     "for (std::size_t i : pack) members.push_back(std::move(samples[i]));\n"
+     "    if (members.size() > 1) members.pop_back();",
+     ["wanhost", "seq_packer", "test_train_packing"], "test_train_packing",
+     "SeqPacker.TrainsLikeTheDenseCollator"),
+    ("padding tokens seen by a sample's real tokens", "plugins/wan21_dit/wan21_dit_model.cpp",
+     "act.segments_self = make_segments(cu_self, cu_self, ctx_.device);",
+     "act.segments_self = make_segments(cu, cu, ctx_.device);",
+     ["test_wan21_dit"], "test_wan21_dit", "Wan21Dit.PaddedPackGivesTheUnpaddedResult"),
 ]
 
 

@@ -1,5 +1,6 @@
 // The synthetic data source plugin, linked directly (synthetic_impl).
 #include <fstream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -117,6 +118,34 @@ TEST(Synthetic, FrameSamplesAreFramesOfTheClips) {
       EXPECT_EQ(frame.caption, clip.caption);  // each frame keeps its video's caption
       EXPECT_TRUE(at::equal(frame.text, clip.text));
     }
+  }
+}
+
+// min_latent_frames: clips of mixed lengths, each the first frames of its video's full clip, the
+// same length whenever asked, every length of the range used; grid() agrees with get().
+TEST(Synthetic, MixedClipLengths) {
+  SyntheticSource full = source({{"mode", "clips"}});
+  SyntheticSource mixed = source({{"mode", "clips"}, {"min_latent_frames", 2}});
+  std::set<std::int64_t> lengths;
+  for (std::int64_t v = 0; v < 40; ++v) {
+    const Sample m = mixed.get(v);
+    const std::int64_t f = m.latent.size(1);
+    lengths.insert(f);
+    EXPECT_EQ(mixed.grid(v).frames, f) << v;
+    EXPECT_EQ(mixed.clip_frames(v), f) << v;
+    EXPECT_TRUE(at::equal(m.latent, full.get(v).latent.narrow(1, 0, f))) << v;
+    EXPECT_TRUE(at::equal(m.latent, mixed.get(v).latent)) << v;
+  }
+  EXPECT_EQ(lengths, (std::set<std::int64_t>{2, 3, 4, 5}));
+  EXPECT_NE(mixed.describe().find("2..5"), std::string::npos) << mixed.describe();
+  // Frames mode ignores it; a minimum above latent_frames names the key.
+  EXPECT_EQ(source({{"min_latent_frames", 2}}).get(3).latent.size(1), 1);
+  try {
+    Options::from_config(config({{"mode", "clips"}, {"min_latent_frames", 6}}));
+    FAIL() << "min_latent_frames 6 > latent_frames 5 accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("/data/synthetic/min_latent_frames"), std::string::npos)
+        << e.what();
   }
 }
 

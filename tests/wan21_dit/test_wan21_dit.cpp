@@ -481,6 +481,137 @@ TEST(Wan21Dit, ActivationCheckpointingGivesTheSameGradients) {
   for (const auto& [n, g] : grads[0]) EXPECT_LT(rel(grads[1].at(n), g), 1e-5) << n;
 }
 
+// ParallelContext::token_multiple: in a packed batch each sample's tokens are padded to a multiple
+// (for sequence splits); the padding attends only to itself and is dropped before the output, so
+// the prediction and every gradient (parameters and the latents) equal the unpadded run's. Three
+// samples of mixed grids (12, 1 and 6 tokens: with 4 one needs no padding, with 5 all do), both
+// text-padding modes.
+TEST(Wan21Dit, PaddedPackGivesTheUnpaddedResult) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(23);
+  const std::vector<std::array<std::int64_t, 3>> grids = {{2, 4, 6}, {1, 2, 2}, {3, 4, 2}};
+  wanhost::Batch b;
+  std::int64_t offset = 0;
+  for (std::size_t i = 0; i < grids.size(); ++i) {
+    const auto [f, h, w] = grids[i];
+    b.segments.push_back({offset, f, h, w});
+    b.sample_keys.push_back(static_cast<std::int64_t>(i));
+    offset += f * h * w;
+  }
+  b.latents = at::randn({16, offset}, gen);
+  b.text = at::randn({3, 12, 32}, gen);
+  b.text_lengths = at::tensor({12L, 5L, 9L});
+  for (std::int64_t i = 0; i < 3; ++i) {
+    const auto l = b.text_lengths[i].item<std::int64_t>();
+    b.text[i].narrow(0, l, 12 - l).zero_();
+  }
+  const auto t = at::tensor({700.0f, 35.0f, 260.0f});
+  const auto probe = at::randn({16, offset}, gen);
+  struct Run {
+    at::Tensor out, input_grad;
+    std::map<std::string, at::Tensor> grads;
+  };
+  for (bool masked : {false, true}) {
+    auto run = [&](std::int64_t multiple) {
+      auto ctx = wanhost::single_process_context();
+      ctx.token_multiple = multiple;
+      WanModel model(wanhost::plugins::wan21_dit::resolve_options(plugin_config(
+                         {{"init_seed", 5}, {"mask_text_padding", masked}, {"text_len", 16}})),
+                     ctx);
+      wanhost::Batch bb = b;
+      bb.latents = b.latents.clone().requires_grad_(true);
+      Run r;
+      r.out = model.forward(bb, t);
+      (r.out * probe).sum().backward();
+      r.input_grad = bb.latents.grad().clone();
+      for (auto& [n, p] : params(model)) r.grads[n] = p.grad().clone();
+      return r;
+    };
+    const Run plain = run(1);
+    for (std::int64_t multiple : {4, 5}) {
+      const Run padded = run(multiple);
+      ASSERT_EQ(padded.out.sizes(), b.latents.sizes());
+      const double out_err = rel(padded.out, plain.out);
+      const double in_err = rel(padded.input_grad, plain.input_grad);
+      // Every parameter gradient as one vector (1e-6), and each tensor alone (1e-5: a tensor
+      // whose gradient is a sum with much cancellation shows the rounding of other summation
+      // orders more).
+      double worst = 0;
+      std::string worst_name;
+      std::vector<at::Tensor> all, all_plain;
+      for (const auto& [n, g] : plain.grads) {
+        const double e = rel(padded.grads.at(n), g);
+        if (e > worst) worst = e, worst_name = n;
+        all.push_back(padded.grads.at(n).reshape(-1));
+        all_plain.push_back(g.reshape(-1));
+      }
+      const double grad_err = rel(at::cat(all), at::cat(all_plain));
+      std::printf(
+          "[token_multiple %ld] mask_text_padding=%d output %.3e, latents grad %.3e, parameter "
+          "grads %.3e, worst tensor %.3e (%s)\n",
+          static_cast<long>(multiple), masked, out_err, in_err, grad_err, worst,
+          worst_name.c_str());
+      EXPECT_LT(out_err, 1e-6) << multiple;
+      EXPECT_LT(in_err, 1e-6) << multiple;
+      EXPECT_LT(grad_err, 1e-6) << multiple;
+      EXPECT_LT(worst, 1e-5) << multiple << " " << worst_name;
+    }
+  }
+}
+
+// The same on a GPU through the fused block path (per-sample kernels over padded runs, variable-
+// length flash attention over the real and padding segments) in bf16: with token_multiple 4 the
+// output and every gradient are no farther from the fp32 unpadded run than the unpadded bf16
+// fused run is (1.5x + 2e-3, as FusedKernelsMatchThePlainPathOnAGpu).
+TEST(Wan21Dit, PaddedPackOnAGpu) {
+  if (!(wanhost::fused::kernels_built() && at::hasCUDA()))
+    GTEST_SKIP() << "needs a CUDA build and a GPU";
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(29);
+  wanhost::Batch b;
+  b.segments = {{0, 2, 16, 16}, {2 * 16 * 16, 1, 6, 10}, {2 * 16 * 16 + 60, 4, 8, 12}};
+  const std::int64_t n = 2 * 16 * 16 + 60 + 4 * 8 * 12;
+  b.latents = at::randn({16, n}, gen);
+  b.text = at::randn({3, 16, 32}, gen);
+  b.text_lengths = at::tensor({16L, 9L, 3L});
+  b.sample_keys = {0, 1, 2};
+  const auto t = at::tensor({500.0f, 20.0f, 930.0f});
+  const auto probe = at::randn({16, n}, gen);
+  struct Run {
+    at::Tensor out, input_grad;
+    std::map<std::string, at::Tensor> grads;
+  };
+  auto run = [&](at::ScalarType compute, const char* fused, std::int64_t multiple) {
+    auto ctx = wanhost::single_process_context(c10::Device(c10::kCUDA, 0));
+    ctx.compute_dtype = compute;
+    ctx.token_multiple = multiple;
+    WanModel model(wanhost::plugins::wan21_dit::resolve_options(
+                       plugin_config({{"fused_kernels", fused}, {"init_seed", 3}})),
+                   ctx);
+    wanhost::Batch bb = b;
+    bb.latents = b.latents.to(at::kCUDA).requires_grad_(true);
+    Run r;
+    r.out = model.forward(bb, t.to(at::kCUDA));
+    (r.out.to(at::kFloat) * probe.to(at::kCUDA)).sum().backward();
+    r.input_grad = bb.latents.grad().cpu();
+    for (auto& [name, p] : params(model)) r.grads[name] = p.grad().cpu();
+    r.out = r.out.cpu();
+    return r;
+  };
+  const Run ref = run(at::kFloat, "off", 1), base = run(at::kBFloat16, "on", 1);
+  for (const char* fused : {"on", "off"}) {
+    const Run padded = run(at::kBFloat16, fused, 4);
+    auto no_worse = [&](const at::Tensor& x, const at::Tensor& p, const at::Tensor& r,
+                        const std::string& what) {
+      const double e = rel(x, r), ep = rel(p, r);
+      EXPECT_LE(e, 1.5 * ep + 2e-3)
+          << fused << " " << what << ": padded " << e << ", unpadded " << ep;
+    };
+    no_worse(padded.out, base.out, ref.out, "output");
+    no_worse(padded.input_grad, base.input_grad, ref.input_grad, "latents gradient");
+    for (const auto& [name, g] : ref.grads)
+      no_worse(padded.grads.at(name), base.grads.at(name), g, name);
+  }
+}
+
 // fused_kernels "on" needs the CUDA kernels and a GPU; "auto" quietly uses the ATen arithmetic.
 TEST(Wan21Dit, FusedKernelsOnNeedsAGpu) {
   if (wanhost::fused::kernels_built() && at::hasCUDA()) GTEST_SKIP() << "a GPU is present";
