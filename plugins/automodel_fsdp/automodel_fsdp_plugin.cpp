@@ -173,7 +173,14 @@ class Fsdp final : public ParallelismBase {
     gather(root, gather_dtype_, /*async=*/false);
     materialize(root);
     StepLoss total;
-    for (const auto& mb : micro_batches) {
+    // Every micro batch gathers and reduce-scatters each unit collectively, but ranks may hold
+    // different numbers of them (a token-budget collator such as seq_packer packs each rank's
+    // samples on their own). Ranks with fewer run extra passes over their last micro batch with a
+    // zero loss weight (no gradient, no loss), so that the collectives pair up.
+    const std::size_t real = micro_batches.size();
+    const std::size_t passes = most_micro_batches(real);
+    for (std::size_t j = 0; j < passes; ++j) {
+      const NoisedBatch& mb = micro_batches[std::min(j, real - 1)];
       LossTerms terms;
       {
         AutocastGuard autocast(ctx_);
@@ -183,17 +190,28 @@ class Fsdp final : public ParallelismBase {
         at::Tensor prediction = model.head(h, *act, mb.noisy);
         terms = loss(prediction, mb);
       }
-      terms.loss.backward();
+      (j < real ? terms.loss : terms.loss * 0.0).backward();
       std::vector<at::Tensor> grads;
       for (std::size_t k : root.slots) {
         grads.push_back(slots_[k].param.grad());
         slots_[k].param.mutable_grad() = at::Tensor();
       }
       reduce_gradients(root, grads);
-      total.add(terms);
+      if (j < real) total.add(terms);
     }
     release(root);
     return total;
+  }
+
+  // The most micro batches any data-parallel rank holds this step (one small all-reduce; none on
+  // one rank).
+  std::size_t most_micro_batches(std::size_t mine) const {
+    if (mine == 0) throw std::invalid_argument("automodel_fsdp: a step without micro batches");
+    if (ctx_.dp->size() == 1) return mine;
+    at::Tensor n = at::full({1}, static_cast<std::int64_t>(mine),
+                            at::TensorOptions(at::kLong).device(ctx_.device));
+    ctx_.dp->all_reduce(n, ReduceOp::Max);
+    return static_cast<std::size_t>(n.item<std::int64_t>());
   }
 
   at::Tensor reduce_and_clip_gradients(double max_norm) override {

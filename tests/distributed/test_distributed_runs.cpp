@@ -223,6 +223,27 @@ TEST_F(Distributed, DdpWithSeqPackerOnTwoRanksReproducesTheSingleProcessRun) {
   EXPECT_EQ(packs[0], 2);  // 6 frames of 16 tokens on each rank: one pack each
 }
 
+// The same under automodel_fsdp, whose every micro batch gathers and reduce-scatters the units
+// collectively: a rank with fewer packs runs zero-weight passes so the collectives pair up (it
+// used to wait until run.comm_timeout_s). Stage 2's mixed clip lengths give the ranks different
+// pack counts in some steps (an odd total over two ranks).
+TEST_F(Distributed, FsdpWithUnevenPackCountsReproducesTheSingleProcessRun) {
+  const fs::path dir = scratch();
+  const std::string packing =
+      "--set 'collator.plugin=\"seq_packer\"' --set 'collator.seq_packer.max_tokens=96' "
+      "--set 'stages.1.data.synthetic.min_latent_frames=1' --set run.comm_timeout_s=60";
+  const fs::path single = dir / "single", two = dir / "fsdp-2";
+  Result r = run(single, 0, "automodel_fsdp", packing);
+  ASSERT_EQ(r.code, 0) << tail(r.log);
+  r = run(two, 2, "automodel_fsdp", packing, {}, 180);
+  ASSERT_EQ(r.code, 0) << tail(r.log);
+  expect_same_run(single, two, "automodel_fsdp + seq_packer on 2 ranks");
+  const auto packs = metric(two, "packs");
+  EXPECT_TRUE(std::any_of(packs.begin(), packs.end(), [](double p) {
+    return static_cast<long>(p) % 2 == 1;
+  })) << "no step gave the two ranks different pack counts: the test does not test them";
+}
+
 TEST_F(Distributed, FsdpStopOnTwoRanksResumeOnThree) {
   const fs::path out = scratch() / "run";
   Result a = run(out, 2, "automodel_fsdp", "--stop-after-steps 8");
