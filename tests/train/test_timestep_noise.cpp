@@ -1,7 +1,9 @@
 // One timestep per pack (flow_matching timestep_granularity per_pack, the reference Megatron
 // behaviour) against one per sample (the default): the same data, packs and model trained both
-// ways; prints the step-to-step spread of the loss of each. Measures; asserts only that both
-// runs train and give finite figures (the spread is a property of the recipe, not a contract).
+// ways; prints the step-to-step spread of the loss of each, and checks the reference's claim that
+// one timestep per pack makes the loss noisier: measured 1.97x the step-to-step standard
+// deviation here (docs/training.md); the test asks for 1.3x, so it fails when per_pack draws per
+// sample (or the reverse), not when a rounding difference moves the figure.
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -65,6 +67,8 @@ TEST(TimestepGranularity, PerPackVersusPerSampleLossSpread) {
   }
   std::printf("per_pack / per_sample: std %.2fx, step-to-step std %.2fx\n",
               result[1].std / result[0].std, result[1].diff_std / result[0].diff_std);
+  EXPECT_GT(result[1].diff_std, 1.3 * result[0].diff_std)
+      << "one timestep per pack should make the step-to-step loss noisier than one per sample";
   ::testing::Test::RecordProperty("std_per_sample", std::to_string(result[0].std));
   ::testing::Test::RecordProperty("std_per_pack", std::to_string(result[1].std));
 }
