@@ -28,7 +28,8 @@ void add_prepare_command(CLI::App& app, GlobalOptions& g) {
       ->required()
       ->type_name("DIR");
   cmd->add_option("--mode", o->mode,
-                  "frames: evenly spaced frames, each a sample (stage 1); video: clips (stage 2)")
+                  "frames: evenly spaced frames, each a sample (stage 1); video: clips or whole "
+                  "videos (stage 2)")
       ->required()
       ->type_name("frames|video");
   cmd->add_option("--height", o->height, "Frame height in pixels (multiple of 16)")
@@ -43,6 +44,16 @@ void add_prepare_command(CLI::App& app, GlobalOptions& g) {
       ->capture_default_str();
   cmd->add_option("--clips-per-video", o->clips_per_video,
                   "Video mode: clips a video, spread over it without overlap (0: as many as fit)")
+      ->capture_default_str();
+  cmd->add_flag("--whole-video", o->whole_video,
+                "Video mode: each video is one clip of its own length from its first frame, cut "
+                "to the largest 4k+1 frames <= --max-frames (mixed lengths: train with the packed "
+                "collator or micro batch 1); replaces --num-frames and --clips-per-video");
+  cmd->add_option("--min-frames", o->min_frames,
+                  "--whole-video: skip videos that give fewer frames (4k+1)")
+      ->capture_default_str();
+  cmd->add_option("--max-frames", o->max_frames,
+                  "--whole-video: longest clip kept (4k+1; 129 = 8 s at --fps 16)")
       ->capture_default_str();
   cmd->add_option("--videos-per-shard", o->videos_per_shard,
                   "Input videos per shard file (the unit of resuming)")
@@ -69,6 +80,8 @@ void add_prepare_command(CLI::App& app, GlobalOptions& g) {
     o->num_frames_given = cmd->count("--num-frames") > 0;
     o->fps_given = cmd->count("--fps") > 0;
     o->clips_given = cmd->count("--clips-per-video") > 0;
+    o->min_frames_given = cmd->count("--min-frames") > 0;
+    o->max_frames_given = cmd->count("--max-frames") > 0;
     auto reg = make_registry(g);
     data::prepare(*reg, *o);
   });
@@ -76,7 +89,9 @@ void add_prepare_command(CLI::App& app, GlobalOptions& g) {
   auto* data_cmd = app.add_subcommand("data", "Look at prepared dataset folders");
   data_cmd->require_subcommand(1);
   auto* inspect = data_cmd->add_subcommand(
-      "inspect", "Counts, latent shapes and the token-count histogram of a dataset folder");
+      "inspect",
+      "Counts, latent shapes and the histograms of latent frame counts and token counts of a "
+      "dataset folder");
   auto dir = std::make_shared<std::string>();
   auto json = std::make_shared<bool>(false);
   inspect->add_option("DIR", *dir, "Dataset folder written by `wanhost prepare`")->required();

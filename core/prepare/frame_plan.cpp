@@ -45,27 +45,51 @@ std::vector<std::int64_t> even_frames(std::int64_t total, std::int64_t count) {
   return out;
 }
 
-std::vector<ClipPlan> plan_clips(const std::vector<double>& times, double frame_duration,
-                                 std::int64_t num_frames, double fps, std::int64_t clips,
-                                 std::int64_t* available) {
-  std::vector<std::int64_t> source;  // resampled frame j -> presentation index
-  std::vector<double> at;            // time of resampled frame j
+namespace {
+
+// The video resampled to `fps` (0: every source frame): resampled frame j shows presentation
+// index source[j] at time at[j].
+struct Resampled {
+  std::vector<std::int64_t> source;
+  std::vector<double> at;
+};
+
+Resampled resample(const std::vector<double>& times, double frame_duration, double fps) {
+  Resampled r;
   if (fps > 0) {
     const double duration = times.empty() ? 0.0 : times.back() + frame_duration;
     const auto m = static_cast<std::int64_t>(std::floor(duration * fps + kTimeEps));
     for (std::int64_t j = 0; j < m; ++j) {
       const double t = static_cast<double>(j) / fps;
       auto it = std::upper_bound(times.begin(), times.end(), t + kTimeEps);
-      source.push_back(std::max<std::int64_t>(0, (it - times.begin()) - 1));
-      at.push_back(t);
+      r.source.push_back(std::max<std::int64_t>(0, (it - times.begin()) - 1));
+      r.at.push_back(t);
     }
   } else {
     for (std::size_t i = 0; i < times.size(); ++i) {
-      source.push_back(static_cast<std::int64_t>(i));
-      at.push_back(times[i]);
+      r.source.push_back(static_cast<std::int64_t>(i));
+      r.at.push_back(times[i]);
     }
   }
-  const auto m = static_cast<std::int64_t>(source.size());
+  return r;
+}
+
+// The clip of resampled frames [first, first + count).
+ClipPlan clip_of(const Resampled& r, std::int64_t first, std::int64_t count, double step_time) {
+  ClipPlan p;
+  p.frames.assign(r.source.begin() + first, r.source.begin() + first + count);
+  p.start = r.at[static_cast<std::size_t>(first)];
+  p.end = r.at[static_cast<std::size_t>(first + count - 1)] + step_time;
+  return p;
+}
+
+}  // namespace
+
+std::vector<ClipPlan> plan_clips(const std::vector<double>& times, double frame_duration,
+                                 std::int64_t num_frames, double fps, std::int64_t clips,
+                                 std::int64_t* available) {
+  const Resampled r = resample(times, frame_duration, fps);
+  const auto m = static_cast<std::int64_t>(r.source.size());
   if (available) *available = m;
   std::vector<ClipPlan> out;
   if (num_frames < 1 || m < num_frames) return out;
@@ -74,12 +98,23 @@ std::vector<ClipPlan> plan_clips(const std::vector<double>& times, double frame_
   const double step_time = fps > 0 ? 1.0 / fps : frame_duration;
   for (std::int64_t c = 0; c < n; ++c) {
     const std::int64_t first = n == 1 ? 0 : (c * (m - num_frames) + (n - 1) / 2) / (n - 1);
-    ClipPlan p;
-    p.frames.assign(source.begin() + first, source.begin() + first + num_frames);
-    p.start = at[static_cast<std::size_t>(first)];
-    p.end = at[static_cast<std::size_t>(first + num_frames - 1)] + step_time;
-    out.push_back(std::move(p));
+    out.push_back(clip_of(r, first, num_frames, step_time));
   }
+  return out;
+}
+
+std::vector<ClipPlan> plan_whole_video(const std::vector<double>& times, double frame_duration,
+                                       double fps, std::int64_t min_frames, std::int64_t max_frames,
+                                       std::int64_t multiple, std::int64_t* available) {
+  const Resampled r = resample(times, frame_duration, fps);
+  const auto m = static_cast<std::int64_t>(r.source.size());
+  if (available) *available = m;
+  std::vector<ClipPlan> out;
+  const std::int64_t cap = std::min(m, max_frames);
+  if (cap < 1 || multiple < 1) return out;
+  const std::int64_t count = (cap - 1) / multiple * multiple + 1;
+  if (count < std::max<std::int64_t>(1, min_frames)) return out;
+  out.push_back(clip_of(r, 0, count, fps > 0 ? 1.0 / fps : frame_duration));
   return out;
 }
 

@@ -29,6 +29,15 @@ std::vector<ClipPlan> plan_clips(const std::vector<double>& times, double frame_
                                  std::int64_t num_frames, double fps, std::int64_t clips,
                                  std::int64_t* available = nullptr);
 
+// Video mode with --whole-video: the video as one clip, resampled as plan_clips does, from its
+// first frame, of the largest `multiple`k+1 frames <= min(M, max_frames) (the frames past that are
+// dropped from the end). Returns no clip when that is fewer than `min_frames`; `available`
+// receives M. The Wan VAE's `multiple` is 4 (first frame alone, then groups of 4).
+std::vector<ClipPlan> plan_whole_video(const std::vector<double>& times, double frame_duration,
+                                       double fps, std::int64_t min_frames, std::int64_t max_frames,
+                                       std::int64_t multiple = 4,
+                                       std::int64_t* available = nullptr);
+
 // Captions of the videos under an input folder, from (first match wins):
 //   <dir>/<stem>.txt or <dir>/<name>.txt   the whole file;
 //   <dir>/<stem>.json or <dir>/<name>.json its "caption" string;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <sstream>
 
@@ -134,6 +135,8 @@ Json inspect_dataset(const std::string& dir) {
 
   Json shapes = Json::object();
   std::vector<std::int64_t> tokens;
+  // Latent frame count -> [samples, pixel frames of the first of them (clips only)].
+  std::map<std::int64_t, std::pair<std::int64_t, std::int64_t>> lengths;
   for (std::size_t i = 0; i < samples.size(); ++i) {
     const Json& s = samples[i];
     const std::string ptr = "/samples/" + std::to_string(i);
@@ -146,8 +149,16 @@ Json inspect_dataset(const std::string& dir) {
     const std::string key = shape_text(shape);
     shapes[key] = shapes.value(key, 0) + 1;
     tokens.push_back(r.integer(s, "text_tokens", ptr, 0));
+    auto& l = lengths[shape[1].get<std::int64_t>()];
+    if (l.first++ == 0)
+      l.second = s.contains("clip") ? r.integer(s["clip"], "frames", ptr + "/clip", 1) : 1;
   }
   out["latent_shapes"] = shapes;
+  // Video lengths, shortest first: whole-video folders mix them (docs/data.md).
+  Json frames = Json::array();
+  for (const auto& [latent, l] : lengths)
+    frames.push_back({{"latent_frames", latent}, {"frames", l.second}, {"count", l.first}});
+  out["latent_frames"] = frames;
   Json t = Json::object();
   if (!tokens.empty()) {
     std::sort(tokens.begin(), tokens.end());
@@ -184,6 +195,10 @@ std::string describe_inspection(const Json& s) {
   o << "  mode        " << s["mode"].get<std::string>();
   if (st.contains("height")) o << ", " << st["height"] << "x" << st["width"] << " pixels";
   if (st.contains("frames_per_video")) o << ", " << st["frames_per_video"] << " frames a video";
+  if (st.value("whole_video", false)) {
+    o << ", whole videos of " << st["min_frames"] << "-" << st["max_frames"] << " frames";
+    if (st.value("fps", 0.0) > 0) o << " at " << st["fps"] << " fps";
+  }
   if (st.contains("num_frames")) {
     o << ", clips of " << st["num_frames"] << " frames";
     if (st.value("fps", 0.0) > 0) o << " at " << st["fps"] << " fps";
@@ -200,6 +215,21 @@ std::string describe_inspection(const Json& s) {
   for (auto it = s["latent_shapes"].begin(); it != s["latent_shapes"].end(); ++it) {
     o << (first ? "" : ", ") << "[" << it.key() << "] x " << it.value();
     first = false;
+  }
+  // The histogram of video lengths: latent frames (pixel frames) -> samples.
+  if (s.contains("latent_frames") && !s["latent_frames"].empty()) {
+    std::int64_t most = 1;
+    for (const auto& b : s["latent_frames"]) most = std::max(most, b["count"].get<std::int64_t>());
+    o << "\n  frames      latent (pixel) -> samples";
+    for (const auto& b : s["latent_frames"]) {
+      const std::string pixels = "(" + std::to_string(b["frames"].get<std::int64_t>()) + ")";
+      char head[64];
+      std::snprintf(head, sizeof head, "\n  %5lld %-6s ",
+                    static_cast<long long>(b["latent_frames"].get<std::int64_t>()), pixels.c_str());
+      const auto n = b["count"].get<std::int64_t>();
+      o << head << std::string(static_cast<std::size_t>((n * 40 + most - 1) / most), '#') << " "
+        << n;
+    }
   }
   o << "\n  text        dim " << s["text_dim"];
   const Json& t = s["text_tokens"];

@@ -39,6 +39,10 @@ namespace {
 using Json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
+// --whole-video cuts each video to 4k+1 frames: the Wan VAE keeps the first frame and compresses
+// each following group of 4 (the --num-frames rule).
+constexpr std::int64_t kTemporalRatio = 4;
+
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
@@ -127,15 +131,20 @@ Decoded decode_video(const VideoTask& t, const PrepareOptions& o, int threads) {
       }
     } else {
       std::int64_t available = 0;
-      const auto clips =
-          plan_clips(p.times, p.frame_duration, o.num_frames, o.fps, o.clips_per_video, &available);
+      const auto clips = o.whole_video
+                             ? plan_whole_video(p.times, p.frame_duration, o.fps, o.min_frames,
+                                                o.max_frames, kTemporalRatio, &available)
+                             : plan_clips(p.times, p.frame_duration, o.num_frames, o.fps,
+                                          o.clips_per_video, &available);
       if (clips.empty()) {
         char dur[32];
         std::snprintf(dur, sizeof dur, "%.3f", p.duration());
-        d.skip = "too short: " + std::string(dur) + " s (" + std::to_string(p.frames()) +
-                 " frames) gives " + std::to_string(available) + " frame(s)" +
-                 (o.fps > 0 ? " at --fps " + Json(o.fps).dump() : std::string()) +
-                 ", a clip needs --num-frames " + std::to_string(o.num_frames);
+        d.skip =
+            "too short: " + std::string(dur) + " s (" + std::to_string(p.frames()) +
+            " frames) gives " + std::to_string(available) + " frame(s)" +
+            (o.fps > 0 ? " at --fps " + Json(o.fps).dump() : std::string()) +
+            (o.whole_video ? ", --whole-video needs --min-frames " + std::to_string(o.min_frames)
+                           : ", a clip needs --num-frames " + std::to_string(o.num_frames));
         return d;
       }
       for (const auto& c : clips) wanted.insert(wanted.end(), c.frames.begin(), c.frames.end());
@@ -146,13 +155,14 @@ Decoded decode_video(const VideoTask& t, const PrepareOptions& o, int threads) {
         for (std::int64_t f : c.frames)
           r.push_back(std::lower_bound(wanted.begin(), wanted.end(), f) - wanted.begin());
         d.rows.push_back(std::move(r));
-        d.records.push_back({{"clip",
-                              {{"first", c.frames.front()},
-                               {"last", c.frames.back()},
-                               {"frames", static_cast<std::int64_t>(c.frames.size())},
-                               {"start", c.start},
-                               {"end", c.end},
-                               {"fps", o.fps > 0 ? o.fps : p.fps}}}});
+        Json clip = {{"first", c.frames.front()},
+                     {"last", c.frames.back()},
+                     {"frames", static_cast<std::int64_t>(c.frames.size())},
+                     {"start", c.start},
+                     {"end", c.end},
+                     {"fps", o.fps > 0 ? o.fps : p.fps}};
+        if (o.whole_video) clip["available"] = available;  // frames the whole video gave
+        d.records.push_back({{"clip", std::move(clip)}});
       }
     }
     DecodeStats stats;
@@ -301,7 +311,11 @@ Encoders load_encoders(PluginRegistry& reg, const PrepareOptions& o, c10::Device
     throw UsageError("--height/--width " + std::to_string(o.height) + "x" +
                      std::to_string(o.width) + ": must be multiples of the VAE's spatial ratio " +
                      std::to_string(s));
-  if (o.mode == "video" && (r <= 0 || (o.num_frames - 1) % r != 0))
+  if (o.mode == "video" && o.whole_video && (r <= 0 || kTemporalRatio % r != 0))
+    throw UsageError("--whole-video: videos are cut to " + std::to_string(kTemporalRatio) +
+                     "k+1 frames, which this VAE (temporal ratio " + std::to_string(r) +
+                     ") cannot encode; use --num-frames");
+  if (o.mode == "video" && !o.whole_video && (r <= 0 || (o.num_frames - 1) % r != 0))
     throw UsageError("--num-frames " + std::to_string(o.num_frames) + ": must be " +
                      std::to_string(r) + "k+1 for this VAE (temporal ratio " + std::to_string(r) +
                      ")");
@@ -320,6 +334,12 @@ Json settings_json(const PrepareOptions& o) {
             {"model", fs::absolute(o.model).lexically_normal().string()}};
   if (o.mode == "frames") {
     s["frames_per_video"] = o.frames_per_video;
+  } else if (o.whole_video) {
+    // Written only in this mode, so that folders of clips keep the settings they always had.
+    s["whole_video"] = true;
+    s["min_frames"] = o.min_frames;
+    s["max_frames"] = o.max_frames;
+    s["fps"] = o.fps;
   } else {
     s["num_frames"] = o.num_frames;
     s["fps"] = o.fps;
@@ -473,11 +493,14 @@ void check_output_settings(const fs::path& out, const Json& settings) {
   }
   const Json prev = old.value("settings", Json::object());
   std::string diff;
-  for (auto it = settings.begin(); it != settings.end(); ++it) {
-    const Json before = prev.value(it.key(), Json());
-    if (before != *it)
-      diff += (diff.empty() ? "" : ", ") + flag_of(it.key()) + " " + before.dump() + " then, " +
-              it->dump() + " now";
+  const auto text = [](const Json& v) { return v.is_null() ? std::string("unset") : v.dump(); };
+  Json keys = settings;
+  keys.update(prev);  // keys of either side: a setting dropped now is a difference too
+  for (auto it = keys.begin(); it != keys.end(); ++it) {
+    const Json before = prev.value(it.key(), Json()), now = settings.value(it.key(), Json());
+    if (before != now)
+      diff += (diff.empty() ? "" : ", ") + flag_of(it.key()) + " " + text(before) + " then, " +
+              text(now) + " now";
   }
   if (!diff.empty())
     throw UsageError("--output " + out.string() +
@@ -510,10 +533,14 @@ void validate_options(const PrepareOptions& o) {
                        ": must be a positive multiple of 16 (8x VAE compression times the 2x2 "
                        "patches), e.g. 240x416 or 480x832");
   if (o.mode == "frames") {
-    if (o.num_frames_given || o.fps_given || o.clips_given)
-      throw UsageError(std::string(o.num_frames_given ? "--num-frames"
-                                   : o.fps_given      ? "--fps"
-                                                      : "--clips-per-video") +
+    if (o.whole_video || o.num_frames_given || o.fps_given || o.clips_given || o.min_frames_given ||
+        o.max_frames_given)
+      throw UsageError(std::string(o.whole_video        ? "--whole-video"
+                                   : o.num_frames_given ? "--num-frames"
+                                   : o.fps_given        ? "--fps"
+                                   : o.clips_given      ? "--clips-per-video"
+                                   : o.min_frames_given ? "--min-frames"
+                                                        : "--max-frames") +
                        ": applies to --mode video only (frames mode takes --frames-per-video)");
     if (o.frames_per_video < 1)
       throw UsageError("--frames-per-video " + std::to_string(o.frames_per_video) +
@@ -522,10 +549,28 @@ void validate_options(const PrepareOptions& o) {
     if (o.frames_per_video_given)
       throw UsageError(
           "--frames-per-video: applies to --mode frames only (video mode takes --num-frames)");
-    if (o.num_frames < 1 || (o.num_frames - 1) % 4 != 0)
-      throw UsageError("--num-frames " + std::to_string(o.num_frames) +
-                       ": must be 4k+1 (1, 5, 9, ..., 81): the VAE keeps the first frame and "
-                       "compresses each following group of 4");
+    if (o.whole_video && (o.num_frames_given || o.clips_given))
+      throw UsageError(std::string(o.num_frames_given ? "--num-frames" : "--clips-per-video") +
+                       ": cannot be combined with --whole-video (each video becomes one clip of "
+                       "its own length; --max-frames caps it)");
+    if (!o.whole_video && (o.min_frames_given || o.max_frames_given))
+      throw UsageError(std::string(o.min_frames_given ? "--min-frames" : "--max-frames") +
+                       ": applies to --whole-video only (clips take --num-frames)");
+    const auto four_k_plus_one = [](const char* flag, std::int64_t v) {
+      if (v < 1 || (v - 1) % 4 != 0)
+        throw UsageError(std::string(flag) + " " + std::to_string(v) +
+                         ": must be 4k+1 (1, 5, 9, ..., 81): the VAE keeps the first frame and "
+                         "compresses each following group of 4");
+    };
+    if (o.whole_video) {
+      four_k_plus_one("--min-frames", o.min_frames);
+      four_k_plus_one("--max-frames", o.max_frames);
+      if (o.min_frames > o.max_frames)
+        throw UsageError("--min-frames " + std::to_string(o.min_frames) +
+                         ": must not exceed --max-frames " + std::to_string(o.max_frames));
+    } else {
+      four_k_plus_one("--num-frames", o.num_frames);
+    }
     if (!(o.fps >= 0) || !std::isfinite(o.fps))
       throw UsageError("--fps " + Json(o.fps).dump() + ": must be > 0 (or 0: the source rate)");
     if (o.clips_per_video < 0)

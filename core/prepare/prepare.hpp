@@ -33,6 +33,10 @@ struct PrepareOptions {
   std::int64_t num_frames = 81;        // video mode: frames per clip (4k + 1)
   double fps = 0;                      // video mode: resample to this rate (0: source rate)
   std::int64_t clips_per_video = 1;    // video mode (0: as many as fit)
+  // Video mode, --whole-video: each video is one clip of its own length from its first frame,
+  // the largest 4k+1 frames <= max_frames; videos giving fewer than min_frames are skipped.
+  bool whole_video = false;
+  std::int64_t min_frames = 5, max_frames = 129;  // 129: 8 s at 16 fps, the reference's longest
   std::int64_t videos_per_shard = 32;
   std::string vae_plugin = "wan_vae", text_plugin = "umt5";
   std::string device = "auto";  // auto, cpu, cuda
@@ -43,7 +47,7 @@ struct PrepareOptions {
   std::string progress = "auto";  // auto (bar on a TTY, else lines), bar, lines, none
   // Which of the mode-specific flags the user gave (to refuse those of the other mode).
   bool frames_per_video_given = false, num_frames_given = false, fps_given = false,
-       clips_given = false;
+       clips_given = false, min_frames_given = false, max_frames_given = false;
 };
 
 // Checks the flags on their own (before touching any file): throws UsageError naming the flag.

@@ -105,9 +105,21 @@ class LatentDataset final : public wanhost::DataSource {
       << (mode_ == "frames" ? " frames" : " clips") << " from " << videos_ << " videos in "
       << shards_.size() << " shard(s)";
     if (!entries_.empty()) {
+      // Latent frame count -> samples: whole-video folders mix lengths (only the packed
+      // collator, or micro batch 1, takes them).
+      std::map<std::int64_t, std::int64_t> frames;
+      for (const Entry& e : entries_) ++frames[e.frames];
       const Entry& e = entries_.front();
-      o << ", latent [" << e.channels << ", " << e.frames << ", " << e.height << ", " << e.width
-        << "]";
+      o << ", latent [" << e.channels << ", ";
+      if (frames.size() == 1)
+        o << e.frames;
+      else
+        o << frames.begin()->first << "-" << frames.rbegin()->first;
+      o << ", " << e.height << ", " << e.width << "]";
+      o << ", latent frames {";
+      for (auto it = frames.begin(); it != frames.end(); ++it)
+        o << (it == frames.begin() ? "" : ", ") << it->first << ": " << it->second;
+      o << "}";
     }
     o << ", text dim " << text_dim_;
     return o.str();

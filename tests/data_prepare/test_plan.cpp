@@ -98,6 +98,54 @@ TEST(PlanClips, ClipCountAndTooShort) {
   EXPECT_TRUE(plan_clips(times_at(10, 4), 0.1, 5, 0, 1).empty());
 }
 
+TEST(PlanWholeVideo, LargestFourKPlusOneFromTheStart) {
+  // 20 frames at 10 fps, every source frame: 20 available -> 17 = 4 * 4 + 1, frames 0..16.
+  std::int64_t m = 0;
+  auto w = plan_whole_video(times_at(10, 20), 0.1, 0, 5, 129, 4, &m);
+  EXPECT_EQ(m, 20);
+  ASSERT_EQ(w.size(), 1u);
+  ASSERT_EQ(w[0].frames.size(), 17u);
+  for (std::int64_t i = 0; i < 17; ++i) EXPECT_EQ(w[0].frames[static_cast<std::size_t>(i)], i);
+  EXPECT_NEAR(w[0].start, 0.0, 1e-9);
+  EXPECT_NEAR(w[0].end, 1.7, 1e-9);
+  // Resampled to 8 fps: 2 s -> 16 frames -> 13; target frame j shows source floor(j * 10 / 8).
+  w = plan_whole_video(times_at(10, 20), 0.1, 8, 5, 129, 4, &m);
+  EXPECT_EQ(m, 16);
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_EQ(w[0].frames, (std::vector<std::int64_t>{0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 15}));
+  EXPECT_NEAR(w[0].end, 13.0 / 8.0, 1e-9);
+  // Exactly 4k+1 available: all of them.
+  w = plan_whole_video(times_at(25, 25), 0.04, 0, 5, 129, 4);
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_EQ(w[0].frames.size(), 25u);
+  EXPECT_EQ(w[0].frames.back(), 24);
+}
+
+TEST(PlanWholeVideo, CappedByMaxFramesAndSkippedBelowMinFrames) {
+  // 300 frames at 30 fps (10 s) at 16 fps: 160 available, capped to 129 from the start (8 s).
+  std::int64_t m = 0;
+  auto w = plan_whole_video(times_at(30, 300), 1.0 / 30, 16, 5, 129, 4, &m);
+  EXPECT_EQ(m, 160);
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_EQ(w[0].frames.size(), 129u);
+  EXPECT_EQ(w[0].frames.front(), 0);
+  EXPECT_EQ(w[0].frames.back(), 240);  // target 128 at 8 s shows source frame 240
+  EXPECT_NEAR(w[0].end, 129.0 / 16.0, 1e-9);
+  // A cap of 9 on 20 frames: 9.
+  w = plan_whole_video(times_at(10, 20), 0.1, 0, 5, 9, 4);
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_EQ(w[0].frames.size(), 9u);
+  // 8 available -> 5 frames; with --min-frames 9 that is too few.
+  EXPECT_EQ(plan_whole_video(times_at(10, 8), 0.1, 0, 5, 129, 4).at(0).frames.size(), 5u);
+  EXPECT_TRUE(plan_whole_video(times_at(10, 8), 0.1, 0, 9, 129, 4, &m).empty());
+  EXPECT_EQ(m, 8);
+  // 4 frames give only 1 (4 * 0 + 1): below the default minimum of 5, kept with --min-frames 1.
+  EXPECT_TRUE(plan_whole_video(times_at(10, 4), 0.1, 0, 5, 129, 4).empty());
+  EXPECT_EQ(plan_whole_video(times_at(10, 4), 0.1, 0, 1, 129, 4).at(0).frames.size(), 1u);
+  EXPECT_TRUE(plan_whole_video({}, 0.1, 0, 1, 129, 4, &m).empty());
+  EXPECT_EQ(m, 0);
+}
+
 TEST(CoverAndCrop, KeepsAspectAndCentres) {
   // 128x48 into 48x32: scale 2/3 -> 85x32, crop 48 wide from x = 18.
   auto g = cover_and_crop(128, 48, 1.0, 32, 48);
@@ -189,6 +237,44 @@ TEST(Options, UsageErrorsNameTheFlag) {
   EXPECT_NE(usage_error(o).find("--frames-per-video: applies to --mode frames only"),
             std::string::npos);
   o.frames_per_video_given = false;
+  // --whole-video: one clip a video; the fixed-length clip flags are refused beside it.
+  o.whole_video = true;
+  EXPECT_EQ(usage_error(o), "(no error)");
+  o.num_frames_given = true;
+  EXPECT_NE(usage_error(o).find("--num-frames: cannot be combined with --whole-video"),
+            std::string::npos)
+      << usage_error(o);
+  o.num_frames_given = false;
+  o.clips_given = true;
+  EXPECT_NE(usage_error(o).find("--clips-per-video: cannot be combined with --whole-video"),
+            std::string::npos)
+      << usage_error(o);
+  o.clips_given = false;
+  o.max_frames = 64;
+  o.max_frames_given = true;
+  EXPECT_NE(usage_error(o).find("--max-frames 64: must be 4k+1"), std::string::npos);
+  o.max_frames = 65;
+  o.min_frames = 0;
+  o.min_frames_given = true;
+  EXPECT_NE(usage_error(o).find("--min-frames 0: must be 4k+1"), std::string::npos);
+  o.min_frames = 69;
+  EXPECT_NE(usage_error(o).find("--min-frames 69: must not exceed --max-frames 65"),
+            std::string::npos)
+      << usage_error(o);
+  o.min_frames = 65;
+  EXPECT_EQ(usage_error(o), "(no error)");
+  o.whole_video = false;  // --min-frames / --max-frames without --whole-video
+  EXPECT_NE(usage_error(o).find("--min-frames: applies to --whole-video only"), std::string::npos)
+      << usage_error(o);
+  o.min_frames_given = false;
+  EXPECT_NE(usage_error(o).find("--max-frames: applies to --whole-video only"), std::string::npos)
+      << usage_error(o);
+  o.max_frames_given = false;
+  o.mode = "frames";
+  o.whole_video = true;
+  EXPECT_NE(usage_error(o).find("--whole-video: applies to --mode video only"), std::string::npos)
+      << usage_error(o);
+  o.whole_video = false;
   o.mode = "clips";
   EXPECT_NE(usage_error(o).find("--mode clips"), std::string::npos);
 }

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include <gtest/gtest.h>
@@ -132,6 +133,8 @@ fs::path model_dir() {
   return m;
 }
 
+// `mode` is frames, video (5-frame clips at 8 fps, as many as fit) or whole (video mode,
+// --whole-video at 8 fps).
 std::vector<std::string> prepare_args(const fs::path& input, const fs::path& output,
                                       const std::string& mode,
                                       const std::vector<std::string>& extra = {}) {
@@ -145,7 +148,7 @@ std::vector<std::string> prepare_args(const fs::path& input, const fs::path& out
                                 "--model",
                                 model_dir().string(),
                                 "--mode",
-                                mode,
+                                mode == "whole" ? "video" : mode,
                                 "--height",
                                 "32",
                                 "--width",
@@ -158,6 +161,8 @@ std::vector<std::string> prepare_args(const fs::path& input, const fs::path& out
                                 "lines"};
   if (mode == "frames") {
     a.insert(a.end(), {"--frames-per-video", "5", "--videos-per-shard", "2"});
+  } else if (mode == "whole") {
+    a.insert(a.end(), {"--whole-video", "--fps", "8", "--videos-per-shard", "2"});
   } else {
     a.insert(a.end(), {"--num-frames", "5", "--fps", "8", "--clips-per-video", "0",
                        "--videos-per-shard", "3"});
@@ -173,8 +178,35 @@ std::string file_key(const fs::path& p) {
          std::to_string(st.st_mtim.tv_nsec);
 }
 
-// The dataset of `mode` prepared once per build (shared by the tests of this binary, which ctest
-// runs as separate processes, possibly at once): a lock, and a stamp of the inputs and programs.
+// The input folder of the --whole-video tests: three videos of three lengths and one too short,
+// copied from make_videos.sh's folder, captions in .txt files. At 8 fps: a.mp4 (2 s) gives 16
+// frames -> 13 = 4 * 3 + 1, b (1.5 s) 12 -> 9, d.avi (1 s) 8 -> 5, short.mp4 (3 frames at 10 fps)
+// 2 -> skipped. Latent frames 1 + (frames - 1) / 4: 4, 3, 2.
+struct Whole {
+  std::string file;
+  std::int64_t available, frames, latent_frames;
+};
+std::vector<Whole> whole_videos() {
+  return {{"a.mp4", 16, 13, 4}, {good_videos()[1].file, 12, 9, 3}, {"d.avi", 8, 5, 2}};
+}
+fs::path whole_input() {
+  return tmp_root() / "cache" / "whole-input";
+}
+void make_whole_input() {
+  const fs::path in = whole_input();
+  fs::remove_all(in);
+  fs::create_directories(in);
+  for (const auto& w : whole_videos()) {
+    fs::copy_file(kVideos / w.file, in / w.file);
+    std::ofstream(in / (fs::path(w.file).stem().string() + ".txt")) << "whole " << w.file;
+  }
+  fs::copy_file(kVideos / "short.mp4", in / "short.mp4");
+  fs::copy_file(kVideos / "short.txt", in / "short.txt");
+}
+
+// The dataset of `mode` (prepare_args) prepared once per build (shared by the tests of this
+// binary, which ctest runs as separate processes, possibly at once): a lock, and a stamp of the
+// inputs and programs.
 fs::path prepared(const std::string& mode) {
   const fs::path dir = tmp_root() / "cache" / mode;
   fs::create_directories(dir.parent_path());
@@ -187,7 +219,9 @@ fs::path prepared(const std::string& mode) {
   if (read_text(stamp_file) != stamp) {
     const std::string cmd = "rm -rf '" + dir.string() + "'";
     EXPECT_EQ(std::system(cmd.c_str()), 0);
-    const Result r = run(prepare_args(kVideos, dir, mode), dir.parent_path());
+    if (mode == "whole") make_whole_input();
+    const Result r =
+        run(prepare_args(mode == "whole" ? whole_input() : kVideos, dir, mode), dir.parent_path());
     EXPECT_EQ(r.code, 0) << describe(r);
     if (r.code == 0) std::ofstream(stamp_file) << stamp;
   }
@@ -410,6 +444,75 @@ TEST(Prepare, VideoMode) {
     }
 }
 
+// --whole-video: each video one clip of its own length (the largest 4k+1 frames at 8 fps), so
+// three videos of three lengths give three latent frame counts; the one too short is skipped.
+TEST(Prepare, WholeVideoThreeLengths) {
+  const fs::path dir = prepared("whole");
+  const Json index = read_json(dir / "index.json");
+  const Json settings = index["settings"];
+  EXPECT_EQ(index["mode"], "video");
+  EXPECT_EQ(settings["whole_video"], true);
+  EXPECT_EQ(settings["min_frames"], 5);
+  EXPECT_EQ(settings["max_frames"], 129);
+  EXPECT_EQ(settings["fps"], 8.0);
+  EXPECT_FALSE(settings.contains("num_frames")) << settings.dump();
+  EXPECT_FALSE(settings.contains("clips_per_video")) << settings.dump();
+  EXPECT_EQ(read_json(dir / "prepare.json")["settings"], settings);
+  ASSERT_EQ(index["samples"].size(), whole_videos().size()) << index["samples"].dump(1);
+  std::map<std::string, Json> by_source;
+  for (const auto& s : index["samples"]) by_source[s["source"].get<std::string>()] = s;
+  for (const auto& w : whole_videos()) {
+    ASSERT_TRUE(by_source.count(w.file)) << w.file;
+    const Json& s = by_source[w.file];
+    EXPECT_EQ(s["latent_shape"], Json({16, w.latent_frames, 4, 6})) << w.file;
+    const Json& c = s["clip"];
+    EXPECT_EQ(c["frames"], w.frames) << w.file;
+    EXPECT_EQ(c["available"], w.available) << w.file;
+    EXPECT_EQ(c["first"], 0) << w.file;
+    EXPECT_NEAR(c["start"].get<double>(), 0.0, 1e-9) << w.file;
+    EXPECT_NEAR(c["end"].get<double>(), static_cast<double>(w.frames) / 8, 1e-6) << w.file;
+    // The stored tensor has the indexed shape.
+    const auto f = wanhost::safetensors::File::open(
+        (dir / index["shards"][s["shard"].get<std::size_t>()]["file"].get<std::string>()).string());
+    EXPECT_EQ(f.load(s["latent"].get<std::string>()).sizes(),
+              (std::vector<std::int64_t>{16, w.latent_frames, 4, 6}))
+        << w.file;
+  }
+  const Json report = read_json(dir / "report.json");
+  ASSERT_EQ(report["skipped"].size(), 1u) << report.dump(1);
+  EXPECT_EQ(report["skipped"][0]["file"], "short.mp4");
+  const std::string why = report["skipped"][0]["reason"];
+  EXPECT_NE(why.find("too short"), std::string::npos) << why;
+  EXPECT_NE(why.find("gives 2 frame(s) at --fps 8"), std::string::npos) << why;
+  EXPECT_NE(why.find("--whole-video needs --min-frames 5"), std::string::npos) << why;
+}
+
+// Whole-video settings are part of the folder's settings: the same ones resume, others are refused.
+TEST(Prepare, WholeVideoSettingsAreCompared) {
+  const fs::path dir = scratch();
+  const fs::path out = dir / "out";
+  const std::string copy = "cp -a '" + prepared("whole").string() + "' '" + out.string() + "'";
+  ASSERT_EQ(std::system(copy.c_str()), 0);
+  Result r = run(prepare_args(whole_input(), out, "whole"), dir);
+  ASSERT_EQ(r.code, 0) << describe(r);
+  const Json report = read_json(out / "report.json");
+  EXPECT_EQ(report["shards"]["written"], 0);
+  EXPECT_EQ(report["shards"]["reused"], 2);
+
+  r = run(prepare_args(whole_input(), out, "whole", {"--max-frames", "9"}), dir);
+  EXPECT_EQ(r.code, 2) << describe(r);
+  EXPECT_NE(r.err.find("--max-frames 129 then, 9 now"), std::string::npos) << r.err;
+  r = run(prepare_args(whole_input(), out, "whole", {"--min-frames", "9"}), dir);
+  EXPECT_EQ(r.code, 2) << describe(r);
+  EXPECT_NE(r.err.find("--min-frames 5 then, 9 now"), std::string::npos) << r.err;
+  // Fixed-length clips into a folder of whole videos.
+  r = run(prepare_args(whole_input(), out, "video"), dir);
+  EXPECT_EQ(r.code, 2) << describe(r);
+  EXPECT_NE(r.err.find("--whole-video true then, unset now"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--num-frames unset then, 5 now"), std::string::npos) << r.err;
+  EXPECT_EQ(read_json(out / "index.json"), read_json(prepared("whole") / "index.json"));
+}
+
 TEST(Prepare, ResumesFinishedShards) {
   const fs::path dir = scratch();
   const fs::path out = dir / "out";
@@ -464,6 +567,18 @@ TEST(Prepare, UsageErrorsExit2) {
   expect_usage(a, "--width 50: must be a positive multiple of 16");
   a = prepare_args(kVideos, out, "frames", {"--fps", "8"});
   expect_usage(a, "--fps: applies to --mode video only");
+  a = prepare_args(kVideos, out, "frames", {"--whole-video"});
+  expect_usage(a, "--whole-video: applies to --mode video only");
+  a = prepare_args(kVideos, out, "whole", {"--num-frames", "5"});
+  expect_usage(a, "--num-frames: cannot be combined with --whole-video");
+  a = prepare_args(kVideos, out, "whole", {"--clips-per-video", "2"});
+  expect_usage(a, "--clips-per-video: cannot be combined with --whole-video");
+  a = prepare_args(kVideos, out, "whole", {"--max-frames", "80"});
+  expect_usage(a, "--max-frames 80: must be 4k+1");
+  a = prepare_args(kVideos, out, "whole", {"--min-frames", "13", "--max-frames", "9"});
+  expect_usage(a, "--min-frames 13: must not exceed --max-frames 9");
+  a = prepare_args(kVideos, out, "video", {"--max-frames", "9"});
+  expect_usage(a, "--max-frames: applies to --whole-video only");
   a = prepare_args(kVideos, out, "frames", {"--vae-plugin", "fake_text"});
   expect_usage(a, "--vae-plugin fake_text: plugin 'fake_text' is not a video_autoencoder plugin");
   const fs::path bad_model = dir / "model";
@@ -503,6 +618,7 @@ TEST(Inspect, TextAndJson) {
   EXPECT_EQ(s["shards"], 5);
   EXPECT_EQ(s["mode"], "frames");
   EXPECT_EQ(s["latent_shapes"]["16x1x4x6"], 25);
+  EXPECT_EQ(s["latent_frames"], Json::parse(R"([{"latent_frames": 1, "frames": 1, "count": 25}])"));
   EXPECT_EQ(s["skipped"].size(), kSkipped.size());
   // Token counts over the samples: 5 frames of each video, words + 1 tokens each.
   std::int64_t lo = 1000, hi = 0, total = 0;
@@ -524,6 +640,28 @@ TEST(Inspect, TextAndJson) {
   r = run({"data", "inspect", work.string()}, work);
   EXPECT_EQ(r.code, 2) << describe(r);
   EXPECT_NE(r.err.find("no index.json"), std::string::npos) << r.err;
+}
+
+// The histogram of video lengths (latent frames, with the clip's pixel frames) of a folder of
+// whole videos, as JSON and as text.
+TEST(Inspect, WholeVideoLengthHistogram) {
+  const fs::path dir = prepared("whole");
+  const fs::path work = scratch();
+  Result r = run({"data", "inspect", dir.string(), "--json"}, work);
+  ASSERT_EQ(r.code, 0) << describe(r);
+  const Json s = Json::parse(r.out);
+  EXPECT_EQ(s["samples"], 3);
+  EXPECT_EQ(s["latent_frames"], Json::parse(R"([{"latent_frames": 2, "frames": 5, "count": 1},
+                                                {"latent_frames": 3, "frames": 9, "count": 1},
+                                                {"latent_frames": 4, "frames": 13, "count": 1}])"))
+      << s.dump(1);
+  r = run({"data", "inspect", dir.string()}, work);
+  ASSERT_EQ(r.code, 0) << describe(r);
+  EXPECT_NE(r.out.find("whole videos of 5-129 frames at 8.0 fps"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("frames      latent (pixel) -> samples"), std::string::npos) << r.out;
+  for (const char* row : {"\n      2 (5)    #", "\n      3 (9)    #", "\n      4 (13)   #"})
+    EXPECT_NE(r.out.find(row), std::string::npos) << "[" << row << "] not in\n" << r.out;
+  EXPECT_NE(r.out.find("skipped     short.mp4: too short"), std::string::npos) << r.out;
 }
 
 TEST(LatentDataset, ServesTheIndexedSamples) {
@@ -561,6 +699,8 @@ TEST(LatentDataset, ServesTheIndexedSamples) {
     EXPECT_EQ(g.width, 6);
   }
   EXPECT_NE(src->describe().find("clips from 5 videos"), std::string::npos) << src->describe();
+  EXPECT_NE(src->describe().find("latent [16, 2, 4, 6], latent frames {2: 11}"), std::string::npos)
+      << src->describe();
   EXPECT_THROW(src->get(src->size()), std::out_of_range);
 
   cfg.values["max_samples"] = 3;
@@ -575,6 +715,82 @@ TEST(LatentDataset, ServesTheIndexedSamples) {
   cfg.values["mode"] = "any";
   cfg.values["path"] = (dir / "shard-00000.safetensors").string();
   EXPECT_THROW(d.factories.create_data_source(cfg), wanhost::ConfigError);
+}
+
+// A folder of whole videos: grid(i) and get(i) give each sample's own length; describe() gives
+// the histogram of latent frame counts.
+TEST(LatentDataset, WholeVideosOfMixedLengths) {
+  const fs::path dir = prepared("whole");
+  wanhost::core::PluginRegistry reg(
+      {{(fs::path(WANHOST_BINARY_DIR) / "plugins").string(), "test"}});
+  const auto& d = reg.load("latent_dataset");
+  wanhost::PluginConfig cfg;
+  cfg.plugin = "latent_dataset";
+  cfg.pointer = "/data/latent_dataset";
+  cfg.values = {{"path", dir.string()}, {"mode", "video"}, {"max_samples", 0}, {"open_files", 16}};
+  auto src = d.factories.create_data_source(cfg);
+  const Json index = read_json(dir / "index.json");
+  ASSERT_EQ(src->size(), 3);
+  std::set<std::int64_t> lengths;
+  for (std::int64_t i = 0; i < 3; ++i) {
+    const Json& e = index["samples"][static_cast<std::size_t>(i)];
+    const std::int64_t want = e["latent_shape"][1];
+    EXPECT_EQ(src->grid(i).frames, want);
+    EXPECT_EQ(src->get(i).latent.size(1), want);
+    lengths.insert(want);
+  }
+  EXPECT_EQ(lengths, (std::set<std::int64_t>{2, 3, 4}));
+  EXPECT_NE(src->describe().find("3 clips from 3 videos"), std::string::npos) << src->describe();
+  EXPECT_NE(src->describe().find("latent [16, 2-4, 4, 6], latent frames {2: 1, 3: 1, 4: 1}"),
+            std::string::npos)
+      << src->describe();
+}
+
+// Stage 2 on whole videos: the three lengths in one micro batch of 3 go through the tiny model
+// as one pack (the packed collator); the dense collator refuses the mixed shapes.
+TEST(Train, WholeVideosPackedStage) {
+  const fs::path whole = prepared("whole");
+  const fs::path dir = scratch();
+  Json manifest = Json::parse(R"({
+    "data": {"plugin": "latent_dataset", "latent_dataset": {"path": ""}},
+    "collator": {"plugin": "packed"},
+    "stages": [{"name": "t2v", "steps": 3, "global_batch": 3, "micro_batch": 3,
+                "data": {"latent_dataset": {"mode": "video"}},
+                "optimizer": {"lr": 0.001, "clip_grad_norm": 1.0},
+                "lr_schedule": {"type": "constant"}}],
+    "checkpoint": {"every_steps": 100},
+    "logging": {"every_steps": 1}})");
+  manifest["data"]["latent_dataset"]["path"] = whole.string();
+  const fs::path file = dir / "whole.json";
+  std::ofstream(file) << manifest.dump(2);
+  const Result r = run({"run", file.string(), "--out", (dir / "run").string()}, dir);
+  ASSERT_EQ(r.code, 0) << describe(r);
+  std::ifstream in(dir / "run" / "metrics.jsonl");
+  std::vector<Json> steps;
+  for (std::string line; std::getline(in, line);) {
+    const Json j = Json::parse(line);
+    if (j.contains("loss")) steps.push_back(j);
+  }
+  ASSERT_EQ(steps.size(), 3u);
+  for (const auto& s : steps) {
+    EXPECT_EQ(s["stage"], "t2v") << s.dump();
+    EXPECT_TRUE(std::isfinite(s["loss"].get<double>())) << s.dump();
+    EXPECT_TRUE(std::isfinite(s["grad_norm"].get<double>())) << s.dump();
+    // Every step trains all three at their own lengths: the tiny DiT's 2x2 patches make 4x6
+    // latents 6 tokens a latent frame, (2 + 3 + 4) x 6 = 54 tokens.
+    const double secs = s["step_time_s"].get<double>();
+    EXPECT_NEAR(s["tokens_per_s"].get<double>() * secs, 54.0, 1e-6) << s.dump();
+    EXPECT_NEAR(s["samples_per_s"].get<double>() * secs, 3.0, 1e-9) << s.dump();
+  }
+  EXPECT_NE(r.err.find("latent frames {2: 1, 3: 1, 4: 1}"), std::string::npos) << r.err;
+
+  // The same micro batch through the dense collator: the three shapes cannot be stacked.
+  const Result dense = run({"run", file.string(), "--out", (dir / "dense").string(), "--set",
+                            "collator.plugin=\"dense\""},
+                           dir);
+  EXPECT_NE(dense.code, 0) << describe(dense);
+  EXPECT_NE(dense.err.find("use a packing collator for mixed shapes"), std::string::npos)
+      << dense.err;
 }
 
 TEST(Train, TwoStagesOnPreparedFolders) {

@@ -75,6 +75,14 @@ MUTATIONS = [
      "act.segments_self = make_segments(cu_self, cu_self, ctx_.device);",
      "act.segments_self = make_segments(cu, cu, ctx_.device);",
      ["test_wan21_dit"], "test_wan21_dit", "Wan21Dit.PaddedPackGivesTheUnpaddedResult"),
+    ("whole videos not cut to 4k+1 frames", "core/prepare/frame_plan.cpp",
+     "const std::int64_t count = (cap - 1) / multiple * multiple + 1;",
+     "const std::int64_t count = cap;",
+     ["test_data_plan"], "test_data_plan", "PlanWholeVideo.LargestFourKPlusOneFromTheStart"),
+    ("--max-frames left out of a folder's settings", "core/prepare/prepare.cpp",
+     "s[\"max_frames\"] = o.max_frames;", "",
+     ["wanhost", "test_data_prepare"], "test_data_prepare",
+     "Prepare.WholeVideoSettingsAreCompared"),
 ]
 
 
