@@ -491,7 +491,9 @@ void check_output_settings(const fs::path& out, const Json& settings) {
                      " is not valid JSON; remove the folder or choose another --output (" +
                      e.what() + ")");
   }
-  const Json prev = old.value("settings", Json::object());
+  const Json prev = old.is_object() && old.contains("settings") && old["settings"].is_object()
+                        ? old["settings"]
+                        : Json::object();
   std::string diff;
   const auto text = [](const Json& v) { return v.is_null() ? std::string("unset") : v.dump(); };
   Json keys = settings;
