@@ -54,6 +54,7 @@ struct WanOptions {
   WanConfig config;
   std::string weights;  // checkpoint to load; empty = initialise from init_seed
   std::int64_t init_seed = 0;
+  std::string init_method = "pytorch";    // pytorch (Diffusers from_config) | megatron
   bool mask_text_padding = false;         // false: attend zero-padded text rows like Diffusers/Wan
   std::int64_t text_len = 512;            // unmasked text is zero-padded to at least this many rows
   std::string fused_kernels = "auto";     // auto | on | off (wanhost::fused CUDA kernels)
@@ -101,7 +102,7 @@ class WanModel final : public wanhost::Model {
   const WanOptions& options() const { return options_; }
   // Whether blocks run the fused operators (wanhost::fused) instead of the plain ATen arithmetic.
   bool fused() const { return fused_; }
-  // Deterministic from-scratch initialisation (PyTorch defaults, tables randn/sqrt(D)).
+  // Deterministic from-scratch initialisation (options().init_method; tables randn/sqrt(D)).
   void initialize(std::int64_t seed);
 
   struct Attention;
@@ -122,6 +123,8 @@ class WanModel final : public wanhost::Model {
                           const std::vector<std::int64_t>& host_cu_q);
   at::Tensor attention(Attention& a, const at::Tensor& x, const at::Tensor& src, bool rope,
                        const wanhost::Activations& act, const wanhost::AttentionArgs& args);
+  // q/k RMSNorm over all heads when tensor parallelism leaves this rank some of them.
+  at::Tensor rms_norm_over_heads(const at::Tensor& x, const at::Tensor& weight) const;
   // One block's arithmetic (block_forward adds activation checkpointing around it).
   at::Tensor block_impl(std::int64_t i, const at::Tensor& hidden, const wanhost::Activations& act);
   at::Tensor block_checkpointed(std::int64_t i, const at::Tensor& hidden,

@@ -288,6 +288,9 @@ WanOptions resolve_options(const wanhost::PluginConfig& cfg) {
                                  cfg.plugin);
   o.weights = cfg.get_or<std::string>("weights", "");
   o.init_seed = cfg.get_or<std::int64_t>("init_seed", 0);
+  o.init_method = cfg.get_or<std::string>("init_method", "pytorch");
+  if (o.init_method != "pytorch" && o.init_method != "megatron")
+    cfg.fail("init_method", "must be pytorch or megatron, got '" + o.init_method + "'");
   o.mask_text_padding = cfg.get_or<bool>("mask_text_padding", false);
   o.text_len = cfg.get_or<std::int64_t>("text_len", 512);
   o.fused_kernels = cfg.get_or<std::string>("fused_kernels", "auto");

@@ -27,6 +27,7 @@
 #include <ATen/ops/pow.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/rms_norm.h>
+#include <ATen/ops/rsqrt.h>
 #include <ATen/ops/silu.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/tensor.h>
@@ -39,6 +40,7 @@
 
 #include "wan21_dit.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/collectives.hpp"
 #include "wanhost/kit/fused.hpp"
 #include "wanhost/kit/layers.hpp"
 
@@ -195,12 +197,21 @@ WanModel::WanModel(WanOptions options, const wanhost::ParallelContext& ctx)
   if (ctx_.token_multiple < 1)
     throw std::invalid_argument("wan21_dit: ParallelContext::token_multiple must be >= 1, got " +
                                 std::to_string(ctx_.token_multiple));
-  if (ctx_.layout.tp > 1)
-    throw wanhost::ConfigError(
-        "/model",
-        "wan21_dit does not support tensor parallelism yet (tp=" + std::to_string(ctx_.layout.tp) +
-            "): its q/k RMSNorm spans all heads and would need a TP-group reduction",
-        "wan21_dit");
+  // Tensor parallelism splits q/k/v and the first FFN layer by output features (whole heads on
+  // every rank) and the attention output and second FFN layer by input features.
+  if (const auto tp = ctx_.layout.tp; tp > 1) {
+    const auto& c = options_.config;
+    if (c.heads % tp != 0 || c.ffn_dim % tp != 0)
+      throw wanhost::ConfigError(
+          "/model/wan21_dit",
+          "tensor parallelism over " + std::to_string(tp) + " ranks needs the attention heads (" +
+              std::to_string(c.heads) + ") and the FFN width (" + std::to_string(c.ffn_dim) +
+              ") to be multiples of " + std::to_string(tp),
+          "wan21_dit");
+    if (!ctx_.tp || ctx_.tp->size() != tp)
+      throw std::invalid_argument("wan21_dit: layout.tp=" + std::to_string(tp) +
+                                  " but the context has no tensor-parallel group of that size");
+  }
   if (options_.fused_kernels == "on" && !(wanhost::fused::kernels_built() && ctx_.device.is_cuda()))
     throw wanhost::ConfigError(
         "/model/wan21_dit/fused_kernels",
@@ -306,7 +317,16 @@ void WanModel::initialize(std::int64_t seed) {
     auto ends_with = [&](const std::string& s) {
       return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
     };
-    if (auto it = fan_in.find(p.unsafeGetTensorImpl()); it != fan_in.end()) {
+    const bool megatron = options_.init_method == "megatron";
+    if (megatron && fan_in.count(p.unsafeGetTensorImpl())) {
+      // Megatron-LM's init_method_normal(0.02) and scaled_init_method_normal for the layers that
+      // feed a residual (megatron/core/utils.py); biases zero.
+      const bool residual = ends_with("to_out.0.weight") || ends_with("ffn.net.2.weight");
+      const double std =
+          residual ? 0.02 / std::sqrt(2.0 * static_cast<double>(c.num_layers)) : 0.02;
+      value = ends_with(".bias") ? at::zeros(p.sizes(), f32)
+                                 : at::empty(p.sizes(), f32).normal_(0.0, std, gen);
+    } else if (auto it = fan_in.find(p.unsafeGetTensorImpl()); it != fan_in.end()) {
       const double bound = 1.0 / std::sqrt(static_cast<double>(it->second));
       value = at::empty(p.sizes(), f32).uniform_(-bound, bound, gen);
     } else if (ends_with("scale_shift_table")) {
@@ -524,7 +544,8 @@ at::Tensor WanModel::attention(Attention& a, const at::Tensor& x, const at::Tens
                                const Activations& act, const wanhost::AttentionArgs& args) {
   const auto& c = options_.config;
   auto q = a.q->forward(x), k = a.k->forward(src), v = a.v->forward(src);
-  if (fused_) {
+  const bool split_heads = ctx_.layout.tp > 1;  // q/k/v hold this rank's heads only
+  if (fused_ && !split_heads) {
     // RMSNorm (+ RoPE for self-attention) in one pass over q and k.
     const at::Tensor none;
     q = wanhost::fused::rms_norm_rope(q, a.norm_q, rope ? act.aux[0] : none,
@@ -537,8 +558,13 @@ at::Tensor WanModel::attention(Attention& a, const at::Tensor& x, const at::Tens
   // torch.nn.RMSNorm over all heads; its weight is in the activations' dtype like in a bf16 model.
   {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    q = at::rms_norm(q, {q.size(-1)}, a.norm_q.to(q.scalar_type()), c.eps);
-    k = at::rms_norm(k, {k.size(-1)}, a.norm_k.to(k.scalar_type()), c.eps);
+    if (split_heads) {
+      q = rms_norm_over_heads(q, a.norm_q);
+      k = rms_norm_over_heads(k, a.norm_k);
+    } else {
+      q = at::rms_norm(q, {q.size(-1)}, a.norm_q.to(q.scalar_type()), c.eps);
+      k = at::rms_norm(k, {k.size(-1)}, a.norm_k.to(k.scalar_type()), c.eps);
+    }
   }
   q = q.unflatten(-1, {-1, c.head_dim});
   k = k.unflatten(-1, {-1, c.head_dim});
@@ -549,6 +575,22 @@ at::Tensor WanModel::attention(Attention& a, const at::Tensor& x, const at::Tens
   }
   auto o = ctx_.attention(q, k, v, args).flatten(2).to(q.scalar_type());
   return a.out->forward(o);
+}
+
+// RMSNorm over all heads when this rank holds only some of them (tensor parallelism): the sum of
+// squares is summed over the group, each rank scales its own features by its part of the full
+// weight. The weight's gradient is summed over the group (collectives::copy_to_group), so every
+// rank holds the whole gradient of the whole weight, as for any replicated parameter.
+at::Tensor WanModel::rms_norm_over_heads(const at::Tensor& x, const at::Tensor& weight) const {
+  namespace coll = wanhost::collectives;
+  const auto& group = ctx_.tp;
+  const auto part = x.size(-1);
+  const auto w = coll::copy_to_group(weight, group).narrow(0, group->rank() * part, part);
+  const auto xf = x.to(at::kFloat);
+  const auto sum_sq = coll::sum_over_group(xf.square().sum(-1, /*keepdim=*/true), group);
+  const auto y =
+      xf * at::rsqrt(sum_sq / static_cast<double>(part * group->size()) + options_.config.eps);
+  return (y.to(x.scalar_type()) * w.to(x.scalar_type()));
 }
 
 namespace {

@@ -7,7 +7,7 @@
 # build-perf in `carry`, with .deps).
 # PHASES (default: tests bench peer run); also ab, graph (--cuda-graph), profile, trace, ncu,
 # bench14off, benchckpt, benchmix, runab (per-tensor AdamW), runnopf (run.prefetch=false),
-# runpack (seq_packer at 12480 tokens).
+# runpack (seq_packer at 12480 tokens), runmegatron (megatron_tpppcp + seq_packer at 12480 tokens).
 # The device tool brings back at most 8 files from $OUT: machine.txt, build.log and
 # test_kernels.txt are always written; each run phase adds 4 (5 with KEEP_TRACE=1). For more,
 # point OUT at a scratch folder and tar it into the tool's $OUT after this script.
@@ -20,7 +20,7 @@ t0=$SECONDS
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } |
   tee "$OUT/machine.txt"
-scripts/device/build.sh --tests wanhost wan21_dit ddp flow_matching synthetic dense seq_packer test_kernels test_wan21_dit \
+scripts/device/build.sh --tests wanhost wan21_dit ddp megatron_tpppcp flow_matching synthetic dense seq_packer test_kernels test_wan21_dit \
   >"$OUT/build.log" 2>&1 || { echo "build failed:"; grep -E "error|Error" "$OUT/build.log" | head -20; }
 tail -1 "$OUT/build.log"
 W=build-gpu/bin/wanhost
@@ -127,5 +127,8 @@ if [ -x "$W" ]; then
   # The same steps with seq_packer: stage 1's 32 images in one pack of 12480 tokens (32 x 390).
   has runpack && RUN_EXTRA="--set collator.plugin=\"seq_packer\" --set collator.seq_packer.max_tokens=12480" \
     runs "-seqpack"
+  # The Megatron path on one GPU (tp=pp=cp=dp=1) on the same packs: against runpack's ddp.
+  has runmegatron && RUN_EXTRA="--set parallelism.plugin=\"megatron_tpppcp\" --set collator.plugin=\"seq_packer\" --set collator.seq_packer.max_tokens=12480" \
+    runs "-megatron"
 fi
 echo "total $((SECONDS - t0)) s"

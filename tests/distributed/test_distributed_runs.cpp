@@ -326,3 +326,159 @@ TEST_F(Distributed, SharedRandomnessGivesEveryRankTheSameKeys) {
 }
 
 }  // namespace
+
+// --- megatron_tpppcp: each layout reproduces the single-process run on the same batches ---
+
+namespace {
+
+// "--set parallelism.megatron_tpppcp.KEY=VALUE" for each pair.
+std::string megatron(const std::vector<std::pair<std::string, std::string>>& options) {
+  std::string s;
+  for (const auto& [k, v] : options) s += " --set parallelism.megatron_tpppcp." + k + "=" + v;
+  return s;
+}
+
+// The bytes of parameters + gradients + AdamW state a megatron_tpppcp rank holds, worked out from
+// the exported weights: tensor-parallel layers (q/k/v and the first FFN layer split by rows, the
+// attention output and the second FFN layer by columns) hold 1/tp, the blocks of other stages
+// nothing; 16 bytes a float32 value (value, gradient, two moments), or with the distributed
+// optimizer over n ranks 8 bytes plus 16 per element of each parameter's padded 1/n shard.
+double megatron_expected_mib(const fs::path& run, int tp, std::int64_t first_block,
+                             std::int64_t last_block, int dp_shards) {
+  const auto weights = wanhost::safetensors::File::open(
+                           (run / "export/diffusion_pytorch_model.safetensors").string())
+                           .load_all();
+  const std::regex block(R"(^blocks\.([0-9]+)\.)");
+  const std::regex split(R"((to_q|to_k|to_v|ffn\.net\.0\.proj|to_out\.0|ffn\.net\.2)\.weight$)");
+  const std::regex split_bias(R"((to_q|to_k|to_v|ffn\.net\.0\.proj)\.bias$)");
+  double bytes = 0;
+  for (const auto& [name, t] : weights) {
+    std::smatch m;
+    if (std::regex_search(name, m, block)) {
+      const long b = std::stol(m[1]);
+      if (b < first_block || b >= last_block) continue;
+    }
+    std::int64_t n = t.numel();
+    if (std::regex_search(name, split) || std::regex_search(name, split_bias)) n /= tp;
+    if (dp_shards <= 1)
+      bytes += 16.0 * static_cast<double>(n);
+    else
+      bytes += 8.0 * static_cast<double>(n) +
+               16.0 * static_cast<double>((n + dp_shards - 1) / dp_shards);
+  }
+  return bytes / (1024.0 * 1024.0);
+}
+
+void expect_megatron_memory(const fs::path& run, int np, int tp, int pp,
+                            const std::vector<std::pair<std::int64_t, std::int64_t>>& stages,
+                            int dp_shards) {
+  for (int rank = 0; rank < np; ++rank) {
+    const int stage = rank / (np / pp);  // Megatron order: pp is the slowest dimension
+    const double got = state_mib(run, rank);
+    const double want =
+        megatron_expected_mib(run, tp, stages[stage].first, stages[stage].second, dp_shards);
+    std::printf(
+        "[ figures ] megatron_tpppcp np=%d tp=%d pp=%d dp shards=%d: rank %d holds %.3f "
+        "MiB (expected %.3f)\n",
+        np, tp, pp, dp_shards, rank, got, want);
+    EXPECT_NEAR(got, want, 0.002) << "rank " << rank;
+  }
+}
+
+}  // namespace
+
+TEST_F(Distributed, MegatronOnOneProcessReproducesTheSingleProcessRun) {
+  const fs::path out = scratch() / "megatron-1";
+  Result r = run(out, 0, "megatron_tpppcp");
+  ASSERT_EQ(r.code, 0) << tail(r.log);
+  expect_same_run(reference(), out, "megatron_tpppcp tp=pp=cp=dp=1");
+  EXPECT_NEAR(state_mib(out, 0), state_mib(reference(), 0), 0.001);
+}
+
+TEST_F(Distributed, MegatronTensorParallelTwoRanks) {
+  const fs::path out = scratch() / "tp2";
+  Result r = run(out, 2, "megatron_tpppcp", megatron({{"tp", "2"}}));
+  ASSERT_EQ(r.code, 0) << tail(r.log);
+  expect_same_run(reference(), out, "megatron_tpppcp tp=2");
+  expect_megatron_memory(out, 2, 2, 1, {{0, 2}}, 1);
+}
+
+TEST_F(Distributed, MegatronPipelineTwoStages) {
+  const fs::path out = scratch() / "pp2";
+  Result r = run(out, 2, "megatron_tpppcp", megatron({{"pp", "2"}}));
+  ASSERT_EQ(r.code, 0) << tail(r.log);
+  expect_same_run(reference(), out, "megatron_tpppcp pp=2");
+  expect_megatron_memory(out, 2, 1, 2, {{0, 1}, {1, 2}}, 1);
+}
+
+// Four blocks over three stages of 2, 1 and 1 blocks.
+TEST_F(Distributed, MegatronPipelineThreeUnevenStages) {
+  const fs::path dir = scratch();
+  const std::string four_blocks = " --set model.wan21_dit.overrides.num_layers=4";
+  Result r = run(dir / "single", 0, "ddp", four_blocks);
+  ASSERT_EQ(r.code, 0) << tail(r.log);
+  r = run(dir / "pp3", 3, "megatron_tpppcp",
+          four_blocks + megatron({{"pp", "3"}, {"pipeline_layers", "[2,1,1]"}}));
+  ASSERT_EQ(r.code, 0) << tail(r.log);
+  expect_same_run(dir / "single", dir / "pp3", "megatron_tpppcp pp=3 (2, 1, 1 blocks)");
+  expect_megatron_memory(dir / "pp3", 3, 1, 3, {{0, 2}, {2, 3}, {3, 4}}, 1);
+}
+
+TEST_F(Distributed, MegatronTensorTimesPipeline) {
+  const fs::path out = scratch() / "tp2pp2";
+  Result r = run(out, 4, "megatron_tpppcp", megatron({{"tp", "2"}, {"pp", "2"}}), {}, 400);
+  ASSERT_EQ(r.code, 0) << tail(r.log);
+  expect_same_run(reference(), out, "megatron_tpppcp tp=2 x pp=2");
+  expect_megatron_memory(out, 4, 2, 2, {{0, 1}, {1, 2}}, 1);
+}
+
+// dp=2 x tp=2 with the distributed optimizer, and the same layout with the optimizer state
+// replicated: the same run; the sharded state is smaller by the expected amount.
+TEST_F(Distributed, MegatronDataTimesTensorWithTheDistributedOptimizer) {
+  const fs::path dir = scratch();
+  Result r = run(dir / "distopt", 4, "megatron_tpppcp", megatron({{"tp", "2"}}), {}, 400);
+  ASSERT_EQ(r.code, 0) << tail(r.log);
+  EXPECT_NE(r.log.find("tp=2 cp=1 dp=2 pp=1"), std::string::npos) << tail(r.log);
+  expect_same_run(reference(), dir / "distopt",
+                  "megatron_tpppcp dp=2 x tp=2, distributed optimizer");
+  expect_megatron_memory(dir / "distopt", 4, 2, 1, {{0, 2}}, 2);
+  r = run(dir / "replicated", 4, "megatron_tpppcp",
+          megatron({{"tp", "2"}, {"distributed_optimizer", "false"}}), {}, 400);
+  ASSERT_EQ(r.code, 0) << tail(r.log);
+  expect_same_run(reference(), dir / "replicated", "megatron_tpppcp dp=2 x tp=2, replicated state");
+  expect_megatron_memory(dir / "replicated", 4, 2, 1, {{0, 2}}, 1);
+}
+
+// A checkpoint of one layout resumes in another: tp=2 stops at step 8, pp=2 goes on, and a
+// single-process ddp run could not read it (another plugin's format) while megatron on one
+// process can.
+TEST_F(Distributed, MegatronStopInOneLayoutResumeInAnother) {
+  const fs::path out = scratch() / "run";
+  Result a = run(out, 2, "megatron_tpppcp", megatron({{"tp", "2"}}) + " --stop-after-steps 8");
+  ASSERT_EQ(a.code, 0) << tail(a.log);
+  ASSERT_TRUE(fs::exists(out / "checkpoints" / "step-8" / "state" / "megatron.json"));
+  ASSERT_TRUE(
+      fs::exists(out / "checkpoints" / "step-8" / "state" / "megatron_tp001_pp000.safetensors"));
+  Result b = run(out, 2, "megatron_tpppcp", megatron({{"pp", "2"}}) + " --resume");
+  ASSERT_EQ(b.code, 0) << tail(b.log);
+  EXPECT_NE(b.log.find("resharding the checkpoint from tp=2 pp=1 dp=1 to tp=1 cp=1 dp=1 pp=2"),
+            std::string::npos)
+      << tail(b.log);
+  expect_same_run(reference(), out, "megatron_tpppcp stop at 8 with tp=2, resume with pp=2");
+}
+
+// Degrees that do not fit are configuration errors naming the numbers, before any step.
+TEST_F(Distributed, MegatronDegreesThatDoNotFitAreRefused) {
+  const fs::path dir = scratch();
+  Result r = run(dir / "tp3", 3, "megatron_tpppcp", megatron({{"tp", "3"}}));
+  EXPECT_EQ(r.code, 2) << tail(r.log);
+  EXPECT_NE(r.log.find("attention heads (2) and the FFN width (256) to be multiples of 3"),
+            std::string::npos)
+      << tail(r.log);
+  r = run(dir / "pp2of3", 3, "megatron_tpppcp", megatron({{"pp", "2"}}));
+  EXPECT_EQ(r.code, 2) << tail(r.log);
+  EXPECT_NE(r.log.find("tp x cp x pp = 1 x 1 x 2 = 2 does not divide the 3 process(es)"),
+            std::string::npos)
+      << tail(r.log);
+  EXPECT_FALSE(fs::exists(dir / "pp2of3" / "metrics.jsonl"));
+}

@@ -1,0 +1,627 @@
+// `megatron_tpppcp`: the Megatron path's parallelism (docs/parallelism.md), after Megatron-LM and
+// NeMo Megatron-Bridge's Wan recipe: tensor parallelism (tp), pipeline parallelism (pp) with the
+// 1F1B schedule, and data parallelism (dp) with the distributed optimizer. Context parallelism
+// (cp) is accepted in the layout only at degree 1 for now.
+//
+// Placement. Every rank builds the whole model (the model initialises and loads it exactly as one
+// process does), then attach() keeps this rank's part: its tensor-parallel slice of every
+// column/row-parallel linear layer (tensor_parallel.hpp) and only its pipeline stage's blocks.
+// Parameters outside the blocks (patch/time/text embeddings, output head) stay on every stage:
+// each stage runs the input part itself for the text context and time modulation its blocks read,
+// so their gradients are partial sums over the stages, summed over the pipeline group.
+//
+// Gradients. Each micro batch's loss is already scaled by 1/global_batch, so gradients are summed:
+// over the pipeline for the parameters every stage holds, then over the data-parallel ranks
+// (all-reduce, or reduce-scatter into the distributed optimizer's shards). Replicated parameters
+// get identical gradients on every tensor-parallel rank (copy_to_group sums the inputs'
+// gradients), so the global norm counts each parameter once: split ones on every
+// tensor-parallel rank, the others on rank 0 of the group; every stage's blocks; shards on every
+// data-parallel rank.
+//
+// Checkpoints: one file per (tp, pp) coordinate, written by data-parallel rank 0, holding that
+// coordinate's parameters and AdamW state at their tensor-parallel shapes, and megatron.json
+// listing every parameter's whole shape, split dimension and file; load_state assembles whole
+// tensors from the files of any earlier layout and takes this rank's part, so a run resumes with
+// other degrees.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include "layout.hpp"
+#include "pipeline.hpp"
+#include "tensor_parallel.hpp"
+#include "wanhost/errors.hpp"
+#include "wanhost/kit/collectives.hpp"
+#include "wanhost/kit/json_file.hpp"
+#include "wanhost/kit/layers.hpp"
+#include "wanhost/kit/parallelism_base.hpp"
+#include "wanhost/kit/precision.hpp"
+#include "wanhost/kit/safetensors.hpp"
+#include "wanhost/log.hpp"
+#include "wanhost/plugin.hpp"
+
+namespace wanhost::plugins::megatron_tpppcp {
+namespace {
+
+using namespace wanhost;
+namespace fs = std::filesystem;
+
+constexpr const char* kFormat = "wanhost-megatron-1";
+
+// One parameter of the model as this rank holds it.
+struct Param {
+  std::string name;
+  at::Tensor tensor;                // the model's parameter (this rank's part; empty off-stage)
+  std::vector<std::int64_t> shape;  // the whole model's shape
+  std::int64_t split_dim = -1;      // tensor-parallel split, -1: whole on every rank
+  std::int64_t block = -1;          // -1: outside the blocks (held by every stage)
+  bool local = true;                // held by this rank's stage
+  std::int64_t chunk = 0;           // distributed optimizer: elements per shard (padded)
+  at::Tensor shard;                 // distributed optimizer: fp32 master shard [chunk]
+};
+
+class Megatron final : public ParallelismBase {
+ public:
+  explicit Megatron(const PluginConfig& cfg)
+      : ParallelismBase("megatron_tpppcp", cfg.get<bool>("distributed_optimizer")
+                                               ? GradReset::ZeroInPlace
+                                               : GradReset::Drop),
+        pointer_(cfg.pointer),
+        tp_(cfg.get<int>("tp")),
+        pp_(cfg.get<int>("pp")),
+        cp_(cfg.get<int>("cp")),
+        dp_(cfg.get<int>("dp")),
+        layers_(cfg.get<std::vector<std::int64_t>>("pipeline_layers")),
+        distributed_optimizer_option_(cfg.get<bool>("distributed_optimizer")),
+        decay_1d_(cfg.get<bool>("decay_1d")) {}
+
+  ParallelLayout layout(int world_size) const override {
+    const Degrees d = degrees(world_size);
+    ParallelLayout l;
+    l.tp = d.tp;
+    l.pp = d.pp;
+    l.cp = d.cp;
+    l.dp = d.dp;
+    return l;
+  }
+
+  void setup(ParallelContext& ctx) override {
+    d_ = degrees(ctx.world_size);
+    me_ = coordinates(d_, ctx.world_rank);
+    // Collective: every rank splits the world in the same order.
+    auto split = [&](std::vector<Dim> vary) {
+      return ctx.world->split(group_of(d_, ctx.world_rank, vary));
+    };
+    ctx.tp = split({Dim::tp});
+    ctx.cp = split({Dim::cp});
+    ctx.dp = split({Dim::dp});
+    ctx.pp = split({Dim::pp});
+    dp_cp_ = split({Dim::dp, Dim::cp});
+    // Over one data-parallel rank the shards would be copies of the parameters.
+    distributed_optimizer_ = distributed_optimizer_option_ && dp_cp_->size() > 1;
+    ctx.layout = layout(ctx.world_size);
+    if (d_.tp > 1) {
+      CommunicatorPtr group = ctx.tp;
+      ctx.make_linear = [group](std::int64_t in, std::int64_t out, bool bias,
+                                LinearRole role) -> std::shared_ptr<LinearLayer> {
+        if (role == LinearRole::Replicated) return make_replicated_linear(in, out, bias);
+        return std::make_shared<TensorParallelLinear>(in, out, bias, role, group);
+      };
+    }
+    ctx_ = ctx;
+    if (ctx.world_rank == 0)
+      logger()->info("megatron_tpppcp: {} over {} process(es); ranks ordered tp, cp, dp, pp; {}",
+                     describe(d_), ctx.world_size,
+                     distributed_optimizer_ ? "distributed optimizer (state sharded over dp)"
+                     : distributed_optimizer_option_
+                         ? "one data-parallel rank: no distributed optimizer (nothing to shard)"
+                         : "optimizer state replicated over dp");
+  }
+
+  void attach(Model& model) override {
+    at::NoGradGuard no_grad;
+    torch::nn::Module& root = model.module();
+    root.to(ctx_.device, ctx_.param_dtype);
+    // Every rank starts from rank 0's weights, whatever its own initialisation did.
+    if (ctx_.world_size > 1)
+      for (auto& p : root.named_parameters(true)) {
+        at::Tensor t = p.value().detach();
+        ctx_.world->broadcast(t, 0);
+      }
+
+    stages_ = stage_blocks(model.num_blocks(), d_.pp, layers_, pointer_ + "/pipeline_layers");
+    const auto [first, last] = stages_[static_cast<std::size_t>(me_.pp)];
+    std::map<const void*, std::int64_t> block_of, split_of;
+    for (std::int64_t i = 0; i < model.num_blocks(); ++i)
+      for (auto& p : model.block_module(i).parameters(true)) block_of[p.unsafeGetTensorImpl()] = i;
+    std::vector<std::pair<std::string, TensorParallelLinear*>> linears;
+    for (auto& m : root.named_modules("", true))
+      if (auto* l = dynamic_cast<TensorParallelLinear*>(m.value().get())) {
+        linears.emplace_back(m.key(), l);
+        for (auto& p : l->named_parameters(false))
+          split_of[p.value().unsafeGetTensorImpl()] =
+              p.key() == "weight" ? l->weight_split_dim() : l->bias_split_dim();
+      }
+
+    params_.clear();
+    for (auto& p : root.named_parameters(true)) {
+      Param q;
+      q.name = p.key();
+      q.tensor = p.value();
+      q.shape = q.tensor.sizes().vec();
+      const void* impl = q.tensor.unsafeGetTensorImpl();
+      if (auto it = split_of.find(impl); it != split_of.end()) q.split_dim = it->second;
+      if (auto it = block_of.find(impl); it != block_of.end()) q.block = it->second;
+      q.local = q.block < 0 || (q.block >= first && q.block < last);
+      params_.push_back(std::move(q));
+    }
+    for (auto& [name, l] : linears) l->shard(name);
+    for (auto& q : params_)
+      if (!q.local) q.tensor.set_data(at::empty({0}, q.tensor.options()));  // another stage's
+
+    std::vector<AdamWParam> optimized;
+    const int n = dp_cp_->size(), r = dp_cp_->rank();
+    for (auto& q : params_) {
+      if (!q.local) continue;
+      const bool decay =
+          AdamW::decays(q.name, static_cast<std::int64_t>(q.shape.size()), decay_1d_);
+      if (!distributed_optimizer_) {
+        optimized.push_back({q.name, q.tensor, decay});
+        continue;
+      }
+      const std::int64_t numel = q.tensor.numel();
+      q.chunk = (numel + n - 1) / n;
+      q.shard = at::zeros({q.chunk}, q.tensor.options().dtype(at::kFloat));
+      const std::int64_t lo = std::min(numel, r * q.chunk), hi = std::min(numel, lo + q.chunk);
+      if (hi > lo) q.shard.slice(0, 0, hi - lo).copy_(q.tensor.reshape(-1).slice(0, lo, hi));
+      q.shard.requires_grad_(true);
+      optimized.push_back({q.name, q.shard, decay});
+    }
+    set_optimized(std::move(optimized));
+    log_placement();
+  }
+
+  StepLoss forward_backward(Model& model, const std::vector<NoisedBatch>& micro_batches,
+                            const LossFn& loss) override {
+    if (d_.pp == 1) {
+      StepLoss total;
+      for (const auto& mb : micro_batches) {
+        LossTerms terms;
+        {
+          AutocastGuard autocast(ctx_);
+          terms = loss(model.forward(mb.noisy, mb.timesteps), mb);
+        }
+        terms.loss.backward();
+        total.add(terms);
+      }
+      return total;
+    }
+    return pipeline(model, micro_batches, loss);
+  }
+
+  at::Tensor reduce_and_clip_gradients(double max_norm) override {
+    at::NoGradGuard no_grad;
+    std::vector<Param*> local, shared;
+    for (auto& q : params_)
+      if (q.local) {
+        local.push_back(&q);
+        if (q.block < 0) shared.push_back(&q);
+      }
+    // Parameters every stage holds: each stage's part of their gradient.
+    if (d_.pp > 1) all_reduce_grads(shared, ctx_.pp);
+    if (distributed_optimizer_)
+      reduce_scatter_grads(local);
+    else if (dp_cp_->size() > 1)
+      all_reduce_grads(local, dp_cp_);
+
+    // Each parameter's gradient counted once in the norm (file comment).
+    std::vector<at::Tensor> counted;
+    const std::vector<at::Tensor> tensors = optimized_tensors();
+    std::size_t k = 0;
+    for (auto& q : params_) {
+      if (!q.local) continue;
+      const bool once_in_tp = q.split_dim >= 0 || me_.tp == 0;
+      const bool once_in_pp = q.block >= 0 || me_.pp == 0;
+      const bool once_in_dp = distributed_optimizer_ || (me_.dp == 0 && me_.cp == 0);
+      if (once_in_tp && once_in_pp && once_in_dp) counted.push_back(tensors[k]);
+      ++k;
+    }
+    at::Tensor sq = grad_norm_squared(counted).to(ctx_.device).reshape({1}).contiguous();
+    if (ctx_.world_size > 1) ctx_.world->all_reduce(sq, ReduceOp::Sum);
+    sq = sq.reshape({});
+    const at::Tensor norm =
+        sq.is_cpu() ? at::scalar_tensor(std::sqrt(sq.item<double>()), sq.options()) : sq.sqrt();
+    clip_gradients(tensors, max_norm, norm);
+    return norm;
+  }
+
+  void optimizer_step(double lr) override {
+    ParallelismBase::optimizer_step(lr);
+    if (distributed_optimizer_) gather_shards();
+  }
+
+  void zero_grad() override {
+    ParallelismBase::zero_grad();
+    if (distributed_optimizer_)
+      for (auto& q : params_)
+        if (q.tensor.grad().defined()) q.tensor.mutable_grad() = at::Tensor();
+  }
+
+  std::int64_t state_bytes() const override {
+    std::int64_t n = ParallelismBase::state_bytes();
+    if (distributed_optimizer_)  // the model's own parameters and gradients besides the shards
+      for (const auto& q : params_)
+        if (q.local) n += 2 * q.tensor.numel() * static_cast<std::int64_t>(q.tensor.element_size());
+    return n;
+  }
+
+  std::map<std::string, at::Tensor> full_weights(Model& model) override {
+    at::NoGradGuard no_grad;
+    std::map<std::string, at::Tensor> out;
+    for (auto& q : params_) {
+      at::Tensor t;
+      if (q.local) {
+        t = q.tensor.detach();
+        if (q.split_dim >= 0) t = collectives::gather_along(t, q.split_dim, ctx_.tp);
+      }
+      if (d_.pp > 1 && q.block >= 0) {
+        const int owner = stage_of(q.block);
+        at::Tensor buffer =
+            owner == me_.pp ? t.contiguous() : at::empty(q.shape, q.tensor.options());
+        ctx_.pp->broadcast(buffer, owner);
+        t = buffer;
+      }
+      out[q.name] = t.to(at::kCPU);
+    }
+    for (auto& b : model.module().named_buffers(true)) out[b.key()] = b.value().detach().cpu();
+    return out;
+  }
+
+  void save_state(Model&, const std::string& dir) override {
+    at::NoGradGuard no_grad;
+    std::map<std::string, at::Tensor> state = optimizer().state();
+    std::map<std::string, at::Tensor> tensors;
+    for (auto& q : params_) {
+      if (!q.local || (q.block < 0 && me_.pp != 0)) continue;  // stage 0 writes the shared ones
+      tensors["param." + q.name] = q.tensor.detach().cpu();
+      for (const char* s : {".exp_avg", ".exp_avg_sq"}) {
+        at::Tensor v = state.at(q.name + s);
+        if (distributed_optimizer_) v = unshard(v, q);  // collective over dp x cp
+        tensors[std::string("optim.") + q.name + s] = v.detach().cpu();
+      }
+    }
+    tensors["optim.__step__"] = state.at("__step__").cpu();
+    if (me_.dp == 0 && me_.cp == 0)
+      safetensors::save(
+          file_of(dir, me_.tp, me_.pp), tensors,
+          {{"format", kFormat}, {"tp", std::to_string(d_.tp)}, {"pp", std::to_string(d_.pp)}});
+    if (ctx_.world_rank == 0) {
+      Json meta = {{"format", kFormat}, {"tp", d_.tp}, {"pp", d_.pp},
+                   {"cp", d_.cp},       {"dp", d_.dp}, {"params", Json::array()}};
+      for (const auto& q : params_)
+        meta["params"].push_back({{"name", q.name},
+                                  {"shape", q.shape},
+                                  {"split_dim", q.split_dim},
+                                  {"stage", q.block < 0 ? 0 : stage_of(q.block)}});
+      std::ofstream f(fs::path(dir) / "megatron.json", std::ios::binary | std::ios::trunc);
+      f << meta.dump(1) << "\n";
+      f.flush();
+      if (!f)
+        throw std::runtime_error("cannot write " + (fs::path(dir) / "megatron.json").string());
+    }
+  }
+
+  void load_state(Model&, const std::string& dir) override {
+    at::NoGradGuard no_grad;
+    const fs::path meta_path = fs::path(dir) / "megatron.json";
+    if (!fs::exists(meta_path))
+      throw std::runtime_error(dir +
+                               " holds no megatron_tpppcp state (no megatron.json): the "
+                               "checkpoint was written by another parallelism plugin");
+    const Json meta = read_json_file(meta_path.string());
+    if (meta.value("format", "") != kFormat)
+      throw std::runtime_error(meta_path.string() + ": unknown format " +
+                               meta.value("format", "?"));
+    const int old_tp = meta.at("tp");
+    struct Saved {
+      std::vector<std::int64_t> shape;
+      std::int64_t split_dim;
+      int stage;
+    };
+    std::map<std::string, Saved> saved;
+    for (const auto& p : meta.at("params"))
+      saved[p.at("name").get<std::string>()] = {p.at("shape").get<std::vector<std::int64_t>>(),
+                                                p.at("split_dim").get<std::int64_t>(),
+                                                p.at("stage").get<int>()};
+    std::string problems;
+    std::set<std::string> seen;
+    for (const auto& q : params_) {
+      seen.insert(q.name);
+      auto it = saved.find(q.name);
+      if (it == saved.end())
+        problems += "\n  missing " + q.name;
+      else if (it->second.shape != q.shape)
+        problems += "\n  " + q.name + " has shape " + Json(it->second.shape).dump() +
+                    ", the model " + Json(q.shape).dump();
+    }
+    for (const auto& [name, s] : saved)
+      if (!seen.count(name)) problems += "\n  unexpected " + name;
+    if (!problems.empty())
+      throw std::runtime_error("the checkpoint " + dir + " does not match the model:" + problems);
+    if (ctx_.world_rank == 0 &&
+        (old_tp != d_.tp || meta.at("pp").get<int>() != d_.pp || meta.at("dp").get<int>() != d_.dp))
+      logger()->info("megatron_tpppcp: resharding the checkpoint from tp={} pp={} dp={} to {}",
+                     old_tp, meta.at("pp").get<int>(), meta.at("dp").get<int>(), describe(d_));
+
+    std::map<std::pair<int, int>, safetensors::File> files;
+    auto file = [&](int tp, int pp) -> const safetensors::File& {
+      auto key = std::make_pair(tp, pp);
+      auto it = files.find(key);
+      if (it == files.end())
+        it = files.emplace(key, safetensors::File::open(file_of(dir, tp, pp))).first;
+      return it->second;
+    };
+    // The whole tensor `key` of parameter q, from the files of the saved layout.
+    auto whole = [&](const std::string& key, const Saved& s) {
+      if (s.split_dim < 0) return file(0, s.stage).load(key);
+      std::vector<at::Tensor> parts;
+      for (int k = 0; k < old_tp; ++k) parts.push_back(file(k, s.stage).load(key));
+      return at::cat(parts, s.split_dim);
+    };
+    auto mine = [&](const at::Tensor& t, const Param& q) {
+      if (q.split_dim < 0) return t;
+      const std::int64_t part = t.size(q.split_dim) / d_.tp;
+      return t.narrow(q.split_dim, me_.tp * part, part);
+    };
+    std::map<std::string, at::Tensor> opt;
+    for (auto& q : params_) {
+      if (!q.local) continue;
+      const Saved& s = saved.at(q.name);
+      q.tensor.copy_(mine(whole("param." + q.name, s), q));
+      for (const char* suffix : {".exp_avg", ".exp_avg_sq"}) {
+        at::Tensor v = mine(whole(std::string("optim.") + q.name + suffix, s), q)
+                           .to(q.tensor.device(), at::kFloat);
+        opt[q.name + suffix] = distributed_optimizer_ ? my_shard(v, q) : v.to(q.tensor.dtype());
+      }
+      if (distributed_optimizer_) q.shard.copy_(my_shard(q.tensor.detach(), q));
+    }
+    opt["__step__"] = file(0, 0).load("optim.__step__");
+    optimizer().load_state(opt);
+  }
+
+ private:
+  Degrees degrees(int world_size) const {
+    const Degrees d = resolve_degrees(tp_, cp_, dp_, pp_, world_size, pointer_);
+    if (d.cp > 1)
+      throw ConfigError(pointer_ + "/cp",
+                        "context parallelism (cp=" + std::to_string(d.cp) +
+                            ") is not implemented yet; use cp=1 (tp, pp and dp work)",
+                        "megatron_tpppcp");
+    return d;
+  }
+
+  int stage_of(std::int64_t block) const {
+    for (std::size_t s = 0; s < stages_.size(); ++s)
+      if (block >= stages_[s].first && block < stages_[s].second) return static_cast<int>(s);
+    throw std::logic_error("megatron_tpppcp: block " + std::to_string(block) + " has no stage");
+  }
+
+  static std::string file_of(const std::string& dir, int tp, int pp) {
+    char name[64];
+    std::snprintf(name, sizeof name, "megatron_tp%03d_pp%03d.safetensors", tp, pp);
+    return (fs::path(dir) / name).string();
+  }
+
+  // 1F1B over the step's micro batches (pipeline.hpp). Every stage runs the input part of each
+  // micro batch itself; the hidden state travels stage to stage (tag 2j forward, 2j+1 backward).
+  StepLoss pipeline(Model& model, const std::vector<NoisedBatch>& micro_batches,
+                    const LossFn& loss) {
+    struct InFlight {
+      std::shared_ptr<Activations> act;
+      at::Tensor input, output;
+      LossTerms terms;
+    };
+    const int s = me_.pp;
+    const bool first = s == 0, last = s == d_.pp - 1;
+    const auto [b0, b1] = stages_[static_cast<std::size_t>(s)];
+    std::vector<InFlight> flight(micro_batches.size());
+    std::vector<WorkPtr> sends;
+    std::vector<at::Tensor> sent;  // kept until their sends complete
+    StepLoss total;
+    const auto ops = one_f_one_b(d_.pp, s, static_cast<std::int64_t>(micro_batches.size()));
+    for (const PipelineOp& op : ops) {
+      const auto j = static_cast<std::size_t>(op.micro_batch);
+      const int tag = static_cast<int>(2 * op.micro_batch);
+      InFlight& f = flight[j];
+      const NoisedBatch& mb = micro_batches[j];
+      if (op.forward) {
+        AutocastGuard autocast(ctx_);
+        f.act = std::make_shared<Activations>(model.embed(mb.noisy, mb.timesteps));
+        at::Tensor h = f.act->hidden;
+        if (!first) {
+          at::Tensor in = at::empty(h.sizes(), h.options());
+          ctx_.pp->recv(in, s - 1, tag)->wait();
+          f.input = in.requires_grad_(true);
+          h = f.input;
+        }
+        for (std::int64_t i = b0; i < b1; ++i) h = model.block_forward(i, h, *f.act);
+        if (last) {
+          f.terms = loss(model.head(h, *f.act, mb.noisy), mb);
+          total.add(f.terms);
+        } else {
+          at::Tensor out = h.detach().contiguous();
+          sends.push_back(ctx_.pp->send(out, s + 1, tag));
+          sent.push_back(out);
+          f.output = h;
+        }
+      } else {
+        if (last) {
+          f.terms.loss.backward();
+        } else {
+          at::Tensor g = at::empty(f.output.sizes(), f.output.options());
+          ctx_.pp->recv(g, s + 1, tag + 1)->wait();
+          torch::autograd::backward({f.output}, {g});
+        }
+        if (!first) {
+          at::Tensor g =
+              f.input.grad().defined() ? f.input.grad().contiguous() : at::zeros_like(f.input);
+          sends.push_back(ctx_.pp->send(g, s - 1, tag + 1));
+          sent.push_back(g);
+        }
+        f = InFlight{};  // this micro batch's activations are no longer needed
+      }
+    }
+    for (auto& w : sends) w->wait();
+    // Every stage reports the pipeline's loss (the last stage computed it).
+    at::Tensor numbers = at::zeros({2}, at::TensorOptions(at::kDouble).device(ctx_.device));
+    if (last && total.sum.defined()) {
+      numbers[0].copy_(total.sum.to(at::kDouble));
+      numbers[1].fill_(static_cast<double>(total.count));
+    }
+    ctx_.pp->broadcast(numbers, d_.pp - 1);
+    total.sum = numbers[0];
+    total.count = static_cast<std::int64_t>(numbers[1].item<double>());
+    return total;
+  }
+
+  // Sums the gradients of `params` over `group` in one flat buffer.
+  void all_reduce_grads(const std::vector<Param*>& params, const CommunicatorPtr& group) {
+    if (params.empty() || group->size() == 1) return;
+    std::vector<at::Tensor> grads;
+    for (Param* q : params) {
+      at::Tensor& t = q->tensor;
+      if (!t.grad().defined()) t.mutable_grad() = at::zeros_like(t);
+      grads.push_back(t.grad().reshape(-1));
+    }
+    at::Tensor flat = at::cat(grads);
+    group->all_reduce(flat, ReduceOp::Sum);
+    std::int64_t off = 0;
+    for (Param* q : params) {
+      const std::int64_t n = q->tensor.numel();
+      q->tensor.grad().view(-1).copy_(flat.slice(0, off, off + n));
+      off += n;
+    }
+  }
+
+  // The distributed optimizer's gradient reduction: every local parameter's gradient, padded to
+  // n x chunk, reduce-scattered over dp x cp (fp32) into the shards' gradients.
+  void reduce_scatter_grads(const std::vector<Param*>& params) {
+    const int n = dp_cp_->size();
+    std::int64_t total = 0;
+    for (Param* q : params) total += q->chunk;
+    auto opts = at::TensorOptions().dtype(at::kFloat).device(ctx_.device);
+    at::Tensor input = at::zeros({n, total}, opts);
+    std::int64_t off = 0;
+    for (Param* q : params) {
+      const at::Tensor& g = q->tensor.grad();
+      if (g.defined()) {
+        at::Tensor flat = at::constant_pad_nd(g.reshape(-1).to(at::kFloat),
+                                              {0, n * q->chunk - q->tensor.numel()});
+        input.slice(1, off, off + q->chunk).copy_(flat.view({n, q->chunk}));
+      }
+      off += q->chunk;
+    }
+    at::Tensor mine = input.view(-1);
+    if (n > 1) {
+      mine = at::empty({total}, opts);
+      dp_cp_->reduce_scatter(mine, input.view(-1), ReduceOp::Sum);
+    }
+    off = 0;
+    for (Param* q : params) {
+      q->shard.mutable_grad().copy_(mine.slice(0, off, off + q->chunk));
+      off += q->chunk;
+    }
+  }
+
+  // After the update: every rank's shards gathered into the model's parameters.
+  void gather_shards() {
+    at::NoGradGuard no_grad;
+    const int n = dp_cp_->size();
+    std::vector<at::Tensor> parts;
+    std::int64_t total = 0;
+    for (auto& q : params_)
+      if (q.local) {
+        parts.push_back(q.shard.detach());
+        total += q.chunk;
+      }
+    if (parts.empty()) return;
+    at::Tensor mine = at::cat(parts);
+    at::Tensor all = mine;
+    if (n > 1) {
+      all = at::empty({n * total}, mine.options());
+      dp_cp_->all_gather(all, mine);
+    }
+    at::Tensor rows = all.view({n, total});
+    std::int64_t off = 0;
+    for (auto& q : params_) {
+      if (!q.local) continue;
+      const std::int64_t numel = q.tensor.numel();
+      q.tensor.view(-1).copy_(rows.slice(1, off, off + q.chunk).reshape(-1).slice(0, 0, numel));
+      off += q.chunk;
+    }
+  }
+
+  // The whole (this rank's tensor-parallel part of a) state tensor from its dp x cp shards.
+  at::Tensor unshard(const at::Tensor& shard, const Param& q) {
+    const int n = dp_cp_->size();
+    at::Tensor all = shard.contiguous();
+    if (n > 1) {
+      all = at::empty({n * q.chunk}, shard.options());
+      dp_cp_->all_gather(all, shard.contiguous());
+    }
+    return all.slice(0, 0, q.tensor.numel()).view(q.tensor.sizes());
+  }
+
+  // This rank's dp x cp shard of a tensor of q's local shape.
+  at::Tensor my_shard(const at::Tensor& t, const Param& q) const {
+    const std::int64_t numel = t.numel();
+    const std::int64_t lo = std::min(numel, dp_cp_->rank() * q.chunk),
+                       hi = std::min(numel, lo + q.chunk);
+    at::Tensor out = at::zeros({q.chunk}, t.options().dtype(at::kFloat));
+    if (hi > lo) out.slice(0, 0, hi - lo).copy_(t.reshape(-1).slice(0, lo, hi));
+    return out;
+  }
+
+  void log_placement() const {
+    std::int64_t total = 0, local = 0;
+    for (const auto& q : params_) {
+      std::int64_t whole = 1;
+      for (auto s : q.shape) whole *= s;
+      total += whole;
+      if (q.local) local += q.tensor.numel();
+    }
+    const auto [first, last] = stages_[static_cast<std::size_t>(me_.pp)];
+    logger()->info(
+        "megatron_tpppcp: rank {} (tp {}, cp {}, dp {}, pp {}) holds blocks [{}, {}) and {} of "
+        "the model's {} parameters",
+        ctx_.world_rank, me_.tp, me_.cp, me_.dp, me_.pp, first, last, local, total);
+  }
+
+  std::string pointer_;
+  int tp_, pp_, cp_, dp_;
+  std::vector<std::int64_t> layers_;
+  bool distributed_optimizer_option_, decay_1d_;
+  bool distributed_optimizer_ = false;  // the option, when there is more than one dp x cp rank
+  Degrees d_;
+  Coordinates me_;
+  ParallelContext ctx_;
+  CommunicatorPtr dp_cp_;
+  std::vector<std::pair<std::int64_t, std::int64_t>> stages_;
+  std::vector<Param> params_;
+};
+
+void factories(PluginFactories& f) {
+  f.create_parallelism = [](const PluginConfig& cfg) -> std::unique_ptr<Parallelism> {
+    return std::make_unique<Megatron>(cfg);
+  };
+}
+
+}  // namespace
+}  // namespace wanhost::plugins::megatron_tpppcp
+
+WANHOST_PLUGIN("megatron_tpppcp", "0.1.0", wanhost::plugins::megatron_tpppcp::factories)
