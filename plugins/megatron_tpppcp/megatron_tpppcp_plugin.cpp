@@ -61,16 +61,19 @@ struct Param {
   std::int64_t split_dim = -1;      // tensor-parallel split, -1: whole on every rank
   std::int64_t block = -1;          // -1: outside the blocks (held by every stage)
   bool local = true;                // held by this rank's stage
-  std::int64_t chunk = 0;           // distributed optimizer: elements per shard (padded)
-  at::Tensor shard;                 // distributed optimizer: fp32 master shard [chunk]
+  // Distributed optimizer: this rank's elements [lo, hi) of the flattened parameter, `chunk` =
+  // the padded share every rank sends in the collectives. `shard` (fp32, what AdamW updates) is
+  // a view of the parameter itself when the parameter is fp32 (no second copy of the weights, as
+  // Megatron's distributed optimizer does for fp32 parameters), else an fp32 master copy.
+  std::int64_t chunk = 0, lo = 0, hi = 0;
+  at::Tensor shard;
+  bool shard_is_view = false;
 };
 
 class Megatron final : public ParallelismBase {
  public:
   explicit Megatron(const PluginConfig& cfg)
-      : ParallelismBase("megatron_tpppcp", cfg.get<bool>("distributed_optimizer")
-                                               ? GradReset::ZeroInPlace
-                                               : GradReset::Drop),
+      : ParallelismBase("megatron_tpppcp", GradReset::Drop),  // zero_grad() is its own
         pointer_(cfg.pointer),
         tp_(cfg.get<int>("tp")),
         pp_(cfg.get<int>("pp")),
@@ -176,10 +179,11 @@ class Megatron final : public ParallelismBase {
       }
       const std::int64_t numel = q.tensor.numel();
       q.chunk = (numel + n - 1) / n;
-      q.shard = at::zeros({q.chunk}, q.tensor.options().dtype(at::kFloat));
-      const std::int64_t lo = std::min(numel, r * q.chunk), hi = std::min(numel, lo + q.chunk);
-      if (hi > lo) q.shard.slice(0, 0, hi - lo).copy_(q.tensor.reshape(-1).slice(0, lo, hi));
-      q.shard.requires_grad_(true);
+      q.lo = std::min(numel, r * q.chunk);
+      q.hi = std::min(numel, q.lo + q.chunk);
+      q.shard_is_view = q.tensor.scalar_type() == at::kFloat;
+      at::Tensor mine = q.tensor.detach().view(-1).slice(0, q.lo, q.hi);
+      q.shard = q.shard_is_view ? mine : mine.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
       optimized.push_back({q.name, q.shard, decay});
     }
     set_optimized(std::move(optimized));
@@ -245,18 +249,31 @@ class Megatron final : public ParallelismBase {
     if (distributed_optimizer_) gather_shards();
   }
 
+  // Model gradients are dropped (autograd allocates them in the next backward, as ddp's), so
+  // they take no memory outside the backward pass; the distributed optimizer's shard gradients
+  // are kept and zeroed, since the reduce-scatter writes into them.
   void zero_grad() override {
-    ParallelismBase::zero_grad();
-    if (distributed_optimizer_)
-      for (auto& q : params_)
-        if (q.tensor.grad().defined()) q.tensor.mutable_grad() = at::Tensor();
+    for (auto& q : params_) {
+      if (!q.local) continue;
+      if (q.tensor.grad().defined()) q.tensor.mutable_grad() = at::Tensor();
+      if (!distributed_optimizer_) continue;
+      if (q.shard.grad().defined())
+        q.shard.mutable_grad().zero_();
+      else
+        q.shard.mutable_grad() = at::zeros_like(q.shard);
+    }
   }
 
   std::int64_t state_bytes() const override {
-    std::int64_t n = ParallelismBase::state_bytes();
-    if (distributed_optimizer_)  // the model's own parameters and gradients besides the shards
-      for (const auto& q : params_)
-        if (q.local) n += 2 * q.tensor.numel() * static_cast<std::int64_t>(q.tensor.element_size());
+    if (!distributed_optimizer_) return ParallelismBase::state_bytes();
+    // The model's parameters and gradients, the shards' gradients (and fp32 copies when the
+    // shard is not a view of the parameter), the AdamW moments of the shards.
+    std::int64_t n = has_optimizer() ? optimizer().state_bytes() : 0;
+    for (const auto& q : params_) {
+      if (!q.local) continue;
+      n += 2 * q.tensor.numel() * static_cast<std::int64_t>(q.tensor.element_size());
+      n += (q.shard_is_view ? 1 : 2) * q.shard.numel() * 4;
+    }
     return n;
   }
 
@@ -388,7 +405,7 @@ class Megatron final : public ParallelismBase {
                            .to(q.tensor.device(), at::kFloat);
         opt[q.name + suffix] = distributed_optimizer_ ? my_shard(v, q) : v.to(q.tensor.dtype());
       }
-      if (distributed_optimizer_) q.shard.copy_(my_shard(q.tensor.detach(), q));
+      if (distributed_optimizer_ && !q.shard_is_view) q.shard.copy_(my_shard(q.tensor.detach(), q));
     }
     opt["__step__"] = file(0, 0).load("optim.__step__");
     optimizer().load_state(opt);
@@ -533,7 +550,7 @@ class Megatron final : public ParallelismBase {
     }
     off = 0;
     for (Param* q : params) {
-      q->shard.mutable_grad().copy_(mine.slice(0, off, off + q->chunk));
+      q->shard.mutable_grad().copy_(mine.slice(0, off, off + (q->hi - q->lo)));
       off += q->chunk;
     }
   }
@@ -546,7 +563,9 @@ class Megatron final : public ParallelismBase {
     std::int64_t total = 0;
     for (auto& q : params_)
       if (q.local) {
-        parts.push_back(q.shard.detach());
+        // Padded to the common share.
+        parts.push_back(at::constant_pad_nd(q.shard.detach().to(q.tensor.scalar_type()),
+                                            {0, q.chunk - (q.hi - q.lo)}));
         total += q.chunk;
       }
     if (parts.empty()) return;
@@ -569,22 +588,16 @@ class Megatron final : public ParallelismBase {
   // The whole (this rank's tensor-parallel part of a) state tensor from its dp x cp shards.
   at::Tensor unshard(const at::Tensor& shard, const Param& q) {
     const int n = dp_cp_->size();
-    at::Tensor all = shard.contiguous();
-    if (n > 1) {
-      all = at::empty({n * q.chunk}, shard.options());
-      dp_cp_->all_gather(all, shard.contiguous());
-    }
+    const at::Tensor padded =
+        at::constant_pad_nd(shard.detach(), {0, q.chunk - (q.hi - q.lo)}).contiguous();
+    at::Tensor all = at::empty({n * q.chunk}, padded.options());
+    dp_cp_->all_gather(all, padded);
     return all.slice(0, 0, q.tensor.numel()).view(q.tensor.sizes());
   }
 
-  // This rank's dp x cp shard of a tensor of q's local shape.
-  at::Tensor my_shard(const at::Tensor& t, const Param& q) const {
-    const std::int64_t numel = t.numel();
-    const std::int64_t lo = std::min(numel, dp_cp_->rank() * q.chunk),
-                       hi = std::min(numel, lo + q.chunk);
-    at::Tensor out = at::zeros({q.chunk}, t.options().dtype(at::kFloat));
-    if (hi > lo) out.slice(0, 0, hi - lo).copy_(t.reshape(-1).slice(0, lo, hi));
-    return out;
+  // This rank's dp x cp shard (fp32) of a tensor of q's local shape.
+  static at::Tensor my_shard(const at::Tensor& t, const Param& q) {
+    return t.reshape(-1).slice(0, q.lo, q.hi).to(at::kFloat, false, /*copy=*/true);
   }
 
   void log_placement() const {
