@@ -32,6 +32,7 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include "context_parallel.hpp"
 #include "layout.hpp"
 #include "pipeline.hpp"
 #include "tensor_parallel.hpp"
@@ -108,6 +109,13 @@ class Megatron final : public ParallelismBase {
     // Over one data-parallel rank the shards would be copies of the parameters.
     distributed_optimizer_ = distributed_optimizer_option_ && dp_cp_->size() > 1;
     ctx.layout = layout(ctx.world_size);
+    if (d_.cp > 1) {
+      // Every sample of a pack padded to 2 x cp tokens for the load-balanced split, and
+      // self-attention over the whole pack (context_parallel.hpp).
+      ctx.token_multiple = 2 * d_.cp;
+      context_keys_ = std::make_shared<ContextKeys>();
+      ctx.attention = context_parallel_attention(ctx.attention, ctx.cp, context_keys_);
+    }
     if (d_.tp > 1) {
       CommunicatorPtr group = ctx.tp;
       ctx.make_linear = [group](std::int64_t in, std::int64_t out, bool bias,
@@ -192,7 +200,7 @@ class Megatron final : public ParallelismBase {
 
   StepLoss forward_backward(Model& model, const std::vector<NoisedBatch>& micro_batches,
                             const LossFn& loss) override {
-    if (d_.pp == 1) {
+    if (d_.pp == 1 && d_.cp == 1) {  // the model's own forward, as ddp runs it
       StepLoss total;
       for (const auto& mb : micro_batches) {
         LossTerms terms;
@@ -205,7 +213,7 @@ class Megatron final : public ParallelismBase {
       }
       return total;
     }
-    return pipeline(model, micro_batches, loss);
+    return schedule(model, micro_batches, loss);
   }
 
   at::Tensor reduce_and_clip_gradients(double max_norm) override {
@@ -413,13 +421,7 @@ class Megatron final : public ParallelismBase {
 
  private:
   Degrees degrees(int world_size) const {
-    const Degrees d = resolve_degrees(tp_, cp_, dp_, pp_, world_size, pointer_);
-    if (d.cp > 1)
-      throw ConfigError(pointer_ + "/cp",
-                        "context parallelism (cp=" + std::to_string(d.cp) +
-                            ") is not implemented yet; use cp=1 (tp, pp and dp work)",
-                        "megatron_tpppcp");
-    return d;
+    return resolve_degrees(tp_, cp_, dp_, pp_, world_size, pointer_);
   }
 
   int stage_of(std::int64_t block) const {
@@ -434,12 +436,18 @@ class Megatron final : public ParallelismBase {
     return (fs::path(dir) / name).string();
   }
 
-  // 1F1B over the step's micro batches (pipeline.hpp). Every stage runs the input part of each
-  // micro batch itself; the hidden state travels stage to stage (tag 2j forward, 2j+1 backward).
-  StepLoss pipeline(Model& model, const std::vector<NoisedBatch>& micro_batches,
+  // 1F1B over the step's micro batches (pipeline.hpp; one stage: forward and backward of each in
+  // turn). Every stage runs the input part of each micro batch itself; the hidden state travels
+  // stage to stage (tag 2j forward, 2j+1 backward). With context parallelism the stages work on
+  // this rank's share of each pack (context_parallel.hpp) and the last stage gathers the whole
+  // hidden state for the head: every cp rank computes the same loss and back-propagates 1/cp of
+  // it, so the head's parameters get 1/cp of their gradient on each (summed over dp x cp later)
+  // and the share's hidden state cp x 1/cp of its own.
+  StepLoss schedule(Model& model, const std::vector<NoisedBatch>& micro_batches,
                     const LossFn& loss) {
     struct InFlight {
-      std::shared_ptr<Activations> act;
+      std::shared_ptr<Activations> act, whole;  // the blocks' (this rank's share) and the pack's
+      at::Tensor pack_order;
       at::Tensor input, output;
       LossTerms terms;
     };
@@ -458,7 +466,22 @@ class Megatron final : public ParallelismBase {
       const NoisedBatch& mb = micro_batches[j];
       if (op.forward) {
         AutocastGuard autocast(ctx_);
-        f.act = std::make_shared<Activations>(model.embed(mb.noisy, mb.timesteps));
+        f.whole = std::make_shared<Activations>(model.embed(mb.noisy, mb.timesteps));
+        f.act = f.whole;
+        if (d_.cp > 1) {
+          if (!mb.noisy.packed())
+            throw ConfigError("/collator/plugin",
+                              "context parallelism (cp=" + std::to_string(d_.cp) +
+                                  ") splits packed micro batches: choose the seq_packer or packed "
+                                  "collator",
+                              "megatron_tpppcp");
+          std::vector<std::int64_t> real;
+          for (const auto& seg : mb.noisy.segments) real.push_back(model.tokens(seg));
+          ContextShare share = share_of(*f.whole, real, d_.cp, me_.cp);
+          context_keys_->add(share.local->segments_self.get(), share.pack_order);
+          f.act = share.local;
+          f.pack_order = share.pack_order;
+        }
         at::Tensor h = f.act->hidden;
         if (!first) {
           at::Tensor in = at::empty(h.sizes(), h.options());
@@ -468,7 +491,13 @@ class Megatron final : public ParallelismBase {
         }
         for (std::int64_t i = b0; i < b1; ++i) h = model.block_forward(i, h, *f.act);
         if (last) {
-          f.terms = loss(model.head(h, *f.act, mb.noisy), mb);
+          if (d_.cp > 1) {
+            h = collectives::gather_along(h, 1, ctx_.cp);
+            const double cp = d_.cp;
+            if (h.requires_grad()) h.register_hook([cp](const at::Tensor& g) { return g * cp; });
+            h = h.index_select(1, f.pack_order);
+          }
+          f.terms = loss(model.head(h, *f.whole, mb.noisy), mb);
           total.add(f.terms);
         } else {
           at::Tensor out = h.detach().contiguous();
@@ -478,7 +507,7 @@ class Megatron final : public ParallelismBase {
         }
       } else {
         if (last) {
-          f.terms.loss.backward();
+          (d_.cp > 1 ? f.terms.loss / static_cast<double>(d_.cp) : f.terms.loss).backward();
         } else {
           at::Tensor g = at::empty(f.output.sizes(), f.output.options());
           ctx_.pp->recv(g, s + 1, tag + 1)->wait();
@@ -490,10 +519,12 @@ class Megatron final : public ParallelismBase {
           sends.push_back(ctx_.pp->send(g, s - 1, tag + 1));
           sent.push_back(g);
         }
+        if (d_.cp > 1) context_keys_->remove(f.act->segments_self.get());
         f = InFlight{};  // this micro batch's activations are no longer needed
       }
     }
     for (auto& w : sends) w->wait();
+    if (d_.pp == 1) return total;
     // Every stage reports the pipeline's loss (the last stage computed it).
     at::Tensor numbers = at::zeros({2}, at::TensorOptions(at::kDouble).device(ctx_.device));
     if (last && total.sum.defined()) {
@@ -624,6 +655,7 @@ class Megatron final : public ParallelismBase {
   Coordinates me_;
   ParallelContext ctx_;
   CommunicatorPtr dp_cp_;
+  std::shared_ptr<ContextKeys> context_keys_;  // cp > 1: self-attention layouts in flight
   std::vector<std::pair<std::int64_t, std::int64_t>> stages_;
   std::vector<Param> params_;
 };

@@ -116,6 +116,22 @@ MUTATIONS = [
      "for (int k = 0; k < old_tp; ++k)", "for (int k = 0; k < 1; ++k)",
      ["wanhost", "megatron_tpppcp", "test_distributed_runs"], "test_distributed_runs",
      "Distributed.MegatronStopInOneLayoutResumeInAnother"),
+    ("megatron: cp keys gathered but left in rank order", "plugins/megatron_tpppcp/context_parallel.cpp",
+     "coll::all_gather_along(k, 1, group).index_select(1, order);",
+     "coll::all_gather_along(k, 1, group);",
+     ["wanhost", "megatron_tpppcp", "test_distributed_runs"], "test_distributed_runs",
+     "Distributed.MegatronContextParallelOnPacksOfMixedSizes"),
+    ("megatron: cp keys' gradient not summed over the group", "plugins/megatron_tpppcp/context_parallel.cpp",
+     "coll::all_gather_along(k, 1, group).index_select(1, order);",
+     "coll::gather_along(k, 1, group).index_select(1, order);",
+     ["wanhost", "megatron_tpppcp", "test_distributed_runs"], "test_distributed_runs",
+     "Distributed.MegatronContextParallelOnPacksOfMixedSizes"),
+    ("megatron: every cp rank back-propagates the whole loss", "plugins/megatron_tpppcp/megatron_tpppcp_plugin.cpp",
+     "(d_.cp > 1 ? f.terms.loss / static_cast<double>(d_.cp) : f.terms.loss).backward();",
+     "f.terms.loss.backward();",
+     ["wanhost", "megatron_tpppcp", "test_distributed_runs"], "test_distributed_runs",
+     "Distributed.MegatronContextParallelOnPacksOfMixedSizes"),
+
 ]
 
 

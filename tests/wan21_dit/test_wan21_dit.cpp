@@ -417,6 +417,41 @@ TEST(Wan21Dit, InitialisationIsDeterministic) {
   EXPECT_NEAR(pa["blocks.1.scale_shift_table"].std().item<double>(), 1.0 / 8.0, 0.02);
 }
 
+// init_method=megatron: Megatron-LM's normal(0, 0.02) for every linear layer and the patch
+// embedding, 0.02/sqrt(2 x layers) for the layers that feed a residual, zero biases; norms and
+// modulation tables as the default.
+TEST(Wan21Dit, MegatronInitialisation) {
+  auto a = make_model({{"init_method", "megatron"}, {"overrides", {{"num_layers", 8}}}});
+  auto pa = params(*a);
+  const double residual = 0.02 / std::sqrt(2.0 * 8);
+  for (const auto& [name, p] : pa) {
+    const bool linear = name.find("to_") != std::string::npos ||
+                        name.find("ffn.net") != std::string::npos ||
+                        name.find("embedder") != std::string::npos ||
+                        name.find("time_proj") != std::string::npos ||
+                        name.find("proj_out") != std::string::npos ||
+                        name.find("patch_embedding") != std::string::npos;
+    if (!linear) continue;
+    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
+      EXPECT_EQ(p.abs().max().item<double>(), 0.0) << name;
+      continue;
+    }
+    const bool feeds_residual = name.find("to_out.0.weight") != std::string::npos ||
+                                name.find("ffn.net.2.weight") != std::string::npos;
+    const double want = feeds_residual ? residual : 0.02;
+    EXPECT_NEAR(p.std().item<double>(), want, 0.15 * want) << name;
+    EXPECT_NEAR(p.mean().item<double>(), 0.0, 0.1 * want) << name;
+  }
+  EXPECT_TRUE(at::equal(pa["blocks.0.attn1.norm_q.weight"], at::ones({64})));
+  EXPECT_NEAR(pa["blocks.1.scale_shift_table"].std().item<double>(), 1.0 / 8.0, 0.02);
+  try {
+    make_model({{"init_method", "xavier"}});
+    ADD_FAILURE() << "init_method xavier accepted";
+  } catch (const wanhost::ConfigError& e) {
+    EXPECT_EQ(e.pointer(), "/model/wan21_dit/init_method") << e.what();
+  }
+}
+
 TEST(Wan21Dit, ConfigErrorsNameTheKey) {
   auto expect_error = [](const Json& values, const std::string& pointer) {
     try {

@@ -46,6 +46,15 @@ at::Tensor sliced(const at::Tensor& x, std::int64_t dim, const CommunicatorPtr& 
   return x.narrow(dim, group->rank() * part, part).contiguous();
 }
 
+at::Tensor reduce_scattered(const at::Tensor& x, std::int64_t dim, const CommunicatorPtr& group) {
+  const at::Tensor front = x.movedim(dim, 0).contiguous();
+  std::vector<std::int64_t> shape = front.sizes().vec();
+  shape[0] /= group->size();
+  at::Tensor out = at::empty(shape, front.options());
+  group->reduce_scatter(out, front, ReduceOp::Sum);
+  return out.movedim(0, dim).contiguous();
+}
+
 // The backward of one collective: applies `grad_fn` to the incoming gradient.
 class CollectiveBackward final : public torch::autograd::Node {
  public:
@@ -111,6 +120,14 @@ at::Tensor gather_along(const at::Tensor& x, std::int64_t dim, const Communicato
   return differentiable(
       "gather_along", x, [group, d](const at::Tensor& t) { return gathered(t, d, group); },
       [group, d](const at::Tensor& g) { return sliced(g, d, group); });
+}
+
+at::Tensor all_gather_along(const at::Tensor& x, std::int64_t dim, const CommunicatorPtr& group) {
+  if (trivial(group)) return x;
+  const std::int64_t d = dim < 0 ? dim + x.dim() : dim;
+  return differentiable(
+      "all_gather_along", x, [group, d](const at::Tensor& t) { return gathered(t, d, group); },
+      [group, d](const at::Tensor& g) { return reduce_scattered(g, d, group); });
 }
 
 at::Tensor slice_along(const at::Tensor& x, std::int64_t dim, const CommunicatorPtr& group) {

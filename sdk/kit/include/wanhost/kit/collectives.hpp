@@ -9,6 +9,7 @@
 //   reduce_from_group   all-reduce (sum)            identity
 //   sum_over_group      all-reduce (sum)            all-reduce (sum)
 //   gather_along        all-gather along `dim`      this rank's slice
+//   all_gather_along    all-gather along `dim`      reduce-scatter (sum) along `dim`
 //   slice_along         this rank's slice           all-gather along `dim`
 #pragma once
 
@@ -28,8 +29,14 @@ at::Tensor reduce_from_group(const at::Tensor& x, const CommunicatorPtr& group);
 // A sum every rank uses on its own (a statistic over features split across the group, such as
 // the sum of squares of an RMSNorm over all heads): gradients are summed both ways.
 at::Tensor sum_over_group(const at::Tensor& x, const CommunicatorPtr& group);
-// Concatenation of every rank's `x` along `dim` in rank order (equal sizes on every rank).
+// Concatenation of every rank's `x` along `dim` in rank order (equal sizes on every rank), for a
+// whole that every rank then uses in the same way (its gradient is the same on every rank, so
+// each keeps its slice).
 at::Tensor gather_along(const at::Tensor& x, std::int64_t dim, const CommunicatorPtr& group);
+// The same concatenation for a whole that each rank uses for its own part of the work (the keys
+// and values of context parallelism, whose every rank attends its own queries to all of them):
+// the gradient of each rank's slice is the sum of every rank's gradient of it.
+at::Tensor all_gather_along(const at::Tensor& x, std::int64_t dim, const CommunicatorPtr& group);
 // This rank's equal part of `x` along `dim` (whose size the group size divides).
 at::Tensor slice_along(const at::Tensor& x, std::int64_t dim, const CommunicatorPtr& group);
 
