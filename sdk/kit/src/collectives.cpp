@@ -130,6 +130,20 @@ at::Tensor all_gather_along(const at::Tensor& x, std::int64_t dim, const Communi
       [group, d](const at::Tensor& g) { return reduce_scattered(g, d, group); });
 }
 
+at::Tensor reduce_scatter_along(const at::Tensor& x, std::int64_t dim,
+                                const CommunicatorPtr& group) {
+  if (trivial(group)) return x;
+  const std::int64_t d = dim < 0 ? dim + x.dim() : dim;
+  if (x.size(d) % group->size() != 0)
+    throw std::invalid_argument("reduce_scatter_along: dimension " + std::to_string(d) +
+                                " of size " + std::to_string(x.size(d)) + " does not split over " +
+                                std::to_string(group->size()) + " ranks");
+  return differentiable(
+      "reduce_scatter_along", x,
+      [group, d](const at::Tensor& t) { return reduce_scattered(t, d, group); },
+      [group, d](const at::Tensor& g) { return gathered(g, d, group); });
+}
+
 at::Tensor slice_along(const at::Tensor& x, std::int64_t dim, const CommunicatorPtr& group) {
   if (trivial(group)) return x;
   const std::int64_t d = dim < 0 ? dim + x.dim() : dim;

@@ -10,6 +10,7 @@
 //   sum_over_group      all-reduce (sum)            all-reduce (sum)
 //   gather_along        all-gather along `dim`      this rank's slice
 //   all_gather_along    all-gather along `dim`      reduce-scatter (sum) along `dim`
+//   reduce_scatter_along  reduce-scatter along `dim`  all-gather along `dim`
 //   slice_along         this rank's slice           all-gather along `dim`
 #pragma once
 
@@ -37,6 +38,10 @@ at::Tensor gather_along(const at::Tensor& x, std::int64_t dim, const Communicato
 // and values of context parallelism, whose every rank attends its own queries to all of them):
 // the gradient of each rank's slice is the sum of every rank's gradient of it.
 at::Tensor all_gather_along(const at::Tensor& x, std::int64_t dim, const CommunicatorPtr& group);
+// Every rank's partial sums added up, each rank keeping its equal part along `dim` (a
+// row-parallel layer's output going back to a sequence-parallel region).
+at::Tensor reduce_scatter_along(const at::Tensor& x, std::int64_t dim,
+                                const CommunicatorPtr& group);
 // This rank's equal part of `x` along `dim` (whose size the group size divides).
 at::Tensor slice_along(const at::Tensor& x, std::int64_t dim, const CommunicatorPtr& group);
 
