@@ -57,11 +57,9 @@ AttentionFn context_parallel_attention(AttentionFn inner, CommunicatorPtr group,
   };
 }
 
-namespace {
-
-std::shared_ptr<AttentionSegments> segments(const std::vector<std::int64_t>& cu_q,
-                                            const std::vector<std::int64_t>& cu_kv,
-                                            const c10::Device& device) {
+std::shared_ptr<AttentionSegments> layout_segments(const std::vector<std::int64_t>& cu_q,
+                                                   const std::vector<std::int64_t>& cu_kv,
+                                                   const c10::Device& device) {
   auto seg = std::make_shared<AttentionSegments>();
   seg->host_cu_q = cu_q;
   seg->host_cu_kv = cu_kv;
@@ -77,8 +75,6 @@ std::shared_ptr<AttentionSegments> segments(const std::vector<std::int64_t>& cu_
   }
   return seg;
 }
-
-}  // namespace
 
 ContextShare share_of(const Activations& full, const std::vector<std::int64_t>& real_tokens, int cp,
                       int rank) {
@@ -130,8 +126,8 @@ ContextShare share_of(const Activations& full, const std::vector<std::int64_t>& 
   for (auto& t : local->aux)  // RoPE tables [1, N, 1, Dh]
     if (t.defined() && t.dim() >= 2 && t.size(1) == sample_cu.back())
       t = t.index_select(1, out.positions);
-  local->segments_self = segments(cu_self_q, cu_self_kv, device);
-  local->segments_cross = segments(cu_local, full.segments_cross->host_cu_kv, device);
+  local->segments_self = layout_segments(cu_self_q, cu_self_kv, device);
+  local->segments_cross = layout_segments(cu_local, full.segments_cross->host_cu_kv, device);
   local->self_attention.segments = local->segments_self.get();
   local->cross_attention.segments = local->segments_cross.get();
   out.local = std::move(local);

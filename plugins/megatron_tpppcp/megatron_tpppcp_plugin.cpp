@@ -35,6 +35,7 @@
 #include "context_parallel.hpp"
 #include "layout.hpp"
 #include "pipeline.hpp"
+#include "sequence_parallel.hpp"
 #include "tensor_parallel.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/kit/collectives.hpp"
@@ -82,6 +83,7 @@ class Megatron final : public ParallelismBase {
         dp_(cfg.get<int>("dp")),
         layers_(cfg.get<std::vector<std::int64_t>>("pipeline_layers")),
         distributed_optimizer_option_(cfg.get<bool>("distributed_optimizer")),
+        sequence_parallel_option_(cfg.get<bool>("sequence_parallel")),
         decay_1d_(cfg.get<bool>("decay_1d")) {}
 
   ParallelLayout layout(int world_size) const override {
@@ -109,29 +111,44 @@ class Megatron final : public ParallelismBase {
     // Over one data-parallel rank the shards would be copies of the parameters.
     distributed_optimizer_ = distributed_optimizer_option_ && dp_cp_->size() > 1;
     ctx.layout = layout(ctx.world_size);
+    sp_ = sequence_parallel_option_ && d_.tp > 1;
+    // Packed samples padded so that every split is whole: 2 x cp chunks a sample for the
+    // load-balanced context-parallel split, each a multiple of tp for sequence parallelism.
+    ctx.token_multiple = (d_.cp > 1 ? 2 * d_.cp : 1) * (sp_ ? d_.tp : 1);
+    if (sp_) {
+      CommunicatorPtr group = ctx.tp;
+      ctx.gather_sequence = [group](const at::Tensor& x) {
+        return collectives::all_gather_along(x, 1, group);
+      };
+    }
     if (d_.cp > 1) {
-      // Every sample of a pack padded to 2 x cp tokens for the load-balanced split, and
-      // self-attention over the whole pack (context_parallel.hpp).
-      ctx.token_multiple = 2 * d_.cp;
+      // Self-attention over the whole pack (context_parallel.hpp).
       context_keys_ = std::make_shared<ContextKeys>();
       ctx.attention = context_parallel_attention(ctx.attention, ctx.cp, context_keys_);
     }
     if (d_.tp > 1) {
       CommunicatorPtr group = ctx.tp;
-      ctx.make_linear = [group](std::int64_t in, std::int64_t out, bool bias,
-                                LinearRole role) -> std::shared_ptr<LinearLayer> {
+      const bool sp = sp_;
+      ctx.make_linear = [group, sp](std::int64_t in, std::int64_t out, bool bias,
+                                    LinearRole role) -> std::shared_ptr<LinearLayer> {
         if (role == LinearRole::Replicated) return make_replicated_linear(in, out, bias);
-        return std::make_shared<TensorParallelLinear>(in, out, bias, role, group);
+        return std::make_shared<TensorParallelLinear>(in, out, bias, role, group, sp);
       };
     }
     ctx_ = ctx;
     if (ctx.world_rank == 0)
-      logger()->info("megatron_tpppcp: {} over {} process(es); ranks ordered tp, cp, dp, pp; {}",
-                     describe(d_), ctx.world_size,
-                     distributed_optimizer_ ? "distributed optimizer (state sharded over dp)"
-                     : distributed_optimizer_option_
-                         ? "one data-parallel rank: no distributed optimizer (nothing to shard)"
-                         : "optimizer state replicated over dp");
+      logger()->info(
+          "megatron_tpppcp: {} over {} process(es); ranks ordered tp, cp, dp, pp; {}; {}; packed "
+          "samples padded to a multiple of {} tokens",
+          describe(d_), ctx.world_size,
+          sp_         ? "sequence parallelism on"
+          : d_.tp > 1 ? "no sequence parallelism"
+                      : "one tensor-parallel rank",
+          distributed_optimizer_ ? "distributed optimizer (state sharded over dp)"
+          : distributed_optimizer_option_
+              ? "one data-parallel rank: no distributed optimizer (nothing to shard)"
+              : "optimizer state replicated over dp",
+          ctx.token_multiple);
   }
 
   void attach(Model& model) override {
@@ -200,7 +217,7 @@ class Megatron final : public ParallelismBase {
 
   StepLoss forward_backward(Model& model, const std::vector<NoisedBatch>& micro_batches,
                             const LossFn& loss) override {
-    if (d_.pp == 1 && d_.cp == 1) {  // the model's own forward, as ddp runs it
+    if (d_.pp == 1 && d_.cp == 1 && !sp_) {  // the model's own forward, as ddp runs it
       StepLoss total;
       for (const auto& mb : micro_batches) {
         LossTerms terms;
@@ -224,6 +241,13 @@ class Megatron final : public ParallelismBase {
         local.push_back(&q);
         if (q.block < 0) shared.push_back(&q);
       }
+    // Sequence parallelism: every replicated parameter's gradient is this rank's part.
+    if (sp_) {
+      std::vector<Param*> replicated;
+      for (Param* q : local)
+        if (q->split_dim < 0) replicated.push_back(q);
+      all_reduce_grads(replicated, ctx_.tp);
+    }
     // Parameters every stage holds: each stage's part of their gradient.
     if (d_.pp > 1) all_reduce_grads(shared, ctx_.pp);
     if (distributed_optimizer_)
@@ -447,6 +471,7 @@ class Megatron final : public ParallelismBase {
                     const LossFn& loss) {
     struct InFlight {
       std::shared_ptr<Activations> act, whole;  // the blocks' (this rank's share) and the pack's
+      std::shared_ptr<AttentionSegments> cross_all;  // sequence parallelism: cross-attention's
       at::Tensor pack_order;
       at::Tensor input, output;
       LossTerms terms;
@@ -482,6 +507,11 @@ class Megatron final : public ParallelismBase {
           f.act = share.local;
           f.pack_order = share.pack_order;
         }
+        if (sp_) {
+          SequenceShare share = sequence_share_of(*f.act, d_.tp, me_.tp);
+          f.act = share.local;
+          f.cross_all = share.cross_all;
+        }
         at::Tensor h = f.act->hidden;
         if (!first) {
           at::Tensor in = at::empty(h.sizes(), h.options());
@@ -491,6 +521,14 @@ class Megatron final : public ParallelismBase {
         }
         for (std::int64_t i = b0; i < b1; ++i) h = model.block_forward(i, h, *f.act);
         if (last) {
+          // The whole hidden state for the head, which every rank of the groups that split the
+          // tokens computes alike: each back-propagates 1/split of the loss (below) and passes
+          // split x its share's gradient on.
+          if (sp_) {
+            h = collectives::gather_along(h, 1, ctx_.tp);
+            const double tp = d_.tp;
+            if (h.requires_grad()) h.register_hook([tp](const at::Tensor& g) { return g * tp; });
+          }
           if (d_.cp > 1) {
             h = collectives::gather_along(h, 1, ctx_.cp);
             const double cp = d_.cp;
@@ -507,7 +545,8 @@ class Megatron final : public ParallelismBase {
         }
       } else {
         if (last) {
-          (d_.cp > 1 ? f.terms.loss / static_cast<double>(d_.cp) : f.terms.loss).backward();
+          const int split = d_.cp * (sp_ ? d_.tp : 1);
+          (split > 1 ? f.terms.loss / static_cast<double>(split) : f.terms.loss).backward();
         } else {
           at::Tensor g = at::empty(f.output.sizes(), f.output.options());
           ctx_.pp->recv(g, s + 1, tag + 1)->wait();
@@ -649,8 +688,9 @@ class Megatron final : public ParallelismBase {
   std::string pointer_;
   int tp_, pp_, cp_, dp_;
   std::vector<std::int64_t> layers_;
-  bool distributed_optimizer_option_, decay_1d_;
+  bool distributed_optimizer_option_, sequence_parallel_option_, decay_1d_;
   bool distributed_optimizer_ = false;  // the option, when there is more than one dp x cp rank
+  bool sp_ = false;                     // sequence parallelism: the option, with tp > 1
   Degrees d_;
   Coordinates me_;
   ParallelContext ctx_;

@@ -10,8 +10,13 @@
 namespace wanhost::plugins::megatron_tpppcp {
 
 TensorParallelLinear::TensorParallelLinear(std::int64_t in, std::int64_t out, bool bias,
-                                           LinearRole role, CommunicatorPtr group)
-    : in_(in), out_(out), role_(role), group_(std::move(group)) {
+                                           LinearRole role, CommunicatorPtr group,
+                                           bool sequence_parallel)
+    : in_(in),
+      out_(out),
+      role_(role),
+      group_(std::move(group)),
+      sequence_parallel_(sequence_parallel) {
   if (role_ == LinearRole::Replicated)
     throw std::logic_error("TensorParallelLinear: a replicated layer is a plain linear layer");
   weight_ = register_parameter("weight", at::empty({out, in}));
@@ -42,9 +47,10 @@ void TensorParallelLinear::shard(const std::string& name) {
 at::Tensor TensorParallelLinear::forward(const at::Tensor& x) {
   namespace coll = wanhost::collectives;
   if (role_ == LinearRole::ColumnParallel)
-    return at::linear(coll::copy_to_group(x, group_), weight_,
+    return at::linear(sequence_parallel_ ? x : coll::copy_to_group(x, group_), weight_,
                       bias_.defined() ? bias_ : at::Tensor());
-  at::Tensor y = coll::reduce_from_group(at::linear(x, weight_), group_);
+  at::Tensor y = sequence_parallel_ ? coll::reduce_scatter_along(at::linear(x, weight_), 1, group_)
+                                    : coll::reduce_from_group(at::linear(x, weight_), group_);
   return bias_.defined() ? y + bias_.to(y.scalar_type()) : y;
 }
 

@@ -5,6 +5,10 @@
 //    the input's gradient is summed over the group (copy_to_group);
 //  - row-parallel: each rank keeps columns [r*in/tp, ...) of the weight; the partial products are
 //    summed over the group (reduce_from_group) and the whole bias added once after the sum.
+// With sequence parallelism (Korthikanti et al. 2022) the input of a column-parallel layer is
+// already whole (the model gathered it: ParallelContext::gather_sequence, whose backward sums the
+// ranks' gradients), and a row-parallel layer's sum is reduce-scattered along the tokens
+// (dimension 1) instead of all-reduced, so that its output is this rank's tokens again.
 #pragma once
 
 #include <cstdint>
@@ -20,7 +24,7 @@ namespace wanhost::plugins::megatron_tpppcp {
 class TensorParallelLinear final : public LinearLayer {
  public:
   TensorParallelLinear(std::int64_t in, std::int64_t out, bool bias, LinearRole role,
-                       CommunicatorPtr group);
+                       CommunicatorPtr group, bool sequence_parallel);
 
   at::Tensor forward(const at::Tensor& x) override;
 
@@ -37,6 +41,7 @@ class TensorParallelLinear final : public LinearLayer {
   std::int64_t in_, out_;
   LinearRole role_;
   CommunicatorPtr group_;
+  bool sequence_parallel_;
   at::Tensor weight_, bias_;
   bool sharded_ = false;
 };

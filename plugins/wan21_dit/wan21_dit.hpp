@@ -123,6 +123,9 @@ class WanModel final : public wanhost::Model {
                           const std::vector<std::int64_t>& host_cu_q);
   at::Tensor attention(Attention& a, const at::Tensor& x, const at::Tensor& src, bool rope,
                        const wanhost::Activations& act, const wanhost::AttentionArgs& args);
+  // A hidden-state tensor as the tensor-parallel layers read it: all tokens (ParallelContext::
+  // gather_sequence under sequence parallelism; otherwise itself).
+  at::Tensor whole_sequence(const at::Tensor& x) const;
   // q/k RMSNorm over all heads when tensor parallelism leaves this rank some of them.
   at::Tensor rms_norm_over_heads(const at::Tensor& x, const at::Tensor& weight) const;
   // One block's arithmetic (block_forward adds activation checkpointing around it).

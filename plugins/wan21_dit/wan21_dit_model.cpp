@@ -543,7 +543,10 @@ wanhost::Activations WanModel::embed(const Batch& b, const at::Tensor& timesteps
 at::Tensor WanModel::attention(Attention& a, const at::Tensor& x, const at::Tensor& src, bool rope,
                                const Activations& act, const wanhost::AttentionArgs& args) {
   const auto& c = options_.config;
-  auto q = a.q->forward(x), k = a.k->forward(src), v = a.v->forward(src);
+  // Sequence parallelism: the block's input holds this rank's tokens; the layers see them all.
+  const at::Tensor xs = whole_sequence(x);
+  const at::Tensor ss = src.is_same(x) ? xs : src;
+  auto q = a.q->forward(xs), k = a.k->forward(ss), v = a.v->forward(ss);
   const bool split_heads = ctx_.layout.tp > 1;  // q/k/v hold this rank's heads only
   if (fused_ && !split_heads) {
     // RMSNorm (+ RoPE for self-attention) in one pass over q and k.
@@ -577,6 +580,10 @@ at::Tensor WanModel::attention(Attention& a, const at::Tensor& x, const at::Tens
   return a.out->forward(o);
 }
 
+at::Tensor WanModel::whole_sequence(const at::Tensor& x) const {
+  return ctx_.gather_sequence ? ctx_.gather_sequence(x) : x;
+}
+
 // RMSNorm over all heads when this rank holds only some of them (tensor parallelism): the sum of
 // squares is summed over the group, each rank scales its own features by its part of the full
 // weight. The weight's gradient is summed over the group (collectives::copy_to_group), so every
@@ -585,7 +592,10 @@ at::Tensor WanModel::rms_norm_over_heads(const at::Tensor& x, const at::Tensor& 
   namespace coll = wanhost::collectives;
   const auto& group = ctx_.tp;
   const auto part = x.size(-1);
-  const auto w = coll::copy_to_group(weight, group).narrow(0, group->rank() * part, part);
+  // With sequence parallelism every replicated gradient is this rank's part, summed over the
+  // group by the parallelism (parallel.hpp, gather_sequence).
+  const auto w = (ctx_.gather_sequence ? weight : coll::copy_to_group(weight, group))
+                     .narrow(0, group->rank() * part, part);
   const auto xf = x.to(at::kFloat);
   const auto sum_sq = coll::sum_over_group(xf.square().sum(-1, /*keepdim=*/true), group);
   const auto y =
@@ -677,7 +687,7 @@ at::Tensor WanModel::block_impl(std::int64_t i, const at::Tensor& hidden, const 
     auto c = attention(blk.cross, n2, act.context[1], false, act, act.cross_attention);
     at::Tensor n3;
     std::tie(x, n3) = fused::gated_residual_norm(x, c, at::Tensor(), m[4], m[3], eps, seg);
-    auto f = wanhost::gelu_feed_forward(*blk.ffn_up, *blk.ffn_down, n3);
+    auto f = wanhost::gelu_feed_forward(*blk.ffn_up, *blk.ffn_down, whole_sequence(n3));
     return fused::gated_residual(x, f.to(cdt), m[5], seg);
   }
 
@@ -694,7 +704,7 @@ at::Tensor WanModel::block_impl(std::int64_t i, const at::Tensor& hidden, const 
   x = x + attention(blk.cross, n2, act.context[1], false, act, act.cross_attention);
 
   auto n3 = modulate(plain_layer_norm(x.to(at::kFloat), eps), m[4], m[3], act).to(cdt);
-  auto f = blk.ffn_down->forward(at::gelu(blk.ffn_up->forward(n3), "tanh"));
+  auto f = blk.ffn_down->forward(at::gelu(blk.ffn_up->forward(whole_sequence(n3)), "tanh"));
   return (x.to(at::kFloat) + gated(f.to(at::kFloat), m[5], act)).to(cdt);
 }
 

@@ -400,12 +400,19 @@ TEST_F(Distributed, MegatronOnOneProcessReproducesTheSingleProcessRun) {
   EXPECT_NEAR(state_mib(out, 0), state_mib(reference(), 0), 0.001);
 }
 
+// tp=2 with sequence parallelism (the default) and without it.
 TEST_F(Distributed, MegatronTensorParallelTwoRanks) {
-  const fs::path out = scratch() / "tp2";
-  Result r = run(out, 2, "megatron_tpppcp", megatron({{"tp", "2"}}));
+  const fs::path dir = scratch();
+  Result r = run(dir / "tp2", 2, "megatron_tpppcp", megatron({{"tp", "2"}}));
   ASSERT_EQ(r.code, 0) << tail(r.log);
-  expect_same_run(reference(), out, "megatron_tpppcp tp=2");
-  expect_megatron_memory(out, 2, 2, 1, {{0, 2}}, 1);
+  EXPECT_NE(r.log.find("sequence parallelism on"), std::string::npos) << tail(r.log);
+  expect_same_run(reference(), dir / "tp2", "megatron_tpppcp tp=2, sequence parallel");
+  expect_megatron_memory(dir / "tp2", 2, 2, 1, {{0, 2}}, 1);
+  r = run(dir / "tp2-nosp", 2, "megatron_tpppcp",
+          megatron({{"tp", "2"}, {"sequence_parallel", "false"}}));
+  ASSERT_EQ(r.code, 0) << tail(r.log);
+  EXPECT_NE(r.log.find("no sequence parallelism"), std::string::npos) << tail(r.log);
+  expect_same_run(reference(), dir / "tp2-nosp", "megatron_tpppcp tp=2, no sequence parallel");
 }
 
 TEST_F(Distributed, MegatronPipelineTwoStages) {

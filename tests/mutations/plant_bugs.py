@@ -132,6 +132,23 @@ MUTATIONS = [
      ["wanhost", "megatron_tpppcp", "test_distributed_runs"], "test_distributed_runs",
      "Distributed.MegatronContextParallelOnPacksOfMixedSizes"),
 
+    ("megatron: sequence-parallel replicated gradients not summed over tp",
+     "plugins/megatron_tpppcp/megatron_tpppcp_plugin.cpp",
+     "all_reduce_grads(replicated, ctx_.tp);", "",
+     ["wanhost", "megatron_tpppcp", "test_distributed_runs"], "test_distributed_runs",
+     "Distributed.MegatronTensorParallelTwoRanks"),
+    ("megatron: every sp rank back-propagates the whole loss",
+     "plugins/megatron_tpppcp/megatron_tpppcp_plugin.cpp",
+     "const int split = d_.cp * (sp_ ? d_.tp : 1);", "const int split = d_.cp;",
+     ["wanhost", "megatron_tpppcp", "test_distributed_runs"], "test_distributed_runs",
+     "Distributed.MegatronTensorParallelTwoRanks"),
+    ("megatron: q/k norm weight gradient summed over tp under sequence parallelism",
+     "plugins/wan21_dit/wan21_dit_model.cpp",
+     "(ctx_.gather_sequence ? weight : coll::copy_to_group(weight, group))",
+     "coll::copy_to_group(weight, group)",
+     ["wanhost", "wan21_dit", "megatron_tpppcp", "test_distributed_runs"], "test_distributed_runs",
+     "Distributed.MegatronTensorParallelTwoRanks"),
+
 ]
 
 

@@ -82,6 +82,18 @@ struct ParallelContext {
   // pads, times tp with sequence parallelism). Padding tokens attend only to each other, never
   // reach the prediction, and so never reach the loss. 1: no padding.
   std::int64_t token_multiple = 1;
+
+  // SDK 2.2: sequence parallelism (Korthikanti et al. 2022, "Reducing Activation Recomputation
+  // in Large Transformer Models"). When a parallelism sets it, the hidden state between a
+  // block's tensor-parallel regions holds only this rank's part of the tokens (norms, modulation
+  // and residuals on sequence shards): the model passes every hidden-state tensor that a
+  // column-parallel layer reads through it (an all-gather along the tokens, dimension 1) and
+  // row-parallel layers return their output split along the tokens again. Tensors that are
+  // whole on every rank (the text context) are not passed through it. With it set, every
+  // replicated parameter's gradient on a rank is that rank's part (the plugin sums them over the
+  // tensor-parallel group), so a model does not sum them itself (wan21_dit's q/k norm weight).
+  // Empty: no sequence parallelism.
+  std::function<at::Tensor(const at::Tensor&)> gather_sequence;
 };
 
 }  // namespace wanhost
