@@ -25,6 +25,7 @@
 #include <torch/csrc/autograd/function.h>
 
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/checkpoint_state.hpp"
 #include "wanhost/kit/json_file.hpp"
 #include "wanhost/kit/layers.hpp"
 #include "wanhost/kit/parallelism_base.hpp"
@@ -253,10 +254,7 @@ class Fsdp final : public ParallelismBase {
 
   void load_state(Model&, const std::string& dir) override {
     const fs::path meta_path = fs::path(dir) / "fsdp.json";
-    if (!fs::exists(meta_path))
-      throw std::runtime_error(dir +
-                               " holds no automodel_fsdp state (no fsdp.json): the "
-                               "checkpoint was written by another parallelism plugin");
+    if (!fs::exists(meta_path)) return load_other_plugins_state(dir);
     const Json meta = read_json_file(meta_path.string());
     if (meta.value("format", "") != kFormat)
       throw std::runtime_error(meta_path.string() + ": unknown format " +
@@ -292,6 +290,36 @@ class Fsdp final : public ParallelismBase {
       opt[s.name + ".exp_avg_sq"] = reshard(files, "optim." + s.name + ".exp_avg_sq", s);
     }
     opt["__step__"] = files.front().load("optim.__step__");
+    optimizer().load_state(opt);
+  }
+
+  // A checkpoint of another parallelism plugin (ddp, megatron_tpppcp): this rank's chunk of each
+  // whole tensor (wanhost/kit/checkpoint_state.hpp).
+  void load_other_plugins_state(const std::string& dir) {
+    at::NoGradGuard no_grad;
+    const std::unique_ptr<WholeState> state = WholeState::open(dir);
+    std::map<std::string, std::vector<std::int64_t>> shapes;
+    for (const auto& s : slots_) shapes[s.name] = s.shape;
+    if (const std::string problems = shape_problems(state->shapes(), shapes); !problems.empty())
+      throw std::runtime_error("the checkpoint " + dir + " (" + state->writer() +
+                               ") does not match the model:" + problems);
+    if (ctx_.world_rank == 0)
+      logger()->info("automodel_fsdp: loading the checkpoint of {} into {} data-parallel ranks",
+                     state->writer(), ctx_.dp->size());
+    auto chunk = [&](const at::Tensor& whole, const Slot& s) {
+      const std::int64_t lo = std::min(s.numel, ctx_.dp->rank() * s.chunk);
+      const std::int64_t hi = std::min(s.numel, lo + s.chunk);
+      at::Tensor out = at::zeros({s.chunk}, s.shard.options().requires_grad(false));
+      if (hi > lo) out.slice(0, 0, hi - lo).copy_(whole.reshape(-1).slice(0, lo, hi));
+      return out;
+    };
+    std::map<std::string, at::Tensor> opt;
+    for (auto& s : slots_) {
+      s.shard.copy_(chunk(state->tensor(s.name, "param"), s));
+      for (const char* what : {"exp_avg", "exp_avg_sq"})
+        opt[s.name + "." + what] = chunk(state->tensor(s.name, what), s);
+    }
+    opt["__step__"] = state->step();
     optimizer().load_state(opt);
   }
 

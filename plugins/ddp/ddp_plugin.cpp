@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/checkpoint_state.hpp"
 #include "wanhost/kit/layers.hpp"
 #include "wanhost/kit/parallelism_base.hpp"
 #include "wanhost/kit/precision.hpp"
@@ -104,13 +105,36 @@ class DataParallel final : public ParallelismBase {
   }
 
   void load_state(Model& model, const std::string& dir) override {
+    const std::string opt = (fs::path(dir) / "optimizer.safetensors").string();
+    if (!fs::exists(opt)) return load_other_plugins_state(model, dir);
     // Copies into the existing parameters (same tensors), so the optimizer's references hold.
     model.load_weights((fs::path(dir) / "model").string());
-    const std::string opt = (fs::path(dir) / "optimizer.safetensors").string();
     optimizer().load_state(safetensors::File::open(opt).load_all());  // copied onto the device
   }
 
  private:
+  // A checkpoint of another parallelism plugin (automodel_fsdp, megatron_tpppcp): whole tensors
+  // (wanhost/kit/checkpoint_state.hpp).
+  void load_other_plugins_state(Model& model, const std::string& dir) {
+    at::NoGradGuard no_grad;
+    const std::unique_ptr<WholeState> state = WholeState::open(dir);
+    std::map<std::string, std::vector<std::int64_t>> shapes;
+    for (auto& p : model.module().named_parameters(true)) shapes[p.key()] = p.value().sizes().vec();
+    if (const std::string problems = shape_problems(state->shapes(), shapes); !problems.empty())
+      throw std::runtime_error("the checkpoint " + dir + " (" + state->writer() +
+                               ") does not match the model:" + problems);
+    if (ctx_.world_rank == 0) logger()->info("ddp: loading the checkpoint of {}", state->writer());
+    std::map<std::string, at::Tensor> opt;
+    for (auto& p : model.module().named_parameters(true)) {
+      at::Tensor t = p.value();
+      t.copy_(state->tensor(p.key(), "param"));
+      for (const char* what : {"exp_avg", "exp_avg_sq"})
+        opt[p.key() + "." + what] = state->tensor(p.key(), what).to(t.device(), t.scalar_type());
+    }
+    opt["__step__"] = state->step();
+    optimizer().load_state(opt);
+  }
+
   bool decay_1d_;
   ParallelContext ctx_;
 };

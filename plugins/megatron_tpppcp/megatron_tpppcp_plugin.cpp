@@ -27,7 +27,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <set>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -38,8 +37,8 @@
 #include "sequence_parallel.hpp"
 #include "tensor_parallel.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/checkpoint_state.hpp"
 #include "wanhost/kit/collectives.hpp"
-#include "wanhost/kit/json_file.hpp"
 #include "wanhost/kit/layers.hpp"
 #include "wanhost/kit/parallelism_base.hpp"
 #include "wanhost/kit/precision.hpp"
@@ -365,63 +364,21 @@ class Megatron final : public ParallelismBase {
     }
   }
 
+  // Any built-in plugin's checkpoint (wanhost/kit/checkpoint_state.hpp): whole tensors, of which
+  // this rank keeps its tensor-parallel part (and its distributed-optimizer shard).
   void load_state(Model&, const std::string& dir) override {
     at::NoGradGuard no_grad;
-    const fs::path meta_path = fs::path(dir) / "megatron.json";
-    if (!fs::exists(meta_path))
-      throw std::runtime_error(dir +
-                               " holds no megatron_tpppcp state (no megatron.json): the "
-                               "checkpoint was written by another parallelism plugin");
-    const Json meta = read_json_file(meta_path.string());
-    if (meta.value("format", "") != kFormat)
-      throw std::runtime_error(meta_path.string() + ": unknown format " +
-                               meta.value("format", "?"));
-    const int old_tp = meta.at("tp");
-    struct Saved {
-      std::vector<std::int64_t> shape;
-      std::int64_t split_dim;
-      int stage;
-    };
-    std::map<std::string, Saved> saved;
-    for (const auto& p : meta.at("params"))
-      saved[p.at("name").get<std::string>()] = {p.at("shape").get<std::vector<std::int64_t>>(),
-                                                p.at("split_dim").get<std::int64_t>(),
-                                                p.at("stage").get<int>()};
-    std::string problems;
-    std::set<std::string> seen;
-    for (const auto& q : params_) {
-      seen.insert(q.name);
-      auto it = saved.find(q.name);
-      if (it == saved.end())
-        problems += "\n  missing " + q.name;
-      else if (it->second.shape != q.shape)
-        problems += "\n  " + q.name + " has shape " + Json(it->second.shape).dump() +
-                    ", the model " + Json(q.shape).dump();
-    }
-    for (const auto& [name, s] : saved)
-      if (!seen.count(name)) problems += "\n  unexpected " + name;
-    if (!problems.empty())
-      throw std::runtime_error("the checkpoint " + dir + " does not match the model:" + problems);
-    if (ctx_.world_rank == 0 &&
-        (old_tp != d_.tp || meta.at("pp").get<int>() != d_.pp || meta.at("dp").get<int>() != d_.dp))
-      logger()->info("megatron_tpppcp: resharding the checkpoint from tp={} pp={} dp={} to {}",
-                     old_tp, meta.at("pp").get<int>(), meta.at("dp").get<int>(), describe(d_));
-
-    std::map<std::pair<int, int>, safetensors::File> files;
-    auto file = [&](int tp, int pp) -> const safetensors::File& {
-      auto key = std::make_pair(tp, pp);
-      auto it = files.find(key);
-      if (it == files.end())
-        it = files.emplace(key, safetensors::File::open(file_of(dir, tp, pp))).first;
-      return it->second;
-    };
-    // The whole tensor `key` of parameter q, from the files of the saved layout.
-    auto whole = [&](const std::string& key, const Saved& s) {
-      if (s.split_dim < 0) return file(0, s.stage).load(key);
-      std::vector<at::Tensor> parts;
-      for (int k = 0; k < old_tp; ++k) parts.push_back(file(k, s.stage).load(key));
-      return at::cat(parts, s.split_dim);
-    };
+    const std::unique_ptr<WholeState> state = WholeState::open(dir);
+    std::map<std::string, std::vector<std::int64_t>> model;
+    for (const auto& q : params_) model[q.name] = q.shape;
+    if (const std::string problems = shape_problems(state->shapes(), model); !problems.empty())
+      throw std::runtime_error("the checkpoint " + dir + " (" + state->writer() +
+                               ") does not match the model:" + problems);
+    const std::string mine_now = "megatron_tpppcp tp=" + std::to_string(d_.tp) +
+                                 " pp=" + std::to_string(d_.pp) + " dp=" + std::to_string(d_.dp);
+    if (ctx_.world_rank == 0 && state->writer() != mine_now)
+      logger()->info("megatron_tpppcp: resharding the checkpoint from {} to {}", state->writer(),
+                     describe(d_));
     auto mine = [&](const at::Tensor& t, const Param& q) {
       if (q.split_dim < 0) return t;
       const std::int64_t part = t.size(q.split_dim) / d_.tp;
@@ -430,16 +387,15 @@ class Megatron final : public ParallelismBase {
     std::map<std::string, at::Tensor> opt;
     for (auto& q : params_) {
       if (!q.local) continue;
-      const Saved& s = saved.at(q.name);
-      q.tensor.copy_(mine(whole("param." + q.name, s), q));
-      for (const char* suffix : {".exp_avg", ".exp_avg_sq"}) {
-        at::Tensor v = mine(whole(std::string("optim.") + q.name + suffix, s), q)
-                           .to(q.tensor.device(), at::kFloat);
-        opt[q.name + suffix] = distributed_optimizer_ ? my_shard(v, q) : v.to(q.tensor.dtype());
+      q.tensor.copy_(mine(state->tensor(q.name, "param"), q));
+      for (const char* what : {"exp_avg", "exp_avg_sq"}) {
+        at::Tensor v = mine(state->tensor(q.name, what), q).to(q.tensor.device(), at::kFloat);
+        opt[q.name + "." + what] =
+            distributed_optimizer_ ? my_shard(v, q) : v.to(q.tensor.dtype()).contiguous();
       }
       if (distributed_optimizer_ && !q.shard_is_view) q.shard.copy_(my_shard(q.tensor.detach(), q));
     }
-    opt["__step__"] = file(0, 0).load("optim.__step__");
+    opt["__step__"] = state->step();
     optimizer().load_state(opt);
   }
 

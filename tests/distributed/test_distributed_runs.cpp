@@ -506,10 +506,38 @@ TEST_F(Distributed, MegatronStopInOneLayoutResumeInAnother) {
   ASSERT_TRUE(fs::exists(state / "megatron_tp001_pp000.safetensors"));
   Result b = run(out, 2, "megatron_tpppcp", megatron({{"pp", "2"}}) + " --resume");
   ASSERT_EQ(b.code, 0) << tail(b.log);
-  EXPECT_NE(b.log.find("resharding the checkpoint from tp=2 pp=1 dp=2 to tp=1 cp=1 dp=1 pp=2"),
-            std::string::npos)
+  EXPECT_NE(
+      b.log.find(
+          "resharding the checkpoint from megatron_tpppcp tp=2 pp=1 dp=2 to tp=1 cp=1 dp=1 pp=2"),
+      std::string::npos)
       << tail(b.log);
   expect_same_run(reference(), out, "megatron_tpppcp stop at 8 with dp=2 x tp=2, resume with pp=2");
+}
+
+// Another path resumes a checkpoint (the kit's WholeState reads every built-in format): ddp
+// stops at step 8 and megatron_tpppcp (tp=2) goes on; megatron_tpppcp (pp=2) stops and
+// automodel_fsdp on 2 ranks goes on. Both reproduce the single process.
+TEST_F(Distributed, PathsResumeEachOthersCheckpoints) {
+  const fs::path dir = scratch();
+  Result a = run(dir / "ddp-then-megatron", 0, "ddp", "--stop-after-steps 8");
+  ASSERT_EQ(a.code, 0) << tail(a.log);
+  Result b =
+      run(dir / "ddp-then-megatron", 2, "megatron_tpppcp", megatron({{"tp", "2"}}) + " --resume");
+  ASSERT_EQ(b.code, 0) << tail(b.log);
+  EXPECT_NE(b.log.find("resharding the checkpoint from ddp to tp=2"), std::string::npos)
+      << tail(b.log);
+  expect_same_run(reference(), dir / "ddp-then-megatron", "ddp to step 8, then megatron tp=2");
+
+  a = run(dir / "megatron-then-fsdp", 2, "megatron_tpppcp",
+          megatron({{"pp", "2"}}) + " --stop-after-steps 8");
+  ASSERT_EQ(a.code, 0) << tail(a.log);
+  b = run(dir / "megatron-then-fsdp", 2, "automodel_fsdp", "--resume");
+  ASSERT_EQ(b.code, 0) << tail(b.log);
+  EXPECT_NE(b.log.find("loading the checkpoint of megatron_tpppcp tp=1 pp=2 dp=1"),
+            std::string::npos)
+      << tail(b.log);
+  expect_same_run(reference(), dir / "megatron-then-fsdp",
+                  "megatron pp=2 to step 8, then automodel_fsdp on 2 ranks");
 }
 
 // Degrees that do not fit are configuration errors naming the numbers, before any step.
