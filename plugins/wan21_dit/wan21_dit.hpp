@@ -133,6 +133,9 @@ class WanModel final : public wanhost::Model {
   at::Tensor block_checkpointed(std::int64_t i, const at::Tensor& hidden,
                                 const wanhost::Activations& act);
   at::Tensor unpatchify(const at::Tensor& y, const wanhost::Batch& b) const;
+  // The number of samples of a packed batch whose samples all have one grid and no padding
+  // (a dense batch side by side: patchified in one pass); 0 otherwise.
+  std::int64_t uniform_unpadded_pack(const wanhost::Batch& b) const;
 
   WanOptions options_;
   wanhost::ParallelContext ctx_;

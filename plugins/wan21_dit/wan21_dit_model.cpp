@@ -390,6 +390,13 @@ at::Tensor WanModel::patch_tokens(const Batch& b) const {
   };
   auto x = b.latents.to(ctx_.device, ctx_.compute_dtype);
   if (!b.packed()) return patchify(x);
+  if (const auto n = uniform_unpadded_pack(b); n > 0) {
+    // Samples of one grid, no padding: the pack is a dense batch laid side by side, patchified
+    // in one pass ([C, n*F*H*W] -> [n, C, F, H, W]) instead of a copy per sample.
+    const auto& g = b.segments.front();
+    auto dense = x.view({x.size(0), n, g.frames, g.height, g.width}).transpose(0, 1);
+    return patchify(dense).reshape({1, -1, x.size(0) * p[0] * p[1] * p[2]});
+  }
   std::vector<at::Tensor> parts;
   for (const auto& s : b.segments) {
     parts.push_back(patchify(
@@ -738,6 +745,14 @@ at::Tensor WanModel::unpatchify(const at::Tensor& y, const Batch& b) const {
         .permute({0, 7, 1, 4, 2, 5, 3, 6})
         .reshape({n, co, x.size(2), x.size(3), x.size(4)});
   }
+  if (const auto n = uniform_unpadded_pack(b); n > 0) {
+    // One grid, no padding: unpatchified as a dense batch, then laid side by side again.
+    const auto& g = b.segments.front();
+    const auto f = g.frames / p[0], h = g.height / p[1], w = g.width / p[2];
+    return y.reshape({n, f, h, w, p[0], p[1], p[2], co})
+        .permute({7, 0, 1, 4, 2, 5, 3, 6})
+        .reshape({co, n * g.numel()});
+  }
   std::vector<at::Tensor> parts;
   std::int64_t token = 0;
   for (const auto& s : b.segments) {
@@ -749,6 +764,15 @@ at::Tensor WanModel::unpatchify(const at::Tensor& y, const Batch& b) const {
     token += f * h * w;
   }
   return at::cat(parts, 1);
+}
+
+std::int64_t WanModel::uniform_unpadded_pack(const Batch& b) const {
+  if (!b.packed() || b.segments.empty()) return 0;
+  const auto& g = b.segments.front();
+  for (const auto& s : b.segments)
+    if (s.frames != g.frames || s.height != g.height || s.width != g.width) return 0;
+  if (tokens(g) % ctx_.token_multiple != 0) return 0;  // padded runs: the general path
+  return static_cast<std::int64_t>(b.segments.size());
 }
 
 std::int64_t WanModel::tokens(const wanhost::PackSegment& g) const {

@@ -75,13 +75,15 @@ TEST(CollateDense, StacksLatentsAndPadsText) {
 }
 
 TEST(CollateDense, PadsTextToFixedRows) {
-  Batch b = collate_dense(three_equal_samples(), CollateOptions{6});
+  Batch b = collate_dense(three_equal_samples(), CollateOptions{6, 1, {}});
   EXPECT_EQ(b.text.size(1), 6);
   EXPECT_TRUE(at::equal(b.text_lengths, at::tensor({2, 4, 1}, at::kLong)));
 }
 
 TEST(CollateDense, TextLongerThanRowsNamesTheSample) {
-  const std::string msg = error_of([] { collate_dense(three_equal_samples(), CollateOptions{3}); });
+  const std::string msg = error_of([] {
+    collate_dense(three_equal_samples(), CollateOptions{3, 1, {}});
+  });
   EXPECT_NE(msg.find("sample 1 (index 3)"), std::string::npos) << msg;
   EXPECT_NE(msg.find("text_rows 3"), std::string::npos) << msg;
 }

@@ -29,7 +29,7 @@ constexpr std::uint64_t kSeed = 1234;
 PluginConfig config(const Json& overrides = Json::object()) {
   std::ifstream in(WANHOST_SOURCE_DIR "/plugins/flow_matching/flow_matching.json");
   const Json manifest = Json::parse(in);
-  PluginConfig cfg{"flow_matching", "/scheduler/flow_matching", Json::object()};
+  PluginConfig cfg{"flow_matching", "/scheduler/flow_matching", Json::object(), {}};
   for (const auto& [key, schema] : manifest.at("config").items())
     cfg.values[key] = schema.at("default");
   for (const auto& [key, value] : overrides.items()) cfg.values[key] = value;

@@ -25,7 +25,7 @@ namespace {
 PluginConfig config(const Json& overrides = Json::object()) {
   std::ifstream in(WANHOST_SOURCE_DIR "/plugins/synthetic/synthetic.json");
   const Json manifest = Json::parse(in);
-  PluginConfig cfg{"synthetic", "/data/synthetic", Json::object()};
+  PluginConfig cfg{"synthetic", "/data/synthetic", Json::object(), {}};
   for (const auto& [key, schema] : manifest.at("config").items())
     cfg.values[key] = schema.at("default");
   cfg.values["text_dim"] = 32;

@@ -67,7 +67,7 @@ std::string tmp_dir(const std::string& name) {
 // The plugin's config as the host hands it over: sidecar defaults plus `values`.
 wanhost::PluginConfig plugin_config(const Json& values = Json::object()) {
   auto sidecar = read_json(std::string(WANHOST_SOURCE_DIR) + "/plugins/umt5/umt5.json");
-  wanhost::PluginConfig cfg{"umt5", "/text_encoder/umt5", Json::object()};
+  wanhost::PluginConfig cfg{"umt5", "/text_encoder/umt5", Json::object(), {}};
   for (const auto& [key, spec] : sidecar["config"].items()) cfg.values[key] = spec["default"];
   for (const auto& [key, v] : values.items()) cfg.values[key] = v;
   return cfg;

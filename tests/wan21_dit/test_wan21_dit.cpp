@@ -51,7 +51,7 @@ WANHOST_ONE_THREAD_TESTS();
 // The plugin's config as the host would hand it over: sidecar defaults plus `values`.
 wanhost::PluginConfig plugin_config(const Json& values) {
   auto sidecar = read_json(std::string(WANHOST_SOURCE_DIR) + "/plugins/wan21_dit/wan21_dit.json");
-  wanhost::PluginConfig cfg{"wan21_dit", "/model/wan21_dit", Json::object()};
+  wanhost::PluginConfig cfg{"wan21_dit", "/model/wan21_dit", Json::object(), {}};
   for (const auto& [key, spec] : sidecar["config"].items()) cfg.values[key] = spec["default"];
   for (const auto& [key, v] : values.items()) cfg.values[key] = v;
   return cfg;
@@ -425,12 +425,11 @@ TEST(Wan21Dit, MegatronInitialisation) {
   auto pa = params(*a);
   const double residual = 0.02 / std::sqrt(2.0 * 8);
   for (const auto& [name, p] : pa) {
-    const bool linear = name.find("to_") != std::string::npos ||
-                        name.find("ffn.net") != std::string::npos ||
-                        name.find("embedder") != std::string::npos ||
-                        name.find("time_proj") != std::string::npos ||
-                        name.find("proj_out") != std::string::npos ||
-                        name.find("patch_embedding") != std::string::npos;
+    const bool linear =
+        name.find("to_") != std::string::npos || name.find("ffn.net") != std::string::npos ||
+        name.find("embedder") != std::string::npos || name.find("time_proj") != std::string::npos ||
+        name.find("proj_out") != std::string::npos ||
+        name.find("patch_embedding") != std::string::npos;
     if (!linear) continue;
     if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
       EXPECT_EQ(p.abs().max().item<double>(), 0.0) << name;
