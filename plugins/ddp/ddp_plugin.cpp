@@ -10,7 +10,6 @@
 #include "wanhost/kit/checkpoint_state.hpp"
 #include "wanhost/kit/layers.hpp"
 #include "wanhost/kit/parallelism_base.hpp"
-#include "wanhost/kit/precision.hpp"
 #include "wanhost/kit/safetensors.hpp"
 #include "wanhost/log.hpp"
 #include "wanhost/plugin.hpp"
@@ -55,38 +54,11 @@ class DataParallel final : public ParallelismBase {
 
   StepLoss forward_backward(Model& model, const std::vector<NoisedBatch>& micro_batches,
                             const LossFn& loss) override {
-    StepLoss total;
-    for (const auto& mb : micro_batches) {
-      LossTerms terms;
-      {
-        AutocastGuard autocast(ctx_);
-        at::Tensor prediction = model.forward(mb.noisy, mb.timesteps);
-        terms = loss(prediction, mb);
-      }
-      terms.loss.backward();
-      total.add(terms);
-    }
-    return total;
+    return forward_backward_each(model, micro_batches, loss, ctx_);
   }
 
   at::Tensor reduce_and_clip_gradients(double max_norm) override {
-    if (ctx_.world_size > 1) {
-      // One flat buffer: one collective per step instead of one per tensor.
-      const std::vector<at::Tensor> params = optimized_tensors();
-      std::vector<at::Tensor> grads;
-      for (auto p : params) {
-        if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
-        grads.push_back(p.grad().reshape(-1));
-      }
-      at::Tensor flat = at::cat(grads);
-      ctx_.dp->all_reduce(flat, ReduceOp::Sum);
-      std::int64_t off = 0;
-      for (const auto& p : params) {
-        const std::int64_t n = p.numel();
-        p.grad().view(-1).copy_(flat.slice(0, off, off + n));
-        off += n;
-      }
-    }
+    all_reduce_gradients(optimized_tensors(), *ctx_.dp);
     return clip_by_global_norm(max_norm);  // replicated: every rank holds every gradient
   }
 

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include "wanhost/kit/collectives.hpp"
+#include "wanhost/kit/layers.hpp"
 
 namespace wanhost::plugins::megatron_tpppcp {
 
@@ -55,25 +56,6 @@ AttentionFn context_parallel_attention(AttentionFn inner, CommunicatorPtr group,
     const at::Tensor all_v = coll::all_gather_along(v, 1, group).index_select(1, order);
     return inner(q, all_k, all_v, args);
   };
-}
-
-std::shared_ptr<AttentionSegments> layout_segments(const std::vector<std::int64_t>& cu_q,
-                                                   const std::vector<std::int64_t>& cu_kv,
-                                                   const c10::Device& device) {
-  auto seg = std::make_shared<AttentionSegments>();
-  seg->host_cu_q = cu_q;
-  seg->host_cu_kv = cu_kv;
-  auto to_device = [&](const std::vector<std::int64_t>& cu) {
-    std::vector<std::int32_t> v(cu.begin(), cu.end());
-    return at::tensor(v, at::TensorOptions().dtype(at::kInt)).to(device);
-  };
-  seg->cu_seqlens_q = to_device(cu_q);
-  seg->cu_seqlens_kv = to_device(cu_kv);
-  for (std::size_t i = 0; i + 1 < cu_q.size(); ++i) {
-    seg->max_q = std::max(seg->max_q, cu_q[i + 1] - cu_q[i]);
-    seg->max_kv = std::max(seg->max_kv, cu_kv[i + 1] - cu_kv[i]);
-  }
-  return seg;
 }
 
 ContextShare share_of(const Activations& full, const std::vector<std::int64_t>& real_tokens, int cp,
@@ -126,8 +108,9 @@ ContextShare share_of(const Activations& full, const std::vector<std::int64_t>& 
   for (auto& t : local->aux)  // RoPE tables [1, N, 1, Dh]
     if (t.defined() && t.dim() >= 2 && t.size(1) == sample_cu.back())
       t = t.index_select(1, out.positions);
-  local->segments_self = layout_segments(cu_self_q, cu_self_kv, device);
-  local->segments_cross = layout_segments(cu_local, full.segments_cross->host_cu_kv, device);
+  local->segments_self = make_attention_segments(cu_self_q, cu_self_kv, device);
+  local->segments_cross =
+      make_attention_segments(cu_local, full.segments_cross->host_cu_kv, device);
   local->self_attention.segments = local->segments_self.get();
   local->cross_attention.segments = local->segments_cross.get();
   out.local = std::move(local);

@@ -48,11 +48,6 @@ class ContextKeys {
 AttentionFn context_parallel_attention(AttentionFn inner, CommunicatorPtr group,
                                        std::shared_ptr<ContextKeys> keys);
 
-// A packed attention layout with its device copies (cumulative boundaries of queries and keys).
-std::shared_ptr<AttentionSegments> layout_segments(const std::vector<std::int64_t>& cu_q,
-                                                   const std::vector<std::int64_t>& cu_kv,
-                                                   const c10::Device& device);
-
 // This rank's share of a packed micro batch's activations (from Model::embed on the whole pack).
 struct ContextShare {
   std::shared_ptr<Activations> local;  // hidden, RoPE tables and segment layouts of the share

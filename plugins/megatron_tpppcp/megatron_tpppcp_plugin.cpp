@@ -216,19 +216,8 @@ class Megatron final : public ParallelismBase {
 
   StepLoss forward_backward(Model& model, const std::vector<NoisedBatch>& micro_batches,
                             const LossFn& loss) override {
-    if (d_.pp == 1 && d_.cp == 1 && !sp_) {  // the model's own forward, as ddp runs it
-      StepLoss total;
-      for (const auto& mb : micro_batches) {
-        LossTerms terms;
-        {
-          AutocastGuard autocast(ctx_);
-          terms = loss(model.forward(mb.noisy, mb.timesteps), mb);
-        }
-        terms.loss.backward();
-        total.add(terms);
-      }
-      return total;
-    }
+    if (d_.pp == 1 && d_.cp == 1 && !sp_)  // the model's own forward, as ddp runs it
+      return forward_backward_each(model, micro_batches, loss, ctx_);
     return schedule(model, micro_batches, loss);
   }
 
@@ -532,23 +521,10 @@ class Megatron final : public ParallelismBase {
     return total;
   }
 
-  // Sums the gradients of `params` over `group` in one flat buffer.
-  void all_reduce_grads(const std::vector<Param*>& params, const CommunicatorPtr& group) {
-    if (params.empty() || group->size() == 1) return;
-    std::vector<at::Tensor> grads;
-    for (Param* q : params) {
-      at::Tensor& t = q->tensor;
-      if (!t.grad().defined()) t.mutable_grad() = at::zeros_like(t);
-      grads.push_back(t.grad().reshape(-1));
-    }
-    at::Tensor flat = at::cat(grads);
-    group->all_reduce(flat, ReduceOp::Sum);
-    std::int64_t off = 0;
-    for (Param* q : params) {
-      const std::int64_t n = q->tensor.numel();
-      q->tensor.grad().view(-1).copy_(flat.slice(0, off, off + n));
-      off += n;
-    }
+  static void all_reduce_grads(const std::vector<Param*>& params, const CommunicatorPtr& group) {
+    std::vector<at::Tensor> tensors;
+    for (const Param* q : params) tensors.push_back(q->tensor);
+    all_reduce_gradients(tensors, *group);
   }
 
   // The distributed optimizer's gradient reduction: every local parameter's gradient, padded to

@@ -5,8 +5,8 @@
 
 #include <ATen/ATen.h>
 
-#include "context_parallel.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/layers.hpp"
 
 namespace wanhost::plugins::megatron_tpppcp {
 
@@ -32,7 +32,7 @@ SequenceShare sequence_share_of(const Activations& act, int tp, int rank) {
     for (const std::int64_t b : act.segments_cross->host_cu_q)
       cu.push_back(std::clamp(b, lo, hi) - lo);
     local->segments_cross =
-        layout_segments(cu, act.segments_cross->host_cu_kv, act.hidden.device());
+        make_attention_segments(cu, act.segments_cross->host_cu_kv, act.hidden.device());
     local->cross_attention.segments = out.cross_all.get();
   }
   out.local = std::move(local);

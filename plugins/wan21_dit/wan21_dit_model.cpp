@@ -162,25 +162,6 @@ at::Tensor gated(const at::Tensor& x, const at::Tensor& gate, const Activations&
   return at::cat(parts, 1);
 }
 
-std::shared_ptr<AttentionSegments> make_segments(const std::vector<std::int64_t>& cu_q,
-                                                 const std::vector<std::int64_t>& cu_kv,
-                                                 const c10::Device& device) {
-  auto seg = std::make_shared<AttentionSegments>();
-  seg->host_cu_q = cu_q;
-  seg->host_cu_kv = cu_kv;
-  auto to_device = [&](const std::vector<std::int64_t>& cu) {
-    std::vector<std::int32_t> v(cu.begin(), cu.end());
-    return at::tensor(v, at::TensorOptions().dtype(at::kInt)).to(device);
-  };
-  seg->cu_seqlens_q = to_device(cu_q);
-  seg->cu_seqlens_kv = to_device(cu_kv);
-  for (std::size_t i = 0; i + 1 < cu_q.size(); ++i) {
-    seg->max_q = std::max(seg->max_q, cu_q[i + 1] - cu_q[i]);
-    seg->max_kv = std::max(seg->max_kv, cu_kv[i + 1] - cu_kv[i]);
-  }
-  return seg;
-}
-
 [[noreturn]] void bad_batch(const std::string& what) {
   throw std::invalid_argument("wan21_dit: " + what);
 }
@@ -487,7 +468,7 @@ at::Tensor WanModel::text_context(const Batch& b, Activations& act,
     }
   }
   if (packed) {
-    act.segments_cross = make_segments(host_cu_q, cu_kv, ctx_.device);
+    act.segments_cross = wanhost::make_attention_segments(host_cu_q, cu_kv, ctx_.device);
     act.cross_attention.segments = act.segments_cross.get();
   }
   return text_2_->forward(at::gelu(text_1_->forward(x), "tanh"));
@@ -539,7 +520,7 @@ wanhost::Activations WanModel::embed(const Batch& b, const at::Tensor& timesteps
   act.aux = {rope_view(cos), rope_view(sin)};
 
   if (b.packed()) {
-    act.segments_self = make_segments(cu_self, cu_self, ctx_.device);
+    act.segments_self = wanhost::make_attention_segments(cu_self, cu_self, ctx_.device);
     act.self_attention.segments = act.segments_self.get();
   }
   auto context = text_context(b, act, cu);

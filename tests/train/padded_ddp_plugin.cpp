@@ -9,7 +9,6 @@
 
 #include "wanhost/kit/layers.hpp"
 #include "wanhost/kit/parallelism_base.hpp"
-#include "wanhost/kit/precision.hpp"
 #include "wanhost/kit/safetensors.hpp"
 #include "wanhost/plugin.hpp"
 
@@ -42,17 +41,7 @@ class PaddedDdp final : public ParallelismBase {
   }
   StepLoss forward_backward(Model& model, const std::vector<NoisedBatch>& micro_batches,
                             const LossFn& loss) override {
-    StepLoss total;
-    for (const auto& mb : micro_batches) {
-      LossTerms terms;
-      {
-        AutocastGuard autocast(ctx_);
-        terms = loss(model.forward(mb.noisy, mb.timesteps), mb);
-      }
-      terms.loss.backward();
-      total.add(terms);
-    }
-    return total;
+    return forward_backward_each(model, micro_batches, loss, ctx_);
   }
   at::Tensor reduce_and_clip_gradients(double max_norm) override {
     return clip_by_global_norm(max_norm);

@@ -252,6 +252,23 @@ ParallelContext single_process_context(c10::Device device) {
   return ctx;
 }
 
+std::shared_ptr<AttentionSegments> make_attention_segments(const std::vector<std::int64_t>& cu_q,
+                                                           const std::vector<std::int64_t>& cu_kv,
+                                                           const c10::Device& device) {
+  auto seg = std::make_shared<AttentionSegments>();
+  seg->host_cu_q = cu_q;
+  seg->host_cu_kv = cu_kv;
+  auto to_device = [&](const std::vector<std::int64_t>& cu) {
+    std::vector<std::int32_t> v(cu.begin(), cu.end());
+    return at::tensor(v, at::TensorOptions().dtype(at::kInt)).to(device);
+  };
+  seg->cu_seqlens_q = to_device(cu_q);
+  seg->cu_seqlens_kv = to_device(cu_kv);
+  seg->max_q = max_length(cu_q);
+  seg->max_kv = max_length(cu_kv);
+  return seg;
+}
+
 std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_t out, bool bias) {
   return std::make_shared<ReplicatedLinear>(in, out, bias);
 }

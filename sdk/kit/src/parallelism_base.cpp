@@ -5,7 +5,42 @@
 
 #include <ATen/ATen.h>
 
+#include "wanhost/kit/precision.hpp"
+
 namespace wanhost {
+
+StepLoss forward_backward_each(Model& model, const std::vector<NoisedBatch>& micro_batches,
+                               const LossFn& loss, const ParallelContext& ctx) {
+  StepLoss total;
+  for (const auto& mb : micro_batches) {
+    LossTerms terms;
+    {
+      AutocastGuard autocast(ctx);
+      terms = loss(model.forward(mb.noisy, mb.timesteps), mb);
+    }
+    terms.loss.backward();
+    total.add(terms);
+  }
+  return total;
+}
+
+void all_reduce_gradients(const std::vector<at::Tensor>& params, Communicator& group) {
+  if (params.empty() || group.size() == 1) return;
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> grads;
+  for (at::Tensor p : params) {
+    if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+    grads.push_back(p.grad().reshape(-1));
+  }
+  at::Tensor flat = at::cat(grads);
+  group.all_reduce(flat, ReduceOp::Sum);
+  std::int64_t off = 0;
+  for (const auto& p : params) {
+    const std::int64_t n = p.numel();
+    p.grad().view(-1).copy_(flat.slice(0, off, off + n));
+    off += n;
+  }
+}
 
 void ParallelismBase::set_optimized(std::vector<AdamWParam> params) {
   optimized_ = std::move(params);

@@ -24,6 +24,12 @@ void set_default_operators(ParallelContext& ctx);
 // groups; the operators stay as they are. What ddp and automodel_fsdp set up.
 void setup_data_parallel(ParallelContext& ctx);
 
+// A packed attention layout from the cumulative boundaries of its queries and keys: the host
+// copies, the int32 device copies flash attention reads, and the longest segments.
+std::shared_ptr<AttentionSegments> make_attention_segments(const std::vector<std::int64_t>& cu_q,
+                                                           const std::vector<std::int64_t>& cu_kv,
+                                                           const c10::Device& device);
+
 // torch.nn.Linear semantics, computed in the input's dtype.
 std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_t out, bool bias);
 // down(gelu_tanh(up(x))), a DiT block's feed-forward. When both are the kit's replicated layers

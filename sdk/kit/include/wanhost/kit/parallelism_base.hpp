@@ -19,6 +19,15 @@
 
 namespace wanhost {
 
+// The forward and backward of each micro batch through the model's own forward (under autocast
+// on a GPU), their losses added up: a step of a plugin whose every rank runs whole models.
+StepLoss forward_backward_each(Model& model, const std::vector<NoisedBatch>& micro_batches,
+                               const LossFn& loss, const ParallelContext& ctx);
+
+// Sums the gradients of `params` over `group` in one flat buffer (one collective instead of one
+// a tensor); a missing gradient counts as zeros and is allocated.
+void all_reduce_gradients(const std::vector<at::Tensor>& params, Communicator& group);
+
 class ParallelismBase : public Parallelism {
  public:
   // How zero_grad() resets the gradients of the optimized tensors.
