@@ -1,5 +1,6 @@
 // The reference presets (configs/presets/*.json) layered over the default recipe: each value
-// reaches config.resolved.json and changes what the run does.
+// reaches config.resolved.json and changes what the run does (docs/training.md, "The two
+// reference paths").
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -55,5 +56,31 @@ TEST(Presets, MegatronReferenceTakesEffect) {
                        {kDefault, kMegatron, "--set", "model.wan21_dit.init_method=\"pytorch\""}));
   ASSERT_EQ(r.code, 0) << r.describe();
   EXPECT_NE(metrics(dir / "mc-pytorch-init").front().at("loss").get<double>(),
+            m.front().at("loss").get<double>());
+}
+
+TEST(Presets, AutomodelReferenceTakesEffect) {
+  const std::string automodel =
+      std::string(WANHOST_SOURCE_DIR) + "/configs/presets/automodel_reference.json";
+  const fs::path dir = scratch_dir();
+  Result r = run_cli(run_args(dir / "am", {kDefault, automodel}));
+  ASSERT_EQ(r.code, 0) << r.describe();
+  const Json c = resolved(dir / "am");
+  EXPECT_EQ(c.at("run").at("master_weights"), "bf16");
+  EXPECT_EQ(c.at("model").at("wan21_dit").at("text_len"), 226);
+  EXPECT_EQ(c.at("stages").at(0).at("text_rows"), 226);
+  EXPECT_EQ(c.at("stages").at(0).at("optimizer").at("weight_decay"), 0.01);
+  EXPECT_EQ(c.at("stages").at(0).at("lr_schedule").at("warmup_start_factor"), 0.1);
+  EXPECT_EQ(c.at("scheduler").at("flow_matching").at("timestep_granularity"), "per_sample");
+  EXPECT_EQ(c.at("scheduler").at("flow_matching").at("round_timesteps_bf16"), true);
+  // Effects: the warm-up starts at 0.1 x lr (the default recipe's stage 1 sets lr 0.002 and
+  // leaves the start factor to the preset), and 226 text rows give another loss than 512.
+  const auto m = metrics(dir / "am");
+  ASSERT_EQ(m.size(), static_cast<std::size_t>(kTotalSteps));
+  EXPECT_NEAR(m.front().at("lr").get<double>(), 0.1 * 0.002, 1e-12);
+  r = run_cli(
+      run_args(dir / "am-512", {kDefault, automodel, "--set", "model.wan21_dit.text_len=512"}));
+  ASSERT_EQ(r.code, 0) << r.describe();
+  EXPECT_NE(metrics(dir / "am-512").front().at("loss").get<double>(),
             m.front().at("loss").get<double>());
 }
