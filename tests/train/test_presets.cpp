@@ -25,6 +25,15 @@ std::vector<Json> metrics(const fs::path& run) {
 }
 
 const std::string kDefault = std::string(WANHOST_SOURCE_DIR) + "/configs/default.json";
+
+// `run RECIPE PRESET --out OUT <tiny settings> <extra>` (the files first: --set takes every
+// KEY=VALUE word that follows it).
+std::vector<std::string> preset_run(const std::string& preset, const fs::path& out,
+                                    const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> args = run_args(out, extra);
+  args.insert(args.begin() + 1, {kDefault, preset});
+  return args;
+}
 const std::string kMegatron =
     std::string(WANHOST_SOURCE_DIR) + "/configs/presets/megatron_reference.json";
 
@@ -32,7 +41,7 @@ const std::string kMegatron =
 
 TEST(Presets, MegatronReferenceTakesEffect) {
   const fs::path dir = scratch_dir();
-  Result r = run_cli(run_args(dir / "mc", {kDefault, kMegatron}));
+  Result r = run_cli(preset_run(kMegatron, dir / "mc"));
   ASSERT_EQ(r.code, 0) << r.describe();
   const Json c = resolved(dir / "mc");
   EXPECT_EQ(c.at("parallelism").at("plugin"), "megatron_tpppcp");
@@ -52,8 +61,8 @@ TEST(Presets, MegatronReferenceTakesEffect) {
   ASSERT_EQ(m.size(), static_cast<std::size_t>(kTotalSteps));
   EXPECT_EQ(m.front().at("packs").get<double>(), 1.0);
   EXPECT_EQ(m.front().at("samples").get<double>(), 4.0);
-  r = run_cli(run_args(dir / "mc-pytorch-init",
-                       {kDefault, kMegatron, "--set", "model.wan21_dit.init_method=\"pytorch\""}));
+  r = run_cli(preset_run(kMegatron, dir / "mc-pytorch-init",
+                         {"--set", "model.wan21_dit.init_method=\"pytorch\""}));
   ASSERT_EQ(r.code, 0) << r.describe();
   EXPECT_NE(metrics(dir / "mc-pytorch-init").front().at("loss").get<double>(),
             m.front().at("loss").get<double>());
@@ -63,7 +72,7 @@ TEST(Presets, AutomodelReferenceTakesEffect) {
   const std::string automodel =
       std::string(WANHOST_SOURCE_DIR) + "/configs/presets/automodel_reference.json";
   const fs::path dir = scratch_dir();
-  Result r = run_cli(run_args(dir / "am", {kDefault, automodel}));
+  Result r = run_cli(preset_run(automodel, dir / "am"));
   ASSERT_EQ(r.code, 0) << r.describe();
   const Json c = resolved(dir / "am");
   EXPECT_EQ(c.at("run").at("master_weights"), "bf16");
@@ -78,8 +87,7 @@ TEST(Presets, AutomodelReferenceTakesEffect) {
   const auto m = metrics(dir / "am");
   ASSERT_EQ(m.size(), static_cast<std::size_t>(kTotalSteps));
   EXPECT_NEAR(m.front().at("lr").get<double>(), 0.1 * 0.002, 1e-12);
-  r = run_cli(
-      run_args(dir / "am-512", {kDefault, automodel, "--set", "model.wan21_dit.text_len=512"}));
+  r = run_cli(preset_run(automodel, dir / "am-512", {"--set", "model.wan21_dit.text_len=512"}));
   ASSERT_EQ(r.code, 0) << r.describe();
   EXPECT_NE(metrics(dir / "am-512").front().at("loss").get<double>(),
             m.front().at("loss").get<double>());
