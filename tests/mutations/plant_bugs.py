@@ -149,6 +149,11 @@ MUTATIONS = [
      ["wanhost", "wan21_dit", "megatron_tpppcp", "test_distributed_runs"], "test_distributed_runs",
      "Distributed.MegatronTensorParallelTwoRanks"),
 
+    ("a pack of one grid unpatchified in the wrong order", "plugins/wan21_dit/wan21_dit_model.cpp",
+     ".permute({7, 0, 1, 4, 2, 5, 3, 6})", ".permute({7, 0, 1, 2, 4, 3, 5, 6})",
+     ["wanhost", "wan21_dit", "test_train_packing"], "test_train_packing",
+     "SeqPacker.TrainsLikeTheDenseCollator"),
+
 ]
 
 
