@@ -78,7 +78,8 @@ TEST(Presets, AutomodelReferenceTakesEffect) {
   EXPECT_EQ(c.at("run").at("master_weights"), "bf16");
   EXPECT_EQ(c.at("model").at("wan21_dit").at("text_len"), 226);
   EXPECT_EQ(c.at("stages").at(0).at("text_rows"), 226);
-  EXPECT_EQ(c.at("stages").at(0).at("optimizer").at("weight_decay"), 0.01);
+  EXPECT_EQ(c.at("stages").at(0).at("optimizer").at("weight_decay"), 0.1);
+  EXPECT_EQ(c.at("stages").at(0).at("optimizer").at("beta2"), 0.95);
   EXPECT_EQ(c.at("stages").at(0).at("lr_schedule").at("warmup_start_factor"), 0.1);
   EXPECT_EQ(c.at("scheduler").at("flow_matching").at("timestep_granularity"), "per_sample");
   EXPECT_EQ(c.at("scheduler").at("flow_matching").at("round_timesteps_bf16"), true);
