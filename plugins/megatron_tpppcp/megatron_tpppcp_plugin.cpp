@@ -63,12 +63,12 @@ struct Param {
   std::int64_t block = -1;          // -1: outside the blocks (held by every stage)
   bool local = true;                // held by this rank's stage
   // Distributed optimizer: this rank's elements [lo, hi) of the flattened parameter, `chunk` =
-  // the padded share every rank sends in the collectives. `shard` (fp32, what AdamW updates) is
-  // a view of the parameter itself when the parameter is fp32 (no second copy of the weights, as
-  // Megatron's distributed optimizer does for fp32 parameters), else an fp32 master copy.
+  // the padded share every rank sends in the collectives. `shard`, what AdamW updates, is a view
+  // of the parameter itself: the master weights are the parameters (run.master_weights' dtype,
+  // fp32 by default), so sharding adds no second copy of them (as Megatron's distributed
+  // optimizer does for fp32 parameters); only the moments and the shard's gradient are 1/dp.
   std::int64_t chunk = 0, lo = 0, hi = 0;
   at::Tensor shard;
-  bool shard_is_view = false;
 };
 
 class Megatron final : public ParallelismBase {
@@ -205,9 +205,7 @@ class Megatron final : public ParallelismBase {
       q.chunk = (numel + n - 1) / n;
       q.lo = std::min(numel, r * q.chunk);
       q.hi = std::min(numel, q.lo + q.chunk);
-      q.shard_is_view = q.tensor.scalar_type() == at::kFloat;
-      at::Tensor mine = q.tensor.detach().view(-1).slice(0, q.lo, q.hi);
-      q.shard = q.shard_is_view ? mine : mine.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+      q.shard = q.tensor.detach().view(-1).slice(0, q.lo, q.hi);
       optimized.push_back({q.name, q.shard, decay});
     }
     set_optimized(std::move(optimized));
@@ -286,13 +284,12 @@ class Megatron final : public ParallelismBase {
 
   std::int64_t state_bytes() const override {
     if (!distributed_optimizer_) return ParallelismBase::state_bytes();
-    // The model's parameters and gradients, the shards' gradients (and fp32 copies when the
-    // shard is not a view of the parameter), the AdamW moments of the shards.
+    // The model's parameters and gradients, the shards' gradients, the shards' AdamW moments.
     std::int64_t n = has_optimizer() ? optimizer().state_bytes() : 0;
     for (const auto& q : params_) {
       if (!q.local) continue;
-      n += 2 * q.tensor.numel() * static_cast<std::int64_t>(q.tensor.element_size());
-      n += (q.shard_is_view ? 1 : 2) * q.shard.numel() * 4;
+      const auto bytes = static_cast<std::int64_t>(q.tensor.element_size());
+      n += 2 * q.tensor.numel() * bytes + q.shard.numel() * bytes;
     }
     return n;
   }
@@ -382,7 +379,6 @@ class Megatron final : public ParallelismBase {
         opt[q.name + "." + what] =
             distributed_optimizer_ ? my_shard(v, q) : v.to(q.tensor.dtype()).contiguous();
       }
-      if (distributed_optimizer_ && !q.shard_is_view) q.shard.copy_(my_shard(q.tensor.detach(), q));
     }
     opt["__step__"] = state->step();
     optimizer().load_state(opt);
@@ -597,9 +593,9 @@ class Megatron final : public ParallelismBase {
     return all.slice(0, 0, q.tensor.numel()).view(q.tensor.sizes());
   }
 
-  // This rank's dp x cp shard (fp32) of a tensor of q's local shape.
+  // This rank's dp x cp shard of a tensor of q's local shape, in the parameter's dtype.
   static at::Tensor my_shard(const at::Tensor& t, const Param& q) {
-    return t.reshape(-1).slice(0, q.lo, q.hi).to(at::kFloat, false, /*copy=*/true);
+    return t.reshape(-1).slice(0, q.lo, q.hi).to(q.tensor.scalar_type(), false, /*copy=*/true);
   }
 
   void log_placement() const {
