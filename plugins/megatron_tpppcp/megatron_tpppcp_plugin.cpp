@@ -107,7 +107,7 @@ class Megatron final : public ParallelismBase {
     ctx.dp = split({Dim::dp});
     ctx.pp = split({Dim::pp});
     dp_cp_ = split({Dim::dp, Dim::cp});
-    // Over one data-parallel rank the shards would be copies of the parameters.
+    // Over one data-parallel rank there is nothing to shard (and no buffers to copy through).
     distributed_optimizer_ = distributed_optimizer_option_ && dp_cp_->size() > 1;
     ctx.layout = layout(ctx.world_size);
     sp_ = sequence_parallel_option_ && d_.tp > 1;
