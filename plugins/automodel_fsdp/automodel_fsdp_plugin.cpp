@@ -297,12 +297,9 @@ class Fsdp final : public ParallelismBase {
   // whole tensor (wanhost/kit/checkpoint_state.hpp).
   void load_other_plugins_state(const std::string& dir) {
     at::NoGradGuard no_grad;
-    const std::unique_ptr<WholeState> state = WholeState::open(dir);
-    std::map<std::string, std::vector<std::int64_t>> shapes;
+    WholeState::Shapes shapes;
     for (const auto& s : slots_) shapes[s.name] = s.shape;
-    if (const std::string problems = shape_problems(state->shapes(), shapes); !problems.empty())
-      throw std::runtime_error("the checkpoint " + dir + " (" + state->writer() +
-                               ") does not match the model:" + problems);
+    const std::unique_ptr<WholeState> state = WholeState::open(dir, shapes);
     if (ctx_.world_rank == 0)
       logger()->info("automodel_fsdp: loading the checkpoint of {} into {} data-parallel ranks",
                      state->writer(), ctx_.dp->size());

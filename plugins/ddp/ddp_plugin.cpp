@@ -76,26 +76,16 @@ class DataParallel final : public ParallelismBase {
                       {{"format", "wanhost-adamw"}, {"parallelism", "ddp"}});
   }
 
+  // Its own checkpoint or another parallelism plugin's (automodel_fsdp, megatron_tpppcp): whole
+  // tensors either way (wanhost/kit/checkpoint_state.hpp), copied into the existing parameters
+  // so the optimizer's references hold.
   void load_state(Model& model, const std::string& dir) override {
-    const std::string opt = (fs::path(dir) / "optimizer.safetensors").string();
-    if (!fs::exists(opt)) return load_other_plugins_state(model, dir);
-    // Copies into the existing parameters (same tensors), so the optimizer's references hold.
-    model.load_weights((fs::path(dir) / "model").string());
-    optimizer().load_state(safetensors::File::open(opt).load_all());  // copied onto the device
-  }
-
- private:
-  // A checkpoint of another parallelism plugin (automodel_fsdp, megatron_tpppcp): whole tensors
-  // (wanhost/kit/checkpoint_state.hpp).
-  void load_other_plugins_state(Model& model, const std::string& dir) {
     at::NoGradGuard no_grad;
-    const std::unique_ptr<WholeState> state = WholeState::open(dir);
-    std::map<std::string, std::vector<std::int64_t>> shapes;
+    WholeState::Shapes shapes;
     for (auto& p : model.module().named_parameters(true)) shapes[p.key()] = p.value().sizes().vec();
-    if (const std::string problems = shape_problems(state->shapes(), shapes); !problems.empty())
-      throw std::runtime_error("the checkpoint " + dir + " (" + state->writer() +
-                               ") does not match the model:" + problems);
-    if (ctx_.world_rank == 0) logger()->info("ddp: loading the checkpoint of {}", state->writer());
+    const std::unique_ptr<WholeState> state = WholeState::open(dir, shapes);
+    if (ctx_.world_rank == 0 && state->writer() != "ddp")
+      logger()->info("ddp: loading the checkpoint of {}", state->writer());
     std::map<std::string, at::Tensor> opt;
     for (auto& p : model.module().named_parameters(true)) {
       at::Tensor t = p.value();
@@ -107,6 +97,7 @@ class DataParallel final : public ParallelismBase {
     optimizer().load_state(opt);
   }
 
+ private:
   bool decay_1d_;
   ParallelContext ctx_;
 };

@@ -214,8 +214,6 @@ class Megatron final : public ParallelismBase {
 
   StepLoss forward_backward(Model& model, const std::vector<NoisedBatch>& micro_batches,
                             const LossFn& loss) override {
-    if (d_.pp == 1 && d_.cp == 1 && !sp_)  // the model's own forward, as ddp runs it
-      return forward_backward_each(model, micro_batches, loss, ctx_);
     return schedule(model, micro_batches, loss);
   }
 
@@ -319,15 +317,23 @@ class Megatron final : public ParallelismBase {
   void save_state(Model&, const std::string& dir) override {
     at::NoGradGuard no_grad;
     std::map<std::string, at::Tensor> state = optimizer().state();
+    // The moments at each parameter's local shape (gathered from the shards: collective over
+    // dp x cp, one for each kind).
+    std::map<std::string, std::vector<at::Tensor>> moments;
+    for (const char* what : {".exp_avg", ".exp_avg_sq"}) {
+      std::vector<at::Tensor>& m = moments[what];
+      for (const auto& q : params_)
+        if (q.local) m.push_back(state.at(q.name + what));
+      if (distributed_optimizer_) m = gather_shards_of(m);
+    }
     std::map<std::string, at::Tensor> tensors;
+    std::size_t k = 0;
     for (auto& q : params_) {
-      if (!q.local || (q.block < 0 && me_.pp != 0)) continue;  // stage 0 writes the shared ones
+      if (!q.local) continue;
+      const std::size_t i = k++;
+      if (q.block < 0 && me_.pp != 0) continue;  // stage 0 writes the parameters every stage holds
       tensors["param." + q.name] = q.tensor.detach().cpu();
-      for (const char* s : {".exp_avg", ".exp_avg_sq"}) {
-        at::Tensor v = state.at(q.name + s);
-        if (distributed_optimizer_) v = unshard(v, q);  // collective over dp x cp
-        tensors[std::string("optim.") + q.name + s] = v.detach().cpu();
-      }
+      for (const auto& [what, m] : moments) tensors["optim." + q.name + what] = m[i].cpu();
     }
     tensors["optim.__step__"] = state.at("__step__").cpu();
     if (me_.dp == 0 && me_.cp == 0)
@@ -354,12 +360,9 @@ class Megatron final : public ParallelismBase {
   // this rank keeps its tensor-parallel part (and its distributed-optimizer shard).
   void load_state(Model&, const std::string& dir) override {
     at::NoGradGuard no_grad;
-    const std::unique_ptr<WholeState> state = WholeState::open(dir);
-    std::map<std::string, std::vector<std::int64_t>> model;
-    for (const auto& q : params_) model[q.name] = q.shape;
-    if (const std::string problems = shape_problems(state->shapes(), model); !problems.empty())
-      throw std::runtime_error("the checkpoint " + dir + " (" + state->writer() +
-                               ") does not match the model:" + problems);
+    WholeState::Shapes shapes;
+    for (const auto& q : params_) shapes[q.name] = q.shape;
+    const std::unique_ptr<WholeState> state = WholeState::open(dir, shapes);
     const std::string mine_now = "megatron_tpppcp tp=" + std::to_string(d_.tp) +
                                  " pp=" + std::to_string(d_.pp) + " dp=" + std::to_string(d_.dp);
     if (ctx_.world_rank == 0 && state->writer() != mine_now)
@@ -375,9 +378,10 @@ class Megatron final : public ParallelismBase {
       if (!q.local) continue;
       q.tensor.copy_(mine(state->tensor(q.name, "param"), q));
       for (const char* what : {"exp_avg", "exp_avg_sq"}) {
-        at::Tensor v = mine(state->tensor(q.name, what), q).to(q.tensor.device(), at::kFloat);
+        const at::Tensor v = mine(state->tensor(q.name, what), q);
         opt[q.name + "." + what] =
-            distributed_optimizer_ ? my_shard(v, q) : v.to(q.tensor.dtype()).contiguous();
+            (distributed_optimizer_ ? v.reshape(-1).slice(0, q.lo, q.hi) : v)
+                .to(q.tensor.device(), q.tensor.scalar_type(), false, /*copy=*/true);
       }
     }
     opt["__step__"] = state->step();
@@ -465,17 +469,8 @@ class Megatron final : public ParallelismBase {
           // The whole hidden state for the head, which every rank of the groups that split the
           // tokens computes alike: each back-propagates 1/split of the loss (below) and passes
           // split x its share's gradient on.
-          if (sp_) {
-            h = collectives::gather_along(h, 1, ctx_.tp);
-            const double tp = d_.tp;
-            if (h.requires_grad()) h.register_hook([tp](const at::Tensor& g) { return g * tp; });
-          }
-          if (d_.cp > 1) {
-            h = collectives::gather_along(h, 1, ctx_.cp);
-            const double cp = d_.cp;
-            if (h.requires_grad()) h.register_hook([cp](const at::Tensor& g) { return g * cp; });
-            h = h.index_select(1, f.pack_order);
-          }
+          if (sp_) h = whole_for_head(h, ctx_.tp);
+          if (d_.cp > 1) h = whole_for_head(h, ctx_.cp).index_select(1, f.pack_order);
           f.terms = loss(model.head(h, *f.whole, mb.noisy), mb);
           total.add(f.terms);
         } else {
@@ -486,7 +481,7 @@ class Megatron final : public ParallelismBase {
         }
       } else {
         if (last) {
-          const int split = d_.cp * (sp_ ? d_.tp : 1);
+          const int split = d_.cp * (sp_ ? d_.tp : 1);  // ranks computing the same loss
           (split > 1 ? f.terms.loss / static_cast<double>(split) : f.terms.loss).backward();
         } else {
           at::Tensor g = at::empty(f.output.sizes(), f.output.options());
@@ -515,6 +510,16 @@ class Megatron final : public ParallelismBase {
     total.sum = numbers[0];
     total.count = static_cast<std::int64_t>(numbers[1].item<double>());
     return total;
+  }
+
+  // The whole of a hidden state split over `group` along the tokens, for the head, which every
+  // rank of the group then computes alike: each back-propagates 1/size of the loss (schedule), so
+  // its share's gradient is scaled back by the group size here.
+  static at::Tensor whole_for_head(const at::Tensor& h, const CommunicatorPtr& group) {
+    at::Tensor whole = collectives::gather_along(h, 1, group);
+    const double n = group->size();
+    if (whole.requires_grad()) whole.register_hook([n](const at::Tensor& g) { return g * n; });
+    return whole;
   }
 
   static void all_reduce_grads(const std::vector<Param*>& params, const CommunicatorPtr& group) {
@@ -553,49 +558,45 @@ class Megatron final : public ParallelismBase {
     }
   }
 
-  // After the update: every rank's shards gathered into the model's parameters.
-  void gather_shards() {
+  // Every rank's dp x cp shards of `shards` (one a local parameter, in params_ order) gathered in
+  // one collective: the whole (tensor-parallel part of the) tensor for each, at its local shape.
+  std::vector<at::Tensor> gather_shards_of(const std::vector<at::Tensor>& shards) {
     at::NoGradGuard no_grad;
     const int n = dp_cp_->size();
-    std::vector<at::Tensor> parts;
+    std::vector<const Param*> local;
+    for (const auto& q : params_)
+      if (q.local) local.push_back(&q);
+    std::vector<at::Tensor> parts;  // padded to the common share
     std::int64_t total = 0;
-    for (auto& q : params_)
-      if (q.local) {
-        // Padded to the common share.
-        parts.push_back(at::constant_pad_nd(q.shard.detach().to(q.tensor.scalar_type()),
-                                            {0, q.chunk - (q.hi - q.lo)}));
-        total += q.chunk;
-      }
-    if (parts.empty()) return;
-    at::Tensor mine = at::cat(parts);
-    at::Tensor all = mine;
-    if (n > 1) {
-      all = at::empty({n * total}, mine.options());
-      dp_cp_->all_gather(all, mine);
+    for (std::size_t k = 0; k < local.size(); ++k) {
+      parts.push_back(
+          at::constant_pad_nd(shards[k].detach(), {0, local[k]->chunk - shards[k].numel()}));
+      total += local[k]->chunk;
     }
-    at::Tensor rows = all.view({n, total});
+    if (parts.empty()) return {};
+    const at::Tensor mine = at::cat(parts);
+    at::Tensor all = at::empty({n * total}, mine.options());
+    dp_cp_->all_gather(all, mine);
+    const at::Tensor rows = all.view({n, total});
+    std::vector<at::Tensor> out;
     std::int64_t off = 0;
-    for (auto& q : params_) {
-      if (!q.local) continue;
-      const std::int64_t numel = q.tensor.numel();
-      q.tensor.view(-1).copy_(rows.slice(1, off, off + q.chunk).reshape(-1).slice(0, 0, numel));
-      off += q.chunk;
+    for (const Param* q : local) {
+      out.push_back(rows.slice(1, off, off + q->chunk)
+                        .reshape(-1)
+                        .slice(0, 0, q->tensor.numel())
+                        .view(q->tensor.sizes()));
+      off += q->chunk;
     }
+    return out;
   }
 
-  // The whole (this rank's tensor-parallel part of a) state tensor from its dp x cp shards.
-  at::Tensor unshard(const at::Tensor& shard, const Param& q) {
-    const int n = dp_cp_->size();
-    const at::Tensor padded =
-        at::constant_pad_nd(shard.detach(), {0, q.chunk - (q.hi - q.lo)}).contiguous();
-    at::Tensor all = at::empty({n * q.chunk}, padded.options());
-    dp_cp_->all_gather(all, padded);
-    return all.slice(0, 0, q.tensor.numel()).view(q.tensor.sizes());
-  }
-
-  // This rank's dp x cp shard of a tensor of q's local shape, in the parameter's dtype.
-  static at::Tensor my_shard(const at::Tensor& t, const Param& q) {
-    return t.reshape(-1).slice(0, q.lo, q.hi).to(q.tensor.scalar_type(), false, /*copy=*/true);
+  // After the update: every rank's updated shards into every rank's parameters.
+  void gather_shards() {
+    at::NoGradGuard no_grad;
+    const std::vector<at::Tensor> whole = gather_shards_of(optimized_tensors());
+    std::size_t k = 0;
+    for (auto& q : params_)
+      if (q.local) q.tensor.copy_(whole[k++]);
   }
 
   void log_placement() const {

@@ -291,6 +291,7 @@ void WanModel::initialize(std::int64_t seed) {
   fan_in[patch_bias_.unsafeGetTensorImpl()] = c.in_channels * c.patch_volume();
 
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  const bool megatron = options_.init_method == "megatron";
   for (auto& item : root_->named_parameters(true)) {
     const auto& name = item.key();
     auto& p = item.value();
@@ -298,7 +299,6 @@ void WanModel::initialize(std::int64_t seed) {
     auto ends_with = [&](const std::string& s) {
       return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
     };
-    const bool megatron = options_.init_method == "megatron";
     if (megatron && fan_in.count(p.unsafeGetTensorImpl())) {
       // Megatron-LM's init_method_normal(0.02) and scaled_init_method_normal for the layers that
       // feed a residual (megatron/core/utils.py); biases zero.

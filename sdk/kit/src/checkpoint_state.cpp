@@ -15,7 +15,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
-using Shapes = std::map<std::string, std::vector<std::int64_t>>;
+using Shapes = WholeState::Shapes;
 
 std::string key_of(const std::string& name, const std::string& what) {
   return what == "param" ? "param." + name : "optim." + name + "." + what;
@@ -122,18 +122,6 @@ class MegatronState final : public WholeState {
   mutable std::map<std::pair<int, int>, safetensors::File> files_;
 };
 
-}  // namespace
-
-std::unique_ptr<WholeState> WholeState::open(const std::string& dir) {
-  const fs::path d(dir);
-  if (fs::exists(d / "megatron.json")) return std::make_unique<MegatronState>(d);
-  if (fs::exists(d / "fsdp.json")) return std::make_unique<FsdpState>(d);
-  if (fs::exists(d / "optimizer.safetensors")) return std::make_unique<DdpState>(d);
-  throw std::runtime_error(dir +
-                           " holds no parallelism state of ddp (optimizer.safetensors), "
-                           "automodel_fsdp (fsdp.json) or megatron_tpppcp (megatron.json)");
-}
-
 std::string shape_problems(const Shapes& saved, const Shapes& model) {
   std::string problems;
   for (const auto& [name, shape] : model) {
@@ -147,6 +135,25 @@ std::string shape_problems(const Shapes& saved, const Shapes& model) {
   for (const auto& [name, shape] : saved)
     if (!model.count(name)) problems += "\n  unexpected " + name;
   return problems;
+}
+
+std::unique_ptr<WholeState> open_format(const fs::path& d) {
+  if (fs::exists(d / "megatron.json")) return std::make_unique<MegatronState>(d);
+  if (fs::exists(d / "fsdp.json")) return std::make_unique<FsdpState>(d);
+  if (fs::exists(d / "optimizer.safetensors")) return std::make_unique<DdpState>(d);
+  throw std::runtime_error(d.string() +
+                           " holds no parallelism state of ddp (optimizer.safetensors), "
+                           "automodel_fsdp (fsdp.json) or megatron_tpppcp (megatron.json)");
+}
+
+}  // namespace
+
+std::unique_ptr<WholeState> WholeState::open(const std::string& dir, const Shapes& model) {
+  std::unique_ptr<WholeState> state = open_format(fs::path(dir));
+  if (const std::string problems = shape_problems(state->shapes(), model); !problems.empty())
+    throw std::runtime_error("the checkpoint " + dir + " (" + state->writer() +
+                             ") does not match the model:" + problems);
+  return state;
 }
 
 }  // namespace wanhost

@@ -144,12 +144,4 @@ at::Tensor reduce_scatter_along(const at::Tensor& x, std::int64_t dim,
       [group, d](const at::Tensor& g) { return gathered(g, d, group); });
 }
 
-at::Tensor slice_along(const at::Tensor& x, std::int64_t dim, const CommunicatorPtr& group) {
-  if (trivial(group)) return x;
-  const std::int64_t d = dim < 0 ? dim + x.dim() : dim;
-  return differentiable(
-      "slice_along", x, [group, d](const at::Tensor& t) { return sliced(t, d, group); },
-      [group, d](const at::Tensor& g) { return gathered(g, d, group); });
-}
-
 }  // namespace wanhost::collectives

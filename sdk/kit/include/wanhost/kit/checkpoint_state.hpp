@@ -25,23 +25,20 @@ namespace wanhost {
 class WholeState {
  public:
   virtual ~WholeState() = default;
-  // Recognises the folder's format; throws std::runtime_error naming the folder when it holds
-  // none of them.
-  static std::unique_ptr<WholeState> open(const std::string& dir);
+  using Shapes = std::map<std::string, std::vector<std::int64_t>>;
+  // Recognises the folder's format and checks its parameters against the model's (`model`:
+  // name -> whole shape); throws std::runtime_error naming the folder when it holds none of the
+  // formats, or listing every missing, unexpected or mis-shaped parameter.
+  static std::unique_ptr<WholeState> open(const std::string& dir, const Shapes& model);
 
   // Who wrote it, for messages: "ddp", "automodel_fsdp dp=2", "megatron_tpppcp tp=2 pp=1 dp=2".
   virtual std::string writer() const = 0;
   // Every parameter's whole shape.
-  virtual const std::map<std::string, std::vector<std::int64_t>>& shapes() const = 0;
+  virtual const Shapes& shapes() const = 0;
   // A whole tensor on the CPU in the dtype saved: what = "param", "exp_avg" or "exp_avg_sq".
   virtual at::Tensor tensor(const std::string& name, const std::string& what) const = 0;
   // AdamW's step count (an int64 scalar).
   virtual at::Tensor step() const = 0;
 };
-
-// "" when the saved shapes are the model's; otherwise one line per missing, unexpected or
-// mis-shaped parameter.
-std::string shape_problems(const std::map<std::string, std::vector<std::int64_t>>& saved,
-                           const std::map<std::string, std::vector<std::int64_t>>& model);
 
 }  // namespace wanhost

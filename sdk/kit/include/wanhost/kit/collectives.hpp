@@ -11,7 +11,6 @@
 //   gather_along        all-gather along `dim`      this rank's slice
 //   all_gather_along    all-gather along `dim`      reduce-scatter (sum) along `dim`
 //   reduce_scatter_along  reduce-scatter along `dim`  all-gather along `dim`
-//   slice_along         this rank's slice           all-gather along `dim`
 #pragma once
 
 #include <cstdint>
@@ -42,7 +41,5 @@ at::Tensor all_gather_along(const at::Tensor& x, std::int64_t dim, const Communi
 // row-parallel layer's output going back to a sequence-parallel region).
 at::Tensor reduce_scatter_along(const at::Tensor& x, std::int64_t dim,
                                 const CommunicatorPtr& group);
-// This rank's equal part of `x` along `dim` (whose size the group size divides).
-at::Tensor slice_along(const at::Tensor& x, std::int64_t dim, const CommunicatorPtr& group);
 
 }  // namespace wanhost::collectives
