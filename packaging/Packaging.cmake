@@ -81,6 +81,9 @@ set(CPACK_DEBIAN_WANHOST_PACKAGE_SHLIBDEPS ON)
 file(GLOB _wanhost_wheel_cuda_dirs LIST_DIRECTORIES true ${TORCH_INSTALL_PREFIX}/../nvidia/*/lib)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS_PRIVATE_DIRS ${TORCH_INSTALL_PREFIX}/lib ${_wanhost_wheel_cuda_dirs})
 set(CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS ON)  # shlibs file and the ldconfig trigger
+# PLplot loads its PNG driver at run time (no shared-library dependency shows it): `wanhost
+# compare` draws its plots with it.
+set(CPACK_DEBIAN_WANHOST_PACKAGE_RECOMMENDS "plplot-driver-cairo")
 # Plugins packaged by others then depend on "wanhost (>= the version they were built with)": SDK
 # minors only add, and the soname carries the major.
 set(CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS_POLICY ">=")

@@ -21,6 +21,7 @@ APT_PACKAGES=(
   libgtest-dev libgmock-dev libopenmpi-dev openmpi-bin
   libavformat-dev libavcodec-dev libavutil-dev libswscale-dev ffmpeg
   libsentencepiece-dev libpng-dev clang libclang-rt-14-dev rpm
+  libplplot-dev plplot-driver-cairo
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

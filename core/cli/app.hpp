@@ -24,9 +24,11 @@ std::unique_ptr<PluginRegistry> make_registry(const GlobalOptions& g);
 
 // Command registration: each adds its subcommand to `app` and sets its callback.
 void add_plugins_command(CLI::App& app, GlobalOptions& g);
-void add_run_commands(CLI::App& app, GlobalOptions& g);     // run, validate
-void add_model_command(CLI::App& app, GlobalOptions& g);    // model forward
-void add_bench_command(CLI::App& app, GlobalOptions& g);    // bench
-void add_prepare_command(CLI::App& app, GlobalOptions& g);  // prepare, data inspect
+void add_run_commands(CLI::App& app, GlobalOptions& g);      // run, validate
+void add_model_command(CLI::App& app, GlobalOptions& g);     // model forward
+void add_bench_command(CLI::App& app, GlobalOptions& g);     // bench
+void add_prepare_command(CLI::App& app, GlobalOptions& g);   // prepare, data inspect
+void add_generate_command(CLI::App& app, GlobalOptions& g);  // generate
+void add_compare_command(CLI::App& app, GlobalOptions& g);   // compare
 
 }  // namespace wanhost::core

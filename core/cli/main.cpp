@@ -54,6 +54,8 @@ int run_cli(int argc, char** argv) {
   add_model_command(app, g);
   add_bench_command(app, g);
   add_prepare_command(app, g);
+  add_generate_command(app, g);
+  add_compare_command(app, g);
   try {
     app.parse(argc, argv);
     flush_logs();

@@ -3,6 +3,9 @@
 # which points CMake at them and at the machine's LibTorch.
 P=$PWD/.deps/root
 [ -d "$P/usr/include" ] || for f in .deps/*.deb; do dpkg -x "$f" "$P"; done
+# pkg-config sees only the carried packages (libpng, sentencepiece), at their unpacked paths.
+export PKG_CONFIG_LIBDIR="$P/usr/lib/x86_64-linux-gnu/pkgconfig:$P/usr/share/pkgconfig"
+export PKG_CONFIG_SYSROOT_DIR="$P"
 TORCH_CMAKE=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 configure() {  # src build [cmake args...]
   local src=$1 build=$2

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p .deps && cd .deps
 apt-get download libboost1.74-dev libboost-dev nlohmann-json3-dev libcli11-dev libspdlog-dev \
-  libspdlog1.10 libfmt-dev libfmt9 libgtest-dev
+  libspdlog1.10 libfmt-dev libfmt9 libgtest-dev libpng-dev libpng16-16 zlib1g-dev \
+  libsentencepiece-dev libsentencepiece0

@@ -154,6 +154,19 @@ MUTATIONS = [
      ["wanhost", "wan21_dit", "test_train_packing"], "test_train_packing",
      "SeqPacker.TrainsLikeTheDenseCollator"),
 
+    ("UniPC corrector ignores the second-order solve", "core/generate/samplers.cpp",
+     "rho_t = b1 - rho_0;", "rho_t = 0.5;",
+     ["wanhost", "test_generate"], "test_generate", "Cases/GenerateParity.*"),
+    ("guidance pushes toward the unconditional branch", "core/generate/generate.cpp",
+     "v = uncond + o.guidance * (cond - uncond);", "v = cond + o.guidance * (uncond - cond);",
+     ["wanhost", "test_generate"], "test_generate", "Cases/GenerateParity.*"),
+    ("UniPC timesteps not truncated to integers", "core/generate/samplers.cpp",
+     "timesteps.push_back(std::trunc(s * t));", "timesteps.push_back(s * t);",
+     ["wanhost", "test_generate"], "test_generate", "Cases/GenerateParity.*"),
+    ("a video's last frame dropped from the MP4", "core/generate/media_writer.cpp",
+     "if (packet->duration <= 0) packet->duration = 1;", "",
+     ["wanhost", "test_generate"], "test_generate", "Generate.WritesImagesVideosLatentsAndTheirRecord"),
+
 ]
 
 
