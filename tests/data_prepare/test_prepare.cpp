@@ -1,8 +1,8 @@
 // `wanhost prepare`, `wanhost data inspect` and the latent_dataset source end to end: the real
 // program on the videos of make_videos.sh (several containers and codecs, a truncated and a garbage
-// file, a video too short, one without caption), encoded by the fixture plugins fake_vae and
-// fake_text, and once by the real wan_vae and umt5 on tiny reference checkpoints; then a short
-// two-stage training run on the prepared folders.
+// file, a video too short, one without caption), encoded by the pixel_vae plugin and the fixture
+// plugin fake_text, and once by the real wan_vae and umt5 on tiny reference checkpoints; then a
+// short two-stage training run on the prepared folders.
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -154,7 +154,7 @@ std::vector<std::string> prepare_args(const fs::path& input, const fs::path& out
                                 "--width",
                                 "48",
                                 "--vae-plugin",
-                                "fake_vae",
+                                "pixel_vae",
                                 "--text-plugin",
                                 "fake_text",
                                 "--progress",
@@ -213,8 +213,8 @@ fs::path prepared(const std::string& mode) {
   const int lock = ::open((dir.string() + ".lock").c_str(), O_RDWR | O_CREAT, 0644);
   ::flock(lock, LOCK_EX);
   std::string stamp = file_key(WANHOST_CLI) + " " + file_key(kVideos / "a.mp4");
-  for (const char* p : {"fake_vae.so", "fake_text.so"})
-    stamp += " " + file_key(fs::path(DATA_PREPARE_PLUGINS) / p);
+  stamp += " " + file_key(fs::path(WANHOST_BINARY_DIR) / "plugins" / "pixel_vae.so");
+  stamp += " " + file_key(fs::path(DATA_PREPARE_PLUGINS) / "fake_text.so");
   const fs::path stamp_file = dir.string() + ".stamp";
   if (read_text(stamp_file) != stamp) {
     const std::string cmd = "rm -rf '" + dir.string() + "'";
@@ -877,4 +877,52 @@ TEST(Recipe, DatasetRecipeValidates) {
   const Result w = run({"validate", recipe, "--world-size", "3"}, dir);
   EXPECT_EQ(w.code, 2) << describe(w);
   EXPECT_NE(w.err.find("config error at /stages/0/global_batch"), std::string::npos) << w.err;
+}
+
+// The pixel_vae plugin through `wanhost model forward`: latents have the Wan VAE's grid (8x8
+// cells, the first frame alone then groups of 4 frames), channels 0-2 are the cells' mean RGB,
+// and decode shows them back as pixels, so decode(encode(v)) is v averaged over the cells.
+TEST(PixelVae, DecodeOfEncodeIsTheCellMean) {
+  const fs::path dir = scratch();
+  fs::create_directories(dir / "vae");
+  std::ofstream(dir / "vae" / "config.json") << R"({"z_dim": 6})";
+  at::manual_seed(0);
+  const at::Tensor video = at::rand({2, 3, 9, 16, 24}) * 2 - 1;
+  wanhost::safetensors::save((dir / "video.safetensors").string(), {{"video", video}});
+  const auto forward = [&](const std::string& entry, const std::string& in, const std::string& out,
+                           const std::string& name) {
+    const Result r =
+        run({"model", "forward", "--plugin", "pixel_vae", "--weights", (dir / "vae").string(),
+             "--entry", entry, "--inputs", (dir / in).string(), "--output", (dir / out).string()},
+            dir);
+    EXPECT_EQ(r.code, 0) << describe(r);
+    return wanhost::safetensors::File::open((dir / out).string()).load(name);
+  };
+  const at::Tensor lat = forward("encode", "video.safetensors", "latents.safetensors", "latents");
+  ASSERT_EQ(lat.sizes(), (std::vector<std::int64_t>{2, 6, 3, 2, 3}));
+  // Latent frame 1 of cell (1, 2): frames 1-4, rows 8-15, columns 16-23.
+  const at::Tensor cell = video.slice(2, 1, 5).slice(3, 8, 16).slice(4, 16, 24).mean({2, 3, 4});
+  EXPECT_TRUE(
+      at::allclose(lat.select(2, 1).select(2, 1).select(2, 2).slice(1, 0, 3), cell, 1e-5, 1e-6));
+  const at::Tensor first = video.select(2, 0).slice(2, 0, 8).slice(3, 0, 8).mean({2, 3});
+  EXPECT_TRUE(
+      at::allclose(lat.select(2, 0).select(2, 0).select(2, 0).slice(1, 0, 3), first, 1e-5, 1e-6));
+
+  wanhost::safetensors::save((dir / "lat.safetensors").string(), {{"latents", lat}});
+  const at::Tensor back = forward("decode", "lat.safetensors", "back.safetensors", "video");
+  ASSERT_EQ(back.sizes(), video.sizes());
+  EXPECT_TRUE(at::allclose(back.slice(2, 1, 5).slice(3, 8, 16).slice(4, 16, 24),
+                           cell.view({2, 3, 1, 1, 1}).expand({2, 3, 4, 8, 8}), 1e-5, 1e-6));
+  EXPECT_TRUE(at::allclose(back.select(2, 0).slice(2, 0, 8).slice(3, 0, 8),
+                           first.view({2, 3, 1, 1}).expand({2, 3, 8, 8}), 1e-5, 1e-6));
+
+  // A folder without config.json is refused by name.
+  fs::create_directories(dir / "empty");
+  const Result bad =
+      run({"model", "forward", "--plugin", "pixel_vae", "--weights", (dir / "empty").string(),
+           "--entry", "encode", "--inputs", (dir / "video.safetensors").string(), "--output",
+           (dir / "x.safetensors").string()},
+          dir);
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.err.find("pixel_vae: no config.json in"), std::string::npos) << bad.err;
 }
