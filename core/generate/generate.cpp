@@ -346,6 +346,9 @@ void generate(PluginRegistry& registry, const GenerateOptions& o) {
         builder.data_source(builder.standalone_config(d.plugin, "data_source", "data", d.values));
     jobs = jobs_from_data(*data, o.count);
   }
+  // No pipeline folder, but a VAE plugin named: one that needs no weights folder (pixel_vae)
+  // renders the latents (e.g. of the synthetic data source).
+  const bool weightless_vae = pipeline.empty() && !vae_plugin.empty();
   if (vae_plugin.empty()) vae_plugin = "wan_vae";
   if (text_plugin.empty()) text_plugin = "umt5";
 
@@ -369,6 +372,14 @@ void generate(PluginRegistry& registry, const GenerateOptions& o) {
                        (fs::path(pipeline) / "tokenizer").string());
     text_encoder->to(device, dtype);
     text_encoder->module().eval();
+  }
+
+  if (weightless_vae) {
+    vae = builder.video_autoencoder(
+        builder.standalone_config(vae_plugin, "video_autoencoder", "vae"));
+    vae->load_weights("");
+    vae->to(device, at::kFloat);
+    vae->module().eval();
   }
 
   if (jobs.empty()) {

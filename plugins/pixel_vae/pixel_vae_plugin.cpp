@@ -33,11 +33,13 @@ class PixelVae final : public VideoAutoencoder {
  public:
   void load_weights(const std::string& path) override {
     if (proj_.defined()) throw std::runtime_error("pixel_vae: load_weights called twice");
-    const std::string config = path + "/config.json";
-    if (!std::filesystem::is_regular_file(config))
+    // An empty path: no folder, the defaults (how `wanhost generate` renders latents of a run
+    // that has no pipeline folder, e.g. the synthetic data source's).
+    const std::string config = path.empty() ? "(defaults)" : path + "/config.json";
+    if (!path.empty() && !std::filesystem::is_regular_file(config))
       throw std::runtime_error("pixel_vae: no config.json in '" + path +
                                "' (expected a folder with config.json, e.g. {\"z_dim\": 16})");
-    const Json cfg = read_json_file(config);
+    const Json cfg = path.empty() ? Json::object() : read_json_file(config);
     const auto z = cfg.find("z_dim");
     if (z != cfg.end() && !z->is_number_integer())
       throw std::runtime_error("pixel_vae: " + config + ": \"z_dim\" must be an integer");

@@ -210,6 +210,18 @@ TEST(Generate, FromARunsExportAndCheckpoints) {
   EXPECT_EQ(max_rel(generated(e), generated(last)), 0.0);
   EXPECT_GT(max_rel(generated(e), generated(early)), 1e-3);
   EXPECT_EQ(generated(e).size(0), 2);
+  // Without a pipeline folder, a weightless VAE plugin renders the run's samples and the
+  // training latents beside them.
+  const fs::path shown = scratch("rendered");
+  r = run_wanhost("--log-level warn generate --run " + run.string() + common +
+                  " --vae-plugin pixel_vae --out " + shown.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(max_rel(generated(shown), generated(e)), 0.0);
+  EXPECT_TRUE(fs::exists(shown / "000.mp4") || fs::exists(shown / "000.frames.png") ||
+              fs::exists(shown / "000.png"));
+  EXPECT_TRUE(fs::exists(shown / "000.reference.mp4") ||
+              fs::exists(shown / "000.reference.frames.png") ||
+              fs::exists(shown / "000.reference.png"));
 }
 
 }  // namespace
