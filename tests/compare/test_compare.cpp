@@ -15,6 +15,7 @@
 
 #include "compare/compare.hpp"
 #include "compare/loss_plot.hpp"
+#include "parity_util.hpp"
 #include "util/files.hpp"
 #include "wanhost/errors.hpp"
 
@@ -270,27 +271,13 @@ TEST(ComparePlot, WritesPngs) {
 }
 
 // `wanhost compare` through the program.
-struct Result {
-  int code;
-  std::string out;
-};
-Result wanhost(const std::string& args) {
-  const std::string cmd = std::string(WANHOST_BINARY_DIR) + "/bin/wanhost " + args + " 2>&1";
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  while (p && fgets(buf, sizeof buf, p)) out += buf;
-  const int status = p ? pclose(p) : -1;
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
 TEST(CompareCli, WritesEverything) {
   const fs::path root = scratch();
   const std::string a = run_a(root).string(), b = run_b(root).string();
   const fs::path out = root / "out";
-  const Result r =
-      wanhost("compare " + a + " " + b + " --label first --window 2 --out " + out.string());
-  ASSERT_EQ(r.code, 0) << r.out;
+  const auto r = wanhost::testing::run_wanhost("compare " + a + " " + b +
+                                               " --label first --window 2 --out " + out.string());
+  ASSERT_EQ(r.code, 0) << r.output;
   for (const char* f : {"loss_t2i.csv", "loss_t2v.csv", "summary.md", "summary.json"})
     EXPECT_TRUE(fs::exists(out / f)) << f;
   const std::string header =
@@ -303,30 +290,31 @@ TEST(CompareCli, WritesEverything) {
     EXPECT_TRUE(is_png(out / "loss_t2i.png"));
     EXPECT_TRUE(is_png(out / "loss_t2v.png"));
   }
-  EXPECT_NE(r.out.find("non-finite loss left out"), std::string::npos) << r.out;
+  EXPECT_NE(r.output.find("non-finite loss left out"), std::string::npos) << r.output;
 }
 
 TEST(CompareCli, UsageErrors) {
   const fs::path root = scratch();
   const std::string a = run_a(root).string();
-  EXPECT_EQ(wanhost("compare --out " + (root / "o").string()).code, 2);
+  EXPECT_EQ(wanhost::testing::run_wanhost("compare --out " + (root / "o").string()).code, 2);
   write(root / "file", "x");
-  const Result to_file = wanhost("compare " + a + " --out " + (root / "file").string());
-  EXPECT_EQ(to_file.code, 2) << to_file.out;
-  EXPECT_NE(to_file.out.find("not a folder"), std::string::npos) << to_file.out;
+  const auto to_file =
+      wanhost::testing::run_wanhost("compare " + a + " --out " + (root / "file").string());
+  EXPECT_EQ(to_file.code, 2) << to_file.output;
+  EXPECT_NE(to_file.output.find("not a folder"), std::string::npos) << to_file.output;
   fs::create_directories(root / "norun");
-  const Result norun =
-      wanhost("compare " + (root / "norun").string() + " --out " + (root / "o").string());
-  EXPECT_EQ(norun.code, 2) << norun.out;
-  EXPECT_NE(norun.out.find("metrics.jsonl"), std::string::npos) << norun.out;
-  const Result labels =
-      wanhost("compare " + a + " --label x --label y --out " + (root / "o").string());
-  EXPECT_EQ(labels.code, 2) << labels.out;
+  const auto norun = wanhost::testing::run_wanhost("compare " + (root / "norun").string() +
+                                                   " --out " + (root / "o").string());
+  EXPECT_EQ(norun.code, 2) << norun.output;
+  EXPECT_NE(norun.output.find("metrics.jsonl"), std::string::npos) << norun.output;
+  const auto labels = wanhost::testing::run_wanhost("compare " + a + " --label x --label y --out " +
+                                                    (root / "o").string());
+  EXPECT_EQ(labels.code, 2) << labels.output;
   write(root / "bad" / "metrics.jsonl", "{\"stage\": \"s\", \"step\": 1, \"loss\": 1}\n[1,\n");
-  const Result bad =
-      wanhost("compare " + (root / "bad").string() + " --out " + (root / "o").string());
+  const auto bad = wanhost::testing::run_wanhost("compare " + (root / "bad").string() + " --out " +
+                                                 (root / "o").string());
   EXPECT_NE(bad.code, 0);
-  EXPECT_NE(bad.out.find("metrics.jsonl:2:"), std::string::npos) << bad.out;
+  EXPECT_NE(bad.output.find("metrics.jsonl:2:"), std::string::npos) << bad.output;
 }
 
 }  // namespace
