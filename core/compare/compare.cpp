@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 
+#include "../util/files.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/kit/json_file.hpp"
 
@@ -19,44 +20,6 @@ namespace wanhost::core::compare {
 namespace {
 
 namespace fs = std::filesystem;
-
-// Python's json module writes NaN, Infinity and -Infinity for non-finite floats; strict JSON has
-// no such literals. Outside strings they become null (a non-finite value) before parsing.
-std::string nonfinite_literals_to_null(const std::string& line) {
-  if (line.find("NaN") == std::string::npos && line.find("Infinity") == std::string::npos)
-    return line;
-  std::string out;
-  out.reserve(line.size());
-  bool in_string = false;
-  for (std::size_t i = 0; i < line.size(); ++i) {
-    const char c = line[i];
-    if (in_string) {
-      out += c;
-      if (c == '\\' && i + 1 < line.size())
-        out += line[++i];
-      else if (c == '"')
-        in_string = false;
-      continue;
-    }
-    if (c == '"') {
-      in_string = true;
-      out += c;
-      continue;
-    }
-    bool replaced = false;
-    for (const char* lit : {"-Infinity", "Infinity", "NaN"}) {
-      const std::string_view l(lit);
-      if (line.compare(i, l.size(), l) == 0) {
-        out += "null";
-        i += l.size() - 1;
-        replaced = true;
-        break;
-      }
-    }
-    if (!replaced) out += c;
-  }
-  return out;
-}
 
 // A number of the record, NaN when missing, null or not a number.
 double number_or_nan(const Json& rec, const char* key) {
@@ -81,25 +44,10 @@ long integer_field(const Json& rec, const char* key, const std::string& path, lo
   bad_line(path, line, std::string("\"") + key + "\" is not an integer: " + it->dump());
 }
 
-// Descends `pointer` ("/a/b") through objects only; nullptr when a part is missing.
-const Json* find_at(const Json& j, const std::string& pointer) {
-  const Json* cur = &j;
-  std::size_t pos = 1;
-  while (pos <= pointer.size()) {
-    const std::size_t end = std::min(pointer.find('/', pos), pointer.size());
-    const std::string key = pointer.substr(pos, end - pos);
-    if (!cur->is_object()) return nullptr;
-    const auto it = cur->find(key);
-    if (it == cur->end()) return nullptr;
-    cur = &*it;
-    pos = end + 1;
-  }
-  return cur;
-}
-
+// The string at a JSON pointer ("/a/b"), empty when a part is missing or it is no string.
 std::string string_at(const Json& j, const std::string& pointer) {
-  const Json* v = find_at(j, pointer);
-  return v && v->is_string() ? v->get<std::string>() : std::string();
+  const Json::json_pointer p(pointer);
+  return j.contains(p) && j[p].is_string() ? j[p].get<std::string>() : std::string();
 }
 
 // The folder's own name ("runs/a/" -> "a").
@@ -111,25 +59,20 @@ std::string folder_name(const std::string& dir) {
                                      : name;
 }
 
-// The world size from the rank-0 log, whose lines start "[time] [rank 0/N] ...": 0 when unknown.
-long world_from_log(const std::string& dir) {
-  const fs::path log = fs::path(dir) / "logs" / "rank_00000.log";
-  std::error_code ec;
-  if (!fs::is_regular_file(log, ec)) return 0;
-  std::ifstream in(log);
-  std::string line;
-  for (int n = 0; n < 200 && std::getline(in, line); ++n) {
-    const auto at = line.find("[rank ");
-    if (at == std::string::npos) continue;
-    const auto slash = line.find('/', at);
-    const auto close = line.find(']', at);
-    if (slash == std::string::npos || close == std::string::npos || slash > close) continue;
-    long world = 0;
-    const char* first = line.data() + slash + 1;
-    const auto [ptr, err] = std::from_chars(first, line.data() + close, world);
-    if (err == std::errc() && ptr == line.data() + close && world > 0) return world;
+// The world size the run trained with, as the manifest of the checkpoint checkpoints/LATEST
+// names records it (docs/training.md, "Checkpoints"): 0 when there is none. Only the manifest is
+// read (a label needs no verification of the weights' checksums).
+long world_of_run(const std::string& dir) {
+  const fs::path root = fs::path(dir) / "checkpoints";
+  try {
+    std::string name = read_file((root / "LATEST").string());
+    name.erase(name.find_last_not_of(" \n\r\t") + 1);
+    const Json m = read_json_file((root / name / "manifest.json").string());
+    const auto w = m.find("world_size");
+    return w != m.end() && w->is_number_integer() ? w->get<long>() : 0;
+  } catch (const std::exception&) {
+    return 0;  // no checkpoint (yet), or a damaged one: the label says "dp auto"
   }
-  return 0;
 }
 
 std::string csv_field(const std::string& s) {
@@ -229,7 +172,7 @@ RunData read_run(const std::string& dir) {
     if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
     Json rec;
     try {
-      rec = Json::parse(nonfinite_literals_to_null(text));
+      rec = Json::parse(text);
     } catch (const Json::exception& e) {
       std::string what = e.what();  // drop nlohmann's "[json.exception.parse_error.101] "
       if (const auto end = what.find("] "); what.rfind("[json.", 0) == 0 && end != what.npos)
@@ -292,7 +235,8 @@ std::string label_from_config(const Json& resolved, long world) {
   const std::string par = string_at(resolved, "/parallelism/plugin");
   if (!par.empty()) {
     std::string p = par;
-    const Json* cfg = find_at(resolved, "/parallelism/" + par);
+    const Json::json_pointer at("/parallelism/" + par);
+    const Json* cfg = resolved.contains(at) ? &resolved[at] : nullptr;
     bool layout = false;
     long product = 1;
     for (const char* key : {"tp", "pp", "cp"}) {
@@ -330,7 +274,7 @@ std::string derive_label(const std::string& dir) {
   const std::string manifest = (fs::path(dir) / "config.resolved.json").string();
   std::error_code ec;
   if (!fs::exists(manifest, ec)) return folder_name(dir);
-  const std::string label = label_from_config(read_json_file(manifest), world_from_log(dir));
+  const std::string label = label_from_config(read_json_file(manifest), world_of_run(dir));
   return label.empty() ? folder_name(dir) : label;
 }
 

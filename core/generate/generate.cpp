@@ -416,9 +416,11 @@ void generate(PluginRegistry& registry, const GenerateOptions& o) {
   {
     at::InferenceMode guard;
     if (text_encoder) {
-      TextEmbeddings e = text_encoder->encode({o.negative_prompt});
-      negative = e.hidden[0].slice(0, 0, e.lengths[0].item<std::int64_t>()).to(at::kCPU);
       text_dim = text_encoder->hidden_size();
+      if (guided) {
+        TextEmbeddings e = text_encoder->encode({o.negative_prompt});
+        negative = e.hidden[0].slice(0, 0, e.lengths[0].item<std::int64_t>()).to(at::kCPU);
+      }
     } else {
       text_dim = jobs.front().text.size(1);
       // No text encoder: the unconditional branch sees one all-zero text row.

@@ -64,7 +64,7 @@ fs::path run_a(const fs::path& root) {
   const fs::path d = root / "a";
   write(d / "metrics.jsonl", rec("t2i", 0, 1, "1") + rec("t2i", 0, 2, "3") + rec("t2i", 0, 3, "2") +
                                  rec("t2i", 0, 4, "6", 100, 0.5, 2.5) + rec("t2v", 1, 5, "4") +
-                                 rec("t2v", 1, 6, "NaN") + rec("t2v", 1, 7, "2"));
+                                 rec("t2v", 1, 6, "null") + rec("t2v", 1, 7, "2"));
   write(d / "config.resolved.json", R"({
     "parallelism": {"plugin": "megatron_tpppcp",
                     "megatron_tpppcp": {"tp": 2, "pp": 1, "cp": 1, "dp": 0}},
@@ -72,7 +72,9 @@ fs::path run_a(const fs::path& root) {
     "scheduler": {"plugin": "flow_matching",
                   "flow_matching": {"timestep_granularity": "per_pack"}},
     "run": {"name": "abl"}})");
-  write(d / "logs" / "rank_00000.log", "[2026-01-01 00:00:00.000] [rank 0/4] [info] start\n");
+  write(d / "checkpoints" / "LATEST", "step-4\n");
+  write(d / "checkpoints" / "step-4" / "manifest.json",
+        R"({"format": "wanhost-checkpoint", "files": [], "world_size": 4})");
   return d;
 }
 
@@ -120,7 +122,7 @@ TEST(CompareRead, StagesRepeatedStepsAndNonFiniteLosses) {
   const fs::path d = scratch() / "r";
   write(d / "metrics.jsonl", rec("t2i", 0, 1, "5") + rec("t2i", 0, 2, "null") + "\n" +
                                  rec("t2i", 0, 2, "4") +  // a resumed run wrote step 2 again
-                                 rec("t2v", 1, 3, "-Infinity") + rec("t2v", 1, 4, "NaN") +
+                                 rec("t2v", 1, 3, "null") + rec("t2v", 1, 4, "null") +
                                  rec("t2v", 1, 5, "1.5"));
   const RunData r = read_run(d.string());
   EXPECT_EQ(r.lines, 6);
@@ -205,7 +207,7 @@ TEST(CompareSummary, Numbers) {
 
 TEST(CompareLabels, FromConfigResolved) {
   const fs::path root = scratch();
-  // dp 0 is derived from the world size in the rank-0 log: 4 / (tp 2) = 2.
+  // dp 0 is derived from the world size of the last checkpoint: 4 / (tp 2) = 2.
   EXPECT_EQ(derive_label(run_a(root).string()),
             "megatron_tpppcp tp2 pp1 cp1 dp2, packed, per_pack timesteps (abl)");
   EXPECT_EQ(derive_label(run_b(root).string()), "ddp, dense, per_sample timesteps (base)");
