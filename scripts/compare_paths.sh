@@ -110,8 +110,6 @@ if [ "$size" != gpu ] && [ "$np" -gt 1 ]; then
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
   fi
 fi
-has_command() { "$WANHOST" "$1" --help >/dev/null 2>&1; }
-
 # --- The output folder ------------------------------------------------------------------------
 if [ $fresh = 1 ] && [ -e "$out" ]; then
   # Only a folder this script made (or an empty one) is deleted.
@@ -231,13 +229,9 @@ generate() {  # generate RUN
     "${common[@]}" --out "$out/samples/$run/t2v" >"$out/samples/$run/t2v.log" 2>&1 ||
     die "generate (t2v) for $run failed: see $out/samples/$run/t2v.log"
 }
-if has_command generate; then
-  for run in "${runs[@]}"; do
-    step "generate_$run" generate "$run"
-  done
-else
-  say "skipping the samples: this wanhost has no 'generate' command yet (rebuild: cmake --build $BUILD --target runtime)"
-fi
+for run in "${runs[@]}"; do
+  step "generate_$run" generate "$run"
+done
 
 # 6. The loss curves side by side.
 compare() {
@@ -250,11 +244,7 @@ compare() {
   "$WANHOST" compare "${dirs[@]}" --out "$out/compare" "${labels[@]}" --window "$window" \
     >"$out/compare.log" 2>&1 || die "compare failed: see $out/compare.log"
 }
-if has_command compare; then
-  step compare compare
-else
-  say "skipping the comparison: this wanhost has no 'compare' command yet (rebuild: cmake --build $BUILD --target runtime)"
-fi
+step compare compare
 
 # --- Where everything is -------------------------------------------------------------------------
 say "finished in $((SECONDS - t_start)) s (this invocation; every step's seconds: $timings)"
