@@ -13,6 +13,7 @@
 #include "../config/run_config.hpp"
 #include "../run/components.hpp"
 #include "../train/checkpoint.hpp"
+#include "../util/device_flag.hpp"
 #include "../util/files.hpp"
 #include "media_writer.hpp"
 #include "samplers.hpp"
@@ -58,13 +59,6 @@ bool is_file(const fs::path& p) {
 bool is_dir(const fs::path& p) {
   std::error_code ec;
   return fs::is_directory(p, ec);
-}
-
-c10::Device pick_device(const std::string& flag) {
-  if (flag == "cuda" && !at::hasCUDA())
-    throw UsageError("--device cuda: no CUDA device is visible");
-  if (flag == "cuda" || (flag == "auto" && at::hasCUDA())) return c10::Device(c10::kCUDA, 0);
-  return c10::Device(c10::kCPU);
 }
 
 at::ScalarType pick_dtype(const std::string& flag, const c10::Device& device) {
@@ -319,7 +313,7 @@ void check_options(const GenerateOptions& o) {
 
 void generate(PluginRegistry& registry, const GenerateOptions& o) {
   check_options(o);
-  const c10::Device device = pick_device(o.device);
+  const c10::Device device = device_for_flag(o.device);
   const at::ScalarType dtype = pick_dtype(o.dtype, device);
   ComponentBuilder builder(registry);
   ModelParts parts = load_model(builder, o, device, dtype);

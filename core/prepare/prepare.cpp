@@ -23,6 +23,7 @@
 #include "../plugin/registry.hpp"
 #include "../run/components.hpp"
 #include "../run/resolve.hpp"
+#include "../util/device_flag.hpp"
 #include "../util/files.hpp"
 #include "frame_plan.hpp"
 #include "video_reader.hpp"
@@ -612,11 +613,7 @@ PrepareSummary prepare(PluginRegistry& registry, const PrepareOptions& o) {
   require_plugin(registry, "--vae-plugin", o.vae_plugin, "video_autoencoder");
   require_plugin(registry, "--text-plugin", o.text_plugin, "text_encoder");
 
-  c10::Device device(c10::kCPU);
-  if (o.device == "cuda" || (o.device == "auto" && at::hasCUDA())) {
-    if (!at::hasCUDA()) throw UsageError("--device cuda: no CUDA device is visible");
-    device = c10::Device(c10::kCUDA, 0);
-  }
+  const c10::Device device = device_for_flag(o.device);
   const at::ScalarType dtype =
       o.dtype == "bf16" || (o.dtype == "auto" && device.is_cuda()) ? at::kBFloat16 : at::kFloat;
 
