@@ -86,12 +86,14 @@ Batch make_batch(const BenchOptions& o, const std::vector<Grid>& grids, std::int
   const auto opts = at::TensorOptions().device(device).dtype(dtype);
   Batch b;
   if (o.packed) {
+    // Each grid's samples together, as the packing collators order a pack (collate_packed).
     std::int64_t offset = 0;
-    for (std::int64_t i = 0; i < o.batch; ++i) {
-      const Grid& g = grid_of_sample(grids, i);
-      b.segments.push_back(PackSegment{offset, g[0], 2 * g[1], 2 * g[2]});
-      offset += 4 * count(g);
-    }
+    for (const Grid& g : grids)
+      for (std::int64_t i = 0; i < o.batch; ++i) {
+        if (&grid_of_sample(grids, i) != &g) continue;
+        b.segments.push_back(PackSegment{offset, g[0], 2 * g[1], 2 * g[2]});
+        offset += 4 * count(g);
+      }
     b.latents = at::randn({channels, offset}, opts);
   } else {
     const Grid& g = grids[0];

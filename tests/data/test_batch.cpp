@@ -128,6 +128,30 @@ TEST(CollatePacked, ConcatenatesFlattenedSamples) {
   EXPECT_TRUE(at::equal(b.text_lengths, at::tensor({2, 3, 1}, at::kLong)));
 }
 
+// Samples of one grid are put together (grids in the order of their first sample, the samples of
+// a grid in the given order), text rows and identities following their samples.
+TEST(CollatePacked, GroupsEqualGrids) {
+  const std::vector<Sample> samples = {
+      make_sample(0, {2, 1, 2, 2}, 1), make_sample(1, {2, 1, 1, 3}, 2),
+      make_sample(2, {2, 1, 2, 2}, 3), make_sample(3, {2, 2, 1, 1}, 1),
+      make_sample(4, {2, 1, 1, 3}, 2), make_sample(5, {2, 1, 2, 2}, 2)};
+  Batch b = collate_packed(samples, CollateOptions{});
+  const std::vector<std::int64_t> order{0, 2, 5, 1, 4, 3};
+  EXPECT_EQ(b.sample_keys, order);
+  std::int64_t offset = 0;
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    const Sample& s = samples[static_cast<std::size_t>(order[i])];
+    const PackSegment& seg = b.segments[i];
+    EXPECT_EQ(seg.offset, offset);
+    EXPECT_TRUE(at::equal(b.latents.narrow(1, seg.offset, seg.numel()),
+                          s.latent.reshape({2, seg.numel()})));
+    EXPECT_EQ(b.captions[i], s.caption);
+    EXPECT_TRUE(
+        at::equal(b.text[static_cast<std::int64_t>(i)].narrow(0, 0, s.text.size(0)), s.text));
+    offset += seg.numel();
+  }
+}
+
 TEST(CollatePacked, ChannelMismatchNamesTheSample) {
   std::vector<Sample> samples = three_mixed_samples();
   samples[1] = make_sample(5, {3, 1, 1, 1}, 1);

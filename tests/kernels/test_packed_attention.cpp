@@ -1,7 +1,7 @@
 // Packed (variable-length) attention on the GPU: wanhost::default_attention with segments, served
-// by a fused kernel (cuDNN ragged attention, or flash attention when
-// run.kernels.packed_attention=flash), against float32 attention computed segment by segment;
-// outputs and q/k/v gradients.
+// by a fused kernel (runs of equal segments as dense SDPA batches, else flash attention 2 varlen;
+// WANHOST_TEST_PACKED_ATTENTION=flash forces the latter), against float32 attention computed
+// segment by segment; outputs and q/k/v gradients.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -91,6 +91,13 @@ TEST(PackedAttentionGpu, EqualSegmentsAsDenseBatch) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device";
   check({390, 390, 390}, {512, 512, 512}, 12, 128);
   check({100, 100}, {100, 100}, 4, 128);
+}
+
+// A pack of mixed sizes grouped by size (as the collators order it): one dense batch a run.
+TEST(PackedAttentionGpu, RunsOfEqualSegments) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device";
+  check({390, 390, 390, 400, 400, 384}, {390, 390, 390, 400, 400, 384}, 12, 128);
+  check({390, 390, 390, 400, 400, 384}, {512, 512, 512, 512, 512, 512}, 12, 128);
 }
 
 TEST(PackedAttentionGpu, HeadDim64) {

@@ -166,6 +166,15 @@ MUTATIONS = [
     ("a video's last frame dropped from the MP4", "core/generate/media_writer.cpp",
      "if (packet->duration <= 0) packet->duration = 1;", "",
      ["wanhost", "test_generate"], "test_generate", "Generate.WritesImagesVideosLatentsAndTheirRecord"),
+    ("packed attention runs split the keys by the query lengths", "sdk/kit/src/layers.cpp",
+     "kv_sizes.push_back(r.count * r.lkv);", "kv_sizes.push_back(r.count * r.lq);",
+     ["test_wan21_dit"], "test_wan21_dit", "DefaultAttention.RunsOfEqualSegmentsEqualTheLoop"),
+    ("packed attention runs merge segments of other key lengths", "sdk/kit/src/layers.cpp",
+     "runs.back().lq == lq && runs.back().lkv == lkv", "runs.back().lq == lq",
+     ["test_wan21_dit"], "test_wan21_dit", "DefaultAttention.RunsOfEqualSegmentsEqualTheLoop"),
+    ("packed grids grouped without keeping the samples' order", "sdk/kit/src/collate.cpp",
+     "std::stable_sort(order.begin(), order.end(),", "std::sort(order.rbegin(), order.rend(),",
+     ["test_batch"], "test_batch", "CollatePacked.GroupsEqualGrids"),
 
 ]
 

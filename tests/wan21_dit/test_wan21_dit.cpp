@@ -16,6 +16,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/function.h>
 #include <set>
 
@@ -25,6 +26,7 @@
 #include "wan21_dit.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/kit/fused.hpp"
+#include "wanhost/kit/kernel_options.hpp"
 #include "wanhost/kit/layers.hpp"
 #include "wanhost/kit/precision.hpp"
 #include "wanhost/kit/safetensors.hpp"
@@ -845,6 +847,53 @@ TEST(DefaultAttention, MaskAndPackedSegmentsAgree) {
   EXPECT_LT(rel(outp[0].narrow(0, 7, 7), out[1]), 1e-6);
   seg.host_cu_q = {0, 7, 13};  // does not cover the queries
   EXPECT_THROW(wanhost::default_attention(qp, kp, vp, packed), c10::Error);
+}
+
+// A pack of a few runs of equal segments (each run one dense SDPA batch) gives the per-segment
+// loop's outputs and gradients; so does a pack whose sizes alternate (more runs than the dense
+// path takes). Self-attention (q and kv runs alike) and cross-attention (runs differ in kv).
+TEST(DefaultAttention, RunsOfEqualSegmentsEqualTheLoop) {
+  using wanhost::KernelOptions;
+  const KernelOptions saved = wanhost::kernel_options();
+  struct Case {
+    std::vector<std::int64_t> q, kv;
+  };
+  const std::vector<Case> cases = {
+      {{5, 5, 5, 3, 3, 9}, {5, 5, 5, 3, 3, 9}},
+      {{5, 5, 5, 3, 3, 9}, {6, 6, 6, 6, 2, 6}},
+      {{4, 2, 4, 2, 4, 2, 4, 2, 4, 2}, {4, 2, 4, 2, 4, 2, 4, 2, 4, 2}}};
+  for (const Case& c : cases) {
+    wanhost::AttentionSegments seg;
+    seg.host_cu_q = {0};
+    seg.host_cu_kv = {0};
+    for (std::size_t i = 0; i < c.q.size(); ++i) {
+      seg.host_cu_q.push_back(seg.host_cu_q.back() + c.q[i]);
+      seg.host_cu_kv.push_back(seg.host_cu_kv.back() + c.kv[i]);
+    }
+    const auto q = at::randn({1, seg.host_cu_q.back(), 3, 8});
+    const auto k = at::randn({1, seg.host_cu_kv.back(), 3, 8});
+    const auto v = at::randn({1, seg.host_cu_kv.back(), 3, 8});
+    const auto gy = at::randn_like(q);
+    wanhost::AttentionArgs args;
+    args.segments = &seg;
+    auto run = [&](KernelOptions::PackedAttention kind) {
+      KernelOptions o = saved;
+      o.packed_attention = kind;
+      wanhost::set_kernel_options(o);
+      std::vector<at::Tensor> in{q.clone().requires_grad_(true), k.clone().requires_grad_(true),
+                                 v.clone().requires_grad_(true)};
+      auto y = wanhost::default_attention(in[0], in[1], in[2], args);
+      auto g = torch::autograd::grad({y}, in, {gy});
+      g.insert(g.begin(), y.detach());
+      return g;
+    };
+    const auto dense = run(KernelOptions::PackedAttention::automatic);
+    const auto loop = run(KernelOptions::PackedAttention::loop);
+    const char* names[] = {"output", "dq", "dk", "dv"};
+    for (int i = 0; i < 4; ++i)
+      EXPECT_LT(rel(dense[i], loop[i]), 1e-6) << names[i] << ", case " << &c - cases.data();
+  }
+  wanhost::set_kernel_options(saved);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include "wanhost/kit/collate.hpp"
 
 #include <algorithm>
+#include <numeric>
 #include <stdexcept>
 
 #include <ATen/ATen.h>
@@ -60,6 +61,27 @@ void check_samples(const std::vector<Sample>& samples, const char* who) {
   }
 }
 
+// Stable: samples of one grid keep their order, grids keep the order of their first sample.
+void group_equal_grids(std::vector<Sample>& samples) {
+  std::vector<std::vector<std::int64_t>> grids;
+  std::vector<std::size_t> rank(samples.size());
+  for (std::size_t i = 0; i < samples.size(); ++i) {
+    const auto sizes = samples[i].latent.sizes().vec();
+    auto it = std::find(grids.begin(), grids.end(), sizes);
+    rank[i] = static_cast<std::size_t>(it - grids.begin());
+    if (it == grids.end()) grids.push_back(sizes);
+  }
+  if (grids.size() < 2) return;
+  std::vector<std::size_t> order(samples.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return rank[a] < rank[b]; });
+  std::vector<Sample> sorted;
+  sorted.reserve(samples.size());
+  for (std::size_t i : order) sorted.push_back(std::move(samples[i]));
+  samples = std::move(sorted);
+}
+
 }  // namespace
 
 Batch collate_dense(std::vector<Sample> samples, const CollateOptions& options) {
@@ -83,6 +105,7 @@ Batch collate_dense(std::vector<Sample> samples, const CollateOptions& options) 
 
 Batch collate_packed(std::vector<Sample> samples, const CollateOptions& options) {
   check_samples(samples, "collate_packed");
+  group_equal_grids(samples);
   const std::int64_t channels = samples[0].latent.size(0);
   Batch batch;
   std::vector<at::Tensor> columns;

@@ -10,10 +10,11 @@
 //    either its whole padded row block (the Diffusers/Wan semantics: padded rows are attended) or
 //    only its first text_lengths[i] rows (masked semantics). So cross-attention needs no mask, only
 //    kv cu_seqlens, and both variants run on the same variable-length kernel.
-//    On CUDA with bf16/fp16 inputs a pack of equal segments runs as a dense batch (SDPA), other
-//    packs on LibTorch's variable-length flash attention (at::_flash_attention_forward with
-//    cu_seqlens; differentiable through FlashAttentionBackward0); elsewhere (CPU, fp32,
-//    unsupported head dims, or when the kernel refuses) a per-segment SDPA loop.
+//    A pack made of a few runs of equal segments runs as that many dense batches (SDPA); other
+//    packs on CUDA with bf16/fp16 inputs on LibTorch's variable-length flash attention
+//    (at::_flash_attention_forward with cu_seqlens; differentiable through
+//    FlashAttentionBackward0); elsewhere (CPU, fp32, unsupported head dims, or when the kernel
+//    refuses) a per-segment SDPA loop.
 //    KernelOptions::packed_attention (run.kernels.packed_attention) overrides the choice.
 #include "wanhost/kit/layers.hpp"
 
@@ -155,11 +156,13 @@ bool flash_eligible(const at::Tensor& q, const at::Tensor& v) {
 }
 
 // How packed batches are attended: WANHOST_PACKED_ATTENTION = auto (default), flash or loop.
-//  - auto: a pack whose segments all have the same lengths (one image resolution, one text
-//    length: the usual stage-1 pack) is a dense batch in disguise, so it is viewed as
+//  - auto: a run of consecutive segments with the same lengths (one image resolution, one text
+//    length: a whole stage-1 pack, or one size's group in a pack of mixed sizes, which the
+//    packing collators put together) is a dense batch in disguise, so it is viewed as
 //    [n, len, H, Dh] and goes to at::scaled_dot_product_attention like a dense batch (cuDNN's
-//    attention on Hopper, faster than flash attention 2); other packs use flash attention 2 with
-//    cumulative lengths.
+//    attention on Hopper, faster than flash attention 2 varlen); a pack of up to kMaxDenseRuns
+//    runs is that many dense calls. Other packs use flash attention 2 with cumulative lengths
+//    (CUDA, bf16/fp16), else the per-segment loop.
 //  - flash: always the variable-length flash kernel; loop: per-segment SDPA (a reference).
 // cuDNN's own ragged mode (at::_cudnn_attention_forward with cumulative lengths) is not used: in
 // LibTorch 2.11 on an H100 its gradients were wrong (relative errors of 1e21 against fp32) and
@@ -177,26 +180,61 @@ PackedKernel packed_kernel_choice() {
   }
 }
 
-// The common length of every segment, or 0 when they differ.
-std::int64_t uniform_length(const std::vector<std::int64_t>& cu) {
-  const auto first = cu[1] - cu[0];
-  for (std::size_t i = 1; i + 1 < cu.size(); ++i)
-    if (cu[i + 1] - cu[i] != first) return 0;
-  return first;
+// A maximal run of consecutive segments with the same query and key lengths.
+struct SegmentRun {
+  std::int64_t count = 0, lq = 0, lkv = 0;
+};
+
+// The pack's runs of equal segments; empty when a segment has no queries or no keys (the shards
+// of a context-parallel split can), which the dense path cannot batch.
+std::vector<SegmentRun> equal_length_runs(const AttentionSegments& seg) {
+  std::vector<SegmentRun> runs;
+  for (std::size_t i = 0; i + 1 < seg.host_cu_q.size(); ++i) {
+    const auto lq = seg.host_cu_q[i + 1] - seg.host_cu_q[i];
+    const auto lkv = seg.host_cu_kv[i + 1] - seg.host_cu_kv[i];
+    if (lq <= 0 || lkv <= 0) return {};
+    if (!runs.empty() && runs.back().lq == lq && runs.back().lkv == lkv)
+      ++runs.back().count;
+    else
+      runs.push_back({1, lq, lkv});
+  }
+  return runs;
 }
 
-// A pack of equal segments as a dense batch; nullopt when the segments differ.
-std::optional<at::Tensor> packed_attention_uniform(const at::Tensor& q, const at::Tensor& k,
-                                                   const at::Tensor& v,
-                                                   const AttentionSegments& seg) {
-  const auto n = static_cast<std::int64_t>(seg.host_cu_q.size()) - 1;
-  const auto lq = uniform_length(seg.host_cu_q), lkv = uniform_length(seg.host_cu_kv);
-  if (lq <= 0 || lkv <= 0) return std::nullopt;
-  auto as_batch = [n](const at::Tensor& t, std::int64_t len) {
+// At most this many runs go to the dense path: each run is one SDPA call (a launch, and a small
+// grid for a run of one short segment), so a pack whose sizes alternate is left to the
+// variable-length kernel, which serves it in one launch.
+constexpr std::size_t kMaxDenseRuns = 8;
+
+// A pack as a few dense batches, one per run of equal segments; nullopt when the pack has more
+// runs than kMaxDenseRuns. The runs are views of q/k/v (split_with_sizes, whose backward is one
+// cat), so the only copies are the output's cat and, in backward, the cat of dq/dk/dv.
+std::optional<at::Tensor> packed_attention_runs(const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v, const AttentionSegments& seg) {
+  const auto runs = equal_length_runs(seg);
+  if (runs.empty() || runs.size() > kMaxDenseRuns) return std::nullopt;
+  auto as_batch = [](const at::Tensor& t, std::int64_t n, std::int64_t len) {
     return t.reshape({n, len, t.size(2), t.size(3)});
   };
-  auto out = dense_attention(as_batch(q, lq), as_batch(k, lkv), as_batch(v, lkv), at::Tensor());
-  return out.reshape({1, n * lq, q.size(2), v.size(3)});
+  auto attend = [&](const at::Tensor& qr, const at::Tensor& kr, const at::Tensor& vr,
+                    const SegmentRun& r) {
+    auto out = dense_attention(as_batch(qr, r.count, r.lq), as_batch(kr, r.count, r.lkv),
+                               as_batch(vr, r.count, r.lkv), at::Tensor());
+    return out.reshape({1, r.count * r.lq, q.size(2), v.size(3)});
+  };
+  if (runs.size() == 1) return attend(q, k, v, runs[0]);
+  std::vector<std::int64_t> q_sizes, kv_sizes;
+  for (const auto& r : runs) {
+    q_sizes.push_back(r.count * r.lq);
+    kv_sizes.push_back(r.count * r.lkv);
+  }
+  const auto qs = q.split_with_sizes(q_sizes, 1);
+  const auto ks = k.split_with_sizes(kv_sizes, 1), vs = v.split_with_sizes(kv_sizes, 1);
+  std::vector<at::Tensor> parts;
+  parts.reserve(runs.size());
+  for (std::size_t i = 0; i < runs.size(); ++i)
+    parts.push_back(attend(qs[i], ks[i], vs[i], runs[i]));
+  return at::cat(parts, 1);
 }
 
 // Variable-length flash attention over [total, H, Dh]; nullopt when the kernel is unavailable
@@ -284,8 +322,8 @@ at::Tensor default_attention(const at::Tensor& q, const at::Tensor& k, const at:
               "segments of a packed batch)");
   check_segments(q, k, *args.segments);
   const auto choice = packed_kernel_choice();
-  if (choice == PackedKernel::automatic && flash_eligible(q, v))
-    if (auto out = packed_attention_uniform(q, k, v, *args.segments)) return *out;
+  if (choice == PackedKernel::automatic)
+    if (auto out = packed_attention_runs(q, k, v, *args.segments)) return *out;
   if (choice != PackedKernel::loop)
     if (auto out = packed_attention_flash(q, k, v, *args.segments)) return *out;
   return packed_attention_loop(q, k, v, *args.segments);

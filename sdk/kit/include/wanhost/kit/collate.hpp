@@ -13,7 +13,10 @@ namespace wanhost {
 // whose shape differs.
 Batch collate_dense(std::vector<Sample> samples, const CollateOptions& options);
 
-// Packs samples of any grids into one packed batch (see Batch), in the given order.
+// Packs samples of any grids into one packed batch (see Batch). Samples of the same latent grid
+// are put next to each other (the grids in the order they first appear, the samples of a grid in
+// the given order), so that the attention serves each grid's run as one dense batch
+// (docs/performance.md); a sample's loss does not depend on its place in the pack.
 Batch collate_packed(std::vector<Sample> samples, const CollateOptions& options);
 
 using CollateOne = std::function<Batch(std::vector<Sample>, const CollateOptions&)>;

@@ -9,9 +9,9 @@
 namespace wanhost {
 
 struct KernelOptions {
-  // Packed (variable-length) attention on CUDA: automatic (a pack of equal segments as a dense
-  // batch, else variable-length flash attention), flash (always the variable-length kernel), loop
-  // (per-segment SDPA, a reference).
+  // Packed (variable-length) attention: automatic (a pack of up to 8 runs of equal segments as
+  // that many dense batches, else variable-length flash attention on CUDA), flash (always the
+  // variable-length kernel), loop (per-segment SDPA, a reference).
   enum class PackedAttention { automatic, flash, loop };
   PackedAttention packed_attention = PackedAttention::automatic;
   // AdamW: LibTorch's fused multi-tensor kernel (falls back by itself when it refuses) or the
