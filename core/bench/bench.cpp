@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <functional>
 #include <iostream>
+#include <random>
 
 #include "../plugin/registry.hpp"
 #include "../run/components.hpp"
@@ -63,6 +64,24 @@ std::vector<Grid> token_grids(const BenchOptions& o) {
   return {{1, h, s / h}};
 }
 
+// Real caption rows of each sample: --caption-tokens MIN:MAX drawn from a fixed seed (the same
+// lengths in every run), else all --text-tokens rows.
+std::vector<std::int64_t> caption_lengths(const BenchOptions& o) {
+  std::vector<std::int64_t> out(static_cast<std::size_t>(o.batch), o.text_tokens);
+  if (o.caption_tokens.empty()) return out;
+  long lo = 0, hi = 0;
+  char tail = 0;
+  if (std::sscanf(o.caption_tokens.c_str(), "%ld:%ld%c", &lo, &hi, &tail) != 2 || lo < 0 ||
+      hi < lo || hi > o.text_tokens)
+    throw UsageError("--caption-tokens " + o.caption_tokens +
+                     ": expected MIN:MAX with 0 <= MIN <= MAX <= --text-tokens (" +
+                     std::to_string(o.text_tokens) + ")");
+  std::mt19937_64 gen(20261204);
+  std::uniform_int_distribution<std::int64_t> length(lo, hi);
+  for (auto& l : out) l = length(gen);
+  return out;
+}
+
 const Grid& grid_of_sample(const std::vector<Grid>& grids, std::int64_t i) {
   return grids[static_cast<std::size_t>(i) % grids.size()];
 }
@@ -100,8 +119,7 @@ Batch make_batch(const BenchOptions& o, const std::vector<Grid>& grids, std::int
     b.latents = at::randn({o.batch, channels, g[0], 2 * g[1], 2 * g[2]}, opts);
   }
   b.text = at::randn({o.batch, o.text_tokens, text_dim}, opts);
-  b.text_lengths =
-      at::full({o.batch}, o.text_tokens, at::TensorOptions().dtype(at::kLong).device(device));
+  b.text_lengths = at::tensor(caption_lengths(o), at::kLong).to(device);
   for (std::int64_t i = 0; i < o.batch; ++i) b.sample_keys.push_back(i);
   b.captions.resize(static_cast<std::size_t>(o.batch));
   return b;
@@ -259,6 +277,7 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
          {"grid", grids_json[0]},
          {"grids", grids_json},
          {"text_tokens", o.text_tokens},
+         {"caption_tokens", caption_lengths(o)},
          {"dtype", o.dtype},
          {"params", o.fp32_master ? "float32" : o.dtype},
          {"packed", o.packed},
@@ -270,6 +289,7 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
          {"min_s", *std::min_element(times.begin(), times.end())},
          {"max_s", *std::max_element(times.begin(), times.end())},
          {"tokens_per_s", tokens / t},
+         {"samples_per_s", static_cast<double>(o.batch) / t},
          {"model_tflops", tflops},
          {"step_tflop", step_flops / 1e12},
          {"matmul_peak_tflops", peak > 0 ? Json(peak) : Json(nullptr)},

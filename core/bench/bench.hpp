@@ -18,6 +18,8 @@ struct BenchOptions {
   std::string profile;             // Chrome trace path; empty = no profile
   std::size_t profile_top = 25;
   std::int64_t blocks = 4, batch = 1, video_tokens = 390, text_tokens = 512;
+  std::string
+      caption_tokens;  // --caption-tokens MIN:MAX: real text rows per sample (of text_tokens)
   int warmup = 3, iters = 10;
   bool packed = false, json = false, fp32_master = false, skip_peak = false, cuda_graph = false;
   bool kernels = false;  // each fused operator against its ATen reference instead of blocks

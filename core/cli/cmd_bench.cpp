@@ -18,7 +18,12 @@ void add_bench_command(CLI::App& app, GlobalOptions& g) {
                 "Token grid F,H,W of a sample (default: multiples of 15x26 when --video-tokens "
                 "divides by 390, else 1 x H x W). Repeat it with --packed for a pack of mixed "
                 "sizes: sample i takes grid i mod n (--video-tokens is then not used)");
-  b->add_option("--text-tokens", o->text_tokens, "Text tokens per sample")->capture_default_str();
+  b->add_option("--text-tokens", o->text_tokens,
+                "Text rows per sample (captions padded to this many, as the reference pads to 512)")
+      ->capture_default_str();
+  b->add_option("--caption-tokens", o->caption_tokens,
+                "MIN:MAX: each sample's caption has a length drawn uniformly from MIN..MAX (fixed "
+                "seed); the rest of its --text-tokens rows are padding (default: all rows real)");
   b->add_option("--dtype", o->dtype, "Compute dtype (default: bfloat16 on GPU, float32 on CPU)")
       ->check(CLI::IsMember({"float32", "bfloat16"}));
   b->add_flag("--fp32-master", o->fp32_master,

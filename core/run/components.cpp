@@ -162,6 +162,7 @@ RunComponents build_run(const RunConfig& config, ComponentBuilder& builder,
   c.parallelism = builder.parallelism(pc);
   checked_layout(config, *c.parallelism, c.ctx.world_size);
   call_plugin(pc.plugin, "parallelism", "setup", [&] { c.parallelism->setup(c.ctx); });
+  keep_key_bias_attention_consistent(c.ctx);
   c.scheduler = builder.scheduler(config.scheduler);
   c.collator = builder.collator(config.collator);
   c.data = stage_data_sources(config, builder);

@@ -58,6 +58,18 @@ AttentionFn context_parallel_attention(AttentionFn inner, CommunicatorPtr group,
   };
 }
 
+KeyBiasAttentionFn context_parallel_attention_key_bias(KeyBiasAttentionFn inner,
+                                                       std::shared_ptr<ContextKeys> keys) {
+  return [inner = std::move(inner), keys = std::move(keys)](
+             const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+             const AttentionArgs& args, const at::Tensor& key_bias) {
+    if (args.segments && keys->find(args.segments).defined())
+      throw std::logic_error(
+          "megatron_tpppcp: a key bias on context-parallel self-attention is not supported");
+    return inner(q, k, v, args, key_bias);
+  };
+}
+
 ContextShare share_of(const Activations& full, const std::vector<std::int64_t>& real_tokens, int cp,
                       int rank) {
   if (!full.segments_cross || !full.segments_self)

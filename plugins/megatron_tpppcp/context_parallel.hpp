@@ -48,6 +48,12 @@ class ContextKeys {
 AttentionFn context_parallel_attention(AttentionFn inner, CommunicatorPtr group,
                                        std::shared_ptr<ContextKeys> keys);
 
+// The same around an attention with a key bias (SDK 2.3), which the model uses for cross-attention
+// only (collapsed text padding): whole text on every rank, so it passes through; a registered
+// self-attention layout with a key bias is refused (std::logic_error).
+KeyBiasAttentionFn context_parallel_attention_key_bias(KeyBiasAttentionFn inner,
+                                                       std::shared_ptr<ContextKeys> keys);
+
 // This rank's share of a packed micro batch's activations (from Model::embed on the whole pack).
 struct ContextShare {
   std::shared_ptr<Activations> local;  // hidden, RoPE tables and segment layouts of the share

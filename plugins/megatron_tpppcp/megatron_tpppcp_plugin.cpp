@@ -124,6 +124,9 @@ class Megatron final : public ParallelismBase {
       // Self-attention over the whole pack (context_parallel.hpp).
       context_keys_ = std::make_shared<ContextKeys>();
       ctx.attention = context_parallel_attention(ctx.attention, ctx.cp, context_keys_);
+      if (ctx.attention_key_bias)
+        ctx.attention_key_bias =
+            context_parallel_attention_key_bias(ctx.attention_key_bias, context_keys_);
     }
     if (d_.tp > 1) {
       CommunicatorPtr group = ctx.tp;

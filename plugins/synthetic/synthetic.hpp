@@ -38,6 +38,10 @@ struct Options {
   std::int64_t width = 8;
   std::int64_t channels = 16;
   std::int64_t text_dim = 4096;
+  // > 0: each video's caption embedding is extended to a length drawn from
+  // [caption_tokens_min, caption_tokens_max] rows (filler rows after its words), like real
+  // tokenised captions; 0: one row a word.
+  std::int64_t caption_tokens_min = 0, caption_tokens_max = 0;
   std::uint64_t seed = 0;
 
   static Options from_config(const PluginConfig& cfg);
@@ -91,7 +95,9 @@ class SyntheticSource final : public DataSource {
   at::Tensor render_frame(const Scene& scene, std::int64_t frame) const;  // [C, H, W]
   // [C, F, H, W], the first `frames` latent frames (-1: latent_frames).
   at::Tensor render_clip(const Scene& scene, std::int64_t frames = -1) const;
-  at::Tensor embed(const std::string& caption) const;     // [words, text_dim]
+  at::Tensor embed(const std::string& caption) const;  // [words, text_dim]
+  // embed(caption) extended to video `video`'s drawn caption length (caption_tokens_max > 0).
+  at::Tensor embed_video_caption(const std::string& caption, std::int64_t video) const;
   at::Tensor word_vector(const std::string& word) const;  // [text_dim]
   // The channel vector a shape of this class is painted with.
   at::Tensor class_vector(int colour, bool square) const;

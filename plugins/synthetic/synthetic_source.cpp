@@ -135,6 +135,12 @@ Options Options::from_config(const PluginConfig& cfg) {
   o.channels = cfg.get<std::int64_t>("channels");
   o.text_dim = cfg.get<std::int64_t>("text_dim");
   o.seed = cfg.get<std::uint64_t>("seed");
+  o.caption_tokens_min = cfg.get_or<std::int64_t>("caption_tokens_min", 0);
+  o.caption_tokens_max = cfg.get_or<std::int64_t>("caption_tokens_max", 0);
+  if (o.caption_tokens_min < 0 || o.caption_tokens_max < o.caption_tokens_min)
+    cfg.fail("caption_tokens_max", "must be >= caption_tokens_min (" +
+                                       std::to_string(o.caption_tokens_min) + ") >= 0, got " +
+                                       std::to_string(o.caption_tokens_max));
   for (const char* key :
        {"num_samples", "latent_frames", "height", "width", "channels", "text_dim"})
     if (cfg.get<std::int64_t>(key) < 1) cfg.fail(key, "must be >= 1");
@@ -262,6 +268,22 @@ at::Tensor SyntheticSource::embed(const std::string& caption) const {
   return out;
 }
 
+at::Tensor SyntheticSource::embed_video_caption(const std::string& caption,
+                                                std::int64_t video) const {
+  at::Tensor words = embed(caption);
+  const Options& o = options_;
+  if (o.caption_tokens_max <= 0) return words;
+  at::Generator gen = generator(random_key(o.seed, 2, video, RandomStream::Data));
+  const std::int64_t rows =
+      o.caption_tokens_min + pick(gen, o.caption_tokens_max - o.caption_tokens_min + 1);
+  if (rows <= words.size(0)) return words;  // a caption is never cut
+  at::Tensor out = position_code(rows, o.text_dim);
+  out.narrow(0, 0, words.size(0)).copy_(words);
+  for (std::int64_t i = words.size(0); i < rows; ++i)
+    out[i].add_(word_vector("<filler " + std::to_string(i) + ">"));
+  return out;
+}
+
 Sample SyntheticSource::get(std::int64_t index) {
   check_index(index);
   const Scene s = scene(video_of(index));
@@ -269,7 +291,7 @@ Sample SyntheticSource::get(std::int64_t index) {
   sample.latent = options_.mode == Mode::Frames ? render_frame(s, frame_of(index)).unsqueeze(1)
                                                 : render_clip(s, clip_frames(index));
   sample.caption = caption(s);
-  sample.text = embed(sample.caption);
+  sample.text = embed_video_caption(sample.caption, video_of(index));
   sample.index = index;
   return sample;
 }

@@ -56,6 +56,7 @@ struct WanOptions {
   std::int64_t init_seed = 0;
   std::string init_method = "pytorch";    // pytorch (Diffusers from_config) | megatron
   bool mask_text_padding = false;         // false: attend zero-padded text rows like Diffusers/Wan
+  bool collapse_text_padding = true;      // padded rows as a few biased keys (exact, faster)
   std::int64_t text_len = 512;            // unmasked text is zero-padded to at least this many rows
   std::string fused_kernels = "auto";     // auto | on | off (wanhost::fused CUDA kernels)
   bool activation_checkpointing = false;  // recompute each block in backward
@@ -121,8 +122,13 @@ class WanModel final : public wanhost::Model {
   std::tuple<at::Tensor, at::Tensor> time_embedding(const at::Tensor& timesteps);
   at::Tensor text_context(const wanhost::Batch& b, wanhost::Activations& act,
                           const std::vector<std::int64_t>& host_cu_q);
+  // key_bias (flat, optional): collapsed text padding's per-key logit bias (cross-attention).
   at::Tensor attention(Attention& a, const at::Tensor& x, const at::Tensor& src, bool rope,
-                       const wanhost::Activations& act, const wanhost::AttentionArgs& args);
+                       const wanhost::Activations& act, const wanhost::AttentionArgs& args,
+                       const at::Tensor& key_bias = {});
+  // Text rows every sample keeps in cross-attention: `total` (every padded row) unless padding is
+  // collapsed (collapse_text_padding and a context that offers attention_key_bias).
+  std::int64_t collapsed_rows(const std::vector<std::int64_t>& lengths, std::int64_t total) const;
   // A hidden-state tensor as the tensor-parallel layers read it: all tokens (ParallelContext::
   // gather_sequence under sequence parallelism; otherwise itself).
   at::Tensor whole_sequence(const at::Tensor& x) const;

@@ -292,6 +292,7 @@ WanOptions resolve_options(const wanhost::PluginConfig& cfg) {
   if (o.init_method != "pytorch" && o.init_method != "megatron")
     cfg.fail("init_method", "must be pytorch or megatron, got '" + o.init_method + "'");
   o.mask_text_padding = cfg.get_or<bool>("mask_text_padding", false);
+  o.collapse_text_padding = cfg.get_or<bool>("collapse_text_padding", true);
   o.text_len = cfg.get_or<std::int64_t>("text_len", 512);
   o.fused_kernels = cfg.get_or<std::string>("fused_kernels", "auto");
   if (o.fused_kernels != "auto" && o.fused_kernels != "on" && o.fused_kernels != "off")

@@ -9,7 +9,10 @@
 // The dtypes are explicit, so the result is the same with or without an enclosing autocast
 // (wanhost::AutocastGuard): the two places where autocast would change them (the fp32 time
 // embedder, the bf16 q/k RMSNorm) run with autocast excluded.
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <tuple>
 
@@ -34,6 +37,8 @@
 #include <ATen/ops/zeros.h>
 #include <c10/core/DispatchKeySet.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -162,6 +167,65 @@ at::Tensor gated(const at::Tensor& x, const at::Tensor& gate, const Activations&
   return at::cat(parts, 1);
 }
 
+// x rounded to `dtype` (float32, bfloat16 or half; others as float32), toward -inf when `down`.
+template <class Half16>
+float round_16bit(float f, bool down) {
+  Half16 h(f);
+  if (down && static_cast<float>(h) > f) {
+    const float r = h;
+    const std::uint16_t bits = r > 0 ? h.x - 1 : r < 0 ? h.x + 1 : 0x8001;  // next value down
+    h = Half16(bits, Half16::from_bits());
+  }
+  return h;
+}
+
+float representable(double x, at::ScalarType dtype, bool down) {
+  float f = static_cast<float>(x);
+  if (down && f > x) f = std::nextafter(f, -std::numeric_limits<float>::infinity());
+  if (dtype == at::kBFloat16) return round_16bit<c10::BFloat16>(f, down);
+  if (dtype == at::kHalf) return round_16bit<c10::Half>(f, down);
+  return f;
+}
+
+// Unmasked text pads every caption to `total` rows with zero rows, which the text MLP and the k/v
+// projections turn into one key and one value repeated: attending to a sample's m = total - l
+// padded rows equals attending to any r >= 1 of them whose logits carry biases b_j with
+// sum_j exp(b_j) = m (softmax weights are proportional to exp(logit)), in value and in every
+// gradient (a shared row's gradient is the sum over the rows it stands for). Every sample keeps
+// `kept` rows: its l real rows (bias 0), then r = kept - l padded rows. The biases are chosen so
+// that each exp(b_j) is exact in `dtype` (attention adds the bias in the activations' dtype): all
+// rows but the last take the largest representable bias whose weight is not above an equal share
+// of what is left, the last the rest, rounded to nearest. Returns [n, kept] float32.
+at::Tensor collapsed_padding_bias(const std::vector<std::int64_t>& lengths, std::int64_t total,
+                                  std::int64_t kept, at::ScalarType dtype) {
+  const auto n = static_cast<std::int64_t>(lengths.size());
+  at::Tensor bias = at::zeros({n, kept}, at::kFloat);
+  auto* out = bias.data_ptr<float>();
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t l = lengths[static_cast<std::size_t>(i)], r = kept - l;
+    double left = static_cast<double>(total - l);
+    for (std::int64_t j = 0; j < r; ++j) {
+      const bool last = j + 1 == r;
+      const float b =
+          representable(std::log(last ? left : left / static_cast<double>(r - j)), dtype, !last);
+      out[i * kept + l + j] = b;
+      left -= std::exp(static_cast<double>(b));
+    }
+  }
+  return bias;
+}
+
+// Rows beyond the longest caption that collapsed padding keeps: several, so that the sample with
+// the longest caption also spreads its padding weight over more than one rounded bias.
+constexpr std::int64_t kCollapsedPaddingRows = 4;
+
+// The collapsed padding's key bias, flat (text_context puts it third into Activations::aux, after
+// the RoPE tables), or an undefined tensor.
+const at::Tensor& cross_key_bias(const Activations& act) {
+  static const at::Tensor none;
+  return act.aux.size() > 2 ? act.aux[2] : none;
+}
+
 [[noreturn]] void bad_batch(const std::string& what) {
   throw std::invalid_argument("wan21_dit: " + what);
 }
@@ -174,7 +238,10 @@ WanModel::WanModel(WanOptions options, const wanhost::ParallelContext& ctx)
     ctx_.make_linear = [](std::int64_t in, std::int64_t out, bool bias, LinearRole) {
       return wanhost::make_replicated_linear(in, out, bias);
     };
-  if (!ctx_.attention) ctx_.attention = wanhost::default_attention;
+  if (!ctx_.attention) {
+    ctx_.attention = wanhost::default_attention;
+    ctx_.attention_key_bias = wanhost::default_attention_key_bias;
+  }
   if (ctx_.token_multiple < 1)
     throw std::invalid_argument("wan21_dit: ParallelContext::token_multiple must be >= 1, got " +
                                 std::to_string(ctx_.token_multiple));
@@ -447,8 +514,19 @@ at::Tensor WanModel::text_context(const Batch& b, Activations& act,
   const bool packed = b.packed();
   std::vector<std::int64_t> cu_kv{0};
   if (!options_.mask_text_padding) {
-    const auto total = std::max(rows, options_.text_len);
+    auto total = std::max(rows, options_.text_len);
+    // Collapsed padding: every sample keeps `kept` rows (its real ones, then padded rows whose
+    // key bias makes them weigh as all of its padded rows), exact as described at
+    // collapsed_padding_bias.
+    const auto kept = collapsed_rows(lengths, total);
+    if (kept < total) {
+      act.aux.push_back(collapsed_padding_bias(lengths, total, kept, ctx_.compute_dtype)
+                            .to(ctx_.device)
+                            .view({-1}));
+      total = kept;
+    }
     if (total > rows) x = at::constant_pad_nd(x, {0, 0, 0, total - rows});
+    if (total < rows) x = x.narrow(1, 0, total);
     if (packed) {
       x = x.reshape({1, n * total, c.text_dim});
       for (std::int64_t i = 0; i < n; ++i) cu_kv.push_back(cu_kv.back() + total);
@@ -528,9 +606,21 @@ wanhost::Activations WanModel::embed(const Batch& b, const at::Tensor& timesteps
   return act;
 }
 
+std::int64_t WanModel::collapsed_rows(const std::vector<std::int64_t>& lengths,
+                                      std::int64_t total) const {
+  if (!options_.collapse_text_padding || !ctx_.attention_key_bias || lengths.empty()) return total;
+  const auto longest = *std::max_element(lengths.begin(), lengths.end());
+  return std::min(total, longest + kCollapsedPaddingRows);
+}
+
 at::Tensor WanModel::attention(Attention& a, const at::Tensor& x, const at::Tensor& src, bool rope,
-                               const Activations& act, const wanhost::AttentionArgs& args) {
+                               const Activations& act, const wanhost::AttentionArgs& args,
+                               const at::Tensor& key_bias) {
   const auto& c = options_.config;
+  auto attend = [&](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+    if (!key_bias.defined()) return ctx_.attention(q, k, v, args);
+    return ctx_.attention_key_bias(q, k, v, args, key_bias.view({k.size(0), -1}));
+  };
   // Sequence parallelism: the block's input holds this rank's tokens; the layers see them all.
   const at::Tensor xs = whole_sequence(x);
   const at::Tensor ss = src.is_same(x) ? xs : src;
@@ -543,7 +633,7 @@ at::Tensor WanModel::attention(Attention& a, const at::Tensor& x, const at::Tens
                                       rope ? act.aux[1] : none, c.head_dim, c.eps);
     k = wanhost::fused::rms_norm_rope(k, a.norm_k, rope ? act.aux[0] : none,
                                       rope ? act.aux[1] : none, c.head_dim, c.eps);
-    auto o = ctx_.attention(q, k, v.unflatten(-1, {-1, c.head_dim}), args).flatten(2);
+    auto o = attend(q, k, v.unflatten(-1, {-1, c.head_dim})).flatten(2);
     return a.out->forward(o.to(q.scalar_type()));
   }
   // torch.nn.RMSNorm over all heads; its weight is in the activations' dtype like in a bf16 model.
@@ -564,7 +654,7 @@ at::Tensor WanModel::attention(Attention& a, const at::Tensor& x, const at::Tens
     q = apply_rope(q, act.aux[0], act.aux[1]);
     k = apply_rope(k, act.aux[0], act.aux[1]);
   }
-  auto o = ctx_.attention(q, k, v, args).flatten(2).to(q.scalar_type());
+  auto o = attend(q, k, v).flatten(2).to(q.scalar_type());
   return a.out->forward(o);
 }
 
@@ -672,7 +762,8 @@ at::Tensor WanModel::block_impl(std::int64_t i, const at::Tensor& hidden, const 
     } else {
       x = n2 = fused::gated_residual(x, a, m[2], seg);
     }
-    auto c = attention(blk.cross, n2, act.context[1], false, act, act.cross_attention);
+    auto c = attention(blk.cross, n2, act.context[1], false, act, act.cross_attention,
+                       cross_key_bias(act));
     at::Tensor n3;
     std::tie(x, n3) = fused::gated_residual_norm(x, c, at::Tensor(), m[4], m[3], eps, seg);
     auto f = wanhost::gelu_feed_forward(*blk.ffn_up, *blk.ffn_down, whole_sequence(n3));
@@ -689,7 +780,8 @@ at::Tensor WanModel::block_impl(std::int64_t i, const at::Tensor& hidden, const 
     n2 = at::layer_norm(x.to(at::kFloat), {x.size(-1)}, blk.norm2_weight.to(at::kFloat),
                         blk.norm2_bias.to(at::kFloat), eps)
              .to(cdt);
-  x = x + attention(blk.cross, n2, act.context[1], false, act, act.cross_attention);
+  x = x + attention(blk.cross, n2, act.context[1], false, act, act.cross_attention,
+                    cross_key_bias(act));
 
   auto n3 = modulate(plain_layer_norm(x.to(at::kFloat), eps), m[4], m[3], act).to(cdt);
   auto f = blk.ffn_down->forward(at::gelu(blk.ffn_up->forward(whole_sequence(n3)), "tanh"));

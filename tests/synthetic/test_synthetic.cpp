@@ -149,6 +149,30 @@ TEST(Synthetic, MixedClipLengths) {
   }
 }
 
+// caption_tokens_min/max: each video's caption embedding gets a drawn length in the range (its
+// words first, never cut), the same for every frame of a video and for every call; bad ranges are
+// refused naming the key.
+TEST(Synthetic, CaptionLengthsDrawnFromTheRange) {
+  SyntheticSource plain = source({{"text_dim", 8}});
+  SyntheticSource longer =
+      source({{"text_dim", 8}, {"caption_tokens_min", 20}, {"caption_tokens_max", 60}});
+  std::set<std::int64_t> lengths;
+  for (std::int64_t i = 0; i < 40; ++i) {
+    const auto words = plain.get(i).text, rows = longer.get(i).text;
+    ASSERT_GE(rows.size(0), 20);
+    ASSERT_LE(rows.size(0), 60);
+    EXPECT_TRUE(at::equal(rows.narrow(0, 0, words.size(0)), words));
+    EXPECT_TRUE(at::equal(rows, longer.get(i).text));
+    lengths.insert(rows.size(0));
+  }
+  EXPECT_GT(lengths.size(), 3u);  // drawn per video, not one length for all
+  // Frames of one video share its caption.
+  EXPECT_TRUE(at::equal(longer.get(0).text, longer.get(1).text));
+  EXPECT_THROW(
+      Options::from_config(config({{"caption_tokens_min", 30}, {"caption_tokens_max", 20}})),
+      ConfigError);
+}
+
 TEST(Synthetic, CaptionNamesEveryShape) {
   SyntheticSource src = source({{"mode", "clips"}});
   std::vector<int> shape_counts(4, 0);

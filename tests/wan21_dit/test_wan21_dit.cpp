@@ -793,6 +793,114 @@ TEST(Wan21Dit, CapturedStepReplaysTheEagerStepOnAGpu) {
 // the same as that prompt given as one zero row of length 1, in a dense and in a packed batch,
 // and finite. (Without the rule a dense batch masks every key of the sample, a NaN row, and a
 // packed one has an empty key segment.)
+// Collapsed text padding (collapse_text_padding, on by default): cross-attention over each
+// sample's real rows plus a few padded rows with a key bias equals attending to every padded row.
+// fp32: outputs, latent and parameter gradients within 1e-6 of the uncollapsed model, dense and
+// packed (mixed grids, an empty prompt, a prompt filling all given rows); the collapsed run
+// attends to max(length) + 4 text rows a sample. bf16 (CPU): the collapsed model is no further
+// from the fp32 result than the uncollapsed one (the biases are exact in bf16).
+void check_collapsed_padding(const c10::Device& device, double tol) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(23);
+  const std::vector<std::int64_t> lengths = {0, 7, 20, 13};
+  const std::int64_t rows = 20, text_len = 64;
+  auto text = at::randn({4, rows, 32}, gen);
+  for (int i = 0; i < 4; ++i) text[i].narrow(0, lengths[i], rows - lengths[i]).normal_(0, 1, gen);
+  wanhost::Batch dense;
+  dense.latents = at::randn({4, 16, 2, 4, 6}, gen);
+  dense.text = text;
+  dense.text_lengths = at::tensor(lengths);
+  dense.sample_keys = {0, 1, 2, 3};
+  wanhost::Batch packed = dense;
+  packed.latents = at::randn({16, 2 * 4 * 6 * 2 + 1 * 6 * 4 * 2}, gen);
+  packed.segments = {{0, 2, 4, 6}, {48, 2, 4, 6}, {96, 1, 6, 4}, {120, 1, 6, 4}};
+  const auto t = at::tensor({500.0f, 20.0f, 999.0f, 250.0f});
+
+  struct Run {
+    at::Tensor out, input_grad;
+    std::map<std::string, at::Tensor> grads;
+    std::vector<std::int64_t> kv_rows;  // text rows per sample seen by biased cross-attention
+  };
+  auto run = [&](const wanhost::Batch& batch, bool collapse, at::ScalarType compute) {
+    auto ctx = wanhost::single_process_context(device);
+    ctx.compute_dtype = compute;
+    auto seen = std::make_shared<std::vector<std::int64_t>>();
+    ctx.attention_key_bias = [seen](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const wanhost::AttentionArgs& args, const at::Tensor& bias) {
+      seen->push_back(args.segments ? args.segments->host_cu_kv[1] : k.size(1));
+      return wanhost::default_attention_key_bias(q, k, v, args, bias);
+    };
+    WanModel model(
+        wanhost::plugins::wan21_dit::resolve_options(plugin_config(
+            {{"init_seed", 9}, {"text_len", text_len}, {"collapse_text_padding", collapse}})),
+        ctx);
+    wanhost::Batch b = batch;
+    b.latents = batch.latents.to(device).requires_grad_(true);
+    Run r;
+    r.out = model.forward(b, t.to(device));
+    auto probe = at::ones_like(r.out, at::kFloat).cumsum(-1).sin();
+    (r.out.to(at::kFloat) * probe).sum().backward();
+    r.input_grad = b.latents.grad().cpu();
+    for (auto& [n, p] : params(model)) r.grads[n] = p.grad().cpu();
+    r.out = r.out.cpu();
+    r.kv_rows = *seen;
+    return r;
+  };
+  for (const auto* batch : {&dense, &packed}) {
+    const char* kind = batch == &dense ? "dense" : "packed";
+    const Run off = run(*batch, false, at::kFloat), on = run(*batch, true, at::kFloat);
+    EXPECT_TRUE(off.kv_rows.empty()) << kind;
+    ASSERT_FALSE(on.kv_rows.empty()) << kind << ": the collapsed model never used the key bias";
+    EXPECT_EQ(on.kv_rows[0], 20 + 4) << kind;  // longest caption + kCollapsedPaddingRows
+    EXPECT_LT(rel(on.out, off.out), tol) << kind;
+    EXPECT_LT(rel(on.input_grad, off.input_grad), tol) << kind;
+    // Cross-attention's key bias gets a zero gradient in exact arithmetic (it adds q.b to every
+    // logit of a query alike; the softmax ignores that): its computed gradient is rounding noise,
+    // compared in absolute terms against the gradients' scale.
+    // All parameter gradients as one vector within `tol`; each tensor within 20 x tol (small
+    // gradients with cancellations, e.g. a bias's, carry more relative rounding).
+    double worst = 0, scale = 0, zero_grad_diff = 0, diff2 = 0, norm2 = 0;
+    std::string where;
+    for (const auto& [n, g] : off.grads) {
+      const double d = (on.grads.at(n) - g).norm().item<double>(), gn = g.norm().item<double>();
+      scale = std::max(scale, gn);
+      diff2 += d * d;
+      norm2 += gn * gn;
+      if (n.find("attn2.to_k.bias") != std::string::npos) {
+        zero_grad_diff = std::max(zero_grad_diff, d);
+        continue;
+      }
+      if (const double e = rel(on.grads.at(n), g); e > worst) worst = e, where = n;
+    }
+    EXPECT_LT(std::sqrt(diff2 / norm2), tol) << kind << " all parameter gradients";
+    EXPECT_LT(worst, 20 * tol) << kind << " worst " << where;
+    EXPECT_LT(zero_grad_diff, tol * scale) << kind << " attn2.to_k.bias";
+    std::printf(
+        "[collapse] %s %s fp32: output %.2e, parameter gradients %.2e (worst tensor %.2e, %s)\n",
+        device.str().c_str(), kind, rel(on.out, off.out), std::sqrt(diff2 / norm2), worst,
+        where.c_str());
+
+    const Run on16 = run(*batch, true, at::kBFloat16), off16 = run(*batch, false, at::kBFloat16);
+    const double e_on = rel(on16.out, off.out), e_off = rel(off16.out, off.out);
+    std::printf("[collapse] %s %s bf16 vs fp32: collapsed %.3e, every padded row %.3e\n",
+                device.str().c_str(), kind, e_on, e_off);
+    EXPECT_LE(e_on, 1.5 * e_off + 1e-3) << kind;
+    EXPECT_LE(rel(on16.input_grad, off.input_grad),
+              1.5 * rel(off16.input_grad, off.input_grad) + 1e-3)
+        << kind;
+  }
+}
+
+TEST(Wan21Dit, CollapsedTextPaddingIsExact) {
+  check_collapsed_padding(c10::Device(c10::kCPU), 1e-6);
+}
+
+// The same on a GPU (fp32 within 1e-5: other kernels' summation order): SDPA with a bf16 bias,
+// fused kernels on.
+TEST(Wan21Dit, CollapsedTextPaddingOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
+  check_collapsed_padding(c10::Device(c10::kCUDA, 0), 1e-5);
+}
+
 TEST(Wan21Dit, EmptyPromptKeepsOneKeyRowWhenMasked) {
   auto model = make_model({{"mask_text_padding", true}, {"init_seed", 5}});
   wanhost::Batch empty;

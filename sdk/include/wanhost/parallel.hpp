@@ -60,6 +60,13 @@ struct AttentionArgs {
 };
 using AttentionFn = std::function<at::Tensor(const at::Tensor& q, const at::Tensor& k,
                                              const at::Tensor& v, const AttentionArgs& args)>;
+// SDK 2.3: attention with an additive logit bias per key, `key_bias` [B, S_kv] float32 (packed:
+// [1, S_kv]), broadcast over heads and queries; a key with bias ln(m) weighs as m identical keys
+// (padded text rows collapsed into a few, wan21_dit's collapse_text_padding). Otherwise as
+// AttentionFn.
+using KeyBiasAttentionFn =
+    std::function<at::Tensor(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const AttentionArgs& args, const at::Tensor& key_bias)>;
 
 struct ParallelContext {
   int world_rank = 0;
@@ -94,6 +101,13 @@ struct ParallelContext {
   // tensor-parallel group), so a model does not sum them itself (wan21_dit's q/k norm weight).
   // Empty: no sequence parallelism.
   std::function<at::Tensor(const at::Tensor&)> gather_sequence;
+
+  // SDK 2.3: `attention` with a per-key logit bias (KeyBiasAttentionFn), for keys that stand for
+  // several identical ones. The host fills it with the kit's default beside `attention`; a
+  // parallelism that replaces `attention` in setup() and leaves this one as the host set it gets
+  // it emptied by the host after setup() (so an older plugin's own attention is never bypassed).
+  // Empty: not offered; a model then attends to every key itself.
+  KeyBiasAttentionFn attention_key_bias;
 };
 
 }  // namespace wanhost

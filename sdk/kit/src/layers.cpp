@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <optional>
 #include <string>
 
@@ -98,10 +99,18 @@ at::Tensor key_mask(const at::Tensor& kv_lengths, std::int64_t batch, std::int64
   return (positions.unsqueeze(0) < lengths.unsqueeze(1)).view({batch, 1, 1, s_kv});
 }
 
+// key_bias (optional): [B, S_kv] additive logits, given to SDPA as a float mask in q's dtype (what
+// SDPA accepts); -inf where kv_lengths masks.
 at::Tensor dense_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                           const at::Tensor& kv_lengths) {
+                           const at::Tensor& kv_lengths, const at::Tensor& key_bias = {}) {
   std::optional<at::Tensor> mask;
   if (kv_lengths.defined()) mask = key_mask(kv_lengths, q.size(0), k.size(1), q.device());
+  if (key_bias.defined()) {
+    auto bias = key_bias.to(q.device(), q.scalar_type()).view({q.size(0), 1, 1, k.size(1)});
+    if (mask)
+      bias = bias.masked_fill(mask->logical_not(), -std::numeric_limits<double>::infinity());
+    mask = bias;
+  }
   auto out = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
                                               v.transpose(1, 2), mask, 0.0, false);
   return out.transpose(1, 2);
@@ -119,7 +128,7 @@ void check_segments(const at::Tensor& q, const at::Tensor& k, const AttentionSeg
 }
 
 at::Tensor packed_attention_loop(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                 const AttentionSegments& seg) {
+                                 const AttentionSegments& seg, const at::Tensor& key_bias) {
   std::vector<at::Tensor> parts;
   parts.reserve(seg.host_cu_q.size() - 1);
   for (std::size_t i = 0; i + 1 < seg.host_cu_q.size(); ++i) {
@@ -128,8 +137,9 @@ at::Tensor packed_attention_loop(const at::Tensor& q, const at::Tensor& k, const
     TORCH_CHECK(nq >= 0 && nk >= 0, "attention: segment boundaries must not decrease");
     if (nq == 0) continue;
     TORCH_CHECK(nk > 0, "attention: segment ", i, " has ", nq, " queries but no keys");
-    parts.push_back(dense_attention(q.narrow(1, q0, nq), k.narrow(1, k0, nk), v.narrow(1, k0, nk),
-                                    at::Tensor()));
+    parts.push_back(
+        dense_attention(q.narrow(1, q0, nq), k.narrow(1, k0, nk), v.narrow(1, k0, nk), at::Tensor(),
+                        key_bias.defined() ? key_bias.narrow(1, k0, nk) : at::Tensor()));
   }
   return at::cat(parts, 1);
 }
@@ -207,22 +217,24 @@ std::vector<SegmentRun> equal_length_runs(const AttentionSegments& seg) {
 constexpr std::size_t kMaxDenseRuns = 8;
 
 // A pack as a few dense batches, one per run of equal segments; nullopt when the pack has more
-// runs than kMaxDenseRuns. The runs are views of q/k/v (split_with_sizes, whose backward is one
+// runs than `max_runs`. The runs are views of q/k/v (split_with_sizes, whose backward is one
 // cat), so the only copies are the output's cat and, in backward, the cat of dq/dk/dv.
 std::optional<at::Tensor> packed_attention_runs(const at::Tensor& q, const at::Tensor& k,
-                                                const at::Tensor& v, const AttentionSegments& seg) {
+                                                const at::Tensor& v, const AttentionSegments& seg,
+                                                const at::Tensor& key_bias, std::size_t max_runs) {
   const auto runs = equal_length_runs(seg);
-  if (runs.empty() || runs.size() > kMaxDenseRuns) return std::nullopt;
+  if (runs.empty() || runs.size() > max_runs) return std::nullopt;
   auto as_batch = [](const at::Tensor& t, std::int64_t n, std::int64_t len) {
     return t.reshape({n, len, t.size(2), t.size(3)});
   };
   auto attend = [&](const at::Tensor& qr, const at::Tensor& kr, const at::Tensor& vr,
-                    const SegmentRun& r) {
+                    const at::Tensor& br, const SegmentRun& r) {
     auto out = dense_attention(as_batch(qr, r.count, r.lq), as_batch(kr, r.count, r.lkv),
-                               as_batch(vr, r.count, r.lkv), at::Tensor());
+                               as_batch(vr, r.count, r.lkv), at::Tensor(),
+                               br.defined() ? br.reshape({r.count, r.lkv}) : at::Tensor());
     return out.reshape({1, r.count * r.lq, q.size(2), v.size(3)});
   };
-  if (runs.size() == 1) return attend(q, k, v, runs[0]);
+  if (runs.size() == 1) return attend(q, k, v, key_bias, runs[0]);
   std::vector<std::int64_t> q_sizes, kv_sizes;
   for (const auto& r : runs) {
     q_sizes.push_back(r.count * r.lq);
@@ -230,10 +242,12 @@ std::optional<at::Tensor> packed_attention_runs(const at::Tensor& q, const at::T
   }
   const auto qs = q.split_with_sizes(q_sizes, 1);
   const auto ks = k.split_with_sizes(kv_sizes, 1), vs = v.split_with_sizes(kv_sizes, 1);
+  std::vector<at::Tensor> bs(runs.size());
+  if (key_bias.defined()) bs = key_bias.split_with_sizes(kv_sizes, 1);
   std::vector<at::Tensor> parts;
   parts.reserve(runs.size());
   for (std::size_t i = 0; i < runs.size(); ++i)
-    parts.push_back(attend(qs[i], ks[i], vs[i], runs[i]));
+    parts.push_back(attend(qs[i], ks[i], vs[i], bs[i], runs[i]));
   return at::cat(parts, 1);
 }
 
@@ -277,6 +291,7 @@ void set_default_operators(ParallelContext& ctx) {
     return make_replicated_linear(in, out, bias);
   };
   ctx.attention = default_attention;
+  ctx.attention_key_bias = default_attention_key_bias;
 }
 
 ParallelContext single_process_context(c10::Device device) {
@@ -323,10 +338,42 @@ at::Tensor default_attention(const at::Tensor& q, const at::Tensor& k, const at:
   check_segments(q, k, *args.segments);
   const auto choice = packed_kernel_choice();
   if (choice == PackedKernel::automatic)
-    if (auto out = packed_attention_runs(q, k, v, *args.segments)) return *out;
+    if (auto out = packed_attention_runs(q, k, v, *args.segments, {}, kMaxDenseRuns)) return *out;
   if (choice != PackedKernel::loop)
     if (auto out = packed_attention_flash(q, k, v, *args.segments)) return *out;
-  return packed_attention_loop(q, k, v, *args.segments);
+  return packed_attention_loop(q, k, v, *args.segments, {});
+}
+
+// Flash attention takes no bias: with one, a pack is served run by run (any number of runs) or,
+// with empty segments or the loop chosen, segment by segment.
+at::Tensor default_attention_key_bias(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const AttentionArgs& args, const at::Tensor& key_bias) {
+  if (!key_bias.defined()) return default_attention(q, k, v, args);
+  TORCH_CHECK(key_bias.dim() == 2 && key_bias.size(0) == k.size(0) && key_bias.size(1) == k.size(1),
+              "attention: key_bias must be [B, S_kv] = [", k.size(0), ", ", k.size(1), "], got ",
+              key_bias.sizes());
+  if (args.segments == nullptr) return dense_attention(q, k, v, args.kv_lengths, key_bias);
+  TORCH_CHECK(!args.kv_lengths.defined(),
+              "attention: kv_lengths and segments are exclusive (put text lengths into the kv "
+              "segments of a packed batch)");
+  check_segments(q, k, *args.segments);
+  if (packed_kernel_choice() != PackedKernel::loop)
+    if (auto out = packed_attention_runs(q, k, v, *args.segments, key_bias,
+                                         std::numeric_limits<std::size_t>::max()))
+      return *out;
+  return packed_attention_loop(q, k, v, *args.segments, key_bias);
+}
+
+void keep_key_bias_attention_consistent(ParallelContext& ctx) {
+  using Plain =
+      at::Tensor (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const AttentionArgs&);
+  using Biased = at::Tensor (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const AttentionArgs&, const at::Tensor&);
+  const auto* plain = ctx.attention.target<Plain>();
+  const auto* biased = ctx.attention_key_bias.target<Biased>();
+  const bool plain_is_default = plain != nullptr && *plain == &default_attention;
+  const bool biased_is_default = biased != nullptr && *biased == &default_attention_key_bias;
+  if (!plain_is_default && biased_is_default) ctx.attention_key_bias = nullptr;
 }
 
 }  // namespace wanhost

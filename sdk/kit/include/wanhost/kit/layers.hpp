@@ -17,7 +17,8 @@ namespace wanhost {
 // the CPU), the default operators below.
 ParallelContext single_process_context(c10::Device device = c10::Device(c10::kCPU));
 
-// Puts the default operators into `ctx` (make_linear: replicated; attention: default_attention).
+// Puts the default operators into `ctx` (make_linear: replicated; attention: default_attention;
+// attention_key_bias: default_attention_key_bias).
 void set_default_operators(ParallelContext& ctx);
 
 // Pure data parallelism: layout dp = world size, ctx.dp = ctx.world, single-rank tp/pp/cp
@@ -41,5 +42,12 @@ at::Tensor gelu_feed_forward(LinearLayer& up, LinearLayer& down, const at::Tenso
 // chosen by kit::KernelOptions::packed_attention, see wanhost/kit/kernel_options.hpp).
 at::Tensor default_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const AttentionArgs& args);
+// default_attention with an additive logit bias per key (ParallelContext::attention_key_bias):
+// dense and packed batches on SDPA with a float mask (flash attention takes no bias).
+at::Tensor default_attention_key_bias(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const AttentionArgs& args, const at::Tensor& key_bias);
+// After a parallelism's setup(): when it replaced ctx.attention but left attention_key_bias as
+// the default, empties attention_key_bias (the default would bypass the plugin's attention).
+void keep_key_bias_attention_consistent(ParallelContext& ctx);
 
 }  // namespace wanhost
