@@ -6,13 +6,18 @@
 // unit (everything outside the blocks: patch/text/time embeddings and the output head).
 //
 // A step: the root unit is gathered for the whole step. Block i is gathered (all-gather of the
-// concatenated shards of its parameters, in the compute dtype) right before its forward, which
-// runs without building a graph; its weights are freed afterwards. A custom autograd node stands
-// in for the block: in backward it gathers the weights again, recomputes the block with autograd
-// on, back-propagates, reduce-scatters the weight gradients (fp32) into the shards and frees the
-// weights. So activation memory is one hidden state per block and weight memory one block at a
-// time. With prefetch on, the next block's gather is started before the current block computes
-// (on GPUs NCCL runs it on its own stream, overlapping the compute).
+// concatenated shards of its parameters, in the compute dtype) right before its forward and its
+// weights are freed afterwards. A custom autograd node stands in for the block: in backward it
+// gathers the weights again, back-propagates through the block, reduce-scatters the weight
+// gradients (fp32) into the shards and frees the weights. Option `recompute` picks the blocks whose
+// forward runs without a graph and is recomputed in backward (default: all, as the reference's
+// activation checkpointing of every block: activation memory one hidden state per block); the
+// others record their graph in forward and keep its activations. Their weights are freed after
+// forward too, but the storage object stays: autograd's saved tensors (the parameters and views
+// of them) refer to it, and the backward gather refills it in place, as FSDP2 frees and
+// re-allocates the unsharded parameters' storage. Weight memory stays one block at a time. With
+// prefetch on, the next block's gather is started before the current block computes (on GPUs NCCL
+// runs it on its own stream, overlapping the compute).
 //
 // Every micro batch's loss is already scaled by 1/global_batch, so summing the reduce-scattered
 // gradients over ranks gives the gradient of the global mean loss, as the single process has.
@@ -49,17 +54,48 @@ struct Slot {
   std::vector<std::int64_t> shape;
   std::int64_t numel = 0, chunk = 0;  // chunk: elements per rank (padded)
   std::int64_t offset = 0;            // of this slot's chunk within its unit's shard
+  std::int64_t flat_offset = 0;       // of the full weight within its unit's `flat`
   at::Tensor shard;                   // [chunk] master weights; .grad() = reduced gradients
 };
 
 struct Unit {
   std::string name;
   std::vector<std::size_t> slots;
-  std::int64_t shard_numel = 0;
+  std::int64_t shard_numel = 0, numel = 0;
   bool gathered = false;
+  // Parked: `flat`'s memory is freed but its storage object kept for the refill before backward.
+  bool parked = false;
+  std::size_t parked_bytes = 0;
+  at::Tensor flat;          // the full weights, every parameter a view of it (gathered or parked)
   at::Tensor buffer, send;  // gather output and input while a gather is in flight
   WorkPtr pending;
 };
+
+// Which blocks run forward without a graph and are recomputed in backward (option `recompute`).
+struct RecomputePlan {
+  std::string mode;        // all | none | every_k
+  std::int64_t every = 1;  // every_k: blocks i with i % every == 0
+  bool recomputed(std::int64_t i) const {
+    return mode == "all" || (mode == "every_k" && i % every == 0);
+  }
+};
+
+RecomputePlan recompute_plan(const PluginConfig& cfg) {
+  RecomputePlan p{cfg.get<std::string>("recompute")};  // the schema checked enum and minimum
+  const bool has_every = cfg.has("recompute_every");
+  if (p.mode == "every_k") {
+    if (!has_every)
+      cfg.fail("recompute_every",
+               "needed with recompute \"every_k\": blocks i with i % recompute_every == 0 are "
+               "recomputed");
+    p.every = cfg.get<std::int64_t>("recompute_every");
+  } else if (has_every) {
+    // Refused rather than ignored: it would look as if it did something.
+    cfg.fail("recompute_every",
+             "applies only with recompute \"every_k\" (recompute is \"" + p.mode + "\")");
+  }
+  return p;
+}
 
 // Turns autocast's weight-cast cache off while gathered weights come and go (it is keyed by the
 // parameter object, whose data changes under it).
@@ -74,31 +110,62 @@ class AutocastCacheOff {
   bool previous_;
 };
 
+// A block's autograd graph of its own, from detached inputs: back-propagating through it gives
+// the gradients of the block's inputs and weights at once, without accumulating into .grad.
+struct BlockGraph {
+  std::vector<at::Tensor> inputs;  // hidden, the context tensors, then the block's parameters
+  at::Tensor out;
+};
+
+BlockGraph record_block(Model& model, const ParallelContext& ctx, std::int64_t block,
+                        const at::Tensor& hidden, const Activations& act,
+                        const std::vector<at::Tensor>& params) {
+  at::AutoGradMode grad_on(true);
+  BlockGraph g;
+  Activations local = act;
+  at::Tensor h = hidden.detach().requires_grad_(true);
+  g.inputs.push_back(h);
+  for (auto& c : local.context) {
+    c = c.detach().requires_grad_(c.requires_grad() || c.is_floating_point());
+    g.inputs.push_back(c);
+  }
+  g.inputs.insert(g.inputs.end(), params.begin(), params.end());
+  AutocastGuard autocast(ctx);
+  g.out = model.block_forward(block, h, local);
+  return g;
+}
+
 class Fsdp;
 
-// The backward of one block call (see the file comment).
+// The backward of one block call (see the file comment): `graph` recorded in forward, or none
+// (the block is recomputed from `hidden` and `act`).
 class BlockBackward final : public torch::autograd::Node {
  public:
   BlockBackward(Fsdp* owner, Model* model, std::int64_t block, at::Tensor hidden,
-                std::shared_ptr<const Activations> act)
+                std::shared_ptr<const Activations> act, BlockGraph graph)
       : owner_(owner),
         model_(model),
         block_(block),
+        n_out_(1 + act->context.size()),
         hidden_(std::move(hidden)),
-        act_(std::move(act)) {}
+        act_(std::move(act)),
+        graph_(std::move(graph)) {}
   variable_list apply(variable_list&& grads) override;
   std::string name() const override { return "FsdpBlockBackward"; }
   void release_variables() override {
     hidden_.reset();
     act_.reset();
+    graph_ = BlockGraph();
   }
 
  private:
   Fsdp* owner_;
   Model* model_;
   std::int64_t block_;
+  std::size_t n_out_;  // gradients returned: hidden, then each context tensor
   at::Tensor hidden_;
   std::shared_ptr<const Activations> act_;
+  BlockGraph graph_;
 };
 
 class Fsdp final : public ParallelismBase {
@@ -109,7 +176,8 @@ class Fsdp final : public ParallelismBase {
         reduce_dtype_(cfg.get<std::string>("reduce_dtype") == "bf16" ? at::kBFloat16 : at::kFloat),
         prefetch_(cfg.get<bool>("prefetch")),
         reshard_last_(cfg.get<bool>("reshard_last_block")),
-        decay_1d_(cfg.get<bool>("decay_1d")) {}
+        decay_1d_(cfg.get<bool>("decay_1d")),
+        recompute_(recompute_plan(cfg)) {}
 
   ParallelLayout layout(int world_size) const override {
     ParallelLayout l;
@@ -360,6 +428,8 @@ class Fsdp final : public ParallelismBase {
       s.chunk = (s.numel + n - 1) / n;
       s.offset = u.shard_numel;
       u.shard_numel += s.chunk;
+      s.flat_offset = u.numel;
+      u.numel += s.numel;
       // Every rank starts from rank 0's initial weights, whatever its own initialisation did.
       at::Tensor full = s.param.detach().contiguous();
       if (n > 1) ctx_.dp->broadcast(full, 0);
@@ -380,12 +450,23 @@ class Fsdp final : public ParallelismBase {
       total += s.numel;
       local += s.chunk;
     }
+    const std::int64_t blocks = static_cast<std::int64_t>(units_.size()) - 1;
+    std::string recomputed;
+    std::int64_t count = 0;
+    for (std::int64_t i = 0; i < blocks; ++i)
+      if (recompute_.recomputed(i)) {
+        recomputed += (count++ ? "," : "") + std::to_string(i);
+      }
     if (ctx_.world_rank == 0)
       logger()->info(
           "automodel_fsdp: {} parameters in {} units sharded over {} rank(s): {} per rank; "
-          "weights gathered in {}, gradients reduced in {}, prefetch {}",
+          "weights gathered in {}, gradients reduced in {}, prefetch {}; recompute {}: {} of {} "
+          "blocks recomputed in backward [{}]",
           total, units_.size(), ctx_.dp->size(), local, c10::toString(gather_dtype_),
-          c10::toString(reduce_dtype_), prefetch_ ? "on" : "off");
+          c10::toString(reduce_dtype_), prefetch_ ? "on" : "off",
+          recompute_.mode == "every_k" ? "every_k=" + std::to_string(recompute_.every)
+                                       : recompute_.mode,
+          count, blocks, recomputed);
   }
 
   // Starts (async) or completes the all-gather of a unit's weights into one buffer.
@@ -407,37 +488,76 @@ class Fsdp final : public ParallelismBase {
     u.pending = ctx_.dp->all_gather(u.buffer, u.send, async);
   }
 
-  // Waits for the gather and points every parameter of the unit at its full weight.
+  // Waits for the gather and makes every parameter of the unit its full weight: views of a new
+  // `flat`, or of the parked one, whose storage gets memory again and the gathered values.
   void materialize(Unit& u) {
     if (u.gathered) return;
     if (u.pending) {
       u.pending->wait();
       u.pending.reset();
     }
+    at::NoGradGuard no_grad;
     const int n = ctx_.dp->size();
-    at::Tensor rows = u.buffer.view({n, u.shard_numel});
-    for (std::size_t k : u.slots) {
-      Slot& s = slots_[k];
-      at::Tensor full = n == 1 ? u.buffer.slice(0, s.offset, s.offset + s.numel)
-                               : rows.slice(1, s.offset, s.offset + s.chunk)
-                                     .reshape(-1)
-                                     .slice(0, 0, s.numel)
-                                     .contiguous();
-      s.param.set_data(full.view(s.shape));
+    const bool refill = u.parked && u.flat.scalar_type() == u.buffer.scalar_type();
+    if (refill) {
+      c10::Storage storage = u.flat.storage();
+      storage.set_data_ptr_noswap(storage.allocator()->allocate(u.parked_bytes));
+      storage.set_nbytes(u.parked_bytes);
+    } else {
+      // One process: the buffer is the weights, in order (a chunk is the whole parameter).
+      u.flat = n == 1 ? u.buffer : at::empty({u.numel}, u.buffer.options());
     }
+    if (n == 1 && refill) u.flat.copy_(u.buffer);
+    if (n > 1) {
+      // Each parameter's rank-major chunks, without the padding of the last.
+      at::Tensor rows = u.buffer.view({n, u.shard_numel});
+      for (std::size_t k : u.slots) {
+        const Slot& s = slots_[k];
+        if (s.numel == 0) continue;
+        at::Tensor src = rows.slice(1, s.offset, s.offset + s.chunk);
+        at::Tensor dst = u.flat.slice(0, s.flat_offset, s.flat_offset + s.numel);
+        const std::int64_t whole = s.numel / s.chunk;  // chunks without padding
+        if (whole > 0)
+          dst.slice(0, 0, whole * s.chunk).view({whole, s.chunk}).copy_(src.slice(0, 0, whole));
+        if (whole * s.chunk < s.numel)
+          dst.slice(0, whole * s.chunk).copy_(src[whole].slice(0, 0, s.numel - whole * s.chunk));
+      }
+    }
+    if (!refill)
+      for (std::size_t k : u.slots) {
+        Slot& s = slots_[k];
+        s.param.set_data(u.flat.slice(0, s.flat_offset, s.flat_offset + s.numel).view(s.shape));
+      }
     u.buffer = at::Tensor();
     u.send = at::Tensor();
     u.gathered = true;
+    u.parked = false;
   }
 
   void release(Unit& u) {
-    if (!u.gathered) return;
+    if (!u.gathered && !u.parked) return;
     for (std::size_t k : u.slots) {
       Slot& s = slots_[k];
       s.param.set_data(at::empty({0}, s.param.options()));
       s.param.mutable_grad() = at::Tensor();
     }
+    u.flat = at::Tensor();
     u.gathered = false;
+    u.parked = false;
+  }
+
+  // Frees the memory of a unit's weights but keeps their storage object: the graph recorded in
+  // forward saved the parameters or views of them (transposes, reshapes), which all refer to it,
+  // so materialize() can refill it in place before the block's backward. FSDP2 does the same
+  // with untyped_storage().resize_(0) (PyTorch FSDP2, reshard_after_forward).
+  void park(Unit& u) {
+    if (!u.gathered) return;
+    c10::Storage storage = u.flat.storage();
+    u.parked_bytes = storage.nbytes();
+    storage.set_data_ptr_noswap(storage.allocator()->allocate(0));
+    storage.set_nbytes(0);
+    u.gathered = false;
+    u.parked = true;
   }
 
   // Reduce-scatters a unit's full-weight gradients (aligned with u.slots; undefined = zero) and
@@ -470,18 +590,27 @@ class Fsdp final : public ParallelismBase {
                         const std::shared_ptr<Activations>& act) {
     ensure_gathered(i);
     prefetch(i + 1);
+    const bool recompute = recompute_.recomputed(i);
+    BlockGraph graph;
     at::Tensor out;
-    {
+    if (recompute) {
       at::NoGradGuard no_grad;
       out = model.block_forward(i, h, *act);
+    } else {
+      graph = record_block(model, ctx_, i, h, *act, unit_params(i));
+      out = graph.out.detach();
     }
-    const bool last = i + 1 == model.num_blocks();
-    if (!last || reshard_last_) release(units_[static_cast<std::size_t>(i)]);
+    // The last block keeps its weights for the backward that follows at once (as the reference).
+    const bool keep = i + 1 == model.num_blocks() && !reshard_last_;
+    Unit& u = units_[static_cast<std::size_t>(i)];
+    if (!keep && recompute) release(u);
+    if (!keep && !recompute) park(u);
     torch::autograd::edge_list edges;
     edges.push_back(torch::autograd::impl::gradient_edge(h));
     for (const auto& c : act->context) edges.push_back(torch::autograd::impl::gradient_edge(c));
-    auto node = std::shared_ptr<BlockBackward>(new BlockBackward(this, &model, i, h.detach(), act),
-                                               torch::autograd::deleteNode);
+    auto node = std::shared_ptr<BlockBackward>(
+        new BlockBackward(this, &model, i, h.detach(), act, std::move(graph)),
+        torch::autograd::deleteNode);
     node->set_next_edges(std::move(edges));
     torch::autograd::create_gradient_edge(out, node);
     return out;
@@ -528,6 +657,7 @@ class Fsdp final : public ParallelismBase {
   std::string param_dtype_option_;
   at::ScalarType reduce_dtype_;
   bool prefetch_, reshard_last_, decay_1d_;
+  RecomputePlan recompute_;
   at::ScalarType gather_dtype_ = at::kFloat;
   ParallelContext ctx_;
   std::vector<Slot> slots_;
@@ -535,33 +665,23 @@ class Fsdp final : public ParallelismBase {
 };
 
 variable_list BlockBackward::apply(variable_list&& grads) {
-  const std::size_t n_out = 1 + act_->context.size();
-  if (!grads[0].defined()) return variable_list(n_out);
+  if (!grads[0].defined()) return variable_list(n_out_);
+  // Gathers the weights again, or refills the parked ones that graph_ refers to.
   owner_->ensure_gathered(block_);
   owner_->prefetch(block_ - 1);
 
-  at::AutoGradMode grad_on(true);
   AutocastCacheOff no_cache;
-  std::vector<at::Tensor> inputs;
-  at::Tensor h = hidden_.detach().requires_grad_(true);
-  Activations act = *act_;
-  inputs.push_back(h);
-  for (auto& c : act.context) {
-    c = c.detach().requires_grad_(c.requires_grad() || c.is_floating_point());
-    inputs.push_back(c);
-  }
-  const std::vector<at::Tensor> params = owner_->unit_params(block_);
-  for (const auto& p : params) inputs.push_back(p);
-  at::Tensor out;
-  {
-    AutocastGuard autocast(owner_->ctx());
-    out = model_->block_forward(block_, h, act);
-  }
-  variable_list g = torch::autograd::grad({out}, inputs, {grads[0]}, /*retain_graph=*/false,
+  BlockGraph graph = std::move(graph_);
+  if (!graph.out.defined())  // a recomputed block: its graph is built now
+    graph =
+        record_block(*model_, owner_->ctx(), block_, hidden_, *act_, owner_->unit_params(block_));
+  variable_list g = torch::autograd::grad({graph.out}, graph.inputs, {grads[0]},
+                                          /*retain_graph=*/false,
                                           /*create_graph=*/false, /*allow_unused=*/true);
+  graph = BlockGraph();  // its saved tensors go before the weights are freed
   owner_->finish_block_backward(
-      block_, std::vector<at::Tensor>(g.begin() + static_cast<std::ptrdiff_t>(n_out), g.end()));
-  g.resize(n_out);
+      block_, std::vector<at::Tensor>(g.begin() + static_cast<std::ptrdiff_t>(n_out_), g.end()));
+  g.resize(n_out_);
   return g;
 }
 

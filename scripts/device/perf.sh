@@ -7,7 +7,9 @@
 # build-perf in `carry`, with .deps).
 # PHASES (default: tests bench peer run); also ab, graph (--cuda-graph), profile, trace, ncu,
 # bench14off, benchckpt, benchmix, runab (per-tensor AdamW), runnopf (run.prefetch=false),
-# runpack (seq_packer at 12480 tokens), runmegatron (megatron_tpppcp + seq_packer at 12480 tokens).
+# runpack (seq_packer at 12480 tokens), runmegatron (megatron_tpppcp + seq_packer at 12480 tokens),
+# runfsdp (automodel_fsdp with recompute all, every_k=2 and none: 12 files, so read the figures
+# it prints, or tar $OUT).
 # The device tool brings back at most 8 files from $OUT: machine.txt, build.log and
 # test_kernels.txt are always written; each run phase adds 4 (5 with KEEP_TRACE=1). For more,
 # point OUT at a scratch folder and tar it into the tool's $OUT after this script.
@@ -20,7 +22,7 @@ t0=$SECONDS
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } |
   tee "$OUT/machine.txt"
-scripts/device/build.sh --tests wanhost wan21_dit ddp megatron_tpppcp flow_matching synthetic dense seq_packer test_kernels test_wan21_dit \
+scripts/device/build.sh --tests wanhost wan21_dit ddp automodel_fsdp megatron_tpppcp flow_matching synthetic dense seq_packer test_kernels test_wan21_dit \
   >"$OUT/build.log" 2>&1 || { echo "build failed:"; grep -E "error|Error" "$OUT/build.log" | head -20; }
 tail -1 "$OUT/build.log"
 W=build-gpu/bin/wanhost
@@ -130,5 +132,26 @@ if [ -x "$W" ]; then
   # The Megatron path on one GPU (tp=pp=cp=dp=1) on the same packs: against runpack's ddp.
   has runmegatron && RUN_EXTRA="--set parallelism.plugin=\"megatron_tpppcp\" --set collator.plugin=\"seq_packer\" --set collator.seq_packer.max_tokens=12480" \
     runs "-megatron"
+  # automodel_fsdp on one GPU with each `recompute` choice (docs/parallelism.md), against `run`'s
+  # ddp: each stage's mean step time after 2 warm-up steps and its peak GPU memory.
+  steps() { # TAG LABEL: the figures of s1TAG-metrics.jsonl and s2TAG-metrics.jsonl
+    for s in 1 2; do
+      python3 -c 'import json, sys
+r = [json.loads(l) for l in open(sys.argv[1])]
+r = [x for x in r if x["stage_index"] == int(sys.argv[2]) - 1][2:]
+print("%s stage %s: %.3f s a step (mean of %d), peak %.1f GiB" % (sys.argv[3], sys.argv[2],
+      sum(x["step_time_s"] for x in r) / len(r), len(r), max(x["peak_mem_gib"] for x in r)))' \
+        "$OUT/s$s$1-metrics.jsonl" $s "$2" 2>&1 | tail -1
+    done
+  }
+  if has runfsdp; then
+    has run && steps "" ddp
+    for rc in all every_k none; do
+      k=; [ $rc = every_k ] && k="--set parallelism.automodel_fsdp.recompute_every=2"
+      RUN_EXTRA="--set parallelism.plugin=\"automodel_fsdp\" --set parallelism.automodel_fsdp.recompute=\"$rc\" $k" \
+        runs "-fsdp-$rc"
+      steps "-fsdp-$rc" "automodel_fsdp recompute=$rc"
+    done
+  fi
 fi
 echo "total $((SECONDS - t0)) s"

@@ -57,6 +57,28 @@ MUTATIONS = [
      "ctx_.dp->reduce_scatter(mine, input.view(-1), ReduceOp::Avg);",
      ["wanhost", "automodel_fsdp", "test_distributed_runs"], "test_distributed_runs",
      "Distributed.FsdpOnOneTwoThreeRanksReproducesTheSingleProcessRun"),
+    ("FSDP: a kept block's graph lists another block's weights (its own get no gradient)",
+     "plugins/automodel_fsdp/automodel_fsdp_plugin.cpp",
+     "graph = record_block(model, ctx_, i, h, *act, unit_params(i));",
+     "graph = record_block(model, ctx_, i, h, *act, unit_params(i ^ 1));",
+     ["wanhost", "automodel_fsdp", "test_distributed_runs"], "test_distributed_runs",
+     "Distributed.FsdpRecomputeChoicesReproduceRecomputingEveryBlock"),
+    ("FSDP: a kept block's weights gathered into new tensors (its graph reads freed memory)",
+     "plugins/automodel_fsdp/automodel_fsdp_plugin.cpp",
+     "const bool refill = u.parked && u.flat.scalar_type() == u.buffer.scalar_type();",
+     "const bool refill = false;",
+     ["wanhost", "automodel_fsdp", "test_distributed_runs"], "test_distributed_runs",
+     "Distributed.FsdpRecomputeChoicesReproduceRecomputingEveryBlock"),
+    ("FSDP: recompute every_k recomputes the other blocks",
+     "plugins/automodel_fsdp/automodel_fsdp_plugin.cpp",
+     "(mode == \"every_k\" && i % every == 0)", "(mode == \"every_k\" && i % every != 0)",
+     ["wanhost", "automodel_fsdp", "test_distributed_runs"], "test_distributed_runs",
+     "Distributed.FsdpRecomputeChoicesReproduceRecomputingEveryBlock"),
+    ("FSDP: recompute_every accepted (and ignored) without every_k",
+     "plugins/automodel_fsdp/automodel_fsdp_plugin.cpp",
+     "} else if (has_every) {", "} else if (false) {",
+     ["wanhost", "automodel_fsdp", "test_distributed_runs"], "test_distributed_runs",
+     "Distributed.FsdpRecomputeOptionsThatDoNotFitAreRefused"),
     ("sharded gradient norm not summed over ranks", "sdk/kit/src/parallelism_base.cpp",
      "if (shards && shards->size() > 1) {", "if (shards && shards->size() > 99) {",
      ["wanhost", "automodel_fsdp", "test_distributed_runs"], "test_distributed_runs",
@@ -185,10 +207,11 @@ def main():
         return 2
     build = pathlib.Path(sys.argv[1]).resolve()
     wanted = sys.argv[2:]
-    rows, survived = [], 0
+    rows, survived, built = [], 0, set()
     for name, rel, old, new, targets, binary, test in MUTATIONS:
         if wanted and not any(w in name for w in wanted):
             continue
+        built.update(targets)
         path = ROOT / rel
         text = path.read_text()
         if text.count(old) != 1:
@@ -210,8 +233,8 @@ def main():
             print(f"{name:48s} {rows[-1][1]}", flush=True)
         finally:
             path.write_text(text)
-    subprocess.run(["ninja", "-C", str(build)] + sorted({t for m in MUTATIONS for t in m[4]}),
-                   capture_output=True)  # back to the real code
+    if built:  # back to the real code (only what was built with a planted bug)
+        subprocess.run(["ninja", "-C", str(build)] + sorted(built), capture_output=True)
     print("\nsummary:")
     for name, result in rows:
         print(f"{name:48s} {result}")
