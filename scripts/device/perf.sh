@@ -133,14 +133,16 @@ if [ -x "$W" ]; then
   has runmegatron && RUN_EXTRA="--set parallelism.plugin=\"megatron_tpppcp\" --set collator.plugin=\"seq_packer\" --set collator.seq_packer.max_tokens=12480" \
     runs "-megatron"
   # automodel_fsdp on one GPU with each `recompute` choice (docs/parallelism.md), against `run`'s
-  # ddp: each stage's mean step time after 2 warm-up steps and its peak GPU memory.
+  # ddp: each stage's mean step time after 2 warm-up steps, its peak GPU memory and losses (the
+  # choices train alike: equal losses up to bf16 rounding).
   steps() { # TAG LABEL: the figures of s1TAG-metrics.jsonl and s2TAG-metrics.jsonl
     for s in 1 2; do
       python3 -c 'import json, sys
 r = [json.loads(l) for l in open(sys.argv[1])]
 r = [x for x in r if x["stage_index"] == int(sys.argv[2]) - 1][2:]
-print("%s stage %s: %.3f s a step (mean of %d), peak %.1f GiB" % (sys.argv[3], sys.argv[2],
-      sum(x["step_time_s"] for x in r) / len(r), len(r), max(x["peak_mem_gib"] for x in r)))' \
+print("%s stage %s: %.3f s a step (mean of %d), peak %.1f GiB, losses %s" % (sys.argv[3],
+      sys.argv[2], sum(x["step_time_s"] for x in r) / len(r), len(r),
+      max(x["peak_mem_gib"] for x in r), " ".join("%.5f" % x["loss"] for x in r)))' \
         "$OUT/s$s$1-metrics.jsonl" $s "$2" 2>&1 | tail -1
     done
   }
