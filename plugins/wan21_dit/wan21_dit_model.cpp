@@ -167,19 +167,20 @@ at::Tensor gated(const at::Tensor& x, const at::Tensor& gate, const Activations&
   return at::cat(parts, 1);
 }
 
-// x rounded to `dtype` (float32, bfloat16 or half; others as float32), toward -inf when `down`.
+// x rounded to `dtype` (float64, float32, bfloat16 or half), toward -inf when `down`.
 template <class Half16>
-float round_16bit(float f, bool down) {
+double round_16bit(float f, bool down) {
   Half16 h(f);
   if (down && static_cast<float>(h) > f) {
     const float r = h;
     const std::uint16_t bits = r > 0 ? h.x - 1 : r < 0 ? h.x + 1 : 0x8001;  // next value down
     h = Half16(bits, Half16::from_bits());
   }
-  return h;
+  return static_cast<float>(h);
 }
 
-float representable(double x, at::ScalarType dtype, bool down) {
+double representable(double x, at::ScalarType dtype, bool down) {
+  if (dtype == at::kDouble) return x;
   float f = static_cast<float>(x);
   if (down && f > x) f = std::nextafter(f, -std::numeric_limits<float>::infinity());
   if (dtype == at::kBFloat16) return round_16bit<c10::BFloat16>(f, down);
@@ -195,29 +196,34 @@ float representable(double x, at::ScalarType dtype, bool down) {
 // `kept` rows: its l real rows (bias 0), then r = kept - l padded rows. The biases are chosen so
 // that each exp(b_j) is exact in `dtype` (attention adds the bias in the activations' dtype): all
 // rows but the last take the largest representable bias whose weight is not above an equal share
-// of what is left, the last the rest, rounded to nearest. Returns [n, kept] float32.
+// of what is left, the last the rest, rounded to nearest. Returns [n, kept] float64 (each value
+// exact in `dtype`).
 at::Tensor collapsed_padding_bias(const std::vector<std::int64_t>& lengths, std::int64_t total,
                                   std::int64_t kept, at::ScalarType dtype) {
   const auto n = static_cast<std::int64_t>(lengths.size());
-  at::Tensor bias = at::zeros({n, kept}, at::kFloat);
-  auto* out = bias.data_ptr<float>();
+  at::Tensor bias = at::zeros({n, kept}, at::kDouble);
+  auto* out = bias.data_ptr<double>();
   for (std::int64_t i = 0; i < n; ++i) {
     const std::int64_t l = lengths[static_cast<std::size_t>(i)], r = kept - l;
     double left = static_cast<double>(total - l);
     for (std::int64_t j = 0; j < r; ++j) {
       const bool last = j + 1 == r;
-      const float b =
+      const double b =
           representable(std::log(last ? left : left / static_cast<double>(r - j)), dtype, !last);
       out[i * kept + l + j] = b;
-      left -= std::exp(static_cast<double>(b));
+      left -= std::exp(b);
     }
   }
   return bias;
 }
 
-// Rows beyond the longest caption that collapsed padding keeps: several, so that the sample with
-// the longest caption also spreads its padding weight over more than one rounded bias.
+// Rows beyond the longest caption that collapsed padding keeps at least: several, so that the
+// sample with the longest caption also spreads its padding weight over more than one rounded bias.
 constexpr std::int64_t kCollapsedPaddingRows = 4;
+// The kept row count is rounded up to a multiple of this: few distinct shapes, so that the
+// attention kernels' per-shape plans (cuDNN builds one per shape, ~1 s) are made once, not on
+// every step with a new longest caption; and aligned rows for the kernels that take a bias.
+constexpr std::int64_t kCollapsedRowsMultiple = 64;
 
 // The collapsed padding's key bias, flat (text_context puts it third into Activations::aux, after
 // the RoPE tables), or an undefined tensor.
@@ -610,7 +616,9 @@ std::int64_t WanModel::collapsed_rows(const std::vector<std::int64_t>& lengths,
                                       std::int64_t total) const {
   if (!options_.collapse_text_padding || !ctx_.attention_key_bias || lengths.empty()) return total;
   const auto longest = *std::max_element(lengths.begin(), lengths.end());
-  return std::min(total, longest + kCollapsedPaddingRows);
+  const auto kept = longest + kCollapsedPaddingRows;
+  return std::min(
+      total, (kept + kCollapsedRowsMultiple - 1) / kCollapsedRowsMultiple * kCollapsedRowsMultiple);
 }
 
 at::Tensor WanModel::attention(Attention& a, const at::Tensor& x, const at::Tensor& src, bool rope,

@@ -34,6 +34,7 @@ WANHOST_TEST_PACKED_ATTENTION=flash build-gpu/bin/test_kernels --gtest_filter='P
   >>"$R/tests.txt" 2>&1
 build-gpu/bin/test_wan21_dit --gtest_filter='*OnAGpu*:*Collapsed*' >>"$R/tests.txt" 2>&1
 grep -E "^\[  (PASSED|FAILED) |\[collapse\]|FAILED" "$R/tests.txt" | tee -a "$OUT/summary.txt"
+grep -h "key bias: SDPA backend" "$R"/*.txt 2>/dev/null | head -2 | tee -a "$OUT/summary.txt"
 
 bench() { # LABEL ARGS...
   local label=$1
@@ -47,15 +48,18 @@ print("bench %-34s %8.2f ms  %7.1f samples/s  %9.0f tokens/s  %6.1f model TFLOP/
     r["peak_mem_gib"]))
 EOF
   cat "$R/b.json" >>"$R/bench.jsonl"
+  grep -h "key bias: SDPA backend" "$R/bench.err" 2>/dev/null | tail -1 | sed 's/^/  /' | tee -a "$OUT/summary.txt"
 }
 S1=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 32 --video-tokens 390 --text-tokens 512)
 S2=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 1 --video-tokens 8190 --text-tokens 512)
 MIX=(--packed --grid 1,15,26 --grid 1,20,20 --grid 1,12,32)
 if [ -x "$W" ] && left 200; then
-  bench "s1 dense" "${S1[@]}"
-  bench "s1 packed" "${S1[@]}" --packed
-  bench "s1 mixed pack (runs)" "${S1[@]}" "${MIX[@]}"
-  bench "s1 mixed pack (flash varlen)" "${S1[@]}" "${MIX[@]}" --packed-attention flash
+  if [ "${MIXED:-1}" = 1 ]; then
+    bench "s1 dense" "${S1[@]}"
+    bench "s1 packed" "${S1[@]}" --packed
+    bench "s1 mixed pack (runs)" "${S1[@]}" "${MIX[@]}"
+    bench "s1 mixed pack (flash varlen)" "${S1[@]}" "${MIX[@]}" --packed-attention flash
+  fi
   for c in true false; do
     bench "s1 captions 20-200 collapse=$c" "${S1[@]}" --caption-tokens 20:200 \
       --option collapse_text_padding=$c
@@ -64,6 +68,14 @@ if [ -x "$W" ] && left 200; then
   done
 fi
 
+# The compiled peer's whole step on the same GPU (captions 20-200 tokens, as above).
+if [ -f build-perf/peer/peer_wan_step.py ] && left 300; then
+  (cd build-perf/peer && PYTHONUNBUFFERED=1 timeout 200 python3 -c '
+import peer_wan_step as p
+for c in [("step_s1_1.3B_mb32", 32, 1, 30, 52, 512), ("step_s2_1.3B_81f", 1, 21, 30, 52, 512)]:
+    p.run(*c, compiled=True)' 2>&1 | grep -v Warning | tee "$R/peer.jsonl" | grep "{" |
+    sed 's/^/peer  /' | tee -a "$OUT/summary.txt")
+fi
 # Whole 1.3B steps: stage 1 (32 images of 30x52 latents) and stage 2 (21 latent frames), 6 steps
 # each; the mean step time after 2 warm-up steps and the peak memory.
 run_steps() { # TAG STAGE EXTRA...
@@ -96,21 +108,15 @@ if [ -x "$W" ]; then
     left 120 && run_steps ddp-collapse $stage
     left 120 && run_steps ddp-nocollapse $stage --set model.wan21_dit.collapse_text_padding=false
   done
-  for rc in none all; do
+  for rc in none every_k all; do
+    k=()
+    [ $rc = every_k ] && k=(--set parallelism.automodel_fsdp.recompute_every=2)
     for stage in 1 2; do
-      left 120 && run_steps fsdp-$rc $stage --set parallelism.plugin=\"automodel_fsdp\" \
-        --set parallelism.automodel_fsdp.recompute=\"$rc\"
+      left 100 && run_steps fsdp-$rc $stage --set parallelism.plugin=\"automodel_fsdp\" \
+        --set parallelism.automodel_fsdp.recompute=\"$rc\" "${k[@]}"
     done
   done
 fi
 
-# The compiled peer's whole step on the same GPU (captions 20-200 tokens, as above).
-if [ -f build-perf/peer/peer_wan_step.py ] && left 150; then
-  (cd build-perf/peer && PYTHONUNBUFFERED=1 timeout $((BUDGET_S - (SECONDS - t0) - 20)) python3 -c '
-import peer_wan_step as p
-for c in [("step_s1_1.3B_mb32", 32, 1, 30, 52, 512), ("step_s2_1.3B_81f", 1, 21, 30, 52, 512)]:
-    p.run(*c, compiled=True)' 2>&1 | grep -v Warning | tee "$R/peer.jsonl" | grep "{" |
-    sed 's/^/peer  /' | tee -a "$OUT/summary.txt")
-fi
 say "total $((SECONDS - t0)) s"
 tar czf "$OUT/results.tar.gz" -C "$R" . 2>/dev/null

@@ -197,6 +197,16 @@ MUTATIONS = [
     ("packed grids grouped without keeping the samples' order", "sdk/kit/src/collate.cpp",
      "std::stable_sort(order.begin(), order.end(),", "std::sort(order.rbegin(), order.rend(),",
      ["test_batch"], "test_batch", "CollatePacked.GroupsEqualGrids"),
+    ("collapsed padding: each row's bias ignores what earlier rows took",
+     "plugins/wan21_dit/wan21_dit_model.cpp", "left -= std::exp(b);", "",
+     ["test_wan21_dit"], "test_wan21_dit", "Wan21Dit.CollapsedTextPaddingIsExact"),
+    ("collapsed padding: the key bias never reaches attention", "plugins/wan21_dit/wan21_dit_model.cpp",
+     "if (!key_bias.defined()) return ctx_.attention(q, k, v, args);",
+     "if (true) return ctx_.attention(q, k, v, args);",
+     ["test_wan21_dit"], "test_wan21_dit", "Wan21Dit.CollapsedTextPaddingIsExact"),
+    ("packed attention runs drop the key bias", "sdk/kit/src/layers.cpp",
+     "br.defined() ? br.reshape({r.count, r.lkv}) : at::Tensor()", "at::Tensor()",
+     ["test_wan21_dit"], "test_wan21_dit", "Wan21Dit.CollapsedTextPaddingIsExact"),
 
 ]
 

@@ -797,12 +797,13 @@ TEST(Wan21Dit, CapturedStepReplaysTheEagerStepOnAGpu) {
 // sample's real rows plus a few padded rows with a key bias equals attending to every padded row.
 // fp32: outputs, latent and parameter gradients within 1e-6 of the uncollapsed model, dense and
 // packed (mixed grids, an empty prompt, a prompt filling all given rows); the collapsed run
-// attends to max(length) + 4 text rows a sample. bf16 (CPU): the collapsed model is no further
-// from the fp32 result than the uncollapsed one (the biases are exact in bf16).
+// attends to max(length) + 4 text rows a sample, rounded up to a multiple of 64. bf16 (CPU): the
+// collapsed model is no further from the fp32 result than the uncollapsed one (the biases are exact
+// in bf16).
 void check_collapsed_padding(const c10::Device& device, double tol) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(23);
   const std::vector<std::int64_t> lengths = {0, 7, 20, 13};
-  const std::int64_t rows = 20, text_len = 64;
+  const std::int64_t rows = 20, text_len = 160;
   auto text = at::randn({4, rows, 32}, gen);
   for (int i = 0; i < 4; ++i) text[i].narrow(0, lengths[i], rows - lengths[i]).normal_(0, 1, gen);
   wanhost::Batch dense;
@@ -850,14 +851,16 @@ void check_collapsed_padding(const c10::Device& device, double tol) {
     const Run off = run(*batch, false, at::kFloat), on = run(*batch, true, at::kFloat);
     EXPECT_TRUE(off.kv_rows.empty()) << kind;
     ASSERT_FALSE(on.kv_rows.empty()) << kind << ": the collapsed model never used the key bias";
-    EXPECT_EQ(on.kv_rows[0], 20 + 4) << kind;  // longest caption + kCollapsedPaddingRows
+    EXPECT_EQ(on.kv_rows[0], 64) << kind;  // longest caption + 4, rounded up to 64
     EXPECT_LT(rel(on.out, off.out), tol) << kind;
     EXPECT_LT(rel(on.input_grad, off.input_grad), tol) << kind;
     // Cross-attention's key bias gets a zero gradient in exact arithmetic (it adds q.b to every
     // logit of a query alike; the softmax ignores that): its computed gradient is rounding noise,
     // compared in absolute terms against the gradients' scale.
-    // All parameter gradients as one vector within `tol`; each tensor within 20 x tol (small
-    // gradients with cancellations, e.g. a bias's, carry more relative rounding).
+    // All parameter gradients as one vector within `tol`; each tensor within 200 x tol: small
+    // gradients made of cancelling sums (the cross-attention norm's and biases') carry fp32
+    // rounding of a few 1e-5 relative (the model keeps fp32 islands, so float64 does not help);
+    // a wrong bias or row count shows at 1e-3 and above.
     double worst = 0, scale = 0, zero_grad_diff = 0, diff2 = 0, norm2 = 0;
     std::string where;
     for (const auto& [n, g] : off.grads) {
@@ -872,7 +875,7 @@ void check_collapsed_padding(const c10::Device& device, double tol) {
       if (const double e = rel(on.grads.at(n), g); e > worst) worst = e, where = n;
     }
     EXPECT_LT(std::sqrt(diff2 / norm2), tol) << kind << " all parameter gradients";
-    EXPECT_LT(worst, 20 * tol) << kind << " worst " << where;
+    EXPECT_LT(worst, 200 * tol) << kind << " worst " << where;
     EXPECT_LT(zero_grad_diff, tol * scale) << kind << " attn2.to_k.bias";
     std::printf(
         "[collapse] %s %s fp32: output %.2e, parameter gradients %.2e (worst tensor %.2e, %s)\n",

@@ -26,6 +26,7 @@
 #include <string>
 
 #include <ATen/ops/_flash_attention_forward.h>
+#include <ATen/ops/_fused_sdp_choice.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
@@ -110,6 +111,17 @@ at::Tensor dense_attention(const at::Tensor& q, const at::Tensor& k, const at::T
     if (mask)
       bias = bias.masked_fill(mask->logical_not(), -std::numeric_limits<double>::infinity());
     mask = bias;
+    // Which SDPA kernel takes a float mask here (cuDNN, memory-efficient or the unfused math
+    // path) decides what the bias costs: said once a process.
+    static std::atomic<bool> said{false};
+    if (q.is_cuda() && !said.exchange(true)) {
+      const auto backend =
+          at::_fused_sdp_choice(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask);
+      static const char* names[] = {"math", "flash", "efficient", "cudnn", "overrideable"};
+      logger()->info("attention with a key bias: SDPA backend {} (q {}, k {})",
+                     backend >= 0 && backend <= 4 ? names[backend] : "none", c10::str(q.sizes()),
+                     c10::str(k.sizes()));
+    }
   }
   auto out = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
                                               v.transpose(1, 2), mask, 0.0, false);
