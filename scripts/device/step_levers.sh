@@ -73,8 +73,10 @@ fi
 if [ -f build-perf/peer/peer_wan_step.py ] && left 300; then
   (cd build-perf/peer && PYTHONUNBUFFERED=1 timeout 200 python3 -c '
 import peer_wan_step as p
-for c in [("step_s1_1.3B_mb32", 32, 1, 30, 52, 512), ("step_s2_1.3B_81f", 1, 21, 30, 52, 512)]:
-    p.run(*c, compiled=True)' 2>&1 | grep -v Warning | tee "$R/peer.jsonl" | grep "{" |
+import os
+cases = [("step_s1_1.3B_mb32", 32, 1, 30, 52, 512), ("step_s2_1.3B_81f", 1, 21, 30, 52, 512)]
+for c in cases:
+    if c[0][6] in os.environ.get("STAGES", "1 2"): p.run(*c, compiled=True)' 2>&1 | grep -v Warning | tee "$R/peer.jsonl" | grep "{" |
     sed 's/^/peer  /' | tee -a "$OUT/summary.txt")
 fi
 # Whole 1.3B steps: stage 1 (32 images of 30x52 latents) and stage 2 (21 latent frames), STEPS
@@ -108,14 +110,14 @@ print("run   %-22s stage %s: median %.4f s, mean %.4f s a step (%d steps), %.1f 
     "$R/$tag-s$stage-metrics.jsonl" "$stage" "$tag" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
 }
 if [ -x "$W" ]; then
-  for stage in 1 2; do
+  for stage in ${STAGES:-1 2}; do
     left 120 && run_steps ddp-collapse $stage
     left 120 && run_steps ddp-nocollapse $stage --set model.wan21_dit.collapse_text_padding=false
   done
   for rc in ${FSDP:-none every_k all}; do
     k=()
     [ $rc = every_k ] && k=(--set parallelism.automodel_fsdp.recompute_every=2)
-    for stage in 1 2; do
+    for stage in ${STAGES:-1 2}; do
       left 100 && run_steps fsdp-$rc $stage --set parallelism.plugin=\"automodel_fsdp\" \
         --set parallelism.automodel_fsdp.recompute=\"$rc\" "${k[@]}"
     done
