@@ -963,6 +963,43 @@ TEST(DefaultAttention, MaskAndPackedSegmentsAgree) {
 // A pack of a few runs of equal segments (each run one dense SDPA batch) gives the per-segment
 // loop's outputs and gradients; so does a pack whose sizes alternate (more runs than the dense
 // path takes). Self-attention (q and kv runs alike) and cross-attention (runs differ in kv).
+// The host's rule after a parallelism's setup(): a plugin that replaced `attention` but not
+// `attention_key_bias` loses the default biased one (it would bypass the plugin's attention), so
+// the model then computes every padded row itself; one that replaced both, or neither, keeps it.
+TEST(DefaultAttention, KeyBiasAttentionFollowsAReplacedAttention) {
+  auto own = [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                const wanhost::AttentionArgs& args) {
+    return wanhost::default_attention(q, k, v, args);
+  };
+  auto ctx = wanhost::single_process_context();
+  wanhost::keep_key_bias_attention_consistent(ctx);
+  EXPECT_TRUE(static_cast<bool>(ctx.attention_key_bias)) << "defaults untouched";
+  ctx.attention = own;
+  wanhost::keep_key_bias_attention_consistent(ctx);
+  EXPECT_FALSE(static_cast<bool>(ctx.attention_key_bias)) << "attention replaced alone";
+  auto both = wanhost::single_process_context();
+  both.attention = own;
+  both.attention_key_bias = [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const wanhost::AttentionArgs& args, const at::Tensor& bias) {
+    return wanhost::default_attention_key_bias(q, k, v, args, bias);
+  };
+  wanhost::keep_key_bias_attention_consistent(both);
+  EXPECT_TRUE(static_cast<bool>(both.attention_key_bias)) << "both replaced";
+  // Without a biased attention the model collapses nothing: the same result as collapse off.
+  auto batch = wanhost::Batch{};
+  batch.latents = at::randn({1, 16, 1, 4, 4});
+  batch.text = at::randn({1, 5, 32});
+  batch.text_lengths = at::tensor({5});
+  batch.sample_keys = {0};
+  const auto t = at::tensor({300.0f});
+  auto options = wanhost::plugins::wan21_dit::resolve_options(plugin_config({{"init_seed", 2}}));
+  WanModel without(options, ctx);
+  options.collapse_text_padding = false;
+  WanModel off(options, both);
+  at::NoGradGuard no_grad;
+  EXPECT_TRUE(at::equal(without.forward(batch, t), off.forward(batch, t)));
+}
+
 TEST(DefaultAttention, RunsOfEqualSegmentsEqualTheLoop) {
   using wanhost::KernelOptions;
   const KernelOptions saved = wanhost::kernel_options();
