@@ -71,6 +71,25 @@ TEST(CliBench, MixedPackCountsEverySample) {
   EXPECT_NEAR(j["tokens_per_s"].get<double>() * j["step_s"].get<double>(), 140.0, 1e-6);
 }
 
+// --caption-tokens: every sample's caption length drawn from the range, the same in every run, and
+// samples/s reported beside tokens/s.
+TEST(CliBench, CaptionLengthsAreDrawnFromTheRange) {
+  const std::string six = kBase + " --batch 6 --preset tiny --blocks 1 --video-tokens 60 --iters 1";
+  const auto a = json_report(six + " --json --caption-tokens 3:12");
+  ASSERT_FALSE(a.is_null());
+  const auto lengths = a["caption_tokens"].get<std::vector<std::int64_t>>();
+  ASSERT_EQ(lengths.size(), 6u);
+  for (auto l : lengths) {
+    EXPECT_GE(l, 3);
+    EXPECT_LE(l, 12);
+  }
+  EXPECT_EQ(json_report(six + " --json --caption-tokens 3:12")["caption_tokens"],
+            a["caption_tokens"]);
+  EXPECT_NEAR(a["samples_per_s"].get<double>() * a["step_s"].get<double>(), 6.0, 1e-9);
+  EXPECT_EQ(json_report(kCase + " --json")["caption_tokens"],
+            nlohmann::json::parse("[16, 16]"));  // default: every row real
+}
+
 TEST(CliBench, ProfileWritesATraceAndSumsKernelTimeByClass) {
   const auto trace = temp_path("bench-trace.json");
   const auto r = run_wanhost(kCase + " --json --profile " + trace + " --profile-top 5");
@@ -148,6 +167,8 @@ TEST(CliBench, UsageErrorsNameTheFlag) {
       {tiny + "--device cuda", "no CUDA device"},
       {tiny + "--device cpu --cuda-graph", "--cuda-graph needs a GPU (--device cuda)"},
       {tiny + "--kernels --packed", "--kernels times single operators on dense rows"},
+      {tiny + "--caption-tokens 5:17", "--caption-tokens 5:17: expected MIN:MAX"},
+      {tiny + "--caption-tokens 9", "--caption-tokens 9: expected MIN:MAX"},
   };
   for (const auto& [args, says] : cases) {
     if (args.find("--device cuda") != std::string::npos && at::hasCUDA()) continue;
