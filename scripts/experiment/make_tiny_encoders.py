@@ -88,7 +88,6 @@ def filler_lines(rng):
 
 def make_tokenizer(out, seed):
     import sentencepiece as spm
-    from transformers import AutoTokenizer, T5Tokenizer
 
     rng = random.Random(seed)
     with open(os.path.join(out, "corpus.txt"), "w", encoding="utf-8") as f:
@@ -107,12 +106,19 @@ def make_tokenizer(out, seed):
             shuffle_input_sentence=False, minloglevel=2)
     finally:
         os.chdir(cwd)
+    return package_t5_tokenizer(src, os.path.join(out, "tokenizer"), EXTRA_IDS)
+
+
+def package_t5_tokenizer(src, dst, extra_ids):
+    """Turns a folder holding a trained spiece.model (and spiece.vocab) into a tokenizer folder as
+    the Wan pipelines ship it (spiece.model, tokenizer.json, tokenizer_config.json): Transformers
+    converts spiece.model into its fast tokenizer. Removes `src`; returns the loaded tokenizer.
+    (tests/reference/make_umt5_reference.py uses it too.)"""
+    from transformers import AutoTokenizer, T5Tokenizer
+
     os.remove(os.path.join(src, "spiece.vocab"))
     with open(os.path.join(src, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "T5Tokenizer", "extra_ids": EXTRA_IDS}, f)
-    # Transformers converts spiece.model into its fast tokenizer; a Wan pipeline's tokenizer/
-    # holds both (spiece.model, tokenizer.json, tokenizer_config.json).
-    dst = os.path.join(out, "tokenizer")
+        json.dump({"tokenizer_class": "T5Tokenizer", "extra_ids": extra_ids}, f)
     T5Tokenizer.from_pretrained(src).save_pretrained(dst)
     shutil.copy(os.path.join(src, "spiece.model"), os.path.join(dst, "spiece.model"))
     shutil.rmtree(src)

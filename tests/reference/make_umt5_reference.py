@@ -31,15 +31,18 @@ import html
 import json
 import os
 import random
-import shutil
 import sys
 import types
 
 import torch
 import sentencepiece as spm
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, T5Tokenizer, UMT5Config, UMT5EncoderModel
+from transformers import UMT5Config, UMT5EncoderModel
 import diffusers.pipelines.wan.pipeline_wan as pipeline_wan
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts",
+                                "experiment"))
+from make_tiny_encoders import package_t5_tokenizer  # noqa: E402
 
 SMALL_MAX = 16
 LARGE_MAX = 64
@@ -111,16 +114,8 @@ def make_tokenizer(out):
         input=corpus, model_prefix=os.path.join(src, "spiece"), vocab_size=SP_VOCAB,
         model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
         num_threads=1, minloglevel=2)
-    os.remove(os.path.join(src, "spiece.vocab"))
-    with open(os.path.join(src, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "T5Tokenizer", "extra_ids": EXTRA_IDS}, f)
-    # Transformers converts spiece.model to its fast tokenizer; save that as the pipelines ship it
-    # (spiece.model + tokenizer.json + tokenizer_config.json) and load it back as they do.
-    dst = os.path.join(out, "tokenizer")
-    T5Tokenizer.from_pretrained(src).save_pretrained(dst)
-    shutil.copy(os.path.join(src, "spiece.model"), os.path.join(dst, "spiece.model"))
-    shutil.rmtree(src)
-    return AutoTokenizer.from_pretrained(dst)
+    # Saved as the pipelines ship it and loaded back as they do (the experiment's tokenizer writer).
+    return package_t5_tokenizer(src, os.path.join(out, "tokenizer"), EXTRA_IDS)
 
 
 def make_model(config, seed):

@@ -1,9 +1,11 @@
 #!/bin/sh
 # Runs a reference-data generator once: run_reference.sh PYTHON SCRIPT OUT_DIR "MODULES..."
 # Skips (exit 77) when PYTHON cannot import MODULES; keeps OUT_DIR when its DONE stamp matches the
-# script, tests/reference/requirements.txt and reference_cases.py.
+# Python the generators can import (every tests/reference/*.py, which import each other, and the
+# experiment's tokenizer writer, which make_umt5_reference.py imports) and requirements.txt.
 python=$1 script=$2 out=$3 modules=$4
-want=$(cat "$script" "$(dirname "$script")/requirements.txt" "$(dirname "$script")/reference_cases.py" |
+dir=$(dirname "$script")
+want=$(cat "$script" "$dir/requirements.txt" "$dir"/*.py "$dir/../../scripts/experiment/make_tiny_encoders.py" |
   sha256sum | cut -c1-64)
 if [ -f "$out/DONE" ] && [ "$(head -n1 "$out/DONE")" = "$want" ]; then
   echo "reference data in $out is up to date"
