@@ -78,6 +78,12 @@ std::vector<std::pair<std::string, std::vector<std::int64_t>>> diffusers_shapes(
 // `text_tokens` attended text rows.
 double forward_flops(const WanConfig& c, std::int64_t tokens, std::int64_t text_tokens);
 
+// Collapsed text padding's key biases ([n, kept] float64, every value one of `dtype`): for samples
+// of `lengths` real text rows padded to `total`, rows >= length get biases whose weights
+// (exp(bias)) sum to total - length; real rows 0 (wan21_dit_model.cpp says how, and how exactly).
+at::Tensor collapsed_padding_bias(const std::vector<std::int64_t>& lengths, std::int64_t total,
+                                  std::int64_t kept, at::ScalarType dtype);
+
 // Original Wan 2.1 key -> Diffusers key (ComfyUI prefix stripped); unchanged when unknown.
 std::string original_to_diffusers(const std::string& name);
 

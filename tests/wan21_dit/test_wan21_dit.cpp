@@ -800,6 +800,37 @@ TEST(Wan21Dit, CapturedStepReplaysTheEagerStepOnAGpu) {
 // attends to max(length) + 4 text rows a sample, rounded up to a multiple of 64. bf16 (CPU): the
 // collapsed model is no further from the fp32 result than the uncollapsed one (the biases are exact
 // in bf16).
+// The biases themselves: real rows 0; every value one of the compute dtype's (the attention adds
+// the mask in that dtype); the padded rows' weights sum to the number of padded rows: exactly in
+// float64, to float32 rounding, and in bf16 / half within the last row's rounding (1.6 % / 0.2 %
+// of its weight for biases below 8, docs/model.md).
+TEST(Wan21Dit, CollapsedPaddingBiasesAddUpToThePadding) {
+  const std::vector<std::int64_t> lengths = {0, 7, 60, 123};
+  const std::int64_t total = 512, kept = 128;
+  for (const auto dtype : {at::kDouble, at::kFloat, at::kBFloat16, at::kHalf}) {
+    const at::Tensor b =
+        wanhost::plugins::wan21_dit::collapsed_padding_bias(lengths, total, kept, dtype);
+    ASSERT_EQ(b.sizes(), (std::vector<std::int64_t>{4, kept}));
+    EXPECT_TRUE(at::equal(b.to(dtype).to(at::kDouble), b)) << dtype << ": a value not of the dtype";
+    for (std::size_t i = 0; i < lengths.size(); ++i) {
+      const auto l = lengths[i];
+      const auto row = b[static_cast<std::int64_t>(i)];
+      if (l > 0) {
+        EXPECT_EQ(row.narrow(0, 0, l).abs().max().item<double>(), 0.0);
+      }
+      const at::Tensor w = row.narrow(0, l, kept - l).exp();
+      const double m = static_cast<double>(total - l), sum = w.sum().item<double>();
+      const double last = w[-1].item<double>();
+      const double allowed = dtype == at::kDouble  ? 1e-12 * m
+                             : dtype == at::kFloat ? 1e-6 * m
+                             : dtype == at::kHalf  ? 2e-3 * last
+                                                   : 1.6e-2 * last;
+      EXPECT_LE(std::abs(sum - m), allowed) << dtype << ", length " << l << ": weights " << sum;
+      EXPECT_GT(w.min().item<double>(), 0.0);
+    }
+  }
+}
+
 void check_collapsed_padding(const c10::Device& device, double tol) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(23);
   const std::vector<std::int64_t> lengths = {0, 7, 20, 13};
