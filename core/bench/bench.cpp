@@ -99,7 +99,8 @@ PluginConfig model_config(const PluginManifest& m, const BenchOptions& o, std::i
   return standalone_plugin_config(m, "model", std::move(values));
 }
 
-Batch make_batch(const BenchOptions& o, const std::vector<Grid>& grids, std::int64_t channels,
+Batch make_batch(const BenchOptions& o, const std::vector<Grid>& grids,
+                 const std::vector<std::int64_t>& caption_rows, std::int64_t channels,
                  std::int64_t text_dim, const c10::Device& device, at::ScalarType dtype) {
   // Latent grid for patch (1, 2, 2), the patch of every Wan 2.1 preset.
   const auto opts = at::TensorOptions().device(device).dtype(dtype);
@@ -119,7 +120,7 @@ Batch make_batch(const BenchOptions& o, const std::vector<Grid>& grids, std::int
     b.latents = at::randn({o.batch, channels, g[0], 2 * g[1], 2 * g[2]}, opts);
   }
   b.text = at::randn({o.batch, o.text_tokens, text_dim}, opts);
-  b.text_lengths = at::tensor(caption_lengths(o), at::kLong).to(device);
+  b.text_lengths = at::tensor(caption_rows, at::kLong).to(device);
   for (std::int64_t i = 0; i < o.batch; ++i) b.sample_keys.push_back(i);
   b.captions.resize(static_cast<std::size_t>(o.batch));
   return b;
@@ -151,6 +152,7 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
   if (o.dtype.empty()) o.dtype = device.is_cuda() ? "bfloat16" : "float32";
   const auto dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
   const auto grids = token_grids(o);
+  const auto caption_rows = caption_lengths(o);
 
   ComponentBuilder builder(registry);
   const PluginManifest& m = registry.require(o.plugin, "model", "");
@@ -214,7 +216,7 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
     throw UsageError("--plugin " + o.plugin +
                      ": no condition_embedder.text_embedder.linear_1.weight parameter to size the "
                      "text input from");
-  Batch batch = make_batch(o, grids, channels, text_dim, device, dtype);
+  Batch batch = make_batch(o, grids, caption_rows, channels, text_dim, device, dtype);
   const auto timesteps = at::rand({o.batch}, at::TensorOptions().device(device)) * 1000;
 
   // Input part once, outside the timed region; the blocks get a fresh leaf every step.
@@ -277,7 +279,7 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
          {"grid", grids_json[0]},
          {"grids", grids_json},
          {"text_tokens", o.text_tokens},
-         {"caption_tokens", caption_lengths(o)},
+         {"caption_tokens", caption_rows},
          {"dtype", o.dtype},
          {"params", o.fp32_master ? "float32" : o.dtype},
          {"packed", o.packed},
