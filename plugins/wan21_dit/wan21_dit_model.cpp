@@ -497,8 +497,9 @@ at::Tensor WanModel::text_context(const Batch& b, Activations& act,
     // collapsed_padding_bias.
     const auto kept = collapsed_rows(lengths, total);
     if (kept < total) {
+      // In the compute dtype once (its values are of that dtype), not converted in every block.
       act.aux.push_back(collapsed_padding_bias(lengths, total, kept, ctx_.compute_dtype)
-                            .to(ctx_.device)
+                            .to(ctx_.device, ctx_.compute_dtype)
                             .view({-1}));
       total = kept;
     }
