@@ -149,6 +149,11 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
   } catch (const std::invalid_argument& e) {
     throw UsageError(std::string("--packed-attention/--lt-epilogues: ") + e.what());
   }
+  try {
+    set_fp8_recipe(parse_fp8_recipe(o.fp8));
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(std::string("--fp8: ") + e.what());
+  }
   if (o.dtype.empty()) o.dtype = device.is_cuda() ? "bfloat16" : "float32";
   const auto dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
   const auto grids = token_grids(o);
@@ -233,6 +238,7 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
 
   auto eager_step = [&] {
     for (auto& p : params) p.mutable_grad() = at::Tensor();
+    fp8_weights_changed();  // a training step quantises each FP8 layer's weight once
     auto h = hidden.detach().requires_grad_(true);
     for (std::int64_t i = 0; i < model->num_blocks(); ++i) h = model->block_forward(i, h, act);
     h.to(at::kFloat).square().mean().backward();
@@ -284,6 +290,7 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
          {"params", o.fp32_master ? "float32" : o.dtype},
          {"packed", o.packed},
          {"cuda_graph", o.cuda_graph},
+         {"fp8", o.fp8},
          {"device", device.str()},
          {"options", o.options},
          {"iters", o.iters},

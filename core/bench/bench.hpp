@@ -25,6 +25,7 @@ struct BenchOptions {
   bool kernels = false;  // each fused operator against its ATen reference instead of blocks
   std::vector<std::string> options;                               // key=json for the model plugin
   std::string packed_attention = "auto", lt_epilogues = "dgelu";  // KernelOptions
+  std::string fp8 = "off";                                        // run.fp8
 };
 
 // Runs the benchmark and prints its table (or one JSON object with json).

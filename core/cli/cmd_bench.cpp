@@ -50,6 +50,11 @@ void add_bench_command(CLI::App& app, GlobalOptions& g) {
                 "cuBLASLt epilogues of the feed-forward: off, all, or a comma list of gelu, "
                 "dgelu, bgrad (run.kernels.lt_epilogues)")
       ->capture_default_str();
+  b->add_option("--fp8", o->fp8,
+                "FP8 products for the blocks' large linear layers: off or tensorwise (run.fp8); "
+                "the weights are quantised once per timed step, as once per optimizer step")
+      ->check(CLI::IsMember({"off", "tensorwise"}))
+      ->capture_default_str();
   b->add_flag("--json", o->json, "Print one JSON object");
   b->add_option("--profile", o->profile,
                 "Profile a few steps after the timed ones: write a Chrome trace to this file and "

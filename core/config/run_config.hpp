@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "wanhost/config.hpp"
+#include "wanhost/kit/fp8.hpp"
 #include "wanhost/kit/kernel_options.hpp"
 #include "wanhost/parallelism.hpp"
 
@@ -22,6 +23,7 @@ struct RunSettings {
   std::string device;              // auto | cpu | cuda
   std::string precision;           // auto | fp32 | bf16 (compute)
   std::string master_weights;      // fp32 | bf16
+  Fp8Recipe fp8 = Fp8Recipe::off;  // run.fp8
   bool skip_nonfinite = false;     // nonfinite: skip (else abort)
   long nonfinite_max_consecutive = 10;
   int threads = 0;

@@ -36,6 +36,7 @@
 #include "sample_order.hpp"
 #include "step_inputs.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/fp8.hpp"
 #include "wanhost/kit/json_file.hpp"
 #include "wanhost/kit/safetensors.hpp"
 #include "wanhost/log.hpp"
@@ -366,6 +367,8 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
   // The step on the device: nothing below reads a value back until the step's numbers are
   // reduced over the ranks (one host synchronisation a step).
   parallelism("zero_grad", [&] { c_.parallelism->zero_grad(); });
+  // Weights change between steps only (optimizer step, load): FP8 copies are made again once.
+  fp8_weights_changed();
   StepLoss sl = parallelism("forward_backward", [&] {
     return c_.parallelism->forward_backward(
         *c_.model, in.micro, [&](const at::Tensor& pred, const NoisedBatch& nb) {
@@ -562,6 +565,7 @@ int Trainer::run() {
   install_stop_signal_handler();
   if (cfg_.run.threads > 0) at::set_num_threads(cfg_.run.threads);
   set_kernel_options(cfg_.run.kernels);
+  set_fp8_recipe(cfg_.run.fp8);
   set_fault_rank(env_.rank);
   const c10::Device device = run_device(cfg_, env_.local_rank);
   CommTimeouts timeouts;
@@ -569,8 +573,11 @@ int Trainer::run() {
   timeouts.collective_s = cfg_.run.comm_timeout_s;
   c_ = build_run(cfg_, builder_, device, make_world_communicator(env_, device, timeouts));
   logger()->info(
-      "device {}, master weights {}, compute {}; model {} ({} blocks), parallelism {}, world {}",
+      "device {}, master weights {}, compute {}{}; model {} ({} blocks), parallelism {}, world {}",
       c_.ctx.device.str(), c10::toString(c_.ctx.param_dtype), c10::toString(c_.ctx.compute_dtype),
+      cfg_.run.fp8 == Fp8Recipe::off
+          ? std::string()
+          : std::string(", FP8 block linear layers (") + fp8_recipe_name(cfg_.run.fp8) + ")",
       cfg_.model.plugin, c_.model->num_blocks(), cfg_.parallelism.plugin, env_.world_size);
   peak_tflops_ = cfg_.run.peak_tflops;
   if (peak_tflops_ <= 0 && device.is_cuda()) {

@@ -6,6 +6,7 @@
 
 #include "wanhost/errors.hpp"
 #include "wanhost/kit/collectives.hpp"
+#include "wanhost/kit/fp8.hpp"
 
 namespace wanhost::plugins::megatron_tpppcp {
 
@@ -44,13 +45,22 @@ void TensorParallelLinear::shard(const std::string& name) {
   sharded_ = true;
 }
 
+// This rank's product: on FP8 products when run.fp8 asks for them (the kit's FP8 linear layer,
+// the master weight quantised once per optimizer step), else ATen's linear under autocast.
+at::Tensor TensorParallelLinear::local_product(const at::Tensor& x, const at::Tensor& bias) {
+  if (fp8_linear_applies(x, weight_)) {
+    const at::Tensor b = bias.defined() ? bias.to(x.scalar_type()) : at::Tensor();
+    return fp8_linear(x, weight_, b, fp8_weight_);
+  }
+  return at::linear(x, weight_, bias.defined() ? bias : at::Tensor());
+}
+
 at::Tensor TensorParallelLinear::forward(const at::Tensor& x) {
   namespace coll = wanhost::collectives;
   if (role_ == LinearRole::ColumnParallel)
-    return at::linear(sequence_parallel_ ? x : coll::copy_to_group(x, group_), weight_,
-                      bias_.defined() ? bias_ : at::Tensor());
-  at::Tensor y = sequence_parallel_ ? coll::reduce_scatter_along(at::linear(x, weight_), 1, group_)
-                                    : coll::reduce_from_group(at::linear(x, weight_), group_);
+    return local_product(sequence_parallel_ ? x : coll::copy_to_group(x, group_), bias_);
+  at::Tensor y = sequence_parallel_ ? coll::reduce_scatter_along(local_product(x, {}), 1, group_)
+                                    : coll::reduce_from_group(local_product(x, {}), group_);
   return bias_.defined() ? y + bias_.to(y.scalar_type()) : y;
 }
 

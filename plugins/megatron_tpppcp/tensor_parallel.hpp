@@ -17,6 +17,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "wanhost/communicator.hpp"
+#include "wanhost/kit/fp8.hpp"
 #include "wanhost/parallel.hpp"
 
 namespace wanhost::plugins::megatron_tpppcp {
@@ -38,12 +39,15 @@ class TensorParallelLinear final : public LinearLayer {
   LinearRole role() const { return role_; }
 
  private:
+  at::Tensor local_product(const at::Tensor& x, const at::Tensor& bias);
+
   std::int64_t in_, out_;
   LinearRole role_;
   CommunicatorPtr group_;
   bool sequence_parallel_;
   at::Tensor weight_, bias_;
   bool sharded_ = false;
+  Fp8WeightCache fp8_weight_;
 };
 
 }  // namespace wanhost::plugins::megatron_tpppcp

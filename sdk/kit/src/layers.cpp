@@ -37,6 +37,7 @@
 #include <c10/util/Exception.h>
 
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/fp8.hpp"
 #include "wanhost/kit/fused.hpp"
 #include "wanhost/kit/kernel_options.hpp"
 #include "wanhost/log.hpp"
@@ -49,7 +50,8 @@ namespace {
 // arithmetic of a model whose weights were loaded in bf16.
 class ReplicatedLinear final : public LinearLayer {
  public:
-  ReplicatedLinear(std::int64_t in, std::int64_t out, bool bias) {
+  ReplicatedLinear(std::int64_t in, std::int64_t out, bool bias, bool fp8_eligible)
+      : fp8_eligible_(fp8_eligible) {
     TORCH_CHECK(in > 0 && out > 0, "linear layer needs positive sizes, got in=", in, " out=", out);
     // torch.nn.Linear.reset_parameters: kaiming_uniform_(a=sqrt(5)) is U(-1/sqrt(in), 1/sqrt(in));
     // the bias uses the same bound.
@@ -59,8 +61,21 @@ class ReplicatedLinear final : public LinearLayer {
   }
 
   at::Tensor forward(const at::Tensor& x) override {
+    if (uses_fp8(x)) {
+      // The master weight goes in as it is: its FP8 copy is made once per optimizer step and its
+      // gradient comes out of the product in the master's dtype.
+      at::Tensor b;
+      if (bias_.defined())
+        b = bias_.scalar_type() == x.scalar_type() ? bias_ : bias_.to(x.scalar_type());
+      return fp8_linear(x, weight_, b, fp8_weight_);
+    }
     const auto [w, b] = parameters_as(x.scalar_type());
     return fused::linear(x, w, b);
+  }
+
+  // A block's large layer (run.fp8 applies to it) with an input FP8 takes.
+  bool uses_fp8(const at::Tensor& x) const {
+    return fp8_eligible_ && fp8_linear_applies(x, weight_);
   }
 
   // Weight and bias (undefined without one) in `dtype`, differentiably cast from the master copy.
@@ -73,6 +88,8 @@ class ReplicatedLinear final : public LinearLayer {
 
  private:
   at::Tensor weight_, bias_;
+  bool fp8_eligible_;
+  Fp8WeightCache fp8_weight_;
 };
 
 }  // namespace
@@ -80,7 +97,7 @@ class ReplicatedLinear final : public LinearLayer {
 at::Tensor gelu_feed_forward(LinearLayer& up, LinearLayer& down, const at::Tensor& x) {
   auto* u = dynamic_cast<ReplicatedLinear*>(&up);
   auto* d = dynamic_cast<ReplicatedLinear*>(&down);
-  if (u != nullptr && d != nullptr) {
+  if (u != nullptr && d != nullptr && !u->uses_fp8(x)) {
     const auto [w1, b1] = u->parameters_as(x.scalar_type());
     const auto [w2, b2] = d->parameters_as(x.scalar_type());
     if (b1.defined() && b2.defined()) return fused::gelu_feed_forward(x, w1, b1, w2, b2);
@@ -299,8 +316,8 @@ void setup_data_parallel(ParallelContext& ctx) {
 }
 
 void set_default_operators(ParallelContext& ctx) {
-  ctx.make_linear = [](std::int64_t in, std::int64_t out, bool bias, LinearRole) {
-    return make_replicated_linear(in, out, bias);
+  ctx.make_linear = [](std::int64_t in, std::int64_t out, bool bias, LinearRole role) {
+    return make_replicated_linear(in, out, bias, role);
   };
   ctx.attention = default_attention;
   ctx.attention_key_bias = default_attention_key_bias;
@@ -335,7 +352,14 @@ std::shared_ptr<AttentionSegments> make_attention_segments(const std::vector<std
 }
 
 std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_t out, bool bias) {
-  return std::make_shared<ReplicatedLinear>(in, out, bias);
+  return std::make_shared<ReplicatedLinear>(in, out, bias, false);
+}
+
+std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_t out, bool bias,
+                                                    LinearRole role) {
+  // The roles a model gives its blocks' large layers (column/row parallel under tensor
+  // parallelism) are the layers run.fp8 puts on FP8 products.
+  return std::make_shared<ReplicatedLinear>(in, out, bias, role != LinearRole::Replicated);
 }
 
 at::Tensor default_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

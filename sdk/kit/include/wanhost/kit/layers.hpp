@@ -17,8 +17,8 @@ namespace wanhost {
 // the CPU), the default operators below.
 ParallelContext single_process_context(c10::Device device = c10::Device(c10::kCPU));
 
-// Puts the default operators into `ctx` (make_linear: replicated; attention: default_attention;
-// attention_key_bias: default_attention_key_bias).
+// Puts the default operators into `ctx` (make_linear: replicated, FP8-eligible by role; attention:
+// default_attention; attention_key_bias: default_attention_key_bias).
 void set_default_operators(ParallelContext& ctx);
 
 // Pure data parallelism: layout dp = world size, ctx.dp = ctx.world, single-rank tp/pp/cp
@@ -33,6 +33,10 @@ std::shared_ptr<AttentionSegments> make_attention_segments(const std::vector<std
 
 // torch.nn.Linear semantics, computed in the input's dtype.
 std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_t out, bool bias);
+// Kit 1.2: the same, for a layer of the given role; a block's large layers (column or row
+// parallel) run on FP8 products when run.fp8 asks for them (wanhost/kit/fp8.hpp).
+std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_t out, bool bias,
+                                                    LinearRole role);
 // down(gelu_tanh(up(x))), a DiT block's feed-forward. When both are the kit's replicated layers
 // this is fused::gelu_feed_forward over their parameters (cast to x's dtype, like their forward);
 // other layers (tensor-parallel, adapters) run their own forward with ATen's GELU.

@@ -1,0 +1,71 @@
+// FP8 matrix products for the large linear layers of DiT blocks (run.fp8, docs/performance.md
+// "FP8 linear layers"), with "current" tensorwise scaling: every operand is scaled by its own
+// absolute maximum at the time it is made (no amax history), as torchao's Float8Linear with
+// tensorwise scaling and Transformer Engine's Float8CurrentScaling recipe do:
+//   forward          y  = x W^T + b       x: E4M3, W: E4M3                     (fast accumulation)
+//   input gradient   dx = dy W            dy: E5M2, W: E4M3
+//   weight gradient  dW = dy^T x          dy: E5M2, x: E4M3, written in W's dtype (fp32 master
+//                                         weights get fp32 gradients straight from the product)
+// Accumulation is fp32 (cuBLASLt through at::_scaled_mm; Hopper's FP8 tensor cores). Each weight
+// is quantised once per optimizer step (Fp8WeightCache), each input once however many layers
+// read it (a block's q, k and v share theirs). Attention, norms, embedders, the output projection
+// and the master weights stay as they are. On the CPU the products are emulated in fp32 on the
+// dequantised operands (the quantisation is the same): what the CPU tests check the recipe with.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+
+namespace wanhost {
+
+enum class Fp8Recipe { off, tensorwise };
+
+// Process-wide, like KernelOptions: set before the first step (the host sets run.fp8).
+void set_fp8_recipe(Fp8Recipe recipe);
+Fp8Recipe fp8_recipe();
+// "off" | "tensorwise"; anything else throws std::invalid_argument saying what is expected.
+Fp8Recipe parse_fp8_recipe(const std::string& name);
+const char* fp8_recipe_name(Fp8Recipe recipe);
+
+// Says that weights may have changed (an optimizer step, a load): every Fp8WeightCache makes its
+// copy again at its next use. The host calls it before every training step; a weight's version
+// counter (in-place updates) is checked too.
+void fp8_weights_changed();
+
+// One layer's weight in E4M3, row-major [out, in] and its transpose [in, out], with their
+// dequantisation scale, made from the master weight once per optimizer step.
+class Fp8WeightCache {
+ public:
+  // The copies of `weight` (made again when it, its version or the step changed).
+  struct Copies {
+    at::Tensor q, qt, scale;
+  };
+  const Copies& of(const at::Tensor& weight);
+
+ private:
+  Copies copies_;
+  const void* data_ = nullptr;
+  std::uint32_t version_ = 0;
+  std::uint64_t epoch_ = 0;
+};
+
+// True when run.fp8 is on and fp8_linear takes x [..., in] and weight [out, in]: in and out
+// multiples of 16 (the FP8 products' alignment), x bf16 on CUDA, or fp32/bf16 on the CPU.
+bool fp8_linear_applies(const at::Tensor& x, const at::Tensor& weight);
+
+// x W^T + b through the FP8 products above; differentiable in x, weight and bias (bias in x's
+// dtype, may be undefined). The output has x's dtype.
+at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                      Fp8WeightCache& cache);
+
+// The E4M3 (forward operands) or E5M2 (gradients) quantisation: {q, scale} with x = q * scale up
+// to the format's rounding, scale = max|x| / (the format's largest value) as a 0-dim fp32 tensor
+// on x's device. Exposed for tests.
+struct Fp8Quantized {
+  at::Tensor q, scale;
+};
+Fp8Quantized fp8_quantize(const at::Tensor& x, bool gradient);
+
+}  // namespace wanhost

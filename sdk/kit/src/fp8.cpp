@@ -1,0 +1,198 @@
+// FP8 linear layers (fp8.hpp). The products go through at::_scaled_mm, whose scales are
+// dequantisation factors: out = (a * scale_a) (b * scale_b), a row-major, b column-major. The
+// products contract over K for the forward and input-gradient products and over the tokens for
+// the weight gradient, so the operands of the latter are transposed copies, with the token count
+// padded with zero rows to the 16 the FP8 products need (zeros add nothing to the sum).
+#include "wanhost/kit/fp8.hpp"
+
+#include <atomic>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <c10/util/intrusive_ptr.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+namespace wanhost {
+namespace {
+
+std::atomic<Fp8Recipe> g_recipe{Fp8Recipe::off};
+std::atomic<std::uint64_t> g_epoch{1};
+
+constexpr std::int64_t kAlign = 16;  // at::_scaled_mm: K and N multiples of 16
+constexpr double kE4m3Max = 448.0, kE5m2Max = 57344.0;
+// An all-zero operand keeps a finite scale (its quantised values are zeros either way).
+constexpr double kMinAmax = 1e-12;
+
+at::ScalarType format(bool gradient) {
+  return gradient ? at::kFloat8_e5m2 : at::kFloat8_e4m3fn;
+}
+
+std::int64_t round_up(std::int64_t n, std::int64_t m) {
+  return (n + m - 1) / m * m;
+}
+
+// a [M, K] row-major, b [K, N] column-major (a transposed row-major [N, K]), FP8; a_scale and
+// b_scale 0-dim fp32 -> [M, N] of out_dtype. CUDA: at::_scaled_mm; CPU: the same sum in fp32 on
+// the dequantised operands.
+at::Tensor scaled_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& a_scale,
+                     const at::Tensor& b_scale, const at::Tensor& bias, at::ScalarType out_dtype,
+                     bool fast_accumulation) {
+  if (a.is_cuda())
+    return at::_scaled_mm(a, b, a_scale, b_scale,
+                          bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt,
+                          std::nullopt, out_dtype, fast_accumulation);
+  at::Tensor out = at::mm(a.to(at::kFloat) * a_scale, b.to(at::kFloat) * b_scale);
+  if (bias.defined()) out = out + bias.to(at::kFloat);
+  return out.to(out_dtype);
+}
+
+// rows [M, C] -> [C, round_up(M, 16)] (transposed, zero rows appended), byte-wise so that no
+// FP8 kernel of ATen is needed.
+at::Tensor transposed_padded(const at::Tensor& q) {
+  const std::int64_t m = q.size(0), padded = round_up(m, kAlign);
+  at::Tensor bytes = q.view(at::kByte);
+  if (padded != m) bytes = at::constant_pad_nd(bytes, {0, 0, 0, padded - m}, 0);
+  return bytes.t().contiguous().view(q.scalar_type());
+}
+
+// The last input quantised, kept for the next layer that reads the same tensor (a block's q, k
+// and v read one normed input; cross-attention's k and v one text context). Weakly held: a freed
+// input is never matched by a new tensor at its address.
+struct LastInput {
+  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> source{
+      c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>()};
+  std::uint32_t version = 0;
+  Fp8Quantized quantized;
+};
+thread_local LastInput t_last_input;
+
+Fp8Quantized quantized_input(const at::Tensor& x, const at::Tensor& rows) {
+  auto& last = t_last_input;
+  const auto held = last.source.lock();
+  if (held.get() == x.unsafeGetTensorImpl() && last.version == x._version()) return last.quantized;
+  last.quantized = fp8_quantize(rows, false);
+  last.source =
+      c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(x.getIntrusivePtr());
+  last.version = x._version();
+  return last.quantized;
+}
+
+struct Fp8LinearFunction : torch::autograd::Function<Fp8LinearFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& weight, const at::Tensor& bias,
+                            Fp8WeightCache* cache) {
+    const std::int64_t in = weight.size(1), out = weight.size(0);
+    const at::Tensor rows = x.reshape({-1, in}).contiguous();
+    const Fp8Quantized xq = quantized_input(x, rows);
+    const Fp8WeightCache::Copies& w = cache->of(weight);
+    const bool has_bias = bias.numel() > 0;
+    const at::Tensor y = scaled_mm(xq.q, w.q.t(), xq.scale, w.scale,
+                                   has_bias ? bias : at::Tensor(), x.scalar_type(), true);
+    ctx->save_for_backward({xq.q, xq.scale, w.qt, w.scale});
+    ctx->saved_data["has_bias"] = has_bias;
+    ctx->saved_data["weight_dtype"] = static_cast<std::int64_t>(weight.scalar_type());
+    std::vector<std::int64_t> shape = x.sizes().vec();
+    shape.back() = out;
+    return y.view(shape);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& xq = saved[0];
+    const at::Tensor& x_scale = saved[1];
+    const at::Tensor& wqt = saved[2];
+    const at::Tensor& w_scale = saved[3];
+    const std::int64_t in = wqt.size(0), out = wqt.size(1);
+    const at::Tensor dy = grads[0].reshape({-1, out}).contiguous();
+    const Fp8Quantized g = fp8_quantize(dy, true);
+    // dx [M, in] = dy [M, out] W [out, in]: W column-major is W^T row-major (the cached qt).
+    at::Tensor dx = scaled_mm(g.q, wqt.t(), g.scale, w_scale, {}, dy.scalar_type(), false);
+    std::vector<std::int64_t> x_shape = grads[0].sizes().vec();
+    x_shape.back() = in;
+    // dW [out, in] = dy^T [out, M] x [M, in]: x column-major is x^T row-major.
+    const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
+    at::Tensor dw = scaled_mm(transposed_padded(g.q), transposed_padded(xq).t(), g.scale, x_scale,
+                              {}, weight_dtype, false);
+    at::Tensor db;
+    if (ctx->saved_data["has_bias"].toBool())
+      db = dy.sum(0, false, at::kFloat).to(dy.scalar_type());
+    return {dx.view(x_shape), dw, db, at::Tensor()};
+  }
+};
+
+}  // namespace
+
+void set_fp8_recipe(Fp8Recipe recipe) {
+  g_recipe.store(recipe);
+}
+Fp8Recipe fp8_recipe() {
+  return g_recipe.load();
+}
+
+Fp8Recipe parse_fp8_recipe(const std::string& name) {
+  if (name == "off") return Fp8Recipe::off;
+  if (name == "tensorwise") return Fp8Recipe::tensorwise;
+  throw std::invalid_argument("expected off or tensorwise, got \"" + name + "\"");
+}
+
+const char* fp8_recipe_name(Fp8Recipe recipe) {
+  return recipe == Fp8Recipe::tensorwise ? "tensorwise" : "off";
+}
+
+void fp8_weights_changed() {
+  g_epoch.fetch_add(1);
+}
+
+const Fp8WeightCache::Copies& Fp8WeightCache::of(const at::Tensor& weight) {
+  const std::uint64_t epoch = g_epoch.load();
+  if (copies_.q.defined() && data_ == weight.data_ptr() && version_ == weight._version() &&
+      epoch_ == epoch)
+    return copies_;
+  at::NoGradGuard no_grad;
+  Fp8Quantized w = fp8_quantize(weight.detach(), false);
+  copies_.q = w.q;
+  copies_.qt = w.q.view(at::kByte).t().contiguous().view(w.q.scalar_type());
+  copies_.scale = w.scale;
+  data_ = weight.data_ptr();
+  version_ = weight._version();
+  epoch_ = epoch;
+  return copies_;
+}
+
+Fp8Quantized fp8_quantize(const at::Tensor& x, bool gradient) {
+  at::NoGradGuard no_grad;
+  const double top = gradient ? kE5m2Max : kE4m3Max;
+  // max|x| in one reduction (the infinity norm), in fp32.
+  const at::Tensor amax = at::linalg_vector_norm(x, std::numeric_limits<double>::infinity(),
+                                                 std::nullopt, false, at::kFloat);
+  const at::Tensor scale = amax.clamp_min(kMinAmax) / top;
+  // x / scale in x's dtype (a 0-dim factor does not promote), then rounded to the format; the
+  // largest |x| lands on the format's largest value.
+  const at::Tensor q = (x * scale.reciprocal()).to(format(gradient));
+  return {q, scale};
+}
+
+bool fp8_linear_applies(const at::Tensor& x, const at::Tensor& weight) {
+  if (fp8_recipe() == Fp8Recipe::off || weight.dim() != 2 || x.dim() < 2) return false;
+  const std::int64_t in = weight.size(1), out = weight.size(0);
+  if (x.size(-1) != in || in % kAlign != 0 || out % kAlign != 0 || x.numel() == 0) return false;
+  if (x.is_cuda()) return x.scalar_type() == at::kBFloat16 && weight.is_cuda();
+  return x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
+}
+
+at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                      Fp8WeightCache& cache) {
+  TORCH_CHECK(fp8_linear_applies(x, weight), "fp8_linear: x ", x.sizes(), " ", x.scalar_type(),
+              " and weight ", weight.sizes(), " do not qualify (fp8_linear_applies)");
+  TORCH_CHECK(!bias.defined() || bias.scalar_type() == x.scalar_type(),
+              "fp8_linear: bias must have x's dtype");
+  // Autograd functions take no undefined tensor: no bias is an empty one.
+  return Fp8LinearFunction::apply(x, weight, bias.defined() ? bias : at::empty({0}, x.options()),
+                                  &cache);
+}
+
+}  // namespace wanhost
