@@ -89,7 +89,7 @@ TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
 // run.fp8=tensorwise through the real program (ddp, then megatron_tpppcp on one process, whose
 // layers are the kit's at tp 1): the log says FP8 is on; the blocks' layers really run on
 // quantised operands (some loss differs from the full-precision run) and train like them (every
-XX
+// step's loss within 5 % of it; seen 5.9e-4 for both plugins, 2026-12-04, 2-core dev machine). The
 // CPU emulates the FP8 products (wanhost/kit/fp8.hpp); the GPU A/B is in docs/performance.md.
 TEST(Fp8, TrainsCloseToFullPrecision) {
   const auto exact = read_metrics(reference_run());
