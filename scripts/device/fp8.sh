@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# One device call for FP8 linear layers (run.fp8, docs/performance.md "FP8 linear layers"):
+# builds build-gpu, then, each part skipped once the call's time runs short (BUDGET_S) and each
+# chosen by PARTS (default: all of them, in this order):
+#  - tests:   the FP8 products against their emulation and the fused kernels (test_kernels);
+#  - bench:   4-block stacks of stage 1 and 2 (captions of 20-200 tokens padded to 512) and 14B
+#             2 blocks x 37440 tokens, fp8 off and tensorwise;
+#  - peer:    the compiled peer's blocks (build-perf/peer/peer_wan_block.py) on the same GPU;
+#  - ab:      the loss A/B: 1.3B dimensions, AB_LAYERS blocks (default 8), AB_STEPS steps
+#             (default 300) of each stage, bf16 and FP8 on the same data and seeds; the smoothed
+#             losses' largest relative difference per stage and `wanhost compare`'s PNGs;
+#  - steps:   whole 1.3B steps (`wanhost run`, ddp), stage 1 and 2, fp8 off and tensorwise;
+#  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py).
+# Results: $OUT/summary.txt, $OUT/ab/ (PNGs, CSVs, summaries), $OUT/results.tar.gz.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/wanhost-fp8}
+R=/tmp/fp8
+BUDGET_S=${BUDGET_S:-570}
+PARTS=${PARTS:-tests bench peer ab steps peerstep}
+rm -rf "$R" && mkdir -p "$R" "$OUT"
+t0=$SECONDS
+left() { [ $((SECONDS - t0)) -lt $((BUDGET_S - ${1:-60})) ]; }
+want() { [[ " $PARTS " == *" $1 "* ]]; }
+say() { echo "$*" | tee -a "$OUT/summary.txt"; }
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } |
+  tee "$OUT/summary.txt"
+scripts/device/build.sh --tests wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense \
+  test_kernels >"$R/build.log" 2>&1 ||
+  { say "build failed:"; grep -E "error" "$R/build.log" | head -20 | tee -a "$OUT/summary.txt"; }
+say "$(tail -1 "$R/build.log") ($((SECONDS - t0)) s)"
+W=build-gpu/bin/wanhost
+
+if want tests && [ -x build-gpu/bin/test_kernels ]; then
+  build-gpu/bin/test_kernels --gtest_filter='Fp8*:FusedGpu*' >"$R/tests.txt" 2>&1
+  grep -E "^\[  (PASSED|FAILED) |FAILED|figures|Failure" "$R/tests.txt" | head -20 |
+    tee -a "$OUT/summary.txt"
+fi
+
+bench() { # LABEL ARGS...
+  local label=$1
+  shift
+  timeout 150 $W bench --json --no-peak "$@" >"$R/b.json" 2>>"$R/bench.err" ||
+    { say "bench $label failed: $(tail -2 "$R/bench.err")"; return; }
+  python3 - "$label" "$R/b.json" <<'EOF' | tee -a "$OUT/summary.txt"
+import json, sys
+r = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
+print("bench %-30s %8.2f ms  %7.2f samples/s  %9.0f tokens/s  %6.1f model TFLOP/s  %5.1f GiB" % (
+    sys.argv[1], 1e3 * r["step_s"], r["samples_per_s"], r["tokens_per_s"], r["model_tflops"],
+    r["peak_mem_gib"]))
+EOF
+  cat "$R/b.json" >>"$R/bench.jsonl"
+}
+S1=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 32 --video-tokens 390 --text-tokens 512)
+S2=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 1 --video-tokens 8190 --text-tokens 512)
+P14=(--preset wan2.1-t2v-14b --blocks 2 --batch 1 --video-tokens 37440 --text-tokens 512)
+if want bench && [ -x "$W" ] && left 200; then
+  for f in off tensorwise; do
+    bench "s1 captions 20-200 fp8=$f" "${S1[@]}" --caption-tokens 20:200 --fp8 $f
+    bench "s2 captions 20-200 fp8=$f" "${S2[@]}" --caption-tokens 20:200 --fp8 $f
+    bench "s1 full captions fp8=$f" "${S1[@]}" --fp8 $f
+    bench "s2 full captions fp8=$f" "${S2[@]}" --fp8 $f
+    bench "14B 2 blocks fp8=$f" "${P14[@]}" --fp8 $f
+  done
+fi
+if want peer && [ -f build-perf/peer/peer_wan_block.py ] && left 250; then
+  PYTHONUNBUFFERED=1 timeout 200 python3 build-perf/peer/peer_wan_block.py compiled 2>&1 |
+    grep -v Warning | tee "$R/peer_block.jsonl" | grep "{" | sed 's/^/peer block /' |
+    tee -a "$OUT/summary.txt"
+fi
+
+# The loss A/B: the seed recipe's model dimensions and optimizer (configs/wan21-1.3b.json) on
+# synthetic latents, AB_LAYERS blocks, both stages, the same seeds and data for both runs.
+AB_STEPS=${AB_STEPS:-300}
+ab_run() { # TAG EXTRA...
+  local tag=$1
+  shift
+  rm -rf "$R/ab-$tag"
+  timeout 240 $W run configs/wan21-1.3b.json --out "$R/ab-$tag" \
+    --set "model.wan21_dit.overrides={\"num_layers\":${AB_LAYERS:-8}}" \
+    --set stages.0.steps=$AB_STEPS --set stages.0.global_batch=32 --set stages.0.micro_batch=32 \
+    --set stages.0.optimizer.lr=1e-4 --set stages.0.lr_schedule.warmup_steps=30 \
+    --set stages.1.steps=$AB_STEPS --set stages.1.global_batch=1 --set stages.1.micro_batch=1 \
+    --set stages.1.optimizer.lr=1e-4 \
+    --set data.synthetic.caption_tokens_min=20 --set data.synthetic.caption_tokens_max=200 \
+    --set checkpoint.at_stage_end=false --set checkpoint.export_diffusers=false \
+    --set checkpoint.every_steps=100000 --set logging.every_steps=1 --set logging.progress=\"off\" \
+    "$@" >"$R/ab-$tag.txt" 2>&1
+  say "ab $tag: exit $? after $((SECONDS - t0)) s; $(grep -c loss "$R/ab-$tag/metrics.jsonl" 2>/dev/null) steps"
+}
+if want ab && [ -x "$W" ] && left 150; then
+  ab_run bf16
+  left 100 && ab_run fp8 --set run.fp8=\"tensorwise\"
+  mkdir -p "$OUT/ab"
+  $W compare "$R/ab-bf16" "$R/ab-fp8" --out "$OUT/ab" --label bf16 --label fp8-tensorwise \
+    --window 20 >"$R/compare.txt" 2>&1
+  cp "$R/ab-bf16/metrics.jsonl" "$OUT/ab/bf16-metrics.jsonl" 2>/dev/null
+  cp "$R/ab-fp8/metrics.jsonl" "$OUT/ab/fp8-metrics.jsonl" 2>/dev/null
+  python3 - "$R/ab-bf16/metrics.jsonl" "$R/ab-fp8/metrics.jsonl" <<'EOF' | tee -a "$OUT/summary.txt"
+import json, sys
+def load(p):
+    out = {}
+    for l in open(p):
+        r = json.loads(l)
+        if "loss" in r: out.setdefault(r["stage_index"], []).append((r["loss"], r["step_time_s"]))
+    return out
+a, b = load(sys.argv[1]), load(sys.argv[2])
+W = 20  # trailing moving average, as `wanhost compare --window 20`
+for s in sorted(a):
+    la, lb = [x[0] for x in a[s]], [x[0] for x in b.get(s, [])]
+    n = min(len(la), len(lb))
+    worst, at, raw = 0.0, 0, 0.0
+    for i in range(n):
+        lo = max(0, i - W + 1)
+        ma, mb = sum(la[lo:i + 1]) / (i + 1 - lo), sum(lb[lo:i + 1]) / (i + 1 - lo)
+        d = abs(mb - ma) / ma
+        if d > worst: worst, at = d, i + 1
+        raw = max(raw, abs(lb[i] - la[i]) / la[i])
+    ta = sorted(x[1] for x in a[s][n // 3:]); tb = sorted(x[1] for x in b[s][n // 3:])
+    print("ab stage %d: %d steps; smoothed (%d) loss: largest relative difference %.4f at step %d "
+          "(target < 0.02); per-step largest %.4f; first/last smoothed bf16 %.4f/%.4f fp8 %.4f/%.4f; "
+          "median step %.4f / %.4f s" % (s + 1, n, W, worst, at, raw, la[0], sum(la[-W:]) / W,
+          lb[0], sum(lb[-W:]) / W, ta[len(ta) // 2], tb[len(tb) // 2]))
+EOF
+fi
+
+# Whole 1.3B steps (30 blocks), as scripts/device/step_levers.sh: medians after the first third.
+STEPS=${STEPS:-8}
+run_steps() { # TAG STAGE EXTRA...
+  local tag=$1 stage=$2
+  shift 2
+  local s=(--set stages.0.steps=$STEPS --set stages.0.global_batch=32 --set stages.0.micro_batch=32
+    --set stages.1.steps=1 --set stages.1.global_batch=1 --set stages.1.micro_batch=1)
+  [ "$stage" = 2 ] && s=(--set stages.0.steps=1 --set stages.0.global_batch=1
+    --set stages.0.micro_batch=1 --set stages.1.steps=$STEPS --set stages.1.global_batch=1
+    --set stages.1.micro_batch=1 --set data.synthetic.latent_frames=21)
+  rm -rf /tmp/r
+  timeout 150 $W run --out /tmp/r --set model.wan21_dit.preset=\"wan2.1-t2v-1.3b\" \
+    --set data.synthetic.text_dim=4096 --set data.synthetic.height=30 --set data.synthetic.width=52 \
+    --set data.synthetic.caption_tokens_min=20 --set data.synthetic.caption_tokens_max=200 \
+    --set checkpoint.at_stage_end=false --set checkpoint.export_diffusers=false \
+    --set logging.every_steps=1 --set logging.progress=\"off\" "${s[@]}" "$@" \
+    >"$R/run-$tag-s$stage.txt" 2>&1
+  cp /tmp/r/metrics.jsonl "$R/$tag-s$stage-metrics.jsonl" 2>/dev/null
+  python3 -c 'import json, sys
+r = [json.loads(l) for l in open(sys.argv[1])]
+r = [x for x in r if x.get("stage_index") == int(sys.argv[2]) - 1]
+r = r[max(2, len(r) // 3):]
+ts = sorted(x["step_time_s"] for x in r)
+med, mean = ts[len(ts) // 2], sum(ts) / len(ts)
+n = 32 if sys.argv[2] == "1" else 1
+print("run   %-22s stage %s: median %.4f s, mean %.4f s a step (%d steps), %.1f samples/s (median), peak %.1f GiB" % (
+    sys.argv[3], sys.argv[2], med, mean, len(r), n / med, max(x["peak_mem_gib"] for x in r)))' \
+    "$R/$tag-s$stage-metrics.jsonl" "$stage" "$tag" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
+}
+if want steps && [ -x "$W" ]; then
+  for stage in ${STAGES:-1 2}; do
+    left 100 && run_steps ddp-bf16 $stage
+    left 100 && run_steps ddp-fp8 $stage --set run.fp8=\"tensorwise\"
+  done
+  for extra in ${EXTRA_RUNS:-}; do # e.g. fsdp-none: automodel_fsdp with recompute none
+    case $extra in
+      fsdp-none)
+        for stage in ${STAGES:-1 2}; do
+          left 100 && run_steps fsdp-none $stage --set parallelism.plugin=\"automodel_fsdp\" \
+            --set parallelism.automodel_fsdp.recompute=\"none\"
+        done ;;
+    esac
+  done
+fi
+if want peerstep && [ -f build-perf/peer/peer_wan_step.py ] && left 150; then
+  (cd build-perf/peer && PYTHONUNBUFFERED=1 timeout 200 python3 -c '
+import peer_wan_step as p
+import os
+cases = [("step_s1_1.3B_mb32", 32, 1, 30, 52, 512), ("step_s2_1.3B_81f", 1, 21, 30, 52, 512)]
+for c in cases:
+    if c[0][6] in os.environ.get("STAGES", "1 2"): p.run(*c, compiled=True)' 2>&1 | grep -v Warning |
+    tee "$R/peer.jsonl" | grep "{" | sed 's/^/peer  /' | tee -a "$OUT/summary.txt")
+fi
+
+say "total $((SECONDS - t0)) s"
+tar czf "$OUT/results.tar.gz" -C "$R" --exclude='ab-*/checkpoints' . 2>/dev/null
