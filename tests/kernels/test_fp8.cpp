@@ -146,6 +146,21 @@ TEST(Fp8, WeightIsQuantisedOncePerStep) {
   EXPECT_TRUE(at::equal(c.qt.view(at::kByte), c.q.view(at::kByte).t().contiguous()));
 }
 
+// Layers reading the same input share its quantisation, never past a change of the input: an
+// in-place update (a new version) is quantised again.
+TEST(Fp8, InputsAreQuantisedAgainWhenTheyChange) {
+  Fp8On on;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(19);
+  const at::Tensor x = at::randn({8, 32}, gen), w = at::randn({16, 32}, gen);
+  wanhost::Fp8WeightCache cache;
+  at::NoGradGuard g;
+  const at::Tensor y1 = wanhost::fp8_linear(x, w, at::Tensor(), cache);
+  EXPECT_TRUE(at::equal(wanhost::fp8_linear(x, w, at::Tensor(), cache), y1));
+  x.mul_(2);  // powers of two scale exactly: the same codes, twice the scale
+  EXPECT_TRUE(at::allclose(wanhost::fp8_linear(x, w, at::Tensor(), cache), 2 * y1, 1e-6, 0))
+      << "a changed input reused its old quantisation";
+}
+
 // Only the roles of a block's large layers go to FP8; embedders (replicated) never do, and
 // nothing does with run.fp8 off.
 TEST(Fp8, LayersByRoleAndRecipe) {

@@ -207,7 +207,21 @@ MUTATIONS = [
     ("packed attention runs drop the key bias", "sdk/kit/src/layers.cpp",
      "br.defined() ? br.reshape({r.count, r.lkv}) : at::Tensor()", "at::Tensor()",
      ["test_wan21_dit"], "test_wan21_dit", "Wan21Dit.CollapsedTextPaddingIsExact"),
-
+    ("FP8 weight gradient dequantised with the weight's scale", "sdk/kit/src/fp8.cpp",
+     "g.scale, x_scale,", "g.scale, w_scale,",
+     ["test_kernels"], "test_kernels", "Fp8.ProductsUseTheRightOperandsOnTheCpu"),
+    ("FP8 gradients quantised as E4M3", "sdk/kit/src/fp8.cpp",
+     "return gradient ? at::kFloat8_e5m2 : at::kFloat8_e4m3fn;", "return at::kFloat8_e4m3fn;",
+     ["test_kernels"], "test_kernels", "Fp8.QuantizationUsesTheFormatsRange"),
+    ("FP8 weight copies kept across optimizer steps", "sdk/kit/src/fp8.cpp",
+     "      epoch_ == epoch)", "      true)",
+     ["test_kernels"], "test_kernels", "Fp8.WeightIsQuantisedOncePerStep"),
+    ("FP8 input quantisation reused after the input changed", "sdk/kit/src/fp8.cpp",
+     "last.version == x._version()", "true",
+     ["test_kernels"], "test_kernels", "Fp8.InputsAreQuantisedAgainWhenTheyChange"),
+    ("FP8 applied to embedders and the head", "sdk/kit/src/layers.cpp",
+     "role != LinearRole::Replicated);", "true);",
+     ["test_kernels"], "test_kernels", "Fp8.LayersByRoleAndRecipe"),
 ]
 
 
