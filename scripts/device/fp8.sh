@@ -18,18 +18,9 @@ OUT=${OUT:-/tmp/wanhost-fp8}
 R=/tmp/fp8
 BUDGET_S=${BUDGET_S:-570}
 PARTS=${PARTS:-tests bench peer ab steps peerstep}
-rm -rf "$R" && mkdir -p "$R" "$OUT"
-t0=$SECONDS
-left() { [ $((SECONDS - t0)) -lt $((BUDGET_S - ${1:-60})) ]; }
 want() { [[ " $PARTS " == *" $1 "* ]]; }
-say() { echo "$*" | tee -a "$OUT/summary.txt"; }
-{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } |
-  tee "$OUT/summary.txt"
-scripts/device/build.sh --tests wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense \
-  test_kernels >"$R/build.log" 2>&1 ||
-  { say "build failed:"; grep -E "error" "$R/build.log" | head -20 | tee -a "$OUT/summary.txt"; }
-say "$(tail -1 "$R/build.log") ($((SECONDS - t0)) s)"
-W=build-gpu/bin/wanhost
+. scripts/device/measure_lib.sh
+start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_kernels
 
 if want tests && [ -x build-gpu/bin/test_kernels ]; then
   build-gpu/bin/test_kernels --gtest_filter='Fp8*:FusedGpu*' >"$R/tests.txt" 2>&1
@@ -37,20 +28,6 @@ if want tests && [ -x build-gpu/bin/test_kernels ]; then
     tee -a "$OUT/summary.txt"
 fi
 
-bench() { # LABEL ARGS...
-  local label=$1
-  shift
-  timeout 150 $W bench --json --no-peak "$@" >"$R/b.json" 2>>"$R/bench.err" ||
-    { say "bench $label failed: $(tail -2 "$R/bench.err")"; return; }
-  python3 - "$label" "$R/b.json" <<'EOF' | tee -a "$OUT/summary.txt"
-import json, sys
-r = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
-print("bench %-30s %8.2f ms  %7.2f samples/s  %9.0f tokens/s  %6.1f model TFLOP/s  %5.1f GiB" % (
-    sys.argv[1], 1e3 * r["step_s"], r["samples_per_s"], r["tokens_per_s"], r["model_tflops"],
-    r["peak_mem_gib"]))
-EOF
-  cat "$R/b.json" >>"$R/bench.jsonl"
-}
 S1=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 32 --video-tokens 390 --text-tokens 512)
 S2=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 1 --video-tokens 8190 --text-tokens 512)
 P14=(--preset wan2.1-t2v-14b --blocks 2 --batch 1 --video-tokens 37440 --text-tokens 512)
@@ -124,35 +101,8 @@ for s in sorted(a):
 EOF
 fi
 
-# Whole 1.3B steps (30 blocks), as scripts/device/step_levers.sh: medians after the first third.
+# Whole 1.3B steps (30 blocks), medians after the first third (measure_lib.sh).
 STEPS=${STEPS:-8}
-run_steps() { # TAG STAGE EXTRA...
-  local tag=$1 stage=$2
-  shift 2
-  local s=(--set stages.0.steps=$STEPS --set stages.0.global_batch=32 --set stages.0.micro_batch=32
-    --set stages.1.steps=1 --set stages.1.global_batch=1 --set stages.1.micro_batch=1)
-  [ "$stage" = 2 ] && s=(--set stages.0.steps=1 --set stages.0.global_batch=1
-    --set stages.0.micro_batch=1 --set stages.1.steps=$STEPS --set stages.1.global_batch=1
-    --set stages.1.micro_batch=1 --set data.synthetic.latent_frames=21)
-  rm -rf /tmp/r
-  timeout 150 $W run --out /tmp/r --set model.wan21_dit.preset=\"wan2.1-t2v-1.3b\" \
-    --set data.synthetic.text_dim=4096 --set data.synthetic.height=30 --set data.synthetic.width=52 \
-    --set data.synthetic.caption_tokens_min=20 --set data.synthetic.caption_tokens_max=200 \
-    --set checkpoint.at_stage_end=false --set checkpoint.export_diffusers=false \
-    --set logging.every_steps=1 --set logging.progress=\"off\" "${s[@]}" "$@" \
-    >"$R/run-$tag-s$stage.txt" 2>&1
-  cp /tmp/r/metrics.jsonl "$R/$tag-s$stage-metrics.jsonl" 2>/dev/null
-  python3 -c 'import json, sys
-r = [json.loads(l) for l in open(sys.argv[1])]
-r = [x for x in r if x.get("stage_index") == int(sys.argv[2]) - 1]
-r = r[max(2, len(r) // 3):]
-ts = sorted(x["step_time_s"] for x in r)
-med, mean = ts[len(ts) // 2], sum(ts) / len(ts)
-n = 32 if sys.argv[2] == "1" else 1
-print("run   %-22s stage %s: median %.4f s, mean %.4f s a step (%d steps), %.1f samples/s (median), peak %.1f GiB" % (
-    sys.argv[3], sys.argv[2], med, mean, len(r), n / med, max(x["peak_mem_gib"] for x in r)))' \
-    "$R/$tag-s$stage-metrics.jsonl" "$stage" "$tag" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
-}
 if want steps && [ -x "$W" ]; then
   for stage in ${STAGES:-1 2}; do
     left 100 && run_steps ddp-bf16 $stage
@@ -168,15 +118,7 @@ if want steps && [ -x "$W" ]; then
     esac
   done
 fi
-if want peerstep && [ -f build-perf/peer/peer_wan_step.py ] && left 150; then
-  (cd build-perf/peer && PYTHONUNBUFFERED=1 timeout 200 python3 -c '
-import peer_wan_step as p
-import os
-cases = [("step_s1_1.3B_mb32", 32, 1, 30, 52, 512), ("step_s2_1.3B_81f", 1, 21, 30, 52, 512)]
-for c in cases:
-    if c[0][6] in os.environ.get("STAGES", "1 2"): p.run(*c, compiled=True)' 2>&1 | grep -v Warning |
-    tee "$R/peer.jsonl" | grep "{" | sed 's/^/peer  /' | tee -a "$OUT/summary.txt")
-fi
+want peerstep && left 150 && peer_step
 
 say "total $((SECONDS - t0)) s"
 tar czf "$OUT/results.tar.gz" -C "$R" --exclude='ab-*/checkpoints' . 2>/dev/null

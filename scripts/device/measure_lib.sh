@@ -1,0 +1,83 @@
+# Shared by the one-call measurement scripts of scripts/device (step_levers.sh, fp8.sh): sourced
+# after the script has set OUT (what comes back), R (scratch) and BUDGET_S (seconds the call may
+# take). Gives:
+#   start TARGET...        header (date, GPU) into $OUT/summary.txt, build-gpu with the tests;
+#                          sets W (the program)
+#   left [MARGIN_S]        true while the call has more than MARGIN_S (default 60) seconds left
+#   say TEXT               a line into the summary (and stdout)
+#   bench LABEL ARGS...    `wanhost bench --json` with ARGS: one summary line, JSON kept
+#   peer_step              the compiled peer's whole step (build-perf/peer/peer_wan_step.py) at
+#                          stage 1 and/or 2 (STAGES), captions of 20-200 tokens padded to 512
+#   run_steps TAG STAGE EXTRA...
+#                          whole 1.3B steps (`wanhost run`, STEPS steps of one stage, synthetic
+#                          data with 20-200 token captions); the median and mean after the first
+#                          third (cuDNN builds a plan the first time a shape appears), peak memory
+t0=$SECONDS
+left() { [ $((SECONDS - t0)) -lt $((BUDGET_S - ${1:-60})) ]; }
+say() { echo "$*" | tee -a "$OUT/summary.txt"; }
+
+start() {
+  rm -rf "$R" && mkdir -p "$R" "$OUT"
+  { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } |
+    tee "$OUT/summary.txt"
+  scripts/device/build.sh --tests "$@" >"$R/build.log" 2>&1 ||
+    { say "build failed:"; grep -E "error" "$R/build.log" | head -20 | tee -a "$OUT/summary.txt"; }
+  say "$(tail -1 "$R/build.log") ($((SECONDS - t0)) s)"
+  W=build-gpu/bin/wanhost
+}
+
+bench() { # LABEL ARGS...
+  local label=$1
+  shift
+  timeout 150 $W bench --json --no-peak "$@" >"$R/b.json" 2>>"$R/bench.err" ||
+    { say "bench $label failed: $(tail -2 "$R/bench.err")"; return; }
+  python3 - "$label" "$R/b.json" <<'EOF' | tee -a "$OUT/summary.txt"
+import json, sys
+r = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
+print("bench %-34s %8.2f ms  %7.2f samples/s  %9.0f tokens/s  %6.1f model TFLOP/s  %5.1f GiB" % (
+    sys.argv[1], 1e3 * r["step_s"], r["samples_per_s"], r["tokens_per_s"], r["model_tflops"],
+    r["peak_mem_gib"]))
+EOF
+  cat "$R/b.json" >>"$R/bench.jsonl"
+  grep -h "key bias: SDPA backend" "$R/bench.err" 2>/dev/null | tail -1 | sed 's/^/  /' |
+    tee -a "$OUT/summary.txt"
+}
+
+peer_step() {
+  [ -f build-perf/peer/peer_wan_step.py ] || { say "no build-perf/peer/peer_wan_step.py"; return; }
+  (cd build-perf/peer && PYTHONUNBUFFERED=1 timeout 200 python3 -c '
+import peer_wan_step as p
+import os
+cases = [("step_s1_1.3B_mb32", 32, 1, 30, 52, 512), ("step_s2_1.3B_81f", 1, 21, 30, 52, 512)]
+for c in cases:
+    if c[0][6] in os.environ.get("STAGES", "1 2"): p.run(*c, compiled=True)' 2>&1 | grep -v Warning |
+    tee "$R/peer.jsonl" | grep "{" | sed 's/^/peer  /' | tee -a "$OUT/summary.txt")
+}
+
+run_steps() { # TAG STAGE EXTRA...
+  local tag=$1 stage=$2
+  shift 2
+  local s=(--set stages.0.steps=$STEPS --set stages.0.global_batch=32 --set stages.0.micro_batch=32
+    --set stages.1.steps=1 --set stages.1.global_batch=1 --set stages.1.micro_batch=1)
+  [ "$stage" = 2 ] && s=(--set stages.0.steps=1 --set stages.0.global_batch=1
+    --set stages.0.micro_batch=1 --set stages.1.steps=$STEPS --set stages.1.global_batch=1
+    --set stages.1.micro_batch=1 --set data.synthetic.latent_frames=21)
+  rm -rf /tmp/r
+  timeout 150 $W run --out /tmp/r --set model.wan21_dit.preset=\"wan2.1-t2v-1.3b\" \
+    --set data.synthetic.text_dim=4096 --set data.synthetic.height=30 --set data.synthetic.width=52 \
+    --set data.synthetic.caption_tokens_min=20 --set data.synthetic.caption_tokens_max=200 \
+    --set checkpoint.at_stage_end=false --set checkpoint.export_diffusers=false \
+    --set logging.every_steps=1 --set logging.progress=\"off\" "${s[@]}" "$@" \
+    >"$R/run-$tag-s$stage.txt" 2>&1
+  cp /tmp/r/metrics.jsonl "$R/$tag-s$stage-metrics.jsonl" 2>/dev/null
+  python3 -c 'import json, sys
+r = [json.loads(l) for l in open(sys.argv[1])]
+r = [x for x in r if x.get("stage_index") == int(sys.argv[2]) - 1]
+r = r[max(2, len(r) // 3):]
+ts = sorted(x["step_time_s"] for x in r)
+med, mean = ts[len(ts) // 2], sum(ts) / len(ts)
+n = 32 if sys.argv[2] == "1" else 1
+print("run   %-22s stage %s: median %.4f s, mean %.4f s a step (%d steps), %.1f samples/s (median), peak %.1f GiB" % (
+    sys.argv[3], sys.argv[2], med, mean, len(r), n / med, max(x["peak_mem_gib"] for x in r)))' \
+    "$R/$tag-s$stage-metrics.jsonl" "$stage" "$tag" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
+}
