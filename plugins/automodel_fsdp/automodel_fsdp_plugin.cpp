@@ -21,6 +21,14 @@
 //
 // Every micro batch's loss is already scaled by 1/global_batch, so summing the reduce-scattered
 // gradients over ranks gives the gradient of the global mean loss, as the single process has.
+//
+// One rank (a data-parallel group of one): a shard is the whole parameter, so a gather would only
+// copy it and a reduce-scatter only copy the gradient into a padded buffer and back. Instead the
+// parameters are views of the shards (the weights are used in place, as ddp uses its own), or one
+// cast of them when the gather dtype is not the master dtype (bf16 from fp32 on GPUs: the cast
+// ddp's autocast makes); nothing is prefetched, nothing freed after forward nor refilled before
+// backward, and each block's weight gradients are added straight to the shards' gradients. The
+// arithmetic is the same, so are the numbers and the checkpoints.
 #include <filesystem>
 #include <fstream>
 
@@ -191,6 +199,14 @@ class Fsdp final : public ParallelismBase {
     gather_dtype_ = param_dtype_option_ == "auto"   ? ctx.compute_dtype
                     : param_dtype_option_ == "bf16" ? at::kBFloat16
                                                     : at::kFloat;
+    one_rank_ = ctx.dp->size() == 1;
+    if (one_rank_)
+      logger()->info(
+          "automodel_fsdp: one data-parallel rank: one-rank fast path, the shards are the whole "
+          "weights and are used {} (no gathers, no frees or refills, no reduce-scatter copies)",
+          gather_dtype_ == ctx.param_dtype
+              ? std::string("in place")
+              : "as one " + std::string(c10::toString(gather_dtype_)) + " cast of them a pass");
   }
 
   void attach(Model& model) override {
@@ -239,8 +255,7 @@ class Fsdp final : public ParallelismBase {
                             const LossFn& loss) override {
     AutocastCacheOff no_cache;
     Unit& root = units_.back();
-    gather(root, gather_dtype_, /*async=*/false);
-    materialize(root);
+    bring(root, gather_dtype_);
     StepLoss total;
     // Every micro batch gathers and reduce-scatters each unit collectively, but ranks may hold
     // different numbers of them (a token-budget collator such as seq_packer packs each rank's
@@ -293,10 +308,7 @@ class Fsdp final : public ParallelismBase {
     std::map<std::string, at::Tensor> out;
     for (auto& u : units_) {
       const bool was = u.gathered;
-      if (!was) {
-        gather(u, ctx_.param_dtype, false);
-        materialize(u);
-      }
+      if (!was) bring(u, ctx_.param_dtype);
       for (std::size_t k : u.slots) out[slots_[k].name] = slots_[k].param.detach().to(at::kCPU);
       if (!was) release(u);
     }
@@ -391,14 +403,10 @@ class Fsdp final : public ParallelismBase {
   // --- used by BlockBackward ---
   const ParallelContext& ctx() const { return ctx_; }
   void ensure_gathered(std::int64_t i) {
-    Unit& u = units_[static_cast<std::size_t>(i)];
-    if (!u.gathered) {
-      gather(u, gather_dtype_, false);
-      materialize(u);
-    }
+    bring(units_[static_cast<std::size_t>(i)], gather_dtype_);
   }
   void prefetch(std::int64_t i) {
-    if (prefetch_ && i >= 0 && i + 1 < static_cast<std::int64_t>(units_.size()))
+    if (prefetch_ && !one_rank_ && i >= 0 && i + 1 < static_cast<std::int64_t>(units_.size()))
       gather(units_[static_cast<std::size_t>(i)], gather_dtype_, true);
   }
   std::vector<at::Tensor> unit_params(std::int64_t i) const {
@@ -469,7 +477,24 @@ class Fsdp final : public ParallelismBase {
           count, blocks, recomputed);
   }
 
-  // Starts (async) or completes the all-gather of a unit's weights into one buffer.
+  // Makes a unit's parameters its full weights in `dtype`: all-gathered (or the prefetched gather
+  // waited for); on one rank views of the shards, or one cast of them to another dtype.
+  void bring(Unit& u, at::ScalarType dtype) {
+    if (u.gathered) return;
+    if (!one_rank_) {
+      gather(u, dtype, false);
+      return materialize(u);
+    }
+    at::NoGradGuard no_grad;
+    for (std::size_t k : u.slots) {
+      Slot& s = slots_[k];
+      s.param.set_data(s.shard.detach().view(s.shape).to(dtype));  // .to: no copy if same dtype
+    }
+    u.gathered = true;
+  }
+
+  // Starts (async) or completes the all-gather of a unit's weights into one buffer (more than one
+  // rank).
   void gather(Unit& u, at::ScalarType dtype, bool async) {
     if (u.gathered || u.pending || u.buffer.defined()) return;
     at::NoGradGuard no_grad;
@@ -480,10 +505,6 @@ class Fsdp final : public ParallelismBase {
       return;
     }
     u.send = at::cat(parts).to(dtype);
-    if (ctx_.dp->size() == 1) {
-      u.buffer = u.send;
-      return;
-    }
     u.buffer = at::empty({ctx_.dp->size() * u.shard_numel}, u.send.options());
     u.pending = ctx_.dp->all_gather(u.buffer, u.send, async);
   }
@@ -504,24 +525,20 @@ class Fsdp final : public ParallelismBase {
       storage.set_data_ptr_noswap(storage.allocator()->allocate(u.parked_bytes));
       storage.set_nbytes(u.parked_bytes);
     } else {
-      // One process: the buffer is the weights, in order (a chunk is the whole parameter).
-      u.flat = n == 1 ? u.buffer : at::empty({u.numel}, u.buffer.options());
+      u.flat = at::empty({u.numel}, u.buffer.options());
     }
-    if (n == 1 && refill) u.flat.copy_(u.buffer);
-    if (n > 1) {
-      // Each parameter's rank-major chunks, without the padding of the last.
-      at::Tensor rows = u.buffer.view({n, u.shard_numel});
-      for (std::size_t k : u.slots) {
-        const Slot& s = slots_[k];
-        if (s.numel == 0) continue;
-        at::Tensor src = rows.slice(1, s.offset, s.offset + s.chunk);
-        at::Tensor dst = u.flat.slice(0, s.flat_offset, s.flat_offset + s.numel);
-        const std::int64_t whole = s.numel / s.chunk;  // chunks without padding
-        if (whole > 0)
-          dst.slice(0, 0, whole * s.chunk).view({whole, s.chunk}).copy_(src.slice(0, 0, whole));
-        if (whole * s.chunk < s.numel)
-          dst.slice(0, whole * s.chunk).copy_(src[whole].slice(0, 0, s.numel - whole * s.chunk));
-      }
+    // Each parameter's rank-major chunks, without the padding of the last.
+    at::Tensor rows = u.buffer.view({n, u.shard_numel});
+    for (std::size_t k : u.slots) {
+      const Slot& s = slots_[k];
+      if (s.numel == 0) continue;
+      at::Tensor src = rows.slice(1, s.offset, s.offset + s.chunk);
+      at::Tensor dst = u.flat.slice(0, s.flat_offset, s.flat_offset + s.numel);
+      const std::int64_t whole = s.numel / s.chunk;  // chunks without padding
+      if (whole > 0)
+        dst.slice(0, 0, whole * s.chunk).view({whole, s.chunk}).copy_(src.slice(0, 0, whole));
+      if (whole * s.chunk < s.numel)
+        dst.slice(0, whole * s.chunk).copy_(src[whole].slice(0, 0, s.numel - whole * s.chunk));
     }
     if (!refill)
       for (std::size_t k : u.slots) {
@@ -549,9 +566,11 @@ class Fsdp final : public ParallelismBase {
   // Frees the memory of a unit's weights but keeps their storage object: the graph recorded in
   // forward saved the parameters or views of them (transposes, reshapes), which all refer to it,
   // so materialize() can refill it in place before the block's backward. FSDP2 does the same
-  // with untyped_storage().resize_(0) (PyTorch FSDP2, reshard_after_forward).
+  // with untyped_storage().resize_(0) (PyTorch FSDP2, reshard_after_forward). Not on one rank:
+  // there the weights are the shards themselves (or the one cast of them that the graph keeps, as
+  // ddp's graph keeps autocast's), so freeing them would save nothing or cost a cast to refill.
   void park(Unit& u) {
-    if (!u.gathered) return;
+    if (!u.gathered || one_rank_) return;
     c10::Storage storage = u.flat.storage();
     u.parked_bytes = storage.nbytes();
     storage.set_data_ptr_noswap(storage.allocator()->allocate(0));
@@ -565,6 +584,14 @@ class Fsdp final : public ParallelismBase {
   void reduce_gradients(Unit& u, const std::vector<at::Tensor>& grads) {
     if (u.slots.empty()) return;
     at::NoGradGuard no_grad;
+    if (one_rank_) {
+      // Whole gradients, this rank's part already: added as the reduce-scatter would add them
+      // (in reduce_dtype), without its zeroed and padded buffers.
+      for (std::size_t j = 0; j < u.slots.size(); ++j)
+        if (grads[j].defined())
+          slots_[u.slots[j]].shard.mutable_grad().add_(grads[j].reshape(-1).to(reduce_dtype_));
+      return;
+    }
     const int n = ctx_.dp->size();
     auto opts = at::TensorOptions().dtype(reduce_dtype_).device(ctx_.device);
     at::Tensor input = at::zeros({n, u.shard_numel}, opts);
@@ -575,11 +602,8 @@ class Fsdp final : public ParallelismBase {
       g = at::constant_pad_nd(g, {0, n * s.chunk - s.numel}).view({n, s.chunk});
       input.slice(1, s.offset, s.offset + s.chunk).copy_(g);
     }
-    at::Tensor mine = input.view(-1);
-    if (n > 1) {
-      mine = at::empty({u.shard_numel}, opts);
-      ctx_.dp->reduce_scatter(mine, input.view(-1), ReduceOp::Sum);
-    }
+    at::Tensor mine = at::empty({u.shard_numel}, opts);
+    ctx_.dp->reduce_scatter(mine, input.view(-1), ReduceOp::Sum);
     for (std::size_t k : u.slots) {
       Slot& s = slots_[k];
       s.shard.mutable_grad().add_(mine.slice(0, s.offset, s.offset + s.chunk));
@@ -603,6 +627,8 @@ class Fsdp final : public ParallelismBase {
     // The last block keeps its weights for the backward that follows at once (as the reference).
     const bool keep = i + 1 == model.num_blocks() && !reshard_last_;
     Unit& u = units_[static_cast<std::size_t>(i)];
+    // (On one rank release only drops views of the shards, or frees the cast a recomputed block
+    // makes again in backward; park does nothing.)
     if (!keep && recompute) release(u);
     if (!keep && !recompute) park(u);
     torch::autograd::edge_list edges;
@@ -657,6 +683,7 @@ class Fsdp final : public ParallelismBase {
   std::string param_dtype_option_;
   at::ScalarType reduce_dtype_;
   bool prefetch_, reshard_last_, decay_1d_;
+  bool one_rank_ = false;  // a data-parallel group of one: the fast path (file comment)
   RecomputePlan recompute_;
   at::ScalarType gather_dtype_ = at::kFloat;
   ParallelContext ctx_;
