@@ -283,9 +283,27 @@ TEST_F(Distributed, FsdpRecomputeChoicesReproduceRecomputingEveryBlock) {
   }
 }
 
-// ... and memory: one process, 8 blocks, micro batches of 12 samples of 576 tokens, 2 steps. The
-// peak resident memory (metrics' peak_mem_gib on the CPU) grows with the blocks that keep their
-// activations: 0 (all), 4 (every_k=2), 8 (none). glibc's malloc keeps freed large blocks in its
+// The memory tests' shape: 8 blocks, micro batches of 12 samples of 576 tokens, 2 steps.
+const std::string kMemoryShape =
+    " --set model.wan21_dit.overrides.num_layers=8 --set data.synthetic.height=48"
+    " --set data.synthetic.width=48 --set stages.0.steps=2 --set stages.0.global_batch=12"
+    " --set stages.0.micro_batch=12 --set stages.1.steps=1 --set stages.1.global_batch=1"
+    " --set stages.1.micro_batch=1 --set checkpoint.export_diffusers=false";
+
+// One process of `plugin` in kMemoryShape + options: the largest peak resident memory of its steps
+// (metrics' peak_mem_gib on the CPU), with glibc's mmap threshold fixed (see below), printed.
+double peak_resident_gib(const fs::path& out, const std::string& plugin, const std::string& options,
+                         const std::string& label) {
+  const Result r = run(out, 0, plugin, kMemoryShape + options, {"MALLOC_MMAP_THRESHOLD_=65536"});
+  EXPECT_EQ(r.code, 0) << label << "\n" << tail(r.log);
+  const auto p = metric(out, "peak_mem_gib");
+  const double peak = p.empty() ? 0.0 : *std::max_element(p.begin(), p.end());
+  std::printf("[ figures ] %s: peak resident memory %.1f MiB\n", label.c_str(), peak * 1024);
+  return peak;
+}
+
+// ... and memory: one process in kMemoryShape. The peak resident memory (metrics' peak_mem_gib on
+// the CPU) grows with the blocks that keep their activations: 0 (all), 4 (every_k=2), 8 (none). glibc's malloc keeps freed large blocks in its
 // heap once its mmap threshold has grown, so without a fixed threshold the peak followed the
 // allocation history more than the live bytes (a CI run saw +143 MiB for 4 kept blocks where the
 // dev machine saw +170); with MALLOC_MMAP_THRESHOLD_ fixed every tensor is its own mapping, and
@@ -293,21 +311,12 @@ TEST_F(Distributed, FsdpRecomputeChoicesReproduceRecomputingEveryBlock) {
 // 40-50 MiB a kept block; the test asks for 25 MiB a kept block.
 TEST_F(Distributed, FsdpRecomputeChoicesTradeMemory) {
   const fs::path dir = scratch();
-  const std::string shape =
-      " --set model.wan21_dit.overrides.num_layers=8 --set data.synthetic.height=48"
-      " --set data.synthetic.width=48 --set stages.0.steps=2 --set stages.0.global_batch=12"
-      " --set stages.0.micro_batch=12 --set stages.1.steps=1 --set stages.1.global_batch=1"
-      " --set stages.1.micro_batch=1 --set checkpoint.export_diffusers=false";
   std::map<std::string, double> peak;
   for (const std::string rc : {"all", "every_k", "none"}) {
     const std::string options =
-        shape + " --set 'parallelism.automodel_fsdp.recompute=\"" + rc + "\"'" +
+        " --set 'parallelism.automodel_fsdp.recompute=\"" + rc + "\"'" +
         (rc == "every_k" ? " --set parallelism.automodel_fsdp.recompute_every=2" : "");
-    const Result r = run(dir / rc, 0, "automodel_fsdp", options, {"MALLOC_MMAP_THRESHOLD_=65536"});
-    ASSERT_EQ(r.code, 0) << rc << "\n" << tail(r.log);
-    const auto p = metric(dir / rc, "peak_mem_gib");
-    peak[rc] = *std::max_element(p.begin(), p.end());
-    std::printf("[ figures ] recompute=%s: peak resident memory %.3f GiB\n", rc.c_str(), peak[rc]);
+    peak[rc] = peak_resident_gib(dir / rc, "automodel_fsdp", options, "recompute=" + rc);
   }
   EXPECT_EQ(losses(dir / "all"), losses(dir / "none"));
   const double four_blocks = 4 * 25.0 / 1024;
@@ -339,23 +348,12 @@ TEST_F(Distributed, FsdpOnOneProcessTakesTheFastPathAndMatchesDdp) {
   EXPECT_EQ(losses(dir / "none"), losses(dir / "all"));
   EXPECT_EQ(metric(dir / "none", "grad_norm"), metric(dir / "all", "grad_norm"));
 
-  const std::string shape =
-      " --set model.wan21_dit.overrides.num_layers=8 --set data.synthetic.height=48"
-      " --set data.synthetic.width=48 --set stages.0.steps=2 --set stages.0.global_batch=12"
-      " --set stages.0.micro_batch=12 --set stages.1.steps=1 --set stages.1.global_batch=1"
-      " --set stages.1.micro_batch=1 --set checkpoint.export_diffusers=false";
   std::map<std::string, double> peak;
-  for (const std::string plugin : {"ddp", "automodel_fsdp"}) {
-    const std::string options =
-        shape + (plugin == "ddp" ? "" : " --set 'parallelism.automodel_fsdp.recompute=\"none\"'");
-    const Result r =
-        run(dir / ("mem-" + plugin), 0, plugin, options, {"MALLOC_MMAP_THRESHOLD_=65536"});
-    ASSERT_EQ(r.code, 0) << plugin << "\n" << tail(r.log);
-    const auto p = metric(dir / ("mem-" + plugin), "peak_mem_gib");
-    peak[plugin] = *std::max_element(p.begin(), p.end());
-    std::printf("[ figures ] %s on one process (recompute none): peak resident memory %.1f MiB\n",
-                plugin.c_str(), peak[plugin] * 1024);
-  }
+  for (const std::string plugin : {"ddp", "automodel_fsdp"})
+    peak[plugin] = peak_resident_gib(
+        dir / ("mem-" + plugin), plugin,
+        plugin == "ddp" ? "" : " --set 'parallelism.automodel_fsdp.recompute=\"none\"'",
+        plugin + " on one process (recompute none)");
   EXPECT_LE(peak["automodel_fsdp"], peak["ddp"] + 8.0 / 1024);
 }
 
