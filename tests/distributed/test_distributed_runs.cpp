@@ -303,12 +303,13 @@ double peak_resident_gib(const fs::path& out, const std::string& plugin, const s
 }
 
 // ... and memory: one process in kMemoryShape. The peak resident memory (metrics' peak_mem_gib on
-// the CPU) grows with the blocks that keep their activations: 0 (all), 4 (every_k=2), 8 (none). glibc's malloc keeps freed large blocks in its
-// heap once its mmap threshold has grown, so without a fixed threshold the peak followed the
-// allocation history more than the live bytes (a CI run saw +143 MiB for 4 kept blocks where the
-// dev machine saw +170); with MALLOC_MMAP_THRESHOLD_ fixed every tensor is its own mapping, and
-// three runs on the dev machine (2026-12-04) gave 0.470/0.621/0.817 GiB within 1 MiB. About
-// 40-50 MiB a kept block; the test asks for 25 MiB a kept block.
+// the CPU) grows with the blocks that keep their activations: 0 (all), 4 (every_k=2), 8 (none).
+// glibc's malloc keeps freed large blocks in its heap once its mmap threshold has grown, so without
+// a fixed threshold the peak followed the allocation history more than the live bytes (a CI run saw
+// +143 MiB for 4 kept blocks where the dev machine saw +170); with MALLOC_MMAP_THRESHOLD_ fixed
+// every tensor is its own mapping, and three runs on the dev machine (2026-12-04) gave
+// 0.470/0.621/0.817 GiB within 1 MiB. About 40-50 MiB a kept block; the test asks for 25 MiB a kept
+// block.
 TEST_F(Distributed, FsdpRecomputeChoicesTradeMemory) {
   const fs::path dir = scratch();
   std::map<std::string, double> peak;

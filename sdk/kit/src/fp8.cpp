@@ -89,8 +89,8 @@ struct Fp8LinearFunction : torch::autograd::Function<Fp8LinearFunction> {
     const Fp8Quantized xq = quantized_input(x, rows);
     const Fp8WeightCache::Copies& w = cache->of(weight);
     const bool has_bias = bias.numel() > 0;
-    const at::Tensor y = scaled_mm(xq.q, w.q.t(), xq.scale, w.scale,
-                                   has_bias ? bias : at::Tensor(), x.scalar_type(), true);
+    const at::Tensor y = scaled_mm(xq.q, w.q.t(), xq.scale, w.scale, has_bias ? bias : at::Tensor(),
+                                   x.scalar_type(), true);
     ctx->save_for_backward({xq.q, xq.scale, w.qt, w.scale});
     ctx->saved_data["has_bias"] = has_bias;
     ctx->saved_data["weight_dtype"] = static_cast<std::int64_t>(weight.scalar_type());
