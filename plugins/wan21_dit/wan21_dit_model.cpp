@@ -212,8 +212,8 @@ const at::Tensor& cross_key_bias(const Activations& act) {
 WanModel::WanModel(WanOptions options, const wanhost::ParallelContext& ctx)
     : options_(std::move(options)), ctx_(ctx) {
   if (!ctx_.make_linear)
-    ctx_.make_linear = [](std::int64_t in, std::int64_t out, bool bias, LinearRole) {
-      return wanhost::make_replicated_linear(in, out, bias);
+    ctx_.make_linear = [](std::int64_t in, std::int64_t out, bool bias, LinearRole role) {
+      return wanhost::make_replicated_linear(in, out, bias, role);
     };
   if (!ctx_.attention) {
     ctx_.attention = wanhost::default_attention;

@@ -45,6 +45,11 @@
 namespace wanhost {
 namespace {
 
+// `t` (may be undefined) in `dtype`: itself when it has it, else a differentiable cast.
+at::Tensor in_dtype(const at::Tensor& t, at::ScalarType dtype) {
+  return !t.defined() || t.scalar_type() == dtype ? t : t.to(dtype);
+}
+
 // torch.nn.Linear semantics. Computes in the input's dtype: with bf16 activations and fp32 master
 // weights the weights are cast (differentiably, so gradients reach the fp32 master), which is the
 // arithmetic of a model whose weights were loaded in bf16.
@@ -61,14 +66,9 @@ class ReplicatedLinear final : public LinearLayer {
   }
 
   at::Tensor forward(const at::Tensor& x) override {
-    if (uses_fp8(x)) {
-      // The master weight goes in as it is: its FP8 copy is made once per optimizer step and its
-      // gradient comes out of the product in the master's dtype.
-      at::Tensor b;
-      if (bias_.defined())
-        b = bias_.scalar_type() == x.scalar_type() ? bias_ : bias_.to(x.scalar_type());
-      return fp8_linear(x, weight_, b, fp8_weight_);
-    }
+    // FP8: the master weight goes in as it is (its FP8 copy is made once per optimizer step, its
+    // gradient comes out of the product in the master's dtype).
+    if (uses_fp8(x)) return fp8_linear(x, weight_, in_dtype(bias_, x.scalar_type()), fp8_weight_);
     const auto [w, b] = parameters_as(x.scalar_type());
     return fused::linear(x, w, b);
   }
@@ -80,10 +80,7 @@ class ReplicatedLinear final : public LinearLayer {
 
   // Weight and bias (undefined without one) in `dtype`, differentiably cast from the master copy.
   std::pair<at::Tensor, at::Tensor> parameters_as(at::ScalarType dtype) const {
-    at::Tensor w = weight_.scalar_type() == dtype ? weight_ : weight_.to(dtype);
-    at::Tensor b;
-    if (bias_.defined()) b = bias_.scalar_type() == dtype ? bias_ : bias_.to(dtype);
-    return {w, b};
+    return {in_dtype(weight_, dtype), in_dtype(bias_, dtype)};
   }
 
  private:
@@ -145,7 +142,13 @@ at::Tensor dense_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   return out.transpose(1, 2);
 }
 
-void check_segments(const at::Tensor& q, const at::Tensor& k, const AttentionSegments& seg) {
+// A packed batch's arguments: segments only (text lengths live in the kv segments), one batch
+// row, cumulative boundaries from 0 covering q and k.
+void check_packed(const at::Tensor& q, const at::Tensor& k, const AttentionArgs& args) {
+  TORCH_CHECK(!args.kv_lengths.defined(),
+              "attention: kv_lengths and segments are exclusive (put text lengths into the kv "
+              "segments of a packed batch)");
+  const AttentionSegments& seg = *args.segments;
   TORCH_CHECK(q.size(0) == 1, "attention: a packed batch must have B == 1, got B=", q.size(0));
   TORCH_CHECK(seg.host_cu_q.size() >= 2 && seg.host_cu_q.size() == seg.host_cu_kv.size(),
               "attention: packed layout needs host_cu_q and host_cu_kv of equal length n+1 >= 2");
@@ -352,7 +355,7 @@ std::shared_ptr<AttentionSegments> make_attention_segments(const std::vector<std
 }
 
 std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_t out, bool bias) {
-  return std::make_shared<ReplicatedLinear>(in, out, bias, false);
+  return make_replicated_linear(in, out, bias, LinearRole::Replicated);
 }
 
 std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_t out, bool bias,
@@ -368,10 +371,7 @@ at::Tensor default_attention(const at::Tensor& q, const at::Tensor& k, const at:
               "attention: q, k, v must be [B, S, H, Dh], got ", q.sizes(), ", ", k.sizes(), ", ",
               v.sizes());
   if (args.segments == nullptr) return dense_attention(q, k, v, args.kv_lengths);
-  TORCH_CHECK(!args.kv_lengths.defined(),
-              "attention: kv_lengths and segments are exclusive (put text lengths into the kv "
-              "segments of a packed batch)");
-  check_segments(q, k, *args.segments);
+  check_packed(q, k, args);
   const auto choice = packed_kernel_choice();
   if (choice == PackedKernel::automatic)
     if (auto out = packed_attention_runs(q, k, v, *args.segments, {}, kMaxDenseRuns)) return *out;
@@ -389,10 +389,7 @@ at::Tensor default_attention_key_bias(const at::Tensor& q, const at::Tensor& k, 
               "attention: key_bias must be [B, S_kv] = [", k.size(0), ", ", k.size(1), "], got ",
               key_bias.sizes());
   if (args.segments == nullptr) return dense_attention(q, k, v, args.kv_lengths, key_bias);
-  TORCH_CHECK(!args.kv_lengths.defined(),
-              "attention: kv_lengths and segments are exclusive (put text lengths into the kv "
-              "segments of a packed batch)");
-  check_segments(q, k, *args.segments);
+  check_packed(q, k, args);
   if (packed_kernel_choice() != PackedKernel::loop)
     if (auto out = packed_attention_runs(q, k, v, *args.segments, key_bias,
                                          std::numeric_limits<std::size_t>::max()))
