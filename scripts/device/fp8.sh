@@ -4,20 +4,21 @@
 # chosen by PARTS (default: all of them, in this order):
 #  - tests:   the FP8 products against their emulation and the fused kernels (test_kernels);
 #  - bench:   4-block stacks of stage 1 and 2 (captions of 20-200 tokens padded to 512) and 14B
-#             2 blocks x 37440 tokens, fp8 off and tensorwise;
-#  - peer:    the compiled peer's blocks (build-perf/peer/peer_wan_block.py) on the same GPU;
+#             2 blocks x 37440 tokens, fp8 off and tensorwise; with BENCH_FULL=1 (default) also
+#             stage 1 and 2 with full 512-row captions (nothing for the padded-row collapse);
 #  - ab:      the loss A/B: 1.3B dimensions, AB_LAYERS blocks (default 8), AB_STEPS steps
 #             (default 300) of each stage, bf16 and FP8 on the same data and seeds; the smoothed
 #             losses' largest relative difference per stage and `wanhost compare`'s PNGs;
 #  - steps:   whole 1.3B steps (`wanhost run`, ddp), stage 1 and 2, fp8 off and tensorwise;
-#  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py).
+#  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py);
+#  - peer:    the compiled peer's blocks (build-perf/peer/peer_wan_block.py) on the same GPU.
 # Results: $OUT/summary.txt, $OUT/ab/ (PNGs, CSVs, summaries), $OUT/results.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/wanhost-fp8}
 R=/tmp/fp8
 BUDGET_S=${BUDGET_S:-570}
-PARTS=${PARTS:-tests bench peer ab steps peerstep}
+PARTS=${PARTS:-tests bench ab steps peerstep peer}
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 . scripts/device/measure_lib.sh
 start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_kernels
@@ -35,17 +36,13 @@ if want bench && [ -x "$W" ] && left 200; then
   for f in off tensorwise; do
     bench "s1 captions 20-200 fp8=$f" "${S1[@]}" --caption-tokens 20:200 --fp8 $f
     bench "s2 captions 20-200 fp8=$f" "${S2[@]}" --caption-tokens 20:200 --fp8 $f
-    bench "s1 full captions fp8=$f" "${S1[@]}" --fp8 $f
-    bench "s2 full captions fp8=$f" "${S2[@]}" --fp8 $f
     bench "14B 2 blocks fp8=$f" "${P14[@]}" --fp8 $f
   done
+  if [ "${BENCH_FULL:-1}" = 1 ]; then # captions padded to 512 with no collapse to gain from
+    bench "s1 full captions fp8=off" "${S1[@]}" --fp8 off
+    bench "s2 full captions fp8=off" "${S2[@]}" --fp8 off
+  fi
 fi
-if want peer && [ -f build-perf/peer/peer_wan_block.py ] && left 250; then
-  PYTHONUNBUFFERED=1 timeout 200 python3 build-perf/peer/peer_wan_block.py compiled 2>&1 |
-    grep -v Warning | tee "$R/peer_block.jsonl" | grep "{" | sed 's/^/peer block /' |
-    tee -a "$OUT/summary.txt"
-fi
-
 # The loss A/B: the seed recipe's model dimensions and optimizer (configs/wan21-1.3b.json) on
 # synthetic latents, AB_LAYERS blocks, both stages, the same seeds and data for both runs.
 AB_STEPS=${AB_STEPS:-300}
@@ -119,6 +116,11 @@ if want steps && [ -x "$W" ]; then
   done
 fi
 want peerstep && left 150 && peer_step
+if want peer && [ -f build-perf/peer/peer_wan_block.py ] && left 190; then
+  PYTHONUNBUFFERED=1 timeout 200 python3 build-perf/peer/peer_wan_block.py compiled 2>&1 |
+    grep -v Warning | tee "$R/peer_block.jsonl" | grep "{" | sed 's/^/peer block /' |
+    tee -a "$OUT/summary.txt"
+fi
 
 say "total $((SECONDS - t0)) s"
 tar czf "$OUT/results.tar.gz" -C "$R" --exclude='ab-*/checkpoints' . 2>/dev/null

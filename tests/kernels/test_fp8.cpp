@@ -104,6 +104,24 @@ TEST(Fp8Gpu, ScaledProductsMatchTheEmulation) {
   expect_products(c10::Device(c10::kCUDA, 0), at::kBFloat16, 6e-3);
 }
 
+// The one-pass cast kernel (kernels/fp8_kernels.cu) against ATen's arithmetic on the same GPU,
+// bit for bit: fp32 and bf16 inputs, both formats, a matrix that is no multiple of the kernel's
+// 64 x 64 tiles. (Its transposed copies are checked by the products above: 111 token rows.)
+TEST(Fp8Gpu, CastKernelMatchesAtenBitForBit) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  const at::Tensor x0 = at::randn({203, 1542}, gen) * 7;
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    for (const bool gradient : {false, true}) {
+      const at::Tensor x = x0.to(c10::Device(c10::kCUDA, 0), dtype);
+      const auto q = wanhost::fp8_quantize(x, gradient);
+      const at::Tensor want = (x.to(at::kFloat) * q.scale.reciprocal()).to(q.q.scalar_type());
+      EXPECT_TRUE(at::equal(q.q.view(at::kByte), want.view(at::kByte)))
+          << "dtype " << dtype << ", gradient " << gradient;
+    }
+  }
+}
+
 // FP8 is an approximation of the layer, not another layer: within a few percent of the fp32
 // product (E4M3 rounds each operand by up to 6 %, E5M2 by up to 12 %; the errors of a sum's
 // terms are independent, so the sum's relative error stays near one term's).

@@ -2,7 +2,9 @@
 // dequantisation factors: out = (a * scale_a) (b * scale_b), a row-major, b column-major. The
 // products contract over K for the forward and input-gradient products and over the tokens for
 // the weight gradient, so the operands of the latter are transposed copies, with the token count
-// padded with zero rows to the 16 the FP8 products need (zeros add nothing to the sum).
+// padded with zero rows to the 16 the FP8 products need (zeros add nothing to the sum). On a GPU
+// one kernel (kernels/fp8_kernels.cu) scales, rounds and writes an operand row-major and
+// transposed in one pass; elsewhere ATen does the same arithmetic in several.
 #include "wanhost/kit/fp8.hpp"
 
 #include <atomic>
@@ -14,6 +16,12 @@
 #include <c10/util/Exception.h>
 #include <c10/util/intrusive_ptr.h>
 #include <torch/csrc/autograd/custom_function.h>
+
+#if WANHOST_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+
+#include "fp8_kernels.hpp"
+#endif
 
 namespace wanhost {
 namespace {
@@ -58,6 +66,63 @@ at::Tensor transposed_padded(const at::Tensor& q) {
   return bytes.t().contiguous().view(q.scalar_type());
 }
 
+// A matrix [M, C] quantised: q row-major [M, C] and/or qt [C, round_up(M, 16)], the transposed
+// copy the weight-gradient product takes (undefined when not asked for).
+struct Quantized {
+  at::Tensor q, qt, scale;
+};
+
+// The dequantisation scale max|x| / (the format's largest value), fp32, on x's device.
+at::Tensor scale_of(const at::Tensor& x, bool gradient) {
+  const double top = gradient ? kE5m2Max : kE4m3Max;
+  // max|x| in one reduction (the infinity norm), in fp32.
+  const at::Tensor amax = at::linalg_vector_norm(x, std::numeric_limits<double>::infinity(),
+                                                 std::nullopt, false, at::kFloat);
+  return amax.clamp_min(kMinAmax) / top;
+}
+
+#if WANHOST_WITH_CUDA
+// The one-pass kernel takes contiguous fp32/bf16 matrices with an even column count.
+bool kernel_takes(const at::Tensor& x) {
+  return x.is_cuda() && x.dim() == 2 && x.is_contiguous() && x.size(0) > 0 && x.size(1) % 2 == 0 &&
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
+}
+
+Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, bool rows, bool transposed) {
+  Quantized r;
+  r.scale = scale_of(x, gradient);
+  const at::Tensor inv = r.scale.reciprocal();
+  const std::int64_t m = x.size(0), c = x.size(1), padded = round_up(m, kAlign);
+  const auto options = x.options().dtype(format(gradient));
+  if (rows) r.q = at::empty({m, c}, options);
+  if (transposed) r.qt = at::empty({c, padded}, options);
+  const cudaError_t err = kernels::fp8_cast_transpose(
+      x.scalar_type() == at::kFloat ? kernels::Fp8Source::f32 : kernels::Fp8Source::bf16,
+      x.data_ptr(), m, c, inv.data_ptr<float>(),
+      gradient ? kernels::Fp8Format::e5m2 : kernels::Fp8Format::e4m3,
+      rows ? r.q.data_ptr() : nullptr, transposed ? r.qt.data_ptr() : nullptr, padded,
+      at::cuda::getCurrentCUDAStream(x.device().index()).stream());
+  TORCH_CHECK(err == cudaSuccess, "fp8: the cast kernel failed on x ", x.sizes(), ": ",
+              cudaGetErrorString(err));
+  return r;
+}
+#endif
+
+// x [M, C] in E4M3 (forward operands) or E5M2 (gradients): each element rounded once from the
+// fp32 product x * (1 / scale), the largest |x| landing on the format's largest value.
+Quantized quantize(const at::Tensor& x, bool gradient, bool rows, bool transposed) {
+  at::NoGradGuard no_grad;
+#if WANHOST_WITH_CUDA
+  if (kernel_takes(x)) return quantize_on_gpu(x, gradient, rows, transposed);
+#endif
+  Quantized r;
+  r.scale = scale_of(x, gradient);
+  const at::Tensor q = (x.to(at::kFloat) * r.scale.reciprocal()).to(format(gradient));
+  if (rows) r.q = q;
+  if (transposed) r.qt = transposed_padded(q);
+  return r;
+}
+
 // The last input quantised, kept for the next layer that reads the same tensor (a block's q, k
 // and v read one normed input; cross-attention's k and v one text context). Weakly held: a freed
 // input is never matched by a new tensor at its address.
@@ -65,15 +130,15 @@ struct LastInput {
   c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> source{
       c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>()};
   std::uint32_t version = 0;
-  Fp8Quantized quantized;
+  Quantized quantized;  // q (this forward's product) and qt (saved for the weight gradient)
 };
 thread_local LastInput t_last_input;
 
-Fp8Quantized quantized_input(const at::Tensor& x, const at::Tensor& rows) {
+Quantized quantized_input(const at::Tensor& x, const at::Tensor& rows) {
   auto& last = t_last_input;
   const auto held = last.source.lock();
   if (held.get() == x.unsafeGetTensorImpl() && last.version == x._version()) return last.quantized;
-  last.quantized = fp8_quantize(rows, false);
+  last.quantized = quantize(rows, false, /*rows=*/true, /*transposed=*/true);
   last.source =
       c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(x.getIntrusivePtr());
   last.version = x._version();
@@ -86,12 +151,12 @@ struct Fp8LinearFunction : torch::autograd::Function<Fp8LinearFunction> {
                             Fp8WeightCache* cache) {
     const std::int64_t in = weight.size(1), out = weight.size(0);
     const at::Tensor rows = x.reshape({-1, in}).contiguous();
-    const Fp8Quantized xq = quantized_input(x, rows);
+    const Quantized xq = quantized_input(x, rows);
     const Fp8WeightCache::Copies& w = cache->of(weight);
     const bool has_bias = bias.numel() > 0;
     const at::Tensor y = scaled_mm(xq.q, w.q.t(), xq.scale, w.scale, has_bias ? bias : at::Tensor(),
                                    x.scalar_type(), true);
-    ctx->save_for_backward({xq.q, xq.scale, w.qt, w.scale});
+    ctx->save_for_backward({xq.qt, xq.scale, w.qt, w.scale});
     ctx->saved_data["has_bias"] = has_bias;
     ctx->saved_data["weight_dtype"] = static_cast<std::int64_t>(weight.scalar_type());
     std::vector<std::int64_t> shape = x.sizes().vec();
@@ -102,21 +167,20 @@ struct Fp8LinearFunction : torch::autograd::Function<Fp8LinearFunction> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor& xq = saved[0];
+    const at::Tensor& xqt = saved[0];  // x^T [in, tokens padded to 16]
     const at::Tensor& x_scale = saved[1];
     const at::Tensor& wqt = saved[2];
     const at::Tensor& w_scale = saved[3];
     const std::int64_t in = wqt.size(0), out = wqt.size(1);
     const at::Tensor dy = grads[0].reshape({-1, out}).contiguous();
-    const Fp8Quantized g = fp8_quantize(dy, true);
+    const Quantized g = quantize(dy, true, /*rows=*/true, /*transposed=*/true);
     // dx [M, in] = dy [M, out] W [out, in]: W column-major is W^T row-major (the cached qt).
     at::Tensor dx = scaled_mm(g.q, wqt.t(), g.scale, w_scale, {}, dy.scalar_type(), false);
     std::vector<std::int64_t> x_shape = grads[0].sizes().vec();
     x_shape.back() = in;
     // dW [out, in] = dy^T [out, M] x [M, in]: x column-major is x^T row-major.
     const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
-    at::Tensor dw = scaled_mm(transposed_padded(g.q), transposed_padded(xq).t(), g.scale, x_scale,
-                              {}, weight_dtype, false);
+    at::Tensor dw = scaled_mm(g.qt, xqt.t(), g.scale, x_scale, {}, weight_dtype, false);
     at::Tensor db;
     if (ctx->saved_data["has_bias"].toBool())
       db = dy.sum(0, false, at::kFloat).to(dy.scalar_type());
@@ -153,9 +217,10 @@ const Fp8WeightCache::Copies& Fp8WeightCache::of(const at::Tensor& weight) {
       epoch_ == epoch)
     return copies_;
   at::NoGradGuard no_grad;
-  Fp8Quantized w = fp8_quantize(weight.detach(), false);
+  // [out, in]: out is a multiple of 16, so the transposed copy [in, out] has no padding.
+  Quantized w = quantize(weight.detach().contiguous(), false, /*rows=*/true, /*transposed=*/true);
   copies_.q = w.q;
-  copies_.qt = w.q.view(at::kByte).t().contiguous().view(w.q.scalar_type());
+  copies_.qt = w.qt;
   copies_.scale = w.scale;
   data_ = weight.data_ptr();
   version_ = weight._version();
@@ -164,16 +229,10 @@ const Fp8WeightCache::Copies& Fp8WeightCache::of(const at::Tensor& weight) {
 }
 
 Fp8Quantized fp8_quantize(const at::Tensor& x, bool gradient) {
-  at::NoGradGuard no_grad;
-  const double top = gradient ? kE5m2Max : kE4m3Max;
-  // max|x| in one reduction (the infinity norm), in fp32.
-  const at::Tensor amax = at::linalg_vector_norm(x, std::numeric_limits<double>::infinity(),
-                                                 std::nullopt, false, at::kFloat);
-  const at::Tensor scale = amax.clamp_min(kMinAmax) / top;
-  // x / scale in x's dtype (a 0-dim factor does not promote), then rounded to the format; the
-  // largest |x| lands on the format's largest value.
-  const at::Tensor q = (x * scale.reciprocal()).to(format(gradient));
-  return {q, scale};
+  const bool matrix = x.dim() >= 2;
+  const Quantized r = quantize(matrix ? x.reshape({-1, x.size(-1)}).contiguous() : x, gradient,
+                               /*rows=*/true, /*transposed=*/false);
+  return {matrix ? r.q.view(x.sizes()) : r.q, r.scale};
 }
 
 bool fp8_linear_applies(const at::Tensor& x, const at::Tensor& weight) {

@@ -1,0 +1,117 @@
+// FP8 casts (fp8_kernels.hpp). A 64 x 64 tile per block of 32 x 8 threads: each thread reads two
+// neighbouring elements of a row (a warp reads a row's 64 elements in one access), writes their
+// two bytes row-major, and keeps them in shared memory, from which the warps write the tile's
+// columns as rows of the transposed copy (again 64 neighbouring bytes a warp). ATen's generic
+// copy of a transposed byte matrix reads one byte per 32-byte sector; this reads and writes whole
+// sectors.
+#include "fp8_kernels.hpp"
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+namespace wanhost::kernels {
+namespace {
+
+constexpr int kTile = 64;
+constexpr int kTileRowsPerPass = 8;  // threadIdx.y
+
+__device__ __forceinline__ void load_pair(const float* x, float& a, float& b) {
+  const float2 v = *reinterpret_cast<const float2*>(x);
+  a = v.x;
+  b = v.y;
+}
+
+__device__ __forceinline__ void load_pair(const __nv_bfloat16* x, float& a, float& b) {
+  const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(x));
+  a = v.x;
+  b = v.y;
+}
+
+__device__ __forceinline__ unsigned char to_fp8(float v, Fp8Format format) {
+  return __nv_cvt_float_to_fp8(v, __NV_SATFINITE,
+                               format == Fp8Format::e4m3 ? __NV_E4M3 : __NV_E5M2);
+}
+
+// The element pair (r, c), (r, c + 1) as two FP8 bytes (low byte: column c).
+template <typename In>
+__device__ __forceinline__ unsigned short pair_bytes(const In* x, std::int64_t at, float inv,
+                                                     Fp8Format format) {
+  float a, b;
+  load_pair(x + at, a, b);
+  return static_cast<unsigned short>(to_fp8(a * inv, format) | (to_fp8(b * inv, format) << 8));
+}
+
+__device__ __forceinline__ unsigned short pair_bytes(const unsigned char* x, std::int64_t at, float,
+                                                     Fp8Format) {
+  return *reinterpret_cast<const unsigned short*>(x + at);
+}
+
+template <typename In>
+__global__ void __launch_bounds__(32 * kTileRowsPerPass)
+    cast_transpose(const In* __restrict__ x, std::int64_t rows, std::int64_t cols,
+                   const float* __restrict__ inv_scale, Fp8Format format,
+                   unsigned char* __restrict__ q, unsigned char* __restrict__ qt,
+                   std::int64_t padded_rows) {
+  // +4 bytes a row: the transposed reads of one warp (rows 2 tx and 2 tx + 1) spread over banks.
+  __shared__ unsigned char tile[kTile][kTile + 4];
+  const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.x) * kTile;
+  const std::int64_t c0 = static_cast<std::int64_t>(blockIdx.y) * kTile;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const float inv = inv_scale != nullptr ? *inv_scale : 1.f;
+  const std::int64_t c = c0 + 2 * tx;
+  for (int i = ty; i < kTile; i += kTileRowsPerPass) {
+    const std::int64_t r = r0 + i;
+    unsigned short bytes = 0;  // rows past the matrix: the zero padding of qt
+    if (r < rows && c < cols) {
+      bytes = pair_bytes(x, r * cols + c, inv, format);
+      if (q != nullptr) *reinterpret_cast<unsigned short*>(q + r * cols + c) = bytes;
+    }
+    tile[i][2 * tx] = static_cast<unsigned char>(bytes & 0xff);
+    tile[i][2 * tx + 1] = static_cast<unsigned char>(bytes >> 8);
+  }
+  if (qt == nullptr) return;  // the same for every thread of the block
+  __syncthreads();
+  const std::int64_t r = r0 + 2 * tx;
+  for (int j = ty; j < kTile; j += kTileRowsPerPass) {
+    const std::int64_t cc = c0 + j;
+    if (cc < cols && r < padded_rows) {  // padded_rows even: r + 1 is inside too
+      const auto bytes = static_cast<unsigned short>(tile[2 * tx][j] | (tile[2 * tx + 1][j] << 8));
+      *reinterpret_cast<unsigned short*>(qt + cc * padded_rows + r) = bytes;
+    }
+  }
+}
+
+}  // namespace
+
+cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t rows,
+                               std::int64_t cols, const float* inv_scale, Fp8Format format, void* q,
+                               void* qt, std::int64_t padded_rows, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0 || cols % 2 != 0 || padded_rows < rows || padded_rows % 2 != 0 ||
+      (source != Fp8Source::fp8 && inv_scale == nullptr))
+    return cudaErrorInvalidValue;
+  if (q == nullptr && qt == nullptr) return cudaSuccess;
+  const std::int64_t row_tiles = (padded_rows + kTile - 1) / kTile;
+  const std::int64_t col_tiles = (cols + kTile - 1) / kTile;
+  if (row_tiles > 0x7fffffff || col_tiles > 65535) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles));
+  const dim3 block(32, kTileRowsPerPass);
+  auto* out = static_cast<unsigned char*>(q);
+  auto* out_t = static_cast<unsigned char*>(qt);
+  switch (source) {
+    case Fp8Source::f32:
+      cast_transpose<<<grid, block, 0, stream>>>(static_cast<const float*>(x), rows, cols,
+                                                 inv_scale, format, out, out_t, padded_rows);
+      break;
+    case Fp8Source::bf16:
+      cast_transpose<<<grid, block, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), rows, cols,
+                                                 inv_scale, format, out, out_t, padded_rows);
+      break;
+    case Fp8Source::fp8:
+      cast_transpose<<<grid, block, 0, stream>>>(static_cast<const unsigned char*>(x), rows, cols,
+                                                 nullptr, format, out, out_t, padded_rows);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace wanhost::kernels
