@@ -6,6 +6,7 @@
 #  - bench:   4-block stacks of stage 1 and 2 (captions of 20-200 tokens padded to 512) and 14B
 #             2 blocks x 37440 tokens, fp8 off and tensorwise; with BENCH_FULL=1 (default) also
 #             stage 1 and 2 with full 512-row captions (nothing for the padded-row collapse);
+#  - profile: device time per kernel class of the stage-1 bench, fp8 off and tensorwise;
 #  - ab:      the loss A/B: 1.3B dimensions, AB_LAYERS blocks (default 8), AB_STEPS steps
 #             (default 300) of each stage, bf16 and FP8 on the same data and seeds; the smoothed
 #             losses' largest relative difference per stage and `wanhost compare`'s PNGs;
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/wanhost-fp8}
 R=/tmp/fp8
 BUDGET_S=${BUDGET_S:-570}
-PARTS=${PARTS:-tests bench ab steps peerstep peer}
+PARTS=${PARTS:-tests bench profile ab steps peerstep peer}
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 . scripts/device/measure_lib.sh
 start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_kernels
@@ -42,6 +43,15 @@ if want bench && [ -x "$W" ] && left 200; then
     bench "s1 full captions fp8=off" "${S1[@]}" --fp8 off
     bench "s2 full captions fp8=off" "${S2[@]}" --fp8 off
   fi
+fi
+# Where a stage-1 block stack's time goes, fp8 off and tensorwise (device time per kernel class).
+if want profile && [ -x "$W" ] && left 200; then
+  for f in off tensorwise; do
+    timeout 120 $W bench --no-peak "${S1[@]}" --caption-tokens 20:200 --fp8 $f \
+      --profile "$R/trace-s1-$f.json" --profile-top 12 >"$R/profile-s1-$f.txt" 2>&1
+    say "profile s1 captions 20-200 fp8=$f:"
+    grep -v "^\[" "$R/profile-s1-$f.txt" | head -40 >>"$OUT/summary.txt"
+  done
 fi
 # The loss A/B: the seed recipe's model dimensions and optimizer (configs/wan21-1.3b.json) on
 # synthetic latents, AB_LAYERS blocks, both stages, the same seeds and data for both runs.
@@ -123,4 +133,4 @@ if want peer && [ -f build-perf/peer/peer_wan_block.py ] && left 190; then
 fi
 
 say "total $((SECONDS - t0)) s"
-tar czf "$OUT/results.tar.gz" -C "$R" --exclude='ab-*/checkpoints' . 2>/dev/null
+tar czf "$OUT/results.tar.gz" -C "$R" --exclude='ab-*/checkpoints' --exclude='trace-*' . 2>/dev/null
