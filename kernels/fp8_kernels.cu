@@ -3,7 +3,7 @@
 // two bytes row-major, and keeps them in shared memory, from which the warps write the tile's
 // columns as rows of the transposed copy (again 64 neighbouring bytes a warp). ATen's generic
 // copy of a transposed byte matrix reads one byte per 32-byte sector; this reads and writes whole
-// sectors.
+// sectors. The column sums (a bias gradient) come from the same reads.
 #include "fp8_kernels.hpp"
 
 #include <cuda_bf16.h>
@@ -12,7 +12,7 @@
 namespace wanhost::kernels {
 namespace {
 
-constexpr int kTile = 64;
+constexpr int kTile = static_cast<int>(kFp8CastTileRows);
 constexpr int kTileRowsPerPass = 8;  // threadIdx.y
 
 __device__ __forceinline__ void load_pair(const float* x, float& a, float& b) {
@@ -32,18 +32,16 @@ __device__ __forceinline__ unsigned char to_fp8(float v, Fp8Format format) {
                                format == Fp8Format::e4m3 ? __NV_E4M3 : __NV_E5M2);
 }
 
-// The element pair (r, c), (r, c + 1) as two FP8 bytes (low byte: column c).
+// The element pair (r, c), (r, c + 1) as two FP8 bytes (low byte: column c), its values added to
+// the column sums.
 template <typename In>
 __device__ __forceinline__ unsigned short pair_bytes(const In* x, std::int64_t at, float inv,
-                                                     Fp8Format format) {
+                                                     Fp8Format format, float& sum0, float& sum1) {
   float a, b;
   load_pair(x + at, a, b);
+  sum0 += a;
+  sum1 += b;
   return static_cast<unsigned short>(to_fp8(a * inv, format) | (to_fp8(b * inv, format) << 8));
-}
-
-__device__ __forceinline__ unsigned short pair_bytes(const unsigned char* x, std::int64_t at, float,
-                                                     Fp8Format) {
-  return *reinterpret_cast<const unsigned short*>(x + at);
 }
 
 template <typename In>
@@ -51,23 +49,38 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
     cast_transpose(const In* __restrict__ x, std::int64_t rows, std::int64_t cols,
                    const float* __restrict__ inv_scale, Fp8Format format,
                    unsigned char* __restrict__ q, unsigned char* __restrict__ qt,
-                   std::int64_t padded_rows) {
+                   std::int64_t padded_rows, float* __restrict__ column_partials) {
   // +4 bytes a row: the transposed reads of one warp (rows 2 tx and 2 tx + 1) spread over banks.
   __shared__ unsigned char tile[kTile][kTile + 4];
+  __shared__ float sums[kTileRowsPerPass][kTile];
   const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.x) * kTile;
   const std::int64_t c0 = static_cast<std::int64_t>(blockIdx.y) * kTile;
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const float inv = inv_scale != nullptr ? *inv_scale : 1.f;
+  const float inv = *inv_scale;
   const std::int64_t c = c0 + 2 * tx;
+  float sum0 = 0.f, sum1 = 0.f;  // columns c and c + 1 over this thread's rows of the tile
   for (int i = ty; i < kTile; i += kTileRowsPerPass) {
     const std::int64_t r = r0 + i;
     unsigned short bytes = 0;  // rows past the matrix: the zero padding of qt
     if (r < rows && c < cols) {
-      bytes = pair_bytes(x, r * cols + c, inv, format);
+      bytes = pair_bytes(x, r * cols + c, inv, format, sum0, sum1);
       if (q != nullptr) *reinterpret_cast<unsigned short*>(q + r * cols + c) = bytes;
     }
     tile[i][2 * tx] = static_cast<unsigned char>(bytes & 0xff);
     tile[i][2 * tx + 1] = static_cast<unsigned char>(bytes >> 8);
+  }
+  if (column_partials != nullptr) {  // the same for every thread of the block
+    // The tile's column sums, its rows added in a fixed order (deterministic).
+    sums[ty][2 * tx] = sum0;
+    sums[ty][2 * tx + 1] = sum1;
+    __syncthreads();
+    if (ty < 2 && c0 + 2 * tx + ty < cols) {
+      const int k = 2 * tx + ty;
+      float s = 0.f;
+#pragma unroll
+      for (int i = 0; i < kTileRowsPerPass; ++i) s += sums[i][k];
+      column_partials[static_cast<std::int64_t>(blockIdx.x) * cols + c0 + k] = s;
+    }
   }
   if (qt == nullptr) return;  // the same for every thread of the block
   __syncthreads();
@@ -85,11 +98,12 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
 
 cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t rows,
                                std::int64_t cols, const float* inv_scale, Fp8Format format, void* q,
-                               void* qt, std::int64_t padded_rows, cudaStream_t stream) {
+                               void* qt, std::int64_t padded_rows, float* column_partials,
+                               cudaStream_t stream) {
   if (rows <= 0 || cols <= 0 || cols % 2 != 0 || padded_rows < rows || padded_rows % 2 != 0 ||
-      (source != Fp8Source::fp8 && inv_scale == nullptr))
+      inv_scale == nullptr)
     return cudaErrorInvalidValue;
-  if (q == nullptr && qt == nullptr) return cudaSuccess;
+  if (q == nullptr && qt == nullptr && column_partials == nullptr) return cudaSuccess;
   const std::int64_t row_tiles = (padded_rows + kTile - 1) / kTile;
   const std::int64_t col_tiles = (cols + kTile - 1) / kTile;
   if (row_tiles > 0x7fffffff || col_tiles > 65535) return cudaErrorInvalidConfiguration;
@@ -97,20 +111,13 @@ cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t row
   const dim3 block(32, kTileRowsPerPass);
   auto* out = static_cast<unsigned char*>(q);
   auto* out_t = static_cast<unsigned char*>(qt);
-  switch (source) {
-    case Fp8Source::f32:
-      cast_transpose<<<grid, block, 0, stream>>>(static_cast<const float*>(x), rows, cols,
-                                                 inv_scale, format, out, out_t, padded_rows);
-      break;
-    case Fp8Source::bf16:
-      cast_transpose<<<grid, block, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), rows, cols,
-                                                 inv_scale, format, out, out_t, padded_rows);
-      break;
-    case Fp8Source::fp8:
-      cast_transpose<<<grid, block, 0, stream>>>(static_cast<const unsigned char*>(x), rows, cols,
-                                                 nullptr, format, out, out_t, padded_rows);
-      break;
-  }
+  if (source == Fp8Source::f32)
+    cast_transpose<<<grid, block, 0, stream>>>(static_cast<const float*>(x), rows, cols, inv_scale,
+                                               format, out, out_t, padded_rows, column_partials);
+  else
+    cast_transpose<<<grid, block, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), rows, cols,
+                                               inv_scale, format, out, out_t, padded_rows,
+                                               column_partials);
   return cudaGetLastError();
 }
 

@@ -66,10 +66,14 @@ at::Tensor transposed_padded(const at::Tensor& q) {
   return bytes.t().contiguous().view(q.scalar_type());
 }
 
-// A matrix [M, C] quantised: q row-major [M, C] and/or qt [C, round_up(M, 16)], the transposed
-// copy the weight-gradient product takes (undefined when not asked for).
+// What quantising a matrix x [M, C] makes besides its scale.
+struct Outputs {
+  bool rows = false;         // q, row-major [M, C]
+  bool transposed = false;   // qt [C, round_up(M, 16)], the weight-gradient product's operand
+  bool column_sums = false;  // x's sums over M in fp32 (the bias gradient, when x is dy)
+};
 struct Quantized {
-  at::Tensor q, qt, scale;
+  at::Tensor q, qt, column_sums, scale;  // undefined when not asked for
 };
 
 // The dequantisation scale max|x| / (the format's largest value), fp32, on x's device.
@@ -88,38 +92,45 @@ bool kernel_takes(const at::Tensor& x) {
          (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
 }
 
-Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, bool rows, bool transposed) {
+Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, Outputs want) {
   Quantized r;
   r.scale = scale_of(x, gradient);
   const at::Tensor inv = r.scale.reciprocal();
   const std::int64_t m = x.size(0), c = x.size(1), padded = round_up(m, kAlign);
   const auto options = x.options().dtype(format(gradient));
-  if (rows) r.q = at::empty({m, c}, options);
-  if (transposed) r.qt = at::empty({c, padded}, options);
+  if (want.rows) r.q = at::empty({m, c}, options);
+  if (want.transposed) r.qt = at::empty({c, padded}, options);
+  at::Tensor partials;  // per 64 rows, summed below in a fixed order
+  if (want.column_sums)
+    partials = at::empty({(padded + kernels::kFp8CastTileRows - 1) / kernels::kFp8CastTileRows, c},
+                         x.options().dtype(at::kFloat));
   const cudaError_t err = kernels::fp8_cast_transpose(
       x.scalar_type() == at::kFloat ? kernels::Fp8Source::f32 : kernels::Fp8Source::bf16,
       x.data_ptr(), m, c, inv.data_ptr<float>(),
       gradient ? kernels::Fp8Format::e5m2 : kernels::Fp8Format::e4m3,
-      rows ? r.q.data_ptr() : nullptr, transposed ? r.qt.data_ptr() : nullptr, padded,
+      want.rows ? r.q.data_ptr() : nullptr, want.transposed ? r.qt.data_ptr() : nullptr, padded,
+      want.column_sums ? partials.data_ptr<float>() : nullptr,
       at::cuda::getCurrentCUDAStream(x.device().index()).stream());
   TORCH_CHECK(err == cudaSuccess, "fp8: the cast kernel failed on x ", x.sizes(), ": ",
               cudaGetErrorString(err));
+  if (want.column_sums) r.column_sums = partials.sum(0);
   return r;
 }
 #endif
 
 // x [M, C] in E4M3 (forward operands) or E5M2 (gradients): each element rounded once from the
 // fp32 product x * (1 / scale), the largest |x| landing on the format's largest value.
-Quantized quantize(const at::Tensor& x, bool gradient, bool rows, bool transposed) {
+Quantized quantize(const at::Tensor& x, bool gradient, Outputs want) {
   at::NoGradGuard no_grad;
 #if WANHOST_WITH_CUDA
-  if (kernel_takes(x)) return quantize_on_gpu(x, gradient, rows, transposed);
+  if (kernel_takes(x)) return quantize_on_gpu(x, gradient, want);
 #endif
   Quantized r;
   r.scale = scale_of(x, gradient);
   const at::Tensor q = (x.to(at::kFloat) * r.scale.reciprocal()).to(format(gradient));
-  if (rows) r.q = q;
-  if (transposed) r.qt = transposed_padded(q);
+  if (want.rows) r.q = q;
+  if (want.transposed) r.qt = transposed_padded(q);
+  if (want.column_sums) r.column_sums = x.sum(0, false, at::kFloat);
   return r;
 }
 
@@ -138,7 +149,7 @@ Quantized quantized_input(const at::Tensor& x, const at::Tensor& rows) {
   auto& last = t_last_input;
   const auto held = last.source.lock();
   if (held.get() == x.unsafeGetTensorImpl() && last.version == x._version()) return last.quantized;
-  last.quantized = quantize(rows, false, /*rows=*/true, /*transposed=*/true);
+  last.quantized = quantize(rows, false, {.rows = true, .transposed = true});
   last.source =
       c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(x.getIntrusivePtr());
   last.version = x._version();
@@ -173,7 +184,9 @@ struct Fp8LinearFunction : torch::autograd::Function<Fp8LinearFunction> {
     const at::Tensor& w_scale = saved[3];
     const std::int64_t in = wqt.size(0), out = wqt.size(1);
     const at::Tensor dy = grads[0].reshape({-1, out}).contiguous();
-    const Quantized g = quantize(dy, true, /*rows=*/true, /*transposed=*/true);
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const Quantized g =
+        quantize(dy, true, {.rows = true, .transposed = true, .column_sums = has_bias});
     // dx [M, in] = dy [M, out] W [out, in]: W column-major is W^T row-major (the cached qt).
     at::Tensor dx = scaled_mm(g.q, wqt.t(), g.scale, w_scale, {}, dy.scalar_type(), false);
     std::vector<std::int64_t> x_shape = grads[0].sizes().vec();
@@ -182,8 +195,7 @@ struct Fp8LinearFunction : torch::autograd::Function<Fp8LinearFunction> {
     const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
     at::Tensor dw = scaled_mm(g.qt, xqt.t(), g.scale, x_scale, {}, weight_dtype, false);
     at::Tensor db;
-    if (ctx->saved_data["has_bias"].toBool())
-      db = dy.sum(0, false, at::kFloat).to(dy.scalar_type());
+    if (has_bias) db = g.column_sums.to(dy.scalar_type());
     return {dx.view(x_shape), dw, db, at::Tensor()};
   }
 };
@@ -218,7 +230,7 @@ const Fp8WeightCache::Copies& Fp8WeightCache::of(const at::Tensor& weight) {
     return copies_;
   at::NoGradGuard no_grad;
   // [out, in]: out is a multiple of 16, so the transposed copy [in, out] has no padding.
-  Quantized w = quantize(weight.detach().contiguous(), false, /*rows=*/true, /*transposed=*/true);
+  Quantized w = quantize(weight.detach().contiguous(), false, {.rows = true, .transposed = true});
   copies_.q = w.q;
   copies_.qt = w.qt;
   copies_.scale = w.scale;
@@ -230,8 +242,8 @@ const Fp8WeightCache::Copies& Fp8WeightCache::of(const at::Tensor& weight) {
 
 Fp8Quantized fp8_quantize(const at::Tensor& x, bool gradient) {
   const bool matrix = x.dim() >= 2;
-  const Quantized r = quantize(matrix ? x.reshape({-1, x.size(-1)}).contiguous() : x, gradient,
-                               /*rows=*/true, /*transposed=*/false);
+  const Quantized r =
+      quantize(matrix ? x.reshape({-1, x.size(-1)}).contiguous() : x, gradient, {.rows = true});
   return {matrix ? r.q.view(x.sizes()) : r.q, r.scale};
 }
 
