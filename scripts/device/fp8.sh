@@ -9,7 +9,10 @@
 #  - profile: device time per kernel class of the stage-1 bench, fp8 off and tensorwise;
 #  - ab:      the loss A/B: 1.3B dimensions, AB_LAYERS blocks (default 8), AB_STEPS steps
 #             (default 300) of each stage, bf16 and FP8 on the same data and seeds; the smoothed
-#             losses' largest relative difference per stage and `wanhost compare`'s PNGs;
+#             losses' largest relative difference per stage (ab_compare.py) and `wanhost
+#             compare`'s CSVs (PNGs where the build has PLplot; else run `wanhost compare` on the
+#             returned metrics here); AB_FLOOR=1 adds bf16 with the fused kernels off against
+#             bf16, the same arithmetic with other roundings (the noise floor);
 #  - steps:   whole 1.3B steps (`wanhost run`, ddp), stage 1 and 2, fp8 off and tensorwise;
 #  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py);
 #  - peer:    the compiled peer's blocks (build-perf/peer/peer_wan_block.py) on the same GPU.
@@ -75,37 +78,21 @@ ab_run() { # TAG EXTRA...
 if want ab && [ -x "$W" ] && left 150; then
   ab_run bf16
   left 100 && ab_run fp8 --set run.fp8=\"tensorwise\"
+  runs=("$R/ab-bf16" "$R/ab-fp8") labels=(--label bf16 --label fp8-tensorwise)
+  python3 scripts/device/ab_compare.py "$R/ab-bf16/metrics.jsonl" "$R/ab-fp8/metrics.jsonl" \
+    bf16 fp8 | tee -a "$OUT/summary.txt"
+  # The noise floor (AB_FLOOR=1): bf16 again with the fused kernels off, the same arithmetic with
+  # other roundings. Where this pair parts as far as bf16 and FP8, the 2 % bound measures how
+  # chaotic one-sample steps are, not FP8.
+  if [ "${AB_FLOOR:-0}" = 1 ] && left 130; then
+    ab_run bf16-unfused --set model.wan21_dit.fused_kernels=\"off\"
+    python3 scripts/device/ab_compare.py "$R/ab-bf16/metrics.jsonl" \
+      "$R/ab-bf16-unfused/metrics.jsonl" bf16 bf16-unfused | tee -a "$OUT/summary.txt"
+    runs+=("$R/ab-bf16-unfused") labels+=(--label bf16-unfused)
+  fi
+  # (The runs' metrics travel in results.tar.gz.)
   mkdir -p "$OUT/ab"
-  $W compare "$R/ab-bf16" "$R/ab-fp8" --out "$OUT/ab" --label bf16 --label fp8-tensorwise \
-    --window 20 >"$R/compare.txt" 2>&1
-  cp "$R/ab-bf16/metrics.jsonl" "$OUT/ab/bf16-metrics.jsonl" 2>/dev/null
-  cp "$R/ab-fp8/metrics.jsonl" "$OUT/ab/fp8-metrics.jsonl" 2>/dev/null
-  python3 - "$R/ab-bf16/metrics.jsonl" "$R/ab-fp8/metrics.jsonl" <<'EOF' | tee -a "$OUT/summary.txt"
-import json, sys
-def load(p):
-    out = {}
-    for l in open(p):
-        r = json.loads(l)
-        if "loss" in r: out.setdefault(r["stage_index"], []).append((r["loss"], r["step_time_s"]))
-    return out
-a, b = load(sys.argv[1]), load(sys.argv[2])
-W = 20  # trailing moving average, as `wanhost compare --window 20`
-for s in sorted(a):
-    la, lb = [x[0] for x in a[s]], [x[0] for x in b.get(s, [])]
-    n = min(len(la), len(lb))
-    worst, at, raw = 0.0, 0, 0.0
-    for i in range(n):
-        lo = max(0, i - W + 1)
-        ma, mb = sum(la[lo:i + 1]) / (i + 1 - lo), sum(lb[lo:i + 1]) / (i + 1 - lo)
-        d = abs(mb - ma) / ma
-        if d > worst: worst, at = d, i + 1
-        raw = max(raw, abs(lb[i] - la[i]) / la[i])
-    ta = sorted(x[1] for x in a[s][n // 3:]); tb = sorted(x[1] for x in b[s][n // 3:])
-    print("ab stage %d: %d steps; smoothed (%d) loss: largest relative difference %.4f at step %d "
-          "(target < 0.02); per-step largest %.4f; first/last smoothed bf16 %.4f/%.4f fp8 %.4f/%.4f; "
-          "median step %.4f / %.4f s" % (s + 1, n, W, worst, at, raw, la[0], sum(la[-W:]) / W,
-          lb[0], sum(lb[-W:]) / W, ta[len(ta) // 2], tb[len(tb) // 2]))
-EOF
+  $W compare "${runs[@]}" --out "$OUT/ab" "${labels[@]}" --window 20 >"$R/compare.txt" 2>&1
 fi
 
 # Whole 1.3B steps (30 blocks), medians after the first third (measure_lib.sh).
