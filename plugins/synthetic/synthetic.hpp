@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -104,8 +105,14 @@ class SyntheticSource final : public DataSource {
 
  private:
   void check_index(std::int64_t index) const;
+  // The first `rows` rows of the text position code [rows, text_dim] (a view of a table made once
+  // and grown when a longer caption comes: sin/cos over 200 x 4096 values a caption was most of
+  // a stage-1 step's input time).
+  at::Tensor positions(std::int64_t rows) const;
 
   Options options_;
+  mutable std::mutex positions_mutex_;  // get() may be called from several threads
+  mutable at::Tensor positions_;
   std::vector<at::Tensor> colour_vectors_;  // [C] each
   at::Tensor disc_vector_, square_vector_;  // [C]
 };

@@ -260,10 +260,20 @@ at::Tensor SyntheticSource::word_vector(const std::string& word) const {
   return at::randn({options_.text_dim}, gen, at::TensorOptions(at::kFloat));
 }
 
+at::Tensor SyntheticSource::positions(std::int64_t rows) const {
+  const std::lock_guard<std::mutex> lock(positions_mutex_);
+  if (!positions_.defined() || positions_.size(0) < rows)
+    positions_ =
+        position_code(std::max({rows, options_.caption_tokens_max,
+                                positions_.defined() ? 2 * positions_.size(0) : std::int64_t{0}}),
+                      options_.text_dim);
+  return positions_.narrow(0, 0, rows);
+}
+
 at::Tensor SyntheticSource::embed(const std::string& caption) const {
   const std::vector<std::string> words = split_words(caption);
   const auto rows = static_cast<std::int64_t>(words.size());
-  at::Tensor out = position_code(rows, options_.text_dim);
+  at::Tensor out = positions(rows).clone();
   for (std::int64_t i = 0; i < rows; ++i) out[i].add_(word_vector(words[i]));
   return out;
 }
@@ -280,7 +290,7 @@ at::Tensor SyntheticSource::embed_video_caption(const std::string& caption,
   // Filler rows: position code + one draw for all of them from the video's own stream (a
   // generator per row cost ~0.1 s a stage-1 step of 32 captions and starved the GPU).
   const std::int64_t extra = rows - words.size(0);
-  at::Tensor filler = position_code(rows, o.text_dim).narrow(0, words.size(0), extra) +
+  at::Tensor filler = positions(rows).narrow(0, words.size(0), extra) +
                       at::randn({extra, o.text_dim}, gen, at::TensorOptions(at::kFloat));
   return at::cat({words, filler}, 0);
 }

@@ -260,6 +260,22 @@ TEST(Synthetic, WordEmbeddingsAreFixedPerWord) {
       at::allclose(e1[2] - a.word_vector("disc"), e2[2] - a.word_vector("square"), 1e-5, 1e-5));
 }
 
+// The position code is a table made once and grown when a longer caption comes: a sample's text
+// is the same bit for bit whichever captions were embedded before it (short ones first: the table
+// grows; long ones first: it is sliced), and the caller's rows are its own (embed adds to them).
+TEST(Synthetic, TextDoesNotDependOnWhatCameBefore) {
+  const Json o = {{"text_dim", 8}, {"caption_tokens_min", 3}, {"caption_tokens_max", 40}};
+  SyntheticSource forward = source(o), backward = source(o);
+  constexpr std::int64_t n = 40;
+  std::vector<at::Tensor> texts(n);
+  for (std::int64_t i = 0; i < n; ++i) texts[i] = forward.get(i).text;
+  for (std::int64_t i = n - 1; i >= 0; --i)
+    EXPECT_TRUE(at::equal(backward.get(i).text, texts[i])) << "sample " << i;
+  at::Tensor first = forward.embed("a red disc");
+  first.add_(1.0);
+  EXPECT_FALSE(at::equal(forward.embed("a red disc"), first)) << "the table was written through";
+}
+
 TEST(Synthetic, LatentsHaveRoughlyUnitScale) {
   SyntheticSource src = source({{"mode", "clips"}});
   std::vector<at::Tensor> all;
