@@ -240,6 +240,13 @@ MUTATIONS = [
     ("FP8 applied to embedders and the head", "sdk/kit/src/layers.cpp",
      "role != LinearRole::Replicated);", "true);",
      *KERNELS, "Fp8.LayersByRoleAndRecipe"),
+    ("FP8 bias gradient summed from the quantised dy", "sdk/kit/src/fp8.cpp",
+     "r.column_sums = x.sum(0, false, at::kFloat);",
+     "r.column_sums = (q.to(at::kFloat) * r.scale).sum(0);",
+     *KERNELS, "Fp8.ProductsUseTheRightOperandsOnTheCpu"),
+    ("synthetic: captions embedded into the shared position table", "plugins/synthetic/synthetic_source.cpp",
+     "at::Tensor out = positions(rows).clone();", "at::Tensor out = positions(rows);",
+     ["test_synthetic"], "test_synthetic", "Synthetic.TextDoesNotDependOnWhatCameBefore"),
 ]
 
 
