@@ -136,7 +136,8 @@ Quantized quantize(const at::Tensor& x, bool gradient, Outputs want) {
 
 // The last input quantised, kept for the next layer that reads the same tensor (a block's q, k
 // and v read one normed input; cross-attention's k and v one text context). Weakly held: a freed
-// input is never matched by a new tensor at its address.
+// input is never matched by a new tensor at its address. Its copies stay alive until the next
+// input comes (at most one layer's E4M3 input, the row-major half of which backward does not use).
 struct LastInput {
   c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> source{
       c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>()};
