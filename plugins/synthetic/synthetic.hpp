@@ -17,7 +17,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -111,8 +110,7 @@ class SyntheticSource final : public DataSource {
   at::Tensor positions(std::int64_t rows) const;
 
   Options options_;
-  mutable std::mutex positions_mutex_;  // get() may be called from several threads
-  mutable at::Tensor positions_;
+  mutable at::Tensor positions_;            // (get() is called once at a time: wanhost/data.hpp)
   std::vector<at::Tensor> colour_vectors_;  // [C] each
   at::Tensor disc_vector_, square_vector_;  // [C]
 };

@@ -261,7 +261,6 @@ at::Tensor SyntheticSource::word_vector(const std::string& word) const {
 }
 
 at::Tensor SyntheticSource::positions(std::int64_t rows) const {
-  const std::lock_guard<std::mutex> lock(positions_mutex_);
   if (!positions_.defined() || positions_.size(0) < rows)
     positions_ =
         position_code(std::max({rows, options_.caption_tokens_max,
