@@ -110,7 +110,7 @@ class SyntheticSource final : public DataSource {
   at::Tensor positions(std::int64_t rows) const;
 
   Options options_;
-  mutable at::Tensor positions_;            // (get() is called once at a time: wanhost/data.hpp)
+  mutable at::Tensor positions_;            // get() comes one call at a time (wanhost/data.hpp)
   std::vector<at::Tensor> colour_vectors_;  // [C] each
   at::Tensor disc_vector_, square_vector_;  // [C]
 };
