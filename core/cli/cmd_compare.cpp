@@ -2,6 +2,8 @@
 #include <filesystem>
 #include <memory>
 
+#include <fmt/format.h>
+
 #include "../compare/compare.hpp"
 #include "../compare/loss_plot.hpp"
 #include "../util/files.hpp"
@@ -82,8 +84,13 @@ void run_compare(const CompareOptions& o) {
   written.push_back(out("summary.json"));
   for (const auto& s : stages)
     for (std::size_t k = 0; k < s.curves.size(); ++k)
-      logger()->info("compare: stage '{}': {}: {} steps, final smoothed loss {}", s.name,
-                     s.curves[k].label, s.stats[k].steps, format_number(s.stats[k].final_smoothed));
+      logger()->info(
+          "compare: stage '{}': {}: {} steps, final smoothed loss {}{}", s.name, s.curves[k].label,
+          s.stats[k].steps, format_number(s.stats[k].final_smoothed),
+          k == 0 ? std::string()
+                 : fmt::format("; smoothed loss at most {:.2f} % from {}'s (step {})",
+                               100 * s.stats[k].max_rel_diff_vs_first, s.curves.front().label,
+                               s.stats[k].max_rel_diff_vs_first_step));
   for (const auto& f : written) logger()->info("compare: wrote {}", f);
   if (!plot_error.empty())
     throw std::runtime_error("compare: " + plot_error +

@@ -374,6 +374,21 @@ CurveStats curve_stats(const StageRecords& stage, const Curve& curve, std::size_
   return s;
 }
 
+void compare_with_first(const Curve& first, const Curve& curve, CurveStats& stats) {
+  std::size_t i = 0;
+  for (std::size_t k = 0; k < curve.steps.size(); ++k) {
+    while (i < first.steps.size() && first.steps[i] < curve.steps[k]) ++i;
+    if (i == first.steps.size() || first.steps[i] != curve.steps[k]) continue;
+    const double ref = first.smoothed[i], v = curve.smoothed[k];
+    if (!std::isfinite(ref) || !std::isfinite(v) || ref == 0) continue;
+    const double d = std::abs(v - ref) / std::abs(ref);
+    if (!(d <= stats.max_rel_diff_vs_first)) {  // also replaces the initial NaN
+      stats.max_rel_diff_vs_first = d;
+      stats.max_rel_diff_vs_first_step = curve.steps[k];
+    }
+  }
+}
+
 std::vector<StageComparison> align(const std::vector<RunData>& runs, std::size_t window) {
   // Stages by name, ordered by the lowest index any run gives them, then by first appearance.
   std::vector<StageComparison> stages;
@@ -420,6 +435,7 @@ std::vector<StageComparison> align(const std::vector<RunData>& runs, std::size_t
       }
       curve.smoothed = moving_average(curve.loss, window);
       c.stats.push_back(curve_stats(*st, curve, window));
+      if (!c.curves.empty()) compare_with_first(c.curves.front(), curve, c.stats.back());
       c.curves.push_back(std::move(curve));
     }
     c.steps.assign(all_steps.begin(), all_steps.end());
@@ -474,8 +490,9 @@ std::string summary_markdown(const std::vector<RunData>& runs,
     md << "Curves: [" << s.file_stem << ".csv](" << s.file_stem << ".csv)\n\n"
        << "| run | steps | skipped | final smoothed loss | mean loss, last " << w
        << " steps | step-to-step std¹ | tokens/s² | samples/s² | step time (s) | wall time³ "
-          "| peak memory (GiB) |\n"
-       << "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+          "| peak memory (GiB) | smoothed loss vs "
+       << md_cell(s.curves.front().label) << "⁴ |\n"
+       << "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for (std::size_t k = 0; k < s.curves.size(); ++k) {
       const CurveStats& t = s.stats[k];
       md << "| " << md_cell(s.curves[k].label) << " | " << t.steps << " (" << t.first_step << "–"
@@ -483,7 +500,12 @@ std::string summary_markdown(const std::vector<RunData>& runs,
          << fixed(t.mean_last_window, 4) << " | " << fixed(t.diff_std, 4) << " | "
          << fixed(t.tokens_per_s, 0) << " | " << fixed(t.samples_per_s, 1) << " | "
          << fixed(t.mean_step_time_s, 3) << " | " << duration(t.wall_time_s) << " | "
-         << fixed(t.peak_mem_gib, 2) << " |\n";
+         << fixed(t.peak_mem_gib, 2) << " | "
+         << (std::isfinite(t.max_rel_diff_vs_first)
+                 ? fixed(100 * t.max_rel_diff_vs_first, 2) + " % (step " +
+                       std::to_string(t.max_rel_diff_vs_first_step) + ")"
+                 : std::string("—"))
+         << " |\n";
     }
     md << "\n";
   }
@@ -495,7 +517,9 @@ std::string summary_markdown(const std::vector<RunData>& runs,
      << "¹ Population standard deviation of the differences between consecutive finite raw "
         "losses: the step-to-step noise of the loss, free of its trend.\n"
      << "² Sum of tokens (samples) over the sum of step times: the stage's throughput.\n"
-     << "³ Sum of `step_time_s`: time in training steps (checkpoints and start-up excluded).\n";
+     << "³ Sum of `step_time_s`: time in training steps (checkpoints and start-up excluded).\n"
+     << "⁴ The largest relative difference between the run's smoothed loss and the first run's "
+        "at the same global step (an A/B: the first run is the baseline), and where it is.\n";
   return md.str();
 }
 
@@ -515,22 +539,25 @@ Json summary_json(const std::vector<RunData>& runs, const std::vector<StageCompa
                {"runs", Json::array()}};
     for (std::size_t k = 0; k < s.curves.size(); ++k) {
       const CurveStats& t = s.stats[k];
-      js["runs"].push_back({{"run", s.curves[k].run},
-                            {"label", s.curves[k].label},
-                            {"steps", t.steps},
-                            {"first_step", t.first_step},
-                            {"last_step", t.last_step},
-                            {"nonfinite_steps", t.nonfinite},
-                            {"final_smoothed_loss", number_json(t.final_smoothed)},
-                            {"mean_loss_last_window", number_json(t.mean_last_window)},
-                            {"min_smoothed_loss", number_json(t.min_smoothed)},
-                            {"min_smoothed_loss_step", t.min_smoothed_step},
-                            {"loss_diff_std", number_json(t.diff_std)},
-                            {"tokens_per_s", number_json(t.tokens_per_s)},
-                            {"samples_per_s", number_json(t.samples_per_s)},
-                            {"mean_step_time_s", number_json(t.mean_step_time_s)},
-                            {"wall_time_s", number_json(t.wall_time_s)},
-                            {"peak_mem_gib", number_json(t.peak_mem_gib)}});
+      js["runs"].push_back(
+          {{"run", s.curves[k].run},
+           {"label", s.curves[k].label},
+           {"steps", t.steps},
+           {"first_step", t.first_step},
+           {"last_step", t.last_step},
+           {"nonfinite_steps", t.nonfinite},
+           {"final_smoothed_loss", number_json(t.final_smoothed)},
+           {"mean_loss_last_window", number_json(t.mean_last_window)},
+           {"min_smoothed_loss", number_json(t.min_smoothed)},
+           {"min_smoothed_loss_step", t.min_smoothed_step},
+           {"loss_diff_std", number_json(t.diff_std)},
+           {"tokens_per_s", number_json(t.tokens_per_s)},
+           {"samples_per_s", number_json(t.samples_per_s)},
+           {"mean_step_time_s", number_json(t.mean_step_time_s)},
+           {"wall_time_s", number_json(t.wall_time_s)},
+           {"peak_mem_gib", number_json(t.peak_mem_gib)},
+           {"smoothed_loss_max_rel_diff_vs_first", number_json(t.max_rel_diff_vs_first)},
+           {"smoothed_loss_max_rel_diff_vs_first_step", t.max_rel_diff_vs_first_step}});
     }
     j["stages"].push_back(std::move(js));
   }

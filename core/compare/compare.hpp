@@ -89,6 +89,11 @@ struct CurveStats {
   double mean_step_time_s = kNaN;
   double wall_time_s = kNaN;  // sum of step_time_s
   double peak_mem_gib = kNaN;
+  // Against the first run that has the stage (an A/B): the largest |smoothed - first's smoothed| /
+  // |first's smoothed| over the steps where both are finite, and that step (NaN, 0: the first run
+  // itself, or no common step).
+  double max_rel_diff_vs_first = kNaN;
+  long max_rel_diff_vs_first_step = 0;
 };
 
 struct StageComparison {
@@ -105,6 +110,8 @@ struct StageComparison {
 std::vector<StageComparison> align(const std::vector<RunData>& runs, std::size_t window);
 
 CurveStats curve_stats(const StageRecords& stage, const Curve& curve, std::size_t window);
+// Sets stats.max_rel_diff_vs_first(_step) of `curve` against `first` (curves of one stage).
+void compare_with_first(const Curve& first, const Curve& curve, CurveStats& stats);
 
 // The CSV of one stage: "step", then per run "<label> loss" and "<label> smoothed"; an empty cell
 // where a run has no record at that step, "nan" for a skipped step's raw loss.

@@ -8,11 +8,11 @@
 #             stage 1 and 2 with full 512-row captions (nothing for the padded-row collapse);
 #  - profile: device time per kernel class of the stage-1 bench, fp8 off and tensorwise;
 #  - ab:      the loss A/B: 1.3B dimensions, AB_LAYERS blocks (default 8), AB_STEPS steps
-#             (default 300) of each stage, bf16 and FP8 on the same data and seeds; the smoothed
-#             losses' largest relative difference per stage (ab_compare.py) and `wanhost
-#             compare`'s CSVs (PNGs where the build has PLplot; else run `wanhost compare` on the
-#             returned metrics here); AB_FLOOR=1 adds bf16 with the fused kernels off against
-#             bf16, the same arithmetic with other roundings (the noise floor);
+#             (default 300) of each stage, bf16 and FP8 on the same data and seeds; `wanhost
+#             compare`'s largest smoothed-loss difference per stage, CSVs and summaries (PNGs
+#             where the build has PLplot; else run `wanhost compare` here on the returned
+#             metrics); AB_FLOOR=1 adds bf16 with the fused kernels off, the same arithmetic with
+#             other roundings (the noise floor);
 #  - steps:   whole 1.3B steps (`wanhost run`, ddp), stage 1 and 2, fp8 off and tensorwise;
 #  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py);
 #  - peer:    the compiled peer's blocks (build-perf/peer/peer_wan_block.py) on the same GPU.
@@ -79,20 +79,18 @@ if want ab && [ -x "$W" ] && left 150; then
   ab_run bf16
   left 100 && ab_run fp8 --set run.fp8=\"tensorwise\"
   runs=("$R/ab-bf16" "$R/ab-fp8") labels=(--label bf16 --label fp8-tensorwise)
-  python3 scripts/device/ab_compare.py "$R/ab-bf16/metrics.jsonl" "$R/ab-fp8/metrics.jsonl" \
-    bf16 fp8 | tee -a "$OUT/summary.txt"
   # The noise floor (AB_FLOOR=1): bf16 again with the fused kernels off, the same arithmetic with
   # other roundings. Where this pair parts as far as bf16 and FP8, the 2 % bound measures how
   # chaotic one-sample steps are, not FP8.
   if [ "${AB_FLOOR:-0}" = 1 ] && left 130; then
     ab_run bf16-unfused --set model.wan21_dit.fused_kernels=\"off\"
-    python3 scripts/device/ab_compare.py "$R/ab-bf16/metrics.jsonl" \
-      "$R/ab-bf16-unfused/metrics.jsonl" bf16 bf16-unfused | tee -a "$OUT/summary.txt"
     runs+=("$R/ab-bf16-unfused") labels+=(--label bf16-unfused)
   fi
-  # (The runs' metrics travel in results.tar.gz.)
+  # `wanhost compare` gives each run's largest smoothed-loss difference from the first (bf16) per
+  # stage (the 2 % bound); the runs' metrics travel in results.tar.gz.
   mkdir -p "$OUT/ab"
   $W compare "${runs[@]}" --out "$OUT/ab" "${labels[@]}" --window 20 >"$R/compare.txt" 2>&1
+  grep -o "stage '.*" "$R/compare.txt" | sed 's/^/ab /' | tee -a "$OUT/summary.txt"
 fi
 
 # Whole 1.3B steps (30 blocks), medians after the first third (measure_lib.sh).

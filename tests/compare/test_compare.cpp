@@ -199,10 +199,36 @@ TEST(CompareSummary, Numbers) {
   EXPECT_NE(md.find("## Stage t2i"), std::string::npos);
   EXPECT_NE(md.find("![Stage t2v loss](loss_t2v.png)"), std::string::npos);
   EXPECT_NE(md.find("| A | 4 (1–4) | 0 | 4.0000 | 4.0000 | 2.0548 | 200 | 8.0 | 0.500 | 2.0 s "
-                    "| 2.50 |"),
+                    "| 2.50 | — |"),
             std::string::npos)
       << md;
+  EXPECT_NE(md.find("| smoothed loss vs A⁴ |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| 100.00 % (step 1) |"), std::string::npos) << md;
   EXPECT_NE(md.find("consecutive finite raw losses"), std::string::npos);
+}
+
+// An A/B: each run's smoothed loss against the first run's at the same global steps. A's smoothed
+// t2i losses (window 2) are 1 2 2.5 4 at steps 1-4, B's 2 everywhere (steps 1-5): relative
+// differences 1, 0, 0.2, 0.5, the largest at step 1; step 5 has no A to compare with.
+TEST(CompareSummary, LargestDifferenceFromTheFirstRun) {
+  const auto runs = read_both(scratch());
+  const auto stages = align(runs, 2);
+  EXPECT_TRUE(std::isnan(stages[0].stats[0].max_rel_diff_vs_first)) << "the baseline itself";
+  EXPECT_DOUBLE_EQ(stages[0].stats[1].max_rel_diff_vs_first, 1.0);
+  EXPECT_EQ(stages[0].stats[1].max_rel_diff_vs_first_step, 1);
+  // Against a baseline that differs least at the start, the largest difference moves on.
+  Curve first, other;
+  first.steps = other.steps = {10, 11, 12};
+  first.smoothed = {2, 2, 4};
+  other.smoothed = {2, kNaN, 5};
+  CurveStats t;
+  compare_with_first(first, other, t);
+  EXPECT_DOUBLE_EQ(t.max_rel_diff_vs_first, 0.25);
+  EXPECT_EQ(t.max_rel_diff_vs_first_step, 12);
+  const Json j = summary_json(runs, stages, 2, false);
+  EXPECT_DOUBLE_EQ(j["stages"][0]["runs"][1]["smoothed_loss_max_rel_diff_vs_first"].get<double>(),
+                   1.0);
+  EXPECT_TRUE(j["stages"][0]["runs"][0]["smoothed_loss_max_rel_diff_vs_first"].is_null());
 }
 
 TEST(CompareLabels, FromConfigResolved) {
