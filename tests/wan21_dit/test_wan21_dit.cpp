@@ -789,21 +789,10 @@ TEST(Wan21Dit, CapturedStepReplaysTheEagerStepOnAGpu) {
   EXPECT_GT(changed, 5e-2);
 }
 
-// mask_text_padding: an empty prompt (length 0) still attends one key row, its zeroed first row:
-// the same as that prompt given as one zero row of length 1, in a dense and in a packed batch,
-// and finite. (Without the rule a dense batch masks every key of the sample, a NaN row, and a
-// packed one has an empty key segment.)
-// Collapsed text padding (collapse_text_padding, on by default): cross-attention over each
-// sample's real rows plus a few padded rows with a key bias equals attending to every padded row.
-// fp32: outputs, latent and parameter gradients within 1e-6 of the uncollapsed model, dense and
-// packed (mixed grids, an empty prompt, a prompt filling all given rows); the collapsed run
-// attends to max(length) + 4 text rows a sample, rounded up to a multiple of 64. bf16 (CPU): the
-// collapsed model is no further from the fp32 result than the uncollapsed one (the biases are exact
-// in bf16).
-// The biases themselves: real rows 0; every value one of the compute dtype's (the attention adds
-// the mask in that dtype); the padded rows' weights sum to the number of padded rows: exactly in
-// float64, to float32 rounding, and in bf16 / half within the last row's rounding (1.6 % / 0.2 %
-// of its weight for biases below 8, docs/model.md).
+// Collapsed text padding's key biases (collapsed_padding_bias): real rows 0; every value one of the
+// compute dtype's (the attention adds the mask in that dtype); the padded rows' weights sum to the
+// number of padded rows: exactly in float64, to float32 rounding, and in bf16 / half within the
+// last row's rounding (1.6 % / 0.2 % of its weight for biases below 8, docs/model.md).
 TEST(Wan21Dit, CollapsedPaddingBiasesAddUpToThePadding) {
   const std::vector<std::int64_t> lengths = {0, 7, 60, 123};
   const std::int64_t total = 512, kept = 128;
@@ -831,6 +820,13 @@ TEST(Wan21Dit, CollapsedPaddingBiasesAddUpToThePadding) {
   }
 }
 
+// Collapsed text padding (collapse_text_padding, on by default): cross-attention over each
+// sample's real rows plus a few padded rows with a key bias equals attending to every padded row.
+// fp32: outputs, latent and parameter gradients within 1e-6 of the uncollapsed model, dense and
+// packed (mixed grids, an empty prompt, a prompt filling all given rows); the collapsed run
+// attends to max(length) + 4 text rows a sample, rounded up to a multiple of 64. bf16 (CPU): the
+// collapsed model is no further from the fp32 result than the uncollapsed one (the biases' weights
+// add up within the rounding the test above bounds).
 void check_collapsed_padding(const c10::Device& device, double tol) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(23);
   const std::vector<std::int64_t> lengths = {0, 7, 20, 13};
@@ -935,6 +931,10 @@ TEST(Wan21Dit, CollapsedTextPaddingOnAGpu) {
   check_collapsed_padding(c10::Device(c10::kCUDA, 0), 1e-5);
 }
 
+// mask_text_padding: an empty prompt (length 0) still attends one key row, its zeroed first row:
+// the same as that prompt given as one zero row of length 1, in a dense and in a packed batch,
+// and finite. (Without the rule a dense batch masks every key of the sample, a NaN row, and a
+// packed one has an empty key segment.)
 TEST(Wan21Dit, EmptyPromptKeepsOneKeyRowWhenMasked) {
   auto model = make_model({{"mask_text_padding", true}, {"init_seed", 5}});
   wanhost::Batch empty;
