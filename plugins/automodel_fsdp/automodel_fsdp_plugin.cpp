@@ -199,8 +199,7 @@ class Fsdp final : public ParallelismBase {
     gather_dtype_ = param_dtype_option_ == "auto"   ? ctx.compute_dtype
                     : param_dtype_option_ == "bf16" ? at::kBFloat16
                                                     : at::kFloat;
-    one_rank_ = ctx.dp->size() == 1;
-    if (one_rank_)
+    if (one_rank())
       logger()->info(
           "automodel_fsdp: one data-parallel rank: one-rank fast path, the shards are the whole "
           "weights and are used {} (no gathers, no frees or refills, no reduce-scatter copies)",
@@ -402,11 +401,13 @@ class Fsdp final : public ParallelismBase {
 
   // --- used by BlockBackward ---
   const ParallelContext& ctx() const { return ctx_; }
+  // A data-parallel group of one: the fast path (file comment).
+  bool one_rank() const { return ctx_.dp->size() == 1; }
   void ensure_gathered(std::int64_t i) {
     bring(units_[static_cast<std::size_t>(i)], gather_dtype_);
   }
   void prefetch(std::int64_t i) {
-    if (prefetch_ && !one_rank_ && i >= 0 && i + 1 < static_cast<std::int64_t>(units_.size()))
+    if (prefetch_ && !one_rank() && i >= 0 && i + 1 < static_cast<std::int64_t>(units_.size()))
       gather(units_[static_cast<std::size_t>(i)], gather_dtype_, true);
   }
   std::vector<at::Tensor> unit_params(std::int64_t i) const {
@@ -481,7 +482,7 @@ class Fsdp final : public ParallelismBase {
   // waited for); on one rank views of the shards, or one cast of them to another dtype.
   void bring(Unit& u, at::ScalarType dtype) {
     if (u.gathered) return;
-    if (!one_rank_) {
+    if (!one_rank()) {
       gather(u, dtype, false);
       return materialize(u);
     }
@@ -570,7 +571,7 @@ class Fsdp final : public ParallelismBase {
   // there the weights are the shards themselves (or the one cast of them that the graph keeps, as
   // ddp's graph keeps autocast's), so freeing them would save nothing or cost a cast to refill.
   void park(Unit& u) {
-    if (!u.gathered || one_rank_) return;
+    if (!u.gathered || one_rank()) return;
     c10::Storage storage = u.flat.storage();
     u.parked_bytes = storage.nbytes();
     storage.set_data_ptr_noswap(storage.allocator()->allocate(0));
@@ -584,7 +585,7 @@ class Fsdp final : public ParallelismBase {
   void reduce_gradients(Unit& u, const std::vector<at::Tensor>& grads) {
     if (u.slots.empty()) return;
     at::NoGradGuard no_grad;
-    if (one_rank_) {
+    if (one_rank()) {
       // Whole gradients, this rank's part already: added as the reduce-scatter would add them
       // (in reduce_dtype), without its zeroed and padded buffers.
       for (std::size_t j = 0; j < u.slots.size(); ++j)
@@ -683,7 +684,6 @@ class Fsdp final : public ParallelismBase {
   std::string param_dtype_option_;
   at::ScalarType reduce_dtype_;
   bool prefetch_, reshard_last_, decay_1d_;
-  bool one_rank_ = false;  // a data-parallel group of one: the fast path (file comment)
   RecomputePlan recompute_;
   at::ScalarType gather_dtype_ = at::kFloat;
   ParallelContext ctx_;
