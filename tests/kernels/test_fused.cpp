@@ -310,6 +310,69 @@ TEST(FusedGpu, GeluFeedForward) {
   check_gelu_feed_forward(1, 1000, 128, 448, 200);  // rows and widths off the usual tiles
 }
 
+// fp32 master weights (what ReplicatedLinear passes): the products run in bf16 on bf16 casts, the
+// gradients come back in fp32, the weights' straight from their products. Against the cast-then-
+// compute graph (autograd rounds those weight gradients to bf16 before casting them up) and both
+// against float64 arithmetic on the same bf16-representable values: never farther from float64,
+// and a linear layer's weight gradient clearly nearer.
+void check_master_weights(std::int64_t rows, std::int64_t d, std::int64_t f) {
+  auto x = at::randn({1, rows, d}, kBf16Cuda);
+  auto w1 = (at::randn({f, d}, kF32Cuda) / std::sqrt(static_cast<double>(d)))
+                .to(at::kBFloat16)
+                .to(at::kFloat);  // values a bf16 cast keeps: both paths see the same operands
+  auto b1 = (at::randn({f}, kF32Cuda) * 0.5).to(at::kBFloat16).to(at::kFloat);
+  auto w2 = (at::randn({d, f}, kF32Cuda) / std::sqrt(static_cast<double>(f)))
+                .to(at::kBFloat16)
+                .to(at::kFloat);
+  auto b2 = (at::randn({d}, kF32Cuda) * 0.5).to(at::kBFloat16).to(at::kFloat);
+  auto gy = at::randn({1, rows, d}, kBf16Cuda);
+  auto as_bf16 = [](const std::vector<at::Tensor>& in) {
+    std::vector<at::Tensor> out{in[0]};
+    for (std::size_t i = 1; i < in.size(); ++i) out.push_back(in[i].to(at::kBFloat16));
+    return out;
+  };
+  for (bool ffn : {false, true}) {
+    const std::string what = ffn ? "gelu_feed_forward (fp32 masters)" : "linear (fp32 masters)";
+    auto run = [&](const std::vector<at::Tensor>& in, bool fused_path) {
+      if (!ffn)
+        return fused_path ? fused::linear(in[0], in[1], in[2]) : at::linear(in[0], in[1], in[2]);
+      return fused_path ? fused::gelu_feed_forward(in[0], in[1], in[2], in[3], in[4])
+                        : fused::reference::gelu_feed_forward(in[0], in[1], in[2], in[3], in[4]);
+    };
+    std::vector<at::Tensor> params =
+        ffn ? std::vector<at::Tensor>{x, w1, b1, w2, b2} : std::vector<at::Tensor>{x, w1, b1};
+    auto in_k = leaves(params), in_r = leaves(params);
+    std::vector<at::Tensor> in_d;
+    for (const auto& t : params) in_d.push_back(t.detach().to(at::kDouble).requires_grad_(true));
+    auto yk = run(in_k, true);
+    auto yr = run(as_bf16(in_r), false);  // casts inside the graph: autograd casts back
+    auto yd = run(in_d, false);
+    EXPECT_EQ(yk.scalar_type(), at::kBFloat16) << what;
+    expect_close({yk}, {yr}, 1e-2, what + " output");
+    auto gk = grads_of(yk, gy, in_k), gr = grads_of(yr, gy, in_r);
+    auto gd = grads_of(yd, gy.to(at::kDouble), in_d);
+    expect_close(gk, gr, 2e-2, what + " gradients");
+    for (std::size_t i = 1; i < gk.size(); ++i) {
+      EXPECT_EQ(gk[i].scalar_type(), at::kFloat) << what << " gradient #" << i;
+      EXPECT_LE(rel_err(gk[i], gd[i]), rel_err(gr[i], gd[i]) * 1.05 + 1e-5)
+          << what << " gradient #" << i << " vs float64";
+    }
+    // The linear layer's operands are exact bf16 values on every path, so the cast path's weight
+    // gradient error is its bf16 rounding (relative ~2^-9) and the fp32 one's only the
+    // accumulation's. (Inside the feed-forward both paths round the hidden activations and their
+    // gradient to bf16, which dominates.)
+    if (!ffn) {
+      EXPECT_LT(rel_err(gk[1], gd[1]), 0.1 * rel_err(gr[1], gd[1]))
+          << what << " weight gradient vs float64";
+    }
+  }
+}
+
+TEST(FusedGpu, MasterWeightsGetFp32GradientsFromTheirProducts) {
+  if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
+  check_master_weights(1000, 256, 1024);
+}
+
 // Kernels and reference inside one small model-like chain: gradients reach every input.
 TEST(FusedGpu, NoHostSyncInsideKernels) {
   if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";

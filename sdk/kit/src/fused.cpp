@@ -522,6 +522,33 @@ at::Tensor bias_grad(const at::Tensor& g) {
   return partials.sum({0, 1, 2});
 }
 
+// A weight gradient g^T x [out, in] (g [M, out], x [M, in], both bf16) in `dtype`, the master
+// weight's: with fp32 masters the product writes its fp32 accumulators as they are, so the
+// gradient is never rounded to bf16 and needs no cast pass afterwards (autograd's cast of a bf16
+// gradient up to an fp32 master was ~6 ms of a 1.3B step; Megatron-LM's
+// gradient_accumulation_fusion, megatron/core/tensor_parallel/layers.py, keeps fp32 weight
+// gradients the same way). at::mm with an output dtype is cuBLAS's; where it refuses, the bf16
+// product is cast (said once).
+at::Tensor weight_grad(const at::Tensor& g, const at::Tensor& x, at::ScalarType dtype) {
+  static std::atomic<bool> out_dtype_usable{true};
+  if (dtype == g.scalar_type()) return at::mm(g.t(), x);
+  if (out_dtype_usable.load()) {
+    try {
+      return at::mm(g.t(), x, dtype);
+    } catch (const c10::Error& e) {
+      out_dtype_usable.store(false);
+      logger()->warn("weight gradients: at::mm with an output dtype refused ({}); casting them",
+                     e.what_without_backtrace());
+    }
+  }
+  return at::mm(g.t(), x).to(dtype);
+}
+
+// The dtype remember_like() kept for `key` (a weight's, which its gradient gets).
+at::ScalarType remembered_dtype(AutogradContext* ctx, const std::string& key) {
+  return static_cast<at::ScalarType>(ctx->saved_data[key + "_dtype"].toInt());
+}
+
 // The cuBLASLt products of the operators below. Each returns false, before writing anything,
 // when cuBLASLt has no algorithm for the case; the caller then computes it with ATen.
 bool run_lt(const kernels::LtMatmul& p, const at::Tensor& like) {
@@ -610,13 +637,17 @@ bool weight_and_bias_grads(const at::Tensor& g, const at::Tensor& x, at::Tensor&
   return true;
 }
 
-// down(gelu_tanh(x W1^T + b1)) with W2, b2; all bf16, x [M, D] contiguous. Saved for backward:
-// x, the pre-activation (the epilogue's aux output) and the GELU output (the down-projection's
-// input), as the unfused graph saves them.
+// down(gelu_tanh(x W1^T + b1)) with W2, b2; x [M, D] bf16 contiguous; weights and biases bf16 or
+// fp32 masters (cast here, once, and their gradients returned in their own dtype). Saved for
+// backward: x, the bf16 weights, the pre-activation (the epilogue's aux output) and the GELU
+// output (the down-projection's input), as the unfused graph saves them.
 struct GeluFeedForward : torch::autograd::Function<GeluFeedForward> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w1,
-                            const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w1_in,
+                            const at::Tensor& b1_in, const at::Tensor& w2_in,
+                            const at::Tensor& b2_in) {
     c10::cuda::CUDAGuard guard(x.device());
+    const auto w1 = w1_in.to(x.scalar_type()), b1 = b1_in.to(x.scalar_type());
+    const auto w2 = w2_in.to(x.scalar_type()), b2 = b2_in.to(x.scalar_type());
     const auto x2 = x.reshape({-1, x.size(-1)});
     const auto rows = x2.size(0), dim = x2.size(1), hidden = w1.size(0);
     at::Tensor pre, h;
@@ -638,8 +669,10 @@ struct GeluFeedForward : torch::autograd::Function<GeluFeedForward> {
       h = at::gelu(pre, "tanh");
     }
     ctx->save_for_backward({x, w1, w2, pre, h});
-    remember_like(ctx, "b1", b1);
-    remember_like(ctx, "b2", b2);
+    remember_like(ctx, "w1", w1_in);
+    remember_like(ctx, "w2", w2_in);
+    remember_like(ctx, "b1", b1_in);
+    remember_like(ctx, "b2", b2_in);
     auto sizes = x.sizes().vec();
     sizes.back() = w2.size(0);
     return at::linear(h, w2, b2).view(sizes);
@@ -674,25 +707,30 @@ struct GeluFeedForward : torch::autograd::Function<GeluFeedForward> {
     if (!dpre.defined()) dpre = separate();
     const auto db1 = bias_grad(dpre);
     at::Tensor dw2, db2;
-    if (!weight_and_bias_grads(g, h, dw2, db2)) {
-      dw2 = at::mm(g.t(), h);
+    if (weight_and_bias_grads(g, h, dw2, db2)) {
+      dw2 = as_like(ctx, "w2", dw2);
+    } else {
+      dw2 = weight_grad(g, h, remembered_dtype(ctx, "w2"));
       db2 = bias_grad(g);
     }
     at::Tensor dx, dw1;
     if (ctx->needs_input_grad(0)) dx = at::mm(dpre, w1).view(x.sizes());
-    if (ctx->needs_input_grad(1)) dw1 = at::mm(dpre.t(), x2);
+    if (ctx->needs_input_grad(1)) dw1 = weight_grad(dpre, x2, remembered_dtype(ctx, "w1"));
     return {dx, dw1, as_like(ctx, "b1", db1), dw2, as_like(ctx, "b2", db2)};
   }
 };
 
 // y = x W^T + b with the bias gradient from the column-sum kernel; the matrix products of the
-// backward are the ones autograd's AddmmBackward would run.
+// backward are the ones autograd's AddmmBackward would run. W and b bf16 or fp32 masters (cast
+// here; their gradients in their own dtype, the weight's straight from its product).
 struct LinearColumnSumBias : torch::autograd::Function<LinearColumnSumBias> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
-                            const at::Tensor& b) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w_in,
+                            const at::Tensor& b_in) {
+    const auto w = w_in.to(x.scalar_type());
     ctx->save_for_backward({x, w});
-    remember_like(ctx, "bias", b);
-    return at::linear(x, w, b);
+    remember_like(ctx, "weight", w_in);
+    remember_like(ctx, "bias", b_in);
+    return at::linear(x, w, b_in.to(x.scalar_type()));
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -705,11 +743,9 @@ struct LinearColumnSumBias : torch::autograd::Function<LinearColumnSumBias> {
     at::Tensor dx, dw, db;
     if (ctx->needs_input_grad(0)) dx = at::mm(g, w).view(x.sizes());
     if (ctx->needs_input_grad(1) && ctx->needs_input_grad(2) &&
-        weight_and_bias_grads(g, x2, dw, db)) {
-      db = as_like(ctx, "bias", db);
-      return {dx, dw, db};
-    }
-    if (ctx->needs_input_grad(1)) dw = at::mm(g.t(), x2);
+        weight_and_bias_grads(g, x2, dw, db))
+      return {dx, as_like(ctx, "weight", dw), as_like(ctx, "bias", db)};
+    if (ctx->needs_input_grad(1)) dw = weight_grad(g, x2, remembered_dtype(ctx, "weight"));
     if (ctx->needs_input_grad(2)) db = as_like(ctx, "bias", bias_grad(g));
     return {dx, dw, db};
   }
@@ -717,6 +753,22 @@ struct LinearColumnSumBias : torch::autograd::Function<LinearColumnSumBias> {
 
 }  // namespace
 #endif
+
+namespace {
+
+// `t` (may be undefined) in x's dtype: a differentiable cast of a master copy on the paths that
+// compute in x's dtype through ATen.
+at::Tensor as_dtype_of(const at::Tensor& t, const at::Tensor& x) {
+  return !t.defined() || t.scalar_type() == x.scalar_type() ? t : t.to(x.scalar_type());
+}
+
+// Parameters the fused products take: in x's dtype, or fp32 master copies (cast inside, their
+// gradients returned in fp32).
+[[maybe_unused]] bool weight_dtype_ok(const at::Tensor& t, const at::Tensor& x) {
+  return t.scalar_type() == x.scalar_type() || t.scalar_type() == at::kFloat;
+}
+
+}  // namespace
 
 bool kernels_built() {
   return WANHOST_WITH_CUDA != 0;
@@ -811,8 +863,8 @@ at::Tensor gelu_feed_forward(const at::Tensor& x, const at::Tensor& w_up, const 
                              const at::Tensor& w_down, const at::Tensor& b_down) {
 #if WANHOST_WITH_CUDA
   auto eligible = [&](const at::Tensor& t) {
-    return t.defined() && t.device() == x.device() && t.scalar_type() == at::kBFloat16 &&
-           t.is_contiguous() && aligned(t);
+    return t.defined() && t.device() == x.device() && weight_dtype_ok(t, x) && t.is_contiguous() &&
+           aligned(t);
   };
   if ((lt_use().gelu || lt_use().dgelu) && x.dim() >= 2 && kernels_apply(x) && x.is_contiguous() &&
       eligible(w_up) && eligible(b_up) && eligible(w_down) && eligible(b_down) && w_up.dim() == 2 &&
@@ -821,18 +873,20 @@ at::Tensor gelu_feed_forward(const at::Tensor& x, const at::Tensor& w_up, const 
       w_down.size(0) % 8 == 0)
     return GeluFeedForward::apply(x, w_up, b_up, w_down, b_down);
 #endif
-  return reference::gelu_feed_forward(x, w_up, b_up, w_down, b_down);
+  return reference::gelu_feed_forward(x, as_dtype_of(w_up, x), as_dtype_of(b_up, x),
+                                      as_dtype_of(w_down, x), as_dtype_of(b_down, x));
 }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
 #if WANHOST_WITH_CUDA
   // The kernel reads the output gradient, [tokens, out] bf16: out must be a multiple of 8.
-  if (bias.defined() && x.dim() >= 2 && kernels_apply(x) &&
-      weight.scalar_type() == x.scalar_type() && bias.scalar_type() == x.scalar_type() &&
-      weight.dim() == 2 && weight.size(0) % 8 == 0 && x.is_contiguous())
+  if (bias.defined() && x.dim() >= 2 && kernels_apply(x) && weight_dtype_ok(weight, x) &&
+      weight_dtype_ok(bias, x) && weight.dim() == 2 && weight.size(0) % 8 == 0 && x.is_contiguous())
     return LinearColumnSumBias::apply(x, weight, bias);
 #endif
-  return at::linear(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
+  const auto b = as_dtype_of(bias, x);
+  return at::linear(x, as_dtype_of(weight, x),
+                    b.defined() ? std::optional<at::Tensor>(b) : std::nullopt);
 }
 
 }  // namespace wanhost::fused

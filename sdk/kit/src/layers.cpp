@@ -51,7 +51,7 @@ at::Tensor in_dtype(const at::Tensor& t, at::ScalarType dtype) {
 }
 
 // torch.nn.Linear semantics. Computes in the input's dtype: with bf16 activations and fp32 master
-// weights the weights are cast (differentiably, so gradients reach the fp32 master), which is the
+// weights the weights are cast (inside fused::linear; their gradients reach the fp32 master), the
 // arithmetic of a model whose weights were loaded in bf16.
 class ReplicatedLinear final : public LinearLayer {
  public:
@@ -69,8 +69,9 @@ class ReplicatedLinear final : public LinearLayer {
     // FP8: the master weight goes in as it is (its FP8 copy is made once per optimizer step, its
     // gradient comes out of the product in the master's dtype).
     if (uses_fp8(x)) return fp8_linear(x, weight_, in_dtype(bias_, x.scalar_type()), fp8_weight_);
-    const auto [w, b] = parameters_as(x.scalar_type());
-    return fused::linear(x, w, b);
+    // The master copies too: fused::linear computes in x's dtype and returns the gradients in the
+    // masters' (an fp32 weight gradient straight from its product, no bf16 rounding).
+    return fused::linear(x, weight_, bias_);
   }
 
   // A block's large layer (run.fp8 applies to it) with an input FP8 takes.
@@ -78,10 +79,9 @@ class ReplicatedLinear final : public LinearLayer {
     return fp8_eligible_ && fp8_linear_applies(x, weight_);
   }
 
-  // Weight and bias (undefined without one) in `dtype`, differentiably cast from the master copy.
-  std::pair<at::Tensor, at::Tensor> parameters_as(at::ScalarType dtype) const {
-    return {in_dtype(weight_, dtype), in_dtype(bias_, dtype)};
-  }
+  // The master weight and bias (undefined without one).
+  const at::Tensor& weight() const { return weight_; }
+  const at::Tensor& bias() const { return bias_; }
 
  private:
   at::Tensor weight_, bias_;
@@ -95,9 +95,8 @@ at::Tensor gelu_feed_forward(LinearLayer& up, LinearLayer& down, const at::Tenso
   auto* u = dynamic_cast<ReplicatedLinear*>(&up);
   auto* d = dynamic_cast<ReplicatedLinear*>(&down);
   if (u != nullptr && d != nullptr && !u->uses_fp8(x)) {
-    const auto [w1, b1] = u->parameters_as(x.scalar_type());
-    const auto [w2, b2] = d->parameters_as(x.scalar_type());
-    if (b1.defined() && b2.defined()) return fused::gelu_feed_forward(x, w1, b1, w2, b2);
+    if (u->bias().defined() && d->bias().defined())
+      return fused::gelu_feed_forward(x, u->weight(), u->bias(), d->weight(), d->bias());
   }
   return down.forward(at::gelu(up.forward(x), "tanh"));
 }

@@ -53,6 +53,9 @@ at::Tensor rms_norm_rope(const at::Tensor& x, const at::Tensor& weight, const at
 // x W^T + b (torch.nn.functional.linear; bias may be undefined). The matrix products are
 // LibTorch's (cuBLAS); on the kernels' tensors the bias gradient, a sum over every token row of
 // the output gradient, is wanhost's column-sum kernel instead of ATen's reduction.
+// Weight and bias may be x's dtype or fp32 master copies (since kit 1.3): the product runs in x's
+// dtype and the gradients come back in the parameters' dtype; on the kernels' tensors an fp32
+// weight gradient is written by its product in fp32 (never rounded to bf16, no cast pass).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
 // down(gelu_tanh(up(x))): x [..., D], w_up [F, D], b_up [F], w_down [D_out, F], b_down [D_out]
@@ -61,7 +64,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 // gradient in the epilogue of the product that makes the hidden gradient; bias gradients by the
 // column-sum kernel. WANHOST_LT_EPILOGUES (off, all, or a comma list of gelu, dgelu, bgrad)
 // picks the epilogues for A/B timing; bgrad also moves fused::linear's bias gradient into its
-// weight-gradient product (BGRADB).
+// weight-gradient product (BGRADB). Weights and biases as fused::linear's (x's dtype or fp32).
 at::Tensor gelu_feed_forward(const at::Tensor& x, const at::Tensor& w_up, const at::Tensor& b_up,
                              const at::Tensor& w_down, const at::Tensor& b_down);
 
