@@ -14,6 +14,9 @@
 #             metrics); AB_FLOOR=1 adds bf16 with the fused kernels off, the same arithmetic with
 #             other roundings (the noise floor);
 #  - steps:   whole 1.3B steps (`wanhost run`, ddp), stage 1 and 2, fp8 off and tensorwise;
+#  - stepprofile: one whole 1.3B bf16 step of each stage (STAGES) under the profiler
+#             (logging.profile_step): device time per kernel class and the longest kernels, the
+#             optimizer, gradient casts and clipping included;
 #  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py);
 #  - peer:    the compiled peer's blocks (build-perf/peer/peer_wan_block.py) on the same GPU.
 # Results: $OUT/summary.txt, $OUT/ab/ (PNGs, CSVs, summaries), $OUT/results.tar.gz.
@@ -22,7 +25,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/wanhost-fp8}
 R=/tmp/fp8
 BUDGET_S=${BUDGET_S:-570}
-PARTS=${PARTS:-tests bench profile ab steps peerstep peer}
+PARTS=${PARTS:-tests bench profile ab steps stepprofile peerstep peer}
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 . scripts/device/measure_lib.sh
 start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_kernels
@@ -108,6 +111,15 @@ if want steps && [ -x "$W" ]; then
             --set parallelism.automodel_fsdp.recompute=\"none\"
         done ;;
     esac
+  done
+fi
+if want stepprofile && [ -x "$W" ]; then
+  for stage in ${STAGES:-1 2}; do
+    left 100 || break
+    STEPS=8 run_steps profile-bf16 $stage --set logging.profile_step=$((stage == 1 ? 6 : 7))
+    say "whole-step profile, stage $stage, bf16:"
+    sed -n '/profile of global step/,/^\[/p' "$R/run-profile-bf16-s$stage.txt" | grep -v "^\[" |
+      head -40 >>"$OUT/summary.txt"
   done
 fi
 want peerstep && left 150 && peer_step
