@@ -259,7 +259,7 @@ class Megatron final : public ParallelismBase {
     sq = sq.reshape({});
     const at::Tensor norm =
         sq.is_cpu() ? at::scalar_tensor(std::sqrt(sq.item<double>()), sq.options()) : sq.sqrt();
-    clip_gradients(tensors, max_norm, norm);
+    clip_in_optimizer_step(norm, max_norm);
     return norm;
   }
 

@@ -2,7 +2,8 @@
 # One device call for FP8 linear layers (run.fp8, docs/performance.md "FP8 linear layers"):
 # builds build-gpu, then, each part skipped once the call's time runs short (BUDGET_S) and each
 # chosen by PARTS (default: all of them, in this order):
-#  - tests:   the FP8 products against their emulation and the fused kernels (test_kernels);
+#  - tests:   the FP8 products against their emulation and the fused kernels (test_kernels),
+#             the model's GPU tests (test_wan21_dit *OnAGpu*);
 #  - bench:   4-block stacks of stage 1 and 2 (captions of 20-200 tokens padded to 512) and 14B
 #             2 blocks x 37440 tokens, fp8 off and tensorwise; with BENCH_FULL=1 (default) also
 #             stage 1 and 2 with full 512-row captions (nothing for the padded-row collapse);
@@ -28,10 +29,14 @@ BUDGET_S=${BUDGET_S:-570}
 PARTS=${PARTS:-tests bench profile ab steps stepprofile peerstep peer}
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 . scripts/device/measure_lib.sh
-start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_kernels
+start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_kernels \
+  $(want tests && echo test_wan21_dit)
 
 if want tests && [ -x build-gpu/bin/test_kernels ]; then
   build-gpu/bin/test_kernels --gtest_filter='Fp8*:FusedGpu*' >"$R/tests.txt" 2>&1
+  # The model's GPU tests: fused against plain path, captured step, packed and collapsed text.
+  [ -x build-gpu/bin/test_wan21_dit ] &&
+    build-gpu/bin/test_wan21_dit --gtest_filter='*OnAGpu*' >>"$R/tests.txt" 2>&1
   grep -E "^\[  (PASSED|FAILED) |FAILED|figures|Failure" "$R/tests.txt" | head -20 |
     tee -a "$OUT/summary.txt"
 fi

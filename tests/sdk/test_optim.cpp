@@ -11,6 +11,7 @@
 
 #include "wanhost/kit/kernel_options.hpp"
 #include "wanhost/kit/optim.hpp"
+#include "wanhost/kit/parallelism_base.hpp"
 
 namespace {
 
@@ -90,6 +91,134 @@ TEST(AdamW, PerTensorUpdateMatchesTorchAdamW) {
   wanhost::set_kernel_options(loop);
   expect_torch_adamw();
   wanhost::set_kernel_options(wanhost::KernelOptions{});
+}
+
+// AdamW::step with a gradient divisor (how ParallelismBase clips): the update of torch.optim.AdamW
+// on the divided gradients, on both the fused kernel (its grad_scale) and the per-tensor path; a
+// divisor of 1 changes nothing, bit for bit.
+void expect_divided_update(bool fused) {
+  wanhost::KernelOptions options;
+  options.fused_adamw = fused;
+  wanhost::set_kernel_options(options);
+  const std::string path = fused ? "fused" : "loop";
+  OptimizerConfig c;
+  c.weight_decay = 0.1;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+  const auto start = at::randn({16, 8}, gen), bias = at::randn({16}, gen);
+  std::vector<AdamWParam> p = {{"w", start.clone(), true}, {"b", bias.clone(), false}};
+  std::vector<Reference> ref;
+  for (const auto& q : p)
+    ref.push_back(
+        {q.tensor.to(at::kDouble), at::zeros({}, at::kDouble), at::zeros({}, at::kDouble)});
+  AdamW opt(p, c);
+  const std::vector<double> divisors = {3.5, 1.0, 1.0 + 1e-3};
+  for (std::int64_t t = 1; t <= 3; ++t) {
+    const double d = divisors[t - 1];
+    for (std::size_t i = 0; i < p.size(); ++i) {
+      const auto g = at::randn(p[i].tensor.sizes(), gen) * 4;
+      p[i].tensor.mutable_grad() = g;
+      ref[i].step(g.to(at::kDouble) / d, 1e-2, t, c, p[i].decay);
+    }
+    opt.step(1e-2, at::scalar_tensor(d, at::kFloat));
+  }
+  for (std::size_t i = 0; i < p.size(); ++i)
+    EXPECT_LT(rel(p[i].tensor, ref[i].p), 1e-6) << p[i].name << " " << path;
+  // A divisor of exactly 1 is the plain update, bit for bit.
+  std::vector<AdamWParam> a = {{"w", start.clone(), true}}, b = {{"w", start.clone(), true}};
+  AdamW with(a, c), without(b, c);
+  const auto g = at::randn({16, 8}, gen);
+  a[0].tensor.mutable_grad() = g.clone();
+  b[0].tensor.mutable_grad() = g.clone();
+  with.step(1e-2, at::scalar_tensor(1.0, at::kFloat));
+  without.step(1e-2);
+  EXPECT_TRUE(a[0].tensor.equal(b[0].tensor)) << path;
+  wanhost::set_kernel_options(wanhost::KernelOptions{});
+}
+
+TEST(AdamW, GradientDivisorIsAppliedInsideTheUpdate) {
+  expect_divided_update(true);
+  expect_divided_update(false);
+}
+
+TEST(GradNorm, ClipDivisorIsTheInverseOfTheClipFactor) {
+  auto divisor = [](double norm, double max_norm) {
+    return wanhost::clip_divisor(at::scalar_tensor(norm, at::kDouble), max_norm).item<double>();
+  };
+  EXPECT_FLOAT_EQ(divisor(5.0, 1.0), static_cast<float>(5.000001));  // (norm + 1e-6) / max_norm
+  EXPECT_FLOAT_EQ(divisor(5.0, 2.0), static_cast<float>(5.000001 / 2));
+  EXPECT_EQ(divisor(0.5, 1.0), 1.0);           // below the limit: unchanged
+  EXPECT_EQ(divisor(1e6, 0.0), 1.0);           // clipping off
+  EXPECT_EQ(divisor(std::nan(""), 1.0), 1.0);  // the host skips or aborts such a step
+  EXPECT_EQ(divisor(INFINITY, 1.0), 1.0);
+  EXPECT_EQ(wanhost::clip_divisor(at::scalar_tensor(2.0, at::kDouble), 1.0).scalar_type(),
+            at::kFloat);
+}
+
+// ParallelismBase clips inside the next optimizer step: the same update as clipping the
+// gradients first (clip_gradients) and stepping; a clip whose step was skipped (non-finite
+// step) is replaced by the next one, and a step with no clip before it is not clipped.
+class OptimizerHalf final : public wanhost::ParallelismBase {
+ public:
+  explicit OptimizerHalf(std::vector<AdamWParam> params)
+      : ParallelismBase("test", GradReset::Drop) {
+    set_optimized(std::move(params));
+  }
+  using ParallelismBase::clip_by_global_norm;
+  wanhost::ParallelLayout layout(int) const override { return {}; }
+  void setup(wanhost::ParallelContext&) override {}
+  void attach(wanhost::Model&) override {}
+  wanhost::StepLoss forward_backward(wanhost::Model&, const std::vector<wanhost::NoisedBatch>&,
+                                     const wanhost::LossFn&) override {
+    return {};
+  }
+  at::Tensor reduce_and_clip_gradients(double max_norm) override {
+    return clip_by_global_norm(max_norm);
+  }
+  std::map<std::string, at::Tensor> full_weights(wanhost::Model&) override { return {}; }
+  void save_state(wanhost::Model&, const std::string&) override {}
+  void load_state(wanhost::Model&, const std::string&) override {}
+};
+
+TEST(ParallelismBase, ClipsInsideTheNextOptimizerStep) {
+  OptimizerConfig c;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(13);
+  const auto start = at::randn({8, 4}, gen);
+  std::vector<at::Tensor> grads;
+  for (int i = 0; i < 4; ++i) grads.push_back(at::randn({8, 4}, gen) * (i == 1 ? 10 : 0.01));
+  // Steps 0 (below the limit), 1 (clipped), 2 (clipped, its step skipped; then step 3's gradient
+  // is clipped by its own norm), 3 with no clip at all before the step.
+  std::vector<AdamWParam> p = {{"w", start.clone(), true}};
+  OptimizerHalf half(p);
+  half.configure_optimizer(c);
+  std::vector<AdamWParam> q = {{"w", start.clone(), true}};
+  AdamW manual(q, c);
+  auto set = [](std::vector<AdamWParam>& ps, const at::Tensor& g) {
+    ps[0].tensor.mutable_grad() = g.clone();
+  };
+  for (int i : {0, 1}) {
+    set(p, grads[i]);
+    const at::Tensor norm = half.reduce_and_clip_gradients(1.0);
+    EXPECT_NEAR(norm.item<double>(), grads[i].norm().item<double>(), 1e-5);
+    half.optimizer_step(1e-2);
+    set(q, grads[i]);
+    wanhost::clip_gradients({q[0].tensor}, 1.0, norm);
+    manual.step(1e-2);
+    EXPECT_LT(rel(p[0].tensor, q[0].tensor), 1e-6) << "step " << i;
+  }
+  set(p, grads[1] * 7);  // a step the host skips: clipped, never stepped
+  half.reduce_and_clip_gradients(1.0);
+  set(p, grads[2] * 100);
+  const at::Tensor norm = half.reduce_and_clip_gradients(1.0);
+  half.optimizer_step(1e-2);
+  set(q, grads[2] * 100);
+  wanhost::clip_gradients({q[0].tensor}, 1.0, norm);
+  manual.step(1e-2);
+  EXPECT_LT(rel(p[0].tensor, q[0].tensor), 1e-6) << "the step after a skipped one";
+  set(p, grads[1] * 3);  // no clip before this step: the update of the raw gradient
+  half.optimizer_step(1e-2);
+  set(q, grads[1] * 3);
+  manual.step(1e-2);
+  EXPECT_LT(rel(p[0].tensor, q[0].tensor), 1e-6) << "a step with no clip before it";
 }
 
 TEST(AdamW, ResumedStateContinuesTheSameTrajectory) {

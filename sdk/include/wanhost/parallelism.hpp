@@ -86,7 +86,8 @@ class Parallelism {
   // Finishes gradient reduction and returns the global gradient norm before clipping (a float64
   // scalar on the device; non-finite if any gradient is), identical on all ranks; clips to
   // `max_norm` when max_norm > 0 (torch.nn.utils.clip_grad_norm_ semantics), without reading
-  // the norm on the host.
+  // the norm on the host. The clip must take effect by the end of the next optimizer_step (the
+  // kit's ParallelismBase applies it inside the AdamW update, see clip_in_optimizer_step).
   virtual at::Tensor reduce_and_clip_gradients(double max_norm) = 0;
   virtual void optimizer_step(double lr) = 0;
   virtual void zero_grad() = 0;

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <optional>
 #include <stdexcept>
 #include <tuple>
 
@@ -67,6 +68,10 @@ void update_tensor(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor
 }  // namespace
 
 void AdamW::step(double lr) {
+  step(lr, at::Tensor());
+}
+
+void AdamW::step(double lr, const at::Tensor& grad_divisor) {
   at::NoGradGuard no_grad;
   ++step_;
   struct Group {
@@ -92,9 +97,12 @@ void AdamW::step(double lr) {
         const auto step = at::full({}, static_cast<double>(step_),
                                    at::TensorOptions().dtype(at::kFloat).device(gr.p[0].device()));
         const std::vector<at::Tensor> steps(gr.p.size(), step);
+        std::optional<at::Tensor> divisor;
+        if (grad_divisor.defined())
+          divisor = grad_divisor.to(gr.p[0].device(), at::kFloat).reshape({});
         at::_fused_adamw_(gr.p, gr.g, gr.m, gr.v, {}, steps, lr, config_.beta1, config_.beta2,
                           decay ? config_.weight_decay : 0.0, config_.eps, /*amsgrad=*/false,
-                          /*maximize=*/false);
+                          /*maximize=*/false, divisor);
         continue;
       } catch (const c10::Error& e) {
         // Its checks run before any tensor changes: this group is updated below instead.
@@ -103,8 +111,14 @@ void AdamW::step(double lr) {
                        e.what_without_backtrace());
       }
     }
+    // Divided as the fused kernel divides: in fp32, the divisor rounded to float first.
+    const at::Tensor divisor =
+        grad_divisor.defined()
+            ? grad_divisor.to(gr.p[0].device(), at::kFloat).to(gr.p[0].scalar_type())
+            : at::Tensor();
     for (std::size_t i = 0; i < gr.p.size(); ++i)
-      update_tensor(gr.p[i], gr.g[i], gr.m[i], gr.v[i], decay, lr, step_, config_);
+      update_tensor(gr.p[i], divisor.defined() ? gr.g[i] / divisor : gr.g[i], gr.m[i], gr.v[i],
+                    decay, lr, step_, config_);
   }
 }
 
@@ -170,6 +184,13 @@ at::Tensor grad_norm_squared(const std::vector<at::Tensor>& params) {
   }
   if (!total.defined()) total = at::zeros({}, at::TensorOptions().dtype(at::kDouble));
   return total;
+}
+
+at::Tensor clip_divisor(const at::Tensor& total_norm, double max_norm) {
+  const at::Tensor norm = total_norm.to(at::kDouble);
+  if (max_norm <= 0) return at::ones({}, norm.options().dtype(at::kFloat));
+  const at::Tensor divisor = at::clamp_min((norm + 1e-6) / max_norm, 1.0);
+  return at::where(at::isfinite(norm), divisor, at::ones_like(divisor)).to(at::kFloat);
 }
 
 void clip_gradients(const std::vector<at::Tensor>& params, double max_norm,

@@ -1,6 +1,8 @@
 #include "wanhost/kit/parallelism_base.hpp"
 
 #include <cmath>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 
 #include <ATen/ATen.h>
@@ -8,6 +10,41 @@
 #include "wanhost/kit/precision.hpp"
 
 namespace wanhost {
+namespace {
+
+// The clip divisor each ParallelismBase hands to its next optimizer step. Kept here rather than
+// as a member: a member would change the layout of a class that plugins built against kit 1.x
+// derive from. Never destroyed (it may hold CUDA tensors, which must not be freed after the
+// CUDA runtime has shut down at exit); entries are dropped by the next step, a new optimizer
+// or the object's destructor.
+std::mutex pending_mutex;
+std::map<const ParallelismBase*, at::Tensor>& pending_clips() {
+  static auto* clips = new std::map<const ParallelismBase*, at::Tensor>();
+  return *clips;
+}
+
+void set_pending_clip(const ParallelismBase* owner, at::Tensor divisor) {
+  std::lock_guard<std::mutex> lock(pending_mutex);
+  if (divisor.defined())
+    pending_clips()[owner] = std::move(divisor);
+  else
+    pending_clips().erase(owner);
+}
+
+at::Tensor take_pending_clip(const ParallelismBase* owner) {
+  std::lock_guard<std::mutex> lock(pending_mutex);
+  auto it = pending_clips().find(owner);
+  if (it == pending_clips().end()) return {};
+  at::Tensor divisor = std::move(it->second);
+  pending_clips().erase(it);
+  return divisor;
+}
+
+}  // namespace
+
+ParallelismBase::~ParallelismBase() {
+  set_pending_clip(this, at::Tensor());
+}
 
 StepLoss forward_backward_each(Model& model, const std::vector<NoisedBatch>& micro_batches,
                                const LossFn& loss, const ParallelContext& ctx) {
@@ -56,10 +93,19 @@ std::vector<at::Tensor> ParallelismBase::optimized_tensors() const {
 
 void ParallelismBase::configure_optimizer(const OptimizerConfig& config) {
   optimizer_ = std::make_unique<AdamW>(optimized_, config);
+  set_pending_clip(this, at::Tensor());
 }
 
 void ParallelismBase::optimizer_step(double lr) {
-  optimizer().step(lr);
+  AdamW& adamw = optimizer();
+  if (const at::Tensor divisor = take_pending_clip(this); divisor.defined())
+    adamw.step(lr, divisor);
+  else
+    adamw.step(lr);
+}
+
+void ParallelismBase::clip_in_optimizer_step(const at::Tensor& total_norm, double max_norm) {
+  set_pending_clip(this, max_norm > 0 ? clip_divisor(total_norm, max_norm) : at::Tensor());
 }
 
 void ParallelismBase::zero_grad() {
@@ -96,7 +142,7 @@ at::Tensor ParallelismBase::clip_by_global_norm(double max_norm, Communicator* s
   // synchronisation, so std::sqrt there.
   const at::Tensor norm =
       sq.is_cpu() ? at::scalar_tensor(std::sqrt(sq.item<double>()), sq.options()) : sq.sqrt();
-  clip_gradients(tensors, max_norm, norm);
+  clip_in_optimizer_step(norm, max_norm);
   return norm;
 }
 

@@ -35,6 +35,11 @@ class AdamW {
   static bool decays(const std::string& name, std::int64_t dims, bool decay_1d);
 
   void step(double lr);
+  // The update as if every gradient had first been divided by `grad_divisor` (a scalar tensor on
+  // the parameters' device, e.g. clip_divisor()'s): LibTorch's fused kernel divides each gradient
+  // as it reads it (its grad_scale), so clipping takes no pass over the gradients of its own. The
+  // gradients' values after the call are unspecified (zero_grad resets them). Since kit 1.3.
+  void step(double lr, const at::Tensor& grad_divisor);
   std::int64_t steps() const { return step_; }
 
   // "<param>.exp_avg", "<param>.exp_avg_sq" and "__step__" (int64 scalar).
@@ -57,6 +62,10 @@ class AdamW {
 // Squared L2 norm (float64 scalar tensor on the parameters' device) of the given gradients;
 // undefined gradients count as zero. Parallel plugins sum it over their shards.
 at::Tensor grad_norm_squared(const std::vector<at::Tensor>& params);
+// What clip_gradients multiplies by, as a divisor for AdamW::step: max(1, (total_norm + 1e-6) /
+// max_norm), 1 where total_norm is not finite or max_norm <= 0 (off); a float scalar on
+// total_norm's device, never read on the host. Since kit 1.3.
+at::Tensor clip_divisor(const at::Tensor& total_norm, double max_norm);
 // Scales every gradient by min(1, max_norm / (total_norm + 1e-6)) (torch.nn.utils semantics);
 // `total_norm` is a scalar tensor (on any device), never read on the host; max_norm <= 0: off.
 void clip_gradients(const std::vector<at::Tensor>& params, double max_norm,

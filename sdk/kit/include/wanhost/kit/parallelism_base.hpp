@@ -40,6 +40,7 @@ class ParallelismBase : public Parallelism {
   // `plugin`: the plugin's name, for messages.
   ParallelismBase(std::string plugin, GradReset reset)
       : plugin_(std::move(plugin)), reset_(reset) {}
+  ~ParallelismBase() override;  // out of line since kit 1.3 (drops a clip still waiting)
 
   // AdamW over the tensors of set_optimized(), fresh state.
   void configure_optimizer(const OptimizerConfig& config) override;
@@ -57,8 +58,14 @@ class ParallelismBase : public Parallelism {
 
   // The global gradient norm of the optimized tensors (float64 scalar on their device), their
   // squared norms summed over `shards` when each rank holds a part of the model (null:
-  // every rank holds all of it); then clips them to max_norm (0: off). No host synchronisation.
+  // every rank holds all of it); then clips them to max_norm (0: off) in the next
+  // optimizer_step (clip_in_optimizer_step). No host synchronisation.
   at::Tensor clip_by_global_norm(double max_norm, Communicator* shards = nullptr);
+  // Clips the optimized tensors' gradients to max_norm (0: off), given their global norm, inside
+  // the next optimizer_step(): AdamW divides each gradient as it reads it (clip_divisor), which
+  // saves a pass over every gradient; until then the gradients are unclipped. Since kit 1.3 (a
+  // plugin that computes its own norm calls this instead of clip_gradients).
+  void clip_in_optimizer_step(const at::Tensor& total_norm, double max_norm);
 
   // The optimizer (throws std::logic_error naming the plugin before configure_optimizer).
   AdamW& optimizer();
