@@ -635,7 +635,17 @@ at::Tensor WanModel::attention(Attention& a, const at::Tensor& x, const at::Tens
   // Sequence parallelism: the block's input holds this rank's tokens; the layers see them all.
   const at::Tensor xs = whole_sequence(x);
   const at::Tensor ss = src.is_same(x) ? xs : src;
-  auto q = a.q->forward(xs), k = a.k->forward(ss), v = a.v->forward(ss);
+  // q, k and v (self-attention), k and v (cross-attention) read one input: one operator, whose
+  // backward sums the input's gradient inside the products (wanhost::shared_input_forward).
+  at::Tensor q, k, v;
+  if (ss.is_same(xs)) {
+    const auto qkv = wanhost::shared_input_forward({a.q.get(), a.k.get(), a.v.get()}, xs);
+    q = qkv[0], k = qkv[1], v = qkv[2];
+  } else {
+    q = a.q->forward(xs);
+    const auto kv = wanhost::shared_input_forward({a.k.get(), a.v.get()}, ss);
+    k = kv[0], v = kv[1];
+  }
   const bool split_heads = ctx_.layout.tp > 1;  // q/k/v hold this rank's heads only
   if (fused_ && !split_heads) {
     // RMSNorm (+ RoPE for self-attention) in one pass over q and k.

@@ -373,6 +373,57 @@ TEST(FusedGpu, MasterWeightsGetFp32GradientsFromTheirProducts) {
   check_master_weights(1000, 256, 1024);
 }
 
+// fused::shared_input_linears (attention's q, k, v on one input) against one fused::linear per
+// layer: the same outputs and parameter gradients bit for bit (the same products), the input
+// gradient accumulated inside the products instead of summed afterwards: close, and no farther
+// from float64 arithmetic on the same values.
+TEST(FusedGpu, SharedInputLinearsMatchOneLinearPerLayer) {
+  if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
+  const std::int64_t d = 256;
+  auto x = at::randn({4, 390, d}, kBf16Cuda);
+  std::vector<at::Tensor> params, gys;
+  for (int i = 0; i < 3; ++i) {
+    params.push_back((at::randn({d, d}, kF32Cuda) * 0.05).to(at::kBFloat16).to(at::kFloat));
+    params.push_back((at::randn({d}, kF32Cuda) * 0.5).to(at::kBFloat16).to(at::kFloat));
+    gys.push_back(at::randn({4, 390, d}, kBf16Cuda));
+  }
+  std::vector<at::Tensor> all{x};
+  all.insert(all.end(), params.begin(), params.end());
+  auto in_k = leaves(all), in_r = leaves(all);
+  std::vector<at::Tensor> in_d;
+  for (const auto& t : all) in_d.push_back(t.detach().to(at::kDouble).requires_grad_(true));
+  auto tail = [](const std::vector<at::Tensor>& v) {
+    return std::vector<at::Tensor>(v.begin() + 1, v.end());
+  };
+  const auto yk = fused::shared_input_linears(in_k[0], tail(in_k));
+  std::vector<at::Tensor> yr, yd;
+  for (int i = 0; i < 3; ++i) {
+    yr.push_back(fused::linear(in_r[0], in_r[1 + 2 * i], in_r[2 + 2 * i]));
+    yd.push_back(at::linear(in_d[0], in_d[1 + 2 * i], in_d[2 + 2 * i]));
+  }
+  ASSERT_EQ(yk.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(yk[i].equal(yr[i])) << "output " << i;
+  auto gk = torch::autograd::grad(yk, in_k, gys);
+  auto gr = torch::autograd::grad(yr, in_r, gys);
+  std::vector<at::Tensor> gys_d;
+  for (const auto& g : gys) gys_d.push_back(g.to(at::kDouble));
+  auto gd = torch::autograd::grad(yd, in_d, gys_d);
+  for (std::size_t i = 1; i < gk.size(); ++i) {
+    EXPECT_EQ(gk[i].scalar_type(), at::kFloat) << "parameter gradient " << i;
+    EXPECT_TRUE(gk[i].equal(gr[i])) << "parameter gradient " << i;
+  }
+  EXPECT_LT(rel_err(gk[0], gr[0]), 1e-2) << "input gradient";
+  EXPECT_LE(rel_err(gk[0], gd[0]), rel_err(gr[0], gd[0]) * 1.05 + 1e-5)
+      << "input gradient vs float64";
+  // An output that does not reach the loss: no gradient for its layer, the others unchanged.
+  auto in_u = leaves(all);
+  const auto yu = fused::shared_input_linears(in_u[0], tail(in_u));
+  auto gu = torch::autograd::grad({yu[0], yu[2]}, in_u, {gys[0], gys[2]}, std::nullopt, false,
+                                  /*allow_unused=*/true);
+  EXPECT_FALSE(gu[3].defined() && gu[3].abs().sum().item<double>() != 0) << "unused layer";
+  EXPECT_TRUE(gu[1].equal(gr[1]));
+}
+
 // Kernels and reference inside one small model-like chain: gradients reach every input.
 TEST(FusedGpu, NoHostSyncInsideKernels) {
   if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
@@ -385,6 +436,20 @@ TEST(FusedGpu, NoHostSyncInsideKernels) {
   ASSERT_TRUE(x.grad().defined());
   ASSERT_TRUE(sc.grad().defined());
   EXPECT_GT(sc.grad().abs().sum().item<double>(), 0.0);
+}
+
+// Off the kernels' tensors (here the CPU) shared_input_linears is one linear per layer, in order;
+// parameters come in pairs.
+TEST(FusedReference, SharedInputLinearsAreOneLinearPerLayer) {
+  at::manual_seed(3);
+  auto x = at::randn({2, 5, 8});
+  std::vector<at::Tensor> params = {at::randn({4, 8}), at::randn({4}), at::randn({6, 8}),
+                                    at::randn({6})};
+  const auto y = fused::shared_input_linears(x, params);
+  ASSERT_EQ(y.size(), 2u);
+  EXPECT_TRUE(y[0].equal(at::linear(x, params[0], params[1])));
+  EXPECT_TRUE(y[1].equal(at::linear(x, params[2], params[3])));
+  EXPECT_THROW(fused::shared_input_linears(x, {params[0]}), c10::Error);
 }
 
 // The reference (what the CPU and the model's plain path run) against float64 formulas.

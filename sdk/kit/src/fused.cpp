@@ -751,6 +751,57 @@ struct LinearColumnSumBias : torch::autograd::Function<LinearColumnSumBias> {
   }
 };
 
+// Several linear layers reading one input x (attention's q, k and v; cross-attention's k and v):
+// the products as fused::linear's, and in backward the input gradient accumulated by the products
+// themselves (cuBLAS beta = 1: dx = g_0 W_0, then dx += g_i W_i) instead of one product per layer
+// and autograd's sum of their results (two passes over a token-sized bf16 tensor per extra
+// layer). Inputs: x, then weight and bias of each layer (bf16 or fp32 masters, biases required).
+struct SharedInputLinears : torch::autograd::Function<SharedInputLinears> {
+  // `params` must be a TensorList: autograd counts a list's tensors as inputs only in that type
+  // (a std::vector would be taken for a non-tensor argument, and get no gradients).
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList params) {
+    variable_list saved{x}, out;
+    for (std::size_t i = 0; i < params.size(); i += 2) {
+      const auto w = params[i].to(x.scalar_type());
+      saved.push_back(w);
+      remember_like(ctx, "weight" + std::to_string(i / 2), params[i]);
+      remember_like(ctx, "bias" + std::to_string(i / 2), params[i + 1]);
+      out.push_back(at::linear(x, w, params[i + 1].to(x.scalar_type())));
+    }
+    ctx->save_for_backward(saved);
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    c10::cuda::CUDAGuard guard(x.device());
+    const auto x2 = x.reshape({-1, x.size(-1)});
+    at::Tensor dx;
+    variable_list result{at::Tensor()};
+    for (std::size_t i = 0; i < grads.size(); ++i) {
+      const auto& w = saved[i + 1];
+      const std::string n = std::to_string(i);
+      if (!grads[i].defined()) {  // an output that did not reach the loss
+        result.push_back(at::Tensor());
+        result.push_back(at::Tensor());
+        continue;
+      }
+      const auto g = bf16_contiguous(grads[i]).view({-1, w.size(0)});
+      if (ctx->needs_input_grad(0)) {
+        if (dx.defined())
+          dx.addmm_(g, w);
+        else
+          dx = at::mm(g, w);
+      }
+      result.push_back(weight_grad(g, x2, remembered_dtype(ctx, "weight" + n)));
+      result.push_back(as_like(ctx, "bias" + n, bias_grad(g)));
+    }
+    if (dx.defined()) result[0] = dx.view(x.sizes());
+    return result;
+  }
+};
+
 }  // namespace
 #endif
 
@@ -875,6 +926,28 @@ at::Tensor gelu_feed_forward(const at::Tensor& x, const at::Tensor& w_up, const 
 #endif
   return reference::gelu_feed_forward(x, as_dtype_of(w_up, x), as_dtype_of(b_up, x),
                                       as_dtype_of(w_down, x), as_dtype_of(b_down, x));
+}
+
+std::vector<at::Tensor> shared_input_linears(const at::Tensor& x,
+                                             const std::vector<at::Tensor>& weights_and_biases) {
+  TORCH_CHECK(weights_and_biases.size() % 2 == 0,
+              "fused::shared_input_linears: weights and biases come in pairs, got ",
+              weights_and_biases.size(), " tensors");
+#if WANHOST_WITH_CUDA
+  bool eligible =
+      !weights_and_biases.empty() && x.dim() >= 2 && kernels_apply(x) && x.is_contiguous();
+  for (std::size_t i = 0; eligible && i < weights_and_biases.size(); i += 2) {
+    const auto &w = weights_and_biases[i], &b = weights_and_biases[i + 1];
+    eligible = w.defined() && b.defined() && weight_dtype_ok(w, x) && weight_dtype_ok(b, x) &&
+               w.dim() == 2 && w.size(0) % 8 == 0 && w.size(1) == x.size(-1) &&
+               w.device() == x.device();
+  }
+  if (eligible) return SharedInputLinears::apply(x, at::TensorList(weights_and_biases));
+#endif
+  std::vector<at::Tensor> out;
+  for (std::size_t i = 0; i < weights_and_biases.size(); i += 2)
+    out.push_back(linear(x, weights_and_biases[i], weights_and_biases[i + 1]));
+  return out;
 }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {

@@ -101,6 +101,24 @@ at::Tensor gelu_feed_forward(LinearLayer& up, LinearLayer& down, const at::Tenso
   return down.forward(at::gelu(up.forward(x), "tanh"));
 }
 
+std::vector<at::Tensor> shared_input_forward(const std::vector<LinearLayer*>& layers,
+                                             const at::Tensor& x) {
+  std::vector<at::Tensor> params;
+  for (LinearLayer* layer : layers) {
+    auto* r = dynamic_cast<ReplicatedLinear*>(layer);
+    if (r == nullptr || r->uses_fp8(x) || !r->bias().defined()) {
+      params.clear();
+      break;
+    }
+    params.push_back(r->weight());
+    params.push_back(r->bias());
+  }
+  if (!params.empty()) return fused::shared_input_linears(x, params);
+  std::vector<at::Tensor> out;
+  for (LinearLayer* layer : layers) out.push_back(layer->forward(x));
+  return out;
+}
+
 namespace {
 
 at::Tensor key_mask(const at::Tensor& kv_lengths, std::int64_t batch, std::int64_t s_kv,

@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <utility>
 
+#include <vector>
+
 #include <ATen/core/Tensor.h>
 
 #include "wanhost/parallel.hpp"
@@ -57,6 +59,13 @@ at::Tensor rms_norm_rope(const at::Tensor& x, const at::Tensor& weight, const at
 // dtype and the gradients come back in the parameters' dtype; on the kernels' tensors an fp32
 // weight gradient is written by its product in fp32 (never rounded to bf16, no cast pass).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
+// Linear layers reading one input (attention's q, k and v): x W_i^T + b_i for each pair of
+// `weights_and_biases` (W_0, b_0, W_1, b_1, ...; biases required; dtypes as fused::linear's), in
+// order. On the kernels' tensors the backward accumulates the input gradient inside the products
+// (cuBLAS beta = 1) instead of one product per layer and a sum of their results. Since kit 1.3.
+std::vector<at::Tensor> shared_input_linears(const at::Tensor& x,
+                                             const std::vector<at::Tensor>& weights_and_biases);
 
 // down(gelu_tanh(up(x))): x [..., D], w_up [F, D], b_up [F], w_down [D_out, F], b_down [D_out]
 // (biases required). On the kernels' tensors the GELU runs in the up-projection's cuBLASLt

@@ -41,6 +41,12 @@ std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_
 // this is fused::gelu_feed_forward over their parameters (cast to x's dtype, like their forward);
 // other layers (tensor-parallel, adapters) run their own forward with ATen's GELU.
 at::Tensor gelu_feed_forward(LinearLayer& up, LinearLayer& down, const at::Tensor& x);
+// Several layers reading the same input (attention's q, k and v; cross-attention's k and v):
+// their outputs, in order. When all are the kit's replicated layers with biases and none runs
+// on FP8 products, fused::shared_input_linears over their parameters (the input gradient
+// accumulated inside the products); otherwise each layer's own forward. Since kit 1.3.
+std::vector<at::Tensor> shared_input_forward(const std::vector<LinearLayer*>& layers,
+                                             const at::Tensor& x);
 // Dense: at::scaled_dot_product_attention with a key mask from kv_lengths. Packed: per segment
 // on CPU; variable-length flash attention on CUDA where LibTorch provides it (the kernel is
 // chosen by kit::KernelOptions::packed_attention, see wanhost/kit/kernel_options.hpp).
