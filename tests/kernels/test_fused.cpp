@@ -325,7 +325,8 @@ void check_master_weights(std::int64_t rows, std::int64_t d, std::int64_t f) {
                 .to(at::kBFloat16)
                 .to(at::kFloat);
   auto b2 = (at::randn({d}, kF32Cuda) * 0.5).to(at::kBFloat16).to(at::kFloat);
-  auto gy = at::randn({1, rows, d}, kBf16Cuda);
+  // Output gradients: the feed-forward returns d features, the linear layer (w1, b1) f.
+  auto gy_ffn = at::randn({1, rows, d}, kBf16Cuda), gy_linear = at::randn({1, rows, f}, kBf16Cuda);
   auto as_bf16 = [](const std::vector<at::Tensor>& in) {
     std::vector<at::Tensor> out{in[0]};
     for (std::size_t i = 1; i < in.size(); ++i) out.push_back(in[i].to(at::kBFloat16));
@@ -344,6 +345,7 @@ void check_master_weights(std::int64_t rows, std::int64_t d, std::int64_t f) {
     auto in_k = leaves(params), in_r = leaves(params);
     std::vector<at::Tensor> in_d;
     for (const auto& t : params) in_d.push_back(t.detach().to(at::kDouble).requires_grad_(true));
+    const auto& gy = ffn ? gy_ffn : gy_linear;
     auto yk = run(in_k, true);
     auto yr = run(as_bf16(in_r), false);  // casts inside the graph: autograd casts back
     auto yd = run(in_d, false);
