@@ -756,6 +756,8 @@ struct LinearColumnSumBias : torch::autograd::Function<LinearColumnSumBias> {
 // themselves (cuBLAS beta = 1: dx = g_0 W_0, then dx += g_i W_i) instead of one product per layer
 // and autograd's sum of their results (two passes over a token-sized bf16 tensor per extra
 // layer). Inputs: x, then weight and bias of each layer (bf16 or fp32 masters, biases required).
+// The bias gradients always come from the column-sum kernel (the BGRADB epilogue that
+// run.kernels.lt_epilogues=bgrad gives fused::linear measured slower; not offered here).
 struct SharedInputLinears : torch::autograd::Function<SharedInputLinears> {
   // `params` must be a TensorList: autograd counts a list's tensors as inputs only in that type
   // (a std::vector would be taken for a non-tensor argument, and get no gradients).

@@ -112,10 +112,9 @@ void AdamW::step(double lr, const at::Tensor& grad_divisor) {
       }
     }
     // Divided as the fused kernel divides: in fp32, the divisor rounded to float first.
+    // (A 0-dim float divisor keeps a bf16 gradient bf16, computed in float.)
     const at::Tensor divisor =
-        grad_divisor.defined()
-            ? grad_divisor.to(gr.p[0].device(), at::kFloat).to(gr.p[0].scalar_type())
-            : at::Tensor();
+        grad_divisor.defined() ? grad_divisor.to(gr.p[0].device(), at::kFloat) : at::Tensor();
     for (std::size_t i = 0; i < gr.p.size(); ++i)
       update_tensor(gr.p[i], divisor.defined() ? gr.g[i] / divisor : gr.g[i], gr.m[i], gr.v[i],
                     decay, lr, step_, config_);
