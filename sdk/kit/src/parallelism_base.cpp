@@ -16,15 +16,19 @@ namespace {
 // as a member: a member would change the layout of a class that plugins built against kit 1.x
 // derive from. Never destroyed (it may hold CUDA tensors, which must not be freed after the
 // CUDA runtime has shut down at exit); entries are dropped by the next step, a new optimizer
-// or the object's destructor.
-std::mutex pending_mutex;
+// or the object's destructor. Its mutex is never destroyed either (a plugin object may be
+// destroyed during the exit's static destruction).
+std::mutex& pending_mutex() {
+  static auto* mutex = new std::mutex();
+  return *mutex;
+}
 std::map<const ParallelismBase*, at::Tensor>& pending_clips() {
   static auto* clips = new std::map<const ParallelismBase*, at::Tensor>();
   return *clips;
 }
 
 void set_pending_clip(const ParallelismBase* owner, at::Tensor divisor) {
-  std::lock_guard<std::mutex> lock(pending_mutex);
+  std::lock_guard<std::mutex> lock(pending_mutex());
   if (divisor.defined())
     pending_clips()[owner] = std::move(divisor);
   else
@@ -32,7 +36,7 @@ void set_pending_clip(const ParallelismBase* owner, at::Tensor divisor) {
 }
 
 at::Tensor take_pending_clip(const ParallelismBase* owner) {
-  std::lock_guard<std::mutex> lock(pending_mutex);
+  std::lock_guard<std::mutex> lock(pending_mutex());
   auto it = pending_clips().find(owner);
   if (it == pending_clips().end()) return {};
   at::Tensor divisor = std::move(it->second);
