@@ -15,10 +15,11 @@
 #             metrics); AB_FLOOR=1 adds bf16 with the fused kernels off, the same arithmetic with
 #             other roundings (the noise floor);
 #  - steps:   whole 1.3B steps (`wanhost run`, ddp), stage 1 and 2, fp8 off and tensorwise;
+#  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py), right after
+#             the whole steps so that a call short of time still compares them;
 #  - stepprofile: one whole 1.3B bf16 step of each stage (STAGES) under the profiler
 #             (logging.profile_step): device time per kernel class and the longest kernels, the
 #             optimizer, gradient casts and clipping included;
-#  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py);
 #  - peer:    the compiled peer's blocks (build-perf/peer/peer_wan_block.py) on the same GPU.
 # Results: $OUT/summary.txt, $OUT/ab/ (PNGs, CSVs, summaries), $OUT/results.tar.gz.
 set -uo pipefail
@@ -26,7 +27,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/wanhost-fp8}
 R=/tmp/fp8
 BUDGET_S=${BUDGET_S:-570}
-PARTS=${PARTS:-tests bench profile ab steps stepprofile peerstep peer}
+PARTS=${PARTS:-tests bench profile ab steps peerstep stepprofile peer}
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 . scripts/device/measure_lib.sh
 start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_kernels \
@@ -118,6 +119,7 @@ if want steps && [ -x "$W" ]; then
     esac
   done
 fi
+want peerstep && left 150 && peer_step
 if want stepprofile && [ -x "$W" ]; then
   for stage in ${STAGES:-1 2}; do
     left 100 || break
@@ -127,7 +129,6 @@ if want stepprofile && [ -x "$W" ]; then
       head -40 >>"$OUT/summary.txt"
   done
 fi
-want peerstep && left 150 && peer_step
 if want peer && [ -f build-perf/peer/peer_wan_block.py ] && left 190; then
   PYTHONUNBUFFERED=1 timeout 200 python3 build-perf/peer/peer_wan_block.py compiled 2>&1 |
     grep -v Warning | tee "$R/peer_block.jsonl" | grep "{" | sed 's/^/peer block /' |
