@@ -109,13 +109,15 @@ if want steps && [ -x "$W" ]; then
     left 100 && run_steps ddp-bf16 $stage
     left 100 && run_steps ddp-fp8 $stage --set run.fp8=\"tensorwise\"
   done
-  for extra in ${EXTRA_RUNS:-}; do # e.g. fsdp-none: automodel_fsdp with recompute none
+  for extra in ${EXTRA_RUNS:-}; do # fsdp-none: automodel_fsdp, recompute none; mmap0: see below
     case $extra in
       fsdp-none)
         for stage in ${STAGES:-1 2}; do
           left 100 && run_steps fsdp-none $stage --set parallelism.plugin=\"automodel_fsdp\" \
             --set parallelism.automodel_fsdp.recompute=\"none\"
         done ;;
+      mmap0) # glibc reusing large host blocks instead of fresh zeroed pages (docs/performance.md)
+        left 100 && MALLOC_MMAP_MAX_=0 run_steps ddp-bf16-mmap0 1 ;;
     esac
   done
 fi
