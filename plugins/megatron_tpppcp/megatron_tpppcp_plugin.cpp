@@ -254,11 +254,7 @@ class Megatron final : public ParallelismBase {
       if (once_in_tp && once_in_pp && once_in_dp) counted.push_back(tensors[k]);
       ++k;
     }
-    at::Tensor sq = grad_norm_squared(counted).to(ctx_.device).reshape({1}).contiguous();
-    if (ctx_.world_size > 1) ctx_.world->all_reduce(sq, ReduceOp::Sum);
-    sq = sq.reshape({});
-    const at::Tensor norm =
-        sq.is_cpu() ? at::scalar_tensor(std::sqrt(sq.item<double>()), sq.options()) : sq.sqrt();
+    const at::Tensor norm = global_norm(counted, ctx_.world.get(), ctx_.device);
     clip_in_optimizer_step(norm, max_norm);
     return norm;
   }

@@ -186,6 +186,9 @@ at::Tensor grad_norm_squared(const std::vector<at::Tensor>& params) {
 }
 
 at::Tensor clip_divisor(const at::Tensor& total_norm, double max_norm) {
+  // torch.nn.utils.clip_grad_norm_ multiplies by min(1, max_norm / (norm + 1e-6)); this is its
+  // inverse, computed in float64 on the device, so the norm is never read on the host. A
+  // non-finite norm gives 1: the gradients stay as they are (the host skips or aborts that step).
   const at::Tensor norm = total_norm.to(at::kDouble);
   if (max_norm <= 0) return at::ones({}, norm.options().dtype(at::kFloat));
   const at::Tensor divisor = at::clamp_min((norm + 1e-6) / max_norm, 1.0);
@@ -194,22 +197,18 @@ at::Tensor clip_divisor(const at::Tensor& total_norm, double max_norm) {
 
 void clip_gradients(const std::vector<at::Tensor>& params, double max_norm,
                     const at::Tensor& total_norm) {
-  if (max_norm <= 0) return;
+  if (max_norm <= 0) return;  // (clip_divisor would give 1)
   at::NoGradGuard no_grad;
   std::map<std::pair<std::string, at::ScalarType>, std::vector<at::Tensor>> groups;
   for (const auto& p : params)
     if (p.grad().defined())
       groups[{p.grad().device().str(), p.grad().scalar_type()}].push_back(p.grad());
   if (groups.empty()) return;
-  // torch.nn.utils.clip_grad_norm_: coef = min(1, max_norm / (norm + 1e-6)), computed in float64
-  // on the device and applied to every gradient (a factor of exactly 1 changes nothing), so the
-  // norm is never read on the host. A non-finite norm leaves the gradients as they are (the
-  // host skips or aborts that step).
-  const at::Tensor norm = total_norm.to(at::kDouble);
-  at::Tensor coef = at::clamp_max(max_norm / (norm + 1e-6), 1.0);
-  coef = at::where(at::isfinite(norm), coef, at::ones_like(coef));
+  // The rule of clip_divisor, applied in a pass of its own (a divisor of exactly 1 changes
+  // nothing); AdamW::step(lr, divisor) applies it without one.
+  const at::Tensor divisor = clip_divisor(total_norm, max_norm);
   for (auto& [key, grads] : groups)
-    at::_foreach_mul_(grads, coef.to(grads.front().device(), grads.front().scalar_type()));
+    at::_foreach_div_(grads, divisor.to(grads.front().device(), grads.front().scalar_type()));
 }
 
 }  // namespace wanhost

@@ -132,20 +132,24 @@ std::int64_t ParallelismBase::state_bytes() const {
   return n + (optimizer_ ? optimizer_->state_bytes() : 0);
 }
 
-at::Tensor ParallelismBase::clip_by_global_norm(double max_norm, Communicator* shards) {
-  const std::vector<at::Tensor> tensors = optimized_tensors();
-  at::Tensor sq = grad_norm_squared(tensors);
-  if (!tensors.empty()) sq = sq.to(tensors.front().device());
-  if (shards && shards->size() > 1) {
+at::Tensor ParallelismBase::global_norm(const std::vector<at::Tensor>& tensors, Communicator* group,
+                                        const c10::Device& device) {
+  at::Tensor sq = grad_norm_squared(tensors).to(device);
+  if (group && group->size() > 1) {
     sq = sq.reshape({1}).contiguous();
-    shards->all_reduce(sq, ReduceOp::Sum);
+    group->all_reduce(sq, ReduceOp::Sum);
     sq = sq.reshape({});
   }
   // A correctly rounded square root everywhere: CUDA's is, ATen's CPU kernel is not (about 1% of
   // float64 values differ from std::sqrt in the last bit). On the CPU reading the value costs no
   // synchronisation, so std::sqrt there.
-  const at::Tensor norm =
-      sq.is_cpu() ? at::scalar_tensor(std::sqrt(sq.item<double>()), sq.options()) : sq.sqrt();
+  return sq.is_cpu() ? at::scalar_tensor(std::sqrt(sq.item<double>()), sq.options()) : sq.sqrt();
+}
+
+at::Tensor ParallelismBase::clip_by_global_norm(double max_norm, Communicator* shards) {
+  const std::vector<at::Tensor> tensors = optimized_tensors();
+  const at::Tensor norm = global_norm(
+      tensors, shards, tensors.empty() ? c10::Device(at::kCPU) : tensors.front().device());
   clip_in_optimizer_step(norm, max_norm);
   return norm;
 }

@@ -61,6 +61,11 @@ class ParallelismBase : public Parallelism {
   // every rank holds all of it); then clips them to max_norm (0: off) in the next
   // optimizer_step (clip_in_optimizer_step). No host synchronisation.
   at::Tensor clip_by_global_norm(double max_norm, Communicator* shards = nullptr);
+  // The L2 norm of `tensors`' gradients (float64 scalar on `device`), their squared norms summed
+  // over `group` (null or of size 1: none); no host synchronisation on a GPU. For a plugin that
+  // counts each gradient once itself (kit 1.3).
+  static at::Tensor global_norm(const std::vector<at::Tensor>& tensors, Communicator* group,
+                                const c10::Device& device);
   // Clips the optimized tensors' gradients to max_norm (0: off), given their global norm, inside
   // the next optimizer_step(): AdamW divides each gradient as it reads it (clip_divisor), which
   // saves a pass over every gradient; until then the gradients are unclipped. Since kit 1.3 (a
