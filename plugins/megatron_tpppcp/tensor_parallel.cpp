@@ -48,10 +48,7 @@ void TensorParallelLinear::shard(const std::string& name) {
 // This rank's product: on FP8 products when run.fp8 asks for them (the kit's FP8 linear layer,
 // the master weight quantised once per optimizer step), else ATen's linear under autocast.
 at::Tensor TensorParallelLinear::local_product(const at::Tensor& x, const at::Tensor& bias) {
-  if (fp8_linear_applies(x, weight_)) {
-    const at::Tensor b = bias.defined() ? bias.to(x.scalar_type()) : at::Tensor();
-    return fp8_linear(x, weight_, b, fp8_weight_);
-  }
+  if (fp8_linear_applies(x, weight_)) return fp8_linear(x, weight_, bias, fp8_weight_);
   return at::linear(x, weight_, bias.defined() ? bias : at::Tensor());
 }
 

@@ -166,10 +166,12 @@ struct Fp8LinearFunction : torch::autograd::Function<Fp8LinearFunction> {
     const Quantized xq = quantized_input(x, rows);
     const Fp8WeightCache::Copies& w = cache->of(weight);
     const bool has_bias = bias.numel() > 0;
-    const at::Tensor y = scaled_mm(xq.q, w.q.t(), xq.scale, w.scale, has_bias ? bias : at::Tensor(),
-                                   x.scalar_type(), true);
+    const at::Tensor y =
+        scaled_mm(xq.q, w.q.t(), xq.scale, w.scale,
+                  has_bias ? bias.to(x.scalar_type()) : at::Tensor(), x.scalar_type(), true);
     ctx->save_for_backward({xq.qt, xq.scale, w.qt, w.scale});
     ctx->saved_data["has_bias"] = has_bias;
+    ctx->saved_data["bias_dtype"] = static_cast<std::int64_t>(bias.scalar_type());
     ctx->saved_data["weight_dtype"] = static_cast<std::int64_t>(weight.scalar_type());
     std::vector<std::int64_t> shape = x.sizes().vec();
     shape.back() = out;
@@ -196,7 +198,10 @@ struct Fp8LinearFunction : torch::autograd::Function<Fp8LinearFunction> {
     const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
     at::Tensor dw = scaled_mm(g.qt, xqt.t(), g.scale, x_scale, {}, weight_dtype, false);
     at::Tensor db;
-    if (has_bias) db = g.column_sums.to(dy.scalar_type());
+    // The bias gradient in the bias's dtype, from the fp32 column sums (an fp32 master's
+    // unrounded).
+    if (has_bias)
+      db = g.column_sums.to(static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt()));
     return {dx.view(x_shape), dw, db, at::Tensor()};
   }
 };
@@ -260,8 +265,9 @@ at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight, const at::T
                       Fp8WeightCache& cache) {
   TORCH_CHECK(fp8_linear_applies(x, weight), "fp8_linear: x ", x.sizes(), " ", x.scalar_type(),
               " and weight ", weight.sizes(), " do not qualify (fp8_linear_applies)");
-  TORCH_CHECK(!bias.defined() || bias.scalar_type() == x.scalar_type(),
-              "fp8_linear: bias must have x's dtype");
+  TORCH_CHECK(
+      !bias.defined() || bias.scalar_type() == x.scalar_type() || bias.scalar_type() == at::kFloat,
+      "fp8_linear: bias must have x's dtype or be an fp32 master, got ", bias.scalar_type());
   // Autograd functions take no undefined tensor: no bias is an empty one.
   return Fp8LinearFunction::apply(x, weight, bias.defined() ? bias : at::empty({0}, x.options()),
                                   &cache);

@@ -45,11 +45,6 @@
 namespace wanhost {
 namespace {
 
-// `t` (may be undefined) in `dtype`: itself when it has it, else a differentiable cast.
-at::Tensor in_dtype(const at::Tensor& t, at::ScalarType dtype) {
-  return !t.defined() || t.scalar_type() == dtype ? t : t.to(dtype);
-}
-
 // torch.nn.Linear semantics. Computes in the input's dtype: with bf16 activations and fp32 master
 // weights the weights are cast (inside fused::linear; their gradients reach the fp32 master), the
 // arithmetic of a model whose weights were loaded in bf16.
@@ -66,11 +61,10 @@ class ReplicatedLinear final : public LinearLayer {
   }
 
   at::Tensor forward(const at::Tensor& x) override {
-    // FP8: the master weight goes in as it is (its FP8 copy is made once per optimizer step, its
-    // gradient comes out of the product in the master's dtype).
-    if (uses_fp8(x)) return fp8_linear(x, weight_, in_dtype(bias_, x.scalar_type()), fp8_weight_);
-    // The master copies too: fused::linear computes in x's dtype and returns the gradients in the
-    // masters' (an fp32 weight gradient straight from its product, no bf16 rounding).
+    // The master copies go in as they are: both products compute in x's dtype (FP8: from the
+    // weight's FP8 copy, made once per optimizer step) and return the gradients in the masters'
+    // dtype (an fp32 weight gradient straight from its product, no bf16 rounding).
+    if (uses_fp8(x)) return fp8_linear(x, weight_, bias_, fp8_weight_);
     return fused::linear(x, weight_, bias_);
   }
 

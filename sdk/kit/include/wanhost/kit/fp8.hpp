@@ -56,7 +56,8 @@ class Fp8WeightCache {
 bool fp8_linear_applies(const at::Tensor& x, const at::Tensor& weight);
 
 // x W^T + b through the FP8 products above; differentiable in x, weight and bias (bias in x's
-// dtype, may be undefined). The output has x's dtype.
+// dtype or an fp32 master, since kit 1.3; may be undefined). The output has x's dtype; the
+// gradients have the weight's and the bias's dtypes.
 at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                       Fp8WeightCache& cache);
 
