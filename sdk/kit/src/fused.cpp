@@ -720,75 +720,45 @@ struct GeluFeedForward : torch::autograd::Function<GeluFeedForward> {
   }
 };
 
-// y = x W^T + b with the bias gradient from the column-sum kernel; the matrix products of the
-// backward are the ones autograd's AddmmBackward would run. W and b bf16 or fp32 masters (cast
-// here; their gradients in their own dtype, the weight's straight from its product).
-struct LinearColumnSumBias : torch::autograd::Function<LinearColumnSumBias> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w_in,
-                            const at::Tensor& b_in) {
-    const auto w = w_in.to(x.scalar_type());
-    ctx->save_for_backward({x, w});
-    remember_like(ctx, "weight", w_in);
-    remember_like(ctx, "bias", b_in);
-    return at::linear(x, w, b_in.to(x.scalar_type()));
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const auto &x = saved[0], &w = saved[1];
-    c10::cuda::CUDAGuard guard(x.device());
-    const auto out = w.size(0);
-    auto g = bf16_contiguous(grads[0]).view({-1, out});
-    const auto x2 = x.reshape({-1, x.size(-1)});
-    at::Tensor dx, dw, db;
-    if (ctx->needs_input_grad(0)) dx = at::mm(g, w).view(x.sizes());
-    if (ctx->needs_input_grad(1) && ctx->needs_input_grad(2) &&
-        weight_and_bias_grads(g, x2, dw, db))
-      return {dx, as_like(ctx, "weight", dw), as_like(ctx, "bias", db)};
-    if (ctx->needs_input_grad(1)) dw = weight_grad(g, x2, remembered_dtype(ctx, "weight"));
-    if (ctx->needs_input_grad(2)) db = as_like(ctx, "bias", bias_grad(g));
-    return {dx, dw, db};
-  }
-};
-
-// Several linear layers reading one input x (attention's q, k and v; cross-attention's k and v):
-// the products as fused::linear's, and in backward the input gradient accumulated by the products
+// Linear layers reading one input x: y_i = x W_i^T + b_i (fused::linear is the one-layer case;
+// attention's q, k and v, and cross-attention's k and v, are several). W_i, b_i bf16 or fp32
+// masters, cast here; their gradients come back in their own dtype, the weights' straight from
+// their products (weight_grad). Backward: the input gradient accumulated by the products
 // themselves (cuBLAS beta = 1: dx = g_0 W_0, then dx += g_i W_i) instead of one product per layer
 // and autograd's sum of their results (two passes over a token-sized bf16 tensor per extra
-// layer). Inputs: x, then weight and bias of each layer (bf16 or fp32 masters, biases required).
-// The bias gradients always come from the column-sum kernel (the BGRADB epilogue that
-// run.kernels.lt_epilogues=bgrad gives fused::linear measured slower; not offered here).
-struct SharedInputLinears : torch::autograd::Function<SharedInputLinears> {
-  // `params` must be a TensorList: autograd counts a list's tensors as inputs only in that type
-  // (a std::vector would be taken for a non-tensor argument, and get no gradients).
+// layer); the bias gradients from the column-sum kernel, or from the weight-gradient product's
+// BGRADB epilogue where run.kernels.lt_epilogues asks for it.
+struct LinearsOfOneInput : torch::autograd::Function<LinearsOfOneInput> {
+  // `params` = W_0, b_0, W_1, b_1, ...; a TensorList: autograd counts a list's tensors as inputs
+  // only in that type (a std::vector would be taken for a non-tensor argument, and get no
+  // gradients).
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList params) {
     variable_list saved{x}, out;
+    std::vector<std::int64_t> dtypes;  // the parameters' own, in order: their gradients'
     for (std::size_t i = 0; i < params.size(); i += 2) {
       const auto w = params[i].to(x.scalar_type());
       saved.push_back(w);
-      remember_like(ctx, "weight" + std::to_string(i / 2), params[i]);
-      remember_like(ctx, "bias" + std::to_string(i / 2), params[i + 1]);
+      dtypes.push_back(static_cast<std::int64_t>(params[i].scalar_type()));
+      dtypes.push_back(static_cast<std::int64_t>(params[i + 1].scalar_type()));
       out.push_back(at::linear(x, w, params[i + 1].to(x.scalar_type())));
     }
     ctx->save_for_backward(saved);
+    ctx->saved_data["dtypes"] = dtypes;
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto& x = saved[0];
+    const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
+    auto dtype = [&](std::size_t k) { return static_cast<at::ScalarType>(dtypes[k]); };
     c10::cuda::CUDAGuard guard(x.device());
     const auto x2 = x.reshape({-1, x.size(-1)});
     at::Tensor dx;
-    variable_list result{at::Tensor()};
+    variable_list result(1 + 2 * grads.size());  // dx, then dW_i, db_i
     for (std::size_t i = 0; i < grads.size(); ++i) {
+      if (!grads[i].defined()) continue;  // an output that did not reach the loss
       const auto& w = saved[i + 1];
-      const std::string n = std::to_string(i);
-      if (!grads[i].defined()) {  // an output that did not reach the loss
-        result.push_back(at::Tensor());
-        result.push_back(at::Tensor());
-        continue;
-      }
       const auto g = bf16_contiguous(grads[i]).view({-1, w.size(0)});
       if (ctx->needs_input_grad(0)) {
         if (dx.defined())
@@ -796,8 +766,17 @@ struct SharedInputLinears : torch::autograd::Function<SharedInputLinears> {
         else
           dx = at::mm(g, w);
       }
-      result.push_back(weight_grad(g, x2, remembered_dtype(ctx, "weight" + n)));
-      result.push_back(as_like(ctx, "bias" + n, bias_grad(g)));
+      const bool need_w = ctx->needs_input_grad(1 + 2 * i),
+                 need_b = ctx->needs_input_grad(2 + 2 * i);
+      at::Tensor dw, db;
+      if (need_w && need_b && weight_and_bias_grads(g, x2, dw, db)) {
+        dw = dw.to(dtype(2 * i));
+      } else {
+        if (need_w) dw = weight_grad(g, x2, dtype(2 * i));
+        if (need_b) db = bias_grad(g);
+      }
+      result[1 + 2 * i] = dw;
+      if (db.defined()) result[2 + 2 * i] = db.to(dtype(2 * i + 1));
     }
     if (dx.defined()) result[0] = dx.view(x.sizes());
     return result;
@@ -930,38 +909,52 @@ at::Tensor gelu_feed_forward(const at::Tensor& x, const at::Tensor& w_up, const 
                                       as_dtype_of(w_down, x), as_dtype_of(b_down, x));
 }
 
+namespace {
+
+// Whether LinearsOfOneInput takes x and these (weight, bias) pairs: x bf16 on the kernels' device
+// and contiguous; biases present (the column-sum kernel reads the output gradient [tokens, out]
+// bf16: out a multiple of 8).
+[[maybe_unused]] bool linears_take(const at::Tensor& x, const std::vector<at::Tensor>& params) {
+  if (params.empty() || x.dim() < 2 || !kernels_apply(x) || !x.is_contiguous()) return false;
+  for (std::size_t i = 0; i < params.size(); i += 2) {
+    const auto &w = params[i], &b = params[i + 1];
+    if (!w.defined() || !b.defined() || !weight_dtype_ok(w, x) || !weight_dtype_ok(b, x) ||
+        w.dim() != 2 || w.size(0) % 8 != 0 || w.size(1) != x.size(-1) || w.device() != x.device())
+      return false;
+  }
+  return true;
+}
+
+// x W^T + b through ATen, the parameters cast to x's dtype.
+at::Tensor aten_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  const auto b = as_dtype_of(bias, x);
+  return at::linear(x, as_dtype_of(weight, x),
+                    b.defined() ? std::optional<at::Tensor>(b) : std::nullopt);
+}
+
+}  // namespace
+
 std::vector<at::Tensor> shared_input_linears(const at::Tensor& x,
                                              const std::vector<at::Tensor>& weights_and_biases) {
   TORCH_CHECK(weights_and_biases.size() % 2 == 0,
               "fused::shared_input_linears: weights and biases come in pairs, got ",
               weights_and_biases.size(), " tensors");
 #if WANHOST_WITH_CUDA
-  bool eligible =
-      !weights_and_biases.empty() && x.dim() >= 2 && kernels_apply(x) && x.is_contiguous();
-  for (std::size_t i = 0; eligible && i < weights_and_biases.size(); i += 2) {
-    const auto &w = weights_and_biases[i], &b = weights_and_biases[i + 1];
-    eligible = w.defined() && b.defined() && weight_dtype_ok(w, x) && weight_dtype_ok(b, x) &&
-               w.dim() == 2 && w.size(0) % 8 == 0 && w.size(1) == x.size(-1) &&
-               w.device() == x.device();
-  }
-  if (eligible) return SharedInputLinears::apply(x, at::TensorList(weights_and_biases));
+  if (linears_take(x, weights_and_biases))
+    return LinearsOfOneInput::apply(x, at::TensorList(weights_and_biases));
 #endif
   std::vector<at::Tensor> out;
   for (std::size_t i = 0; i < weights_and_biases.size(); i += 2)
-    out.push_back(linear(x, weights_and_biases[i], weights_and_biases[i + 1]));
+    out.push_back(aten_linear(x, weights_and_biases[i], weights_and_biases[i + 1]));
   return out;
 }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
 #if WANHOST_WITH_CUDA
-  // The kernel reads the output gradient, [tokens, out] bf16: out must be a multiple of 8.
-  if (bias.defined() && x.dim() >= 2 && kernels_apply(x) && weight_dtype_ok(weight, x) &&
-      weight_dtype_ok(bias, x) && weight.dim() == 2 && weight.size(0) % 8 == 0 && x.is_contiguous())
-    return LinearColumnSumBias::apply(x, weight, bias);
+  if (linears_take(x, {weight, bias}))
+    return LinearsOfOneInput::apply(x, at::TensorList{weight, bias})[0];
 #endif
-  const auto b = as_dtype_of(bias, x);
-  return at::linear(x, as_dtype_of(weight, x),
-                    b.defined() ? std::optional<at::Tensor>(b) : std::nullopt);
+  return aten_linear(x, weight, bias);
 }
 
 }  // namespace wanhost::fused

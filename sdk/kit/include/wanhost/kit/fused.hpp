@@ -11,7 +11,6 @@
 
 #include <cstdint>
 #include <utility>
-
 #include <vector>
 
 #include <ATen/core/Tensor.h>
