@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -52,6 +53,8 @@ enum class Motion { Still, Left, Right, Up, Down, Growing, Shrinking };
 inline constexpr const char* kColourNames[] = {"red",    "green",  "blue",
                                                "yellow", "purple", "orange"};
 inline constexpr int kNumColours = 6;
+// Rows of the random vocabulary that filler caption rows are drawn from (16 MB at text_dim 4096).
+inline constexpr std::int64_t kFillerVocabulary = 1024;
 
 struct Shape {
   int colour = 0;       // index into kColourNames
@@ -96,9 +99,11 @@ class SyntheticSource final : public DataSource {
   // [C, F, H, W], the first `frames` latent frames (-1: latent_frames).
   at::Tensor render_clip(const Scene& scene, std::int64_t frames = -1) const;
   at::Tensor embed(const std::string& caption) const;  // [words, text_dim]
-  // embed(caption) extended to video `video`'s drawn caption length (caption_tokens_max > 0).
+  // embed(caption) extended to video `video`'s drawn caption length (caption_tokens_max > 0): each
+  // filler row is the position code plus a row of a fixed random vocabulary, chosen per video and
+  // row (like the tokens of a real caption, which come from a vocabulary too).
   at::Tensor embed_video_caption(const std::string& caption, std::int64_t video) const;
-  at::Tensor word_vector(const std::string& word) const;  // [text_dim]
+  at::Tensor word_vector(const std::string& word) const;  // [text_dim], the same for every seed
   // The channel vector a shape of this class is painted with.
   at::Tensor class_vector(int colour, bool square) const;
 
@@ -108,9 +113,15 @@ class SyntheticSource final : public DataSource {
   // and grown when a longer caption comes: sin/cos over 200 x 4096 values a caption was most of
   // a stage-1 step's input time).
   at::Tensor positions(std::int64_t rows) const;
+  // word_vector's table entry (drawn on first use).
+  const at::Tensor& cached_word_vector(const std::string& word) const;
+  // The filler rows' vocabulary [kFillerVocabulary, text_dim], made once from the data seed.
+  const at::Tensor& filler_vocabulary() const;
 
   Options options_;
-  mutable at::Tensor positions_;            // get() comes one call at a time (wanhost/data.hpp)
+  // Tables made on first use; get() comes one call at a time (wanhost/data.hpp).
+  mutable at::Tensor positions_, filler_vocabulary_;
+  mutable std::unordered_map<std::string, at::Tensor> word_vectors_;
   std::vector<at::Tensor> colour_vectors_;  // [C] each
   at::Tensor disc_vector_, square_vector_;  // [C]
 };

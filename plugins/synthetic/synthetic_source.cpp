@@ -256,8 +256,20 @@ at::Tensor SyntheticSource::render_clip(const Scene& scene, std::int64_t count) 
 }
 
 at::Tensor SyntheticSource::word_vector(const std::string& word) const {
-  at::Generator gen = generator(word_hash(word));
-  return at::randn({options_.text_dim}, gen, at::TensorOptions(at::kFloat));
+  return cached_word_vector(word).clone();
+}
+
+const at::Tensor& SyntheticSource::cached_word_vector(const std::string& word) const {
+  // Captions use a few dozen words: each vector is drawn once (320 draws of 4096 values a
+  // stage-1 step otherwise).
+  auto it = word_vectors_.find(word);
+  if (it == word_vectors_.end()) {
+    at::Generator gen = generator(word_hash(word));
+    it = word_vectors_
+             .emplace(word, at::randn({options_.text_dim}, gen, at::TensorOptions(at::kFloat)))
+             .first;
+  }
+  return it->second;
 }
 
 at::Tensor SyntheticSource::positions(std::int64_t rows) const {
@@ -269,11 +281,20 @@ at::Tensor SyntheticSource::positions(std::int64_t rows) const {
   return positions_.narrow(0, 0, rows);
 }
 
+const at::Tensor& SyntheticSource::filler_vocabulary() const {
+  if (!filler_vocabulary_.defined()) {
+    at::Generator gen = generator(random_key(options_.seed, 3, 0, RandomStream::Data));
+    filler_vocabulary_ =
+        at::randn({kFillerVocabulary, options_.text_dim}, gen, at::TensorOptions(at::kFloat));
+  }
+  return filler_vocabulary_;
+}
+
 at::Tensor SyntheticSource::embed(const std::string& caption) const {
   const std::vector<std::string> words = split_words(caption);
   const auto rows = static_cast<std::int64_t>(words.size());
   at::Tensor out = positions(rows).clone();
-  for (std::int64_t i = 0; i < rows; ++i) out[i].add_(word_vector(words[i]));
+  for (std::int64_t i = 0; i < rows; ++i) out[i].add_(cached_word_vector(words[i]));
   return out;
 }
 
@@ -282,16 +303,25 @@ at::Tensor SyntheticSource::embed_video_caption(const std::string& caption,
   at::Tensor words = embed(caption);
   const Options& o = options_;
   if (o.caption_tokens_max <= 0) return words;
-  at::Generator gen = generator(random_key(o.seed, 2, video, RandomStream::Data));
+  const std::uint64_t key = random_key(o.seed, 2, video, RandomStream::Data);
+  at::Generator gen = generator(key);
   const std::int64_t rows =
       o.caption_tokens_min + pick(gen, o.caption_tokens_max - o.caption_tokens_min + 1);
   if (rows <= words.size(0)) return words;  // a caption is never cut
-  // Filler rows: position code + one draw for all of them from the video's own stream (a
-  // generator per row cost ~0.1 s a stage-1 step of 32 captions and starved the GPU).
-  const std::int64_t extra = rows - words.size(0);
-  at::Tensor filler = positions(rows).narrow(0, words.size(0), extra) +
-                      at::randn({extra, o.text_dim}, gen, at::TensorOptions(at::kFloat));
-  return at::cat({words, filler}, 0);
+  // Filler rows: position code + a vocabulary row picked by a hash of (video, row). Drawing them
+  // (~110 x 4096 normal values a caption) took ~0.1 s of a stage-1 step's inputs on one thread,
+  // which starved the GPU; picking rows is a copy.
+  const std::int64_t n = words.size(0), extra = rows - n;
+  std::vector<std::int64_t> picks(static_cast<std::size_t>(extra));
+  for (std::int64_t j = 0; j < extra; ++j)
+    picks[j] = static_cast<std::int64_t>(mix64(key ^ static_cast<std::uint64_t>(n + j)) %
+                                         static_cast<std::uint64_t>(kFillerVocabulary));
+  at::Tensor out = at::empty({rows, o.text_dim}, at::TensorOptions(at::kFloat));
+  out.narrow(0, 0, n).copy_(words);
+  at::Tensor filler = out.narrow(0, n, extra);
+  at::index_select_out(filler, filler_vocabulary(), 0, at::tensor(picks, at::kLong));
+  filler.add_(positions(rows).narrow(0, n, extra));
+  return out;
 }
 
 Sample SyntheticSource::get(std::int64_t index) {

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <c10/util/Flags.h>
 #include <gtest/gtest.h>
 
 #include "wanhost/batch.hpp"
@@ -16,6 +17,9 @@ using wanhost::collate_packed;
 using wanhost::CollateOptions;
 using wanhost::PackSegment;
 using wanhost::Sample;
+
+// LibTorch's debugging switch: new CPU tensors are filled with junk instead of left as they are.
+C10_DECLARE_bool(caffe2_cpu_allocator_do_junk_fill);
 
 namespace {
 
@@ -74,10 +78,21 @@ TEST(CollateDense, StacksLatentsAndPadsText) {
   EXPECT_EQ(b.batch_size(), 3);
 }
 
+// The padding is written as zeros, not left as whatever the memory held: LibTorch's CPU
+// allocator fills new tensors with junk for the duration of the test.
 TEST(CollateDense, PadsTextToFixedRows) {
-  Batch b = collate_dense(three_equal_samples(), CollateOptions{6, 1, {}});
-  EXPECT_EQ(b.text.size(1), 6);
+  const std::vector<Sample> samples = three_equal_samples();
+  const bool junk = FLAGS_caffe2_cpu_allocator_do_junk_fill;
+  FLAGS_caffe2_cpu_allocator_do_junk_fill = true;
+  Batch b = collate_dense(samples, CollateOptions{6, 1, {}});
+  FLAGS_caffe2_cpu_allocator_do_junk_fill = junk;
+  ASSERT_EQ(b.text.size(1), 6);
   EXPECT_TRUE(at::equal(b.text_lengths, at::tensor({2, 4, 1}, at::kLong)));
+  for (std::int64_t i = 0; i < 3; ++i) {
+    const std::int64_t l = samples[i].text.size(0);
+    EXPECT_TRUE(at::equal(b.text[i].narrow(0, 0, l), samples[i].text));
+    EXPECT_EQ(b.text[i].narrow(0, l, 6 - l).abs().sum().item<float>(), 0.0f) << "sample " << i;
+  }
 }
 
 TEST(CollateDense, TextLongerThanRowsNamesTheSample) {

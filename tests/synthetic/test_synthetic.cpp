@@ -173,6 +173,38 @@ TEST(Synthetic, CaptionLengthsDrawnFromTheRange) {
       ConfigError);
 }
 
+// Filler rows are the position code plus rows of a fixed random vocabulary of unit-variance
+// values, picked per video and row: not one row repeated, not the same rows for every video, and
+// another seed has another vocabulary. word_vector hands out copies of its table entries.
+TEST(Synthetic, FillerRowsComeFromARandomVocabulary) {
+  const Json o = {{"text_dim", 64}, {"caption_tokens_min", 60}, {"caption_tokens_max", 60}};
+  SyntheticSource src = source(o), other_seed = source({{"text_dim", 64},
+                                                        {"caption_tokens_min", 60},
+                                                        {"caption_tokens_max", 60},
+                                                        {"seed", 9}});
+  // Position code rows 0..59: a caption of 60 times "a", less the word's vector.
+  std::string many;
+  for (int i = 0; i < 60; ++i) many += i ? " a" : "a";
+  const at::Tensor positions = src.embed(many) - src.word_vector("a");
+  auto filler = [&](SyntheticSource& s, std::int64_t index) {
+    const Sample sample = s.get(index);
+    const std::int64_t words = count_words(sample.caption);
+    return (sample.text - positions).narrow(0, words, 60 - words);
+  };
+  const at::Tensor f0 = filler(src, 0), f1 = filler(src, src.options().latent_frames);
+  EXPECT_NEAR(f0.std().item<double>(), 1.0, 0.1);
+  EXPECT_NEAR(f0.mean().item<double>(), 0.0, 0.1);
+  // Distinct rows within a caption (50 picks from 1024 rows: a repeat is rare, not the rule).
+  std::set<double> firsts;
+  for (std::int64_t r = 0; r < f0.size(0); ++r) firsts.insert(f0[r][0].item<double>());
+  EXPECT_GT(firsts.size(), static_cast<std::size_t>(f0.size(0) - 5));
+  EXPECT_FALSE(at::allclose(f0.narrow(0, 0, 10), f1.narrow(0, 0, 10)));
+  EXPECT_FALSE(at::allclose(f0.narrow(0, 0, 10), filler(other_seed, 0).narrow(0, 0, 10)));
+  at::Tensor w = src.word_vector("red");
+  w.add_(1.0);
+  EXPECT_FALSE(at::equal(src.word_vector("red"), w)) << "word_vector wrote through its table";
+}
+
 TEST(Synthetic, CaptionNamesEveryShape) {
   SyntheticSource src = source({{"mode", "clips"}});
   std::vector<int> shape_counts(4, 0);
