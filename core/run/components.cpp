@@ -160,6 +160,7 @@ RunComponents build_run(const RunConfig& config, ComponentBuilder& builder,
 
   const PluginConfig& pc = config.parallelism;
   c.parallelism = builder.parallelism(pc);
+  c.parallelism_sdk_minor = builder.registry().load(pc.plugin).tag.sdk_minor;
   checked_layout(config, *c.parallelism, c.ctx.world_size);
   call_plugin(pc.plugin, "parallelism", "setup", [&] { c.parallelism->setup(c.ctx); });
   keep_key_bias_attention_consistent(c.ctx);

@@ -9,6 +9,7 @@
 // mistake in a later stage's data settings fails before step 1.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,6 +54,9 @@ class ComponentBuilder {
 struct RunComponents {
   ParallelContext ctx;
   std::unique_ptr<Parallelism> parallelism;
+  // The SDK minor the parallelism plugin was built against: what of the interface it implements
+  // (optimizer_step_unless since 2.4).
+  std::uint32_t parallelism_sdk_minor = 0;
   std::unique_ptr<Model> model;
   std::unique_ptr<Scheduler> scheduler;
   std::unique_ptr<Collator> collator;

@@ -383,14 +383,26 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
     return c_.parallelism->reduce_and_clip_gradients(stage.clip_grad_norm);
   });
   // Global mean loss and throughput over the data-parallel group (ranks sharing samples through
-  // TP/CP hold the same numbers and are not counted twice).
+  // TP/CP hold the same numbers and are not counted twice). The host's numbers reach the device
+  // without a synchronisation (pinned, asynchronous copy).
   const auto f64 = at::TensorOptions(at::kDouble).device(c_.ctx.device);
+  at::Tensor counts =
+      at::tensor({static_cast<double>(sl.count), in.tokens, in.flops, in.packs, in.padded_tokens},
+                 at::kDouble);
+  if (!c_.ctx.device.is_cpu()) counts = counts.pin_memory();
   at::Tensor totals = at::cat(
-      {sl.sum.detach().to(f64).reshape({1}),
-       at::tensor({static_cast<double>(sl.count), in.tokens, in.flops, in.packs, in.padded_tokens},
-                  at::kDouble)
-           .to(f64)});
+      {sl.sum.detach().to(f64).reshape({1}), counts.to(c_.ctx.device, /*non_blocking=*/true)});
   c_.ctx.dp->all_reduce(totals, ReduceOp::Sum);
+  const double lr = learning_rate(stage, p_.stage_step);
+  // SDK 2.4 plugins take the update before the host reads anything: a step whose loss or gradient
+  // norm is not finite is skipped on the device (weights and optimizer state unchanged), and the
+  // read below overlaps the update. Older plugins get the update after the read.
+  const bool update_first = c_.parallelism_sdk_minor >= 4;
+  if (update_first) {
+    fault_point("step.before_optimizer", p_.global_step + 1);
+    const at::Tensor skip = at::logical_not(at::isfinite(totals[0]) & at::isfinite(grad_norm_t));
+    parallelism("optimizer_step_unless", [&] { c_.parallelism->optimizer_step_unless(lr, skip); });
+  }
   // The one read of the step on the host: loss sum, sample count, tokens, FLOPs, packs, padded
   // tokens, gradient norm.
   const at::Tensor host = at::cat({totals, grad_norm_t.detach().to(f64).reshape({1})}).cpu();
@@ -398,7 +410,6 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
   const double loss = h[0] / std::max(1.0, h[1]), tokens = h[2], flops = h[3];
   const double packs = h[4], pack_efficiency = h[5] > 0 ? tokens / h[5] : 1.0;
   const double grad_norm = h[6];
-  const double lr = learning_rate(stage, p_.stage_step);
 
   const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
   if (!finite && !cfg_.run.skip_nonfinite)
@@ -408,9 +419,11 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
                              stage.name + "'); the last good checkpoint is " +
                              (last_checkpoint_.empty() ? std::string("none") : last_checkpoint_) +
                              "; set run.nonfinite=skip to skip such steps");
-  fault_point("step.before_optimizer", p_.global_step + 1);
+  if (!update_first) {
+    fault_point("step.before_optimizer", p_.global_step + 1);
+    if (finite) parallelism("optimizer_step", [&] { c_.parallelism->optimizer_step(lr); });
+  }
   if (finite) {
-    parallelism("optimizer_step", [&] { c_.parallelism->optimizer_step(lr); });
     p_.skipped_in_a_row = 0;
   } else {
     ++p_.skipped;

@@ -41,11 +41,12 @@ void fault_point(const char* site, long step) {
 }
 
 void step_faults(long step, at::Tensor& loss_sum, torch::nn::Module& model) {
-  if (fault_active("step.nan_loss", step)) {  // a diverged step
+  const bool nan_loss = fault_active("step.nan_loss", step);   // a diverged step
+  if (nan_loss || fault_active("step.nan_loss_only", step)) {  // ... or its loss alone
     at::NoGradGuard no_grad;
     loss_sum = at::full_like(loss_sum, std::nan(""));
     for (auto& p : model.parameters())
-      if (p.grad().defined()) p.mutable_grad().fill_(std::nan(""));
+      if (nan_loss && p.grad().defined()) p.mutable_grad().fill_(std::nan(""));
   }
   if (fault_active("step.hang", step)) {  // a rank that stops responding
     logger()->warn("fault injection: rank {} hangs at global step {}", g_fault_rank, step);

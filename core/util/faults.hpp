@@ -6,7 +6,8 @@
 //
 // Kill sites (SIGKILL, as a crash): step.before_optimizer, save.files_written,
 // save.manifest_written, save.renamed. Other sites: step.nan_loss (the step's loss and gradients
-// become NaN), step.hang (the rank stops responding before its gradient reduction).
+// become NaN), step.nan_loss_only (its loss alone), step.hang (the rank stops responding before
+// its gradient reduction).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,7 +21,7 @@ bool fault_active(const char* site, long step);
 // Kills the process when WANHOST_FAULT names `site` at `step`.
 void fault_point(const char* site, long step);
 // The faults of a training step after its backward pass: step.nan_loss poisons `loss_sum` and the
-// gradients of `model`; step.hang never returns.
+// gradients of `model`, step.nan_loss_only `loss_sum`; step.hang never returns.
 void step_faults(long step, at::Tensor& loss_sum, torch::nn::Module& model);
 
 }  // namespace wanhost::core

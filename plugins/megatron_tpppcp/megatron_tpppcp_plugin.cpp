@@ -259,9 +259,10 @@ class Megatron final : public ParallelismBase {
     return norm;
   }
 
-  void optimizer_step(double lr) override {
-    ParallelismBase::optimizer_step(lr);
-    if (distributed_optimizer_) gather_shards();
+  // (optimizer_step is this with nothing to skip.)
+  void optimizer_step_unless(double lr, const at::Tensor& skip) override {
+    ParallelismBase::optimizer_step_unless(lr, skip);
+    if (distributed_optimizer_) gather_shards();  // a skipped step gathers unchanged shards
   }
 
   // Model gradients are dropped (autograd allocates them in the next backward, as ddp's), so

@@ -31,13 +31,15 @@ PARTS=${PARTS:-tests bench profile ab steps peerstep stepprofile peer}
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 . scripts/device/measure_lib.sh
 start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_kernels \
-  $(want tests && echo test_wan21_dit)
+  $(want tests && echo test_wan21_dit test_optim)
 
 if want tests && [ -x build-gpu/bin/test_kernels ]; then
   build-gpu/bin/test_kernels --gtest_filter='Fp8*:FusedGpu*' >"$R/tests.txt" 2>&1
   # The model's GPU tests: fused against plain path, captured step, packed and collapsed text.
   [ -x build-gpu/bin/test_wan21_dit ] &&
     build-gpu/bin/test_wan21_dit --gtest_filter='*OnAGpu*' >>"$R/tests.txt" 2>&1
+  # LibTorch's fused CUDA AdamW with the device-side skip (found_inf) and clip (grad_scale).
+  [ -x build-gpu/bin/test_optim ] && build-gpu/bin/test_optim >>"$R/tests.txt" 2>&1
   grep -E "^\[  (PASSED|FAILED) |FAILED|figures|Failure" "$R/tests.txt" | head -20 |
     tee -a "$OUT/summary.txt"
 fi

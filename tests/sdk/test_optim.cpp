@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -36,6 +37,20 @@ double rel(const at::Tensor& a, const at::Tensor& b) {
   const auto x = a.to(at::kDouble), y = b.to(at::kDouble);
   return ((x - y).norm() / y.norm()).item<double>();
 }
+
+// Selects LibTorch's fused AdamW kernel or the per-tensor update for a scope (kernel_options),
+// then restores the defaults.
+struct AdamWPath {
+  explicit AdamWPath(bool fused) : name(fused ? "fused" : "loop") {
+    wanhost::KernelOptions options;
+    options.fused_adamw = fused;
+    wanhost::set_kernel_options(options);
+  }
+  ~AdamWPath() { wanhost::set_kernel_options(wanhost::KernelOptions{}); }
+  AdamWPath(const AdamWPath&) = delete;
+  AdamWPath& operator=(const AdamWPath&) = delete;
+  const std::string name;
+};
 
 // Five steps of wanhost::AdamW against the float64 reference of torch.optim.AdamW above.
 void expect_torch_adamw() {
@@ -86,21 +101,16 @@ TEST(AdamW, MatchesTorchAdamWWithAndWithoutDecay) {
 // The per-tensor update (run.kernels.adamw=loop, and the fallback when LibTorch's fused kernel
 // refuses) against the same reference: its own bias correction and decoupled decay.
 TEST(AdamW, PerTensorUpdateMatchesTorchAdamW) {
-  wanhost::KernelOptions loop;
-  loop.fused_adamw = false;
-  wanhost::set_kernel_options(loop);
+  const AdamWPath loop(false);
   expect_torch_adamw();
-  wanhost::set_kernel_options(wanhost::KernelOptions{});
 }
 
 // AdamW::step with a gradient divisor (how ParallelismBase clips): the update of torch.optim.AdamW
 // on the divided gradients, on both the fused kernel (its grad_scale) and the per-tensor path; a
 // divisor of 1 changes nothing, bit for bit.
 void expect_divided_update(bool fused) {
-  wanhost::KernelOptions options;
-  options.fused_adamw = fused;
-  wanhost::set_kernel_options(options);
-  const std::string path = fused ? "fused" : "loop";
+  const AdamWPath chosen(fused);
+  const std::string& path = chosen.name;
   OptimizerConfig c;
   c.weight_decay = 0.1;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
@@ -132,7 +142,6 @@ void expect_divided_update(bool fused) {
   with.step(1e-2, at::scalar_tensor(1.0, at::kFloat));
   without.step(1e-2);
   EXPECT_TRUE(a[0].tensor.equal(b[0].tensor)) << path;
-  wanhost::set_kernel_options(wanhost::KernelOptions{});
 }
 
 TEST(AdamW, GradientDivisorIsAppliedInsideTheUpdate) {
@@ -155,10 +164,68 @@ TEST(GradNorm, ClipDivisorIsTheInverseOfTheClipFactor) {
             at::kFloat);
 }
 
+// AdamW::step with `skip` (how the host skips a non-finite step without reading it, SDK 2.4): a
+// skipped step, even on non-finite gradients, leaves parameters, moments and the step count as
+// they were, and the run goes on exactly as if the step had never been taken; skip = 0 is the
+// plain update bit for bit. Fused kernel (its found_inf) and per-tensor path.
+void expect_skipped_step_changes_nothing(bool fused, const c10::Device& device = at::kCPU) {
+  const AdamWPath chosen(fused);
+  const std::string path = chosen.name + " on " + device.str();
+  OptimizerConfig c;
+  c.weight_decay = 0.1;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(17);
+  const auto start = at::randn({16, 8}, gen).to(device);
+  std::vector<at::Tensor> grads;
+  for (int i = 0; i < 3; ++i) grads.push_back(at::randn({16, 8}, gen).to(device));
+  const auto on = at::TensorOptions().device(device);
+  const auto no = at::scalar_tensor(false, on.dtype(at::kBool)),
+             yes = at::scalar_tensor(true, on.dtype(at::kBool));
+  std::vector<AdamWParam> a = {{"w", start.clone(), true}}, b = {{"w", start.clone(), true}};
+  AdamW skipping(a, c), straight(b, c);
+  a[0].tensor.mutable_grad() = grads[0].clone();
+  skipping.step(1e-2, at::Tensor(), no);
+  b[0].tensor.mutable_grad() = grads[0].clone();
+  straight.step(1e-2);
+  EXPECT_TRUE(a[0].tensor.equal(b[0].tensor)) << "skip = 0 is the plain update, " << path;
+  const auto before = a[0].tensor.clone();
+  std::map<std::string, at::Tensor> moments;  // copies: state() hands out the live tensors
+  for (const auto& [key, value] : skipping.state()) moments[key] = value.clone();
+  a[0].tensor.mutable_grad() = at::full({16, 8}, std::nan(""), on);
+  skipping.step(1e-2, at::scalar_tensor(3.0, on.dtype(at::kFloat)), yes);
+  EXPECT_TRUE(a[0].tensor.equal(before)) << "a skipped step moved the weights, " << path;
+  for (const auto& [key, value] : skipping.state())
+    EXPECT_TRUE(value.equal(moments.at(key))) << key << " changed in a skipped step, " << path;
+  EXPECT_EQ(skipping.steps(), 1) << path;
+  for (int i : {1, 2}) {  // then the same trajectory as a run without the skipped step
+    a[0].tensor.mutable_grad() = grads[i].clone();
+    skipping.step(1e-2, at::Tensor(), no);
+    b[0].tensor.mutable_grad() = grads[i].clone();
+    straight.step(1e-2);
+  }
+  EXPECT_TRUE(a[0].tensor.equal(b[0].tensor)) << "after the skipped step, " << path;
+  EXPECT_EQ(skipping.steps(), 3) << path;
+  EXPECT_EQ(skipping.state().at("__step__").item<std::int64_t>(), 3) << path;
+  // A loaded state's step count is the saved one, skipped steps forgotten.
+  skipping.load_state(straight.state());
+  EXPECT_EQ(skipping.steps(), 3) << path;
+}
+
+TEST(AdamW, SkippedStepChangesNothing) {
+  expect_skipped_step_changes_nothing(true);
+  expect_skipped_step_changes_nothing(false);
+}
+
+// The same with LibTorch's fused CUDA kernel (scripts/device/fp8.sh PARTS=tests runs it).
+TEST(AdamW, SkippedStepChangesNothingOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  expect_skipped_step_changes_nothing(true, at::kCUDA);
+  expect_skipped_step_changes_nothing(false, at::kCUDA);
+}
+
 // ParallelismBase clips inside the next optimizer step: the same update as clipping the
 // gradients first (clip_gradients) and stepping; a clip whose step was skipped (non-finite
 // step) is replaced by the next one, and a step with no clip before it is not clipped.
-class OptimizerHalf final : public wanhost::ParallelismBase {
+class OptimizerHalf : public wanhost::ParallelismBase {
  public:
   explicit OptimizerHalf(std::vector<AdamWParam> params)
       : ParallelismBase("test", GradReset::Drop) {
@@ -220,6 +287,49 @@ TEST(ParallelismBase, ClipsInsideTheNextOptimizerStep) {
   set(q, grads[1] * 3);
   manual.step(1e-2);
   EXPECT_LT(rel(p[0].tensor, q[0].tensor), 1e-6) << "a step with no clip before it";
+}
+
+// optimizer_step_unless (SDK 2.4) on the kit's base: a skipped step takes its pending clip with
+// it, and the next step is the one of a run that never had the skipped step.
+TEST(ParallelismBase, SkipsOnTheDeviceWithItsClip) {
+  OptimizerConfig c;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(19);
+  const auto start = at::randn({8, 4}, gen), g0 = at::randn({8, 4}, gen) * 10,
+             g1 = at::randn({8, 4}, gen) * 10;
+  std::vector<AdamWParam> p = {{"w", start.clone(), true}}, q = {{"w", start.clone(), true}};
+  OptimizerHalf skipping(p), straight(q);
+  skipping.configure_optimizer(c);
+  straight.configure_optimizer(c);
+  p[0].tensor.mutable_grad() = g0.clone();
+  skipping.reduce_and_clip_gradients(1.0);
+  skipping.optimizer_step_unless(1e-2, at::scalar_tensor(true, at::kBool));
+  EXPECT_TRUE(p[0].tensor.equal(start));
+  for (auto* run : {&skipping, &straight}) {
+    auto& params = run == &skipping ? p : q;
+    params[0].tensor.mutable_grad() = g1.clone();
+    run->reduce_and_clip_gradients(1.0);
+    run->optimizer_step_unless(1e-2, at::scalar_tensor(false, at::kBool));
+  }
+  EXPECT_TRUE(p[0].tensor.equal(q[0].tensor));
+}
+
+// The SDK's own optimizer_step_unless, for plugins without the kit's base: it reads `skip` and
+// calls optimizer_step unless it is nonzero.
+TEST(Parallelism, DefaultStepUnlessReadsSkipOnTheHost) {
+  struct Counting final : OptimizerHalf {
+    using OptimizerHalf::OptimizerHalf;
+    int steps = 0;
+    void optimizer_step(double) override { ++steps; }
+    void optimizer_step_unless(double lr, const at::Tensor& skip) override {
+      Parallelism::optimizer_step_unless(lr, skip);  // the SDK default under test
+    }
+  };
+  Counting counting(std::vector<AdamWParam>{});
+  counting.optimizer_step_unless(1e-2, at::scalar_tensor(1.0, at::kFloat));
+  EXPECT_EQ(counting.steps, 0);
+  counting.optimizer_step_unless(1e-2, at::scalar_tensor(0.0, at::kFloat));
+  counting.optimizer_step_unless(1e-2, at::Tensor());
+  EXPECT_EQ(counting.steps, 2);
 }
 
 TEST(AdamW, ResumedStateContinuesTheSameTrajectory) {

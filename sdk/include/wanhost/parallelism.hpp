@@ -101,6 +101,17 @@ class Parallelism {
   virtual void load_state(Model& model, const std::string& dir) = 0;
   // Bytes of parameters + gradients + optimizer state held by this rank (for memory reports).
   virtual std::int64_t state_bytes() const = 0;
+
+  // SDK 2.4: optimizer_step(lr) unless `skip` (a 0-dim tensor on the device, nonzero when the
+  // step's loss or gradient norm is not finite), decided on the device: the host launches the
+  // update before it reads the step's numbers, so the device does not wait for the host between
+  // the backward pass and the update. A skipped step leaves weights and optimizer state (its step
+  // count included) as they were. This default reads `skip` on the host (one synchronisation);
+  // the kit's ParallelismBase hands it to the fused AdamW. The host calls it only on plugins
+  // built against SDK 2.4 or newer (older ones get the read, then optimizer_step).
+  virtual void optimizer_step_unless(double lr, const at::Tensor& skip) {
+    if (!skip.defined() || skip.item<double>() == 0) optimizer_step(lr);
+  }
 };
 
 }  // namespace wanhost

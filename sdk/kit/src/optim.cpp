@@ -3,6 +3,8 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <tuple>
@@ -67,13 +69,58 @@ void update_tensor(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor
 
 }  // namespace
 
+namespace {
+
+// Per AdamW object that ever skipped a step on the device: how many it skipped (float32 scalar on
+// its parameters' device). Never destroyed: it may hold CUDA tensors at exit.
+std::mutex& skipped_mutex() {
+  static auto* m = new std::mutex;
+  return *m;
+}
+std::map<const AdamW*, at::Tensor>& skipped_steps() {
+  static auto* table = new std::map<const AdamW*, at::Tensor>;
+  return *table;
+}
+at::Tensor skipped_of(const AdamW* owner) {
+  const std::lock_guard<std::mutex> lock(skipped_mutex());
+  const auto it = skipped_steps().find(owner);
+  return it == skipped_steps().end() ? at::Tensor() : it->second;
+}
+
+}  // namespace
+
 void AdamW::step(double lr) {
-  step(lr, at::Tensor());
+  step(lr, at::Tensor(), at::Tensor());
 }
 
 void AdamW::step(double lr, const at::Tensor& grad_divisor) {
+  step(lr, grad_divisor, at::Tensor());
+}
+
+AdamW::~AdamW() {
+  const std::lock_guard<std::mutex> lock(skipped_mutex());
+  skipped_steps().erase(this);
+}
+
+std::int64_t AdamW::steps() const {
+  const at::Tensor skipped = skipped_of(this);
+  return step_ - (skipped.defined() ? static_cast<std::int64_t>(skipped.item<float>()) : 0);
+}
+
+void AdamW::step(double lr, const at::Tensor& grad_divisor, const at::Tensor& skip) {
   at::NoGradGuard no_grad;
   ++step_;
+  // found_inf of the fused kernel: exactly 1 to skip, 0 to update; counted with the skipped steps.
+  at::Tensor skipped_now, skipped = skipped_of(this);
+  if (skip.defined()) {
+    skipped_now = (skip != 0).to(at::kFloat).reshape({});
+    if (!skipped.defined()) {
+      skipped = at::zeros({}, skipped_now.options());
+      const std::lock_guard<std::mutex> lock(skipped_mutex());
+      skipped_steps()[this] = skipped;
+    }
+    skipped.add_(skipped_now.to(skipped.device()));
+  }
   struct Group {
     std::vector<at::Tensor> p, g, m, v;
   };
@@ -89,20 +136,25 @@ void AdamW::step(double lr, const at::Tensor& grad_divisor) {
     gr.m.push_back(s.exp_avg);
     gr.v.push_back(s.exp_avg_sq);
   }
+  // The per-tensor path's host values, read once (a synchronisation on a GPU).
+  std::optional<std::int64_t> host_step;
+  bool host_skip = false;
   for (auto& [key, gr] : groups) {
     const bool decay = std::get<2>(key);
+    const c10::Device device = gr.p[0].device();
     if (fused_usable()) {
       try {
         // The step count, read (not changed) by the kernel: one tensor per parameter.
-        const auto step = at::full({}, static_cast<double>(step_),
-                                   at::TensorOptions().dtype(at::kFloat).device(gr.p[0].device()));
-        const std::vector<at::Tensor> steps(gr.p.size(), step);
-        std::optional<at::Tensor> divisor;
-        if (grad_divisor.defined())
-          divisor = grad_divisor.to(gr.p[0].device(), at::kFloat).reshape({});
-        at::_fused_adamw_(gr.p, gr.g, gr.m, gr.v, {}, steps, lr, config_.beta1, config_.beta2,
+        at::Tensor count = at::full({}, static_cast<double>(step_),
+                                    at::TensorOptions().dtype(at::kFloat).device(device));
+        if (skipped.defined()) count.sub_(skipped.to(device));
+        const std::vector<at::Tensor> counts(gr.p.size(), count);
+        std::optional<at::Tensor> divisor, found_inf;
+        if (grad_divisor.defined()) divisor = grad_divisor.to(device, at::kFloat).reshape({});
+        if (skipped_now.defined()) found_inf = skipped_now.to(device);
+        at::_fused_adamw_(gr.p, gr.g, gr.m, gr.v, {}, counts, lr, config_.beta1, config_.beta2,
                           decay ? config_.weight_decay : 0.0, config_.eps, /*amsgrad=*/false,
-                          /*maximize=*/false, divisor);
+                          /*maximize=*/false, divisor, found_inf);
         continue;
       } catch (const c10::Error& e) {
         // Its checks run before any tensor changes: this group is updated below instead.
@@ -111,13 +163,18 @@ void AdamW::step(double lr, const at::Tensor& grad_divisor) {
                        e.what_without_backtrace());
       }
     }
+    if (!host_step) {
+      host_step = steps();
+      host_skip = skipped_now.defined() && skipped_now.item<float>() != 0;
+    }
+    if (host_skip) continue;
     // Divided as the fused kernel divides: in fp32, the divisor rounded to float first.
     // (A 0-dim float divisor keeps a bf16 gradient bf16, computed in float.)
     const at::Tensor divisor =
-        grad_divisor.defined() ? grad_divisor.to(gr.p[0].device(), at::kFloat) : at::Tensor();
+        grad_divisor.defined() ? grad_divisor.to(device, at::kFloat) : at::Tensor();
     for (std::size_t i = 0; i < gr.p.size(); ++i)
       update_tensor(gr.p[i], divisor.defined() ? gr.g[i] / divisor : gr.g[i], gr.m[i], gr.v[i],
-                    decay, lr, step_, config_);
+                    decay, lr, *host_step, config_);
   }
 }
 
@@ -127,7 +184,7 @@ std::map<std::string, at::Tensor> AdamW::state() const {
     out[s.name + ".exp_avg"] = s.exp_avg;
     out[s.name + ".exp_avg_sq"] = s.exp_avg_sq;
   }
-  out["__step__"] = at::scalar_tensor(step_, at::kLong);
+  out["__step__"] = at::scalar_tensor(steps(), at::kLong);
   return out;
 }
 
@@ -159,6 +216,8 @@ void AdamW::load_state(const std::map<std::string, at::Tensor>& state) {
   if (!problems.empty())
     throw std::runtime_error("optimizer state does not match the parameters:" + problems);
   step_ = it->second.item<std::int64_t>();
+  const std::lock_guard<std::mutex> lock(skipped_mutex());
+  skipped_steps().erase(this);
 }
 
 std::int64_t AdamW::state_bytes() const {

@@ -101,11 +101,12 @@ void ParallelismBase::configure_optimizer(const OptimizerConfig& config) {
 }
 
 void ParallelismBase::optimizer_step(double lr) {
+  optimizer_step_unless(lr, at::Tensor());
+}
+
+void ParallelismBase::optimizer_step_unless(double lr, const at::Tensor& skip) {
   AdamW& adamw = optimizer();
-  if (const at::Tensor divisor = take_pending_clip(this); divisor.defined())
-    adamw.step(lr, divisor);
-  else
-    adamw.step(lr);
+  adamw.step(lr, take_pending_clip(this), skip);
 }
 
 void ParallelismBase::clip_in_optimizer_step(const at::Tensor& total_norm, double max_norm) {

@@ -40,7 +40,17 @@ class AdamW {
   // as it reads it (its grad_scale), so clipping takes no pass over the gradients of its own. The
   // gradients' values after the call are unspecified (zero_grad resets them). Since kit 1.3.
   void step(double lr, const at::Tensor& grad_divisor);
-  std::int64_t steps() const { return step_; }
+  // The update of step(lr, grad_divisor) (an undefined divisor: none) unless `skip`, a 0-dim
+  // tensor on the parameters' device, is nonzero: then parameters, moments and the step count stay
+  // as they are. Decided on the device (the fused kernel's found_inf), so that nothing is read on
+  // the host; the per-tensor path reads `skip` (one synchronisation on a GPU). Since kit 1.4.
+  void step(double lr, const at::Tensor& grad_divisor, const at::Tensor& skip);
+  // Updates made so far, skipped steps not counted (out of line since kit 1.4: it may read the
+  // device-side count of skipped steps).
+  std::int64_t steps() const;
+  ~AdamW();  // out of line since kit 1.4 (drops the count of skipped steps)
+  AdamW(const AdamW&) = delete;
+  AdamW& operator=(const AdamW&) = delete;
 
   // "<param>.exp_avg", "<param>.exp_avg_sq" and "__step__" (int64 scalar).
   std::map<std::string, at::Tensor> state() const;
@@ -56,6 +66,9 @@ class AdamW {
   };
   std::vector<Slot> slots_;
   OptimizerConfig config_;
+  // Steps launched. Steps skipped on the device (step with `skip`) are counted on the device, in
+  // a kit-internal table keyed by the object (a member would change the layout of a 1.x class);
+  // the bias corrections use the difference.
   std::int64_t step_ = 0;
 };
 

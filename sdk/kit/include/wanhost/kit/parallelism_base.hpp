@@ -45,6 +45,10 @@ class ParallelismBase : public Parallelism {
   // AdamW over the tensors of set_optimized(), fresh state.
   void configure_optimizer(const OptimizerConfig& config) override;
   void optimizer_step(double lr) override;
+  // The AdamW update with the pending clip, skipped on the device when `skip` is nonzero (the
+  // fused kernel's found_inf): no host synchronisation. Since kit 1.4 (SDK 2.4); optimizer_step
+  // is this with nothing to skip, so a plugin that adds work after the update overrides this one.
+  void optimizer_step_unless(double lr, const at::Tensor& skip) override;
   void zero_grad() override;
   // 2 x the optimized tensors' bytes (values and gradients) + the optimizer state.
   std::int64_t state_bytes() const override;
