@@ -169,6 +169,7 @@ RunComponents build_run(const RunConfig& config, ComponentBuilder& builder,
   c.data = stage_data_sources(config, builder);
 
   c.model = build_stage_model(config, 0, builder, c.ctx);
+  c.model_sdk_minor = builder.registry().load(config.model.plugin).tag.sdk_minor;
   call_plugin(pc.plugin, "parallelism", "attach", [&] { c.parallelism->attach(*c.model); });
   return c;
 }

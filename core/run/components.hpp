@@ -58,6 +58,8 @@ struct RunComponents {
   // (optimizer_step_unless since 2.4).
   std::uint32_t parallelism_sdk_minor = 0;
   std::unique_ptr<Model> model;
+  // The same for the model plugin (text_lengths on the host since 2.4, wanhost/batch.hpp).
+  std::uint32_t model_sdk_minor = 0;
   std::unique_ptr<Scheduler> scheduler;
   std::unique_ptr<Collator> collator;
   std::vector<std::unique_ptr<DataSource>> data;  // one per stage

@@ -15,12 +15,13 @@
 namespace wanhost::core {
 namespace {
 
-// Every tensor of a noised batch (the batch's own host fields stay as they are).
+// Every tensor of a noised batch that goes to the device (the batch's own host fields stay as
+// they are; text_lengths too when `lengths_on_host`).
 template <typename Fn>
-void for_each_tensor(NoisedBatch& nb, Fn fn) {
+void for_each_tensor(NoisedBatch& nb, bool lengths_on_host, Fn fn) {
   for (at::Tensor* t : {&nb.noisy.latents, &nb.noisy.text, &nb.noisy.text_lengths, &nb.timesteps,
                         &nb.sigmas, &nb.target, &nb.weights})
-    if (t->defined()) fn(*t);
+    if (t->defined() && !(lengths_on_host && t == &nb.noisy.text_lengths)) fn(*t);
 }
 
 }  // namespace
@@ -31,8 +32,12 @@ struct StepPrefetcher::Ready {
 };
 
 StepPrefetcher::StepPrefetcher(Make make, const c10::Device& device, long last_stage_step,
-                               bool ahead)
-    : make_(std::move(make)), device_(device), last_(last_stage_step), ahead_(ahead) {}
+                               bool ahead, bool lengths_on_host)
+    : make_(std::move(make)),
+      device_(device),
+      last_(last_stage_step),
+      ahead_(ahead),
+      lengths_on_host_(lengths_on_host) {}
 
 StepPrefetcher::~StepPrefetcher() {
   if (pending_.valid()) pending_.wait();  // its error, if any, is of a step nobody asked for
@@ -48,7 +53,8 @@ std::unique_ptr<StepPrefetcher::Ready> StepPrefetcher::make_on_device(long stage
   r->inputs = make_(stage_step, global_step);
   if (device_.is_cpu()) return r;
   if (!on_worker) {
-    for (auto& nb : r->inputs.micro) for_each_tensor(nb, [&](at::Tensor& t) { t = t.to(device_); });
+    for (auto& nb : r->inputs.micro)
+      for_each_tensor(nb, lengths_on_host_, [&](at::Tensor& t) { t = t.to(device_); });
     return r;
   }
   const c10::DeviceGuard device_guard(device_);  // this thread's current device
@@ -56,10 +62,14 @@ std::unique_ptr<StepPrefetcher::Ready> StepPrefetcher::make_on_device(long stage
   const c10::Stream stream = impl.getStreamFromGlobalPool(device_, /*isHighPriority=*/false);
   const c10::StreamGuard stream_guard(stream);
   // (A tensor a plugin already made on a GPU is only moved to this device if need be.)
-  for (auto& nb : r->inputs.micro)
-    for_each_tensor(nb, [&](at::Tensor& t) {
+  for (auto& nb : r->inputs.micro) {
+    for_each_tensor(nb, lengths_on_host_, [&](at::Tensor& t) {
       t = t.is_cpu() ? t.pin_memory().to(device_, /*non_blocking=*/true) : t.to(device_);
     });
+    // Pinned, so that the model's own copy to the device need not wait for it.
+    at::Tensor& lengths = nb.noisy.text_lengths;
+    if (lengths_on_host_ && lengths.defined() && lengths.is_cpu()) lengths = lengths.pin_memory();
+  }
   r->copied.emplace(device_.type());
   r->copied->record(stream);
   return r;
@@ -85,7 +95,7 @@ StepInputs StepPrefetcher::take(long stage_step, long global_step, double* wait_
     const c10::Stream current = impl.getStream(device_);
     r->copied->block(current);
     for (auto& nb : r->inputs.micro)
-      for_each_tensor(nb, [&](at::Tensor& t) { t.record_stream(current); });
+      for_each_tensor(nb, lengths_on_host_, [&](at::Tensor& t) { t.record_stream(current); });
   }
   if (ahead_ && stage_step + 1 <= last_) {
     pending_ = std::async(std::launch::async, [this, s = stage_step + 1, g = global_step + 1] {

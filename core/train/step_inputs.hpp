@@ -32,7 +32,11 @@ class StepPrefetcher {
   // the worker thread when `ahead`, never twice at the same time. `last_stage_step`: the stage's
   // last step (nothing is made beyond it).
   using Make = std::function<StepInputs(long stage_step, long global_step)>;
-  StepPrefetcher(Make make, const c10::Device& device, long last_stage_step, bool ahead);
+  // `lengths_on_host`: the batches' text_lengths stay on the host (pinned on a GPU), where a
+  // model of SDK 2.4 or newer reads them to plan its shapes (wanhost/batch.hpp): a device copy
+  // would have to be read back, which waits for the device.
+  StepPrefetcher(Make make, const c10::Device& device, long last_stage_step, bool ahead,
+                 bool lengths_on_host = false);
   ~StepPrefetcher();  // waits for the step being made (make may use objects the caller owns)
   StepPrefetcher(const StepPrefetcher&) = delete;
   StepPrefetcher& operator=(const StepPrefetcher&) = delete;
@@ -50,7 +54,7 @@ class StepPrefetcher {
   Make make_;
   c10::Device device_;
   long last_;
-  bool ahead_;
+  bool ahead_, lengths_on_host_;
   std::future<std::unique_ptr<Ready>> pending_;  // the next step's, being made on the worker
 };
 

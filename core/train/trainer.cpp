@@ -673,7 +673,8 @@ int Trainer::run() {
         [&](long stage_step, long global_step) {
           return make_inputs(stage, data, order, stage_step, global_step);
         },
-        c_.ctx.device, stage.steps - 1, cfg_.run.prefetch);
+        c_.ctx.device, stage.steps - 1, cfg_.run.prefetch,
+        /*lengths_on_host=*/c_.model_sdk_minor >= 4);
     while (p_.stage_step < stage.steps) {
       if (p_.global_step + 1 == profile_step)
         profiled_step(stage, inputs);

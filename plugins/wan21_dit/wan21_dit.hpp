@@ -135,6 +135,9 @@ class WanModel final : public wanhost::Model {
   // Text rows every sample keeps in cross-attention: `total` (every padded row) unless padding is
   // collapsed (collapse_text_padding and a context that offers attention_key_bias).
   std::int64_t collapsed_rows(const std::vector<std::int64_t>& lengths, std::int64_t total) const;
+  // collapsed_padding_bias for every length below `kept` ([kept, kept]: row l is a sample of l
+  // real rows), in the compute dtype on the device, made once per (total, kept).
+  const at::Tensor& padding_bias_table(std::int64_t total, std::int64_t kept);
   // A hidden-state tensor as the tensor-parallel layers read it: all tokens (ParallelContext::
   // gather_sequence under sequence parallelism; otherwise itself).
   at::Tensor whole_sequence(const at::Tensor& x) const;
@@ -155,6 +158,7 @@ class WanModel final : public wanhost::Model {
   std::shared_ptr<torch::nn::Module> root_;
   std::vector<std::shared_ptr<Block>> blocks_;
   std::unique_ptr<Rope> rope_;
+  std::map<std::pair<std::int64_t, std::int64_t>, at::Tensor> padding_bias_tables_;
   // Top-level parameters / layers (handles into root_).
   at::Tensor patch_weight_, patch_bias_, out_table_;
   std::shared_ptr<wanhost::LinearLayer> time_1_, time_2_, time_proj_, text_1_, text_2_, proj_out_;

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <numeric>
 #include <stdexcept>
 #include <tuple>
 
@@ -484,7 +485,12 @@ at::Tensor WanModel::text_context(const Batch& b, Activations& act,
     }
   }
   auto x = text.to(ctx_.device, ctx_.compute_dtype);
-  auto len_dev = at::tensor(lengths, at::TensorOptions().dtype(at::kLong)).to(ctx_.device);
+  // The lengths on the device without waiting for it: the trainer hands text_lengths on the
+  // host, pinned (SDK 2.4), so the copy is asynchronous (a blocking copy waits for the device);
+  // a batch already on the device is used as it is.
+  auto len_dev = b.text_lengths.defined()
+                     ? b.text_lengths.to(ctx_.device, at::kLong, /*non_blocking=*/true)
+                     : at::tensor(lengths, at::TensorOptions().dtype(at::kLong)).to(ctx_.device);
   auto keep = at::arange(rows, len_dev.options()).unsqueeze(0) < len_dev.unsqueeze(1);
   x = x * keep.unsqueeze(-1).to(x.scalar_type());
 
@@ -497,10 +503,9 @@ at::Tensor WanModel::text_context(const Batch& b, Activations& act,
     // collapsed_padding_bias.
     const auto kept = collapsed_rows(lengths, total);
     if (kept < total) {
-      // In the compute dtype once (its values are of that dtype), not converted in every block.
-      act.aux.push_back(collapsed_padding_bias(lengths, total, kept, ctx_.compute_dtype)
-                            .to(ctx_.device, ctx_.compute_dtype)
-                            .view({-1}));
+      // Each sample's row of a table made once (on the device, in the compute dtype, of whose
+      // values the biases are), gathered by the device lengths: nothing is copied from the host.
+      act.aux.push_back(padding_bias_table(total, kept).index_select(0, len_dev).view({-1}));
       total = kept;
     }
     if (total > rows) x = at::constant_pad_nd(x, {0, 0, 0, total - rows});
@@ -519,8 +524,7 @@ at::Tensor WanModel::text_context(const Batch& b, Activations& act,
       }
       x = at::cat(parts, 0).unsqueeze(0);
     } else {
-      act.cross_attention.kv_lengths =
-          at::tensor(lengths, at::TensorOptions().dtype(at::kLong)).to(ctx_.device);
+      act.cross_attention.kv_lengths = len_dev.clamp_min(1);
     }
   }
   if (packed) {
@@ -613,6 +617,21 @@ wanhost::Activations WanModel::embed(const Batch& b, const at::Tensor& timesteps
   auto context = text_context(b, act, cu);
   act.context = {proj, context, temb};
   return act;
+}
+
+const at::Tensor& WanModel::padding_bias_table(std::int64_t total, std::int64_t kept) {
+  auto it = padding_bias_tables_.find({total, kept});
+  if (it == padding_bias_tables_.end()) {
+    if (padding_bias_tables_.size() > 16) padding_bias_tables_.clear();  // few (total, kept)
+    std::vector<std::int64_t> every(static_cast<std::size_t>(kept));
+    std::iota(every.begin(), every.end(), std::int64_t{0});
+    it = padding_bias_tables_
+             .emplace(std::make_pair(total, kept),
+                      collapsed_padding_bias(every, total, kept, ctx_.compute_dtype)
+                          .to(ctx_.device, ctx_.compute_dtype))
+             .first;
+  }
+  return it->second;
 }
 
 std::int64_t WanModel::collapsed_rows(const std::vector<std::int64_t>& lengths,

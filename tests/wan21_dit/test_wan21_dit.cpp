@@ -19,6 +19,9 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/function.h>
 #include <set>
+#if WANHOST_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 #include "bench/step_graph.hpp"
 #include "parity_util.hpp"
@@ -929,6 +932,40 @@ TEST(Wan21Dit, CollapsedTextPaddingIsExact) {
 TEST(Wan21Dit, CollapsedTextPaddingOnAGpu) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
   check_collapsed_padding(c10::Device(c10::kCUDA, 0), 1e-5);
+}
+
+// The forward pass of a training step does not wait for the device: with the trainer's inputs
+// (SDK 2.4: the batch on the device, text_lengths pinned on the host), embedding (collapsed text
+// padding included), blocks and head make no synchronising CUDA call after a first pass (which
+// builds tables and plans), so the host runs ahead of the device and the pass could be captured
+// in a CUDA graph. CUDA's sync debug mode turns any synchronising call into an error naming it.
+TEST(Wan21Dit, ForwardDoesNotWaitForTheDeviceOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
+#if WANHOST_WITH_CUDA
+  const c10::Device gpu(c10::kCUDA, 0);
+  auto ctx = wanhost::single_process_context(gpu);
+  ctx.compute_dtype = at::kBFloat16;
+  WanModel model(wanhost::plugins::wan21_dit::resolve_options(
+                     plugin_config({{"init_seed", 3}, {"text_len", 64}})),
+                 ctx);
+  wanhost::Batch b;
+  b.latents = at::randn({2, 16, 2, 4, 6}).to(gpu);
+  b.text = at::randn({2, 20, 32}).to(gpu);
+  b.text_lengths = at::tensor({7, 20}, at::kLong).pin_memory();
+  b.sample_keys = {0, 1};
+  const at::Tensor t = at::tensor({500.0f, 20.0f}).to(gpu);
+  (void)model.forward(b, t);
+  c10::cuda::device_synchronize();
+  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+  std::string error;
+  try {
+    (void)model.forward(b, t);
+  } catch (const c10::Error& e) {
+    error = e.what_without_backtrace();
+  }
+  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+  EXPECT_EQ(error, "") << "the forward pass synchronised with the device";
+#endif
 }
 
 // mask_text_padding: an empty prompt (length 0) still attends one key row, its zeroed first row:

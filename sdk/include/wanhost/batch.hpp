@@ -35,6 +35,10 @@ struct PackSegment {
 //  flattened
 //    over its last three dims and concatenated in order; `segments` tells where each one is.
 // In both layouts `text` is [B, L_max, D_text] zero-padded with `text_lengths` [B] (int64).
+// SDK 2.4: in training the host moves every tensor of a step's batches to the device except
+// `text_lengths`, which a model built against SDK 2.4 or newer receives on the host (pinned on a
+// GPU: a non_blocking copy to the device does not wait), because a model reads the lengths on
+// the host to plan its shapes; models of older minors get it on the device, as before.
 struct Batch {
   at::Tensor latents;
   at::Tensor text;
