@@ -7,12 +7,18 @@ or Ctrl-C). A mutation is "caught" when the test fails. Prints a table; exits 1 
 survived (or could not be planted).
 
     tests/mutations/plant_bugs.py BUILD_DIR [NAME_SUBSTRING...]
+    tests/mutations/plant_bugs.py --check
+
+--check builds and runs nothing: it says which entries can no longer be planted (their code no
+longer occurs exactly once, usually because it moved), so that the list does not rot between
+full runs; ctest runs it (`mutations_plantable`).
 
 BUILD_DIR is a configured build folder (Ninja) of this tree with the tests; the run takes one
 incremental rebuild per mutation. The list documents the suite: each entry names the bug and the
 test that is meant to see it.
 """
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -276,10 +282,29 @@ MUTATIONS = [
 ]
 
 
+def unplantable():
+    """The entries whose code does not occur exactly once in their file, with the count."""
+    out = []
+    for name, rel, old, *_ in MUTATIONS:
+        path = ROOT / rel
+        count = path.read_text().count(old) if path.exists() else 0
+        if count != 1:
+            out.append((name, rel, count))
+    return out
+
+
 def main():
+    # A SIGTERM (timeout, kill) unwinds like Ctrl-C, so the planted code is always put back.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if len(sys.argv) < 2:
         print(__doc__)
         return 2
+    if sys.argv[1] == "--check":
+        bad = unplantable()
+        for name, rel, count in bad:
+            print(f"NOT PLANTABLE {name}: its code occurs {count} times in {rel}")
+        print(f"{len(MUTATIONS) - len(bad)} of {len(MUTATIONS)} mutations can be planted")
+        return 1 if bad else 0
     build = pathlib.Path(sys.argv[1]).resolve()
     wanted = sys.argv[2:]
     rows, survived, built = [], 0, set()
