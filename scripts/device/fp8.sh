@@ -31,7 +31,7 @@ PARTS=${PARTS:-tests bench profile ab steps peerstep stepprofile peer}
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 . scripts/device/measure_lib.sh
 start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_kernels \
-  $(want tests && echo test_wan21_dit test_optim)
+  $(want tests && echo test_wan21_dit test_optim test_train_units)
 
 if want tests && [ -x build-gpu/bin/test_kernels ]; then
   build-gpu/bin/test_kernels --gtest_filter='Fp8*:FusedGpu*' >"$R/tests.txt" 2>&1
@@ -40,6 +40,9 @@ if want tests && [ -x build-gpu/bin/test_kernels ]; then
     build-gpu/bin/test_wan21_dit --gtest_filter='*OnAGpu*' >>"$R/tests.txt" 2>&1
   # LibTorch's fused CUDA AdamW with the device-side skip (found_inf) and clip (grad_scale).
   [ -x build-gpu/bin/test_optim ] && build-gpu/bin/test_optim >>"$R/tests.txt" 2>&1
+  # The step's text_lengths handed on the host, pinned (SDK 2.4 models).
+  [ -x build-gpu/bin/test_train_units ] &&
+    build-gpu/bin/test_train_units --gtest_filter='StepPrefetcher*' >>"$R/tests.txt" 2>&1
   grep -E "^\[  (PASSED|FAILED) |FAILED|figures|Failure" "$R/tests.txt" | head -20 |
     tee -a "$OUT/summary.txt"
 fi

@@ -6,16 +6,56 @@
 #include <numeric>
 #include <set>
 
+#include <ATen/ATen.h>
 #include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 
 #include "train/lr_schedule.hpp"
 #include "train/metrics.hpp"
 #include "train/sample_order.hpp"
+#include "train/step_inputs.hpp"
 #include "train_test_util.hpp"
 
 namespace traintest {
 namespace {
+
+// ---- Step inputs ----------------------------------------------------------------------------
+
+// StepPrefetcher on a GPU: a step's tensors reach the device, except text_lengths when the model
+// reads them on the host (SDK 2.4 models: `lengths_on_host`), which stay on the host, pinned when
+// made on the worker (so the model's own copy need not wait); the values are make's.
+TEST(StepPrefetcher, TextLengthsStayOnTheHostForModelsThatReadThemThere) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
+  const c10::Device gpu(c10::kCUDA, 0);
+  auto make = [](long stage_step, long global_step) {
+    wanhost::core::StepInputs in;
+    in.stage_step = stage_step;
+    in.global_step = global_step;
+    wanhost::NoisedBatch nb;
+    nb.noisy.latents = at::full({2, 4, 1, 2, 2}, static_cast<double>(stage_step));
+    nb.noisy.text = at::ones({2, 3, 8});
+    nb.noisy.text_lengths = at::tensor({1, 3}, at::kLong) + stage_step;
+    nb.timesteps = at::tensor({10.0f, 20.0f});
+    in.micro.push_back(nb);
+    return in;
+  };
+  for (const bool on_host : {true, false}) {
+    wanhost::core::StepPrefetcher inputs(make, gpu, 2, /*ahead=*/true, on_host);
+    for (long step = 0; step <= 2; ++step) {  // step 0 made inline, later ones on the worker
+      SCOPED_TRACE("step " + std::to_string(step) + (on_host ? ", on the host" : ", on the GPU"));
+      const wanhost::core::StepInputs in = inputs.take(step, step);
+      const wanhost::NoisedBatch& nb = in.micro.at(0);
+      EXPECT_TRUE(nb.noisy.latents.is_cuda());
+      EXPECT_TRUE(nb.timesteps.is_cuda());
+      EXPECT_EQ(nb.noisy.text_lengths.is_cpu(), on_host);
+      if (on_host && step > 0) {
+        EXPECT_TRUE(nb.noisy.text_lengths.is_pinned());
+      }
+      EXPECT_TRUE(at::equal(nb.noisy.text_lengths.cpu(), at::tensor({1, 3}, at::kLong) + step));
+      EXPECT_EQ(nb.noisy.latents.cpu().max().item<double>(), static_cast<double>(step));
+    }
+  }
+}
 
 // ---- LR schedules -------------------------------------------------------------------------------
 

@@ -4,13 +4,13 @@
 #include <cmath>
 #include <cstdlib>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <tuple>
 
 #include <ATen/ATen.h>
 
+#include "side_tensors.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/kit/kernel_options.hpp"
 #include "wanhost/log.hpp"
@@ -71,20 +71,11 @@ void update_tensor(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor
 
 namespace {
 
-// Per AdamW object that ever skipped a step on the device: how many it skipped (float32 scalar on
-// its parameters' device). Never destroyed: it may hold CUDA tensors at exit.
-std::mutex& skipped_mutex() {
-  static auto* m = new std::mutex;
-  return *m;
-}
-std::map<const AdamW*, at::Tensor>& skipped_steps() {
-  static auto* table = new std::map<const AdamW*, at::Tensor>;
-  return *table;
-}
-at::Tensor skipped_of(const AdamW* owner) {
-  const std::lock_guard<std::mutex> lock(skipped_mutex());
-  const auto it = skipped_steps().find(owner);
-  return it == skipped_steps().end() ? at::Tensor() : it->second;
+// Per AdamW object that ever skipped a step on the device: how many (float32 scalar on its
+// parameters' device), beside the object (side_tensors.hpp).
+SideTensors& skipped_steps() {
+  static SideTensors& table = SideTensors::make();
+  return table;
 }
 
 }  // namespace
@@ -98,12 +89,11 @@ void AdamW::step(double lr, const at::Tensor& grad_divisor) {
 }
 
 AdamW::~AdamW() {
-  const std::lock_guard<std::mutex> lock(skipped_mutex());
-  skipped_steps().erase(this);
+  skipped_steps().set(this, at::Tensor());
 }
 
 std::int64_t AdamW::steps() const {
-  const at::Tensor skipped = skipped_of(this);
+  const at::Tensor skipped = skipped_steps().get(this);
   return step_ - (skipped.defined() ? static_cast<std::int64_t>(skipped.item<float>()) : 0);
 }
 
@@ -111,13 +101,12 @@ void AdamW::step(double lr, const at::Tensor& grad_divisor, const at::Tensor& sk
   at::NoGradGuard no_grad;
   ++step_;
   // found_inf of the fused kernel: exactly 1 to skip, 0 to update; counted with the skipped steps.
-  at::Tensor skipped_now, skipped = skipped_of(this);
+  at::Tensor skipped_now, skipped = skipped_steps().get(this);
   if (skip.defined()) {
     skipped_now = (skip != 0).to(at::kFloat).reshape({});
     if (!skipped.defined()) {
       skipped = at::zeros({}, skipped_now.options());
-      const std::lock_guard<std::mutex> lock(skipped_mutex());
-      skipped_steps()[this] = skipped;
+      skipped_steps().set(this, skipped);
     }
     skipped.add_(skipped_now.to(skipped.device()));
   }
@@ -216,8 +205,7 @@ void AdamW::load_state(const std::map<std::string, at::Tensor>& state) {
   if (!problems.empty())
     throw std::runtime_error("optimizer state does not match the parameters:" + problems);
   step_ = it->second.item<std::int64_t>();
-  const std::lock_guard<std::mutex> lock(skipped_mutex());
-  skipped_steps().erase(this);
+  skipped_steps().set(this, at::Tensor());
 }
 
 std::int64_t AdamW::state_bytes() const {

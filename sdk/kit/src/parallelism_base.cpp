@@ -1,53 +1,27 @@
 #include "wanhost/kit/parallelism_base.hpp"
 
 #include <cmath>
-#include <map>
-#include <mutex>
 #include <stdexcept>
 
 #include <ATen/ATen.h>
 
+#include "side_tensors.hpp"
 #include "wanhost/kit/precision.hpp"
 
 namespace wanhost {
 namespace {
 
-// The clip divisor each ParallelismBase hands to its next optimizer step. Kept here rather than
-// as a member: a member would change the layout of a class that plugins built against kit 1.x
-// derive from. Never destroyed (it may hold CUDA tensors, which must not be freed after the
-// CUDA runtime has shut down at exit); entries are dropped by the next step, a new optimizer
-// or the object's destructor. Its mutex is never destroyed either (a plugin object may be
-// destroyed during the exit's static destruction).
-std::mutex& pending_mutex() {
-  static auto* mutex = new std::mutex();
-  return *mutex;
-}
-std::map<const ParallelismBase*, at::Tensor>& pending_clips() {
-  static auto* clips = new std::map<const ParallelismBase*, at::Tensor>();
-  return *clips;
-}
-
-void set_pending_clip(const ParallelismBase* owner, at::Tensor divisor) {
-  std::lock_guard<std::mutex> lock(pending_mutex());
-  if (divisor.defined())
-    pending_clips()[owner] = std::move(divisor);
-  else
-    pending_clips().erase(owner);
-}
-
-at::Tensor take_pending_clip(const ParallelismBase* owner) {
-  std::lock_guard<std::mutex> lock(pending_mutex());
-  auto it = pending_clips().find(owner);
-  if (it == pending_clips().end()) return {};
-  at::Tensor divisor = std::move(it->second);
-  pending_clips().erase(it);
-  return divisor;
+// The clip divisor each ParallelismBase hands to its next optimizer step (beside the object, see
+// side_tensors.hpp); dropped by the next step, a new optimizer or the object's destructor.
+SideTensors& pending_clips() {
+  static SideTensors& clips = SideTensors::make();
+  return clips;
 }
 
 }  // namespace
 
 ParallelismBase::~ParallelismBase() {
-  set_pending_clip(this, at::Tensor());
+  pending_clips().set(this, at::Tensor());
 }
 
 StepLoss forward_backward_each(Model& model, const std::vector<NoisedBatch>& micro_batches,
@@ -97,7 +71,7 @@ std::vector<at::Tensor> ParallelismBase::optimized_tensors() const {
 
 void ParallelismBase::configure_optimizer(const OptimizerConfig& config) {
   optimizer_ = std::make_unique<AdamW>(optimized_, config);
-  set_pending_clip(this, at::Tensor());
+  pending_clips().set(this, at::Tensor());
 }
 
 void ParallelismBase::optimizer_step(double lr) {
@@ -106,11 +80,11 @@ void ParallelismBase::optimizer_step(double lr) {
 
 void ParallelismBase::optimizer_step_unless(double lr, const at::Tensor& skip) {
   AdamW& adamw = optimizer();
-  adamw.step(lr, take_pending_clip(this), skip);
+  adamw.step(lr, pending_clips().take(this), skip);
 }
 
 void ParallelismBase::clip_in_optimizer_step(const at::Tensor& total_norm, double max_norm) {
-  set_pending_clip(this, max_norm > 0 ? clip_divisor(total_norm, max_norm) : at::Tensor());
+  pending_clips().set(this, max_norm > 0 ? clip_divisor(total_norm, max_norm) : at::Tensor());
 }
 
 void ParallelismBase::zero_grad() {
