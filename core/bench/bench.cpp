@@ -20,7 +20,7 @@
 #include "../util/device_timing.hpp"
 #include "../util/kernel_profile.hpp"
 #include "bench_kernels.hpp"
-#include "step_graph.hpp"
+#include "../util/step_graph.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/kit/kernel_options.hpp"
 #include "wanhost/kit/layers.hpp"

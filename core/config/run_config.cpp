@@ -64,6 +64,7 @@ RunConfig parse_run_config(const Json& resolved) {
   c.run.nonfinite_max_consecutive = r.at("nonfinite_max_consecutive");
   c.run.threads = r.at("threads");
   c.run.prefetch = r.at("prefetch");
+  c.run.cuda_graphs = r.at("cuda_graphs");
   c.run.comm_init_timeout_s = r.at("comm_init_timeout_s");
   c.run.comm_timeout_s = r.at("comm_timeout_s");
   c.run.peak_tflops = r.at("peak_tflops");

@@ -28,6 +28,7 @@ struct RunSettings {
   long nonfinite_max_consecutive = 10;
   int threads = 0;
   bool prefetch = true;
+  bool cuda_graphs = false;  // run.cuda_graphs
   double comm_init_timeout_s = 0, comm_timeout_s = 0;
   double peak_tflops = 0;
   KernelOptions kernels;  // run.kernels

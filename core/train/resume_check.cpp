@@ -14,6 +14,7 @@ bool starts_with(std::string_view s, std::string_view prefix) {
 bool quiet(const std::string& p) {
   static const char* const prefixes[] = {
       "/run/out",         "/run/name",     "/run/threads", "/run/prefetch", "/run/comm_",
+      "/run/cuda_graphs",
       "/run/peak_tflops", "/run/kernels/", "/logging/",    "/checkpoint/",
   };
   for (const char* prefix : prefixes)

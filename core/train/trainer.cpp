@@ -17,6 +17,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "../logging/logging.hpp"
 #include "../plugin/plugin_call.hpp"
@@ -27,6 +28,7 @@
 #include "../util/faults.hpp"
 #include "../util/files.hpp"
 #include "../util/kernel_profile.hpp"
+#include "../util/step_graph.hpp"
 #include "../util/stop_signal.hpp"
 #include "checkpoint.hpp"
 #include "communication.hpp"
@@ -34,6 +36,7 @@
 #include "metrics.hpp"
 #include "resume_check.hpp"
 #include "sample_order.hpp"
+#include "step_graphs.hpp"
 #include "step_inputs.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/kit/fp8.hpp"
@@ -100,6 +103,10 @@ std::int64_t padded_tokens(std::int64_t tokens, std::int64_t multiple) {
   return multiple > 1 ? (tokens + multiple - 1) / multiple * multiple : tokens;
 }
 
+// Keys a stage captures at most (stage 2's captions give 4 kept-row counts; each graph's pool
+// shares memory with the others, its inputs and results do not).
+constexpr std::size_t kMaxStepGraphs = 8;
+
 double mean_of(const std::vector<double>& v, std::size_t from, std::size_t n) {
   double s = 0;
   std::size_t k = 0;
@@ -127,7 +134,10 @@ class Trainer {
   void start_stage(std::size_t k, bool fresh_run_start);
   StepInputs make_inputs(const StageConfig& stage, DataSource& data, SampleOrder& order,
                          long stage_step, long global_step);
+  LaunchedStep launch_step(const StageConfig& stage, const StepInputs& in, const at::Tensor& counts,
+                           double lr, bool update_first);
   void train_step(const StageConfig& stage, StepPrefetcher& inputs);
+  bool cuda_graphs_usable() const;
   void profiled_step(const StageConfig& stage, StepPrefetcher& inputs);
   void save_checkpoint();
   [[noreturn]] void stop_after_write_error();
@@ -148,10 +158,11 @@ class Trainer {
   std::unique_ptr<ProgressBar> bar_;
   std::vector<StageStats> stats_;
   std::string last_checkpoint_;
-  double peak_tflops_ = 0;   // MFU denominator (0: none)
-  bool profiling_ = false;   // the step running now is under the profiler (its metrics say so)
-  bool exported_ = false;    // the Diffusers export was written
-  std::string write_error_;  // a failed metrics/log write on this rank: the run stops
+  double peak_tflops_ = 0;  // MFU denominator (0: none)
+  bool profiling_ = false;  // the step running now is under the profiler (its metrics say so)
+  std::unique_ptr<StepGraphs> graphs_;  // run.cuda_graphs: the stage's captured steps
+  bool exported_ = false;               // the Diffusers export was written
+  std::string write_error_;             // a failed metrics/log write on this rank: the run stops
 };
 
 // Folders and this rank's log file. config.resolved.json is written once the run is accepted
@@ -358,14 +369,41 @@ StepInputs Trainer::make_inputs(const StageConfig& stage, DataSource& data, Samp
   return in;
 }
 
-void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
-  const long gb = stage.global_batch;
-  const auto t0 = std::chrono::steady_clock::now();
-  double data_wait_s = 0;
-  const StepInputs in = inputs.take(p_.stage_step, p_.global_step, &data_wait_s);
+// run.cuda_graphs on this run: a GPU, one process, plugins of the SDKs that make a step
+// capturable (2.4: the update before the host's read; 2.5: Model::graph_key), no test faults.
+bool Trainer::cuda_graphs_usable() const {
+  if (!cfg_.run.cuda_graphs) return false;
+  std::string why;
+  if (!c_.ctx.device.is_cuda())
+    why = "the run's device is " + c_.ctx.device.str() + ", not a GPU";
+  else if (env_.world_size > 1)
+    why = "the run has " + std::to_string(env_.world_size) +
+          " processes (whole-step graphs are captured on one GPU only so far)";
+  else if (c_.parallelism_sdk_minor < 4)
+    why = "the parallelism plugin '" + cfg_.parallelism.plugin + "' was built against SDK 2." +
+          std::to_string(c_.parallelism_sdk_minor) +
+          " (graphs need 2.4: the update before the read)";
+  else if (c_.model_sdk_minor < 5)
+    why = "the model plugin '" + cfg_.model.plugin + "' was built against SDK 2." +
+          std::to_string(c_.model_sdk_minor) + " (graphs need 2.5: Model::graph_key)";
+  else if (faults_configured())
+    why = "WANHOST_FAULT is set (faults live in host code a replay does not run)";
+  if (!why.empty()) {
+    if (rank0()) logger()->warn("run.cuda_graphs: every step runs eagerly: {}", why);
+    return false;
+  }
+  return true;
+}
 
-  // The step on the device: nothing below reads a value back until the step's numbers are
-  // reduced over the ranks (one host synchronisation a step).
+// The device part of a step, nothing read back: zero the gradients, forward and backward of
+// every micro batch, the gradient norm (and clip), the step's numbers summed over the
+// data-parallel group (ranks sharing samples through TP/CP hold the same numbers and are not
+// counted twice) and, for SDK 2.4 plugins (`update_first`), the update, skipped on the device
+// when the loss or the gradient norm is not finite. `counts`: the host's numbers (samples are
+// added from the losses), pinned on a GPU so that their copy does not wait. Returns the tensor the
+// host reads: loss sum, samples, tokens, FLOPs, packs, padded tokens, gradient norm.
+LaunchedStep Trainer::launch_step(const StageConfig& stage, const StepInputs& in,
+                                  const at::Tensor& counts, double lr, bool update_first) {
   parallelism("zero_grad", [&] { c_.parallelism->zero_grad(); });
   // Weights change between steps only (optimizer step, load): FP8 copies are made again once.
   fp8_weights_changed();
@@ -373,39 +411,63 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
     return c_.parallelism->forward_backward(
         *c_.model, in.micro, [&](const at::Tensor& pred, const NoisedBatch& nb) {
           return call_plugin(cfg_.scheduler.plugin, "scheduler", "loss",
-                             [&] { return c_.scheduler->loss(pred, nb, gb); });
+                             [&] { return c_.scheduler->loss(pred, nb, stage.global_batch); });
         });
   });
   if (!sl.sum.defined())
     sl.sum = at::zeros({}, at::TensorOptions(at::kDouble).device(c_.ctx.device));
   step_faults(p_.global_step + 1, sl.sum, c_.model->module());  // test-only (util/faults.hpp)
-  const at::Tensor grad_norm_t = parallelism("reduce_and_clip_gradients", [&] {
+  const at::Tensor grad_norm = parallelism("reduce_and_clip_gradients", [&] {
     return c_.parallelism->reduce_and_clip_gradients(stage.clip_grad_norm);
   });
-  // Global mean loss and throughput over the data-parallel group (ranks sharing samples through
-  // TP/CP hold the same numbers and are not counted twice). The host's numbers reach the device
-  // without a synchronisation (pinned, asynchronous copy).
   const auto f64 = at::TensorOptions(at::kDouble).device(c_.ctx.device);
-  at::Tensor counts =
-      at::tensor({static_cast<double>(sl.count), in.tokens, in.flops, in.packs, in.padded_tokens},
-                 at::kDouble);
-  if (!c_.ctx.device.is_cpu()) counts = counts.pin_memory();
-  at::Tensor totals = at::cat(
-      {sl.sum.detach().to(f64).reshape({1}), counts.to(c_.ctx.device, /*non_blocking=*/true)});
+  at::Tensor totals = at::cat({sl.sum.detach().to(f64).reshape({1}),
+                               at::full({1}, static_cast<double>(sl.count), f64),
+                               counts.to(c_.ctx.device, /*non_blocking=*/true)});
   c_.ctx.dp->all_reduce(totals, ReduceOp::Sum);
+  if (update_first) {
+    fault_point("step.before_optimizer", p_.global_step + 1);
+    const at::Tensor skip = at::logical_not(at::isfinite(totals[0]) & at::isfinite(grad_norm));
+    parallelism("optimizer_step_unless", [&] { c_.parallelism->optimizer_step_unless(lr, skip); });
+  }
+  return {at::cat({totals, grad_norm.detach().to(f64).reshape({1})}), sl.count};
+}
+
+void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
+  const long gb = stage.global_batch;
+  const auto t0 = std::chrono::steady_clock::now();
+  double data_wait_s = 0;
+  StepInputs in = inputs.take(p_.stage_step, p_.global_step, &data_wait_s);
+
+  // The step on the device: nothing below reads a value back until the step's numbers are
+  // reduced over the ranks (one host synchronisation a step). The host's numbers reach the
+  // device without a synchronisation (pinned, asynchronous copy).
+  at::Tensor counts = at::tensor({in.tokens, in.flops, in.packs, in.padded_tokens}, at::kDouble);
+  if (!c_.ctx.device.is_cpu()) counts = counts.pin_memory();
   const double lr = learning_rate(stage, p_.stage_step);
   // SDK 2.4 plugins take the update before the host reads anything: a step whose loss or gradient
   // norm is not finite is skipped on the device (weights and optimizer state unchanged), and the
   // read below overlaps the update. Older plugins get the update after the read.
   const bool update_first = c_.parallelism_sdk_minor >= 4;
-  if (update_first) {
-    fault_point("step.before_optimizer", p_.global_step + 1);
-    const at::Tensor skip = at::logical_not(at::isfinite(totals[0]) & at::isfinite(grad_norm_t));
-    parallelism("optimizer_step_unless", [&] { c_.parallelism->optimizer_step_unless(lr, skip); });
+  auto launch = [&](const StepInputs& step_in, const at::Tensor& step_counts) {
+    return launch_step(stage, step_in, step_counts, lr, update_first);
+  };
+  LaunchedStep launched;
+  std::string step_mode = "eager";
+  if (graphs_ && !profiling_) {
+    const long captured = graphs_->captures(), replayed = graphs_->replays();
+    const std::optional<std::string> key = step_graph_key(in, *c_.model, lr);  // before the move
+    launched = graphs_->run(key, std::move(in), counts, launch);
+    if (graphs_->captures() > captured)
+      step_mode = "captured";
+    else if (graphs_->replays() > replayed)
+      step_mode = "replayed";
+  } else {
+    launched = launch(in, counts);
   }
   // The one read of the step on the host: loss sum, sample count, tokens, FLOPs, packs, padded
   // tokens, gradient norm.
-  const at::Tensor host = at::cat({totals, grad_norm_t.detach().to(f64).reshape({1})}).cpu();
+  const at::Tensor host = launched.readback.cpu();
   const double* h = host.data_ptr<double>();
   const double loss = h[0] / std::max(1.0, h[1]), tokens = h[2], flops = h[3];
   const double packs = h[4], pack_efficiency = h[5] > 0 ? tokens / h[5] : 1.0;
@@ -478,6 +540,7 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
         {"data_wait_s", data_wait_s},
         {"skipped_steps", p_.skipped}};
     if (profiling_) rec["profiled"] = true;
+    if (graphs_) rec["cuda_graph"] = step_mode;
     try {
       metrics_->write(rec);
       if (tb_) {
@@ -675,6 +738,19 @@ int Trainer::run() {
         },
         c_.ctx.device, stage.steps - 1, cfg_.run.prefetch,
         /*lengths_on_host=*/c_.model_sdk_minor >= 4);
+    // run.cuda_graphs: the stage's steps run on a stream of their own (a graph is captured on
+    // the stream its key's eager steps warmed up); graphs hold this stage's model and optimizer.
+    std::optional<SideStreamScope> graph_stream;
+    if (cuda_graphs_usable()) {
+      graph_stream.emplace(c_.ctx.device);
+      graphs_ = std::make_unique<StepGraphs>(c_.ctx.device, kMaxStepGraphs);
+      if (stage.text_rows == 0 && rank0())
+        logger()->warn(
+            "run.cuda_graphs: stage '{}' pads text to each batch's longest caption "
+            "(stages.{}.text_rows = 0), so its steps change shape and few are replayed; set "
+            "text_rows to a fixed count (the model's text_len, e.g. 512 as the Megatron reference)",
+            stage.name, k);
+    }
     while (p_.stage_step < stage.steps) {
       if (p_.global_step + 1 == profile_step)
         profiled_step(stage, inputs);
@@ -709,6 +785,11 @@ int Trainer::run() {
       }
     }
     bar_->finish();
+    if (graphs_ && rank0())
+      logger()->info("stage '{}': {} step(s) replayed from {} CUDA graph(s){}", stage.name,
+                     graphs_->replays(), graphs_->captures(),
+                     graphs_->on() ? "" : " (graphs turned off after a failed capture)");
+    graphs_.reset();
   }
   if (cfg_.checkpoint.export_diffusers) export_weights();
   summary();

@@ -20,6 +20,10 @@ void set_fault_rank(int rank) {
   g_fault_rank = rank;
 }
 
+bool faults_configured() {
+  return std::getenv("WANHOST_FAULT") != nullptr;
+}
+
 bool fault_active(const char* site, long step) {
   const char* spec = std::getenv("WANHOST_FAULT");
   if (!spec) return false;

@@ -16,6 +16,9 @@
 namespace wanhost::core {
 
 void set_fault_rank(int rank);
+// True when WANHOST_FAULT is set at all: the run's steps stay eager (a step replayed as a CUDA
+// graph runs none of the host code a fault lives in).
+bool faults_configured();
 // True when WANHOST_FAULT names `site` at global step `step` (on this rank).
 bool fault_active(const char* site, long step);
 // Kills the process when WANHOST_FAULT names `site` at `step`.

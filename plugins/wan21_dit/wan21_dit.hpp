@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -105,6 +106,10 @@ class WanModel final : public wanhost::Model {
   void load_weights(const std::string& path) override;
   void save_weights(const std::string& dir) override;
   std::string config_json() const override;
+  // Dense batches with text_lengths on the host (or none): the kept text rows (collapsed
+  // padding), the one shape the model chooses from the batch's values; packed batches and lengths
+  // on the device: none (their steps run eagerly).
+  std::optional<std::string> graph_key(const wanhost::Batch& noisy) const override;
 
   const WanOptions& options() const { return options_; }
   // Whether blocks run the fused operators (wanhost::fused) instead of the plain ATen arithmetic.
@@ -135,6 +140,9 @@ class WanModel final : public wanhost::Model {
   // Text rows every sample keeps in cross-attention: `total` (every padded row) unless padding is
   // collapsed (collapse_text_padding and a context that offers attention_key_bias).
   std::int64_t collapsed_rows(const std::vector<std::int64_t>& lengths, std::int64_t total) const;
+  // The batch's text lengths on the host ([n] values checked against the text's rows; every
+  // length `rows` when the batch has none). Reads a device tensor back (a synchronisation).
+  static std::vector<std::int64_t> host_text_lengths(const wanhost::Batch& b, std::int64_t n);
   // collapsed_padding_bias for every length below `kept` ([kept, kept]: row l is a sample of l
   // real rows), in the compute dtype on the device, made once per (total, kept).
   const at::Tensor& padding_bias_table(std::int64_t total, std::int64_t kept);

@@ -460,6 +460,33 @@ std::tuple<at::Tensor, at::Tensor> WanModel::time_embedding(const at::Tensor& ti
   return {temb, proj};
 }
 
+std::vector<std::int64_t> WanModel::host_text_lengths(const Batch& b, std::int64_t n) {
+  const auto rows = b.text.size(1);
+  std::vector<std::int64_t> lengths(static_cast<std::size_t>(n), rows);
+  if (b.text_lengths.defined()) {
+    auto l = b.text_lengths.to(at::kCPU, at::kLong).contiguous();
+    if (l.numel() != n) bad_batch("text_lengths must hold one length per sample");
+    for (std::int64_t i = 0; i < n; ++i) {
+      lengths[i] = l.data_ptr<std::int64_t>()[i];
+      if (lengths[i] < 0 || lengths[i] > rows)
+        bad_batch("text length " + std::to_string(lengths[i]) + " outside [0, " +
+                  std::to_string(rows) + "]");
+    }
+  }
+  return lengths;
+}
+
+// Everything else the forward pass shapes from the batch comes from tensor shapes (the latent
+// grid) or the model's options; tables made on first use (RoPE, padding biases) are cached, so a
+// step of a key seen before makes none.
+std::optional<std::string> WanModel::graph_key(const Batch& b) const {
+  if (b.packed() || b.text.dim() != 3) return std::nullopt;
+  if (b.text_lengths.defined() && !b.text_lengths.device().is_cpu()) return std::nullopt;
+  if (options_.mask_text_padding) return std::string();  // lengths read on the device only
+  const auto total = std::max(b.text.size(1), options_.text_len);
+  return "text rows " + std::to_string(collapsed_rows(host_text_lengths(b, b.text.size(0)), total));
+}
+
 // Text rows -> projected context. Rows past each sample's length are zeroed (the Wan pipeline's
 // padding). Unmasked (default, Diffusers/Wan parity): the text is zero-padded to at least
 // text_len rows and every row is attended. Masked: only each sample's first length rows are
@@ -473,17 +500,7 @@ at::Tensor WanModel::text_context(const Batch& b, Activations& act,
     bad_batch("text must be [" + std::to_string(n) + ", L, " + std::to_string(c.text_dim) +
               "], got " + c10::str(text.sizes()));
   const auto rows = text.size(1);
-  std::vector<std::int64_t> lengths(static_cast<std::size_t>(n), rows);
-  if (b.text_lengths.defined()) {
-    auto l = b.text_lengths.to(at::kCPU, at::kLong).contiguous();
-    if (l.numel() != n) bad_batch("text_lengths must hold one length per sample");
-    for (std::int64_t i = 0; i < n; ++i) {
-      lengths[i] = l.data_ptr<std::int64_t>()[i];
-      if (lengths[i] < 0 || lengths[i] > rows)
-        bad_batch("text length " + std::to_string(lengths[i]) + " outside [0, " +
-                  std::to_string(rows) + "]");
-    }
-  }
+  std::vector<std::int64_t> lengths = host_text_lengths(b, n);
   auto x = text.to(ctx_.device, ctx_.compute_dtype);
   // The lengths on the device without waiting for it: the trainer hands text_lengths on the
   // host, pinned (SDK 2.4), so the copy is asynchronous (a blocking copy waits for the device);

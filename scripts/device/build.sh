@@ -5,9 +5,9 @@
 # into /) on every call, since the carried folder replaces the machine's copy. Cheap when the
 # targets are already built.
 #   scripts/device/build.sh [--tests] [TARGET...]   (default: runtime, the program and its plugins)
-# --tests configures the test tree with only tests/kernels and tests/wan21_dit (the other test
-# folders need the Python reference packages; wan21_dit's parity tests skip without them, its GPU
-# test of the fused path runs). Without sentencepiece the umt5 plugin is left out; without FFmpeg or
+# --tests configures the test tree with only the folders in TEST_DIRS (default: kernels wan21_dit
+# sdk train; the others need the Python reference packages; wan21_dit's parity tests skip without
+# them, its GPU tests run). Without sentencepiece the umt5 plugin is left out; without FFmpeg or
 # MPI development files the build leaves out `prepare` / CPU multi-process runs by itself. These
 # edits touch the device's copy of the tree, never the repo.
 set -euo pipefail
@@ -19,8 +19,10 @@ targets=("$@")
 . scripts/device/deps.sh
 pkg-config --exists sentencepiece 2>/dev/null || rm -rf plugins/umt5 tests/umt5
 if [ $tests = ON ]; then
+  keep=" ${TEST_DIRS:-kernels wan21_dit sdk train} "
   for d in tests/*/; do
-    case $d in tests/kernels/ | tests/wan21_dit/) ;; *) rm -f "$d/CMakeLists.txt" ;; esac
+    name=$(basename "$d")
+    [[ "$keep" == *" $name "* ]] || rm -f "$d/CMakeLists.txt"
   done
 fi
 t0=$SECONDS

@@ -14,7 +14,10 @@
 #             where the build has PLplot; else run `wanhost compare` here on the returned
 #             metrics); AB_FLOOR=1 adds bf16 with the fused kernels off, the same arithmetic with
 #             other roundings (the noise floor);
-#  - steps:   whole 1.3B steps (`wanhost run`, ddp), stage 1 and 2, fp8 off and tensorwise;
+#  - steps:   whole 1.3B steps (`wanhost run`, ddp), stage 1 and 2, fp8 off and tensorwise
+#             (STEP_PRECISIONS="bf16": bf16 only);
+#  - graphsteps: whole bf16 steps, text padded to 512 rows, eagerly and with run.cuda_graphs
+#             (steps replayed as CUDA graphs);
 #  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py), right after
 #             the whole steps so that a call short of time still compares them;
 #  - stepprofile: one whole 1.3B bf16 step of each stage (STAGES) under the profiler
@@ -27,7 +30,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/wanhost-fp8}
 R=/tmp/fp8
 BUDGET_S=${BUDGET_S:-570}
-PARTS=${PARTS:-tests bench profile ab steps peerstep stepprofile peer}
+PARTS=${PARTS:-tests bench profile ab steps graphsteps peerstep stepprofile peer}
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 . scripts/device/measure_lib.sh
 start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_kernels \
@@ -40,9 +43,10 @@ if want tests && [ -x build-gpu/bin/test_kernels ]; then
     build-gpu/bin/test_wan21_dit --gtest_filter='*OnAGpu*' >>"$R/tests.txt" 2>&1
   # LibTorch's fused CUDA AdamW with the device-side skip (found_inf) and clip (grad_scale).
   [ -x build-gpu/bin/test_optim ] && build-gpu/bin/test_optim >>"$R/tests.txt" 2>&1
-  # The step's text_lengths handed on the host, pinned (SDK 2.4 models).
+  # The step's text_lengths handed on the host, pinned (SDK 2.4 models); whole steps replayed as
+  # CUDA graphs against eager ones (run.cuda_graphs).
   [ -x build-gpu/bin/test_train_units ] &&
-    build-gpu/bin/test_train_units --gtest_filter='StepPrefetcher*' >>"$R/tests.txt" 2>&1
+    build-gpu/bin/test_train_units --gtest_filter='StepPrefetcher*:CudaGraphs*' >>"$R/tests.txt" 2>&1
   grep -E "^\[  (PASSED|FAILED) |FAILED|figures|Failure" "$R/tests.txt" | head -20 |
     tee -a "$OUT/summary.txt"
 fi
@@ -112,7 +116,8 @@ STEPS=${STEPS:-8}
 if want steps && [ -x "$W" ]; then
   for stage in ${STAGES:-1 2}; do
     left 100 && run_steps ddp-bf16 $stage
-    left 100 && run_steps ddp-fp8 $stage --set run.fp8=\"tensorwise\"
+    [[ " ${STEP_PRECISIONS:-bf16 fp8} " == *" fp8 "* ]] && left 100 &&
+      run_steps ddp-fp8 $stage --set run.fp8=\"tensorwise\"
   done
   for extra in ${EXTRA_RUNS:-}; do # fsdp-none: automodel_fsdp, recompute none; mmap0: see below
     case $extra in
@@ -124,6 +129,17 @@ if want steps && [ -x "$W" ]; then
       mmap0) # glibc reusing large host blocks instead of fresh zeroed pages (docs/performance.md)
         left 100 && MALLOC_MMAP_MAX_=0 run_steps ddp-bf16-mmap0 1 ;;
     esac
+  done
+fi
+# Whole steps replayed as CUDA graphs (run.cuda_graphs) and the same steps eagerly: text padded to
+# 512 rows (as the peer and the Megatron reference; each batch's longest caption would change the
+# shapes every step) and a constant LR in stage 1 too (a warm-up changes it every step).
+if want graphsteps && [ -x "$W" ]; then
+  G=(--set stages.0.text_rows=512 --set stages.1.text_rows=512
+    --set stages.0.lr_schedule.type=\"constant\")
+  for stage in ${STAGES:-1 2}; do
+    left 100 && run_steps ddp-bf16-t512 $stage "${G[@]}"
+    left 100 && run_steps ddp-bf16-graphs $stage "${G[@]}" --set run.cuda_graphs=true
   done
 fi
 want peerstep && left 150 && peer_step

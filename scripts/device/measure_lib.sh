@@ -83,9 +83,11 @@ ts = sorted(x["step_time_s"] for x in r)
 cs = sorted(x["step_time_s"] - x.get("data_wait_s", 0) for x in r)
 med, mean, cmed = ts[len(ts) // 2], sum(ts) / len(ts), cs[len(cs) // 2]
 n = 32 if sys.argv[2] == "1" else 1
+modes = [x["cuda_graph"] for x in r if "cuda_graph" in x]
+graphs = "; %d of %d steps replayed from a CUDA graph" % (modes.count("replayed"), len(r)) if modes else ""
 print("run   %-22s stage %s: median %.4f s, mean %.4f s a step (%d steps), %.1f samples/s (median); "
-      "less input waits: median %.4f s, %.1f samples/s; peak %.1f GiB" % (
+      "less input waits: median %.4f s, %.1f samples/s; peak %.1f GiB%s" % (
     sys.argv[3], sys.argv[2], med, mean, len(r), n / med, cmed, n / cmed,
-    max(x["peak_mem_gib"] for x in r)))' \
+    max(x["peak_mem_gib"] for x in r), graphs))' \
     "$R/$tag-s$stage-metrics.jsonl" "$stage" "$tag" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
 }

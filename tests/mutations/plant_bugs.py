@@ -38,6 +38,7 @@ WAN21_DIT = runs("test_wan21_dit")
 KERNELS = runs("test_kernels")
 GENERATE = runs("test_generate", "wanhost")
 OPTIM = runs("test_optim")
+TRAIN_UNITS = runs("test_train_units")
 
 # name, file, old, new, ninja targets, test binary, gtest filter
 MUTATIONS = [
@@ -67,13 +68,29 @@ MUTATIONS = [
      "if (skipped_now.defined()) found_inf = skipped_now.to(device);", "",
      *OPTIM, "AdamW.SkippedStepChangesNothing"),
     ("a skipped step counts for the bias correction", "sdk/kit/src/optim.cpp",
-     "skipped.add_(skipped_now.to(skipped.device()));", "(void)skipped;",
+     "count.add_(1.0 - skipped_now.to(count.device()))", "count.add_(1.0)",
      *OPTIM, "AdamW.SkippedStepChangesNothing"),
     ("the device-side skip ignores a non-finite loss", "core/train/trainer.cpp",
-     "at::logical_not(at::isfinite(totals[0]) & at::isfinite(grad_norm_t))",
-     "at::logical_not(at::isfinite(grad_norm_t))",
+     "at::logical_not(at::isfinite(totals[0]) & at::isfinite(grad_norm))",
+     "at::logical_not(at::isfinite(grad_norm))",
      ["wanhost", "test_train_checkpoints"], "test_train_checkpoints",
      "NonFinite.SkipCountsAndDoesNotStep"),
+    ("a replayed step trains on the captured inputs' old values", "core/train/step_graphs.cpp",
+     "if (to.defined()) to.copy_(v, /*non_blocking=*/!to.device().is_cpu());", "(void)v;",
+     *TRAIN_UNITS, "StepGraphs.CapturesAKeysSecondStepAndReplaysLaterOnesWithTheirOwnValues"),
+    ("a step graph captured on its key's first (cold) step", "core/train/step_graphs.cpp",
+     "if (seen == 0 || graphs_.size() >= max_graphs_) {", "if (graphs_.size() >= max_graphs_) {",
+     *TRAIN_UNITS, "StepGraphs.CapturesAKeysSecondStepAndReplaysLaterOnesWithTheirOwnValues"),
+    ("the step graph key leaves out the model's host-side choice", "core/train/step_graphs.cpp",
+     'key << " | " << *model_key;', 'key << " | ";',
+     *TRAIN_UNITS, "StepGraphs.KeysFollowShapesTheModelsChoiceAndTheLearningRate"),
+    ("the step graph key leaves out the learning rate", "core/train/step_graphs.cpp",
+     'key << "lr " << std::bit_cast<std::uint64_t>(lr);', 'key << "lr";',
+     *TRAIN_UNITS, "StepGraphs.KeysFollowShapesTheModelsChoiceAndTheLearningRate"),
+    ("wan21_dit's graph key is not the kept text rows", "plugins/wan21_dit/wan21_dit_model.cpp",
+     "return \"text rows \" + std::to_string(collapsed_rows(host_text_lengths(b, b.text.size(0)), total));",
+     "return \"text rows \" + std::to_string(total);",
+     *WAN21_DIT, "Wan21Dit.GraphKeyIsTheTextRowsTheCrossAttentionSees"),
     ("clip_grad_norm=0 zeroes every gradient", "sdk/kit/src/optim.cpp",
      "if (max_norm <= 0) return at::ones(", "if (max_norm < 0) return at::ones(",
      *OPTIM, "GradNorm.ClipDivisorIsTheInverseOfTheClipFactor"),

@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <numeric>
+#include <optional>
 #include <set>
+#include <stdexcept>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest-spi.h>
@@ -13,6 +16,7 @@
 #include "train/lr_schedule.hpp"
 #include "train/metrics.hpp"
 #include "train/sample_order.hpp"
+#include "train/step_graphs.hpp"
 #include "train/step_inputs.hpp"
 #include "train_test_util.hpp"
 
@@ -55,6 +59,188 @@ TEST(StepPrefetcher, TextLengthsStayOnTheHostForModelsThatReadThemThere) {
       EXPECT_EQ(nb.noisy.latents.cpu().max().item<double>(), static_cast<double>(step));
     }
   }
+}
+
+// ---- Whole-step CUDA graphs: the bookkeeping (train/step_graphs.hpp) -------------------------
+//
+// A stand-in capture: "capturing" calls the step once (as recording it would) and a replay calls
+// it again, on the captured inputs, as a graph reads the captured tensors. What a real graph
+// replays is tested on a GPU (CudaGraphs.*OnAGpu, test_train_learning).
+
+wanhost::core::StepInputs graph_inputs(double value, std::int64_t batch = 2) {
+  wanhost::core::StepInputs in;
+  wanhost::NoisedBatch nb;
+  nb.noisy.latents = at::full({batch, 4, 1, 2, 2}, value);
+  nb.noisy.text = at::full({batch, 3, 8}, value);
+  nb.noisy.text_lengths = at::full({batch}, static_cast<std::int64_t>(value), at::kLong);
+  nb.timesteps = at::full({batch}, value);
+  nb.sigmas = at::full({batch}, value);
+  nb.target = at::full({batch, 4, 1, 2, 2}, -value);
+  nb.weights = at::ones({batch});
+  for (std::int64_t i = 0; i < batch; ++i) nb.noisy.sample_keys.push_back(i);
+  in.micro.push_back(nb);
+  in.tokens = value;
+  return in;
+}
+
+struct GraphProbe {
+  int launches = 0, captures = 0;
+  std::vector<const void*> latents_seen;  // the latents' storage each launch read
+  bool fail_capture = false;
+  wanhost::core::StepGraphs::Launch launch() {
+    return [this](const wanhost::core::StepInputs& in, const at::Tensor& counts) {
+      ++launches;
+      const wanhost::NoisedBatch& b = in.micro.at(0);
+      latents_seen.push_back(b.noisy.latents.data_ptr());
+      // What the step "computes": every input's value, and the host's counts.
+      at::Tensor out = at::stack({b.noisy.latents.mean(), b.noisy.text.mean(),
+                                  b.noisy.text_lengths.to(at::kFloat).mean(), b.timesteps.mean(),
+                                  b.target.mean(), counts[0].to(at::kFloat)});
+      return wanhost::core::LaunchedStep{out, b.noisy.batch_size() + 1};
+    };
+  }
+  wanhost::core::StepGraphs::Capture capture() {
+    return [this](const std::function<void()>& fn) -> std::function<void()> {
+      ++captures;
+      if (fail_capture) throw std::runtime_error("the stand-in capture failed");
+      fn();
+      return fn;
+    };
+  }
+};
+
+std::vector<float> values(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  return {c.data_ptr<float>(), c.data_ptr<float>() + c.numel()};
+}
+
+TEST(StepGraphs, CapturesAKeysSecondStepAndReplaysLaterOnesWithTheirOwnValues) {
+  GraphProbe probe;
+  wanhost::core::StepGraphs graphs(c10::Device(c10::kCPU), 4, probe.capture());
+  const std::optional<std::string> key = "k";
+  auto step = [&](double v) {
+    const at::Tensor counts = at::full({4}, 10 * v, at::kDouble);
+    return graphs.run(key, graph_inputs(v), counts, probe.launch());
+  };
+  const auto first = step(1);  // eager
+  EXPECT_EQ(probe.captures, 0);
+  EXPECT_EQ(graphs.replays(), 0);
+  const auto second = step(2);  // captured, then replayed
+  EXPECT_EQ(probe.captures, 1);
+  EXPECT_EQ(graphs.captures(), 1);
+  EXPECT_EQ(graphs.replays(), 1);
+  const void* captured_latents = probe.latents_seen.back();
+  for (double v : {3.0, 7.0}) {  // replays: the captured tensors, holding this step's values
+    const auto out = step(v);
+    EXPECT_EQ(probe.latents_seen.back(), captured_latents);
+    const float f = static_cast<float>(v);
+    EXPECT_EQ(values(out.readback), (std::vector<float>{f, f, f, f, -f, 10 * f})) << v;
+    EXPECT_EQ(out.samples, 3);
+  }
+  EXPECT_EQ(graphs.replays(), 3);
+  EXPECT_EQ(values(first.readback), (std::vector<float>{1, 1, 1, 1, -1, 10}));
+  EXPECT_TRUE(graphs.on());
+}
+
+TEST(StepGraphs, NewKeysAndKeylessStepsRunEagerlyAndTheGraphCountIsBounded) {
+  GraphProbe probe;
+  wanhost::core::StepGraphs graphs(c10::Device(c10::kCPU), 2, probe.capture());
+  const at::Tensor counts = at::zeros({4}, at::kDouble);
+  for (int i = 0; i < 3; ++i) graphs.run(std::nullopt, graph_inputs(1), counts, probe.launch());
+  EXPECT_EQ(probe.captures, 0);
+  EXPECT_EQ(probe.launches, 3);
+  for (const char* k : {"a", "b", "c", "a", "b", "c", "a", "b", "c"})
+    graphs.run(std::string(k), graph_inputs(1), counts, probe.launch());
+  EXPECT_EQ(graphs.captures(), 2);  // "a" and "b"; "c" finds the two graphs taken
+  EXPECT_EQ(graphs.replays(), 2 + 2);
+}
+
+TEST(StepGraphs, AFailedCaptureRunsTheStepEagerlyAndTurnsGraphsOff) {
+  GraphProbe probe;
+  probe.fail_capture = true;
+  wanhost::core::StepGraphs graphs(c10::Device(c10::kCPU), 4, probe.capture());
+  const at::Tensor counts = at::zeros({4}, at::kDouble);
+  graphs.run(std::string("k"), graph_inputs(1), counts, probe.launch());
+  const auto out = graphs.run(std::string("k"), graph_inputs(5), counts, probe.launch());
+  EXPECT_EQ(probe.captures, 1);
+  EXPECT_FALSE(graphs.on());
+  EXPECT_EQ(probe.launches, 2);  // the failed capture's step ran eagerly, with its own inputs
+  EXPECT_EQ(values(out.readback)[0], 5.0f);
+  graphs.run(std::string("k"), graph_inputs(6), counts, probe.launch());
+  EXPECT_EQ(probe.captures, 1);  // never tried again
+  EXPECT_EQ(probe.launches, 3);
+  EXPECT_EQ(graphs.replays(), 0);
+}
+
+// A model whose only host-side choice is a word the test sets (Model::graph_key); nothing else
+// of it is used.
+class KeyedModel final : public wanhost::Model {
+ public:
+  std::optional<std::string> key;
+  torch::nn::Module& module() override { return root_; }
+  wanhost::Activations embed(const wanhost::Batch&, const at::Tensor&) override { return {}; }
+  std::int64_t num_blocks() const override { return 0; }
+  torch::nn::Module& block_module(std::int64_t) override { return root_; }
+  at::Tensor block_forward(std::int64_t, const at::Tensor& h,
+                           const wanhost::Activations&) override {
+    return h;
+  }
+  at::Tensor head(const at::Tensor& h, const wanhost::Activations&,
+                  const wanhost::Batch&) override {
+    return h;
+  }
+  double forward_flops(const wanhost::PackSegment&, std::int64_t) const override { return 0; }
+  std::int64_t tokens(const wanhost::PackSegment& g) const override { return g.numel(); }
+  void load_weights(const std::string&) override {}
+  void save_weights(const std::string&) override {}
+  std::string config_json() const override { return "{}"; }
+  std::optional<std::string> graph_key(const wanhost::Batch&) const override { return key; }
+
+ private:
+  torch::nn::Module root_;
+};
+
+TEST(StepGraphs, KeysFollowShapesTheModelsChoiceAndTheLearningRate) {
+  KeyedModel model;
+  model.key = "text rows 64";
+  const auto base = wanhost::core::step_graph_key(graph_inputs(1), model, 1e-4);
+  ASSERT_TRUE(base.has_value());
+  EXPECT_EQ(wanhost::core::step_graph_key(graph_inputs(7), model, 1e-4), base);  // values: same
+  EXPECT_NE(wanhost::core::step_graph_key(graph_inputs(1, 3), model, 1e-4), base);
+  EXPECT_NE(wanhost::core::step_graph_key(graph_inputs(1), model, 1e-4 + 1e-19), base);
+  auto longer = graph_inputs(1);
+  longer.micro[0].noisy.text = at::zeros({2, 4, 8});
+  EXPECT_NE(wanhost::core::step_graph_key(longer, model, 1e-4), base);
+  auto two = graph_inputs(1);
+  two.micro.push_back(two.micro[0]);
+  EXPECT_NE(wanhost::core::step_graph_key(two, model, 1e-4), base);
+  model.key = "text rows 128";
+  EXPECT_NE(wanhost::core::step_graph_key(graph_inputs(1), model, 1e-4), base);
+  model.key = std::nullopt;  // the model cannot promise its work for this batch
+  EXPECT_FALSE(wanhost::core::step_graph_key(graph_inputs(1), model, 1e-4).has_value());
+  model.key = "text rows 64";
+  auto packed = graph_inputs(1);
+  packed.micro[0].noisy.segments = {{0, 1, 2, 2}, {4, 1, 2, 2}};
+  EXPECT_FALSE(wanhost::core::step_graph_key(packed, model, 1e-4).has_value());
+}
+
+TEST(StepGraphs, InputsCopyOnlyIntoTensorsOfTheSameLayout) {
+  wanhost::core::StepInputs into = graph_inputs(1), from = graph_inputs(4);
+  const void* where = into.micro[0].noisy.text.data_ptr();
+  wanhost::core::copy_step_inputs(into, from);
+  EXPECT_EQ(into.micro[0].noisy.text.data_ptr(), where);
+  EXPECT_TRUE(at::equal(into.micro[0].noisy.text, from.micro[0].noisy.text));
+  EXPECT_TRUE(at::equal(into.micro[0].noisy.text_lengths, from.micro[0].noisy.text_lengths));
+  EXPECT_TRUE(at::equal(into.micro[0].weights, from.micro[0].weights));
+  EXPECT_EQ(into.tokens, 4.0);
+  wanhost::core::StepInputs other = graph_inputs(1, 3);
+  EXPECT_THROW(wanhost::core::copy_step_inputs(into, other), std::logic_error);
+  other = graph_inputs(1);
+  other.micro[0].target = other.micro[0].target.to(at::kDouble);
+  EXPECT_THROW(wanhost::core::copy_step_inputs(into, other), std::logic_error);
+  other = graph_inputs(1);
+  other.micro.push_back(other.micro[0]);
+  EXPECT_THROW(wanhost::core::copy_step_inputs(into, other), std::logic_error);
 }
 
 // ---- LR schedules -------------------------------------------------------------------------------
@@ -437,6 +623,87 @@ TEST(TensorBoard, RunAndResume) {
   };
   check(first[0], 1, 5, false);
   check(second, 6, 8, true);
+}
+
+// ---- run.cuda_graphs through the real program
+// ----------------------------------------------------
+
+// Both stages at a constant LR and with text padded to a fixed row count, so that every step of a
+// stage has one key and is replayed from its third step on (a warm-up or cosine LR is a new key
+// every step, and so is text padded to each batch's longest caption: eager).
+std::vector<std::string> graph_run(const std::string& device, bool graphs) {
+  return {"--set", "run.device=\"" + device + "\"",
+          "--set", std::string("run.cuda_graphs=") + (graphs ? "true" : "false"),
+          "--set", "stages.0.lr_schedule.type=\"constant\"",
+          "--set", "stages.1.lr_schedule.type=\"constant\"",
+          "--set", "stages.0.text_rows=64",
+          "--set", "stages.1.text_rows=64"};
+}
+
+// The largest relative difference of the two runs' losses and gradient norms, step by step.
+double largest_difference(const std::vector<Json>& a, const std::vector<Json>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < std::min(a.size(), b.size()); ++i)
+    for (const char* k : {"loss", "grad_norm"}) {
+      const double x = a[i][k].get<double>(), y = b[i][k].get<double>();
+      worst = std::max(worst, std::abs(x - y) / std::max(std::abs(x), 1e-30));
+    }
+  return worst;
+}
+
+TEST(CudaGraphs, OnACpuEveryStepRunsEagerlyAndSaysWhy) {
+  const fs::path run = scratch_dir() / "run";
+  const Result r = run_cli(run_args(run, graph_run("cpu", true)));
+  ASSERT_EQ(r.code, 0) << r.describe();
+  EXPECT_NE(r.err.find("run.cuda_graphs: every step runs eagerly: the run's device is cpu"),
+            std::string::npos)
+      << r.err;
+  expect_same_steps(read_metrics(reference_run(graph_run("cpu", false))), read_metrics(run),
+                    "run.cuda_graphs on a CPU");
+}
+
+// Whole steps replayed as graphs give the eager steps' numbers (the same kernels on the same
+// values: bit for bit wherever two eager runs agree bit for bit), both stages, with two micro
+// batches a step in stage 1; and the weights and optimizer state of the last checkpoint agree.
+TEST(CudaGraphs, ReplayedStepsTrainAsEagerStepsOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
+  const fs::path dir = scratch_dir();
+  std::map<std::string, std::vector<Json>> m;
+  for (const auto& [name, graphs] : std::vector<std::pair<std::string, bool>>{
+           {"eager", false}, {"eager2", false}, {"graphs", true}}) {
+    const Result r = run_cli(run_args(dir / name, with(graph_run("cuda", graphs), kKeepAll)));
+    ASSERT_EQ(r.code, 0) << name << ": " << r.describe();
+    m[name] = read_metrics(dir / name);
+    ASSERT_EQ(m[name].size(), static_cast<std::size_t>(kTotalSteps)) << name;
+  }
+  // Every step of a stage after its second is a replay (one key a stage).
+  for (std::size_t i = 0; i < m["graphs"].size(); ++i) {
+    const Json& rec = m["graphs"][i];
+    const long k = rec["stage_step"].get<long>();
+    EXPECT_EQ(rec["cuda_graph"], k == 1   ? "eager"
+                                 : k == 2 ? "captured"
+                                          : "replayed")
+        << "global step " << rec["step"];
+  }
+  const double floor = largest_difference(m["eager"], m["eager2"]);
+  const double got = largest_difference(m["eager"], m["graphs"]);
+  std::printf(
+      "[ figures  ] eager vs eager: %.3g, eager vs graphs: %.3g (largest relative "
+      "difference of loss and gradient norm)\n",
+      floor, got);
+  if (floor == 0) {
+    expect_same_steps(m["eager"], m["graphs"], "graphs vs eager");
+    const std::string last = step(kTotalSteps);
+    for (const char* f :
+         {"state/model/diffusion_pytorch_model.safetensors", "state/optimizer.safetensors"}) {
+      ASSERT_TRUE(fs::exists(dir / "eager" / "checkpoints" / last / f)) << f;
+      expect_same_tensors(dir / "eager" / "checkpoints" / last / f,
+                          dir / "graphs" / "checkpoints" / last / f, f);
+    }
+  } else {
+    EXPECT_LE(got, 10 * floor + 1e-6);
+  }
 }
 
 }  // namespace

@@ -23,8 +23,8 @@
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 
-#include "bench/step_graph.hpp"
 #include "parity_util.hpp"
+#include "util/step_graph.hpp"
 
 #include "wan21_dit.hpp"
 #include "wanhost/errors.hpp"
@@ -932,6 +932,52 @@ TEST(Wan21Dit, CollapsedTextPaddingIsExact) {
 TEST(Wan21Dit, CollapsedTextPaddingOnAGpu) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
   check_collapsed_padding(c10::Device(c10::kCUDA, 0), 1e-5);
+}
+
+// Model::graph_key (SDK 2.5): the kept text rows, the one shape the forward pass chooses from the
+// batch's values, as the cross-attention sees them; batches of equal keys take equal shapes.
+TEST(Wan21Dit, GraphKeyIsTheTextRowsTheCrossAttentionSees) {
+  auto ctx = wanhost::single_process_context();
+  auto seen = std::make_shared<std::vector<std::int64_t>>();
+  ctx.attention_key_bias = [seen](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const wanhost::AttentionArgs& args, const at::Tensor& bias) {
+    seen->push_back(k.size(1));
+    return wanhost::default_attention_key_bias(q, k, v, args, bias);
+  };
+  WanModel model(wanhost::plugins::wan21_dit::resolve_options(
+                     plugin_config({{"init_seed", 4}, {"text_len", 512}})),
+                 ctx);
+  auto batch = [](std::vector<std::int64_t> lengths) {
+    wanhost::Batch b;
+    const auto n = static_cast<std::int64_t>(lengths.size());
+    b.latents = at::randn({n, 16, 1, 4, 4});
+    b.text = at::randn({n, 300, 32});
+    b.text_lengths = at::tensor(lengths);
+    for (std::int64_t i = 0; i < n; ++i) b.sample_keys.push_back(i);
+    return b;
+  };
+  auto rows_seen = [&](const wanhost::Batch& b) {
+    seen->clear();
+    at::NoGradGuard no_grad;
+    model.forward(b, at::full({b.batch_size()}, 500.0f));
+    EXPECT_FALSE(seen->empty());
+    return seen->empty() ? -1 : seen->front();
+  };
+  const auto short_a = batch({20, 50}), short_b = batch({31, 44}), long_c = batch({20, 290});
+  const auto key_a = model.graph_key(short_a), key_c = model.graph_key(long_c);
+  ASSERT_TRUE(key_a && key_c);
+  EXPECT_EQ(*key_a, "text rows " + std::to_string(rows_seen(short_a)));
+  EXPECT_EQ(model.graph_key(short_b), key_a);
+  EXPECT_EQ(rows_seen(short_b), rows_seen(short_a));
+  EXPECT_EQ(*key_c, "text rows " + std::to_string(rows_seen(long_c)));
+  EXPECT_NE(*key_c, *key_a);
+  // Packed batches (host-side segment layouts) and masked text (lengths read on the device).
+  wanhost::Batch packed = short_a;
+  packed.latents = at::randn({16, 32});
+  packed.segments = {{0, 1, 4, 4}, {16, 1, 4, 4}};
+  EXPECT_FALSE(model.graph_key(packed).has_value());
+  auto masked = make_model({{"mask_text_padding", true}});
+  EXPECT_EQ(masked->graph_key(short_a), std::optional<std::string>(""));
 }
 
 // The forward pass of a training step does not wait for the device: with the trainer's inputs

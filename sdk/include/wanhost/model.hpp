@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -68,6 +69,21 @@ class Model {
   virtual void save_weights(const std::string& dir) = 0;
   // The resolved model config (Diffusers config.json form) for exports and checkpoints.
   virtual std::string config_json() const = 0;
+
+  // SDK 2.5 (CUDA graphs of whole training steps, docs/performance.md): what, besides the shapes,
+  // dtypes and devices of the batch's tensors, decides the work the model's forward and backward
+  // launch for `noisy`: every shape and every kernel. Two batches with the same key and tensor
+  // shapes must launch the same work, reading the tensors' values only on the device (or copying
+  // host tensors to the device asynchronously, as a pinned `text_lengths`), because a captured
+  // step is replayed on the next batch of that key with its values written into the captured
+  // tensors. Return the host-side choices the model makes from the batch's values (e.g. a row
+  // count chosen from the longest caption), "" when it makes none, std::nullopt (the default)
+  // when it cannot promise this for the batch: its steps then run eagerly. The host only calls
+  // this on models built against SDK 2.5 or newer.
+  virtual std::optional<std::string> graph_key(const Batch& noisy) const {
+    (void)noisy;
+    return std::nullopt;
+  }
 };
 
 }  // namespace wanhost

@@ -71,9 +71,12 @@ void update_tensor(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor
 
 namespace {
 
-// Per AdamW object that ever skipped a step on the device: how many (float32 scalar on its
-// parameters' device), beside the object (side_tensors.hpp).
-SideTensors& skipped_steps() {
+// Per AdamW object on a GPU or a skipping step: its updates so far (skipped steps not counted),
+// a float32 scalar on its parameters' device beside the object (side_tensors.hpp), advanced on
+// the device by each step. The fused kernel reads its bias corrections from it, so that a step
+// captured in a CUDA graph counts on every replay (a count made from the host's number would be
+// the capture's forever) and a skip decided on the device is never counted.
+SideTensors& device_steps() {
   static SideTensors& table = SideTensors::make();
   return table;
 }
@@ -89,27 +92,19 @@ void AdamW::step(double lr, const at::Tensor& grad_divisor) {
 }
 
 AdamW::~AdamW() {
-  skipped_steps().set(this, at::Tensor());
+  device_steps().set(this, at::Tensor());
 }
 
 std::int64_t AdamW::steps() const {
-  const at::Tensor skipped = skipped_steps().get(this);
-  return step_ - (skipped.defined() ? static_cast<std::int64_t>(skipped.item<float>()) : 0);
+  const at::Tensor count = device_steps().get(this);
+  return count.defined() ? static_cast<std::int64_t>(count.item<float>()) : step_;
 }
 
 void AdamW::step(double lr, const at::Tensor& grad_divisor, const at::Tensor& skip) {
   at::NoGradGuard no_grad;
-  ++step_;
-  // found_inf of the fused kernel: exactly 1 to skip, 0 to update; counted with the skipped steps.
-  at::Tensor skipped_now, skipped = skipped_steps().get(this);
-  if (skip.defined()) {
-    skipped_now = (skip != 0).to(at::kFloat).reshape({});
-    if (!skipped.defined()) {
-      skipped = at::zeros({}, skipped_now.options());
-      skipped_steps().set(this, skipped);
-    }
-    skipped.add_(skipped_now.to(skipped.device()));
-  }
+  // found_inf of the fused kernel: exactly 1 to skip, 0 to update.
+  at::Tensor skipped_now;
+  if (skip.defined()) skipped_now = (skip != 0).to(at::kFloat).reshape({});
   struct Group {
     std::vector<at::Tensor> p, g, m, v;
   };
@@ -125,6 +120,19 @@ void AdamW::step(double lr, const at::Tensor& grad_divisor, const at::Tensor& sk
     gr.m.push_back(s.exp_avg);
     gr.v.push_back(s.exp_avg_sq);
   }
+  // The update count with this step, on the device when the fused kernel runs or a skip is
+  // decided there; on the host otherwise (the per-tensor path on the CPU: no reads).
+  at::Tensor count = device_steps().get(this);
+  const bool on_device = fused_usable() || skipped_now.defined() || count.defined();
+  if (on_device && !count.defined() && !groups.empty()) {
+    count = at::full(
+        {}, static_cast<double>(step_),
+        at::TensorOptions().dtype(at::kFloat).device(groups.begin()->second.p[0].device()));
+    device_steps().set(this, count);
+  }
+  if (count.defined())
+    skipped_now.defined() ? count.add_(1.0 - skipped_now.to(count.device())) : count.add_(1.0);
+  ++step_;  // the host's count (the only one while no device count exists)
   // The per-tensor path's host values, read once (a synchronisation on a GPU).
   std::optional<std::int64_t> host_step;
   bool host_skip = false;
@@ -134,10 +142,7 @@ void AdamW::step(double lr, const at::Tensor& grad_divisor, const at::Tensor& sk
     if (fused_usable()) {
       try {
         // The step count, read (not changed) by the kernel: one tensor per parameter.
-        at::Tensor count = at::full({}, static_cast<double>(step_),
-                                    at::TensorOptions().dtype(at::kFloat).device(device));
-        if (skipped.defined()) count.sub_(skipped.to(device));
-        const std::vector<at::Tensor> counts(gr.p.size(), count);
+        const std::vector<at::Tensor> counts(gr.p.size(), count.to(device));
         std::optional<at::Tensor> divisor, found_inf;
         if (grad_divisor.defined()) divisor = grad_divisor.to(device, at::kFloat).reshape({});
         if (skipped_now.defined()) found_inf = skipped_now.to(device);
@@ -205,7 +210,7 @@ void AdamW::load_state(const std::map<std::string, at::Tensor>& state) {
   if (!problems.empty())
     throw std::runtime_error("optimizer state does not match the parameters:" + problems);
   step_ = it->second.item<std::int64_t>();
-  skipped_steps().set(this, at::Tensor());
+  device_steps().set(this, at::Tensor());  // made again from step_ by the next step
 }
 
 std::int64_t AdamW::state_bytes() const {

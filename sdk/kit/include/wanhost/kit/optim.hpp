@@ -46,9 +46,9 @@ class AdamW {
   // the host; the per-tensor path reads `skip` (one synchronisation on a GPU). Since kit 1.4.
   void step(double lr, const at::Tensor& grad_divisor, const at::Tensor& skip);
   // Updates made so far, skipped steps not counted (out of line since kit 1.4: it may read the
-  // device-side count of skipped steps).
+  // device-side count, a synchronisation on a GPU).
   std::int64_t steps() const;
-  ~AdamW();  // out of line since kit 1.4 (drops the count of skipped steps)
+  ~AdamW();  // out of line since kit 1.4 (drops the device-side count)
   AdamW(const AdamW&) = delete;
   AdamW& operator=(const AdamW&) = delete;
 
@@ -66,9 +66,10 @@ class AdamW {
   };
   std::vector<Slot> slots_;
   OptimizerConfig config_;
-  // Steps launched. Steps skipped on the device (step with `skip`) are counted on the device, in
-  // a kit-internal table keyed by the object (a member would change the layout of a 1.x class);
-  // the bias corrections use the difference.
+  // Updates made, while they are counted on the host. Once the fused kernel runs or a step may be
+  // skipped on the device, the count lives on the device (kit 1.5), in a kit-internal table keyed
+  // by the object (a member would change the layout of a 1.x class), advanced by each step there,
+  // so that a step captured in a CUDA graph counts on every replay.
   std::int64_t step_ = 0;
 };
 

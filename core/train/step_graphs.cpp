@@ -1,0 +1,163 @@
+#include "step_graphs.hpp"
+
+#include <bit>
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <utility>
+
+#include <ATen/ATen.h>
+#if WANHOST_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+#include "../util/step_graph.hpp"
+#include "wanhost/log.hpp"
+
+namespace wanhost::core {
+namespace {
+
+// The tensors of a micro batch a step reads, named for messages.
+template <class F>
+void for_each_tensor(const NoisedBatch& b, F&& f) {
+  f("latents", b.noisy.latents);
+  f("text", b.noisy.text);
+  f("text_lengths", b.noisy.text_lengths);
+  f("timesteps", b.timesteps);
+  f("sigmas", b.sigmas);
+  f("target", b.target);
+  f("weights", b.weights);
+}
+
+template <class F>
+void for_each_tensor_pair(NoisedBatch& into, const NoisedBatch& from, F&& f) {
+  f("latents", into.noisy.latents, from.noisy.latents);
+  f("text", into.noisy.text, from.noisy.text);
+  f("text_lengths", into.noisy.text_lengths, from.noisy.text_lengths);
+  f("timesteps", into.timesteps, from.timesteps);
+  f("sigmas", into.sigmas, from.sigmas);
+  f("target", into.target, from.target);
+  f("weights", into.weights, from.weights);
+}
+
+// Seen keys kept while waiting for their second step: a warm-up makes a new key every step.
+constexpr std::size_t kMaxSeenKeys = 256;
+
+}  // namespace
+
+std::optional<std::string> step_graph_key(const StepInputs& in, const Model& model, double lr) {
+  std::ostringstream key;
+  // The learning rate's exact bits: the update bakes it in.
+  key << "lr " << std::bit_cast<std::uint64_t>(lr);
+  for (const NoisedBatch& b : in.micro) {
+    if (b.noisy.packed()) return std::nullopt;  // host-side layouts (segments) not in the key
+    const std::optional<std::string> model_key = model.graph_key(b.noisy);
+    if (!model_key) return std::nullopt;
+    key << " | " << *model_key;
+    for_each_tensor(b, [&](const char* name, const at::Tensor& t) {
+      key << ' ' << name;
+      if (!t.defined()) return;
+      key << t.sizes() << t.strides() << t.scalar_type() << t.device();
+      if (t.device().is_cpu()) key << (t.is_pinned() ? "pinned" : "pageable");
+    });
+  }
+  return key.str();
+}
+
+void copy_step_inputs(StepInputs& into, const StepInputs& from) {
+  if (into.micro.size() != from.micro.size())
+    throw std::logic_error("copy_step_inputs: " + std::to_string(from.micro.size()) +
+                           " micro batches into " + std::to_string(into.micro.size()));
+  for (std::size_t i = 0; i < into.micro.size(); ++i)
+    for_each_tensor_pair(
+        into.micro[i], from.micro[i], [&](const char* name, at::Tensor& to, const at::Tensor& v) {
+          if (to.defined() != v.defined() ||
+              (to.defined() && (to.sizes() != v.sizes() || to.strides() != v.strides() ||
+                                to.scalar_type() != v.scalar_type() || to.device() != v.device())))
+            throw std::logic_error("copy_step_inputs: micro batch " + std::to_string(i) + "'s " +
+                                   name + " differs from the captured one");
+          if (to.defined()) to.copy_(v, /*non_blocking=*/!to.device().is_cpu());
+        });
+  into.stage_step = from.stage_step;
+  into.global_step = from.global_step;
+  into.tokens = from.tokens;
+  into.flops = from.flops;
+  into.packs = from.packs;
+  into.padded_tokens = from.padded_tokens;
+}
+
+struct StepGraphs::Entry {
+  StepInputs inputs;  // the captured tensors: every replay reads these
+  at::Tensor counts;  // the captured host counts (pinned on a GPU)
+  LaunchedStep out;   // the captured results: every replay writes these
+  std::function<void()> replay;
+};
+
+StepGraphs::StepGraphs(const c10::Device& device, std::size_t max_graphs, Capture capture)
+    : device_(device), max_graphs_(max_graphs), capture_(std::move(capture)) {
+  if (!capture_) {
+    // One pool for the stage's graphs: they never run at the same time, and what a graph needs
+    // beyond its own replay (inputs, results) is held by its entry, so no other capture reuses it.
+    const StepGraph::Pool pool = StepGraph::new_pool();
+    const c10::Device dev = device_;
+    capture_ = [dev, pool](const std::function<void()>& fn) {
+      StepGraph::Options o;
+      o.warmup = 0;  // the key's eager step was the warm-up
+      o.on_current_stream = true;
+      o.pool = pool;
+      o.other_threads = true;  // the input prefetcher keeps copying
+      auto graph = std::make_shared<StepGraph>(dev, fn, o);
+      return std::function<void()>([graph] { graph->replay(); });
+    };
+  }
+}
+
+StepGraphs::~StepGraphs() = default;
+
+LaunchedStep StepGraphs::run(const std::optional<std::string>& key, StepInputs in,
+                             const at::Tensor& counts, const Launch& launch) {
+  if (!on_ || !key) return launch(in, counts);
+  if (auto it = graphs_.find(*key); it != graphs_.end()) {
+    Entry& e = *it->second;
+    copy_step_inputs(e.inputs, in);
+    e.counts.copy_(counts);
+    e.replay();
+    ++replays_;
+    return e.out;
+  }
+  int& seen = seen_[*key];
+  if (seen == 0 || graphs_.size() >= max_graphs_) {
+    ++seen;
+    if (seen_.size() > kMaxSeenKeys) seen_.clear();
+    return launch(in, counts);
+  }
+  // The key's second step: capture it with its own inputs, then replay it (a capture runs
+  // nothing).
+  auto e = std::make_unique<Entry>();
+  e->inputs = std::move(in);
+  e->counts = counts;
+  seen_.erase(*key);
+  try {
+#if WANHOST_WITH_CUDA
+    // The eager steps' cached blocks go back to the device, for the graph's pool to take.
+    if (device_.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
+    Entry& entry = *e;
+    entry.replay = capture_([&entry, &launch] { entry.out = launch(entry.inputs, entry.counts); });
+  } catch (const std::exception& ex) {
+    on_ = false;
+    graphs_.clear();
+    logger()->warn(
+        "run.cuda_graphs: this stage's steps run eagerly from here on: {} (the step runs "
+        "eagerly; nothing of the capture ran)",
+        ex.what());
+    return launch(e->inputs, e->counts);
+  }
+  ++captures_;
+  Entry& entry = *graphs_.emplace(*key, std::move(e)).first->second;
+  entry.replay();
+  ++replays_;
+  return entry.out;
+}
+
+}  // namespace wanhost::core
