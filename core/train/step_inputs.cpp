@@ -52,9 +52,17 @@ std::unique_ptr<StepPrefetcher::Ready> StepPrefetcher::make_on_device(long stage
   auto r = std::make_unique<Ready>();
   r->inputs = make_(stage_step, global_step);
   if (device_.is_cpu()) return r;
+  // Pinned text_lengths either way: the model's own copy to the device need not wait for it, and
+  // a step made inline has the same key as one made on the worker (run.cuda_graphs).
+  auto pin_lengths = [&](NoisedBatch& nb) {
+    at::Tensor& lengths = nb.noisy.text_lengths;
+    if (lengths_on_host_ && lengths.defined() && lengths.is_cpu()) lengths = lengths.pin_memory();
+  };
   if (!on_worker) {
-    for (auto& nb : r->inputs.micro)
+    for (auto& nb : r->inputs.micro) {
       for_each_tensor(nb, lengths_on_host_, [&](at::Tensor& t) { t = t.to(device_); });
+      pin_lengths(nb);
+    }
     return r;
   }
   const c10::DeviceGuard device_guard(device_);  // this thread's current device
@@ -66,9 +74,7 @@ std::unique_ptr<StepPrefetcher::Ready> StepPrefetcher::make_on_device(long stage
     for_each_tensor(nb, lengths_on_host_, [&](at::Tensor& t) {
       t = t.is_cpu() ? t.pin_memory().to(device_, /*non_blocking=*/true) : t.to(device_);
     });
-    // Pinned, so that the model's own copy to the device need not wait for it.
-    at::Tensor& lengths = nb.noisy.text_lengths;
-    if (lengths_on_host_ && lengths.defined() && lengths.is_cpu()) lengths = lengths.pin_memory();
+    pin_lengths(nb);
   }
   r->copied.emplace(device_.type());
   r->copied->record(stream);

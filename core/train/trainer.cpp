@@ -370,7 +370,8 @@ StepInputs Trainer::make_inputs(const StageConfig& stage, DataSource& data, Samp
 }
 
 // run.cuda_graphs on this run: a GPU, one process, plugins of the SDKs that make a step
-// capturable (2.4: the update before the host's read; 2.5: Model::graph_key), no test faults.
+// capturable (2.4: the update before the host's read; 2.5: Model::graph_key and a parallelism
+// that says its steps can be captured), no test faults.
 bool Trainer::cuda_graphs_usable() const {
   if (!cfg_.run.cuda_graphs) return false;
   std::string why;
@@ -386,6 +387,9 @@ bool Trainer::cuda_graphs_usable() const {
   else if (c_.model_sdk_minor < 5)
     why = "the model plugin '" + cfg_.model.plugin + "' was built against SDK 2." +
           std::to_string(c_.model_sdk_minor) + " (graphs need 2.5: Model::graph_key)";
+  else if (c_.parallelism_sdk_minor < 5 || !c_.parallelism->steps_capturable())
+    why = "the parallelism plugin '" + cfg_.parallelism.plugin +
+          "' does not say its steps can be captured (Parallelism::steps_capturable, SDK 2.5)";
   else if (faults_configured())
     why = "WANHOST_FAULT is set (faults live in host code a replay does not run)";
   if (!why.empty()) {

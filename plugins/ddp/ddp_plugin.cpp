@@ -62,6 +62,11 @@ class DataParallel final : public ParallelismBase {
     return clip_by_global_norm(max_norm);  // replicated: every rank holds every gradient
   }
 
+  // One rank: the step is the model's, the kit's clip and fused AdamW (device-side count, skip
+  // and clip), with no collective. Several ranks: not captured (the host does not capture
+  // multi-process steps yet).
+  bool steps_capturable() const override { return ctx_.world_size == 1; }
+
   std::map<std::string, at::Tensor> full_weights(Model& model) override {
     std::map<std::string, at::Tensor> out;
     for (auto& p : model.module().named_parameters(true)) out[p.key()] = p.value().detach();

@@ -52,9 +52,7 @@ TEST(StepPrefetcher, TextLengthsStayOnTheHostForModelsThatReadThemThere) {
       EXPECT_TRUE(nb.noisy.latents.is_cuda());
       EXPECT_TRUE(nb.timesteps.is_cuda());
       EXPECT_EQ(nb.noisy.text_lengths.is_cpu(), on_host);
-      if (on_host && step > 0) {
-        EXPECT_TRUE(nb.noisy.text_lengths.is_pinned());
-      }
+      if (on_host) EXPECT_TRUE(nb.noisy.text_lengths.is_pinned());  // inline (step 0) too
       EXPECT_TRUE(at::equal(nb.noisy.text_lengths.cpu(), at::tensor({1, 3}, at::kLong) + step));
       EXPECT_EQ(nb.noisy.latents.cpu().max().item<double>(), static_cast<double>(step));
     }

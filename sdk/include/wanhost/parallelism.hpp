@@ -112,6 +112,15 @@ class Parallelism {
   virtual void optimizer_step_unless(double lr, const at::Tensor& skip) {
     if (!skip.defined() || skip.item<double>() == 0) optimizer_step(lr);
   }
+
+  // SDK 2.5 (run.cuda_graphs, docs/performance.md "Whole-step CUDA graphs"): true when a step,
+  // zero_grad() through optimizer_step_unless(), may be captured as a CUDA graph on one GPU and
+  // replayed for later steps of the same shapes without any of these calls being made again on the
+  // host: no host synchronisation, nothing read on the host, no host state that changes from step
+  // to step, every kernel and collective on the current stream (or on streams forked from it and
+  // joined back to it). The default says no: the host then runs every step eagerly. The host asks
+  // only plugins built against SDK 2.5 or newer.
+  virtual bool steps_capturable() const { return false; }
 };
 
 }  // namespace wanhost
