@@ -95,6 +95,37 @@ TEST(CollateDense, PadsTextToFixedRows) {
   }
 }
 
+// A batch's text of 16 MB or more comes from host buffers the collator recycles (fresh pages cost
+// more than the copy): a buffer freed by one batch serves the next, whose padding is zeros again,
+// not the previous captions, and which keeps its buffer while it lives.
+TEST(CollateDense, LargeTextReusesAFreedBufferAndStillPadsWithZeros) {
+  const std::int64_t b = 8, rows = 512, dim = 1024;  // 16 MiB of float32
+  auto samples_of = [&](std::int64_t length, float value) {
+    std::vector<Sample> out;
+    for (std::int64_t i = 0; i < b; ++i) {
+      Sample s = make_sample(i, {2, 1, 2, 3}, 1);
+      s.text = at::full({length, dim}, value);
+      out.push_back(std::move(s));
+    }
+    return out;
+  };
+  const CollateOptions options{rows, b, {}};
+  const void* first = nullptr;
+  {
+    const Batch long_captions = collate_dense(samples_of(rows - 2, 7.0f), options);
+    first = long_captions.text.data_ptr();
+    EXPECT_EQ(long_captions.text.sum().item<double>(), 7.0 * b * (rows - 2) * dim);
+  }
+  const Batch short_captions = collate_dense(samples_of(3, 2.0f), options);
+  EXPECT_EQ(short_captions.text.data_ptr(), first);  // the freed buffer, reused
+  EXPECT_EQ(short_captions.text.narrow(1, 0, 3).min().item<float>(), 2.0f);
+  EXPECT_EQ(short_captions.text.narrow(1, 3, rows - 3).abs().max().item<float>(), 0.0f);
+  // While a batch lives, its buffer is its own.
+  const Batch another = collate_dense(samples_of(3, 5.0f), options);
+  EXPECT_NE(another.text.data_ptr(), short_captions.text.data_ptr());
+  EXPECT_EQ(short_captions.text.narrow(1, 0, 3).max().item<float>(), 2.0f);
+}
+
 TEST(CollateDense, TextLongerThanRowsNamesTheSample) {
   const std::string msg = error_of([] {
     collate_dense(three_equal_samples(), CollateOptions{3, 1, {}});
