@@ -13,9 +13,8 @@ bool starts_with(std::string_view s, std::string_view prefix) {
 // Settings that cannot change the numbers a step computes.
 bool quiet(const std::string& p) {
   static const char* const prefixes[] = {
-      "/run/out",         "/run/name",     "/run/threads", "/run/prefetch", "/run/comm_",
-      "/run/cuda_graphs",
-      "/run/peak_tflops", "/run/kernels/", "/logging/",    "/checkpoint/",
+      "/run/out",         "/run/name",        "/run/threads",  "/run/prefetch", "/run/comm_",
+      "/run/cuda_graphs", "/run/peak_tflops", "/run/kernels/", "/logging/",     "/checkpoint/",
   };
   for (const char* prefix : prefixes)
     if (starts_with(p, prefix)) return true;

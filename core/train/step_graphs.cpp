@@ -89,7 +89,7 @@ void copy_step_inputs(StepInputs& into, const StepInputs& from) {
 struct StepGraphs::Entry {
   StepInputs inputs;  // the captured tensors: every replay reads these
   at::Tensor counts;  // the captured host counts (pinned on a GPU)
-  LaunchedStep out;   // the captured results: every replay writes these
+  at::Tensor out;     // the captured result: every replay writes it
   std::function<void()> replay;
 };
 
@@ -114,8 +114,8 @@ StepGraphs::StepGraphs(const c10::Device& device, std::size_t max_graphs, Captur
 
 StepGraphs::~StepGraphs() = default;
 
-LaunchedStep StepGraphs::run(const std::optional<std::string>& key, StepInputs in,
-                             const at::Tensor& counts, const Launch& launch) {
+at::Tensor StepGraphs::run(const std::optional<std::string>& key, StepInputs in,
+                           const at::Tensor& counts, const Launch& launch) {
   if (!on_ || !key) return launch(in, counts);
   if (auto it = graphs_.find(*key); it != graphs_.end()) {
     Entry& e = *it->second;

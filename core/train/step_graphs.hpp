@@ -29,13 +29,6 @@
 
 namespace wanhost::core {
 
-// What the device part of a step hands back: the tensor the host reads after it (on the device)
-// and the number of samples its losses count (a host number, the same for every step of a key).
-struct LaunchedStep {
-  at::Tensor readback;
-  long samples = 0;
-};
-
 // The key of a step (see above), or nullopt when the model cannot promise that its work depends
 // only on the key (packed batches, lengths on the device, a model of an SDK before 2.5).
 std::optional<std::string> step_graph_key(const StepInputs& in, const Model& model, double lr);
@@ -49,8 +42,9 @@ void copy_step_inputs(StepInputs& into, const StepInputs& from);
 class StepGraphs {
  public:
   // The device part of a step, launched without reading anything back: `counts` is a pinned host
-  // tensor the step copies to the device (a captured copy reads it again on each replay).
-  using Launch = std::function<LaunchedStep(const StepInputs& in, const at::Tensor& counts)>;
+  // tensor the step copies to the device (a captured copy reads it again on each replay). Returns
+  // the device tensor the host reads after the step (a replay writes it again).
+  using Launch = std::function<at::Tensor(const StepInputs& in, const at::Tensor& counts)>;
   // Captures `fn` (its first and only call records the step) and returns what replays it; the
   // default captures a CUDA graph on the current stream (util/step_graph.hpp). Tests give one
   // that calls fn again (the bookkeeping and the input copies are the same).
@@ -64,8 +58,8 @@ class StepGraphs {
   // Runs one step: eagerly (`launch(in, counts)`) when its key is new or graphs are off, else by
   // replaying (after capturing, the first time) the key's graph with the inputs copied in. The
   // host reads nothing.
-  LaunchedStep run(const std::optional<std::string>& key, StepInputs in, const at::Tensor& counts,
-                   const Launch& launch);
+  at::Tensor run(const std::optional<std::string>& key, StepInputs in, const at::Tensor& counts,
+                 const Launch& launch);
 
   bool on() const { return on_; }
   long captures() const { return captures_; }

@@ -134,8 +134,8 @@ class Trainer {
   void start_stage(std::size_t k, bool fresh_run_start);
   StepInputs make_inputs(const StageConfig& stage, DataSource& data, SampleOrder& order,
                          long stage_step, long global_step);
-  LaunchedStep launch_step(const StageConfig& stage, const StepInputs& in, const at::Tensor& counts,
-                           double lr, bool update_first);
+  at::Tensor launch_step(const StageConfig& stage, const StepInputs& in, const at::Tensor& counts,
+                         double lr, bool update_first);
   void train_step(const StageConfig& stage, StepPrefetcher& inputs);
   bool cuda_graphs_usable() const;
   void profiled_step(const StageConfig& stage, StepPrefetcher& inputs);
@@ -406,8 +406,8 @@ bool Trainer::cuda_graphs_usable() const {
 // when the loss or the gradient norm is not finite. `counts`: the host's numbers (samples are
 // added from the losses), pinned on a GPU so that their copy does not wait. Returns the tensor the
 // host reads: loss sum, samples, tokens, FLOPs, packs, padded tokens, gradient norm.
-LaunchedStep Trainer::launch_step(const StageConfig& stage, const StepInputs& in,
-                                  const at::Tensor& counts, double lr, bool update_first) {
+at::Tensor Trainer::launch_step(const StageConfig& stage, const StepInputs& in,
+                                const at::Tensor& counts, double lr, bool update_first) {
   parallelism("zero_grad", [&] { c_.parallelism->zero_grad(); });
   // Weights change between steps only (optimizer step, load): FP8 copies are made again once.
   fp8_weights_changed();
@@ -434,7 +434,7 @@ LaunchedStep Trainer::launch_step(const StageConfig& stage, const StepInputs& in
     const at::Tensor skip = at::logical_not(at::isfinite(totals[0]) & at::isfinite(grad_norm));
     parallelism("optimizer_step_unless", [&] { c_.parallelism->optimizer_step_unless(lr, skip); });
   }
-  return {at::cat({totals, grad_norm.detach().to(f64).reshape({1})}), sl.count};
+  return at::cat({totals, grad_norm.detach().to(f64).reshape({1})});
 }
 
 void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
@@ -456,22 +456,22 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
   auto launch = [&](const StepInputs& step_in, const at::Tensor& step_counts) {
     return launch_step(stage, step_in, step_counts, lr, update_first);
   };
-  LaunchedStep launched;
+  at::Tensor readback;
   std::string step_mode = "eager";
   if (graphs_ && !profiling_) {
     const long captured = graphs_->captures(), replayed = graphs_->replays();
     const std::optional<std::string> key = step_graph_key(in, *c_.model, lr);  // before the move
-    launched = graphs_->run(key, std::move(in), counts, launch);
+    readback = graphs_->run(key, std::move(in), counts, launch);
     if (graphs_->captures() > captured)
       step_mode = "captured";
     else if (graphs_->replays() > replayed)
       step_mode = "replayed";
   } else {
-    launched = launch(in, counts);
+    readback = launch(in, counts);
   }
   // The one read of the step on the host: loss sum, sample count, tokens, FLOPs, packs, padded
   // tokens, gradient norm.
-  const at::Tensor host = launched.readback.cpu();
+  const at::Tensor host = readback.cpu();
   const double* h = host.data_ptr<double>();
   const double loss = h[0] / std::max(1.0, h[1]), tokens = h[2], flops = h[3];
   const double packs = h[4], pack_efficiency = h[5] > 0 ? tokens / h[5] : 1.0;
@@ -752,7 +752,8 @@ int Trainer::run() {
         logger()->warn(
             "run.cuda_graphs: stage '{}' pads text to each batch's longest caption "
             "(stages.{}.text_rows = 0), so its steps change shape and few are replayed; set "
-            "text_rows to a fixed count (the model's text_len, e.g. 512 as the Megatron reference)",
+            "text_rows to a fixed count of at least the longest caption (wan21_dit pads to its "
+            "text_len itself, so the arithmetic does not change)",
             stage.name, k);
     }
     while (p_.stage_step < stage.steps) {

@@ -52,7 +52,9 @@ TEST(StepPrefetcher, TextLengthsStayOnTheHostForModelsThatReadThemThere) {
       EXPECT_TRUE(nb.noisy.latents.is_cuda());
       EXPECT_TRUE(nb.timesteps.is_cuda());
       EXPECT_EQ(nb.noisy.text_lengths.is_cpu(), on_host);
-      if (on_host) EXPECT_TRUE(nb.noisy.text_lengths.is_pinned());  // inline (step 0) too
+      if (on_host) {
+        EXPECT_TRUE(nb.noisy.text_lengths.is_pinned());  // inline (step 0) too
+      }
       EXPECT_TRUE(at::equal(nb.noisy.text_lengths.cpu(), at::tensor({1, 3}, at::kLong) + step));
       EXPECT_EQ(nb.noisy.latents.cpu().max().item<double>(), static_cast<double>(step));
     }
@@ -91,10 +93,9 @@ struct GraphProbe {
       const wanhost::NoisedBatch& b = in.micro.at(0);
       latents_seen.push_back(b.noisy.latents.data_ptr());
       // What the step "computes": every input's value, and the host's counts.
-      at::Tensor out = at::stack({b.noisy.latents.mean(), b.noisy.text.mean(),
-                                  b.noisy.text_lengths.to(at::kFloat).mean(), b.timesteps.mean(),
-                                  b.target.mean(), counts[0].to(at::kFloat)});
-      return wanhost::core::LaunchedStep{out, b.noisy.batch_size() + 1};
+      return at::stack({b.noisy.latents.mean(), b.noisy.text.mean(),
+                        b.noisy.text_lengths.to(at::kFloat).mean(), b.timesteps.mean(),
+                        b.target.mean(), counts[0].to(at::kFloat)});
     };
   }
   wanhost::core::StepGraphs::Capture capture() {
@@ -132,11 +133,11 @@ TEST(StepGraphs, CapturesAKeysSecondStepAndReplaysLaterOnesWithTheirOwnValues) {
     const auto out = step(v);
     EXPECT_EQ(probe.latents_seen.back(), captured_latents);
     const float f = static_cast<float>(v);
-    EXPECT_EQ(values(out.readback), (std::vector<float>{f, f, f, f, -f, 10 * f})) << v;
-    EXPECT_EQ(out.samples, 3);
+    EXPECT_EQ(values(out), (std::vector<float>{f, f, f, f, -f, 10 * f})) << v;
   }
   EXPECT_EQ(graphs.replays(), 3);
-  EXPECT_EQ(values(first.readback), (std::vector<float>{1, 1, 1, 1, -1, 10}));
+  EXPECT_EQ(values(first), (std::vector<float>{1, 1, 1, 1, -1, 10}));
+  EXPECT_EQ(values(second), (std::vector<float>{2, 2, 2, 2, -2, 20}));  // its own inputs
   EXPECT_TRUE(graphs.on());
 }
 
@@ -163,7 +164,7 @@ TEST(StepGraphs, AFailedCaptureRunsTheStepEagerlyAndTurnsGraphsOff) {
   EXPECT_EQ(probe.captures, 1);
   EXPECT_FALSE(graphs.on());
   EXPECT_EQ(probe.launches, 2);  // the failed capture's step ran eagerly, with its own inputs
-  EXPECT_EQ(values(out.readback)[0], 5.0f);
+  EXPECT_EQ(values(out)[0], 5.0f);
   graphs.run(std::string("k"), graph_inputs(6), counts, probe.launch());
   EXPECT_EQ(probe.captures, 1);  // never tried again
   EXPECT_EQ(probe.launches, 3);
