@@ -17,29 +17,6 @@
 namespace wanhost::core {
 namespace {
 
-// The tensors of a micro batch a step reads, named for messages.
-template <class F>
-void for_each_tensor(const NoisedBatch& b, F&& f) {
-  f("latents", b.noisy.latents);
-  f("text", b.noisy.text);
-  f("text_lengths", b.noisy.text_lengths);
-  f("timesteps", b.timesteps);
-  f("sigmas", b.sigmas);
-  f("target", b.target);
-  f("weights", b.weights);
-}
-
-template <class F>
-void for_each_tensor_pair(NoisedBatch& into, const NoisedBatch& from, F&& f) {
-  f("latents", into.noisy.latents, from.noisy.latents);
-  f("text", into.noisy.text, from.noisy.text);
-  f("text_lengths", into.noisy.text_lengths, from.noisy.text_lengths);
-  f("timesteps", into.timesteps, from.timesteps);
-  f("sigmas", into.sigmas, from.sigmas);
-  f("target", into.target, from.target);
-  f("weights", into.weights, from.weights);
-}
-
 // Seen keys kept while waiting for their second step: a warm-up makes a new key every step.
 constexpr std::size_t kMaxSeenKeys = 256;
 
@@ -54,12 +31,12 @@ std::optional<std::string> step_graph_key(const StepInputs& in, const Model& mod
     const std::optional<std::string> model_key = model.graph_key(b.noisy);
     if (!model_key) return std::nullopt;
     key << " | " << *model_key;
-    for_each_tensor(b, [&](const char* name, const at::Tensor& t) {
+    for (const auto& [name, t] : batch_tensors(b)) {
       key << ' ' << name;
-      if (!t.defined()) return;
-      key << t.sizes() << t.strides() << t.scalar_type() << t.device();
-      if (t.device().is_cpu()) key << (t.is_pinned() ? "pinned" : "pageable");
-    });
+      if (!t->defined()) continue;
+      key << t->sizes() << t->strides() << t->scalar_type() << t->device();
+      if (t->device().is_cpu()) key << (t->is_pinned() ? "pinned" : "pageable");
+    }
   }
   return key.str();
 }
@@ -68,16 +45,20 @@ void copy_step_inputs(StepInputs& into, const StepInputs& from) {
   if (into.micro.size() != from.micro.size())
     throw std::logic_error("copy_step_inputs: " + std::to_string(from.micro.size()) +
                            " micro batches into " + std::to_string(into.micro.size()));
-  for (std::size_t i = 0; i < into.micro.size(); ++i)
-    for_each_tensor_pair(
-        into.micro[i], from.micro[i], [&](const char* name, at::Tensor& to, const at::Tensor& v) {
-          if (to.defined() != v.defined() ||
-              (to.defined() && (to.sizes() != v.sizes() || to.strides() != v.strides() ||
-                                to.scalar_type() != v.scalar_type() || to.device() != v.device())))
-            throw std::logic_error("copy_step_inputs: micro batch " + std::to_string(i) + "'s " +
-                                   name + " differs from the captured one");
-          if (to.defined()) to.copy_(v, /*non_blocking=*/!to.device().is_cpu());
-        });
+  for (std::size_t i = 0; i < into.micro.size(); ++i) {
+    const auto to = batch_tensors(into.micro[i]);
+    const auto values = batch_tensors(std::as_const(from.micro[i]));
+    for (std::size_t k = 0; k < to.size(); ++k) {
+      at::Tensor& t = *to[k].second;
+      const at::Tensor& v = *values[k].second;
+      if (t.defined() != v.defined() ||
+          (t.defined() && (t.sizes() != v.sizes() || t.strides() != v.strides() ||
+                           t.scalar_type() != v.scalar_type() || t.device() != v.device())))
+        throw std::logic_error("copy_step_inputs: micro batch " + std::to_string(i) + "'s " +
+                               to[k].first + " differs from the captured one");
+      if (t.defined()) t.copy_(v, /*non_blocking=*/!t.device().is_cpu());
+    }
+  }
   into.stage_step = from.stage_step;
   into.global_step = from.global_step;
   into.tokens = from.tokens;

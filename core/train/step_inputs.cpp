@@ -19,8 +19,7 @@ namespace {
 // they are; text_lengths too when `lengths_on_host`).
 template <typename Fn>
 void for_each_tensor(NoisedBatch& nb, bool lengths_on_host, Fn fn) {
-  for (at::Tensor* t : {&nb.noisy.latents, &nb.noisy.text, &nb.noisy.text_lengths, &nb.timesteps,
-                        &nb.sigmas, &nb.target, &nb.weights})
+  for (auto [name, t] : batch_tensors(nb))
     if (t->defined() && !(lengths_on_host && t == &nb.noisy.text_lengths)) fn(*t);
 }
 

@@ -6,9 +6,12 @@
 // the same losses.
 #pragma once
 
+#include <array>
 #include <functional>
 #include <future>
 #include <memory>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <c10/core/Device.h>
@@ -16,6 +19,20 @@
 #include "wanhost/scheduler.hpp"
 
 namespace wanhost::core {
+
+// The tensors of a noised batch, named for messages: the one list that the prefetcher (what goes
+// to the device) and the step graphs (what a replay copies into the captured step) walk.
+template <class Noised>  // NoisedBatch or const NoisedBatch
+auto batch_tensors(Noised& nb) {
+  using T = std::conditional_t<std::is_const_v<Noised>, const at::Tensor, at::Tensor>;
+  return std::array<std::pair<const char*, T*>, 7>{{{"latents", &nb.noisy.latents},
+                                                    {"text", &nb.noisy.text},
+                                                    {"text_lengths", &nb.noisy.text_lengths},
+                                                    {"timesteps", &nb.timesteps},
+                                                    {"sigmas", &nb.sigmas},
+                                                    {"target", &nb.target},
+                                                    {"weights", &nb.weights}}};
+}
 
 struct StepInputs {
   long stage_step = -1, global_step = -1;  // the step they are for (make sets them; take checks)

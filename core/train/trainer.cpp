@@ -369,9 +369,9 @@ StepInputs Trainer::make_inputs(const StageConfig& stage, DataSource& data, Samp
   return in;
 }
 
-// run.cuda_graphs on this run: a GPU, one process, plugins of the SDKs that make a step
-// capturable (2.4: the update before the host's read; 2.5: Model::graph_key and a parallelism
-// that says its steps can be captured), no test faults.
+// run.cuda_graphs on this run: a GPU, one process, plugins of SDK 2.5 (Model::graph_key, a
+// parallelism that says its steps can be captured; 2.4's update before the host's read comes
+// with it), no test faults.
 bool Trainer::cuda_graphs_usable() const {
   if (!cfg_.run.cuda_graphs) return false;
   std::string why;
@@ -380,10 +380,6 @@ bool Trainer::cuda_graphs_usable() const {
   else if (env_.world_size > 1)
     why = "the run has " + std::to_string(env_.world_size) +
           " processes (whole-step graphs are captured on one GPU only so far)";
-  else if (c_.parallelism_sdk_minor < 4)
-    why = "the parallelism plugin '" + cfg_.parallelism.plugin + "' was built against SDK 2." +
-          std::to_string(c_.parallelism_sdk_minor) +
-          " (graphs need 2.4: the update before the read)";
   else if (c_.model_sdk_minor < 5)
     why = "the model plugin '" + cfg_.model.plugin + "' was built against SDK 2." +
           std::to_string(c_.model_sdk_minor) + " (graphs need 2.5: Model::graph_key)";

@@ -107,8 +107,8 @@ class WanModel final : public wanhost::Model {
   void save_weights(const std::string& dir) override;
   std::string config_json() const override;
   // Dense batches with text_lengths on the host (or none): the kept text rows (collapsed
-  // padding), the one shape the model chooses from the batch's values; packed batches and lengths
-  // on the device: none (their steps run eagerly).
+  // padding), the one shape the model chooses from the batch's values, and the RoPE cache's
+  // generation; packed batches and lengths on the device: none (their steps run eagerly).
   std::optional<std::string> graph_key(const wanhost::Batch& noisy) const override;
 
   const WanOptions& options() const { return options_; }

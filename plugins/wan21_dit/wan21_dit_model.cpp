@@ -78,6 +78,7 @@ struct WanModel::Rope {
   std::array<at::Tensor, 3> cos, sin;  // [max_len, n_axis / 2] fp32, CPU
   std::int64_t max_len = 0;
   std::map<std::array<std::int64_t, 3>, std::pair<at::Tensor, at::Tensor>> cache;  // on device
+  std::int64_t generation = 0;  // times the cache was cleared
 
   explicit Rope(const WanConfig& c) : max_len(c.rope_max_seq_len) {
     const std::array<std::int64_t, 3> dims{c.rope_t_dim(), c.rope_h_dim(), c.rope_h_dim()};
@@ -107,7 +108,12 @@ struct WanModel::Rope {
       auto tw = t[2].narrow(0, 0, w).view({1, 1, w, -1}).expand({f, h, w, -1});
       return at::cat({tf, th, tw}, -1).reshape({f * h * w, -1}).to(device);
     };
-    if (cache.size() > 256) cache.clear();  // bucketed data has few grids; bound it anyway
+    // Bucketed data has few grids; bound it anyway. A cleared table may be one a captured step
+    // reads: the generation is part of the graph key, so such a graph is never replayed again.
+    if (cache.size() > 256) {
+      cache.clear();
+      ++generation;
+    }
     return cache.emplace(key, std::make_pair(table(cos), table(sin))).first->second;
   }
 };
@@ -478,13 +484,16 @@ std::vector<std::int64_t> WanModel::host_text_lengths(const Batch& b, std::int64
 
 // Everything else the forward pass shapes from the batch comes from tensor shapes (the latent
 // grid) or the model's options; tables made on first use (RoPE, padding biases) are cached, so a
-// step of a key seen before makes none.
+// step of a key seen before makes none, and a replay reads them where they were. The RoPE cache's
+// generation is in the key: a graph whose table was evicted is not replayed.
 std::optional<std::string> WanModel::graph_key(const Batch& b) const {
   if (b.packed() || b.text.dim() != 3) return std::nullopt;
   if (b.text_lengths.defined() && !b.text_lengths.device().is_cpu()) return std::nullopt;
-  if (options_.mask_text_padding) return std::string();  // lengths read on the device only
+  const std::string rope = "rope " + std::to_string(rope_->generation);
+  if (options_.mask_text_padding) return rope;  // lengths read on the device only
   const auto total = std::max(b.text.size(1), options_.text_len);
-  return "text rows " + std::to_string(collapsed_rows(host_text_lengths(b, b.text.size(0)), total));
+  const auto kept = collapsed_rows(host_text_lengths(b, b.text.size(0)), total);
+  return rope + ", text rows " + std::to_string(kept);
 }
 
 // Text rows -> projected context. Rows past each sample's length are zeroed (the Wan pipeline's
@@ -639,7 +648,8 @@ wanhost::Activations WanModel::embed(const Batch& b, const at::Tensor& timesteps
 const at::Tensor& WanModel::padding_bias_table(std::int64_t total, std::int64_t kept) {
   auto it = padding_bias_tables_.find({total, kept});
   if (it == padding_bias_tables_.end()) {
-    if (padding_bias_tables_.size() > 16) padding_bias_tables_.clear();  // few (total, kept)
+    // Never evicted: a step captured as a CUDA graph reads its table at the table's address on
+    // every replay. There are few (padded, kept) pairs, each at most 256 x 256 values.
     std::vector<std::int64_t> every(static_cast<std::size_t>(kept));
     std::iota(every.begin(), every.end(), std::int64_t{0});
     it = padding_bias_tables_

@@ -935,7 +935,8 @@ TEST(Wan21Dit, CollapsedTextPaddingOnAGpu) {
 }
 
 // Model::graph_key (SDK 2.5): the kept text rows, the one shape the forward pass chooses from the
-// batch's values, as the cross-attention sees them; batches of equal keys take equal shapes.
+// batch's values, as the cross-attention sees them (and the RoPE cache's generation); batches of
+// equal keys take equal shapes.
 TEST(Wan21Dit, GraphKeyIsTheTextRowsTheCrossAttentionSees) {
   auto ctx = wanhost::single_process_context();
   auto seen = std::make_shared<std::vector<std::int64_t>>();
@@ -966,10 +967,10 @@ TEST(Wan21Dit, GraphKeyIsTheTextRowsTheCrossAttentionSees) {
   const auto short_a = batch({20, 50}), short_b = batch({31, 44}), long_c = batch({20, 290});
   const auto key_a = model.graph_key(short_a), key_c = model.graph_key(long_c);
   ASSERT_TRUE(key_a && key_c);
-  EXPECT_EQ(*key_a, "text rows " + std::to_string(rows_seen(short_a)));
+  EXPECT_EQ(*key_a, "rope 0, text rows " + std::to_string(rows_seen(short_a)));
   EXPECT_EQ(model.graph_key(short_b), key_a);
   EXPECT_EQ(rows_seen(short_b), rows_seen(short_a));
-  EXPECT_EQ(*key_c, "text rows " + std::to_string(rows_seen(long_c)));
+  EXPECT_EQ(*key_c, "rope 0, text rows " + std::to_string(rows_seen(long_c)));
   EXPECT_NE(*key_c, *key_a);
   // Packed batches (host-side segment layouts) and masked text (lengths read on the device).
   wanhost::Batch packed = short_a;
@@ -977,7 +978,27 @@ TEST(Wan21Dit, GraphKeyIsTheTextRowsTheCrossAttentionSees) {
   packed.segments = {{0, 1, 4, 4}, {16, 1, 4, 4}};
   EXPECT_FALSE(model.graph_key(packed).has_value());
   auto masked = make_model({{"mask_text_padding", true}});
-  EXPECT_EQ(masked->graph_key(short_a), std::optional<std::string>(""));
+  EXPECT_EQ(masked->graph_key(short_a), std::optional<std::string>("rope 0"));
+}
+
+// A captured step reads its RoPE table where the cache made it; the cache clears itself past 256
+// grids, and the key then changes, so a graph whose table is gone is never replayed.
+TEST(Wan21Dit, GraphKeyChangesWhenTheRopeCacheIsCleared) {
+  auto model = make_model(Json::object());
+  wanhost::Batch b;
+  b.text = at::randn({1, 2, 32});
+  b.text_lengths = at::tensor({2}, at::kLong);
+  b.sample_keys = {0};
+  const auto first = model->graph_key(b);
+  at::NoGradGuard no_grad;
+  for (std::int64_t h = 1; h <= 17; ++h)
+    for (std::int64_t w = 1; w <= 16; ++w) {  // 272 token grids of 1 x h x w
+      b.latents = at::zeros({1, 16, 1, 2 * h, 2 * w});
+      model->forward(b, at::full({1}, 500.0f));
+    }
+  const auto after = model->graph_key(b);
+  ASSERT_TRUE(first && after);
+  EXPECT_NE(*after, *first);
 }
 
 // The forward pass of a training step does not wait for the device: with the trainer's inputs

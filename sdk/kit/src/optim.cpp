@@ -71,9 +71,9 @@ void update_tensor(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor
 
 namespace {
 
-// Per AdamW object on a GPU or a skipping step: its updates so far (skipped steps not counted),
-// a float32 scalar on its parameters' device beside the object (side_tensors.hpp), advanced on
-// the device by each step. The fused kernel reads its bias corrections from it, so that a step
+// Per AdamW object that has stepped: its updates so far (skipped steps not counted), a float32
+// scalar on its parameters' device beside the object (side_tensors.hpp), advanced there by each
+// step. The fused kernel reads its bias corrections from it, so that a step
 // captured in a CUDA graph counts on every replay (a count made from the host's number would be
 // the capture's forever) and a skip decided on the device is never counted.
 SideTensors& device_steps() {
@@ -120,19 +120,19 @@ void AdamW::step(double lr, const at::Tensor& grad_divisor, const at::Tensor& sk
     gr.m.push_back(s.exp_avg);
     gr.v.push_back(s.exp_avg_sq);
   }
-  // The update count with this step, on the device when the fused kernel runs or a skip is
-  // decided there; on the host otherwise (the per-tensor path on the CPU: no reads).
+  // The update count with this step, advanced where the parameters are (step_ only seeds it: at
+  // the first step with gradients, or after load_state).
   at::Tensor count = device_steps().get(this);
-  const bool on_device = fused_usable() || skipped_now.defined() || count.defined();
-  if (on_device && !count.defined() && !groups.empty()) {
-    count = at::full(
-        {}, static_cast<double>(step_),
-        at::TensorOptions().dtype(at::kFloat).device(groups.begin()->second.p[0].device()));
+  if (!count.defined()) {
+    if (groups.empty()) {  // no gradient anywhere yet: nothing to update, counted on the host
+      ++step_;
+      return;
+    }
+    const c10::Device device = groups.begin()->second.p[0].device();
+    count = at::full({}, static_cast<double>(step_), at::TensorOptions(at::kFloat).device(device));
     device_steps().set(this, count);
   }
-  if (count.defined())
-    skipped_now.defined() ? count.add_(1.0 - skipped_now.to(count.device())) : count.add_(1.0);
-  ++step_;  // the host's count (the only one while no device count exists)
+  skipped_now.defined() ? count.add_(1.0 - skipped_now.to(count.device())) : count.add_(1.0);
   // The per-tensor path's host values, read once (a synchronisation on a GPU).
   std::optional<std::int64_t> host_step;
   bool host_skip = false;

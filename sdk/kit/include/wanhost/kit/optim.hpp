@@ -66,10 +66,10 @@ class AdamW {
   };
   std::vector<Slot> slots_;
   OptimizerConfig config_;
-  // Updates made, while they are counted on the host. Once the fused kernel runs or a step may be
-  // skipped on the device, the count lives on the device (kit 1.5), in a kit-internal table keyed
-  // by the object (a member would change the layout of a 1.x class), advanced by each step there,
-  // so that a step captured in a CUDA graph counts on every replay.
+  // The update count a fresh or loaded optimizer starts from. From the first step with gradients
+  // on, the count lives where the parameters are (kit 1.5), in a kit-internal table keyed by the
+  // object (a member would change the layout of a 1.x class), advanced there by each step, so that
+  // a step captured in a CUDA graph counts on every replay.
   std::int64_t step_ = 0;
 };
 
