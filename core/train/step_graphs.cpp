@@ -22,10 +22,11 @@ constexpr std::size_t kMaxSeenKeys = 256;
 
 }  // namespace
 
-std::optional<std::string> step_graph_key(const StepInputs& in, const Model& model, double lr) {
+std::optional<std::string> step_graph_key(const StepInputs& in, const Model& model,
+                                          std::optional<double> baked_lr) {
   std::ostringstream key;
-  // The learning rate's exact bits: the update bakes it in.
-  key << "lr " << std::bit_cast<std::uint64_t>(lr);
+  // The learning rate's exact bits where the update bakes it in.
+  if (baked_lr) key << "lr " << std::bit_cast<std::uint64_t>(*baked_lr);
   for (const NoisedBatch& b : in.micro) {
     if (b.noisy.packed()) return std::nullopt;  // host-side layouts (segments) not in the key
     const std::optional<std::string> model_key = model.graph_key(b.noisy);

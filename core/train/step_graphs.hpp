@@ -7,8 +7,10 @@
 //
 // The key is everything that decides the step's kernels and shapes: each micro batch's tensor
 // shapes, dtypes and devices, what the model says it chose from the batch's values on the host
-// (Model::graph_key, SDK 2.5) and the learning rate (the update takes it as a host number, so a
-// step of another learning rate, e.g. in a warm-up, is another key and runs eagerly). A key is
+// (Model::graph_key, SDK 2.5) and, where the update takes the learning rate as a host number
+// (parallelism plugins before SDK 2.6), the learning rate: a step of another one, e.g. in a
+// warm-up, is then another key and runs eagerly. From SDK 2.6 the update reads it on the device,
+// copied in with the step's other host numbers, and a warm-up's steps are replayed. A key is
 // captured on its second step (the first ran eagerly and made every cache, workspace and piece of
 // optimizer state a capture needs) and at most `max_graphs` keys are; a capture that fails turns
 // graphs off for the rest of the stage (the step runs eagerly, nothing of the capture ran).
@@ -31,7 +33,10 @@ namespace wanhost::core {
 
 // The key of a step (see above), or nullopt when the model cannot promise that its work depends
 // only on the key (packed batches, lengths on the device, a model of an SDK before 2.5).
-std::optional<std::string> step_graph_key(const StepInputs& in, const Model& model, double lr);
+// `baked_lr`: the learning rate when the update bakes it into the captured step (nullopt when
+// it reads it on the device).
+std::optional<std::string> step_graph_key(const StepInputs& in, const Model& model,
+                                          std::optional<double> baked_lr);
 
 // Copies the values of `from` into `into`'s tensors, which keep their storage (a captured step
 // reads them there). Host tensors (a pinned text_lengths) are copied on the host, device tensors
@@ -42,7 +47,8 @@ void copy_step_inputs(StepInputs& into, const StepInputs& from);
 class StepGraphs {
  public:
   // The device part of a step, launched without reading anything back: `counts` is a pinned host
-  // tensor the step copies to the device (a captured copy reads it again on each replay). Returns
+  // tensor of the step's numbers (the learning rate among them) the step copies to the device (a
+  // captured copy reads it again on each replay). Returns
   // the device tensor the host reads after the step (a replay writes it again).
   using Launch = std::function<at::Tensor(const StepInputs& in, const at::Tensor& counts)>;
   // Captures `fn` (its first and only call records the step) and returns what replays it; the

@@ -107,6 +107,10 @@ std::int64_t padded_tokens(std::int64_t tokens, std::int64_t multiple) {
 // shares memory with the others, its inputs and results do not).
 constexpr std::size_t kMaxStepGraphs = 8;
 
+// Where a step's LR sits in the host numbers a step copies to the device (after tokens, FLOPs,
+// packs and padded tokens).
+constexpr std::int64_t kStepLr = 4;
+
 double mean_of(const std::vector<double>& v, std::size_t from, std::size_t n) {
   double s = 0;
   std::size_t k = 0;
@@ -161,8 +165,11 @@ class Trainer {
   double peak_tflops_ = 0;  // MFU denominator (0: none)
   bool profiling_ = false;  // the step running now is under the profiler (its metrics say so)
   std::unique_ptr<StepGraphs> graphs_;  // run.cuda_graphs: the stage's captured steps
-  bool exported_ = false;               // the Diffusers export was written
-  std::string write_error_;             // a failed metrics/log write on this rank: the run stops
+  // The stage's updates read the LR on the device (SDK 2.6, with graphs_): a captured step takes
+  // each replay's LR, so the LR is not part of a step's key.
+  bool lr_on_device_ = false;
+  bool exported_ = false;    // the Diffusers export was written
+  std::string write_error_;  // a failed metrics/log write on this rank: the run stops
 };
 
 // Folders and this rank's log file. config.resolved.json is written once the run is accepted
@@ -399,9 +406,10 @@ bool Trainer::cuda_graphs_usable() const {
 // every micro batch, the gradient norm (and clip), the step's numbers summed over the
 // data-parallel group (ranks sharing samples through TP/CP hold the same numbers and are not
 // counted twice) and, for SDK 2.4 plugins (`update_first`), the update, skipped on the device
-// when the loss or the gradient norm is not finite. `counts`: the host's numbers (samples are
-// added from the losses), pinned on a GPU so that their copy does not wait. Returns the tensor the
-// host reads: loss sum, samples, tokens, FLOPs, packs, padded tokens, gradient norm.
+// when the loss or the gradient norm is not finite. `counts`: the host's numbers (tokens, FLOPs,
+// packs, padded tokens; samples are added from the losses) and the LR (kStepLr, which the update
+// reads from there when lr_on_device_), pinned on a GPU so that their copy does not wait. Returns
+// the tensor the host reads: loss sum, samples, tokens, FLOPs, packs, padded tokens, gradient norm.
 at::Tensor Trainer::launch_step(const StageConfig& stage, const StepInputs& in,
                                 const at::Tensor& counts, double lr, bool update_first) {
   parallelism("zero_grad", [&] { c_.parallelism->zero_grad(); });
@@ -421,14 +429,23 @@ at::Tensor Trainer::launch_step(const StageConfig& stage, const StepInputs& in,
     return c_.parallelism->reduce_and_clip_gradients(stage.clip_grad_norm);
   });
   const auto f64 = at::TensorOptions(at::kDouble).device(c_.ctx.device);
+  const at::Tensor host_numbers = counts.to(c_.ctx.device, /*non_blocking=*/true);
   at::Tensor totals = at::cat({sl.sum.detach().to(f64).reshape({1}),
                                at::full({1}, static_cast<double>(sl.count), f64),
-                               counts.to(c_.ctx.device, /*non_blocking=*/true)});
+                               host_numbers.narrow(0, 0, kStepLr)});
   c_.ctx.dp->all_reduce(totals, ReduceOp::Sum);
   if (update_first) {
     fault_point("step.before_optimizer", p_.global_step + 1);
     const at::Tensor skip = at::logical_not(at::isfinite(totals[0]) & at::isfinite(grad_norm));
-    parallelism("optimizer_step_unless", [&] { c_.parallelism->optimizer_step_unless(lr, skip); });
+    if (lr_on_device_) {
+      // Rounded to float32 on the device as the fused AdamW rounds a host LR on a GPU.
+      const at::Tensor device_lr = host_numbers[kStepLr].to(at::kFloat);
+      parallelism("optimizer_step_unless_device_lr",
+                  [&] { c_.parallelism->optimizer_step_unless_device_lr(device_lr, skip); });
+    } else {
+      parallelism("optimizer_step_unless",
+                  [&] { c_.parallelism->optimizer_step_unless(lr, skip); });
+    }
   }
   return at::cat({totals, grad_norm.detach().to(f64).reshape({1})});
 }
@@ -442,9 +459,10 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
   // The step on the device: nothing below reads a value back until the step's numbers are
   // reduced over the ranks (one host synchronisation a step). The host's numbers reach the
   // device without a synchronisation (pinned, asynchronous copy).
-  at::Tensor counts = at::tensor({in.tokens, in.flops, in.packs, in.padded_tokens}, at::kDouble);
-  if (!c_.ctx.device.is_cpu()) counts = counts.pin_memory();
   const double lr = learning_rate(stage, p_.stage_step);
+  at::Tensor counts =
+      at::tensor({in.tokens, in.flops, in.packs, in.padded_tokens, lr}, at::kDouble);
+  if (!c_.ctx.device.is_cpu()) counts = counts.pin_memory();
   // SDK 2.4 plugins take the update before the host reads anything: a step whose loss or gradient
   // norm is not finite is skipped on the device (weights and optimizer state unchanged), and the
   // read below overlaps the update. Older plugins get the update after the read.
@@ -456,7 +474,8 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
   std::string step_mode = "eager";
   if (graphs_ && !profiling_) {
     const long captured = graphs_->captures(), replayed = graphs_->replays();
-    const std::optional<std::string> key = step_graph_key(in, *c_.model, lr);  // before the move
+    const std::optional<std::string> key =  // before the move
+        step_graph_key(in, *c_.model, lr_on_device_ ? std::nullopt : std::optional<double>(lr));
     readback = graphs_->run(key, std::move(in), counts, launch);
     if (graphs_->captures() > captured)
       step_mode = "captured";
@@ -744,6 +763,13 @@ int Trainer::run() {
     if (cuda_graphs_usable()) {
       graph_stream.emplace(c_.ctx.device);
       graphs_ = std::make_unique<StepGraphs>(c_.ctx.device, kMaxStepGraphs);
+      lr_on_device_ = c_.parallelism_sdk_minor >= 6;
+      if (!lr_on_device_ && stage.lr_schedule.type != "constant" && rank0())
+        logger()->warn(
+            "run.cuda_graphs: the parallelism plugin '{}' was built against SDK 2.{} and takes "
+            "the LR as a host number (2.6 reads it on the device): stage '{}''s steps of a "
+            "changing LR ({}) run eagerly",
+            cfg_.parallelism.plugin, c_.parallelism_sdk_minor, stage.name, stage.lr_schedule.type);
       if (stage.text_rows == 0 && rank0())
         logger()->warn(
             "run.cuda_graphs: stage '{}' pads text to each batch's longest caption "
@@ -791,6 +817,7 @@ int Trainer::run() {
                      graphs_->replays(), graphs_->captures(),
                      graphs_->on() ? "" : " (graphs turned off after a failed capture)");
     graphs_.reset();
+    lr_on_device_ = false;
   }
   if (cfg_.checkpoint.export_diffusers) export_weights();
   summary();

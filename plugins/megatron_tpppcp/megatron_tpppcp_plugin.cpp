@@ -262,7 +262,16 @@ class Megatron final : public ParallelismBase {
   // (optimizer_step is this with nothing to skip.)
   void optimizer_step_unless(double lr, const at::Tensor& skip) override {
     ParallelismBase::optimizer_step_unless(lr, skip);
-    if (distributed_optimizer_) gather_shards();  // a skipped step gathers unchanged shards
+    after_update();
+  }
+  void optimizer_step_unless_device_lr(const at::Tensor& lr, const at::Tensor& skip) override {
+    ParallelismBase::optimizer_step_unless_device_lr(lr, skip);
+    after_update();
+  }
+  // The distributed optimizer's updated shards back into the model (a skipped step gathers
+  // unchanged shards).
+  void after_update() {
+    if (distributed_optimizer_) gather_shards();
   }
 
   // Model gradients are dropped (autograd allocates them in the next backward, as ddp's), so

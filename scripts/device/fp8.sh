@@ -135,10 +135,10 @@ fi
 # a fixed 256 rows (each batch's longest caption would change the shapes every step; 256 >= the
 # longest caption, and the model pads to its text_len of 512 itself, so the arithmetic is that of
 # 512 rows, while 512 rows on the host took ~0.3 s of input making a 32-sample step on an H200
-# machine, more than the step) and a constant LR in stage 1 too (a warm-up changes it every step).
+# machine, more than the step). Stage 1 keeps its LR warm-up (the update reads the LR on the
+# device, SDK 2.6: a warm-up's steps are replayed too).
 if want graphsteps && [ -x "$W" ]; then
-  G=(--set stages.0.text_rows=256 --set stages.1.text_rows=256
-    --set stages.0.lr_schedule.type=\"constant\")
+  G=(--set stages.0.text_rows=256 --set stages.1.text_rows=256)
   for stage in ${STAGES:-1 2}; do
     left 100 && run_steps ddp-bf16-t256 $stage "${G[@]}"
     left 100 && run_steps ddp-bf16-graphs $stage "${G[@]}" --set run.cuda_graphs=true

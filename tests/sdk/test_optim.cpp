@@ -222,6 +222,67 @@ TEST(AdamW, SkippedStepChangesNothingOnAGpu) {
   expect_skipped_step_changes_nothing(false, at::kCUDA);
 }
 
+// AdamW::step with the learning rate as a device tensor (kit 1.6; what a step captured as a CUDA
+// graph reads on every replay): the update of step(double) bit for bit, over steps of changing
+// learning rates, with a gradient divisor (the clip) and a skip. On the CPU with learning rates
+// float32 holds exactly (the tensor is float32; the CPU kernel computes with a double learning
+// rate); on a GPU with any learning rate, since the fused CUDA kernel rounds a host learning rate
+// to float32 too (LibTorch's fused_adam_utils.cuh: lr_opmath).
+void expect_device_lr_gives_host_lrs_update(bool fused, const c10::Device& device,
+                                            const std::vector<double>& lrs) {
+  const AdamWPath chosen(fused);
+  const std::string path = chosen.name + " on " + device.str();
+  OptimizerConfig c;
+  c.weight_decay = 0.1;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(23);
+  const auto on = at::TensorOptions().device(device);
+  std::vector<AdamWParam> a = {{"w", at::randn({16, 8}, gen).to(device), true},
+                               {"b", at::randn({16}, gen).to(device), false}};
+  std::vector<AdamWParam> b = {{"w", a[0].tensor.clone(), true}, {"b", a[1].tensor.clone(), false}};
+  AdamW host(a, c), dev(b, c);
+  const auto no = at::scalar_tensor(false, on.dtype(at::kBool));
+  for (std::size_t t = 0; t < lrs.size(); ++t) {
+    const auto divisor =
+        at::scalar_tensor(1.0 + 0.5 * static_cast<double>(t), on.dtype(at::kFloat));
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      const auto g = at::randn(a[i].tensor.sizes(), gen).to(device);
+      a[i].tensor.mutable_grad() = g.clone();
+      b[i].tensor.mutable_grad() = g.clone();
+    }
+    host.step(lrs[t], divisor, no);
+    dev.step(at::scalar_tensor(lrs[t], on.dtype(at::kFloat)), divisor, no);
+    for (std::size_t i = 0; i < a.size(); ++i)
+      ASSERT_TRUE(a[i].tensor.equal(b[i].tensor))
+          << a[i].name << " after step " << t + 1 << " (lr " << lrs[t] << "), " << path;
+  }
+  for (const auto& [key, value] : host.state())
+    EXPECT_TRUE(value.equal(dev.state().at(key))) << key << ", " << path;
+  // A skipped step is skipped with a device learning rate too.
+  const auto before = b[0].tensor.clone();
+  b[0].tensor.mutable_grad() = at::full({16, 8}, std::nan(""), on);
+  b[1].tensor.mutable_grad() = at::zeros({16}, on);
+  dev.step(at::scalar_tensor(lrs[0], on.dtype(at::kFloat)), at::Tensor(),
+           at::scalar_tensor(true, on.dtype(at::kBool)));
+  EXPECT_TRUE(b[0].tensor.equal(before)) << path;
+  EXPECT_EQ(dev.steps(), static_cast<std::int64_t>(lrs.size())) << path;
+  EXPECT_THROW(dev.step(at::zeros({2}, on), at::Tensor(), at::Tensor()), std::invalid_argument);
+}
+
+TEST(AdamW, DeviceLearningRateGivesTheHostLearningRatesUpdate) {
+  // Multiples of 2^-12: float32 holds them exactly; a warm-up's rising steps.
+  const std::vector<double> lrs = {1.0 / 4096, 3.0 / 4096, 5.0 / 4096, 7.0 / 4096, 7.0 / 4096};
+  expect_device_lr_gives_host_lrs_update(true, at::kCPU, lrs);
+  expect_device_lr_gives_host_lrs_update(false, at::kCPU, lrs);
+}
+
+TEST(AdamW, DeviceLearningRateGivesTheHostLearningRatesUpdateOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  // Learning rates float32 does not hold (a warm-up towards 1e-4): the fused kernel rounds both.
+  std::vector<double> lrs;
+  for (int t = 1; t <= 6; ++t) lrs.push_back(1e-4 * t / 7.0);
+  expect_device_lr_gives_host_lrs_update(true, at::kCUDA, lrs);
+}
+
 // ParallelismBase clips inside the next optimizer step: the same update as clipping the
 // gradients first (clip_gradients) and stepping; a clip whose step was skipped (non-finite
 // step) is replaced by the next one, and a step with no clip before it is not clipped.
@@ -313,6 +374,32 @@ TEST(ParallelismBase, SkipsOnTheDeviceWithItsClip) {
   EXPECT_TRUE(p[0].tensor.equal(q[0].tensor));
 }
 
+// optimizer_step_unless_device_lr (SDK 2.6) on the kit's base: the update of
+// optimizer_step_unless with the same learning rate, its pending clip included, and its skip.
+TEST(ParallelismBase, DeviceLearningRateStepIsTheHostOnes) {
+  OptimizerConfig c;
+  c.weight_decay = 0.1;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(29);
+  const auto start = at::randn({8, 4}, gen);
+  std::vector<AdamWParam> p = {{"w", start.clone(), true}}, q = {{"w", start.clone(), true}};
+  OptimizerHalf host(p), dev(q);
+  host.configure_optimizer(c);
+  dev.configure_optimizer(c);
+  const double lr = 3.0 / 1024;  // float32 holds it exactly
+  for (int t = 0; t < 3; ++t) {
+    const auto g = at::randn({8, 4}, gen) * (t == 1 ? 10 : 1);  // step 1 clipped
+    const auto skip = at::scalar_tensor(t == 2, at::kBool);     // step 2 skipped
+    p[0].tensor.mutable_grad() = g.clone();
+    q[0].tensor.mutable_grad() = g.clone();
+    host.reduce_and_clip_gradients(1.0);
+    dev.reduce_and_clip_gradients(1.0);
+    host.optimizer_step_unless(lr * (t + 1), skip);
+    dev.optimizer_step_unless_device_lr(at::scalar_tensor(lr * (t + 1), at::kFloat), skip);
+    EXPECT_TRUE(p[0].tensor.equal(q[0].tensor)) << "step " << t;
+  }
+  EXPECT_FALSE(q[0].tensor.equal(start));
+}
+
 // The SDK's own optimizer_step_unless, for plugins without the kit's base: it reads `skip` and
 // calls optimizer_step unless it is nonzero.
 TEST(Parallelism, DefaultStepUnlessReadsSkipOnTheHost) {
@@ -330,6 +417,26 @@ TEST(Parallelism, DefaultStepUnlessReadsSkipOnTheHost) {
   counting.optimizer_step_unless(1e-2, at::scalar_tensor(0.0, at::kFloat));
   counting.optimizer_step_unless(1e-2, at::Tensor());
   EXPECT_EQ(counting.steps, 2);
+}
+
+// The SDK's own optimizer_step_unless_device_lr (2.6), for plugins without the kit's base: it
+// reads the learning rate on the host and calls optimizer_step_unless with it.
+TEST(Parallelism, DefaultDeviceLearningRateStepReadsTheRateOnTheHost) {
+  struct Recording final : OptimizerHalf {
+    using OptimizerHalf::OptimizerHalf;
+    std::vector<std::pair<double, bool>> calls;  // (lr, skip given)
+    void optimizer_step_unless(double lr, const at::Tensor& skip) override {
+      calls.emplace_back(lr, skip.defined() && skip.item<double>() != 0);
+    }
+    void optimizer_step_unless_device_lr(const at::Tensor& lr, const at::Tensor& skip) override {
+      Parallelism::optimizer_step_unless_device_lr(lr, skip);  // the SDK default under test
+    }
+  };
+  Recording recording(std::vector<AdamWParam>{});
+  recording.optimizer_step_unless_device_lr(at::scalar_tensor(0.25, at::kFloat),
+                                            at::scalar_tensor(true, at::kBool));
+  recording.optimizer_step_unless_device_lr(at::scalar_tensor(0.5, at::kFloat), at::Tensor());
+  EXPECT_EQ(recording.calls, (std::vector<std::pair<double, bool>>{{0.25, true}, {0.5, false}}));
 }
 
 TEST(AdamW, ResumedStateContinuesTheSameTrajectory) {

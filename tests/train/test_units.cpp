@@ -218,6 +218,12 @@ TEST(StepGraphs, KeysFollowShapesTheModelsChoiceAndTheLearningRate) {
   model.key = std::nullopt;  // the model cannot promise its work for this batch
   EXPECT_FALSE(wanhost::core::step_graph_key(graph_inputs(1), model, 1e-4).has_value());
   model.key = "text rows 64";
+  // An update that reads the LR on the device (SDK 2.6): one key for every LR.
+  const auto any_lr = wanhost::core::step_graph_key(graph_inputs(1), model, std::nullopt);
+  ASSERT_TRUE(any_lr.has_value());
+  EXPECT_NE(any_lr, base);
+  EXPECT_EQ(any_lr, wanhost::core::step_graph_key(graph_inputs(3), model, std::nullopt));
+  EXPECT_NE(any_lr, wanhost::core::step_graph_key(graph_inputs(1, 3), model, std::nullopt));
   auto packed = graph_inputs(1);
   packed.micro[0].noisy.segments = {{0, 1, 2, 2}, {4, 1, 2, 2}};
   EXPECT_FALSE(wanhost::core::step_graph_key(packed, model, 1e-4).has_value());
@@ -627,14 +633,13 @@ TEST(TensorBoard, RunAndResume) {
 // ---- run.cuda_graphs through the real program
 // ----------------------------------------------------
 
-// Both stages at a constant LR and with text padded to a fixed row count, so that every step of a
-// stage has one key and is replayed from its third step on (a warm-up or cosine LR is a new key
-// every step, and so is text padded to each batch's longest caption: eager).
+// Both stages with text padded to a fixed row count, so that every step of a stage has one key
+// and is replayed from its third step on (text padded to each batch's longest caption would change
+// the shapes: eager). Their LR changes every step (stage 1 warms up, stage 2 decays: the update
+// reads it on the device, SDK 2.6).
 std::vector<std::string> graph_run(const std::string& device, bool graphs) {
   return {"--set", "run.device=\"" + device + "\"",
           "--set", std::string("run.cuda_graphs=") + (graphs ? "true" : "false"),
-          "--set", "stages.0.lr_schedule.type=\"constant\"",
-          "--set", "stages.1.lr_schedule.type=\"constant\"",
           "--set", "stages.0.text_rows=64",
           "--set", "stages.1.text_rows=64"};
 }
@@ -664,7 +669,8 @@ TEST(CudaGraphs, OnACpuEveryStepRunsEagerlyAndSaysWhy) {
 
 // Whole steps replayed as graphs give the eager steps' numbers (the same kernels on the same
 // values: bit for bit wherever two eager runs agree bit for bit), both stages, with two micro
-// batches a step in stage 1; and the weights and optimizer state of the last checkpoint agree.
+// batches a step in stage 1 and a new LR every step (each replay's own, read on the device); and
+// the weights and optimizer state of the last checkpoint agree.
 TEST(CudaGraphs, ReplayedStepsTrainAsEagerStepsOnAGpu) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
   const fs::path dir = scratch_dir();

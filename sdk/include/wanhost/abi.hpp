@@ -18,7 +18,7 @@
 #include <type_traits>
 
 #define WANHOST_SDK_ABI_MAJOR 2
-#define WANHOST_SDK_ABI_MINOR 5
+#define WANHOST_SDK_ABI_MINOR 6
 
 // The LibTorch version the SDK was configured with ("2.11.0"); set by the SDK's CMake package.
 #ifndef WANHOST_TORCH_VERSION

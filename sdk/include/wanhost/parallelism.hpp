@@ -17,6 +17,8 @@
 //     forward_backward(model, micro_batches, loss)
 //     reduce_and_clip_gradients(max_norm)
 //     optimizer_step(lr)                skipped for a step whose loss or norm is not finite
+//                                       (SDK 2.4+: optimizer_step_unless, decided on the device;
+//                                       2.6+ in captured steps: optimizer_step_unless_device_lr)
 //   save_state(model, dir)              between steps, every rank, into a folder shared by all
 //   at a stage with new weights: attach(new model), then configure_optimizer(...) again
 //   at a stage with init "previous" and optimizer_state "fresh": configure_optimizer(...) again
@@ -121,6 +123,19 @@ class Parallelism {
   // joined back to it). The default says no: the host then runs every step eagerly. The host asks
   // only plugins built against SDK 2.5 or newer.
   virtual bool steps_capturable() const { return false; }
+
+  // SDK 2.6 (run.cuda_graphs): optimizer_step_unless(lr, skip) with the learning rate as a 0-dim
+  // float32 tensor on the device, read where the update runs, so that a step captured as a CUDA
+  // graph takes each replay's learning rate (the steps of a warm-up or a decay are replayed too,
+  // instead of each being a graph of its own). LibTorch's fused AdamW rounds its learning rate to
+  // float32 on a GPU whichever way it is given, so there this is optimizer_step_unless(lr, skip)
+  // bit for bit. The host calls it only on plugins built against SDK 2.6 or newer whose
+  // steps_capturable() is true. This default reads `lr` on the host (a synchronisation, which a
+  // capture refuses); the kit's ParallelismBase hands the tensor to the fused AdamW. A plugin that
+  // overrides optimizer_step_unless to add work after the update overrides this one too.
+  virtual void optimizer_step_unless_device_lr(const at::Tensor& lr, const at::Tensor& skip) {
+    optimizer_step_unless(lr.item<double>(), skip);
+  }
 };
 
 }  // namespace wanhost

@@ -101,6 +101,17 @@ std::int64_t AdamW::steps() const {
 }
 
 void AdamW::step(double lr, const at::Tensor& grad_divisor, const at::Tensor& skip) {
+  update(lr, at::Tensor(), grad_divisor, skip);
+}
+
+void AdamW::step(const at::Tensor& lr, const at::Tensor& grad_divisor, const at::Tensor& skip) {
+  if (!lr.defined() || lr.numel() != 1)
+    throw std::invalid_argument("AdamW::step: the learning rate tensor must hold one value");
+  update(0.0, lr, grad_divisor, skip);
+}
+
+void AdamW::update(double lr, const at::Tensor& device_lr, const at::Tensor& grad_divisor,
+                   const at::Tensor& skip) {
   at::NoGradGuard no_grad;
   // found_inf of the fused kernel: exactly 1 to skip, 0 to update.
   at::Tensor skipped_now;
@@ -146,9 +157,16 @@ void AdamW::step(double lr, const at::Tensor& grad_divisor, const at::Tensor& sk
         std::optional<at::Tensor> divisor, found_inf;
         if (grad_divisor.defined()) divisor = grad_divisor.to(device, at::kFloat).reshape({});
         if (skipped_now.defined()) found_inf = skipped_now.to(device);
-        at::_fused_adamw_(gr.p, gr.g, gr.m, gr.v, {}, counts, lr, config_.beta1, config_.beta2,
-                          decay ? config_.weight_decay : 0.0, config_.eps, /*amsgrad=*/false,
-                          /*maximize=*/false, divisor, found_inf);
+        const double decay_rate = decay ? config_.weight_decay : 0.0;
+        if (device_lr.defined())  // the kernel reads it (float32, on the parameters' device)
+          at::_fused_adamw_(gr.p, gr.g, gr.m, gr.v, {}, counts,
+                            device_lr.to(device, at::kFloat).reshape({}), config_.beta1,
+                            config_.beta2, decay_rate, config_.eps, /*amsgrad=*/false,
+                            /*maximize=*/false, divisor, found_inf);
+        else
+          at::_fused_adamw_(gr.p, gr.g, gr.m, gr.v, {}, counts, lr, config_.beta1, config_.beta2,
+                            decay_rate, config_.eps, /*amsgrad=*/false,
+                            /*maximize=*/false, divisor, found_inf);
         continue;
       } catch (const c10::Error& e) {
         // Its checks run before any tensor changes: this group is updated below instead.
@@ -160,6 +178,7 @@ void AdamW::step(double lr, const at::Tensor& grad_divisor, const at::Tensor& sk
     if (!host_step) {
       host_step = steps();
       host_skip = skipped_now.defined() && skipped_now.item<float>() != 0;
+      if (device_lr.defined()) lr = device_lr.item<double>();
     }
     if (host_skip) continue;
     // Divided as the fused kernel divides: in fp32, the divisor rounded to float first.

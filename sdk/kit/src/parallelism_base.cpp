@@ -78,9 +78,25 @@ void ParallelismBase::optimizer_step(double lr) {
   optimizer_step_unless(lr, at::Tensor());
 }
 
+namespace {
+
+// The update with `owner`'s pending clip (taken: a skipped step drops it too); `lr` a host
+// number or a device tensor (AdamW::step's two overloads).
+template <class Lr>
+void step_with_pending_clip(const ParallelismBase* owner, AdamW& adamw, const Lr& lr,
+                            const at::Tensor& skip) {
+  adamw.step(lr, pending_clips().take(owner), skip);
+}
+
+}  // namespace
+
 void ParallelismBase::optimizer_step_unless(double lr, const at::Tensor& skip) {
-  AdamW& adamw = optimizer();
-  adamw.step(lr, pending_clips().take(this), skip);
+  step_with_pending_clip(this, optimizer(), lr, skip);
+}
+
+void ParallelismBase::optimizer_step_unless_device_lr(const at::Tensor& lr,
+                                                      const at::Tensor& skip) {
+  step_with_pending_clip(this, optimizer(), lr, skip);
 }
 
 void ParallelismBase::clip_in_optimizer_step(const at::Tensor& total_norm, double max_norm) {

@@ -45,6 +45,12 @@ class AdamW {
   // as they are. Decided on the device (the fused kernel's found_inf), so that nothing is read on
   // the host; the per-tensor path reads `skip` (one synchronisation on a GPU). Since kit 1.4.
   void step(double lr, const at::Tensor& grad_divisor, const at::Tensor& skip);
+  // The same with the learning rate as a 0-dim float32 tensor on the parameters' device, read by
+  // the fused kernel where it runs (a step captured in a CUDA graph takes each replay's value).
+  // On a GPU the fused kernel rounds a host learning rate to float32 too, so this is the update
+  // of step(double) bit for bit there; the per-tensor path reads the tensor on the host. Since
+  // kit 1.6 (SDK 2.6, Parallelism::optimizer_step_unless_device_lr).
+  void step(const at::Tensor& lr, const at::Tensor& grad_divisor, const at::Tensor& skip);
   // Updates made so far, skipped steps not counted (out of line since kit 1.4: it may read the
   // device-side count, a synchronisation on a GPU).
   std::int64_t steps() const;
@@ -64,6 +70,9 @@ class AdamW {
     at::Tensor param, exp_avg, exp_avg_sq;
     bool decay;
   };
+  // step()'s body: `device_lr` (defined) or else `lr` is the learning rate.
+  void update(double lr, const at::Tensor& device_lr, const at::Tensor& grad_divisor,
+              const at::Tensor& skip);
   std::vector<Slot> slots_;
   OptimizerConfig config_;
   // The update count a fresh or loaded optimizer starts from. From the first step with gradients

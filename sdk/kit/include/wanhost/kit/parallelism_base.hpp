@@ -49,6 +49,9 @@ class ParallelismBase : public Parallelism {
   // fused kernel's found_inf): no host synchronisation. Since kit 1.4 (SDK 2.4); optimizer_step
   // is this with nothing to skip, so a plugin that adds work after the update overrides this one.
   void optimizer_step_unless(double lr, const at::Tensor& skip) override;
+  // The same with the learning rate read on the device (AdamW::step's tensor overload). Since kit
+  // 1.6 (SDK 2.6); a plugin that adds work after the update overrides both.
+  void optimizer_step_unless_device_lr(const at::Tensor& lr, const at::Tensor& skip) override;
   void zero_grad() override;
   // 2 x the optimized tensors' bytes (values and gradients) + the optimizer state.
   std::int64_t state_bytes() const override;
