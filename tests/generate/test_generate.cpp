@@ -20,10 +20,15 @@ namespace {
 
 const fs::path kRef = fs::path(WANHOST_BINARY_DIR) / "reference" / "generate";
 
-void require_reference() {
-  if (!fs::exists(kRef / "DONE"))
-    GTEST_SKIP() << "no reference data in " << kRef
-                 << " (needs the Python packages of tests/reference/requirements.txt)";
+// GTEST_SKIP returns from the function it is written in only, so each test skips itself:
+//   if (!have_reference()) GTEST_SKIP() << no_reference();
+bool have_reference() {
+  return fs::exists(kRef / "DONE");
+}
+
+std::string no_reference() {
+  return "no reference data in " + kRef.string() +
+         " (needs the Python packages of tests/reference/requirements.txt)";
 }
 
 fs::path scratch(const std::string& name) {
@@ -72,7 +77,7 @@ class GenerateParity : public ::testing::TestWithParam<std::string> {};
 // the Diffusers WanPipeline with the same initial noise: UniPC and Euler, with and without
 // classifier-free guidance (negative prompt), videos and an image.
 TEST_P(GenerateParity, FinalLatentsMatchDiffusersWanPipeline) {
-  require_reference();
+  if (!have_reference()) GTEST_SKIP() << no_reference();
   const auto cases = read_json((kRef / "cases.json").string());
   const auto& c = cases.at(GetParam());
   const fs::path out = scratch("parity_" + GetParam());
@@ -102,7 +107,7 @@ bool starts_with(const fs::path& file, const std::string& magic, std::size_t at 
 // Videos become H.264 MP4 files of the right size and frame count, images PNG files, and
 // samples.jsonl says which prompt each file shows.
 TEST(Generate, WritesImagesVideosLatentsAndTheirRecord) {
-  require_reference();
+  if (!have_reference()) GTEST_SKIP() << no_reference();
   const auto cases = read_json((kRef / "cases.json").string());
   const fs::path video = scratch("files_video"), image = scratch("files_image");
   auto r = run_wanhost("--log-level warn generate " + case_args(cases["unipc_guided"]) + " --out " +
@@ -144,7 +149,7 @@ TEST(Generate, WritesImagesVideosLatentsAndTheirRecord) {
 // Without --initial-noise each sample draws its own noise from (seed, its index): the batch size
 // does not change a sample, the seed does.
 TEST(Generate, ASamplesNoiseDependsOnTheSeedNotOnTheBatch) {
-  require_reference();
+  if (!have_reference()) GTEST_SKIP() << no_reference();
   const std::string base = "--log-level warn generate --pipeline " + (kRef / "pipeline").string() +
                            " --prompt 'a red square' --prompt 'a blue circle' --size 48x32"
                            " --frames 1 --steps 3 --guidance 2 --device cpu";
@@ -158,7 +163,7 @@ TEST(Generate, ASamplesNoiseDependsOnTheSeedNotOnTheBatch) {
 
 // Flag mistakes stop before any work with exit code 2 and a message naming the flag.
 TEST(Generate, BadFlagsAreRefusedNamingTheFlag) {
-  require_reference();
+  if (!have_reference()) GTEST_SKIP() << no_reference();
   const std::string pipe = " --pipeline " + (kRef / "pipeline").string();
   const fs::path out = scratch("bad_flags");
   const std::vector<std::pair<std::string, std::string>> cases = {
