@@ -48,9 +48,16 @@ StepPrefetcher::~StepPrefetcher() {
 std::unique_ptr<StepPrefetcher::Ready> StepPrefetcher::make_on_device(long stage_step,
                                                                       long global_step,
                                                                       bool on_worker) {
+  using Clock = std::chrono::steady_clock;
+  const auto seconds_since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
   auto r = std::make_unique<Ready>();
+  const auto t0 = Clock::now();
   r->inputs = make_(stage_step, global_step);
+  r->inputs.make_s = seconds_since(t0);
   if (device_.is_cpu()) return r;
+  const auto t1 = Clock::now();
   // Pinned text_lengths either way: the model's own copy to the device need not wait for it, and
   // a step made inline has the same key as one made on the worker (run.cuda_graphs).
   auto pin_lengths = [&](NoisedBatch& nb) {
@@ -62,6 +69,7 @@ std::unique_ptr<StepPrefetcher::Ready> StepPrefetcher::make_on_device(long stage
       for_each_tensor(nb, lengths_on_host_, [&](at::Tensor& t) { t = t.to(device_); });
       pin_lengths(nb);
     }
+    r->inputs.to_device_s = seconds_since(t1);
     return r;
   }
   const c10::DeviceGuard device_guard(device_);  // this thread's current device
@@ -77,6 +85,7 @@ std::unique_ptr<StepPrefetcher::Ready> StepPrefetcher::make_on_device(long stage
   }
   r->copied.emplace(device_.type());
   r->copied->record(stream);
+  r->inputs.to_device_s = seconds_since(t1);
   return r;
 }
 

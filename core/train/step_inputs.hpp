@@ -41,6 +41,10 @@ struct StepInputs {
   // This rank's micro batches (packs) and their tokens after the model's per-sample padding of
   // packed batches to ParallelContext::token_multiple (= tokens for dense batches).
   double packs = 0, padded_tokens = 0;
+  // Host seconds the prefetcher spent on these inputs (metrics input_make_s, input_to_device_s):
+  // making them (reading or drawing samples, collating, noise) and handing them to the device
+  // (pinning the host tensors, queueing the copies).
+  double make_s = 0, to_device_s = 0;
 };
 
 class StepPrefetcher {

@@ -455,6 +455,7 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
   const auto t0 = std::chrono::steady_clock::now();
   double data_wait_s = 0;
   StepInputs in = inputs.take(p_.stage_step, p_.global_step, &data_wait_s);
+  const double input_make_s = in.make_s, input_to_device_s = in.to_device_s;
 
   // The step on the device: nothing below reads a value back until the step's numbers are
   // reduced over the ranks (one host synchronisation a step). The host's numbers reach the
@@ -557,6 +558,8 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
         {"peak_mem_gib", peak_memory_gib(c_.ctx.device)},
         {"step_time_s", secs},
         {"data_wait_s", data_wait_s},
+        {"input_make_s", input_make_s},
+        {"input_to_device_s", input_to_device_s},
         {"skipped_steps", p_.skipped}};
     if (profiling_) rec["profiled"] = true;
     if (graphs_) rec["cuda_graph"] = step_mode;

@@ -85,9 +85,13 @@ med, mean, cmed = ts[len(ts) // 2], sum(ts) / len(ts), cs[len(cs) // 2]
 n = 32 if sys.argv[2] == "1" else 1
 modes = [x["cuda_graph"] for x in r if "cuda_graph" in x]
 graphs = "; %d of %d steps replayed from a CUDA graph" % (modes.count("replayed"), len(r)) if modes else ""
+# Where the input worker spent its time (metrics input_make_s, input_to_device_s), medians.
+med_of = lambda k: sorted(x.get(k, 0) for x in r)[len(r) // 2]
+inputs = "; inputs made in %.3f s, handed to the device in %.3f s" % (
+    med_of("input_make_s"), med_of("input_to_device_s"))
 print("run   %-22s stage %s: median %.4f s, mean %.4f s a step (%d steps), %.1f samples/s (median); "
-      "less input waits: median %.4f s, %.1f samples/s; peak %.1f GiB%s" % (
+      "less input waits: median %.4f s, %.1f samples/s; peak %.1f GiB%s%s" % (
     sys.argv[3], sys.argv[2], med, mean, len(r), n / med, cmed, n / cmed,
-    max(x["peak_mem_gib"] for x in r), graphs))' \
+    max(x["peak_mem_gib"] for x in r), graphs, inputs))' \
     "$R/$tag-s$stage-metrics.jsonl" "$stage" "$tag" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
 }

@@ -137,6 +137,14 @@ TEST(Prefetch, OnAndOffTakeTheSameSteps) {
     // throws here).
     EXPECT_GE(ahead[i]["data_wait_s"].get<double>(), 0.0) << ahead[i];
     EXPECT_GE(inline_[i]["data_wait_s"].get<double>(), 0.0) << inline_[i];
+    // Where the input time went: making the inputs takes time; nothing goes to a device on a CPU.
+    for (const Json* m : {&ahead[i], &inline_[i]}) {
+      EXPECT_GT((*m)["input_make_s"].get<double>(), 0.0) << *m;
+      EXPECT_EQ((*m)["input_to_device_s"].get<double>(), 0.0) << *m;
+    }
+    // Made in the step itself, the step waits for all of the making.
+    EXPECT_GE(inline_[i]["data_wait_s"].get<double>(), inline_[i]["input_make_s"].get<double>())
+        << inline_[i];
   }
 }
 
