@@ -6,6 +6,7 @@
 #if WANHOST_WITH_CUDA
 #include "../comm/nccl_communicator.hpp"
 #endif
+#include "../util/host_read.hpp"
 #include "wanhost/errors.hpp"
 
 namespace wanhost::core {
@@ -47,7 +48,7 @@ std::vector<bool> any_rank(Communicator& world, const c10::Device& device,
   std::vector<int> values(flags.begin(), flags.end());
   at::Tensor t = at::tensor(values, at::kInt).to(device);
   world.all_reduce(t, ReduceOp::Max);
-  const at::Tensor host = t.cpu();
+  const at::Tensor host = read_on_host(t);
   std::vector<bool> any(flags.size());
   for (std::size_t i = 0; i < flags.size(); ++i)
     any[i] = host[static_cast<long>(i)].item<int>() != 0;

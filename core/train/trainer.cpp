@@ -27,6 +27,7 @@
 #include "../util/exit_codes.hpp"
 #include "../util/faults.hpp"
 #include "../util/files.hpp"
+#include "../util/host_read.hpp"
 #include "../util/kernel_profile.hpp"
 #include "../util/step_graph.hpp"
 #include "../util/stop_signal.hpp"
@@ -487,7 +488,7 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
   }
   // The one read of the step on the host: loss sum, sample count, tokens, FLOPs, packs, padded
   // tokens, gradient norm.
-  const at::Tensor host = readback.cpu();
+  const at::Tensor host = read_on_host(readback);
   const double* h = host.data_ptr<double>();
   const double loss = h[0] / std::max(1.0, h[1]), tokens = h[2], flops = h[3];
   const double packs = h[4], pack_efficiency = h[5] > 0 ? tokens / h[5] : 1.0;
