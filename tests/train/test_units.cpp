@@ -19,6 +19,7 @@
 #include "train/step_graphs.hpp"
 #include "train/step_inputs.hpp"
 #include "train_test_util.hpp"
+#include "util/host_read.hpp"
 
 namespace traintest {
 namespace {
@@ -59,6 +60,22 @@ TEST(StepPrefetcher, TextLengthsStayOnTheHostForModelsThatReadThemThere) {
       EXPECT_EQ(nb.noisy.latents.cpu().max().item<double>(), static_cast<double>(step));
     }
   }
+}
+
+// read_on_host (util/host_read.hpp), how the trainer reads a step's numbers: the values of the
+// work queued before it on the current stream (a chain of kernels still running when the read is
+// asked for), in host memory; a host tensor as it is.
+TEST(HostRead, ReadsAfterTheQueuedWorkAndLeavesHostTensorsAlone) {
+  const at::Tensor cpu = at::arange(4, at::kDouble);
+  EXPECT_EQ(wanhost::core::read_on_host(cpu).data_ptr(), cpu.data_ptr());
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
+  // 2^16 values of 200: every partial sum is an integer float32 holds exactly.
+  at::Tensor x = at::zeros({1 << 16}, at::TensorOptions(at::kFloat).device(at::kCUDA));
+  for (int i = 0; i < 200; ++i) x.add_(1.0);
+  const at::Tensor sum = x.sum().to(at::kDouble).reshape({1});
+  const at::Tensor host = wanhost::core::read_on_host(sum);
+  EXPECT_TRUE(host.device().is_cpu());
+  EXPECT_EQ(host.item<double>(), 200.0 * (1 << 16));
 }
 
 // ---- Whole-step CUDA graphs: the bookkeeping (train/step_graphs.hpp) -------------------------
