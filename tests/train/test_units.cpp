@@ -687,15 +687,18 @@ TEST(CudaGraphs, OnACpuEveryStepRunsEagerlyAndSaysWhy) {
 // Whole steps replayed as graphs give the eager steps' numbers (the same kernels on the same
 // values: bit for bit wherever two eager runs agree bit for bit), both stages, with two micro
 // batches a step in stage 1 and a new LR every step (each replay's own, read on the device); and
-// the weights and optimizer state of the last checkpoint agree.
-TEST(CudaGraphs, ReplayedStepsTrainAsEagerStepsOnAGpu) {
-  if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
+// the weights and optimizer state of the last checkpoint agree. `extra`: more settings of all
+// three runs, whose logs must say `logged`.
+void expect_replayed_steps_train_as_eager_steps(const std::vector<std::string>& extra,
+                                                const std::string& logged = "") {
   const fs::path dir = scratch_dir();
   std::map<std::string, std::vector<Json>> m;
   for (const auto& [name, graphs] : std::vector<std::pair<std::string, bool>>{
            {"eager", false}, {"eager2", false}, {"graphs", true}}) {
-    const Result r = run_cli(run_args(dir / name, with(graph_run("cuda", graphs), kKeepAll)));
+    const Result r =
+        run_cli(run_args(dir / name, with(with(graph_run("cuda", graphs), kKeepAll), extra)));
     ASSERT_EQ(r.code, 0) << name << ": " << r.describe();
+    EXPECT_NE(r.err.find(logged), std::string::npos) << name << ": " << r.describe();
     m[name] = read_metrics(dir / name);
     ASSERT_EQ(m[name].size(), static_cast<std::size_t>(kTotalSteps)) << name;
   }
@@ -726,6 +729,19 @@ TEST(CudaGraphs, ReplayedStepsTrainAsEagerStepsOnAGpu) {
   } else {
     EXPECT_LE(got, 10 * floor + 1e-6);
   }
+}
+
+TEST(CudaGraphs, ReplayedStepsTrainAsEagerStepsOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
+  expect_replayed_steps_train_as_eager_steps({});
+}
+
+// The same with FP8 linear layers (run.fp8): each replay quantises the weights the step before
+// it updated and the step's own inputs, on the device, as an eager step does.
+TEST(CudaGraphs, ReplayedFp8StepsTrainAsEagerStepsOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
+  expect_replayed_steps_train_as_eager_steps({"--set", "run.fp8=\"tensorwise\""},
+                                             "FP8 block linear layers (tensorwise)");
 }
 
 }  // namespace
