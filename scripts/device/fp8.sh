@@ -18,7 +18,8 @@
 #  - steps:   whole 1.3B steps (`wanhost run`, ddp), stage 1 and 2, fp8 off and tensorwise
 #             (STEP_PRECISIONS="bf16": bf16 only);
 #  - graphsteps: whole bf16 steps, text padded to 256 rows, eagerly and with run.cuda_graphs
-#             (steps replayed as CUDA graphs); GRAPH_FP8=1 adds FP8 steps with graphs;
+#             (steps replayed as CUDA graphs); GRAPH_FP8=1 adds FP8 steps with graphs,
+#             GRAPH_ADAMW=1 bf16 graphs with wanhost's AdamW kernel;
 #  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py), right after
 #             the whole steps so that a call short of time still compares them;
 #  - stepprofile: one whole 1.3B bf16 step of each stage (STAGES) under the profiler
@@ -147,6 +148,9 @@ if want graphsteps && [ -x "$W" ]; then
   for stage in ${STAGES:-1 2}; do
     left 100 && run_steps ddp-bf16-t256 $stage "${G[@]}"
     left 100 && run_steps ddp-bf16-graphs $stage "${G[@]}" --set run.cuda_graphs=true
+    # GRAPH_ADAMW=1: the same with wanhost's multi-tensor AdamW (run.kernels.adamw = wanhost).
+    [ "${GRAPH_ADAMW:-0}" = 1 ] && left 100 && run_steps ddp-bf16-graphs-adamw $stage "${G[@]}" \
+      --set run.cuda_graphs=true --set run.kernels.adamw=\"wanhost\"
     # GRAPH_FP8=1: FP8 linear layers replayed too (cheaper arithmetic than the bf16 peer's).
     [ "${GRAPH_FP8:-0}" = 1 ] && left 100 && run_steps ddp-fp8-graphs $stage "${G[@]}" \
       --set run.cuda_graphs=true --set run.fp8=\"tensorwise\"

@@ -4,7 +4,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <map>
 #include <string>
 #include <utility>
@@ -50,6 +52,16 @@ struct AdamWPath {
   AdamWPath(const AdamWPath&) = delete;
   AdamWPath& operator=(const AdamWPath&) = delete;
   const std::string name;
+};
+
+// run.kernels.adamw as the manifest names it, for a scope.
+struct KernelChoice {
+  explicit KernelChoice(const std::string& adamw) {
+    wanhost::set_kernel_options(wanhost::parse_kernel_options("auto", adamw, "dgelu"));
+  }
+  ~KernelChoice() { wanhost::set_kernel_options(wanhost::KernelOptions{}); }
+  KernelChoice(const KernelChoice&) = delete;
+  KernelChoice& operator=(const KernelChoice&) = delete;
 };
 
 // Five steps of wanhost::AdamW against the float64 reference of torch.optim.AdamW above.
@@ -281,6 +293,70 @@ TEST(AdamW, DeviceLearningRateGivesTheHostLearningRatesUpdateOnAGpu) {
   std::vector<double> lrs;
   for (int t = 1; t <= 6; ++t) lrs.push_back(1e-4 * t / 7.0);
   expect_device_lr_gives_host_lrs_update(true, at::kCUDA, lrs);
+}
+
+// run.kernels.adamw = wanhost (kernels/adamw_kernels.hpp) against LibTorch's fused AdamW on a
+// GPU: the same parameters and moments (to float rounding: the same operations in the same order,
+// compiled apart) over steps with and without weight decay, a clip divisor, a host and a device
+// LR and a skipped step; more tensors than one launch takes, sizes with tails, a tensor whose
+// address is not 16-byte aligned (the scalar path); and its gradients left as they were (LibTorch's
+// kernel writes them back divided).
+TEST(AdamW, WanhostKernelMatchesLibTorchsFusedOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  OptimizerConfig c;
+  c.beta2 = 0.95;
+  c.weight_decay = 0.1;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(31);
+  const auto gpu = at::TensorOptions().device(at::kCUDA);
+  std::vector<at::Tensor> starts;
+  for (int i = 0; i < 600; ++i) starts.push_back(at::randn({1 + (i * 37) % 300}, gen));
+  starts.push_back(at::randn({1000, 333}, gen));     // 333000: many chunks, a tail
+  const auto unaligned = [&](const at::Tensor& t) {  // 4 bytes past a 16-byte boundary
+    return at::empty({t.numel() + 1}, gpu).narrow(0, 1, t.numel()).copy_(t);
+  };
+  starts.push_back(at::randn({4099}, gen));
+  std::vector<AdamWParam> ours, theirs;
+  for (std::size_t i = 0; i < starts.size(); ++i) {
+    const bool last = i + 1 == starts.size();
+    const bool decay = i % 3 != 0;
+    ours.push_back(
+        {"p" + std::to_string(i), last ? unaligned(starts[i]) : starts[i].to(gpu), decay});
+    theirs.push_back({"p" + std::to_string(i), starts[i].to(gpu), decay});
+  }
+  ASSERT_NE(reinterpret_cast<std::uintptr_t>(ours.back().tensor.data_ptr()) % 16, 0u);
+  AdamW a(ours, c), b(theirs, c);
+  const auto no = at::scalar_tensor(0.0, gpu.dtype(at::kFloat));
+  const auto yes = at::scalar_tensor(1.0, gpu.dtype(at::kFloat));
+  for (int t = 0; t < 4; ++t) {
+    std::vector<at::Tensor> grads;
+    for (const auto& s : starts) grads.push_back(at::randn(s.sizes(), gen).to(gpu));
+    for (std::size_t i = 0; i < starts.size(); ++i) {
+      const bool last = i + 1 == starts.size();
+      ours[i].tensor.mutable_grad() = last ? unaligned(grads[i]) : grads[i].clone();
+      theirs[i].tensor.mutable_grad() = grads[i].clone();
+    }
+    const double lr = 1e-3 * (t + 1) / 3.0;
+    const auto divisor = at::scalar_tensor(1.0 + t, gpu.dtype(at::kFloat));
+    const auto skip = t == 3 ? yes : no;
+    {
+      KernelChoice wanhost("wanhost");
+      if (t == 2)
+        a.step(at::scalar_tensor(lr, gpu.dtype(at::kFloat)), divisor, skip);
+      else
+        a.step(lr, divisor, skip);
+    }
+    b.step(lr, divisor, skip);
+    double worst = 0;
+    for (std::size_t i = 0; i < starts.size(); ++i) {
+      worst = std::max(worst, rel(ours[i].tensor, theirs[i].tensor));
+      ASSERT_TRUE(ours[i].tensor.grad().equal(grads[i]))
+          << "gradient " << i << " changed, step " << t;
+    }
+    EXPECT_LT(worst, 1e-6) << "step " << t;
+    for (const auto& [key, value] : a.state())
+      EXPECT_LT(rel(value, b.state().at(key)), 1e-6) << key << ", step " << t;
+  }
+  EXPECT_EQ(a.steps(), 3);
 }
 
 // ParallelismBase clips inside the next optimizer step: the same update as clipping the

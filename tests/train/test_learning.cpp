@@ -55,7 +55,8 @@ TEST(DefaultRecipe, LearnsInEveryStage) {
 }
 
 // The fused AdamW kernel and the per-tensor update (run.kernels.adamw=loop) train the tiny recipe
-// to the same losses and gradient norms within float32 rounding; a bad value is a usage error.
+// to the same losses and gradient norms within float32 rounding; `wanhost` on a CPU is the fused
+// update; a bad value is a usage error.
 TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
   const auto fused = read_metrics(reference_run());
   const fs::path run = scratch_dir() / "loop";
@@ -77,6 +78,19 @@ TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
   EXPECT_LT(worst, 1e-4);
   // Not the same path twice: the two updates round differently, so some step differs a little.
   EXPECT_GT(worst, 0.0);
+
+  // wanhost's kernel is for fp32 tensors on a GPU: on a CPU the run takes LibTorch's fused update.
+  const fs::path wanhost_run = run.parent_path() / "wanhost";
+  auto wanhost_args = run_args(wanhost_run);
+  wanhost_args.push_back("--set");
+  wanhost_args.push_back("run.kernels.adamw=\"wanhost\"");
+  const Result w = run_cli(wanhost_args);
+  ASSERT_EQ(w.code, 0) << w.describe();
+  const auto on_cpu = read_metrics(wanhost_run);
+  ASSERT_EQ(on_cpu.size(), fused.size());
+  for (std::size_t i = 0; i < on_cpu.size(); ++i)
+    for (const char* key : {"loss", "grad_norm"})
+      EXPECT_EQ(on_cpu[i][key].get<double>(), fused[i][key].get<double>()) << key << " " << i;
 
   auto bad_args = run_args(scratch_dir() / "bad");
   bad_args.push_back("--set");

@@ -28,9 +28,10 @@ KernelOptions parse_kernel_options(const std::string& packed_attention, const st
   else
     throw std::invalid_argument("packed attention '" + packed_attention +
                                 "': expected auto, flash or loop");
-  if (adamw != "fused" && adamw != "loop")
-    throw std::invalid_argument("AdamW '" + adamw + "': expected fused or loop");
-  o.fused_adamw = adamw == "fused";
+  if (adamw != "fused" && adamw != "loop" && adamw != "wanhost")
+    throw std::invalid_argument("AdamW '" + adamw + "': expected fused, loop or wanhost");
+  o.fused_adamw = adamw != "loop";
+  o.wanhost_adamw = adamw == "wanhost";
   const std::string& s = lt_epilogues;
   if (s == "all") {
     o.lt_gelu = o.lt_dgelu = o.lt_bgrad = true;

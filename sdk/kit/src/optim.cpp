@@ -10,6 +10,12 @@
 
 #include <ATen/ATen.h>
 
+#if WANHOST_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "adamw_kernels.hpp"
+#endif
 #include "side_tensors.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/kit/kernel_options.hpp"
@@ -54,6 +60,53 @@ std::atomic<bool>& fused_refused() {
 bool fused_usable() {
   return kernel_options().fused_adamw && !fused_refused().load();
 }
+
+#if WANHOST_WITH_CUDA
+// wanhost's multi-tensor kernel (run.kernels.adamw = wanhost; kernels/adamw_kernels.hpp) takes
+// contiguous fp32 tensors on one GPU.
+bool wanhost_kernel_takes(const std::vector<std::vector<at::Tensor>>& lists) {
+  const c10::Device device = lists[0][0].device();
+  for (const auto& list : lists)
+    for (const at::Tensor& t : list)
+      if (!t.is_cuda() || t.device() != device || t.scalar_type() != at::kFloat ||
+          !t.is_contiguous())
+        return false;
+  return true;
+}
+
+// The update of at::_fused_adamw_ with these arguments (`count`: the update count, a float scalar
+// on the tensors' device; `device_lr` when defined, else `lr`), gradients left as they are.
+void wanhost_adamw(const std::vector<std::vector<at::Tensor>>& lists, const at::Tensor& count,
+                   double lr, const at::Tensor& device_lr, const at::Tensor& divisor,
+                   const at::Tensor& skip, double weight_decay, const OptimizerConfig& c) {
+  const c10::Device device = lists[0][0].device();
+  const c10::cuda::CUDAGuard guard(device);
+  // Scalars on the device, alive until the launch is queued (the allocator orders reuse by stream).
+  const auto on = [&](const at::Tensor& t) {
+    return t.defined() ? t.to(device, at::kFloat).reshape({}).contiguous() : at::Tensor();
+  };
+  const at::Tensor lr_t = on(device_lr), step_t = on(count), divisor_t = on(divisor),
+                   skip_t = on(skip);
+  std::vector<kernels::AdamWTensor> tensors(lists[0].size());
+  for (std::size_t i = 0; i < tensors.size(); ++i)
+    tensors[i] = {lists[0][i].data_ptr<float>(), lists[1][i].data_ptr<float>(),
+                  lists[2][i].data_ptr<float>(), lists[3][i].data_ptr<float>(),
+                  lists[0][i].numel()};
+  kernels::AdamWScalars s{};
+  s.beta1 = static_cast<float>(c.beta1), s.beta2 = static_cast<float>(c.beta2);
+  s.weight_decay = static_cast<float>(weight_decay), s.eps = static_cast<float>(c.eps);
+  s.lr = static_cast<float>(lr);
+  s.lr_ptr = lr_t.defined() ? lr_t.data_ptr<float>() : nullptr;
+  s.step = step_t.data_ptr<float>();
+  s.grad_divisor = divisor_t.defined() ? divisor_t.data_ptr<float>() : nullptr;
+  s.skip = skip_t.defined() ? skip_t.data_ptr<float>() : nullptr;
+  const cudaError_t err =
+      kernels::adamw_update(tensors.data(), static_cast<int>(tensors.size()), s,
+                            at::cuda::getCurrentCUDAStream(device.index()).stream());
+  TORCH_CHECK(err == cudaSuccess, "AdamW: wanhost's kernel failed on ", tensors.size(),
+              " tensors: ", cudaGetErrorString(err));
+}
+#endif
 
 // One tensor's AdamW update (torch.optim.AdamW, decoupled weight decay).
 void update_tensor(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, bool decay,
@@ -150,6 +203,14 @@ void AdamW::update(double lr, const at::Tensor& device_lr, const at::Tensor& gra
   for (auto& [key, gr] : groups) {
     const bool decay = std::get<2>(key);
     const c10::Device device = gr.p[0].device();
+#if WANHOST_WITH_CUDA
+    if (fused_usable() && kernel_options().wanhost_adamw &&
+        wanhost_kernel_takes({gr.p, gr.g, gr.m, gr.v})) {
+      wanhost_adamw({gr.p, gr.g, gr.m, gr.v}, count, lr, device_lr, grad_divisor, skipped_now,
+                    decay ? config_.weight_decay : 0.0, config_);
+      continue;
+    }
+#endif
     if (fused_usable()) {
       try {
         // The step count, read (not changed) by the kernel: one tensor per parameter.

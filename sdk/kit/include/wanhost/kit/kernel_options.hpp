@@ -21,13 +21,17 @@ struct KernelOptions {
   // GELU_AUX_BIAS, the GELU gradient in the product that makes the hidden gradient, the bias
   // gradients in weight-gradient products.
   bool lt_gelu = false, lt_dgelu = true, lt_bgrad = false;
+  // AdamW (with fused_adamw): wanhost's multi-tensor kernel (kernels/adamw_kernels.hpp) for fp32
+  // tensors on a GPU, LibTorch's fused kernel for anything else. Since kit 1.6 (appended: the
+  // fields above keep their places).
+  bool wanhost_adamw = false;
 };
 
 void set_kernel_options(const KernelOptions& options);
 const KernelOptions& kernel_options();
 
 // Parse the manifest's strings; throw std::invalid_argument saying what is expected.
-//   packed_attention: auto | flash | loop;   adamw: fused | loop;
+//   packed_attention: auto | flash | loop;   adamw: fused | loop | wanhost;
 //   lt_epilogues: off | all | a comma list of gelu, dgelu, bgrad (default "dgelu").
 KernelOptions parse_kernel_options(const std::string& packed_attention, const std::string& adamw,
                                    const std::string& lt_epilogues);
