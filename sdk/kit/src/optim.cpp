@@ -103,8 +103,8 @@ void wanhost_adamw(const std::vector<std::vector<at::Tensor>>& lists, const at::
   const cudaError_t err =
       kernels::adamw_update(tensors.data(), static_cast<int>(tensors.size()), s,
                             at::cuda::getCurrentCUDAStream(device.index()).stream());
-  TORCH_CHECK(err == cudaSuccess, "AdamW: wanhost's kernel failed on ", tensors.size(),
-              " tensors: ", cudaGetErrorString(err));
+  TORCH_CHECK(err == cudaSuccess, "AdamW (run.kernels.adamw = wanhost): the kernel failed on ",
+              tensors.size(), " tensors: ", cudaGetErrorString(err));
 }
 #endif
 
