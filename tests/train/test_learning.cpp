@@ -59,13 +59,15 @@ TEST(DefaultRecipe, LearnsInEveryStage) {
 // update; a bad value is a usage error.
 TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
   const auto fused = read_metrics(reference_run());
-  const fs::path run = scratch_dir() / "loop";
-  auto args = run_args(run);
-  args.push_back("--set");
-  args.push_back("run.kernels.adamw=loop");
-  const Result r = run_cli(args);
-  ASSERT_EQ(r.code, 0) << r.describe();
-  const auto loop = read_metrics(run);
+  const fs::path dir = scratch_dir();
+  // The tiny recipe's steps with run.kernels.adamw = `adamw`.
+  auto steps_with = [&](const std::string& adamw) {
+    const Result r =
+        run_cli(run_args(dir / adamw, {"--set", "run.kernels.adamw=\"" + adamw + "\""}));
+    EXPECT_EQ(r.code, 0) << r.describe();
+    return read_metrics(dir / adamw);
+  };
+  const auto loop = steps_with("loop");
   ASSERT_EQ(loop.size(), fused.size());
   double worst = 0;
   for (std::size_t i = 0; i < loop.size(); ++i)
@@ -80,22 +82,13 @@ TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
   EXPECT_GT(worst, 0.0);
 
   // wanhost's kernel is for fp32 tensors on a GPU: on a CPU the run takes LibTorch's fused update.
-  const fs::path wanhost_run = run.parent_path() / "wanhost";
-  auto wanhost_args = run_args(wanhost_run);
-  wanhost_args.push_back("--set");
-  wanhost_args.push_back("run.kernels.adamw=\"wanhost\"");
-  const Result w = run_cli(wanhost_args);
-  ASSERT_EQ(w.code, 0) << w.describe();
-  const auto on_cpu = read_metrics(wanhost_run);
+  const auto on_cpu = steps_with("wanhost");
   ASSERT_EQ(on_cpu.size(), fused.size());
   for (std::size_t i = 0; i < on_cpu.size(); ++i)
     for (const char* key : {"loss", "grad_norm"})
       EXPECT_EQ(on_cpu[i][key].get<double>(), fused[i][key].get<double>()) << key << " " << i;
 
-  auto bad_args = run_args(scratch_dir() / "bad");
-  bad_args.push_back("--set");
-  bad_args.push_back("run.kernels.adamw=sometimes");
-  const Result bad = run_cli(bad_args);
+  const Result bad = run_cli(run_args(dir / "bad", {"--set", "run.kernels.adamw=sometimes"}));
   EXPECT_EQ(bad.code, 2) << bad.describe();
   EXPECT_NE(bad.err.find("/run/kernels/adamw"), std::string::npos) << bad.describe();
 }
