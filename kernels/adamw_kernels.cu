@@ -7,6 +7,7 @@
 #include "adamw_kernels.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 
@@ -94,15 +95,22 @@ __global__ void __launch_bounds__(kThreads, 4)
   }
 }
 
-// Blocks a launch needs at most to keep every SM of the current device full.
+// Blocks a launch needs at most to keep every SM of the current device full; asked of the driver
+// once per device (the update runs every step).
 int full_grid() {
-  int device = 0, sms = 0, per_sm = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+  constexpr int kDevices = 64;
+  static std::atomic<int> known[kDevices] = {};  // 0: not asked yet
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 1024;
+  if (device < kDevices && known[device].load() > 0) return known[device].load();
+  int sms = 0, per_sm = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_kernel, kThreads, 0) !=
           cudaSuccess)
     return 1024;
-  return std::max(1, sms * per_sm);
+  const int blocks = std::max(1, sms * per_sm);
+  if (device < kDevices) known[device].store(blocks);
+  return blocks;
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "mpi_communicator.hpp"
 
+#include "../util/device_timing.hpp"
 #include "../util/exit_codes.hpp"
 
 #if WANHOST_WITH_MPI
@@ -114,8 +115,7 @@ class MpiWork final : public Work {
     for (long spins = 0;; ++spins) {
       check(MPI_Test(&req_, &flag, MPI_STATUS_IGNORE), what_);
       if (flag) break;
-      const double waited =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const double waited = seconds_since(start);
       if (timeout_s_ > 0 && waited > timeout_s_) {
         done_ = true;  // the request is abandoned: the process is about to abort
         throw std::runtime_error(what_ + " did not complete within " +

@@ -14,6 +14,7 @@
 #include "../run/components.hpp"
 #include "../train/checkpoint.hpp"
 #include "../util/device_flag.hpp"
+#include "../util/device_timing.hpp"
 #include "../util/files.hpp"
 #include "media_writer.hpp"
 #include "samplers.hpp"
@@ -538,8 +539,7 @@ void generate(PluginRegistry& registry, const GenerateOptions& o) {
       }
       records += rec.dump() + "\n";
     }
-    const double secs =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double secs = seconds_since(t0);
     logger()->info("generate: {}/{} samples done ({:.1f} s)", end, jobs.size(), secs);
     first = end;
   }

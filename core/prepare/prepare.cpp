@@ -24,6 +24,7 @@
 #include "../run/components.hpp"
 #include "../run/resolve.hpp"
 #include "../util/device_flag.hpp"
+#include "../util/device_timing.hpp"
 #include "../util/files.hpp"
 #include "frame_plan.hpp"
 #include "video_reader.hpp"
@@ -43,10 +44,6 @@ using Clock = std::chrono::steady_clock;
 // --whole-video cuts each video to 4k+1 frames: the Wan VAE keeps the first frame and compresses
 // each following group of 4 (the --num-frames rule).
 constexpr std::int64_t kTemporalRatio = 4;
-
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
 
 std::string shard_name(std::int64_t k) {
   char buf[48];
@@ -269,7 +266,7 @@ class Progress {
       std::fflush(stderr);
       return;
     }
-    if (!final && std::chrono::duration<double>(Clock::now() - last_).count() < 10.0) return;
+    if (!final && seconds_since(last_) < 10.0) return;
     last_ = Clock::now();
     logger()->info("prepare: {}/{} videos, {} samples, {:.1f} frames/s, {:.0f} s", videos, total_,
                    samples, fps, t);

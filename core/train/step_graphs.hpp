@@ -48,8 +48,8 @@ class StepGraphs {
  public:
   // The device part of a step, launched without reading anything back: `counts` is a pinned host
   // tensor of the step's numbers (the learning rate among them) the step copies to the device (a
-  // captured copy reads it again on each replay). Returns
-  // the device tensor the host reads after the step (a replay writes it again).
+  // captured copy reads it again on each replay). Returns the device tensor the host reads after
+  // the step (a replay writes it again).
   using Launch = std::function<at::Tensor(const StepInputs& in, const at::Tensor& counts)>;
   // Captures `fn` (its first and only call records the step) and returns what replays it; the
   // default captures a CUDA graph on the current stream (util/step_graph.hpp). Tests give one

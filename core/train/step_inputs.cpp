@@ -12,6 +12,8 @@
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 
+#include "../util/device_timing.hpp"
+
 namespace wanhost::core {
 namespace {
 
@@ -49,9 +51,6 @@ std::unique_ptr<StepPrefetcher::Ready> StepPrefetcher::make_on_device(long stage
                                                                       long global_step,
                                                                       bool on_worker) {
   using Clock = std::chrono::steady_clock;
-  const auto seconds_since = [](Clock::time_point t) {
-    return std::chrono::duration<double>(Clock::now() - t).count();
-  };
   auto r = std::make_unique<Ready>();
   const auto t0 = Clock::now();
   r->inputs = make_(stage_step, global_step);
@@ -95,8 +94,7 @@ StepInputs StepPrefetcher::take(long stage_step, long global_step, double* wait_
   std::unique_ptr<Ready> r = pending_.valid()
                                  ? pending_.get()
                                  : make_on_device(stage_step, global_step, /*on_worker=*/false);
-  if (wait_s)
-    *wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (wait_s) *wait_s = seconds_since(t0);
   if (r->inputs.stage_step != stage_step || r->inputs.global_step != global_step)
     throw std::logic_error(
         "step prefetcher: steps must be taken in order; inputs made for stage step " +

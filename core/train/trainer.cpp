@@ -143,6 +143,9 @@ class Trainer {
                          double lr, bool update_first);
   void train_step(const StageConfig& stage, StepPrefetcher& inputs);
   bool cuda_graphs_usable() const;
+  // The stage's updates read the LR on the device: with graphs_, on an SDK 2.6 parallelism (a
+  // captured step takes each replay's LR, so the LR is not part of a step's key).
+  bool lr_on_device() const { return graphs_ && c_.parallelism_sdk_minor >= 6; }
   void profiled_step(const StageConfig& stage, StepPrefetcher& inputs);
   void save_checkpoint();
   [[noreturn]] void stop_after_write_error();
@@ -166,11 +169,8 @@ class Trainer {
   double peak_tflops_ = 0;  // MFU denominator (0: none)
   bool profiling_ = false;  // the step running now is under the profiler (its metrics say so)
   std::unique_ptr<StepGraphs> graphs_;  // run.cuda_graphs: the stage's captured steps
-  // The stage's updates read the LR on the device (SDK 2.6, with graphs_): a captured step takes
-  // each replay's LR, so the LR is not part of a step's key.
-  bool lr_on_device_ = false;
-  bool exported_ = false;    // the Diffusers export was written
-  std::string write_error_;  // a failed metrics/log write on this rank: the run stops
+  bool exported_ = false;               // the Diffusers export was written
+  std::string write_error_;             // a failed metrics/log write on this rank: the run stops
 };
 
 // Folders and this rank's log file. config.resolved.json is written once the run is accepted
@@ -409,7 +409,7 @@ bool Trainer::cuda_graphs_usable() const {
 // counted twice) and, for SDK 2.4 plugins (`update_first`), the update, skipped on the device
 // when the loss or the gradient norm is not finite. `counts`: the host's numbers (tokens, FLOPs,
 // packs, padded tokens; samples are added from the losses) and the LR (kStepLr, which the update
-// reads from there when lr_on_device_), pinned on a GPU so that their copy does not wait. Returns
+// reads from there when lr_on_device()), pinned on a GPU so that their copy does not wait. Returns
 // the tensor the host reads: loss sum, samples, tokens, FLOPs, packs, padded tokens, gradient norm.
 at::Tensor Trainer::launch_step(const StageConfig& stage, const StepInputs& in,
                                 const at::Tensor& counts, double lr, bool update_first) {
@@ -438,7 +438,7 @@ at::Tensor Trainer::launch_step(const StageConfig& stage, const StepInputs& in,
   if (update_first) {
     fault_point("step.before_optimizer", p_.global_step + 1);
     const at::Tensor skip = at::logical_not(at::isfinite(totals[0]) & at::isfinite(grad_norm));
-    if (lr_on_device_) {
+    if (lr_on_device()) {
       // Rounded to float32 on the device as the fused AdamW rounds a host LR on a GPU.
       const at::Tensor device_lr = host_numbers[kStepLr].to(at::kFloat);
       parallelism("optimizer_step_unless_device_lr",
@@ -477,7 +477,7 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
   if (graphs_ && !profiling_) {
     const long captured = graphs_->captures(), replayed = graphs_->replays();
     const std::optional<std::string> key =  // before the move
-        step_graph_key(in, *c_.model, lr_on_device_ ? std::nullopt : std::optional<double>(lr));
+        step_graph_key(in, *c_.model, lr_on_device() ? std::nullopt : std::optional<double>(lr));
     readback = graphs_->run(key, std::move(in), counts, launch);
     if (graphs_->captures() > captured)
       step_mode = "captured";
@@ -532,7 +532,7 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
   ++p_.stage_step;
   ++p_.global_step;
 
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = seconds_since(t0);
   StageStats& st = stats_[stage.index];
   st.losses.push_back(loss);
   st.seconds += secs;
@@ -767,8 +767,7 @@ int Trainer::run() {
     if (cuda_graphs_usable()) {
       graph_stream.emplace(c_.ctx.device);
       graphs_ = std::make_unique<StepGraphs>(c_.ctx.device, kMaxStepGraphs);
-      lr_on_device_ = c_.parallelism_sdk_minor >= 6;
-      if (!lr_on_device_ && stage.lr_schedule.type != "constant" && rank0())
+      if (!lr_on_device() && stage.lr_schedule.type != "constant" && rank0())
         logger()->warn(
             "run.cuda_graphs: the parallelism plugin '{}' was built against SDK 2.{} and takes "
             "the LR as a host number (2.6 reads it on the device): stage '{}''s steps of a "
@@ -821,7 +820,6 @@ int Trainer::run() {
                      graphs_->replays(), graphs_->captures(),
                      graphs_->on() ? "" : " (graphs turned off after a failed capture)");
     graphs_.reset();
-    lr_on_device_ = false;
   }
   if (cfg_.checkpoint.export_diffusers) export_weights();
   summary();

@@ -29,7 +29,11 @@ double time_once(const c10::Device& device, const std::function<void()>& fn) {
   (void)device;
   const auto t0 = std::chrono::steady_clock::now();
   fn();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return seconds_since(t0);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
 double median(std::vector<double> v) {

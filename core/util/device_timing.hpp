@@ -2,6 +2,7 @@
 // product peak that MFU figures are measured against; peak memory (`wanhost bench`, run metrics).
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <vector>
 
@@ -9,6 +10,8 @@
 
 namespace wanhost::core {
 
+// Host seconds since `t` (the steady clock: wall time of host work, waits included).
+double seconds_since(std::chrono::steady_clock::time_point t);
 // Seconds of one call of fn (on a GPU: between two events on the current stream).
 double time_once(const c10::Device& device, const std::function<void()>& fn);
 // The median of timings (the upper middle one of an even count); v must not be empty.

@@ -40,28 +40,18 @@ double rel(const at::Tensor& a, const at::Tensor& b) {
   return ((x - y).norm() / y.norm()).item<double>();
 }
 
-// Selects LibTorch's fused AdamW kernel or the per-tensor update for a scope (kernel_options),
-// then restores the defaults.
+// Selects an AdamW path for a scope (kernel_options): LibTorch's fused kernel, the per-tensor
+// update or wanhost's kernel; then restores the defaults.
 struct AdamWPath {
-  explicit AdamWPath(bool fused) : name(fused ? "fused" : "loop") {
-    wanhost::KernelOptions options;
-    options.fused_adamw = fused;
-    wanhost::set_kernel_options(options);
+  // `adamw`: run.kernels.adamw as the manifest names it (fused, loop, wanhost).
+  explicit AdamWPath(const std::string& adamw) : name(adamw) {
+    wanhost::set_kernel_options(wanhost::parse_kernel_options("auto", adamw, "dgelu"));
   }
+  explicit AdamWPath(bool fused) : AdamWPath(std::string(fused ? "fused" : "loop")) {}
   ~AdamWPath() { wanhost::set_kernel_options(wanhost::KernelOptions{}); }
   AdamWPath(const AdamWPath&) = delete;
   AdamWPath& operator=(const AdamWPath&) = delete;
   const std::string name;
-};
-
-// run.kernels.adamw as the manifest names it, for a scope.
-struct KernelChoice {
-  explicit KernelChoice(const std::string& adamw) {
-    wanhost::set_kernel_options(wanhost::parse_kernel_options("auto", adamw, "dgelu"));
-  }
-  ~KernelChoice() { wanhost::set_kernel_options(wanhost::KernelOptions{}); }
-  KernelChoice(const KernelChoice&) = delete;
-  KernelChoice& operator=(const KernelChoice&) = delete;
 };
 
 // Five steps of wanhost::AdamW against the float64 reference of torch.optim.AdamW above.
@@ -339,7 +329,7 @@ TEST(AdamW, WanhostKernelMatchesLibTorchsFusedOnAGpu) {
     const auto divisor = at::scalar_tensor(1.0 + t, gpu.dtype(at::kFloat));
     const auto skip = t == 3 ? yes : no;
     {
-      KernelChoice wanhost("wanhost");
+      const AdamWPath wanhost("wanhost");
       if (t == 2)
         a.step(at::scalar_tensor(lr, gpu.dtype(at::kFloat)), divisor, skip);
       else

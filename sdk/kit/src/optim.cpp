@@ -61,25 +61,25 @@ bool fused_usable() {
   return kernel_options().fused_adamw && !fused_refused().load();
 }
 
+// One update's tensors of one device, dtype and weight decay (what a fused kernel takes at once).
+struct Group {
+  std::vector<at::Tensor> p, g, m, v;
+};
+
 #if WANHOST_WITH_CUDA
-// wanhost's multi-tensor kernel (run.kernels.adamw = wanhost; kernels/adamw_kernels.hpp) takes
-// contiguous fp32 tensors on one GPU.
-bool wanhost_kernel_takes(const std::vector<std::vector<at::Tensor>>& lists) {
-  const c10::Device device = lists[0][0].device();
-  for (const auto& list : lists)
-    for (const at::Tensor& t : list)
+// The update of at::_fused_adamw_ with these arguments by wanhost's multi-tensor kernel
+// (run.kernels.adamw = wanhost; kernels/adamw_kernels.hpp), gradients left as they are (`count`:
+// the update count, a float scalar on the tensors' device; `device_lr` when defined, else `lr`).
+// False, with nothing done, unless every tensor is a contiguous fp32 one of a single GPU.
+bool wanhost_adamw(const Group& gr, const at::Tensor& count, double lr, const at::Tensor& device_lr,
+                   const at::Tensor& divisor, const at::Tensor& skip, double weight_decay,
+                   const OptimizerConfig& c) {
+  const c10::Device device = gr.p[0].device();
+  for (const auto* list : {&gr.p, &gr.g, &gr.m, &gr.v})
+    for (const at::Tensor& t : *list)
       if (!t.is_cuda() || t.device() != device || t.scalar_type() != at::kFloat ||
           !t.is_contiguous())
         return false;
-  return true;
-}
-
-// The update of at::_fused_adamw_ with these arguments (`count`: the update count, a float scalar
-// on the tensors' device; `device_lr` when defined, else `lr`), gradients left as they are.
-void wanhost_adamw(const std::vector<std::vector<at::Tensor>>& lists, const at::Tensor& count,
-                   double lr, const at::Tensor& device_lr, const at::Tensor& divisor,
-                   const at::Tensor& skip, double weight_decay, const OptimizerConfig& c) {
-  const c10::Device device = lists[0][0].device();
   const c10::cuda::CUDAGuard guard(device);
   // Scalars on the device, alive until the launch is queued (the allocator orders reuse by stream).
   const auto on = [&](const at::Tensor& t) {
@@ -87,11 +87,10 @@ void wanhost_adamw(const std::vector<std::vector<at::Tensor>>& lists, const at::
   };
   const at::Tensor lr_t = on(device_lr), step_t = on(count), divisor_t = on(divisor),
                    skip_t = on(skip);
-  std::vector<kernels::AdamWTensor> tensors(lists[0].size());
+  std::vector<kernels::AdamWTensor> tensors(gr.p.size());
   for (std::size_t i = 0; i < tensors.size(); ++i)
-    tensors[i] = {lists[0][i].data_ptr<float>(), lists[1][i].data_ptr<float>(),
-                  lists[2][i].data_ptr<float>(), lists[3][i].data_ptr<float>(),
-                  lists[0][i].numel()};
+    tensors[i] = {gr.p[i].data_ptr<float>(), gr.g[i].data_ptr<float>(), gr.m[i].data_ptr<float>(),
+                  gr.v[i].data_ptr<float>(), gr.p[i].numel()};
   kernels::AdamWScalars s{};
   s.beta1 = static_cast<float>(c.beta1), s.beta2 = static_cast<float>(c.beta2);
   s.weight_decay = static_cast<float>(weight_decay), s.eps = static_cast<float>(c.eps);
@@ -105,6 +104,7 @@ void wanhost_adamw(const std::vector<std::vector<at::Tensor>>& lists, const at::
                             at::cuda::getCurrentCUDAStream(device.index()).stream());
   TORCH_CHECK(err == cudaSuccess, "AdamW (run.kernels.adamw = wanhost): the kernel failed on ",
               tensors.size(), " tensors: ", cudaGetErrorString(err));
+  return true;
 }
 #endif
 
@@ -169,9 +169,6 @@ void AdamW::update(double lr, const at::Tensor& device_lr, const at::Tensor& gra
   // found_inf of the fused kernel: exactly 1 to skip, 0 to update.
   at::Tensor skipped_now;
   if (skip.defined()) skipped_now = (skip != 0).to(at::kFloat).reshape({});
-  struct Group {
-    std::vector<at::Tensor> p, g, m, v;
-  };
   // The fused kernel takes tensors of one device and dtype, and one weight decay.
   std::map<std::tuple<std::string, at::ScalarType, bool>, Group> groups;
   for (auto& s : slots_) {
@@ -205,11 +202,9 @@ void AdamW::update(double lr, const at::Tensor& device_lr, const at::Tensor& gra
     const c10::Device device = gr.p[0].device();
 #if WANHOST_WITH_CUDA
     if (fused_usable() && kernel_options().wanhost_adamw &&
-        wanhost_kernel_takes({gr.p, gr.g, gr.m, gr.v})) {
-      wanhost_adamw({gr.p, gr.g, gr.m, gr.v}, count, lr, device_lr, grad_divisor, skipped_now,
-                    decay ? config_.weight_decay : 0.0, config_);
+        wanhost_adamw(gr, count, lr, device_lr, grad_divisor, skipped_now,
+                      decay ? config_.weight_decay : 0.0, config_))
       continue;
-    }
 #endif
     if (fused_usable()) {
       try {
@@ -218,16 +213,14 @@ void AdamW::update(double lr, const at::Tensor& device_lr, const at::Tensor& gra
         std::optional<at::Tensor> divisor, found_inf;
         if (grad_divisor.defined()) divisor = grad_divisor.to(device, at::kFloat).reshape({});
         if (skipped_now.defined()) found_inf = skipped_now.to(device);
-        const double decay_rate = decay ? config_.weight_decay : 0.0;
-        if (device_lr.defined())  // the kernel reads it (float32, on the parameters' device)
-          at::_fused_adamw_(gr.p, gr.g, gr.m, gr.v, {}, counts,
-                            device_lr.to(device, at::kFloat).reshape({}), config_.beta1,
-                            config_.beta2, decay_rate, config_.eps, /*amsgrad=*/false,
-                            /*maximize=*/false, divisor, found_inf);
-        else
-          at::_fused_adamw_(gr.p, gr.g, gr.m, gr.v, {}, counts, lr, config_.beta1, config_.beta2,
-                            decay_rate, config_.eps, /*amsgrad=*/false,
-                            /*maximize=*/false, divisor, found_inf);
+        // The learning rate as a host double or a device tensor (float32, on the parameters'
+        // device, read by the kernel): the two overloads of the same operator.
+        const auto fused = [&](const auto& learning_rate) {
+          at::_fused_adamw_(gr.p, gr.g, gr.m, gr.v, {}, counts, learning_rate, config_.beta1,
+                            config_.beta2, decay ? config_.weight_decay : 0.0, config_.eps,
+                            /*amsgrad=*/false, /*maximize=*/false, divisor, found_inf);
+        };
+        device_lr.defined() ? fused(device_lr.to(device, at::kFloat).reshape({})) : fused(lr);
         continue;
       } catch (const c10::Error& e) {
         // Its checks run before any tensor changes: this group is updated below instead.
