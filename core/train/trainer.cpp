@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <optional>
+#include <utility>
 
 #include "../logging/logging.hpp"
 #include "../plugin/plugin_call.hpp"
@@ -40,6 +41,7 @@
 #include "step_graphs.hpp"
 #include "step_inputs.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/compute_weights.hpp"
 #include "wanhost/kit/fp8.hpp"
 #include "wanhost/kit/json_file.hpp"
 #include "wanhost/kit/safetensors.hpp"
@@ -150,6 +152,7 @@ class Trainer {
   void save_checkpoint();
   [[noreturn]] void stop_after_write_error();
   void export_weights();
+  void say_if_weights_have_no_copies() const;
   void summary() const;
   bool rank0() const { return env_.rank == 0; }
 
@@ -414,8 +417,9 @@ bool Trainer::cuda_graphs_usable() const {
 at::Tensor Trainer::launch_step(const StageConfig& stage, const StepInputs& in,
                                 const at::Tensor& counts, double lr, bool update_first) {
   parallelism("zero_grad", [&] { c_.parallelism->zero_grad(); });
-  // Weights change between steps only (optimizer step, load): FP8 copies are made again once.
-  fp8_weights_changed();
+  // Weights change between steps only (optimizer step, load): their compute-dtype and FP8 copies
+  // are made again once.
+  weights_changed();
   StepLoss sl = parallelism("forward_backward", [&] {
     return c_.parallelism->forward_backward(
         *c_.model, in.micro, [&](const at::Tensor& pred, const NoisedBatch& nb) {
@@ -611,6 +615,18 @@ void Trainer::profiled_step(const StageConfig& stage, StepPrefetcher& inputs) {
                  c_.ctx.device.is_cuda() ? "device kernels" : "CPU operators", dir, prof.table(15));
 }
 
+// run.kernels.weight_casts=per_step is made by the kit's forward_backward_each: a parallelism
+// plugin that runs the model's forward itself makes no copies; say so after a stage's first step.
+void Trainer::say_if_weights_have_no_copies() const {
+  if (!cfg_.run.kernels.weight_casts_per_step || c_.ctx.compute_dtype == c_.ctx.param_dtype ||
+      compute_weight_count() > 0 || !rank0())
+    return;
+  logger()->warn(
+      "run.kernels.weight_casts=per_step: the parallelism plugin '{}' runs the model's forward "
+      "itself and makes no one-pass copies (ddp does): the weights are cast where they are used",
+      cfg_.parallelism.plugin);
+}
+
 void Trainer::export_weights() {
   auto weights =
       parallelism("full_weights", [&] { return c_.parallelism->full_weights(*c_.model); });
@@ -781,11 +797,13 @@ int Trainer::run() {
             "text_len itself, so the arithmetic does not change)",
             stage.name, k);
     }
+    bool copies_checked = false;
     while (p_.stage_step < stage.steps) {
       if (p_.global_step + 1 == profile_step)
         profiled_step(stage, inputs);
       else
         train_step(stage, inputs);
+      if (!std::exchange(copies_checked, true)) say_if_weights_have_no_copies();
       const bool stage_end = p_.stage_step == stage.steps;
       const bool stop = opts_.stop_after_steps && p_.global_step >= *opts_.stop_after_steps;
       // Every rank flushes its log file each step, so a full disk is noticed now.
@@ -820,6 +838,7 @@ int Trainer::run() {
                      graphs_->replays(), graphs_->captures(),
                      graphs_->on() ? "" : " (graphs turned off after a failed capture)");
     graphs_.reset();
+    drop_compute_weights();  // run.kernels.weight_casts=per_step: the next stage makes its own
   }
   if (cfg_.checkpoint.export_diffusers) export_weights();
   summary();

@@ -19,7 +19,9 @@
 #             (STEP_PRECISIONS="bf16": bf16 only);
 #  - graphsteps: whole bf16 steps, text padded to 256 rows, eagerly and with run.cuda_graphs
 #             (steps replayed as CUDA graphs); GRAPH_FP8=1 adds FP8 steps with graphs,
-#             GRAPH_ADAMW=1 bf16 graphs with wanhost's AdamW kernel;
+#             GRAPH_ADAMW=1 bf16 graphs with wanhost's AdamW kernel, GRAPH_CASTS=1 bf16 graphs
+#             with the weights cast in one pass a step (run.kernels.weight_casts=per_step), and
+#             both set: bf16 graphs with both;
 #  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py), right after
 #             the whole steps so that a call short of time still compares them;
 #  - stepprofile: one whole 1.3B bf16 step of each stage (STAGES) under the profiler
@@ -36,7 +38,7 @@ PARTS=${PARTS:-tests bench profile ab steps graphsteps peerstep stepprofile peer
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 . scripts/device/measure_lib.sh
 start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_kernels \
-  $(want tests && echo test_wan21_dit test_optim test_train_units)
+  $(want tests && echo test_wan21_dit test_optim test_compute_weights test_train_units)
 
 if want tests && [ -x build-gpu/bin/test_kernels ]; then
   build-gpu/bin/test_kernels --gtest_filter='Fp8*:FusedGpu*' >"$R/tests.txt" 2>&1
@@ -45,6 +47,9 @@ if want tests && [ -x build-gpu/bin/test_kernels ]; then
     build-gpu/bin/test_wan21_dit --gtest_filter='*OnAGpu*' >>"$R/tests.txt" 2>&1
   # LibTorch's fused CUDA AdamW with the device-side skip (found_inf) and clip (grad_scale).
   [ -x build-gpu/bin/test_optim ] && build-gpu/bin/test_optim >>"$R/tests.txt" 2>&1
+  # The weights' one cast pass a step: the fused operators' autograd functions read the copies.
+  [ -x build-gpu/bin/test_compute_weights ] &&
+    build-gpu/bin/test_compute_weights >>"$R/tests.txt" 2>&1
   # The step's text_lengths handed on the host, pinned (SDK 2.4 models); whole steps replayed as
   # CUDA graphs against eager ones (run.cuda_graphs).
   [ -x build-gpu/bin/test_train_units ] &&
@@ -151,6 +156,13 @@ if want graphsteps && [ -x "$W" ]; then
     # GRAPH_ADAMW=1: the same with wanhost's multi-tensor AdamW (run.kernels.adamw = wanhost).
     [ "${GRAPH_ADAMW:-0}" = 1 ] && left 100 && run_steps ddp-bf16-graphs-adamw $stage "${G[@]}" \
       --set run.cuda_graphs=true --set run.kernels.adamw=\"wanhost\"
+    # GRAPH_CASTS=1: every master weight cast to bf16 in one pass a step (run.kernels.weight_casts).
+    C=(--set run.cuda_graphs=true --set run.kernels.weight_casts=\"per_step\")
+    [ "${GRAPH_CASTS:-0}" = 1 ] && left 100 && run_steps ddp-bf16-graphs-casts $stage "${G[@]}" \
+      "${C[@]}"
+    [ "${GRAPH_CASTS:-0}${GRAPH_ADAMW:-0}" = 11 ] && left 100 &&
+      run_steps ddp-bf16-graphs-casts-adamw $stage "${G[@]}" "${C[@]}" \
+        --set run.kernels.adamw=\"wanhost\"
     # GRAPH_FP8=1: FP8 linear layers replayed too (cheaper arithmetic than the bf16 peer's).
     [ "${GRAPH_FP8:-0}" = 1 ] && left 100 && run_steps ddp-fp8-graphs $stage "${G[@]}" \
       --set run.cuda_graphs=true --set run.fp8=\"tensorwise\"

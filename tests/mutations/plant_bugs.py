@@ -38,6 +38,7 @@ WAN21_DIT = runs("test_wan21_dit")
 KERNELS = runs("test_kernels")
 GENERATE = runs("test_generate", "wanhost")
 OPTIM = runs("test_optim")
+COMPUTE_WEIGHTS = runs("test_compute_weights")
 TRAIN_UNITS = runs("test_train_units")
 
 # name, file, old, new, ninja targets, test binary, gtest filter
@@ -326,6 +327,35 @@ MUTATIONS = [
     ("synthetic: captions embedded into the shared position table", "plugins/synthetic/synthetic_source.cpp",
      "at::Tensor out = positions(rows).clone();", "at::Tensor out = positions(rows);",
      ["test_synthetic"], "test_synthetic", "Synthetic.TextDoesNotDependOnWhatCameBefore"),
+    ("weight casts: a step's pass casts only once (stale copies)", "sdk/kit/src/compute_weights.cpp",
+     "for (auto& [place, lists] : groups) at::_foreach_copy_(lists.first, lists.second);",
+     "for (auto& [place, lists] : groups) if (!c.made) at::_foreach_copy_(lists.first, lists.second);",
+     ["wanhost", "test_train_learning"], "test_train_learning",
+     "WeightCasts.OnePassAStepTrainsAsCastsAtEachUse"),
+    ("weight casts: run.kernels.weight_casts=per_step ignored", "sdk/kit/src/parallelism_base.cpp",
+     "kernel_options().weight_casts_per_step && ctx.compute_dtype != ctx.param_dtype;",
+     "false && ctx.compute_dtype != ctx.param_dtype;",
+     ["wanhost", "test_train_learning"], "test_train_learning",
+     "WeightCasts.OnePassAStepTrainsAsCastsAtEachUse"),
+    ("weight casts: a copy used after weights_changed()", "sdk/kit/src/compute_weights.cpp",
+     "c.epoch != g_epoch.load()", "false",
+     *COMPUTE_WEIGHTS, "ComputeWeights.ACopyIsNeverUsedOnceItsMasterMayHaveChanged"),
+    ("weight casts: a copy used after its master changed in place", "sdk/kit/src/compute_weights.cpp",
+     "k.version != w._version()", "false",
+     *COMPUTE_WEIGHTS, "ComputeWeights.ACopyIsNeverUsedOnceItsMasterMayHaveChanged"),
+    ("weight casts: AdamW does not say the weights changed", "sdk/kit/src/optim.cpp",
+     "  weights_changed();\n  // found_inf", "  // found_inf",
+     *COMPUTE_WEIGHTS, "ComputeWeights.EveryAdamWStepSaysTheWeightsChanged"),
+    ("weight casts: the operators cast although a copy is fresh", "sdk/kit/src/compute_weights.cpp",
+     "return copy.defined() ? copy : w.to(dtype);", "return w.to(dtype);",
+     *COMPUTE_WEIGHTS, "ComputeWeights.AFreshCopyHoldsTheCastAndIsReusedStepAfterStep"),
+    ("weight casts: ATen paths cast although a copy is fresh", "sdk/kit/src/fused.cpp",
+     "  return compute_weight_differentiable(t, x.scalar_type());",
+     "  return !t.defined() || t.scalar_type() == x.scalar_type() ? t : t.to(x.scalar_type());",
+     *COMPUTE_WEIGHTS, "ComputeWeights.OperatorsGiveTheSameValuesAndGradientsWithTheCopies"),
+    ("weight casts: used copies dropped", "sdk/kit/src/compute_weights.cpp",
+     "    if (k.used) {", "    if (!k.used) {",
+     *COMPUTE_WEIGHTS, "ComputeWeights.CopiesNobodyUsedInTheFirstStepAreDropped"),
 ]
 
 

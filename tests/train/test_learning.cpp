@@ -93,6 +93,48 @@ TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
   EXPECT_NE(bad.err.find("/run/kernels/adamw"), std::string::npos) << bad.describe();
 }
 
+// run.kernels.weight_casts=per_step (every master weight cast to the compute dtype in one pass a
+// step) trains the tiny recipe in bf16 to the same losses and gradient norms, bit for bit, as the
+// casts at each use: the copies hold the same values and are made again after every update (a
+// copy left from before an update would change the next step's loss). The log says how many
+// weights the pass casts, or that a plugin makes none; a bad value is a usage error naming its
+// place.
+TEST(WeightCasts, OnePassAStepTrainsAsCastsAtEachUse) {
+  const std::vector<std::string> bf16{"--set", "run.precision=\"bf16\""};
+  const auto per_use = read_metrics(reference_run(bf16));
+  const fs::path run = scratch_dir() / "per_step";
+  auto args = run_args(run, bf16);
+  for (const char* s : {"--set", "run.kernels.weight_casts=\"per_step\""}) args.push_back(s);
+  const Result r = run_cli(args);
+  ASSERT_EQ(r.code, 0) << r.describe();
+  EXPECT_NE(r.err.find("master weights cast to BFloat16 in one pass a step"), std::string::npos)
+      << r.describe();
+  const auto per_step = read_metrics(run);
+  ASSERT_EQ(per_step.size(), per_use.size());
+  ASSERT_GT(per_step.size(), 2u);
+  for (std::size_t i = 0; i < per_step.size(); ++i)
+    for (const char* key : {"loss", "grad_norm"})
+      EXPECT_EQ(per_step[i][key].get<double>(), per_use[i][key].get<double>())
+          << key << " of step " << i;
+
+  // A parallelism plugin that runs the model's forward itself makes no copies: the run says so.
+  args = run_args(scratch_dir() / "megatron", bf16);
+  for (const char* s : {"--set", "run.kernels.weight_casts=\"per_step\"", "--set",
+                        "parallelism.plugin=\"megatron_tpppcp\""})
+    args.push_back(s);
+  const Result megatron = run_cli(args);
+  ASSERT_EQ(megatron.code, 0) << megatron.describe();
+  EXPECT_NE(megatron.err.find("'megatron_tpppcp' runs the model's forward itself and makes no "
+                              "one-pass copies"),
+            std::string::npos)
+      << megatron.describe();
+
+  const Result bad =
+      run_cli(run_args(scratch_dir() / "bad", {"--set", "run.kernels.weight_casts=always"}));
+  EXPECT_EQ(bad.code, 2) << bad.describe();
+  EXPECT_NE(bad.err.find("/run/kernels/weight_casts"), std::string::npos) << bad.describe();
+}
+
 // run.fp8=tensorwise through the real program (ddp, then megatron_tpppcp on one process, whose
 // layers are the kit's at tp 1): the log says FP8 is on; the blocks' layers really run on
 // quantised operands (some loss differs from the full-precision run) and train like them (every

@@ -744,5 +744,13 @@ TEST(CudaGraphs, ReplayedFp8StepsTrainAsEagerStepsOnAGpu) {
                                              "FP8 block linear layers (tensorwise)");
 }
 
+// The same with every master weight cast in one pass a step (run.kernels.weight_casts=per_step):
+// each replay casts the weights the step before it updated into the copies its kernels read.
+TEST(CudaGraphs, ReplayedStepsWithOnePassWeightCastsTrainAsEagerStepsOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
+  expect_replayed_steps_train_as_eager_steps({"--set", "run.kernels.weight_casts=\"per_step\""},
+                                             "in one pass a step");
+}
+
 }  // namespace
 }  // namespace traintest

@@ -17,6 +17,8 @@
 #include <c10/util/intrusive_ptr.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "wanhost/kit/compute_weights.hpp"
+
 #if WANHOST_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 
@@ -27,7 +29,6 @@ namespace wanhost {
 namespace {
 
 std::atomic<Fp8Recipe> g_recipe{Fp8Recipe::off};
-std::atomic<std::uint64_t> g_epoch{1};
 
 constexpr std::int64_t kAlign = 16;  // at::_scaled_mm: K and N multiples of 16
 constexpr double kE4m3Max = 448.0, kE5m2Max = 57344.0;
@@ -166,9 +167,9 @@ struct Fp8LinearFunction : torch::autograd::Function<Fp8LinearFunction> {
     const Quantized xq = quantized_input(x, rows);
     const Fp8WeightCache::Copies& w = cache->of(weight);
     const bool has_bias = bias.numel() > 0;
-    const at::Tensor y =
-        scaled_mm(xq.q, w.q.t(), xq.scale, w.scale,
-                  has_bias ? bias.to(x.scalar_type()) : at::Tensor(), x.scalar_type(), true);
+    const at::Tensor y = scaled_mm(xq.q, w.q.t(), xq.scale, w.scale,
+                                   has_bias ? compute_weight(bias, x.scalar_type()) : at::Tensor(),
+                                   x.scalar_type(), true);
     ctx->save_for_backward({xq.qt, xq.scale, w.qt, w.scale});
     ctx->saved_data["has_bias"] = has_bias;
     ctx->saved_data["bias_dtype"] = static_cast<std::int64_t>(bias.scalar_type());
@@ -226,11 +227,11 @@ const char* fp8_recipe_name(Fp8Recipe recipe) {
 }
 
 void fp8_weights_changed() {
-  g_epoch.fetch_add(1);
+  weights_changed();
 }
 
 const Fp8WeightCache::Copies& Fp8WeightCache::of(const at::Tensor& weight) {
-  const std::uint64_t epoch = g_epoch.load();
+  const std::uint64_t epoch = weights_epoch();
   if (copies_.q.defined() && data_ == weight.data_ptr() && version_ == weight._version() &&
       epoch_ == epoch)
     return copies_;

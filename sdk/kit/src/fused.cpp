@@ -2,6 +2,7 @@
 // the kernels of kernels/fused_kernels.cu. The backward kernels return partial sums (per 128 rows)
 // of the parameter gradients, summed here over blocks in a fixed order (deterministic).
 #include "wanhost/kit/fused.hpp"
+#include "wanhost/kit/compute_weights.hpp"
 #include "wanhost/kit/kernel_options.hpp"
 
 #include <ATen/ATen.h>
@@ -100,7 +101,7 @@ at::Tensor rms_norm_rope(const at::Tensor& x, const at::Tensor& weight, const at
   at::Tensor y;
   {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    y = at::rms_norm(x, {x.size(-1)}, weight.to(x.scalar_type()), eps);
+    y = at::rms_norm(x, {x.size(-1)}, compute_weight_differentiable(weight, x.scalar_type()), eps);
   }
   y = y.unflatten(-1, {-1, head_dim});
   if (!cos.defined()) return y;
@@ -437,7 +438,7 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
     auto xc = row_stride(x) > 0 ? x : x.contiguous();
     const Rows rows = rows_flat(xc);
     // The weight in x's dtype, as torch.nn.RMSNorm of a bf16 model applies it.
-    auto w = weight.to(x.scalar_type()).to(at::kFloat).contiguous();
+    auto w = compute_weight(weight, x.scalar_type()).to(at::kFloat).contiguous();
     at::Tensor c, s;
     std::int64_t table_rows = 1;
     if (cos.numel() > 0) {  // an empty table: no rotation (autograd inputs must be defined)
@@ -646,8 +647,9 @@ struct GeluFeedForward : torch::autograd::Function<GeluFeedForward> {
                             const at::Tensor& b1_in, const at::Tensor& w2_in,
                             const at::Tensor& b2_in) {
     c10::cuda::CUDAGuard guard(x.device());
-    const auto w1 = w1_in.to(x.scalar_type()), b1 = b1_in.to(x.scalar_type());
-    const auto w2 = w2_in.to(x.scalar_type()), b2 = b2_in.to(x.scalar_type());
+    const auto dtype = x.scalar_type();
+    const auto w1 = compute_weight(w1_in, dtype), b1 = compute_weight(b1_in, dtype);
+    const auto w2 = compute_weight(w2_in, dtype), b2 = compute_weight(b2_in, dtype);
     const auto x2 = x.reshape({-1, x.size(-1)});
     const auto rows = x2.size(0), dim = x2.size(1), hidden = w1.size(0);
     at::Tensor pre, h;
@@ -736,11 +738,11 @@ struct LinearsOfOneInput : torch::autograd::Function<LinearsOfOneInput> {
     variable_list saved{x}, out;
     std::vector<std::int64_t> dtypes;  // the parameters' own, in order: their gradients'
     for (std::size_t i = 0; i < params.size(); i += 2) {
-      const auto w = params[i].to(x.scalar_type());
+      const auto w = compute_weight(params[i], x.scalar_type());
       saved.push_back(w);
       dtypes.push_back(static_cast<std::int64_t>(params[i].scalar_type()));
       dtypes.push_back(static_cast<std::int64_t>(params[i + 1].scalar_type()));
-      out.push_back(at::linear(x, w, params[i + 1].to(x.scalar_type())));
+      out.push_back(at::linear(x, w, compute_weight(params[i + 1], x.scalar_type())));
     }
     ctx->save_for_backward(saved);
     ctx->saved_data["dtypes"] = dtypes;
@@ -788,10 +790,11 @@ struct LinearsOfOneInput : torch::autograd::Function<LinearsOfOneInput> {
 
 namespace {
 
-// `t` (may be undefined) in x's dtype: a differentiable cast of a master copy on the paths that
-// compute in x's dtype through ATen.
+// `t` (may be undefined) in x's dtype: a differentiable cast of a master copy (or its copy from
+// the step's one cast pass, compute_weights.hpp) on the paths that compute in x's dtype through
+// ATen.
 at::Tensor as_dtype_of(const at::Tensor& t, const at::Tensor& x) {
-  return !t.defined() || t.scalar_type() == x.scalar_type() ? t : t.to(x.scalar_type());
+  return compute_weight_differentiable(t, x.scalar_type());
 }
 
 // Parameters the fused products take: in x's dtype, or fp32 master copies (cast inside, their

@@ -57,4 +57,15 @@ KernelOptions parse_kernel_options(const std::string& packed_attention, const st
   return o;
 }
 
+KernelOptions parse_kernel_options(const std::string& packed_attention, const std::string& adamw,
+                                   const std::string& lt_epilogues,
+                                   const std::string& weight_casts) {
+  if (weight_casts != "per_use" && weight_casts != "per_step")
+    throw std::invalid_argument("weight casts '" + weight_casts +
+                                "': expected per_use or per_step");
+  KernelOptions o = parse_kernel_options(packed_attention, adamw, lt_epilogues);
+  o.weight_casts_per_step = weight_casts == "per_step";
+  return o;
+}
+
 }  // namespace wanhost

@@ -18,6 +18,7 @@
 #endif
 #include "side_tensors.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/compute_weights.hpp"
 #include "wanhost/kit/kernel_options.hpp"
 #include "wanhost/log.hpp"
 
@@ -166,6 +167,9 @@ void AdamW::step(const at::Tensor& lr, const at::Tensor& grad_divisor, const at:
 void AdamW::update(double lr, const at::Tensor& device_lr, const at::Tensor& grad_divisor,
                    const at::Tensor& skip) {
   at::NoGradGuard no_grad;
+  // Copies of the weights made before this update (compute_weights.hpp, FP8) are stale after it,
+  // whichever kernel writes the weights (wanhost's does not move their version counters).
+  weights_changed();
   // found_inf of the fused kernel: exactly 1 to skip, 0 to update.
   at::Tensor skipped_now;
   if (skip.defined()) skipped_now = (skip != 0).to(at::kFloat).reshape({});

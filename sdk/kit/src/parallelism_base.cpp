@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 
 #include "side_tensors.hpp"
+#include "wanhost/kit/compute_weights.hpp"
+#include "wanhost/kit/kernel_options.hpp"
 #include "wanhost/kit/precision.hpp"
 
 namespace wanhost {
@@ -26,6 +28,11 @@ ParallelismBase::~ParallelismBase() {
 
 StepLoss forward_backward_each(Model& model, const std::vector<NoisedBatch>& micro_batches,
                                const LossFn& loss, const ParallelContext& ctx) {
+  // run.kernels.weight_casts=per_step: every master weight in the compute dtype in one pass,
+  // before the first micro batch (the weights do not change until the optimizer step).
+  const bool cast_once =
+      kernel_options().weight_casts_per_step && ctx.compute_dtype != ctx.param_dtype;
+  if (cast_once) refresh_compute_weights(model.module().parameters(), ctx.compute_dtype);
   StepLoss total;
   for (const auto& mb : micro_batches) {
     LossTerms terms;
@@ -36,6 +43,7 @@ StepLoss forward_backward_each(Model& model, const std::vector<NoisedBatch>& mic
     terms.loss.backward();
     total.add(terms);
   }
+  if (cast_once) keep_used_compute_weights();
   return total;
 }
 

@@ -31,7 +31,8 @@ const char* fp8_recipe_name(Fp8Recipe recipe);
 
 // Says that weights may have changed (an optimizer step, a load): every Fp8WeightCache makes its
 // copy again at its next use. The host calls it before every training step; a weight's version
-// counter (in-place updates) is checked too.
+// counter (in-place updates) is checked too. Since kit 1.7 this is weights_changed()
+// (compute_weights.hpp), which also makes the compute-dtype copies stale; AdamW calls it itself.
 void fp8_weights_changed();
 
 // One layer's weight in E4M3, row-major [out, in] and its transpose [in, out], with their

@@ -25,6 +25,10 @@ struct KernelOptions {
   // tensors on a GPU, LibTorch's fused kernel for anything else. Since kit 1.6 (appended: the
   // fields above keep their places).
   bool wanhost_adamw = false;
+  // Weights in the compute dtype: cast where each is used (per use), or all of them in one
+  // multi-tensor pass at the start of each step's forward (per step, compute_weights.hpp; by
+  // forward_backward_each, so plugins that run whole models). Since kit 1.7 (appended).
+  bool weight_casts_per_step = false;
 };
 
 void set_kernel_options(const KernelOptions& options);
@@ -32,8 +36,12 @@ const KernelOptions& kernel_options();
 
 // Parse the manifest's strings; throw std::invalid_argument saying what is expected.
 //   packed_attention: auto | flash | loop;   adamw: fused | loop | wanhost;
-//   lt_epilogues: off | all | a comma list of gelu, dgelu, bgrad (default "dgelu").
+//   lt_epilogues: off | all | a comma list of gelu, dgelu, bgrad (default "dgelu");
+//   weight_casts: per_use | per_step (kit 1.7; the three-string form keeps per_use).
 KernelOptions parse_kernel_options(const std::string& packed_attention, const std::string& adamw,
                                    const std::string& lt_epilogues);
+KernelOptions parse_kernel_options(const std::string& packed_attention, const std::string& adamw,
+                                   const std::string& lt_epilogues,
+                                   const std::string& weight_casts);
 
 }  // namespace wanhost
