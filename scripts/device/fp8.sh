@@ -23,7 +23,8 @@
 #             with the weights cast in one pass a step (run.kernels.weight_casts=per_step), and
 #             both set: bf16 graphs with both;
 #  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py), right after
-#             the whole steps so that a call short of time still compares them;
+#             the whole steps so that a call short of time still compares them, then every
+#             whole-step run's ratio to it ("ratio" lines);
 #  - stepprofile: one whole 1.3B bf16 step of each stage (STAGES) under the profiler
 #             (logging.profile_step): device time per kernel class and the longest kernels, the
 #             optimizer, gradient casts and clipping included;
@@ -166,9 +167,12 @@ if want graphsteps && [ -x "$W" ]; then
     # GRAPH_FP8=1: FP8 linear layers replayed too (cheaper arithmetic than the bf16 peer's).
     [ "${GRAPH_FP8:-0}" = 1 ] && left 100 && run_steps ddp-fp8-graphs $stage "${G[@]}" \
       --set run.cuda_graphs=true --set run.fp8=\"tensorwise\"
+    [ "${GRAPH_FP8:-0}${GRAPH_CASTS:-0}${GRAPH_ADAMW:-0}" = 111 ] && left 100 &&
+      run_steps ddp-fp8-graphs-casts-adamw $stage "${G[@]}" "${C[@]}" \
+        --set run.fp8=\"tensorwise\" --set run.kernels.adamw=\"wanhost\"
   done
 fi
-want peerstep && left 150 && peer_step
+want peerstep && left 150 && peer_step && ratios
 if want stepprofile && [ -x "$W" ]; then
   for stage in ${STAGES:-1 2}; do
     left 100 || break

@@ -8,6 +8,7 @@
 #   bench LABEL ARGS...    `wanhost bench --json` with ARGS: one summary line, JSON kept
 #   peer_step              the compiled peer's whole step (build-perf/peer/peer_wan_step.py) at
 #                          stage 1 and/or 2 (STAGES), captions of 20-200 tokens padded to 512
+#   ratios                 each whole-step run of the summary against the peer's step (same call)
 #   run_steps TAG STAGE EXTRA...
 #                          whole 1.3B steps (`wanhost run`, STEPS steps of one stage, synthetic
 #                          data with 20-200 token captions); the median and mean after the first
@@ -55,6 +56,25 @@ cases = [("step_s1_1.3B_mb32", 32, 1, 30, 52, 512), ("step_s2_1.3B_81f", 1, 21, 
 for c in cases:
     if c[0][6] in os.environ.get("STAGES", "1 2"): p.run(*c, compiled=True)' 2>&1 | grep -v Warning |
     tee "$R/peer.jsonl" | grep "{" | sed 's/^/peer  /' | tee -a "$OUT/summary.txt")
+}
+
+# Every whole-step run of the summary against the peer's step of its stage from the same call:
+# end to end (median step) and less the input waits (what the device takes).
+ratios() {
+  python3 - "$OUT/summary.txt" <<'EOF' | tee -a "$OUT/summary.txt"
+import json, re, sys
+peer, runs = {}, []
+for line in open(sys.argv[1]):
+    if line.startswith("peer  {"):
+        p = json.loads(line[6:])
+        if "step_s" in p: peer["1" if "_s1_" in p["name"] else "2"] = p["step_s"]
+    m = re.match(r"run\s+(\S+)\s+stage (\d): median ([\d.]+) s.*less input waits: median ([\d.]+) s", line)
+    if m: runs.append((m.group(1), m.group(2), float(m.group(3)), float(m.group(4))))
+for tag, stage, med, dev in runs:
+    if stage in peer:
+        print("ratio %-28s stage %s: %.3fx end to end, %.3fx less input waits (peer %.4f s)" % (
+            tag, stage, peer[stage] / med, peer[stage] / dev, peer[stage]))
+EOF
 }
 
 run_steps() { # TAG STAGE EXTRA...
