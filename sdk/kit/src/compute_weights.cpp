@@ -46,8 +46,10 @@ struct Copies {
   std::int64_t bytes = 0;
 };
 
+// Never destroyed, like side_tensors.hpp's tables: it may hold CUDA tensors at exit (a run
+// stopped mid-stage), which must not be freed after the CUDA runtime has shut down.
 Copies& copies() {
-  static Copies c;
+  static Copies& c = *new Copies();
   return c;
 }
 
