@@ -44,19 +44,28 @@ __device__ __forceinline__ unsigned short pair_bytes(const In* x, std::int64_t a
   return static_cast<unsigned short>(to_fp8(a * inv, format) | (to_fp8(b * inv, format) << 8));
 }
 
+// The dequantisation scale from max|x| with ATen's arithmetic (fp8_kernels.hpp).
+__device__ __forceinline__ float dequantisation_scale(float amax, float min_amax, float inv_top) {
+  const float clamped = amax < min_amax ? min_amax : amax;  // NaN stays NaN, as at::clamp_min
+  return __fmul_rn(clamped, inv_top);
+}
+
 template <typename In>
 __global__ void __launch_bounds__(32 * kTileRowsPerPass)
     cast_transpose(const In* __restrict__ x, std::int64_t rows, std::int64_t cols,
-                   const float* __restrict__ inv_scale, Fp8Format format,
-                   unsigned char* __restrict__ q, unsigned char* __restrict__ qt,
-                   std::int64_t padded_rows, float* __restrict__ column_partials) {
+                   const float* __restrict__ amax, float min_amax, float inv_top,
+                   float* __restrict__ scale_out, Fp8Format format, unsigned char* __restrict__ q,
+                   unsigned char* __restrict__ qt, std::int64_t padded_rows,
+                   float* __restrict__ column_partials) {
   // +4 bytes a row: the transposed reads of one warp (rows 2 tx and 2 tx + 1) spread over banks.
   __shared__ unsigned char tile[kTile][kTile + 4];
   __shared__ float sums[kTileRowsPerPass][kTile];
   const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.x) * kTile;
   const std::int64_t c0 = static_cast<std::int64_t>(blockIdx.y) * kTile;
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const float inv = *inv_scale;
+  const float scale = dequantisation_scale(*amax, min_amax, inv_top);
+  if (blockIdx.x == 0 && blockIdx.y == 0 && tx == 0 && ty == 0) *scale_out = scale;
+  const float inv = __frcp_rn(scale);  // at::reciprocal's 1 / scale, correctly rounded
   const std::int64_t c = c0 + 2 * tx;
   float sum0 = 0.f, sum1 = 0.f;  // columns c and c + 1 over this thread's rows of the tile
   for (int i = ty; i < kTile; i += kTileRowsPerPass) {
@@ -97,13 +106,12 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
 }  // namespace
 
 cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t rows,
-                               std::int64_t cols, const float* inv_scale, Fp8Format format, void* q,
+                               std::int64_t cols, const Fp8Scale& scale, Fp8Format format, void* q,
                                void* qt, std::int64_t padded_rows, float* column_partials,
                                cudaStream_t stream) {
   if (rows <= 0 || cols <= 0 || cols % 2 != 0 || padded_rows < rows || padded_rows % 2 != 0 ||
-      inv_scale == nullptr)
+      scale.amax == nullptr || scale.scale_out == nullptr)
     return cudaErrorInvalidValue;
-  if (q == nullptr && qt == nullptr && column_partials == nullptr) return cudaSuccess;
   const std::int64_t row_tiles = (padded_rows + kTile - 1) / kTile;
   const std::int64_t col_tiles = (cols + kTile - 1) / kTile;
   if (row_tiles > 0x7fffffff || col_tiles > 65535) return cudaErrorInvalidConfiguration;
@@ -112,12 +120,13 @@ cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t row
   auto* out = static_cast<unsigned char*>(q);
   auto* out_t = static_cast<unsigned char*>(qt);
   if (source == Fp8Source::f32)
-    cast_transpose<<<grid, block, 0, stream>>>(static_cast<const float*>(x), rows, cols, inv_scale,
+    cast_transpose<<<grid, block, 0, stream>>>(static_cast<const float*>(x), rows, cols, scale.amax,
+                                               scale.min_amax, scale.inv_top, scale.scale_out,
                                                format, out, out_t, padded_rows, column_partials);
   else
-    cast_transpose<<<grid, block, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), rows, cols,
-                                               inv_scale, format, out, out_t, padded_rows,
-                                               column_partials);
+    cast_transpose<<<grid, block, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(x), rows, cols, scale.amax, scale.min_amax, scale.inv_top,
+        scale.scale_out, format, out, out_t, padded_rows, column_partials);
   return cudaGetLastError();
 }
 

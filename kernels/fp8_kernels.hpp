@@ -15,17 +15,27 @@ namespace wanhost::kernels {
 enum class Fp8Format { e4m3, e5m2 };
 enum class Fp8Source { f32, bf16 };  // what x holds
 
-// x [rows, cols] row-major, cols even. Each element becomes
-// fp8(float(x) * inv_scale[0]) (fp32 product, one round to nearest even, saturated to the
-// format's largest finite value); inv_scale is a device pointer (the reciprocal of the
-// dequantisation scale, made on the device: no host synchronisation). Writes q [rows, cols]
+// x [rows, cols] row-major, cols even. The dequantisation scale is made from amax[0] (max|x|, a
+// device pointer: no host synchronisation) as ATen's `amax.clamp_min(min_amax) / top` makes it
+// (a NaN amax stays NaN; the division is a product with inv_top = float(1.0 / top), as ATen
+// divides by a host scalar) and written to scale_out[0]. Each element becomes
+// fp8(float(x) * (1 / scale)) (fp32 product, one round to nearest even, saturated to the
+// format's largest finite value): the scale's tensor, two kernels and the reciprocal's one
+// fewer per operand than computing them with ATen (~800 small kernels of an FP8 1.3B step, their
+// launches and gaps). Writes q [rows, cols]
 // row-major when q is not null, and qt [cols, padded_rows] (qt[c][r] = q[r][c], zeros for r >=
 // rows) when qt is not null; padded_rows >= rows and even. With column_partials not null, also the
 // column sums of x (unscaled, fp32) per kFp8CastTileRows rows: column_partials [ceil(padded_rows /
 // kFp8CastTileRows), cols], every slot written (a bias gradient is their sum over the tiles:
 // deterministic, no atomics).
+struct Fp8Scale {
+  const float* amax = nullptr;  // device, max|x| in fp32
+  float min_amax = 0.f;         // the clamp of an all-zero operand
+  float inv_top = 0.f;          // float(1.0 / the format's largest value)
+  float* scale_out = nullptr;   // device, the dequantisation scale (written by one thread)
+};
 cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t rows,
-                               std::int64_t cols, const float* inv_scale, Fp8Format format, void* q,
+                               std::int64_t cols, const Fp8Scale& scale, Fp8Format format, void* q,
                                void* qt, std::int64_t padded_rows, float* column_partials,
                                cudaStream_t stream);
 

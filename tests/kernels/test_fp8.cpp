@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <limits>
 
 #include "gpu_test_util.hpp"
 #include "wanhost/kit/fp8.hpp"
@@ -118,8 +119,22 @@ TEST(Fp8Gpu, CastKernelMatchesAtenBitForBit) {
       const at::Tensor want = (x.to(at::kFloat) * q.scale.reciprocal()).to(q.q.scalar_type());
       EXPECT_TRUE(at::equal(q.q.view(at::kByte), want.view(at::kByte)))
           << "dtype " << dtype << ", gradient " << gradient;
+      // The kernel makes the scale itself, with ATen's arithmetic.
+      const double top = gradient ? 57344.0 : 448.0;
+      const at::Tensor scale = x.abs().amax().to(at::kFloat).clamp_min(1e-12) / top;
+      EXPECT_TRUE(at::equal(q.scale, scale))
+          << "dtype " << dtype << ", gradient " << gradient << ": " << q.scale.item<float>()
+          << " vs " << scale.item<float>();
     }
   }
+  // An all-zero operand (the clamp) and one with a NaN (a NaN scale, as ATen's clamp keeps it).
+  const c10::Device gpu(c10::kCUDA, 0);
+  const auto zero = wanhost::fp8_quantize(at::zeros({64, 32}, gpu), false);
+  EXPECT_EQ(zero.scale.item<float>(), static_cast<float>(1e-12) * static_cast<float>(1.0 / 448.0));
+  EXPECT_EQ(at::count_nonzero(zero.q.view(at::kByte)).item<std::int64_t>(), 0);
+  at::Tensor with_nan = at::ones({64, 32}, gpu);
+  with_nan[3][5] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_TRUE(std::isnan(wanhost::fp8_quantize(with_nan, true).scale.item<float>()));
 }
 
 // FP8 is an approximation of the layer, not another layer: within a few percent of the fp32

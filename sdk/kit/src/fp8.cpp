@@ -77,13 +77,20 @@ struct Quantized {
   at::Tensor q, qt, column_sums, scale;  // undefined when not asked for
 };
 
-// The dequantisation scale max|x| / (the format's largest value), fp32, on x's device.
+double top_of(bool gradient) {
+  return gradient ? kE5m2Max : kE4m3Max;
+}
+
+// max|x| in one reduction (the infinity norm), in fp32, on x's device.
+at::Tensor amax_of(const at::Tensor& x) {
+  return at::linalg_vector_norm(x, std::numeric_limits<double>::infinity(), std::nullopt, false,
+                                at::kFloat);
+}
+
+// The dequantisation scale max|x| / (the format's largest value), fp32, on x's device. (The GPU's
+// cast kernel makes it from amax_of with the same arithmetic.)
 at::Tensor scale_of(const at::Tensor& x, bool gradient) {
-  const double top = gradient ? kE5m2Max : kE4m3Max;
-  // max|x| in one reduction (the infinity norm), in fp32.
-  const at::Tensor amax = at::linalg_vector_norm(x, std::numeric_limits<double>::infinity(),
-                                                 std::nullopt, false, at::kFloat);
-  return amax.clamp_min(kMinAmax) / top;
+  return amax_of(x).clamp_min(kMinAmax) / top_of(gradient);
 }
 
 #if WANHOST_WITH_CUDA
@@ -95,8 +102,15 @@ bool kernel_takes(const at::Tensor& x) {
 
 Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, Outputs want) {
   Quantized r;
-  r.scale = scale_of(x, gradient);
-  const at::Tensor inv = r.scale.reciprocal();
+  // The scale and its reciprocal are made inside the cast kernel from max|x| (no clamp, division
+  // and reciprocal kernels of their own).
+  const at::Tensor amax = amax_of(x);
+  r.scale = at::empty({}, x.options().dtype(at::kFloat));
+  kernels::Fp8Scale scale;
+  scale.amax = amax.data_ptr<float>();
+  scale.min_amax = static_cast<float>(kMinAmax);
+  scale.inv_top = static_cast<float>(1.0 / top_of(gradient));  // ATen's division by a host scalar
+  scale.scale_out = r.scale.data_ptr<float>();
   const std::int64_t m = x.size(0), c = x.size(1), padded = round_up(m, kAlign);
   const auto options = x.options().dtype(format(gradient));
   if (want.rows) r.q = at::empty({m, c}, options);
@@ -107,8 +121,7 @@ Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, Outputs want) {
                          x.options().dtype(at::kFloat));
   const cudaError_t err = kernels::fp8_cast_transpose(
       x.scalar_type() == at::kFloat ? kernels::Fp8Source::f32 : kernels::Fp8Source::bf16,
-      x.data_ptr(), m, c, inv.data_ptr<float>(),
-      gradient ? kernels::Fp8Format::e5m2 : kernels::Fp8Format::e4m3,
+      x.data_ptr(), m, c, scale, gradient ? kernels::Fp8Format::e5m2 : kernels::Fp8Format::e4m3,
       want.rows ? r.q.data_ptr() : nullptr, want.transposed ? r.qt.data_ptr() : nullptr, padded,
       want.column_sums ? partials.data_ptr<float>() : nullptr,
       at::cuda::getCurrentCUDAStream(x.device().index()).stream());
