@@ -6,6 +6,9 @@
 // sectors. The column sums (a bias gradient) come from the same reads.
 #include "fp8_kernels.hpp"
 
+#include <algorithm>
+#include <cstdint>
+
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
@@ -44,6 +47,81 @@ __device__ __forceinline__ unsigned short pair_bytes(const In* x, std::int64_t a
   return static_cast<unsigned short>(to_fp8(a * inv, format) | (to_fp8(b * inv, format) << 8));
 }
 
+constexpr int kAmaxThreads = 256;
+constexpr int kAmaxMaxBlocks = 512;  // partials each cast block reduces again: 2 KiB from L2
+constexpr int kAmaxUnroll = 4;       // 16-byte loads in flight per thread and iteration
+
+// max(a, b) that keeps a NaN of either (ATen's max reductions propagate NaN; fmaxf drops it).
+__device__ __forceinline__ float nan_max(float a, float b) {
+  return (a != a || a > b) ? a : b;
+}
+
+// Eight (bf16) or four (fp32) elements of one 16-byte load, as floats.
+__device__ __forceinline__ float abs_max_of(const uint4& v, const __nv_bfloat16*) {
+  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+  float m = 0.f;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const float2 f = __bfloat1622float2(h[k]);
+    m = nan_max(m, nan_max(fabsf(f.x), fabsf(f.y)));
+  }
+  return m;
+}
+__device__ __forceinline__ float abs_max_of(const uint4& v, const float*) {
+  const auto* f = reinterpret_cast<const float*>(&v);
+  return nan_max(nan_max(fabsf(f[0]), fabsf(f[1])), nan_max(fabsf(f[2]), fabsf(f[3])));
+}
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+__device__ __forceinline__ float to_float(float v) {
+  return v;
+}
+
+// The block's maximum of `v` (every thread's), returned to every thread; NaN-keeping.
+__device__ __forceinline__ float block_nan_max(float v) {
+  __shared__ float warps[32];
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int tid = threadIdx.x + threadIdx.y * blockDim.x;
+  const int nwarps = (blockDim.x * blockDim.y + 31) / 32;
+  __syncthreads();  // `warps` may still be read by a previous call
+  if (tid % 32 == 0) warps[tid / 32] = v;
+  __syncthreads();
+  float m = warps[0];
+  for (int w = 1; w < nwarps; ++w) m = nan_max(m, warps[w]);
+  return m;
+}
+
+template <typename In>
+__global__ void __launch_bounds__(kAmaxThreads)
+    amax_partials(const In* __restrict__ x, std::int64_t n, float* __restrict__ partials) {
+  constexpr int kPerLoad = 16 / sizeof(In);
+  float m = 0.f;
+  std::int64_t scalar_from = 0;
+  if ((reinterpret_cast<std::uintptr_t>(x) & 15) == 0) {
+    const std::int64_t loads = n / kPerLoad;
+    const auto* v = reinterpret_cast<const uint4*>(x);
+    const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * kAmaxThreads;
+    std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kAmaxThreads + threadIdx.x;
+    for (; i + (kAmaxUnroll - 1) * stride < loads; i += kAmaxUnroll * stride) {
+      uint4 r[kAmaxUnroll];
+#pragma unroll
+      for (int k = 0; k < kAmaxUnroll; ++k) r[k] = v[i + k * stride];
+#pragma unroll
+      for (int k = 0; k < kAmaxUnroll; ++k) m = nan_max(m, abs_max_of(r[k], x));
+    }
+    for (; i < loads; i += stride) m = nan_max(m, abs_max_of(v[i], x));
+    scalar_from = loads * kPerLoad;
+  }
+  for (std::int64_t i =
+           scalar_from + static_cast<std::int64_t>(blockIdx.x) * kAmaxThreads + threadIdx.x;
+       i < n; i += static_cast<std::int64_t>(gridDim.x) * kAmaxThreads)
+    m = nan_max(m, fabsf(to_float(x[i])));
+  m = block_nan_max(m);
+  if (threadIdx.x == 0) partials[blockIdx.x] = m;
+}
+
 // The dequantisation scale from max|x| with ATen's arithmetic (fp8_kernels.hpp).
 __device__ __forceinline__ float dequantisation_scale(float amax, float min_amax, float inv_top) {
   const float clamped = amax < min_amax ? min_amax : amax;  // NaN stays NaN, as at::clamp_min
@@ -53,17 +131,20 @@ __device__ __forceinline__ float dequantisation_scale(float amax, float min_amax
 template <typename In>
 __global__ void __launch_bounds__(32 * kTileRowsPerPass)
     cast_transpose(const In* __restrict__ x, std::int64_t rows, std::int64_t cols,
-                   const float* __restrict__ amax, float min_amax, float inv_top,
-                   float* __restrict__ scale_out, Fp8Format format, unsigned char* __restrict__ q,
-                   unsigned char* __restrict__ qt, std::int64_t padded_rows,
-                   float* __restrict__ column_partials) {
+                   const float* __restrict__ amax_partials, int amax_count, float min_amax,
+                   float inv_top, float* __restrict__ scale_out, Fp8Format format,
+                   unsigned char* __restrict__ q, unsigned char* __restrict__ qt,
+                   std::int64_t padded_rows, float* __restrict__ column_partials) {
   // +4 bytes a row: the transposed reads of one warp (rows 2 tx and 2 tx + 1) spread over banks.
   __shared__ unsigned char tile[kTile][kTile + 4];
   __shared__ float sums[kTileRowsPerPass][kTile];
   const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.x) * kTile;
   const std::int64_t c0 = static_cast<std::int64_t>(blockIdx.y) * kTile;
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const float scale = dequantisation_scale(*amax, min_amax, inv_top);
+  float amax = 0.f;
+  for (int i = tx + ty * 32; i < amax_count; i += 32 * kTileRowsPerPass)
+    amax = nan_max(amax, amax_partials[i]);
+  const float scale = dequantisation_scale(block_nan_max(amax), min_amax, inv_top);
   if (blockIdx.x == 0 && blockIdx.y == 0 && tx == 0 && ty == 0) *scale_out = scale;
   const float inv = __frcp_rn(scale);  // at::reciprocal's 1 / scale, correctly rounded
   const std::int64_t c = c0 + 2 * tx;
@@ -110,7 +191,7 @@ cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t row
                                void* qt, std::int64_t padded_rows, float* column_partials,
                                cudaStream_t stream) {
   if (rows <= 0 || cols <= 0 || cols % 2 != 0 || padded_rows < rows || padded_rows % 2 != 0 ||
-      scale.amax == nullptr || scale.scale_out == nullptr)
+      scale.amax_partials == nullptr || scale.amax_count <= 0 || scale.scale_out == nullptr)
     return cudaErrorInvalidValue;
   const std::int64_t row_tiles = (padded_rows + kTile - 1) / kTile;
   const std::int64_t col_tiles = (cols + kTile - 1) / kTile;
@@ -120,13 +201,33 @@ cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t row
   auto* out = static_cast<unsigned char*>(q);
   auto* out_t = static_cast<unsigned char*>(qt);
   if (source == Fp8Source::f32)
-    cast_transpose<<<grid, block, 0, stream>>>(static_cast<const float*>(x), rows, cols, scale.amax,
+    cast_transpose<<<grid, block, 0, stream>>>(static_cast<const float*>(x), rows, cols,
+                                               scale.amax_partials, scale.amax_count,
                                                scale.min_amax, scale.inv_top, scale.scale_out,
                                                format, out, out_t, padded_rows, column_partials);
   else
-    cast_transpose<<<grid, block, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(x), rows, cols, scale.amax, scale.min_amax, scale.inv_top,
-        scale.scale_out, format, out, out_t, padded_rows, column_partials);
+    cast_transpose<<<grid, block, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), rows, cols,
+                                               scale.amax_partials, scale.amax_count,
+                                               scale.min_amax, scale.inv_top, scale.scale_out,
+                                               format, out, out_t, padded_rows, column_partials);
+  return cudaGetLastError();
+}
+
+int fp8_amax_blocks(std::int64_t n) {
+  const std::int64_t per_block = static_cast<std::int64_t>(kAmaxThreads) * kAmaxUnroll * 8;
+  const std::int64_t blocks = (std::max<std::int64_t>(n, 1) + per_block - 1) / per_block;
+  return static_cast<int>(std::min<std::int64_t>(blocks, kAmaxMaxBlocks));
+}
+
+cudaError_t fp8_amax_partials(Fp8Source source, const void* x, std::int64_t n, float* partials,
+                              cudaStream_t stream) {
+  if (n <= 0 || x == nullptr || partials == nullptr) return cudaErrorInvalidValue;
+  const int blocks = fp8_amax_blocks(n);
+  if (source == Fp8Source::f32)
+    amax_partials<<<blocks, kAmaxThreads, 0, stream>>>(static_cast<const float*>(x), n, partials);
+  else
+    amax_partials<<<blocks, kAmaxThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), n,
+                                                       partials);
   return cudaGetLastError();
 }
 

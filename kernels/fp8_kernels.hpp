@@ -15,8 +15,8 @@ namespace wanhost::kernels {
 enum class Fp8Format { e4m3, e5m2 };
 enum class Fp8Source { f32, bf16 };  // what x holds
 
-// x [rows, cols] row-major, cols even. The dequantisation scale is made from amax[0] (max|x|, a
-// device pointer: no host synchronisation) as ATen's `amax.clamp_min(min_amax) / top` makes it
+// x [rows, cols] row-major, cols even. The dequantisation scale is made from max|x| (device
+// partials: no host synchronisation) as ATen's `amax.clamp_min(min_amax) / top` makes it
 // (a NaN amax stays NaN; the division is a product with inv_top = float(1.0 / top), as ATen
 // divides by a host scalar) and written to scale_out[0]. Each element becomes
 // fp8(float(x) * (1 / scale)) (fp32 product, one round to nearest even, saturated to the
@@ -29,11 +29,21 @@ enum class Fp8Source { f32, bf16 };  // what x holds
 // kFp8CastTileRows), cols], every slot written (a bias gradient is their sum over the tiles:
 // deterministic, no atomics).
 struct Fp8Scale {
-  const float* amax = nullptr;  // device, max|x| in fp32
-  float min_amax = 0.f;         // the clamp of an all-zero operand
-  float inv_top = 0.f;          // float(1.0 / the format's largest value)
-  float* scale_out = nullptr;   // device, the dequantisation scale (written by one thread)
+  // device: max|x| in fp32 as fp8_amax_partials leaves it, `amax_count` partial maxima (each
+  // block of the cast reduces them again: no kernel of its own, no zeroed accumulator)
+  const float* amax_partials = nullptr;
+  int amax_count = 0;
+  float min_amax = 0.f;        // the clamp of an all-zero operand
+  float inv_top = 0.f;         // float(1.0 / the format's largest value)
+  float* scale_out = nullptr;  // device, the dequantisation scale (written by one thread)
 };
+
+// max|x| over x's n elements (fp32 or bf16, contiguous) as fp8_amax_blocks(n) partial maxima
+// into `partials` (their maximum is max|x|; a NaN anywhere makes it NaN, as ATen's infinity norm):
+// one pass with 16-byte loads where x's address allows, in place of ATen's reduction.
+int fp8_amax_blocks(std::int64_t n);
+cudaError_t fp8_amax_partials(Fp8Source source, const void* x, std::int64_t n, float* partials,
+                              cudaStream_t stream);
 cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t rows,
                                std::int64_t cols, const Fp8Scale& scale, Fp8Format format, void* q,
                                void* qt, std::int64_t padded_rows, float* column_partials,

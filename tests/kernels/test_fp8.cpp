@@ -8,6 +8,8 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
+#include <vector>
 
 #include "gpu_test_util.hpp"
 #include "wanhost/kit/fp8.hpp"
@@ -106,29 +108,42 @@ TEST(Fp8Gpu, ScaledProductsMatchTheEmulation) {
 }
 
 // The one-pass cast kernel (kernels/fp8_kernels.cu) against ATen's arithmetic on the same GPU,
-// bit for bit: fp32 and bf16 inputs, both formats, a matrix that is no multiple of the kernel's
-// 64 x 64 tiles. (Its transposed copies are checked by the products above: 111 token rows.)
+// bit for bit: fp32 and bf16 inputs, both formats, matrices that are no multiple of the kernel's
+// 64 x 64 tiles; the scale the kernels make (max|x| by their own pass: one block, many blocks
+// with unrolled 16-byte loads, an operand off 16-byte alignment read element by element) against
+// ATen's
+// formula. (Its transposed copies are checked by the products above: 111 token rows.)
 TEST(Fp8Gpu, CastKernelMatchesAtenBitForBit) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
-  const at::Tensor x0 = at::randn({203, 1542}, gen) * 7;
-  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
-    for (const bool gradient : {false, true}) {
-      const at::Tensor x = x0.to(c10::Device(c10::kCUDA, 0), dtype);
-      const auto q = wanhost::fp8_quantize(x, gradient);
-      const at::Tensor want = (x.to(at::kFloat) * q.scale.reciprocal()).to(q.q.scalar_type());
-      EXPECT_TRUE(at::equal(q.q.view(at::kByte), want.view(at::kByte)))
-          << "dtype " << dtype << ", gradient " << gradient;
-      // The kernel makes the scale itself, with ATen's arithmetic.
-      const double top = gradient ? 57344.0 : 448.0;
-      const at::Tensor scale = x.abs().amax().to(at::kFloat).clamp_min(1e-12) / top;
-      EXPECT_TRUE(at::equal(q.scale, scale))
-          << "dtype " << dtype << ", gradient " << gradient << ": " << q.scale.item<float>()
-          << " vs " << scale.item<float>();
+  const c10::Device gpu(c10::kCUDA, 0);
+  for (const auto& shape : std::vector<std::vector<std::int64_t>>{{203, 1542}, {2048, 1536}}) {
+    const at::Tensor x0 = at::randn(shape, gen) * 7;
+    for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+      for (const bool unaligned : {false, true}) {
+        for (const bool gradient : {false, true}) {
+          at::Tensor x = x0.to(gpu, dtype);
+          if (unaligned)  // the same values two elements past a 16-byte boundary
+            x = at::cat({at::zeros({2}, x.options()), x.flatten()})
+                    .narrow(0, 2, x.numel())
+                    .view(x.sizes());
+          const std::string what = "shape " + std::to_string(shape[0]) + "x" +
+                                   std::to_string(shape[1]) + ", " + c10::toString(dtype) +
+                                   (unaligned ? ", unaligned" : "") +
+                                   (gradient ? ", gradient" : "");
+          const auto q = wanhost::fp8_quantize(x, gradient);
+          const at::Tensor want = (x.to(at::kFloat) * q.scale.reciprocal()).to(q.q.scalar_type());
+          EXPECT_TRUE(at::equal(q.q.view(at::kByte), want.view(at::kByte))) << what;
+          // The kernels make the scale themselves, with ATen's arithmetic.
+          const double top = gradient ? 57344.0 : 448.0;
+          const at::Tensor scale = x.abs().amax().to(at::kFloat).clamp_min(1e-12) / top;
+          EXPECT_TRUE(at::equal(q.scale, scale))
+              << what << ": " << q.scale.item<float>() << " vs " << scale.item<float>();
+        }
+      }
     }
   }
   // An all-zero operand (the clamp) and one with a NaN (a NaN scale, as ATen's clamp keeps it).
-  const c10::Device gpu(c10::kCUDA, 0);
   const auto zero = wanhost::fp8_quantize(at::zeros({64, 32}, gpu), false);
   EXPECT_EQ(zero.scale.item<float>(), static_cast<float>(1e-12) * static_cast<float>(1.0 / 448.0));
   EXPECT_EQ(at::count_nonzero(zero.q.view(at::kByte)).item<std::int64_t>(), 0);

@@ -8,6 +8,7 @@
 #include "wanhost/kit/fp8.hpp"
 
 #include <atomic>
+#include <cstdint>
 #include <limits>
 #include <optional>
 #include <stdexcept>
@@ -81,33 +82,42 @@ double top_of(bool gradient) {
   return gradient ? kE5m2Max : kE4m3Max;
 }
 
-// max|x| in one reduction (the infinity norm), in fp32, on x's device.
-at::Tensor amax_of(const at::Tensor& x) {
-  return at::linalg_vector_norm(x, std::numeric_limits<double>::infinity(), std::nullopt, false,
-                                at::kFloat);
-}
-
-// The dequantisation scale max|x| / (the format's largest value), fp32, on x's device. (The GPU's
-// cast kernel makes it from amax_of with the same arithmetic.)
+// The dequantisation scale max|x| / (the format's largest value), fp32, on x's device. (On a GPU
+// fp8_kernels.cu makes it from its own max|x| with the same arithmetic.)
 at::Tensor scale_of(const at::Tensor& x, bool gradient) {
-  return amax_of(x).clamp_min(kMinAmax) / top_of(gradient);
+  // max|x| in one reduction (the infinity norm), in fp32.
+  const at::Tensor amax = at::linalg_vector_norm(x, std::numeric_limits<double>::infinity(),
+                                                 std::nullopt, false, at::kFloat);
+  return amax.clamp_min(kMinAmax) / top_of(gradient);
 }
 
 #if WANHOST_WITH_CUDA
-// The one-pass kernel takes contiguous fp32/bf16 matrices with an even column count.
+// The one-pass kernel takes contiguous fp32/bf16 matrices with an even column count, starting at
+// an address of a whole element pair (it reads pairs: float2, __nv_bfloat162).
 bool kernel_takes(const at::Tensor& x) {
   return x.is_cuda() && x.dim() == 2 && x.is_contiguous() && x.size(0) > 0 && x.size(1) % 2 == 0 &&
-         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
+         reinterpret_cast<std::uintptr_t>(x.data_ptr()) % (2 * x.element_size()) == 0;
 }
 
 Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, Outputs want) {
   Quantized r;
-  // The scale and its reciprocal are made inside the cast kernel from max|x| (no clamp, division
-  // and reciprocal kernels of their own).
-  const at::Tensor amax = amax_of(x);
+  // max|x| as partial maxima of one pass with 16-byte loads; the scale and its reciprocal are
+  // made inside the cast kernel from them (no reduction of ATen's, no clamp, division and
+  // reciprocal kernels of their own).
+  const auto source =
+      x.scalar_type() == at::kFloat ? kernels::Fp8Source::f32 : kernels::Fp8Source::bf16;
+  const auto stream = at::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  const at::Tensor partials_of_amax =
+      at::empty({kernels::fp8_amax_blocks(x.numel())}, x.options().dtype(at::kFloat));
+  const cudaError_t amax_err = kernels::fp8_amax_partials(
+      source, x.data_ptr(), x.numel(), partials_of_amax.data_ptr<float>(), stream);
+  TORCH_CHECK(amax_err == cudaSuccess, "fp8: the max|x| kernel failed on x ", x.sizes(), ": ",
+              cudaGetErrorString(amax_err));
   r.scale = at::empty({}, x.options().dtype(at::kFloat));
   kernels::Fp8Scale scale;
-  scale.amax = amax.data_ptr<float>();
+  scale.amax_partials = partials_of_amax.data_ptr<float>();
+  scale.amax_count = static_cast<int>(partials_of_amax.numel());
   scale.min_amax = static_cast<float>(kMinAmax);
   scale.inv_top = static_cast<float>(1.0 / top_of(gradient));  // ATen's division by a host scalar
   scale.scale_out = r.scale.data_ptr<float>();
@@ -120,11 +130,10 @@ Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, Outputs want) {
     partials = at::empty({(padded + kernels::kFp8CastTileRows - 1) / kernels::kFp8CastTileRows, c},
                          x.options().dtype(at::kFloat));
   const cudaError_t err = kernels::fp8_cast_transpose(
-      x.scalar_type() == at::kFloat ? kernels::Fp8Source::f32 : kernels::Fp8Source::bf16,
-      x.data_ptr(), m, c, scale, gradient ? kernels::Fp8Format::e5m2 : kernels::Fp8Format::e4m3,
+      source, x.data_ptr(), m, c, scale,
+      gradient ? kernels::Fp8Format::e5m2 : kernels::Fp8Format::e4m3,
       want.rows ? r.q.data_ptr() : nullptr, want.transposed ? r.qt.data_ptr() : nullptr, padded,
-      want.column_sums ? partials.data_ptr<float>() : nullptr,
-      at::cuda::getCurrentCUDAStream(x.device().index()).stream());
+      want.column_sums ? partials.data_ptr<float>() : nullptr, stream);
   TORCH_CHECK(err == cudaSuccess, "fp8: the cast kernel failed on x ", x.sizes(), ": ",
               cudaGetErrorString(err));
   if (want.column_sums) r.column_sums = partials.sum(0);
