@@ -3,7 +3,10 @@
 // two bytes row-major, and keeps them in shared memory, from which the warps write the tile's
 // columns as rows of the transposed copy (again 64 neighbouring bytes a warp). ATen's generic
 // copy of a transposed byte matrix reads one byte per 32-byte sector; this reads and writes whole
-// sectors. The column sums (a bias gradient) come from the same reads.
+// sectors. The column sums (a bias gradient) come from the same reads. Operands whose columns are a
+// multiple of 8 and whose addresses allow (every operand of the FP8 layers) take a variant with
+// 16-byte loads and 8- and 16-byte stores (cast_transpose_wide). max|x| comes from a one-pass
+// kernel of partial maxima that every cast block reduces again (amax_partials).
 #include "fp8_kernels.hpp"
 
 #include <algorithm>
@@ -128,6 +131,20 @@ __device__ __forceinline__ float dequantisation_scale(float amax, float min_amax
   return __fmul_rn(clamped, inv_top);
 }
 
+// The operand's 1 / scale for a tile's block: max|x| from the partials (every block reduces them
+// alike), the scale with ATen's arithmetic, written by the first block's first thread.
+__device__ __forceinline__ float tile_inverse_scale(const float* __restrict__ amax_partials,
+                                                    int amax_count, float min_amax, float inv_top,
+                                                    float* __restrict__ scale_out) {
+  const int tid = threadIdx.x + threadIdx.y * blockDim.x;
+  const int threads = blockDim.x * blockDim.y;
+  float amax = 0.f;
+  for (int i = tid; i < amax_count; i += threads) amax = nan_max(amax, amax_partials[i]);
+  const float scale = dequantisation_scale(block_nan_max(amax), min_amax, inv_top);
+  if (blockIdx.x == 0 && blockIdx.y == 0 && tid == 0) *scale_out = scale;
+  return __frcp_rn(scale);  // at::reciprocal's 1 / scale, correctly rounded
+}
+
 template <typename In>
 __global__ void __launch_bounds__(32 * kTileRowsPerPass)
     cast_transpose(const In* __restrict__ x, std::int64_t rows, std::int64_t cols,
@@ -141,12 +158,7 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
   const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.x) * kTile;
   const std::int64_t c0 = static_cast<std::int64_t>(blockIdx.y) * kTile;
   const int tx = threadIdx.x, ty = threadIdx.y;
-  float amax = 0.f;
-  for (int i = tx + ty * 32; i < amax_count; i += 32 * kTileRowsPerPass)
-    amax = nan_max(amax, amax_partials[i]);
-  const float scale = dequantisation_scale(block_nan_max(amax), min_amax, inv_top);
-  if (blockIdx.x == 0 && blockIdx.y == 0 && tx == 0 && ty == 0) *scale_out = scale;
-  const float inv = __frcp_rn(scale);  // at::reciprocal's 1 / scale, correctly rounded
+  const float inv = tile_inverse_scale(amax_partials, amax_count, min_amax, inv_top, scale_out);
   const std::int64_t c = c0 + 2 * tx;
   float sum0 = 0.f, sum1 = 0.f;  // columns c and c + 1 over this thread's rows of the tile
   for (int i = ty; i < kTile; i += kTileRowsPerPass) {
@@ -184,6 +196,110 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
   }
 }
 
+// The same cast with 16-byte loads and wide stores, for the common case (cols a multiple of 8,
+// x 16-byte aligned, q 8-byte and qt 16-byte aligned, padded_rows a multiple of 16). Same tile
+// (64 x 64, so the column partials are laid out alike) and threads, mapped differently. Rows
+// pass: a thread converts 8 neighbouring elements of a row (one 16-byte load of bf16, two of
+// fp32) into one 8-byte store of q and of the shared tile; 8 threads a row, 32 rows a pass, both
+// passes' loads in flight together. Columns pass: a thread gathers 16 rows of one tile column
+// from shared memory into one 16-byte store of qt; a warp reads 32 neighbouring bytes of one tile
+// row at a time (no bank conflicts with the 64-byte row pitch, nor in the rows pass, where a
+// half warp's 8-byte stores cover two whole rows). Column sums: each thread's 8 columns over its
+// 2 rows, then the 32 row groups added in a fixed order (deterministic).
+struct Eight {
+  float v[8];
+};
+__device__ __forceinline__ Eight load_eight(const __nv_bfloat16* x) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(x);
+  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+  Eight e;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const float2 f = __bfloat1622float2(h[k]);
+    e.v[2 * k] = f.x;
+    e.v[2 * k + 1] = f.y;
+  }
+  return e;
+}
+__device__ __forceinline__ Eight load_eight(const float* x) {
+  const float4 a = reinterpret_cast<const float4*>(x)[0];
+  const float4 b = reinterpret_cast<const float4*>(x)[1];
+  return Eight{{a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w}};
+}
+
+template <typename In>
+__global__ void __launch_bounds__(32 * kTileRowsPerPass)
+    cast_transpose_wide(const In* __restrict__ x, std::int64_t rows, std::int64_t cols,
+                        const float* __restrict__ amax_partials, int amax_count, float min_amax,
+                        float inv_top, float* __restrict__ scale_out, Fp8Format format,
+                        unsigned char* __restrict__ q, unsigned char* __restrict__ qt,
+                        std::int64_t padded_rows, float* __restrict__ column_partials) {
+  constexpr int kThreads = 32 * kTileRowsPerPass;
+  constexpr int kGroups = kTile / 8;                // 8-column groups of a tile row
+  constexpr int kRowsPerPass = kThreads / kGroups;  // 32
+  constexpr int kPasses = kTile / kRowsPerPass;     // 2
+  __shared__ __align__(16) unsigned char tile[kTile][kTile];
+  __shared__ float sums[kRowsPerPass][kTile];
+  const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.x) * kTile;
+  const std::int64_t c0 = static_cast<std::int64_t>(blockIdx.y) * kTile;
+  const int tid = threadIdx.x + threadIdx.y * 32;
+  const float inv = tile_inverse_scale(amax_partials, amax_count, min_amax, inv_top, scale_out);
+  const int group = tid % kGroups, row_in_pass = tid / kGroups;
+  const std::int64_t c = c0 + 8 * group;  // c + 8 <= cols whenever c < cols (cols % 8 == 0)
+  float colsum[8] = {};
+  Eight in[kPasses];
+  bool inside[kPasses];
+#pragma unroll
+  for (int pass = 0; pass < kPasses; ++pass) {
+    const std::int64_t r = r0 + row_in_pass + pass * kRowsPerPass;
+    inside[pass] = r < rows && c < cols;
+    if (inside[pass]) in[pass] = load_eight(x + r * cols + c);
+  }
+#pragma unroll
+  for (int pass = 0; pass < kPasses; ++pass) {
+    const int i = row_in_pass + pass * kRowsPerPass;
+    uint2 bytes = make_uint2(0u, 0u);  // rows past the matrix: the zero padding of qt
+    if (inside[pass]) {
+      unsigned int word[2] = {0u, 0u};
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        colsum[k] += in[pass].v[k];
+        word[k / 4] |= static_cast<unsigned int>(to_fp8(in[pass].v[k] * inv, format))
+                       << (8 * (k % 4));
+      }
+      bytes = make_uint2(word[0], word[1]);
+      if (q != nullptr) *reinterpret_cast<uint2*>(q + (r0 + i) * cols + c) = bytes;
+    }
+    *reinterpret_cast<uint2*>(&tile[i][8 * group]) = bytes;
+  }
+  if (column_partials != nullptr) {  // the same for every thread of the block
+#pragma unroll
+    for (int k = 0; k < 8; ++k) sums[row_in_pass][8 * group + k] = colsum[k];
+    __syncthreads();
+    if (tid < kTile && c0 + tid < cols) {
+      float total = 0.f;
+      for (int i = 0; i < kRowsPerPass; ++i) total += sums[i][tid];
+      column_partials[static_cast<std::int64_t>(blockIdx.x) * cols + c0 + tid] = total;
+    }
+  }
+  if (qt == nullptr) return;  // the same for every thread of the block
+  __syncthreads();
+  const int column = tid % kTile, first_row = 16 * (tid / kTile);
+  const std::int64_t cc = c0 + column;
+  if (cc < cols && r0 + first_row < padded_rows) {  // padded_rows % 16 == 0: all 16 rows inside
+    unsigned int word[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+    for (int k = 0; k < 16; ++k)
+      word[k / 4] |= static_cast<unsigned int>(tile[first_row + k][column]) << (8 * (k % 4));
+    *reinterpret_cast<uint4*>(qt + cc * padded_rows + r0 + first_row) =
+        make_uint4(word[0], word[1], word[2], word[3]);
+  }
+}
+
+bool aligned_to(const void* p, std::uintptr_t bytes) {
+  return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+}
+
 }  // namespace
 
 cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t rows,
@@ -200,16 +316,21 @@ cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t row
   const dim3 block(32, kTileRowsPerPass);
   auto* out = static_cast<unsigned char*>(q);
   auto* out_t = static_cast<unsigned char*>(qt);
-  if (source == Fp8Source::f32)
-    cast_transpose<<<grid, block, 0, stream>>>(static_cast<const float*>(x), rows, cols,
-                                               scale.amax_partials, scale.amax_count,
-                                               scale.min_amax, scale.inv_top, scale.scale_out,
-                                               format, out, out_t, padded_rows, column_partials);
-  else
-    cast_transpose<<<grid, block, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), rows, cols,
-                                               scale.amax_partials, scale.amax_count,
-                                               scale.min_amax, scale.inv_top, scale.scale_out,
-                                               format, out, out_t, padded_rows, column_partials);
+  const bool wide = cols % 8 == 0 && padded_rows % 16 == 0 && aligned_to(x, 16) &&
+                    aligned_to(q, 8) && aligned_to(qt, 16);
+  auto launch = [&](auto kernel, const auto* typed) {
+    kernel<<<grid, block, 0, stream>>>(typed, rows, cols, scale.amax_partials, scale.amax_count,
+                                       scale.min_amax, scale.inv_top, scale.scale_out, format, out,
+                                       out_t, padded_rows, column_partials);
+  };
+  if (source == Fp8Source::f32) {
+    const auto* typed = static_cast<const float*>(x);
+    wide ? launch(cast_transpose_wide<float>, typed) : launch(cast_transpose<float>, typed);
+  } else {
+    const auto* typed = static_cast<const __nv_bfloat16*>(x);
+    wide ? launch(cast_transpose_wide<__nv_bfloat16>, typed)
+         : launch(cast_transpose<__nv_bfloat16>, typed);
+  }
   return cudaGetLastError();
 }
 

@@ -75,13 +75,19 @@ Expected expected(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
 }
 
 // One layer's forward and backward on `device` in `dtype`, against the products above. 37 x 3
-// token rows: not a multiple of 16, so the weight-gradient product runs on padded operands.
-void expect_products(const c10::Device& device, at::ScalarType dtype, double tol) {
+// token rows by default: not a multiple of 16, so the weight-gradient product runs on padded
+// operands.
+struct LayerShape {
+  std::int64_t batch = 3, tokens = 37, in = 64, out = 48;
+};
+void expect_products(const c10::Device& device, at::ScalarType dtype, double tol,
+                     const LayerShape& s = {}) {
   Fp8On on;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
-  const at::Tensor x0 = at::randn({3, 37, 64}, gen), dy0 = at::randn({3, 37, 48}, gen) * 1e-3;
-  const at::Tensor w = (at::randn({48, 64}, gen) * 0.1).to(device).requires_grad_(true);
-  const at::Tensor b = (at::randn({48}, gen) * 0.1).to(device, dtype).requires_grad_(true);
+  const at::Tensor x0 = at::randn({s.batch, s.tokens, s.in}, gen);
+  const at::Tensor dy0 = at::randn({s.batch, s.tokens, s.out}, gen) * 1e-3;
+  const at::Tensor w = (at::randn({s.out, s.in}, gen) * 0.1).to(device).requires_grad_(true);
+  const at::Tensor b = (at::randn({s.out}, gen) * 0.1).to(device, dtype).requires_grad_(true);
   const at::Tensor x = x0.to(device, dtype).requires_grad_(true);
   const at::Tensor dy = dy0.to(device, dtype);
   ASSERT_TRUE(wanhost::fp8_linear_applies(x, w));
@@ -105,14 +111,17 @@ TEST(Fp8Gpu, ScaledProductsMatchTheEmulation) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   // bf16 output rounding (2^-9) and fast accumulation in the forward product.
   expect_products(c10::Device(c10::kCUDA, 0), at::kBFloat16, 6e-3);
+  // Many 64 x 64 tiles of the cast kernel's 16-byte variant: 2002 token rows (padded to 2016),
+  // 256 and 192 columns.
+  expect_products(c10::Device(c10::kCUDA, 0), at::kBFloat16, 6e-3, {2, 1001, 256, 192});
 }
 
-// The one-pass cast kernel (kernels/fp8_kernels.cu) against ATen's arithmetic on the same GPU,
-// bit for bit: fp32 and bf16 inputs, both formats, matrices that are no multiple of the kernel's
-// 64 x 64 tiles; the scale the kernels make (max|x| by their own pass: one block, many blocks
-// with unrolled 16-byte loads, an operand off 16-byte alignment read element by element) against
-// ATen's
-// formula. (Its transposed copies are checked by the products above: 111 token rows.)
+// The one-pass cast kernels (kernels/fp8_kernels.cu) against ATen's arithmetic on the same GPU,
+// bit for bit: fp32 and bf16 inputs, both formats, matrices that are no multiple of the 64 x 64
+// tiles; 1542 columns and an operand off 16-byte alignment take the general kernel, 1536 aligned
+// columns the 16-byte one; the scale the kernels make (max|x| by their own pass: one block, many
+// blocks with unrolled 16-byte loads, an operand read element by element) against ATen's
+// formula. (The transposed copies and column sums are checked by the products above.)
 TEST(Fp8Gpu, CastKernelMatchesAtenBitForBit) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
