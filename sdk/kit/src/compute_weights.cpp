@@ -173,7 +173,8 @@ void keep_used_compute_weights() {
       "run.kernels.weight_casts=per_step)",
       kept, c10::toString(c.dtype), static_cast<double>(c.bytes) / (1 << 20),
       others == 0 ? std::string()
-                  : fmt::format("; {} others are not read in {}, e.g. FP8 layers': no copies",
+                  : fmt::format("; none for {} others, not read in {} (FP8 layers, layers under "
+                                "autocast)",
                                 others, c10::toString(c.dtype)));
 }
 
