@@ -131,67 +131,74 @@ __device__ __forceinline__ float dequantisation_scale(float amax, float min_amax
   return __fmul_rn(clamped, inv_top);
 }
 
+// What a cast kernel is asked (fp8_cast_transpose's arguments but x and the stream).
+struct CastArgs {
+  std::int64_t rows, cols, padded_rows;
+  const float* amax_partials;
+  int amax_count;
+  float min_amax, inv_top;
+  float* scale_out;
+  Fp8Format format;
+  unsigned char* q;
+  unsigned char* qt;
+  float* column_partials;
+};
+
 // The operand's 1 / scale for a tile's block: max|x| from the partials (every block reduces them
 // alike), the scale with ATen's arithmetic, written by the first block's first thread.
-__device__ __forceinline__ float tile_inverse_scale(const float* __restrict__ amax_partials,
-                                                    int amax_count, float min_amax, float inv_top,
-                                                    float* __restrict__ scale_out) {
+__device__ __forceinline__ float tile_inverse_scale(const CastArgs& a) {
   const int tid = threadIdx.x + threadIdx.y * blockDim.x;
   const int threads = blockDim.x * blockDim.y;
   float amax = 0.f;
-  for (int i = tid; i < amax_count; i += threads) amax = nan_max(amax, amax_partials[i]);
-  const float scale = dequantisation_scale(block_nan_max(amax), min_amax, inv_top);
-  if (blockIdx.x == 0 && blockIdx.y == 0 && tid == 0) *scale_out = scale;
+  for (int i = tid; i < a.amax_count; i += threads) amax = nan_max(amax, a.amax_partials[i]);
+  const float scale = dequantisation_scale(block_nan_max(amax), a.min_amax, a.inv_top);
+  if (blockIdx.x == 0 && blockIdx.y == 0 && tid == 0) *a.scale_out = scale;
   return __frcp_rn(scale);  // at::reciprocal's 1 / scale, correctly rounded
 }
 
 template <typename In>
 __global__ void __launch_bounds__(32 * kTileRowsPerPass)
-    cast_transpose(const In* __restrict__ x, std::int64_t rows, std::int64_t cols,
-                   const float* __restrict__ amax_partials, int amax_count, float min_amax,
-                   float inv_top, float* __restrict__ scale_out, Fp8Format format,
-                   unsigned char* __restrict__ q, unsigned char* __restrict__ qt,
-                   std::int64_t padded_rows, float* __restrict__ column_partials) {
+    cast_transpose(const In* __restrict__ x, const CastArgs a) {
   // +4 bytes a row: the transposed reads of one warp (rows 2 tx and 2 tx + 1) spread over banks.
   __shared__ unsigned char tile[kTile][kTile + 4];
   __shared__ float sums[kTileRowsPerPass][kTile];
   const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.x) * kTile;
   const std::int64_t c0 = static_cast<std::int64_t>(blockIdx.y) * kTile;
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const float inv = tile_inverse_scale(amax_partials, amax_count, min_amax, inv_top, scale_out);
+  const float inv = tile_inverse_scale(a);
   const std::int64_t c = c0 + 2 * tx;
   float sum0 = 0.f, sum1 = 0.f;  // columns c and c + 1 over this thread's rows of the tile
   for (int i = ty; i < kTile; i += kTileRowsPerPass) {
     const std::int64_t r = r0 + i;
     unsigned short bytes = 0;  // rows past the matrix: the zero padding of qt
-    if (r < rows && c < cols) {
-      bytes = pair_bytes(x, r * cols + c, inv, format, sum0, sum1);
-      if (q != nullptr) *reinterpret_cast<unsigned short*>(q + r * cols + c) = bytes;
+    if (r < a.rows && c < a.cols) {
+      bytes = pair_bytes(x, r * a.cols + c, inv, a.format, sum0, sum1);
+      if (a.q != nullptr) *reinterpret_cast<unsigned short*>(a.q + r * a.cols + c) = bytes;
     }
     tile[i][2 * tx] = static_cast<unsigned char>(bytes & 0xff);
     tile[i][2 * tx + 1] = static_cast<unsigned char>(bytes >> 8);
   }
-  if (column_partials != nullptr) {  // the same for every thread of the block
+  if (a.column_partials != nullptr) {  // the same for every thread of the block
     // The tile's column sums, its rows added in a fixed order (deterministic).
     sums[ty][2 * tx] = sum0;
     sums[ty][2 * tx + 1] = sum1;
     __syncthreads();
-    if (ty < 2 && c0 + 2 * tx + ty < cols) {
+    if (ty < 2 && c0 + 2 * tx + ty < a.cols) {
       const int k = 2 * tx + ty;
       float s = 0.f;
 #pragma unroll
       for (int i = 0; i < kTileRowsPerPass; ++i) s += sums[i][k];
-      column_partials[static_cast<std::int64_t>(blockIdx.x) * cols + c0 + k] = s;
+      a.column_partials[static_cast<std::int64_t>(blockIdx.x) * a.cols + c0 + k] = s;
     }
   }
-  if (qt == nullptr) return;  // the same for every thread of the block
+  if (a.qt == nullptr) return;  // the same for every thread of the block
   __syncthreads();
   const std::int64_t r = r0 + 2 * tx;
   for (int j = ty; j < kTile; j += kTileRowsPerPass) {
     const std::int64_t cc = c0 + j;
-    if (cc < cols && r < padded_rows) {  // padded_rows even: r + 1 is inside too
+    if (cc < a.cols && r < a.padded_rows) {  // padded_rows even: r + 1 is inside too
       const auto bytes = static_cast<unsigned short>(tile[2 * tx][j] | (tile[2 * tx + 1][j] << 8));
-      *reinterpret_cast<unsigned short*>(qt + cc * padded_rows + r) = bytes;
+      *reinterpret_cast<unsigned short*>(a.qt + cc * a.padded_rows + r) = bytes;
     }
   }
 }
@@ -229,11 +236,7 @@ __device__ __forceinline__ Eight load_eight(const float* x) {
 
 template <typename In>
 __global__ void __launch_bounds__(32 * kTileRowsPerPass)
-    cast_transpose_wide(const In* __restrict__ x, std::int64_t rows, std::int64_t cols,
-                        const float* __restrict__ amax_partials, int amax_count, float min_amax,
-                        float inv_top, float* __restrict__ scale_out, Fp8Format format,
-                        unsigned char* __restrict__ q, unsigned char* __restrict__ qt,
-                        std::int64_t padded_rows, float* __restrict__ column_partials) {
+    cast_transpose_wide(const In* __restrict__ x, const CastArgs a) {
   constexpr int kThreads = 32 * kTileRowsPerPass;
   constexpr int kGroups = kTile / 8;                // 8-column groups of a tile row
   constexpr int kRowsPerPass = kThreads / kGroups;  // 32
@@ -243,7 +246,7 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
   const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.x) * kTile;
   const std::int64_t c0 = static_cast<std::int64_t>(blockIdx.y) * kTile;
   const int tid = threadIdx.x + threadIdx.y * 32;
-  const float inv = tile_inverse_scale(amax_partials, amax_count, min_amax, inv_top, scale_out);
+  const float inv = tile_inverse_scale(a);
   const int group = tid % kGroups, row_in_pass = tid / kGroups;
   const std::int64_t c = c0 + 8 * group;  // c + 8 <= cols whenever c < cols (cols % 8 == 0)
   float colsum[8] = {};
@@ -252,8 +255,8 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
 #pragma unroll
   for (int pass = 0; pass < kPasses; ++pass) {
     const std::int64_t r = r0 + row_in_pass + pass * kRowsPerPass;
-    inside[pass] = r < rows && c < cols;
-    if (inside[pass]) in[pass] = load_eight(x + r * cols + c);
+    inside[pass] = r < a.rows && c < a.cols;
+    if (inside[pass]) in[pass] = load_eight(x + r * a.cols + c);
   }
 #pragma unroll
   for (int pass = 0; pass < kPasses; ++pass) {
@@ -264,34 +267,35 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
         colsum[k] += in[pass].v[k];
-        word[k / 4] |= static_cast<unsigned int>(to_fp8(in[pass].v[k] * inv, format))
+        word[k / 4] |= static_cast<unsigned int>(to_fp8(in[pass].v[k] * inv, a.format))
                        << (8 * (k % 4));
       }
       bytes = make_uint2(word[0], word[1]);
-      if (q != nullptr) *reinterpret_cast<uint2*>(q + (r0 + i) * cols + c) = bytes;
+      if (a.q != nullptr) *reinterpret_cast<uint2*>(a.q + (r0 + i) * a.cols + c) = bytes;
     }
     *reinterpret_cast<uint2*>(&tile[i][8 * group]) = bytes;
   }
-  if (column_partials != nullptr) {  // the same for every thread of the block
+  if (a.column_partials != nullptr) {  // the same for every thread of the block
 #pragma unroll
     for (int k = 0; k < 8; ++k) sums[row_in_pass][8 * group + k] = colsum[k];
     __syncthreads();
-    if (tid < kTile && c0 + tid < cols) {
+    if (tid < kTile && c0 + tid < a.cols) {
       float total = 0.f;
       for (int i = 0; i < kRowsPerPass; ++i) total += sums[i][tid];
-      column_partials[static_cast<std::int64_t>(blockIdx.x) * cols + c0 + tid] = total;
+      a.column_partials[static_cast<std::int64_t>(blockIdx.x) * a.cols + c0 + tid] = total;
     }
   }
-  if (qt == nullptr) return;  // the same for every thread of the block
+  if (a.qt == nullptr) return;  // the same for every thread of the block
   __syncthreads();
   const int column = tid % kTile, first_row = 16 * (tid / kTile);
   const std::int64_t cc = c0 + column;
-  if (cc < cols && r0 + first_row < padded_rows) {  // padded_rows % 16 == 0: all 16 rows inside
+  // padded_rows % 16 == 0: the 16 rows are all inside or all outside.
+  if (cc < a.cols && r0 + first_row < a.padded_rows) {
     unsigned int word[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
     for (int k = 0; k < 16; ++k)
       word[k / 4] |= static_cast<unsigned int>(tile[first_row + k][column]) << (8 * (k % 4));
-    *reinterpret_cast<uint4*>(qt + cc * padded_rows + r0 + first_row) =
+    *reinterpret_cast<uint4*>(a.qt + cc * a.padded_rows + r0 + first_row) =
         make_uint4(word[0], word[1], word[2], word[3]);
   }
 }
@@ -314,22 +318,28 @@ cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t row
   if (row_tiles > 0x7fffffff || col_tiles > 65535) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles));
   const dim3 block(32, kTileRowsPerPass);
-  auto* out = static_cast<unsigned char*>(q);
-  auto* out_t = static_cast<unsigned char*>(qt);
+  const CastArgs args{rows,
+                      cols,
+                      padded_rows,
+                      scale.amax_partials,
+                      scale.amax_count,
+                      scale.min_amax,
+                      scale.inv_top,
+                      scale.scale_out,
+                      format,
+                      static_cast<unsigned char*>(q),
+                      static_cast<unsigned char*>(qt),
+                      column_partials};
   const bool wide = cols % 8 == 0 && padded_rows % 16 == 0 && aligned_to(x, 16) &&
                     aligned_to(q, 8) && aligned_to(qt, 16);
-  auto launch = [&](auto kernel, const auto* typed) {
-    kernel<<<grid, block, 0, stream>>>(typed, rows, cols, scale.amax_partials, scale.amax_count,
-                                       scale.min_amax, scale.inv_top, scale.scale_out, format, out,
-                                       out_t, padded_rows, column_partials);
-  };
   if (source == Fp8Source::f32) {
     const auto* typed = static_cast<const float*>(x);
-    wide ? launch(cast_transpose_wide<float>, typed) : launch(cast_transpose<float>, typed);
+    wide ? cast_transpose_wide<<<grid, block, 0, stream>>>(typed, args)
+         : cast_transpose<<<grid, block, 0, stream>>>(typed, args);
   } else {
     const auto* typed = static_cast<const __nv_bfloat16*>(x);
-    wide ? launch(cast_transpose_wide<__nv_bfloat16>, typed)
-         : launch(cast_transpose<__nv_bfloat16>, typed);
+    wide ? cast_transpose_wide<<<grid, block, 0, stream>>>(typed, args)
+         : cast_transpose<<<grid, block, 0, stream>>>(typed, args);
   }
   return cudaGetLastError();
 }
