@@ -218,6 +218,34 @@ TEST(Fp8, InputsAreQuantisedAgainWhenTheyChange) {
       << "a changed input reused its old quantisation";
 }
 
+// An input that recurs after other inputs came between (every block's cross-attention reads the
+// same text context) is quantised the second time it comes and then taken as it is, the same
+// values, until it changes.
+TEST(Fp8, ARecurringInputIsQuantisedTwiceNotEveryTime) {
+  Fp8On on;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(23);
+  const at::Tensor context = at::randn({8, 32}, gen), w = at::randn({16, 32}, gen);
+  const at::Tensor w_other = at::randn({16, 32}, gen);
+  wanhost::Fp8WeightCache cache, other_cache;
+  at::NoGradGuard g;
+  const auto before = wanhost::fp8_input_quantizations();
+  const at::Tensor first = wanhost::fp8_linear(context, w, at::Tensor(), cache);
+  constexpr int kBlocks = 5;
+  for (int block = 0; block < kBlocks; ++block) {
+    const at::Tensor hidden = at::randn({8, 32}, gen);  // a new input of every block
+    wanhost::fp8_linear(hidden, w_other, at::Tensor(), other_cache);
+    EXPECT_TRUE(at::equal(wanhost::fp8_linear(context, w, at::Tensor(), cache), first))
+        << "block " << block;
+  }
+  // The context at the start and in the first block, and each block's own input.
+  EXPECT_EQ(wanhost::fp8_input_quantizations() - before, 2 + kBlocks);
+  context.mul_(2);  // a new version: quantised again (powers of two scale exactly)
+  EXPECT_TRUE(
+      at::allclose(wanhost::fp8_linear(context, w, at::Tensor(), cache), 2 * first, 1e-6, 0))
+      << "a changed input reused its old quantisation";
+  EXPECT_EQ(wanhost::fp8_input_quantizations() - before, 3 + kBlocks);
+}
+
 // Only the roles of a block's large layers go to FP8; embedders (replicated) never do, and
 // nothing does with run.fp8 off.
 TEST(Fp8, LayersByRoleAndRecipe) {

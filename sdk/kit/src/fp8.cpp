@@ -7,6 +7,8 @@
 // transposed in one pass; elsewhere ATen does the same arithmetic in several.
 #include "wanhost/kit/fp8.hpp"
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <limits>
@@ -157,27 +159,54 @@ Quantized quantize(const at::Tensor& x, bool gradient, Outputs want) {
   return r;
 }
 
-// The last input quantised, kept for the next layer that reads the same tensor (a block's q, k
-// and v read one normed input; cross-attention's k and v one text context). Weakly held: a freed
-// input is never matched by a new tensor at its address. Its copies stay alive until the next
-// input comes (at most one layer's E4M3 input, the row-major half of which backward does not use).
-struct LastInput {
-  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> source{
-      c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>()};
+// Inputs already quantised, kept for the next layers that read the same tensor at the same
+// version. Weakly keyed: a freed input is never matched by a new tensor at its address.
+//  - `last`: the last input (a block's q, k and v read one normed input; cross-attention's k and
+//    v one text context). Its copies stay alive until the next input comes (at most one layer's
+//    E4M3 input, the row-major half of which backward does not use).
+//  - `recurring`: the last input quantised a second time after other inputs came between: every
+//    block's cross-attention reads the same text context, which the later blocks then take from
+//    here (one quantisation and one saved transposed copy a step instead of one a block).
+//    `seen` remembers the inputs of the last kSeen quantisations (no tensors, weak references).
+using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+struct KeptInput {
+  WeakImpl source{c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>()};
   std::uint32_t version = 0;
   Quantized quantized;  // q (this forward's product) and qt (saved for the weight gradient)
+  bool holds(const at::Tensor& x) const {
+    return source.lock().get() == x.unsafeGetTensorImpl() && version == x._version();
+  }
+  void keep(const at::Tensor& x, Quantized q) {
+    source = WeakImpl(x.getIntrusivePtr());
+    version = x._version();
+    quantized = std::move(q);
+  }
 };
-thread_local LastInput t_last_input;
+constexpr std::size_t kSeen = 8;
+struct InputCache {
+  KeptInput last, recurring;
+  std::array<KeptInput, kSeen> seen;  // source and version only
+  std::size_t next_seen = 0;
+};
+thread_local InputCache t_inputs;
+std::atomic<std::int64_t> g_input_quantizations{0};
 
 Quantized quantized_input(const at::Tensor& x, const at::Tensor& rows) {
-  auto& last = t_last_input;
-  const auto held = last.source.lock();
-  if (held.get() == x.unsafeGetTensorImpl() && last.version == x._version()) return last.quantized;
-  last.quantized = quantize(rows, false, {.rows = true, .transposed = true});
-  last.source =
-      c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(x.getIntrusivePtr());
-  last.version = x._version();
-  return last.quantized;
+  InputCache& c = t_inputs;
+  if (c.last.holds(x)) return c.last.quantized;
+  if (c.recurring.holds(x)) {
+    c.last = c.recurring;
+    return c.recurring.quantized;
+  }
+  Quantized q = quantize(rows, false, {.rows = true, .transposed = true});
+  g_input_quantizations.fetch_add(1);
+  const bool again =
+      std::any_of(c.seen.begin(), c.seen.end(), [&](const KeptInput& k) { return k.holds(x); });
+  if (again) c.recurring.keep(x, q);
+  c.seen[c.next_seen].keep(x, Quantized());
+  c.next_seen = (c.next_seen + 1) % kSeen;
+  c.last.keep(x, std::move(q));
+  return c.last.quantized;
 }
 
 struct Fp8LinearFunction : torch::autograd::Function<Fp8LinearFunction> {
@@ -267,6 +296,10 @@ const Fp8WeightCache::Copies& Fp8WeightCache::of(const at::Tensor& weight) {
   version_ = weight._version();
   epoch_ = epoch;
   return copies_;
+}
+
+std::int64_t fp8_input_quantizations() {
+  return g_input_quantizations.load();
 }
 
 Fp8Quantized fp8_quantize(const at::Tensor& x, bool gradient) {

@@ -70,4 +70,8 @@ struct Fp8Quantized {
 };
 Fp8Quantized fp8_quantize(const at::Tensor& x, bool gradient);
 
+// How many layer inputs fp8_linear has quantised since the process started (an input that layers
+// share, or that recurs at the same version, is quantised once). For tests. Since kit 1.7.
+std::int64_t fp8_input_quantizations();
+
 }  // namespace wanhost
