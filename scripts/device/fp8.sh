@@ -27,7 +27,8 @@
 #             whole-step run's ratio to it ("ratio" lines);
 #  - stepprofile: one whole 1.3B bf16 step of each stage (STAGES) under the profiler
 #             (logging.profile_step): device time per kernel class and the longest kernels, the
-#             optimizer, gradient casts and clipping included;
+#             optimizer, gradient casts and clipping included; PROFILE_LEVERS=1 also with the
+#             weights cast in one pass and wanhost's AdamW, PROFILE_FP8=1 also with FP8 on top;
 #  - peer:    the compiled peer's blocks (build-perf/peer/peer_wan_block.py) on the same GPU.
 # Results: $OUT/summary.txt, $OUT/ab/ (PNGs, CSVs, summaries), $OUT/results.tar.gz.
 set -uo pipefail
@@ -173,13 +174,24 @@ if want graphsteps && [ -x "$W" ]; then
   done
 fi
 want peerstep && left 150 && peer_step && ratios
+# PROFILE_LEVERS=1: the same profile with the built levers on (weights cast in one pass a step,
+# wanhost's AdamW kernel), and PROFILE_FP8=1 with FP8 linear layers too: where the time went.
+profile_step() { # TAG STAGE EXTRA...
+  local tag=$1 stage=$2
+  shift 2
+  left 100 || return 1
+  STEPS=8 run_steps profile-$tag $stage --set logging.profile_step=$((stage == 1 ? 6 : 7)) "$@"
+  say "whole-step profile, stage $stage, $tag:"
+  sed -n '/profile of global step/,/^\[/p' "$R/run-profile-$tag-s$stage.txt" | grep -v "^\[" |
+    head -40 >>"$OUT/summary.txt"
+}
 if want stepprofile && [ -x "$W" ]; then
+  L=(--set run.kernels.weight_casts=\"per_step\" --set run.kernels.adamw=\"wanhost\")
   for stage in ${STAGES:-1 2}; do
-    left 100 || break
-    STEPS=8 run_steps profile-bf16 $stage --set logging.profile_step=$((stage == 1 ? 6 : 7))
-    say "whole-step profile, stage $stage, bf16:"
-    sed -n '/profile of global step/,/^\[/p' "$R/run-profile-bf16-s$stage.txt" | grep -v "^\[" |
-      head -40 >>"$OUT/summary.txt"
+    profile_step bf16 $stage || break
+    [ "${PROFILE_LEVERS:-0}" = 1 ] && { profile_step bf16-levers $stage "${L[@]}" || break; }
+    [ "${PROFILE_FP8:-0}" = 1 ] &&
+      { profile_step fp8-levers $stage "${L[@]}" --set run.fp8=\"tensorwise\" || break; }
   done
 fi
 if want peer && [ -f build-perf/peer/peer_wan_block.py ] && left 190; then
