@@ -26,8 +26,9 @@ struct KernelOptions {
   // fields above keep their places).
   bool wanhost_adamw = false;
   // Weights in the compute dtype: cast where each is used (per use), or all of them in one
-  // multi-tensor pass at the start of each step's forward (per step, compute_weights.hpp; by
-  // forward_backward_each, so plugins that run whole models). Since kit 1.7 (appended).
+  // multi-tensor pass at the start of each step's forward (per step, compute_weights.hpp), which
+  // forward_backward_each makes (ddp; a plugin that runs the model's forward itself can call
+  // refresh_compute_weights the same way). Since kit 1.7 (appended).
   bool weight_casts_per_step = false;
 };
 
