@@ -22,6 +22,7 @@
 #include "../util/step_graph.hpp"
 #include "bench_kernels.hpp"
 #include "wanhost/errors.hpp"
+#include "wanhost/kit/compute_weights.hpp"
 #include "wanhost/kit/kernel_options.hpp"
 #include "wanhost/kit/layers.hpp"
 #include "wanhost/log.hpp"
@@ -145,7 +146,8 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
         "--kernels times single operators on dense rows: it takes no --cuda-graph, "
         "--packed, --grid or --profile");
   try {
-    set_kernel_options(parse_kernel_options(o.packed_attention, "fused", o.lt_epilogues));
+    set_kernel_options(
+        parse_kernel_options(o.packed_attention, "fused", o.lt_epilogues, o.weight_casts));
   } catch (const std::invalid_argument& e) {
     throw UsageError(std::string("--packed-attention/--lt-epilogues: ") + e.what());
   }
@@ -156,6 +158,10 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
   }
   if (o.dtype.empty()) o.dtype = device.is_cuda() ? "bfloat16" : "float32";
   const auto dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  if (o.weight_casts == "per_step" && (!o.fp32_master || dtype == at::kFloat))
+    throw UsageError(
+        "--weight-casts per_step casts fp32 master weights to the compute dtype: it needs "
+        "--fp32-master and --dtype bfloat16");
   const auto grids = token_grids(o);
   const auto caption_rows = caption_lengths(o);
 
@@ -236,12 +242,17 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
   std::vector<at::Tensor> params;
   for (auto& p : model->module().parameters(true)) params.push_back(p);
 
+  // --weight-casts per_step: the fp32 masters cast in one pass a step, as a training step does.
+  const bool cast_once =
+      kernel_options().weight_casts_per_step && o.fp32_master && dtype != at::kFloat;
   auto eager_step = [&] {
     for (auto& p : params) p.mutable_grad() = at::Tensor();
-    fp8_weights_changed();  // a training step quantises each FP8 layer's weight once
+    weights_changed();  // a training step quantises each FP8 layer's weight once
+    if (cast_once) refresh_compute_weights(params, dtype);
     auto h = hidden.detach().requires_grad_(true);
     for (std::int64_t i = 0; i < model->num_blocks(); ++i) h = model->block_forward(i, h, act);
     h.to(at::kFloat).square().mean().backward();
+    if (cast_once) keep_used_compute_weights();
   };
 
   const double peak = o.skip_peak ? 0.0 : matmul_peak_tflops(device);
@@ -291,6 +302,7 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
          {"packed", o.packed},
          {"cuda_graph", o.cuda_graph},
          {"fp8", o.fp8},
+         {"weight_casts", o.weight_casts},
          {"device", device.str()},
          {"options", o.options},
          {"iters", o.iters},

@@ -26,6 +26,7 @@ struct BenchOptions {
   std::vector<std::string> options;                               // key=json for the model plugin
   std::string packed_attention = "auto", lt_epilogues = "dgelu";  // KernelOptions
   std::string fp8 = "off";                                        // run.fp8
+  std::string weight_casts = "per_use";  // run.kernels.weight_casts (with --fp32-master)
 };
 
 // Runs the benchmark and prints its table (or one JSON object with json).

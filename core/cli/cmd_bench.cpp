@@ -50,6 +50,12 @@ void add_bench_command(CLI::App& app, GlobalOptions& g) {
                 "cuBLASLt epilogues of the feed-forward: off, all, or a comma list of gelu, "
                 "dgelu, bgrad (run.kernels.lt_epilogues)")
       ->capture_default_str();
+  b->add_option("--weight-casts", o->weight_casts,
+                "With --fp32-master: cast the weights to the compute dtype where each is used "
+                "(per_use) or all in one multi-tensor pass a step (per_step; "
+                "run.kernels.weight_casts)")
+      ->check(CLI::IsMember({"per_use", "per_step"}))
+      ->capture_default_str();
   b->add_option("--fp8", o->fp8,
                 "FP8 products for the blocks' large linear layers: off or tensorwise (run.fp8); "
                 "the weights are quantised once per timed step, as once per optimizer step")

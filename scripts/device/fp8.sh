@@ -7,6 +7,8 @@
 #  - bench:   4-block stacks of stage 1 and 2 (captions of 20-200 tokens padded to 512) and 14B
 #             2 blocks x 37440 tokens, fp8 off and tensorwise; with BENCH_FULL=1 (default) also
 #             stage 1 and 2 with full 512-row captions (nothing for the padded-row collapse);
+#             BENCH_CASTS=1 adds stage-1 blocks with fp32 masters, weights cast at each use and
+#             in one pass a step (--weight-casts);
 #  - profile: device time per kernel class of the stage-1 bench, fp8 off and tensorwise;
 #  - ab:      the loss A/B: 1.3B dimensions, AB_LAYERS blocks (default 8), AB_STEPS steps
 #             (default 300) of each stage (AB_S2_BATCH clips a stage-2 step, default 1), bf16
@@ -69,6 +71,12 @@ if want bench && [ -x "$W" ] && left 200; then
     bench "s2 captions 20-200 fp8=$f" "${S2[@]}" --caption-tokens 20:200 --fp8 $f
     bench "14B 2 blocks fp8=$f" "${P14[@]}" --fp8 $f
   done
+  if [ "${BENCH_CASTS:-0}" = 1 ]; then # fp32 masters: weights cast at each use vs in one pass
+    for c in per_use per_step; do
+      bench "s1 fp32 masters casts $c" "${S1[@]}" --caption-tokens 20:200 --fp32-master \
+        --weight-casts $c
+    done
+  fi
   if [ "${BENCH_FULL:-1}" = 1 ]; then # captions padded to 512 with no collapse to gain from
     bench "s1 full captions fp8=off" "${S1[@]}" --fp8 off
     bench "s2 full captions fp8=off" "${S2[@]}" --fp8 off

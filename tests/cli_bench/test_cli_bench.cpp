@@ -151,6 +151,17 @@ TEST(CliBench, KernelsTimeEveryFusedOperatorAgainstItsReference) {
   EXPECT_FALSE(j["ops"][5].contains("bytes"));  // matrix products: no bandwidth figure
 }
 
+// --weight-casts per_step (fp32 master weights, bf16 compute): the weights the blocks read in bf16
+// are cast in one pass a step, which the report and the log say.
+TEST(CliBench, WeightCastsInOnePassAStep) {
+  const auto r =
+      run_wanhost(kCase + " --json --fp32-master --dtype bfloat16 --weight-casts per_step");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(last_json_line(r.output)["weight_casts"], "per_step");
+  EXPECT_NE(r.output.find("master weights cast to BFloat16 in one pass a step"), std::string::npos)
+      << r.output;
+}
+
 TEST(CliBench, UsageErrorsNameTheFlag) {
   const std::string tiny = kBase + " --batch 2 --preset tiny --video-tokens 60 ";
   const std::pair<std::string, std::string> cases[] = {
@@ -169,6 +180,9 @@ TEST(CliBench, UsageErrorsNameTheFlag) {
       {tiny + "--kernels --packed", "--kernels times single operators on dense rows"},
       {tiny + "--caption-tokens 5:17", "--caption-tokens 5:17: expected MIN:MAX"},
       {tiny + "--caption-tokens 9", "--caption-tokens 9: expected MIN:MAX"},
+      {tiny + "--weight-casts sometimes", "--weight-casts"},
+      {tiny + "--weight-casts per_step --dtype bfloat16",
+       "needs --fp32-master and --dtype bfloat16"},
   };
   for (const auto& [args, says] : cases) {
     if (args.find("--device cuda") != std::string::npos && at::hasCUDA()) continue;
