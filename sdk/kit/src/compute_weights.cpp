@@ -1,7 +1,6 @@
 #include "wanhost/kit/compute_weights.hpp"
 
 #include <ATen/ATen.h>
-#include <c10/util/intrusive_ptr.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <atomic>
@@ -11,6 +10,7 @@
 #include <tuple>
 #include <unordered_map>
 
+#include "tensor_stamp.hpp"
 #include "wanhost/log.hpp"
 
 namespace wanhost {
@@ -18,18 +18,14 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
 
 std::atomic<std::uint64_t> g_epoch{0};
 std::atomic<std::int64_t> g_hits{0};
 
 struct Copy {
-  explicit Copy(const at::Tensor& m) : master(m.getIntrusivePtr()) {}
-  WeakImpl master;  // weak: a model that goes away takes its masters with it
+  TensorStamp master;  // at the last cast; weak: a model that goes away takes its masters along
   std::vector<std::int64_t> sizes, strides;
   c10::Device device = c10::kCPU;
-  const void* data = nullptr;  // the master's, at the last cast
-  std::uint32_t version = 0;
   at::Tensor copy;    // undefined once dropped as unused (keep_used_compute_weights)
   bool used = false;  // asked for since it was allocated
 };
@@ -41,9 +37,7 @@ struct Copies {
   std::unordered_map<const c10::TensorImpl*, Copy> of;
   at::ScalarType dtype = at::kBFloat16;
   std::uint64_t epoch = 0;
-  bool made = false;     // a refresh has cast them since the last drop
   bool settled = false;  // the unused ones were dropped after their first step
-  std::int64_t bytes = 0;
 };
 
 // Never destroyed, like side_tensors.hpp's tables: it may hold CUDA tensors at exit (a run
@@ -51,6 +45,14 @@ struct Copies {
 Copies& copies() {
   static Copies& c = *new Copies();
   return c;
+}
+
+// The bytes of the copies held (dropped ones not counted).
+std::int64_t held_bytes(const Copies& c) {
+  std::int64_t n = 0;
+  for (const auto& [impl, k] : c.of)
+    if (k.copy.defined()) n += static_cast<std::int64_t>(k.copy.nbytes());
+  return n;
 }
 
 bool castable(const at::Tensor& t, at::ScalarType dtype) {
@@ -62,7 +64,7 @@ bool same_set(const Copies& held, const std::vector<at::Tensor>& masters, at::Sc
   if (held.dtype != dtype || held.of.size() != masters.size()) return false;
   for (const auto& m : masters) {
     const auto it = held.of.find(m.unsafeGetTensorImpl());
-    if (it == held.of.end() || it->second.master.expired() || it->second.sizes != m.sizes() ||
+    if (it == held.of.end() || !it->second.master.alive() || it->second.sizes != m.sizes() ||
         it->second.strides != m.strides() || it->second.device != m.device())
       return false;
   }
@@ -73,13 +75,11 @@ bool same_set(const Copies& held, const std::vector<at::Tensor>& masters, at::Sc
 at::Tensor fresh_copy(const at::Tensor& w, at::ScalarType dtype) {
   Copies& c = copies();
   std::lock_guard<std::mutex> lock(c.mutex);
-  if (!c.made || c.dtype != dtype || c.epoch != g_epoch.load()) return at::Tensor();
+  if (c.dtype != dtype || c.epoch != g_epoch.load()) return at::Tensor();
   const auto it = c.of.find(w.unsafeGetTensorImpl());
   if (it == c.of.end()) return at::Tensor();
   Copy& k = it->second;
-  if (!k.copy.defined() || k.master.expired() || k.data != w.data_ptr() ||
-      k.version != w._version())
-    return at::Tensor();
+  if (!k.copy.defined() || !k.master.matches(w)) return at::Tensor();
   k.used = true;
   g_hits.fetch_add(1);
   return k.copy;
@@ -117,15 +117,14 @@ void refresh_compute_weights(const std::vector<at::Tensor>& all, at::ScalarType 
   std::lock_guard<std::mutex> lock(c.mutex);
   if (!same_set(c, masters, dtype)) {
     c.of.clear();  // the old copies go before the new ones are allocated
-    c.bytes = 0;
     c.settled = false;
     for (const auto& m : masters) {
-      Copy k(m);
+      Copy k;
+      k.master = TensorStamp(m);
       k.sizes = m.sizes().vec();
       k.strides = m.strides().vec();
       k.device = m.device();
       k.copy = at::empty_like(m, m.options().dtype(dtype));
-      c.bytes += static_cast<std::int64_t>(k.copy.nbytes());
       c.of.emplace(m.unsafeGetTensorImpl(), std::move(k));
     }
     c.dtype = dtype;
@@ -140,21 +139,19 @@ void refresh_compute_weights(const std::vector<at::Tensor>& all, at::ScalarType 
     auto& g = groups[{m.device().type(), m.device().index(), m.scalar_type()}];
     g.first.push_back(k.copy);
     g.second.push_back(m.detach());
-    k.data = m.data_ptr();
-    k.version = m._version();
+    k.master = TensorStamp(m);
   }
   {
     at::NoGradGuard no_grad;
     for (auto& [place, lists] : groups) at::_foreach_copy_(lists.first, lists.second);
   }
   c.epoch = g_epoch.load();
-  c.made = true;
 }
 
 void keep_used_compute_weights() {
   Copies& c = copies();
   std::lock_guard<std::mutex> lock(c.mutex);
-  if (!c.made || c.settled) return;
+  if (c.settled) return;
   c.settled = true;
   std::int64_t kept = 0;
   for (auto& [impl, k] : c.of) {
@@ -163,7 +160,6 @@ void keep_used_compute_weights() {
       ++kept;
       continue;
     }
-    c.bytes -= static_cast<std::int64_t>(k.copy.nbytes());
     k.copy = at::Tensor();
   }
   if (c.of.empty()) return;
@@ -171,7 +167,7 @@ void keep_used_compute_weights() {
   logger()->info(
       "weight casts: {} master weights cast to {} in one pass a step ({:.1f} MiB of copies{}; "
       "run.kernels.weight_casts=per_step)",
-      kept, c10::toString(c.dtype), static_cast<double>(c.bytes) / (1 << 20),
+      kept, c10::toString(c.dtype), static_cast<double>(held_bytes(c)) / (1 << 20),
       others == 0 ? std::string()
                   : fmt::format("; none for {} others, not read in {} (FP8 layers, layers under "
                                 "autocast)",
@@ -182,8 +178,7 @@ void drop_compute_weights() {
   Copies& c = copies();
   std::lock_guard<std::mutex> lock(c.mutex);
   c.of.clear();
-  c.bytes = 0;
-  c.made = c.settled = false;
+  c.settled = false;
 }
 
 std::int64_t compute_weight_count() {
@@ -197,7 +192,7 @@ std::int64_t compute_weight_count() {
 std::int64_t compute_weight_bytes() {
   Copies& c = copies();
   std::lock_guard<std::mutex> lock(c.mutex);
-  return c.bytes;
+  return held_bytes(c);
 }
 
 at::Tensor compute_weight(const at::Tensor& w, at::ScalarType dtype) {

@@ -17,9 +17,9 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
-#include <c10/util/intrusive_ptr.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "tensor_stamp.hpp"
 #include "wanhost/kit/compute_weights.hpp"
 
 #if WANHOST_WITH_CUDA
@@ -160,32 +160,22 @@ Quantized quantize(const at::Tensor& x, bool gradient, Outputs want) {
 }
 
 // Inputs already quantised, kept for the next layers that read the same tensor at the same
-// version. Weakly keyed: a freed input is never matched by a new tensor at its address.
+// version (tensor_stamp.hpp: a freed input is never matched by a new tensor at its address).
 //  - `last`: the last input (a block's q, k and v read one normed input; cross-attention's k and
 //    v one text context). Its copies stay alive until the next input comes (at most one layer's
 //    E4M3 input, the row-major half of which backward does not use).
 //  - `recurring`: the last input quantised a second time after other inputs came between: every
 //    block's cross-attention reads the same text context, which the later blocks then take from
 //    here (one quantisation and one saved transposed copy a step instead of one a block).
-//    `seen` remembers the inputs of the last kSeen quantisations (no tensors, weak references).
-using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+//    `seen` stamps the inputs of the last kSeen quantisations (no tensors kept).
 struct KeptInput {
-  WeakImpl source{c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>()};
-  std::uint32_t version = 0;
+  TensorStamp source;
   Quantized quantized;  // q (this forward's product) and qt (saved for the weight gradient)
-  bool holds(const at::Tensor& x) const {
-    return source.lock().get() == x.unsafeGetTensorImpl() && version == x._version();
-  }
-  void keep(const at::Tensor& x, Quantized q) {
-    source = WeakImpl(x.getIntrusivePtr());
-    version = x._version();
-    quantized = std::move(q);
-  }
 };
 constexpr std::size_t kSeen = 8;
 struct InputCache {
   KeptInput last, recurring;
-  std::array<KeptInput, kSeen> seen;  // source and version only
+  std::array<TensorStamp, kSeen> seen;
   std::size_t next_seen = 0;
 };
 thread_local InputCache t_inputs;
@@ -193,19 +183,20 @@ std::atomic<std::int64_t> g_input_quantizations{0};
 
 Quantized quantized_input(const at::Tensor& x, const at::Tensor& rows) {
   InputCache& c = t_inputs;
-  if (c.last.holds(x)) return c.last.quantized;
-  if (c.recurring.holds(x)) {
+  if (c.last.source.matches(x)) return c.last.quantized;
+  if (c.recurring.source.matches(x)) {
     c.last = c.recurring;
     return c.recurring.quantized;
   }
   Quantized q = quantize(rows, false, {.rows = true, .transposed = true});
   g_input_quantizations.fetch_add(1);
+  const TensorStamp stamp(x);
   const bool again =
-      std::any_of(c.seen.begin(), c.seen.end(), [&](const KeptInput& k) { return k.holds(x); });
-  if (again) c.recurring.keep(x, q);
-  c.seen[c.next_seen].keep(x, Quantized());
+      std::any_of(c.seen.begin(), c.seen.end(), [&](const TensorStamp& s) { return s.matches(x); });
+  if (again) c.recurring = {stamp, q};
+  c.seen[c.next_seen] = stamp;
   c.next_seen = (c.next_seen + 1) % kSeen;
-  c.last.keep(x, std::move(q));
+  c.last = {stamp, std::move(q)};
   return c.last.quantized;
 }
 

@@ -203,11 +203,11 @@ void AdamW::update(double lr, const at::Tensor& device_lr, const at::Tensor& gra
   bool host_skip = false;
   for (auto& [key, gr] : groups) {
     const bool decay = std::get<2>(key);
+    const double decay_rate = decay ? config_.weight_decay : 0.0;
     const c10::Device device = gr.p[0].device();
 #if WANHOST_WITH_CUDA
     if (fused_usable() && kernel_options().wanhost_adamw &&
-        wanhost_adamw(gr, count, lr, device_lr, grad_divisor, skipped_now,
-                      decay ? config_.weight_decay : 0.0, config_))
+        wanhost_adamw(gr, count, lr, device_lr, grad_divisor, skipped_now, decay_rate, config_))
       continue;
 #endif
     if (fused_usable()) {
@@ -221,7 +221,7 @@ void AdamW::update(double lr, const at::Tensor& device_lr, const at::Tensor& gra
         // device, read by the kernel): the two overloads of the same operator.
         const auto fused = [&](const auto& learning_rate) {
           at::_fused_adamw_(gr.p, gr.g, gr.m, gr.v, {}, counts, learning_rate, config_.beta1,
-                            config_.beta2, decay ? config_.weight_decay : 0.0, config_.eps,
+                            config_.beta2, decay_rate, config_.eps,
                             /*amsgrad=*/false, /*maximize=*/false, divisor, found_inf);
         };
         device_lr.defined() ? fused(device_lr.to(device, at::kFloat).reshape({})) : fused(lr);
