@@ -326,7 +326,7 @@ MUTATIONS = [
      ["test_synthetic"], "test_synthetic", "Synthetic.TextDoesNotDependOnWhatCameBefore"),
     ("weight casts: a step's pass casts only once (stale copies)", "sdk/kit/src/compute_weights.cpp",
      "for (auto& [place, lists] : groups) at::_foreach_copy_(lists.first, lists.second);",
-     "for (auto& [place, lists] : groups) if (!c.made) at::_foreach_copy_(lists.first, lists.second);",
+     "for (auto& [place, lists] : groups) if (!c.settled) at::_foreach_copy_(lists.first, lists.second);",
      ["wanhost", "test_train_learning"], "test_train_learning",
      "WeightCasts.OnePassAStepTrainsAsCastsAtEachUse"),
     ("weight casts: run.kernels.weight_casts=per_step ignored", "sdk/kit/src/parallelism_base.cpp",
