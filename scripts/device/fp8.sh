@@ -2,7 +2,9 @@
 # One device call for FP8 linear layers (run.fp8, docs/performance.md "FP8 linear layers"):
 # builds build-gpu, then, each part skipped once the call's time runs short (BUDGET_S) and each
 # chosen by PARTS (default: all of them, in this order):
-#  - tests:   the FP8 products against their emulation and the fused kernels (test_kernels),
+#  - tests:   each binary under a time limit: the FP8 products against their emulation and the
+#             fused kernels (test_kernels), AdamW (test_optim), the weight copies, graphs and host
+#             reads (test_compute_weights, test_train_units),
 #             the model's GPU tests (test_wan21_dit *OnAGpu*);
 #  - bench:   4-block stacks of stage 1 and 2 (captions of 20-200 tokens padded to 512) and 14B
 #             2 blocks x 37440 tokens, fp8 off and tensorwise; with BENCH_FULL=1 (default) also
@@ -44,21 +46,30 @@ want() { [[ " $PARTS " == *" $1 "* ]]; }
 start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_kernels \
   $(want tests && echo test_wan21_dit test_optim test_compute_weights test_train_units)
 
-if want tests && [ -x build-gpu/bin/test_kernels ]; then
-  build-gpu/bin/test_kernels --gtest_filter='Fp8*:FusedGpu*' >"$R/tests.txt" 2>&1
+# A GPU test binary under a time limit (a hanging test must not take the whole call); its exit
+# status goes into the summary when it is not 0 (124: timed out).
+gpu_test() { # BINARY ARGS...
+  local bin=build-gpu/bin/$1
+  shift
+  [ -x "$bin" ] || { say "$bin: not built"; return; }
+  timeout 150 "$bin" "$@" >>"$R/tests.txt" 2>&1
+  local rc=$?
+  [ $rc = 0 ] || say "$(basename "$bin") exit $rc"
+}
+if want tests; then
+  : >"$R/tests.txt"
+  gpu_test test_kernels --gtest_filter='Fp8*:FusedGpu*'
   # The model's GPU tests: fused against plain path, captured step, packed and collapsed text.
-  [ -x build-gpu/bin/test_wan21_dit ] &&
-    build-gpu/bin/test_wan21_dit --gtest_filter='*OnAGpu*' >>"$R/tests.txt" 2>&1
-  # LibTorch's fused CUDA AdamW with the device-side skip (found_inf) and clip (grad_scale).
-  [ -x build-gpu/bin/test_optim ] && build-gpu/bin/test_optim >>"$R/tests.txt" 2>&1
+  gpu_test test_wan21_dit --gtest_filter='*OnAGpu*'
+  # LibTorch's fused CUDA AdamW with the device-side skip (found_inf) and clip (grad_scale), and
+  # wanhost's AdamW kernel against it.
+  gpu_test test_optim
   # The weights' one cast pass a step: the fused operators' autograd functions read the copies.
-  [ -x build-gpu/bin/test_compute_weights ] &&
-    build-gpu/bin/test_compute_weights >>"$R/tests.txt" 2>&1
+  gpu_test test_compute_weights
   # The step's text_lengths handed on the host, pinned (SDK 2.4 models); whole steps replayed as
-  # CUDA graphs against eager ones (run.cuda_graphs).
-  [ -x build-gpu/bin/test_train_units ] &&
-    build-gpu/bin/test_train_units --gtest_filter='StepPrefetcher*:CudaGraphs*:HostRead*' >>"$R/tests.txt" 2>&1
-  grep -E "^\[  (PASSED|FAILED) |FAILED|figures|Failure" "$R/tests.txt" | head -20 |
+  # CUDA graphs against eager ones (run.cuda_graphs); the step's numbers read through pinned memory.
+  gpu_test test_train_units --gtest_filter='StepPrefetcher*:CudaGraphs*:HostRead*'
+  grep -E "^\[  (PASSED|FAILED) |FAILED|figures|Failure" "$R/tests.txt" | head -30 |
     tee -a "$OUT/summary.txt"
 fi
 
