@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
@@ -38,13 +39,61 @@ __device__ __forceinline__ unsigned char to_fp8(float v, Fp8Format format) {
                                format == Fp8Format::e4m3 ? __NV_E4M3 : __NV_E5M2);
 }
 
+// The prologues (Fp8Prologue): value(x, aux) of one element. kAux: whether aux is read.
+struct Identity {
+  static constexpr bool kAux = false;
+  __device__ __forceinline__ static float value(float x, float) { return x; }
+};
+
+__device__ __forceinline__ float round_to_bf16(float v) {
+  return __bfloat162float(__float2bfloat16_rn(v));
+}
+
+// GELU with the tanh approximation and its derivative in fp32, each operation as ATen's CUDA
+// kernels write it (aten/src/ATen/native/cuda/ActivationGeluKernel.cu: kBeta is the double
+// sqrt(2) * 2/sqrt(pi) * 0.5 rounded to float once, M_SQRT2 and M_2_SQRTPI spelled out), then
+// rounded to bf16 as their bf16 outputs are.
+constexpr double kSqrt2 = 1.41421356237309504880, kTwoOverSqrtPi = 1.12837916709551257390;
+constexpr float kGeluBeta = static_cast<float>(kSqrt2 * kTwoOverSqrtPi * 0.5);
+constexpr float kGeluKappa = 0.044715f;
+
+struct GeluTanh {
+  static constexpr bool kAux = false;
+  __device__ __forceinline__ static float value(float x, float) {
+    const float x_cube = x * x * x;
+    const float inner = kGeluBeta * (x + kGeluKappa * x_cube);
+    return round_to_bf16(0.5f * x * (1.f + tanhf(inner)));
+  }
+};
+
+struct GeluTanhGrad {  // value(dy, x) = dy * gelu'(x)
+  static constexpr bool kAux = true;
+  __device__ __forceinline__ static float value(float dy, float x) {
+    const float x_sq = x * x;
+    const float x_cube = x_sq * x;
+    const float inner = kGeluBeta * (x + kGeluKappa * x_cube);
+    const float tanh_inner = tanhf(inner);
+    const float left = 0.5f * x;
+    const float right = 1.f + tanh_inner;
+    const float left_derivative = 0.5f * right;
+    const float tanh_derivative = 1.f - tanh_inner * tanh_inner;
+    const float inner_derivative = kGeluBeta * (1.f + 3.f * kGeluKappa * x_sq);
+    const float right_derivative = left * tanh_derivative * inner_derivative;
+    return round_to_bf16(dy * (left_derivative + right_derivative));
+  }
+};
+
 // The element pair (r, c), (r, c + 1) as two FP8 bytes (low byte: column c), its values added to
 // the column sums.
-template <typename In>
-__device__ __forceinline__ unsigned short pair_bytes(const In* x, std::int64_t at, float inv,
-                                                     Fp8Format format, float& sum0, float& sum1) {
-  float a, b;
+template <typename Op, typename In>
+__device__ __forceinline__ unsigned short pair_bytes(const In* x, const In* aux, std::int64_t at,
+                                                     float inv, Fp8Format format, float& sum0,
+                                                     float& sum1) {
+  float a, b, aux_a = 0.f, aux_b = 0.f;
   load_pair(x + at, a, b);
+  if constexpr (Op::kAux) load_pair(aux + at, aux_a, aux_b);
+  a = Op::value(a, aux_a);
+  b = Op::value(b, aux_b);
   sum0 += a;
   sum1 += b;
   return static_cast<unsigned short>(to_fp8(a * inv, format) | (to_fp8(b * inv, format) << 8));
@@ -59,20 +108,33 @@ __device__ __forceinline__ float nan_max(float a, float b) {
   return (a != a || a > b) ? a : b;
 }
 
-// Eight (bf16) or four (fp32) elements of one 16-byte load, as floats.
-__device__ __forceinline__ float abs_max_of(const uint4& v, const __nv_bfloat16*) {
+// The eight (bf16) or four (fp32) elements of one 16-byte load, as floats.
+__device__ __forceinline__ void unpack(const uint4& v, const __nv_bfloat16*, float* out) {
   const auto* h = reinterpret_cast<const __nv_bfloat162*>(&v);
-  float m = 0.f;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     const float2 f = __bfloat1622float2(h[k]);
-    m = nan_max(m, nan_max(fabsf(f.x), fabsf(f.y)));
+    out[2 * k] = f.x;
+    out[2 * k + 1] = f.y;
   }
-  return m;
 }
-__device__ __forceinline__ float abs_max_of(const uint4& v, const float*) {
+__device__ __forceinline__ void unpack(const uint4& v, const float*, float* out) {
   const auto* f = reinterpret_cast<const float*>(&v);
-  return nan_max(nan_max(fabsf(f[0]), fabsf(f[1])), nan_max(fabsf(f[2]), fabsf(f[3])));
+#pragma unroll
+  for (int k = 0; k < 4; ++k) out[k] = f[k];
+}
+
+// max|value| of the elements of one 16-byte load of x (and of aux).
+template <typename Op, typename In>
+__device__ __forceinline__ float abs_max_of(const uint4& v, const uint4& aux) {
+  constexpr int kPerLoad = 16 / sizeof(In);
+  float x[kPerLoad], a[kPerLoad] = {};
+  unpack(v, static_cast<const In*>(nullptr), x);
+  if constexpr (Op::kAux) unpack(aux, static_cast<const In*>(nullptr), a);
+  float m = 0.f;
+#pragma unroll
+  for (int k = 0; k < kPerLoad; ++k) m = nan_max(m, fabsf(Op::value(x[k], a[k])));
+  return m;
 }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) {
   return __bfloat162float(v);
@@ -96,31 +158,42 @@ __device__ __forceinline__ float block_nan_max(float v) {
   return m;
 }
 
-template <typename In>
+bool aligned_to(const void* p, std::uintptr_t bytes) {
+  return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+}
+
+template <typename Op, typename In>
 __global__ void __launch_bounds__(kAmaxThreads)
-    amax_partials(const In* __restrict__ x, std::int64_t n, float* __restrict__ partials) {
+    amax_partials(const In* __restrict__ x, const In* __restrict__ aux, std::int64_t n,
+                  bool wide_loads, float* __restrict__ partials) {
   constexpr int kPerLoad = 16 / sizeof(In);
   float m = 0.f;
   std::int64_t scalar_from = 0;
-  if ((reinterpret_cast<std::uintptr_t>(x) & 15) == 0) {
+  if (wide_loads) {  // x (and aux) 16-byte aligned
     const std::int64_t loads = n / kPerLoad;
     const auto* v = reinterpret_cast<const uint4*>(x);
+    const auto* va = reinterpret_cast<const uint4*>(aux);
     const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * kAmaxThreads;
     std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kAmaxThreads + threadIdx.x;
+    const uint4 none = make_uint4(0u, 0u, 0u, 0u);
     for (; i + (kAmaxUnroll - 1) * stride < loads; i += kAmaxUnroll * stride) {
-      uint4 r[kAmaxUnroll];
+      uint4 r[kAmaxUnroll], ra[kAmaxUnroll];
 #pragma unroll
-      for (int k = 0; k < kAmaxUnroll; ++k) r[k] = v[i + k * stride];
+      for (int k = 0; k < kAmaxUnroll; ++k) {
+        r[k] = v[i + k * stride];
+        ra[k] = Op::kAux ? va[i + k * stride] : none;
+      }
 #pragma unroll
-      for (int k = 0; k < kAmaxUnroll; ++k) m = nan_max(m, abs_max_of(r[k], x));
+      for (int k = 0; k < kAmaxUnroll; ++k) m = nan_max(m, abs_max_of<Op, In>(r[k], ra[k]));
     }
-    for (; i < loads; i += stride) m = nan_max(m, abs_max_of(v[i], x));
+    for (; i < loads; i += stride)
+      m = nan_max(m, abs_max_of<Op, In>(v[i], Op::kAux ? va[i] : none));
     scalar_from = loads * kPerLoad;
   }
   for (std::int64_t i =
            scalar_from + static_cast<std::int64_t>(blockIdx.x) * kAmaxThreads + threadIdx.x;
        i < n; i += static_cast<std::int64_t>(gridDim.x) * kAmaxThreads)
-    m = nan_max(m, fabsf(to_float(x[i])));
+    m = nan_max(m, fabsf(Op::value(to_float(x[i]), Op::kAux ? to_float(aux[i]) : 0.f)));
   m = block_nan_max(m);
   if (threadIdx.x == 0) partials[blockIdx.x] = m;
 }
@@ -156,9 +229,9 @@ __device__ __forceinline__ float tile_inverse_scale(const CastArgs& a) {
   return __frcp_rn(scale);  // at::reciprocal's 1 / scale, correctly rounded
 }
 
-template <typename In>
+template <typename Op, typename In>
 __global__ void __launch_bounds__(32 * kTileRowsPerPass)
-    cast_transpose(const In* __restrict__ x, const CastArgs a) {
+    cast_transpose(const In* __restrict__ x, const In* __restrict__ aux, const CastArgs a) {
   // +4 bytes a row: the transposed reads of one warp (rows 2 tx and 2 tx + 1) spread over banks.
   __shared__ unsigned char tile[kTile][kTile + 4];
   __shared__ float sums[kTileRowsPerPass][kTile];
@@ -172,7 +245,7 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
     const std::int64_t r = r0 + i;
     unsigned short bytes = 0;  // rows past the matrix: the zero padding of qt
     if (r < a.rows && c < a.cols) {
-      bytes = pair_bytes(x, r * a.cols + c, inv, a.format, sum0, sum1);
+      bytes = pair_bytes<Op>(x, aux, r * a.cols + c, inv, a.format, sum0, sum1);
       if (a.q != nullptr) *reinterpret_cast<unsigned short*>(a.q + r * a.cols + c) = bytes;
     }
     tile[i][2 * tx] = static_cast<unsigned char>(bytes & 0xff);
@@ -234,9 +307,9 @@ __device__ __forceinline__ Eight load_eight(const float* x) {
   return Eight{{a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w}};
 }
 
-template <typename In>
+template <typename Op, typename In>
 __global__ void __launch_bounds__(32 * kTileRowsPerPass)
-    cast_transpose_wide(const In* __restrict__ x, const CastArgs a) {
+    cast_transpose_wide(const In* __restrict__ x, const In* __restrict__ aux, const CastArgs a) {
   constexpr int kThreads = 32 * kTileRowsPerPass;
   constexpr int kGroups = kTile / 8;                // 8-column groups of a tile row
   constexpr int kRowsPerPass = kThreads / kGroups;  // 32
@@ -256,7 +329,17 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
   for (int pass = 0; pass < kPasses; ++pass) {
     const std::int64_t r = r0 + row_in_pass + pass * kRowsPerPass;
     inside[pass] = r < a.rows && c < a.cols;
-    if (inside[pass]) in[pass] = load_eight(x + r * a.cols + c);
+    if (inside[pass]) {
+      in[pass] = load_eight(x + r * a.cols + c);
+      if constexpr (Op::kAux) {
+        const Eight at = load_eight(aux + r * a.cols + c);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) in[pass].v[k] = Op::value(in[pass].v[k], at.v[k]);
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) in[pass].v[k] = Op::value(in[pass].v[k], 0.f);
+      }
+    }
   }
 #pragma unroll
   for (int pass = 0; pass < kPasses; ++pass) {
@@ -300,8 +383,34 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
   }
 }
 
-bool aligned_to(const void* p, std::uintptr_t bytes) {
-  return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+}  // namespace
+
+namespace {
+
+// Calls f(Op{}, typed x, typed aux) for the source and prologue, or returns false for a
+// combination that does not exist (a prologue on fp32, gelu_grad without aux).
+template <typename F>
+bool dispatch(Fp8Source source, Fp8Prologue prologue, const void* x, const void* aux, F&& f) {
+  if (source == Fp8Source::f32) {
+    if (prologue != Fp8Prologue::none) return false;
+    f(Identity{}, static_cast<const float*>(x), static_cast<const float*>(nullptr));
+    return true;
+  }
+  const auto* typed = static_cast<const __nv_bfloat16*>(x);
+  const auto* typed_aux = static_cast<const __nv_bfloat16*>(aux);
+  switch (prologue) {
+    case Fp8Prologue::none:
+      f(Identity{}, typed, typed_aux);
+      return true;
+    case Fp8Prologue::gelu:
+      f(GeluTanh{}, typed, typed_aux);
+      return true;
+    case Fp8Prologue::gelu_grad:
+      if (aux == nullptr) return false;
+      f(GeluTanhGrad{}, typed, typed_aux);
+      return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -309,7 +418,7 @@ bool aligned_to(const void* p, std::uintptr_t bytes) {
 cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t rows,
                                std::int64_t cols, const Fp8Scale& scale, Fp8Format format, void* q,
                                void* qt, std::int64_t padded_rows, float* column_partials,
-                               cudaStream_t stream) {
+                               cudaStream_t stream, Fp8Prologue prologue, const void* aux) {
   if (rows <= 0 || cols <= 0 || cols % 2 != 0 || padded_rows < rows || padded_rows % 2 != 0 ||
       scale.amax_partials == nullptr || scale.amax_count <= 0 || scale.scale_out == nullptr)
     return cudaErrorInvalidValue;
@@ -331,17 +440,14 @@ cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t row
                       static_cast<unsigned char*>(qt),
                       column_partials};
   const bool wide = cols % 8 == 0 && padded_rows % 16 == 0 && aligned_to(x, 16) &&
-                    aligned_to(q, 8) && aligned_to(qt, 16);
-  if (source == Fp8Source::f32) {
-    const auto* typed = static_cast<const float*>(x);
-    wide ? cast_transpose_wide<<<grid, block, 0, stream>>>(typed, args)
-         : cast_transpose<<<grid, block, 0, stream>>>(typed, args);
-  } else {
-    const auto* typed = static_cast<const __nv_bfloat16*>(x);
-    wide ? cast_transpose_wide<<<grid, block, 0, stream>>>(typed, args)
-         : cast_transpose<<<grid, block, 0, stream>>>(typed, args);
-  }
-  return cudaGetLastError();
+                    aligned_to(aux, 16) && aligned_to(q, 8) && aligned_to(qt, 16);
+  const bool known = dispatch(source, prologue, x, aux, [&](auto op, auto typed, auto typed_aux) {
+    using Op = decltype(op);
+    using In = std::remove_cv_t<std::remove_pointer_t<decltype(typed)>>;
+    wide ? cast_transpose_wide<Op, In><<<grid, block, 0, stream>>>(typed, typed_aux, args)
+         : cast_transpose<Op, In><<<grid, block, 0, stream>>>(typed, typed_aux, args);
+  });
+  return known ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 int fp8_amax_blocks(std::int64_t n) {
@@ -351,15 +457,17 @@ int fp8_amax_blocks(std::int64_t n) {
 }
 
 cudaError_t fp8_amax_partials(Fp8Source source, const void* x, std::int64_t n, float* partials,
-                              cudaStream_t stream) {
+                              cudaStream_t stream, Fp8Prologue prologue, const void* aux) {
   if (n <= 0 || x == nullptr || partials == nullptr) return cudaErrorInvalidValue;
   const int blocks = fp8_amax_blocks(n);
-  if (source == Fp8Source::f32)
-    amax_partials<<<blocks, kAmaxThreads, 0, stream>>>(static_cast<const float*>(x), n, partials);
-  else
-    amax_partials<<<blocks, kAmaxThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), n,
-                                                       partials);
-  return cudaGetLastError();
+  const bool wide_loads = aligned_to(x, 16) && aligned_to(aux, 16);
+  const bool known = dispatch(source, prologue, x, aux, [&](auto op, auto typed, auto typed_aux) {
+    using Op = decltype(op);
+    using In = std::remove_cv_t<std::remove_pointer_t<decltype(typed)>>;
+    amax_partials<Op, In>
+        <<<blocks, kAmaxThreads, 0, stream>>>(typed, typed_aux, n, wide_loads, partials);
+  });
+  return known ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 }  // namespace wanhost::kernels

@@ -15,6 +15,19 @@ namespace wanhost::kernels {
 enum class Fp8Format { e4m3, e5m2 };
 enum class Fp8Source { f32, bf16 };  // what x holds
 
+// An elementwise function of x (and, for gelu_grad, of a second matrix `aux` of x's layout)
+// that max|x| and the cast apply to each element as they read it, so that its result is never
+// written to memory: the FP8 GELU feed-forward quantises gelu(pre) and dh * gelu'(pre) straight
+// from pre and dh (sdk/kit/src/fp8.cpp). Each value is rounded to bf16 before it is used, as
+// the separate ATen kernels' bf16 outputs are (at::gelu(pre, "tanh"),
+// at::gelu_backward(dh, pre, "tanh"), whose fp32 arithmetic it spells alike:
+// aten/src/ATen/native/cuda/ActivationGeluKernel.cu). bf16 sources only.
+enum class Fp8Prologue {
+  none,       // x
+  gelu,       // gelu_tanh(x)
+  gelu_grad,  // x * gelu_tanh'(aux): x the gradient of gelu's output, aux gelu's input
+};
+
 // x [rows, cols] row-major, cols even. The dequantisation scale is made from max|x| (device
 // partials: no host synchronisation) as ATen's `amax.clamp_min(min_amax) / top` makes it
 // (a NaN amax stays NaN; the division is a product with inv_top = float(1.0 / top), as ATen
@@ -42,12 +55,16 @@ struct Fp8Scale {
 // into `partials` (their maximum is max|x|; a NaN anywhere makes it NaN, as ATen's infinity norm):
 // one pass with 16-byte loads where x's address allows, in place of ATen's reduction.
 int fp8_amax_blocks(std::int64_t n);
+// With a prologue, of the prologue's values (aux: see Fp8Prologue; null for none and gelu).
 cudaError_t fp8_amax_partials(Fp8Source source, const void* x, std::int64_t n, float* partials,
-                              cudaStream_t stream);
+                              cudaStream_t stream, Fp8Prologue prologue = Fp8Prologue::none,
+                              const void* aux = nullptr);
+// With a prologue, q, qt and the column sums are those of the prologue's values.
 cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t rows,
                                std::int64_t cols, const Fp8Scale& scale, Fp8Format format, void* q,
                                void* qt, std::int64_t padded_rows, float* column_partials,
-                               cudaStream_t stream);
+                               cudaStream_t stream, Fp8Prologue prologue = Fp8Prologue::none,
+                               const void* aux = nullptr);
 
 constexpr std::int64_t kFp8CastTileRows = 64;  // rows per slot of column_partials
 

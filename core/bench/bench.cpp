@@ -146,8 +146,8 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
         "--kernels times single operators on dense rows: it takes no --cuda-graph, "
         "--packed, --grid or --profile");
   try {
-    set_kernel_options(
-        parse_kernel_options(o.packed_attention, "fused", o.lt_epilogues, o.weight_casts));
+    set_kernel_options(parse_kernel_options(o.packed_attention, "fused", o.lt_epilogues,
+                                            o.weight_casts, o.fp8_gelu));
   } catch (const std::invalid_argument& e) {
     throw UsageError(std::string("--packed-attention/--lt-epilogues: ") + e.what());
   }
@@ -303,6 +303,7 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
          {"cuda_graph", o.cuda_graph},
          {"fp8", o.fp8},
          {"weight_casts", o.weight_casts},
+         {"fp8_gelu", o.fp8_gelu},
          {"device", device.str()},
          {"options", o.options},
          {"iters", o.iters},

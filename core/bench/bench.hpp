@@ -27,6 +27,7 @@ struct BenchOptions {
   std::string packed_attention = "auto", lt_epilogues = "dgelu";  // KernelOptions
   std::string fp8 = "off";                                        // run.fp8
   std::string weight_casts = "per_use";  // run.kernels.weight_casts (with --fp32-master)
+  std::string fp8_gelu = "separate";     // run.kernels.fp8_gelu (with --fp8 tensorwise)
 };
 
 // Runs the benchmark and prints its table (or one JSON object with json).

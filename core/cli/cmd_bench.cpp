@@ -61,6 +61,12 @@ void add_bench_command(CLI::App& app, GlobalOptions& g) {
                 "the weights are quantised once per timed step, as once per optimizer step")
       ->check(CLI::IsMember({"off", "tensorwise"}))
       ->capture_default_str();
+  b->add_option("--fp8-gelu", o->fp8_gelu,
+                "With --fp8 tensorwise: the feed-forward's GELU as ATen's kernel between the two "
+                "FP8 layers (separate) or applied inside their FP8 cast kernels (fused; "
+                "run.kernels.fp8_gelu)")
+      ->check(CLI::IsMember({"separate", "fused"}))
+      ->capture_default_str();
   b->add_flag("--json", o->json, "Print one JSON object");
   b->add_option("--profile", o->profile,
                 "Profile a few steps after the timed ones: write a Chrome trace to this file and "

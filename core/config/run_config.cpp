@@ -70,8 +70,9 @@ RunConfig parse_run_config(const Json& resolved) {
   c.run.peak_tflops = r.at("peak_tflops");
   const Json& k = r.at("kernels");
   try {
-    c.run.kernels = parse_kernel_options(k.at("packed_attention"), k.at("adamw"),
-                                         k.at("lt_epilogues"), k.at("weight_casts"));
+    c.run.kernels =
+        parse_kernel_options(k.at("packed_attention"), k.at("adamw"), k.at("lt_epilogues"),
+                             k.at("weight_casts"), k.at("fp8_gelu"));
   } catch (const std::invalid_argument& e) {
     throw ConfigError("/run/kernels/lt_epilogues", e.what());
   }

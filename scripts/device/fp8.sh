@@ -25,7 +25,8 @@
 #             (steps replayed as CUDA graphs); GRAPH_FP8=1 adds FP8 steps with graphs,
 #             GRAPH_ADAMW=1 bf16 graphs with wanhost's AdamW kernel, GRAPH_CASTS=1 bf16 graphs
 #             with the weights cast in one pass a step (run.kernels.weight_casts=per_step), and
-#             both set: bf16 graphs with both;
+#             both set: bf16 graphs with both; FP8_GELU=1 (with GRAPH_FP8) FP8 graphs with
+#             every lever and the feed-forward's GELU in the FP8 casts (run.kernels.fp8_gelu);
 #  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py), right after
 #             the whole steps so that a call short of time still compares them, then every
 #             whole-step run's ratio to it ("ratio" lines);
@@ -190,6 +191,11 @@ if want graphsteps && [ -x "$W" ]; then
     [ "${GRAPH_FP8:-0}${GRAPH_CASTS:-0}${GRAPH_ADAMW:-0}" = 111 ] && left 100 &&
       run_steps ddp-fp8-graphs-casts-adamw $stage "${G[@]}" "${C[@]}" \
         --set run.fp8=\"tensorwise\" --set run.kernels.adamw=\"wanhost\"
+    # FP8_GELU=1 (with GRAPH_FP8): the same with the feed-forward's GELU inside the FP8 casts.
+    [ "${GRAPH_FP8:-0}${FP8_GELU:-0}" = 11 ] && left 100 &&
+      run_steps ddp-fp8-graphs-levers-gelu $stage "${G[@]}" "${C[@]}" \
+        --set run.fp8=\"tensorwise\" --set run.kernels.adamw=\"wanhost\" \
+        --set run.kernels.fp8_gelu=\"fused\"
   done
 fi
 want peerstep && left 150 && peer_step && ratios

@@ -13,6 +13,7 @@
 
 #include "gpu_test_util.hpp"
 #include "wanhost/kit/fp8.hpp"
+#include "wanhost/kit/kernel_options.hpp"
 #include "wanhost/kit/layers.hpp"
 
 namespace {
@@ -265,6 +266,98 @@ TEST(Fp8, LayersByRoleAndRecipe) {
   EXPECT_TRUE(at::equal(embed->forward(x), exact_embed)) << "an embedder was quantised";
   EXPECT_FALSE(wanhost::fp8_linear_applies(at::randn({4, 24}), at::randn({16, 24})))
       << "24 input features are not a multiple of 16";
+}
+
+// run.kernels.fp8_gelu for one scope.
+struct Fp8GeluOption {
+  explicit Fp8GeluOption(const char* name) {
+    wanhost::set_kernel_options(
+        wanhost::parse_kernel_options("auto", "fused", "dgelu", "per_use", name));
+  }
+  ~Fp8GeluOption() { wanhost::set_kernel_options(wanhost::KernelOptions{}); }
+};
+
+// The FP8 feed-forward operator (run.kernels.fp8_gelu = fused, through the kit's
+// gelu_feed_forward) against the two FP8 layers with ATen's GELU between them (separate): the
+// output and every gradient bit for bit, fp32 master weights and biases as a training run has
+// them, and the operator really taken (one input quantised instead of two: gelu(pre) never
+// reaches the layers' input quantisation).
+void expect_fused_feed_forward_as_layers(const c10::Device& device, at::ScalarType dtype,
+                                         std::int64_t tokens, std::int64_t in, std::int64_t hidden,
+                                         std::int64_t out) {
+  Fp8On on;
+  at::manual_seed(29);
+  auto up = wanhost::make_replicated_linear(in, hidden, true, wanhost::LinearRole::ColumnParallel);
+  auto down = wanhost::make_replicated_linear(hidden, out, true, wanhost::LinearRole::RowParallel);
+  up->to(device);
+  down->to(device);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(31);
+  const at::Tensor x0 = at::randn({2, tokens, in}, gen);
+  const at::Tensor dy = (at::randn({2, tokens, out}, gen) * 1e-2).to(device, dtype);
+  struct Result {
+    at::Tensor y, dx;
+    std::vector<at::Tensor> grads;
+    std::int64_t quantized_inputs = 0;
+  };
+  const auto run = [&](const char* option) {
+    Fp8GeluOption scope(option);
+    for (auto* layer : {up.get(), down.get()})
+      for (auto& p : layer->parameters()) p.mutable_grad() = at::Tensor();
+    const at::Tensor x = x0.to(device, dtype).requires_grad_(true);
+    const auto before = wanhost::fp8_input_quantizations();
+    Result r;
+    r.y = wanhost::gelu_feed_forward(*up, *down, x);
+    r.y.backward(dy);
+    r.quantized_inputs = wanhost::fp8_input_quantizations() - before;
+    r.dx = x.grad();
+    for (auto* layer : {up.get(), down.get()})
+      for (const auto& p : layer->parameters()) r.grads.push_back(p.grad());
+    return r;
+  };
+  const Result separate = run("separate"), fused = run("fused");
+  EXPECT_EQ(separate.quantized_inputs, 2) << "x and gelu(pre)";
+  EXPECT_EQ(fused.quantized_inputs, 1) << "the fused operator was not taken";
+  EXPECT_EQ(fused.y.scalar_type(), dtype);
+  const auto same = [](const at::Tensor& a, const at::Tensor& b) {
+    return a.defined() && b.defined() && a.sizes() == b.sizes() &&
+           a.scalar_type() == b.scalar_type() && at::equal(a, b);
+  };
+  const auto differing = [](const at::Tensor& a, const at::Tensor& b) {
+    return a.sizes() == b.sizes() ? at::ne(a, b).sum().item<std::int64_t>() : -1;
+  };
+  EXPECT_TRUE(same(fused.y, separate.y)) << differing(fused.y, separate.y) << " outputs differ";
+  EXPECT_TRUE(same(fused.dx, separate.dx))
+      << differing(fused.dx, separate.dx) << " input gradients differ";
+  ASSERT_EQ(fused.grads.size(), 4u);
+  const char* names[] = {"up.weight", "up.bias", "down.weight", "down.bias"};
+  for (std::size_t i = 0; i < 4; ++i) {
+    ASSERT_TRUE(fused.grads[i].defined()) << names[i];
+    EXPECT_EQ(fused.grads[i].scalar_type(), at::kFloat) << names[i] << ": a master's dtype";
+    EXPECT_TRUE(same(fused.grads[i], separate.grads[i]))
+        << names[i] << ": " << differing(fused.grads[i], separate.grads[i]) << " elements differ";
+  }
+}
+
+TEST(Fp8, FusedFeedForwardGivesTheTwoLayersValuesAndGradients) {
+  expect_fused_feed_forward_as_layers(at::kCPU, at::kFloat, 37, 64, 96, 48);
+  expect_fused_feed_forward_as_layers(at::kCPU, at::kBFloat16, 37, 64, 96, 48);
+}
+
+// On a GPU the cast kernels apply GELU and its gradient as they read (kernels::Fp8Prologue),
+// with ATen's fp32 arithmetic spelled alike: the same bits as ATen's GELU kernels' bf16 outputs
+// quantised. 2002 token rows: many 64 x 64 tiles of the 16-byte kernel, padded transposed copies.
+TEST(Fp8Gpu, FusedFeedForwardGivesTheTwoLayersValuesAndGradientsOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  expect_fused_feed_forward_as_layers(c10::Device(c10::kCUDA, 0), at::kBFloat16, 1001, 256, 512,
+                                      192);
+}
+
+TEST(Fp8, FeedForwardOptionNames) {
+  EXPECT_FALSE(wanhost::KernelOptions{}.fp8_fused_gelu) << "separate by default";
+  EXPECT_TRUE(
+      wanhost::parse_kernel_options("auto", "fused", "dgelu", "per_use", "fused").fp8_fused_gelu);
+  EXPECT_THROW(wanhost::parse_kernel_options("auto", "fused", "dgelu", "per_use", "inline"),
+               std::invalid_argument);
 }
 
 TEST(Fp8, RecipeNames) {

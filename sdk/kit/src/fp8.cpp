@@ -14,6 +14,8 @@
 #include <limits>
 #include <optional>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -80,6 +82,30 @@ struct Quantized {
   at::Tensor q, qt, column_sums, scale;  // undefined when not asked for
 };
 
+// A function of x quantised in its place (the FP8 GELU feed-forward): on a GPU the kernels apply
+// it as they read x (kernels::Fp8Prologue), elsewhere ATen makes it first; the same values.
+enum class Elementwise {
+  none,
+  gelu,       // gelu_tanh(x), as at::gelu(x, "tanh")
+  gelu_grad,  // x * gelu_tanh'(aux), as at::gelu_backward(x, aux, "tanh")
+};
+struct Prologue {
+  Elementwise f = Elementwise::none;
+  at::Tensor aux;  // gelu_grad: gelu's input, x's shape and dtype
+};
+
+at::Tensor applied(const at::Tensor& x, const Prologue& p) {
+  switch (p.f) {
+    case Elementwise::none:
+      return x;
+    case Elementwise::gelu:
+      return at::gelu(x, "tanh");
+    case Elementwise::gelu_grad:
+      return at::gelu_backward(x, p.aux, "tanh");
+  }
+  return x;
+}
+
 double top_of(bool gradient) {
   return gradient ? kE5m2Max : kE4m3Max;
 }
@@ -102,7 +128,29 @@ bool kernel_takes(const at::Tensor& x) {
          reinterpret_cast<std::uintptr_t>(x.data_ptr()) % (2 * x.element_size()) == 0;
 }
 
-Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, Outputs want) {
+// A prologue on the kernels: bf16 x, and for gelu_grad an aux the kernels read alike.
+bool kernel_takes(const at::Tensor& x, const Prologue& p) {
+  if (!kernel_takes(x)) return false;
+  if (p.f == Elementwise::none) return true;
+  if (x.scalar_type() != at::kBFloat16) return false;
+  return p.f != Elementwise::gelu_grad ||
+         (p.aux.sizes() == x.sizes() && p.aux.device() == x.device() && kernel_takes(p.aux) &&
+          p.aux.scalar_type() == at::kBFloat16);
+}
+
+kernels::Fp8Prologue kernel_prologue(Elementwise f) {
+  switch (f) {
+    case Elementwise::gelu:
+      return kernels::Fp8Prologue::gelu;
+    case Elementwise::gelu_grad:
+      return kernels::Fp8Prologue::gelu_grad;
+    case Elementwise::none:
+      break;
+  }
+  return kernels::Fp8Prologue::none;
+}
+
+Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, Outputs want, const Prologue& p) {
   Quantized r;
   // max|x| as partial maxima of one pass with 16-byte loads; the scale and its reciprocal are
   // made inside the cast kernel from them (no reduction of ATen's, no clamp, division and
@@ -112,8 +160,10 @@ Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, Outputs want) {
   const auto stream = at::cuda::getCurrentCUDAStream(x.device().index()).stream();
   const at::Tensor partials_of_amax =
       at::empty({kernels::fp8_amax_blocks(x.numel())}, x.options().dtype(at::kFloat));
+  const auto prologue = kernel_prologue(p.f);
+  const void* aux = p.f == Elementwise::gelu_grad ? p.aux.data_ptr() : nullptr;
   const cudaError_t amax_err = kernels::fp8_amax_partials(
-      source, x.data_ptr(), x.numel(), partials_of_amax.data_ptr<float>(), stream);
+      source, x.data_ptr(), x.numel(), partials_of_amax.data_ptr<float>(), stream, prologue, aux);
   TORCH_CHECK(amax_err == cudaSuccess, "fp8: the max|x| kernel failed on x ", x.sizes(), ": ",
               cudaGetErrorString(amax_err));
   r.scale = at::empty({}, x.options().dtype(at::kFloat));
@@ -135,7 +185,7 @@ Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, Outputs want) {
       source, x.data_ptr(), m, c, scale,
       gradient ? kernels::Fp8Format::e5m2 : kernels::Fp8Format::e4m3,
       want.rows ? r.q.data_ptr() : nullptr, want.transposed ? r.qt.data_ptr() : nullptr, padded,
-      want.column_sums ? partials.data_ptr<float>() : nullptr, stream);
+      want.column_sums ? partials.data_ptr<float>() : nullptr, stream, prologue, aux);
   TORCH_CHECK(err == cudaSuccess, "fp8: the cast kernel failed on x ", x.sizes(), ": ",
               cudaGetErrorString(err));
   if (want.column_sums) r.column_sums = partials.sum(0);
@@ -143,13 +193,15 @@ Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, Outputs want) {
 }
 #endif
 
-// x [M, C] in E4M3 (forward operands) or E5M2 (gradients): each element rounded once from the
-// fp32 product x * (1 / scale), the largest |x| landing on the format's largest value.
-Quantized quantize(const at::Tensor& x, bool gradient, Outputs want) {
+// x [M, C] (or the prologue's function of it) in E4M3 (forward operands) or E5M2 (gradients):
+// each element rounded once from the fp32 product x * (1 / scale), the largest |x| landing on the
+// format's largest value.
+Quantized quantize(const at::Tensor& x, bool gradient, Outputs want, const Prologue& p = {}) {
   at::NoGradGuard no_grad;
 #if WANHOST_WITH_CUDA
-  if (kernel_takes(x)) return quantize_on_gpu(x, gradient, want);
+  if (kernel_takes(x, p)) return quantize_on_gpu(x, gradient, want, p);
 #endif
+  if (p.f != Elementwise::none) return quantize(applied(x, p), gradient, want);
   Quantized r;
   r.scale = scale_of(x, gradient);
   const at::Tensor q = (x.to(at::kFloat) * r.scale.reciprocal()).to(format(gradient));
@@ -200,6 +252,65 @@ Quantized quantized_input(const at::Tensor& x, const at::Tensor& rows) {
   return c.last.quantized;
 }
 
+// One FP8 layer's forward product y = x W^T + b from its quantised input; the bias read in the
+// compute dtype (an fp32 master's copy, compute_weights.hpp). `bias` may be empty (none).
+at::Tensor forward_product(const Quantized& xq, const Fp8WeightCache::Copies& w,
+                           const at::Tensor& bias, at::ScalarType dtype) {
+  return scaled_mm(xq.q, w.q.t(), xq.scale, w.scale,
+                   bias.numel() > 0 ? compute_weight(bias, dtype) : at::Tensor(), dtype, true);
+}
+
+// What a layer's backward needs besides the saved tensors: the dtypes of its parameters'
+// gradients (a master's own: fp32 straight from the product) and whether it has a bias.
+void remember_layer(torch::autograd::AutogradContext* ctx, const std::string& layer,
+                    const at::Tensor& weight, const at::Tensor& bias) {
+  ctx->saved_data[layer + "has_bias"] = bias.numel() > 0;
+  ctx->saved_data[layer + "bias_dtype"] = static_cast<std::int64_t>(bias.scalar_type());
+  ctx->saved_data[layer + "weight_dtype"] = static_cast<std::int64_t>(weight.scalar_type());
+}
+bool has_bias(torch::autograd::AutogradContext* ctx, const std::string& layer) {
+  return ctx->saved_data[layer + "has_bias"].toBool();
+}
+at::ScalarType remembered(torch::autograd::AutogradContext* ctx, const std::string& key) {
+  return static_cast<at::ScalarType>(ctx->saved_data[key].toInt());
+}
+
+// A layer's gradients from the quantised gradient of its output g [M, out] (rows, transposed
+// copy, column sums when it has a bias) and its saved x^T [in, M padded] and W^T [in, out]:
+// dx [M, in] in g's source dtype, dW and db in the parameters' dtypes.
+struct LayerGradients {
+  at::Tensor dx, dw, db;
+};
+LayerGradients layer_gradients(torch::autograd::AutogradContext* ctx, const std::string& layer,
+                               const Quantized& g, const at::Tensor& xqt, const at::Tensor& x_scale,
+                               const at::Tensor& wqt, const at::Tensor& w_scale,
+                               at::ScalarType dx_dtype) {
+  LayerGradients r;
+  // dx [M, in] = dy [M, out] W [out, in]: W column-major is W^T row-major (the cached qt).
+  r.dx = scaled_mm(g.q, wqt.t(), g.scale, w_scale, {}, dx_dtype, false);
+  // dW [out, in] = dy^T [out, M] x [M, in]: x column-major is x^T row-major.
+  r.dw = scaled_mm(g.qt, xqt.t(), g.scale, x_scale, {}, remembered(ctx, layer + "weight_dtype"),
+                   false);
+  // The bias gradient in the bias's dtype, from the fp32 column sums (an fp32 master's
+  // unrounded).
+  if (has_bias(ctx, layer)) r.db = g.column_sums.to(remembered(ctx, layer + "bias_dtype"));
+  return r;
+}
+
+// The quantised gradient of a layer's output: E5M2 rows and transposed copy, and the column sums
+// that are the bias gradient when the layer has a bias.
+Quantized quantized_output_gradient(torch::autograd::AutogradContext* ctx, const std::string& layer,
+                                    const at::Tensor& dy, const Prologue& p = {}) {
+  return quantize(dy, true, {.rows = true, .transposed = true, .column_sums = has_bias(ctx, layer)},
+                  p);
+}
+
+std::vector<std::int64_t> with_last(at::IntArrayRef sizes, std::int64_t last) {
+  std::vector<std::int64_t> shape = sizes.vec();
+  shape.back() = last;
+  return shape;
+}
+
 struct Fp8LinearFunction : torch::autograd::Function<Fp8LinearFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                             const at::Tensor& weight, const at::Tensor& bias,
@@ -208,44 +319,73 @@ struct Fp8LinearFunction : torch::autograd::Function<Fp8LinearFunction> {
     const at::Tensor rows = x.reshape({-1, in}).contiguous();
     const Quantized xq = quantized_input(x, rows);
     const Fp8WeightCache::Copies& w = cache->of(weight);
-    const bool has_bias = bias.numel() > 0;
-    const at::Tensor y = scaled_mm(xq.q, w.q.t(), xq.scale, w.scale,
-                                   has_bias ? compute_weight(bias, x.scalar_type()) : at::Tensor(),
-                                   x.scalar_type(), true);
+    const at::Tensor y = forward_product(xq, w, bias, x.scalar_type());
     ctx->save_for_backward({xq.qt, xq.scale, w.qt, w.scale});
-    ctx->saved_data["has_bias"] = has_bias;
-    ctx->saved_data["bias_dtype"] = static_cast<std::int64_t>(bias.scalar_type());
-    ctx->saved_data["weight_dtype"] = static_cast<std::int64_t>(weight.scalar_type());
-    std::vector<std::int64_t> shape = x.sizes().vec();
-    shape.back() = out;
-    return y.view(shape);
+    remember_layer(ctx, "", weight, bias);
+    return y.view(with_last(x.sizes(), out));
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor& xqt = saved[0];  // x^T [in, tokens padded to 16]
-    const at::Tensor& x_scale = saved[1];
-    const at::Tensor& wqt = saved[2];
-    const at::Tensor& w_scale = saved[3];
+    const at::Tensor& wqt = saved[2];  // W^T [in, out]
     const std::int64_t in = wqt.size(0), out = wqt.size(1);
     const at::Tensor dy = grads[0].reshape({-1, out}).contiguous();
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const Quantized g =
-        quantize(dy, true, {.rows = true, .transposed = true, .column_sums = has_bias});
-    // dx [M, in] = dy [M, out] W [out, in]: W column-major is W^T row-major (the cached qt).
-    at::Tensor dx = scaled_mm(g.q, wqt.t(), g.scale, w_scale, {}, dy.scalar_type(), false);
-    std::vector<std::int64_t> x_shape = grads[0].sizes().vec();
-    x_shape.back() = in;
-    // dW [out, in] = dy^T [out, M] x [M, in]: x column-major is x^T row-major.
-    const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
-    at::Tensor dw = scaled_mm(g.qt, xqt.t(), g.scale, x_scale, {}, weight_dtype, false);
-    at::Tensor db;
-    // The bias gradient in the bias's dtype, from the fp32 column sums (an fp32 master's
-    // unrounded).
-    if (has_bias)
-      db = g.column_sums.to(static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt()));
-    return {dx.view(x_shape), dw, db, at::Tensor()};
+    const Quantized g = quantized_output_gradient(ctx, "", dy);
+    LayerGradients d =
+        layer_gradients(ctx, "", g, saved[0], saved[1], wqt, saved[3], dy.scalar_type());
+    return {d.dx.view(with_last(grads[0].sizes(), in)), d.dw, d.db, at::Tensor()};
+  }
+};
+
+// down(gelu_tanh(up(x))) with both layers' products in FP8 (fp8_gelu_feed_forward): the values
+// and gradients of fp8_linear(gelu(fp8_linear(x, W1, b1)), W2, b2), with gelu(pre) quantised
+// straight from pre and dpre = dh * gelu'(pre) straight from dh and pre (Prologue): neither is
+// written in the compute dtype. Saved: what the two layers and GELU save apart (x^T and h^T in
+// E4M3, pre).
+struct Fp8GeluFeedForwardFunction : torch::autograd::Function<Fp8GeluFeedForwardFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                            const at::Tensor& b2, Fp8WeightCache* cache1, Fp8WeightCache* cache2) {
+    const std::int64_t in = w1.size(1), out = w2.size(0);
+    const auto dtype = x.scalar_type();
+    const Quantized xq = quantized_input(x, x.reshape({-1, in}).contiguous());
+    const Fp8WeightCache::Copies& up = cache1->of(w1);
+    const at::Tensor pre = forward_product(xq, up, b1, dtype);  // [M, hidden]
+    const Quantized hq =
+        quantize(pre, false, {.rows = true, .transposed = true}, {Elementwise::gelu, {}});
+    const Fp8WeightCache::Copies& down = cache2->of(w2);
+    const at::Tensor y = forward_product(hq, down, b2, dtype);
+    ctx->save_for_backward(
+        {xq.qt, xq.scale, up.qt, up.scale, pre, hq.qt, hq.scale, down.qt, down.scale});
+    remember_layer(ctx, "up.", w1, b1);
+    remember_layer(ctx, "down.", w2, b2);
+    return y.view(with_last(x.sizes(), out));
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &xqt = saved[0], &x_scale = saved[1], &w1qt = saved[2], &w1_scale = saved[3];
+    const at::Tensor &pre = saved[4], &hqt = saved[5], &h_scale = saved[6], &w2qt = saved[7],
+                     &w2_scale = saved[8];
+    const std::int64_t in = w1qt.size(0), out = w2qt.size(1);
+    const at::Tensor dy = grads[0].reshape({-1, out}).contiguous();
+    const Quantized g = quantized_output_gradient(ctx, "down.", dy);
+    LayerGradients down =
+        layer_gradients(ctx, "down.", g, hqt, h_scale, w2qt, w2_scale, dy.scalar_type());
+    // down.dx is dh, the gradient of gelu's output: quantised as dh * gelu'(pre).
+    const Quantized d =
+        quantized_output_gradient(ctx, "up.", down.dx, {Elementwise::gelu_grad, pre});
+    LayerGradients up =
+        layer_gradients(ctx, "up.", d, xqt, x_scale, w1qt, w1_scale, down.dx.scalar_type());
+    return {up.dx.view(with_last(grads[0].sizes(), in)),
+            up.dw,
+            up.db,
+            down.dw,
+            down.db,
+            at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -318,6 +458,32 @@ at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight, const at::T
   // Autograd functions take no undefined tensor: no bias is an empty one.
   return Fp8LinearFunction::apply(x, weight, bias.defined() ? bias : at::empty({0}, x.options()),
                                   &cache);
+}
+
+bool fp8_gelu_feed_forward_applies(const at::Tensor& x, const at::Tensor& w_up,
+                                   const at::Tensor& w_down) {
+  // The down-projection's input has x's dtype and device and w_up.size(0) columns.
+  return fp8_linear_applies(x, w_up) && w_down.dim() == 2 && w_down.size(1) == w_up.size(0) &&
+         w_down.size(0) % kAlign == 0 && w_down.device() == w_up.device();
+}
+
+at::Tensor fp8_gelu_feed_forward(const at::Tensor& x, const at::Tensor& w_up,
+                                 const at::Tensor& b_up, Fp8WeightCache& up_cache,
+                                 const at::Tensor& w_down, const at::Tensor& b_down,
+                                 Fp8WeightCache& down_cache) {
+  TORCH_CHECK(fp8_gelu_feed_forward_applies(x, w_up, w_down), "fp8_gelu_feed_forward: x ",
+              x.sizes(), " ", x.scalar_type(), ", up ", w_up.sizes(), " and down ", w_down.sizes(),
+              " do not qualify (fp8_gelu_feed_forward_applies)");
+  for (const at::Tensor* b : {&b_up, &b_down})
+    TORCH_CHECK(
+        !b->defined() || b->scalar_type() == x.scalar_type() || b->scalar_type() == at::kFloat,
+        "fp8_gelu_feed_forward: biases must have x's dtype or be fp32 masters, got ",
+        b->scalar_type());
+  const auto or_empty = [&](const at::Tensor& b) {
+    return b.defined() ? b : at::empty({0}, x.options());
+  };
+  return Fp8GeluFeedForwardFunction::apply(x, w_up, or_empty(b_up), w_down, or_empty(b_down),
+                                           &up_cache, &down_cache);
 }
 
 }  // namespace wanhost

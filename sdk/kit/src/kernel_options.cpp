@@ -68,4 +68,14 @@ KernelOptions parse_kernel_options(const std::string& packed_attention, const st
   return o;
 }
 
+KernelOptions parse_kernel_options(const std::string& packed_attention, const std::string& adamw,
+                                   const std::string& lt_epilogues, const std::string& weight_casts,
+                                   const std::string& fp8_gelu) {
+  if (fp8_gelu != "separate" && fp8_gelu != "fused")
+    throw std::invalid_argument("FP8 GELU '" + fp8_gelu + "': expected separate or fused");
+  KernelOptions o = parse_kernel_options(packed_attention, adamw, lt_epilogues, weight_casts);
+  o.fp8_fused_gelu = fp8_gelu == "fused";
+  return o;
+}
+
 }  // namespace wanhost

@@ -73,6 +73,19 @@ class ReplicatedLinear final : public LinearLayer {
     return fp8_eligible_ && fp8_linear_applies(x, weight_);
   }
 
+  // down(gelu(up(x))) as one FP8 operator (run.kernels.fp8_gelu = fused) when FP8 would run
+  // both layers on its own: the same values as the two layers' forwards with ATen's GELU.
+  static bool fp8_feed_forward_applies(const ReplicatedLinear& up, const ReplicatedLinear& down,
+                                       const at::Tensor& x) {
+    return kernel_options().fp8_fused_gelu && up.fp8_eligible_ && down.fp8_eligible_ &&
+           fp8_gelu_feed_forward_applies(x, up.weight_, down.weight_);
+  }
+  static at::Tensor fp8_feed_forward(ReplicatedLinear& up, ReplicatedLinear& down,
+                                     const at::Tensor& x) {
+    return fp8_gelu_feed_forward(x, up.weight_, up.bias_, up.fp8_weight_, down.weight_, down.bias_,
+                                 down.fp8_weight_);
+  }
+
   // The master weight and bias (undefined without one).
   const at::Tensor& weight() const { return weight_; }
   const at::Tensor& bias() const { return bias_; }
@@ -88,6 +101,8 @@ class ReplicatedLinear final : public LinearLayer {
 at::Tensor gelu_feed_forward(LinearLayer& up, LinearLayer& down, const at::Tensor& x) {
   auto* u = dynamic_cast<ReplicatedLinear*>(&up);
   auto* d = dynamic_cast<ReplicatedLinear*>(&down);
+  if (u != nullptr && d != nullptr && ReplicatedLinear::fp8_feed_forward_applies(*u, *d, x))
+    return ReplicatedLinear::fp8_feed_forward(*u, *d, x);
   if (u != nullptr && d != nullptr && !u->uses_fp8(x)) {
     if (u->bias().defined() && d->bias().defined())
       return fused::gelu_feed_forward(x, u->weight(), u->bias(), d->weight(), d->bias());

@@ -30,6 +30,11 @@ struct KernelOptions {
   // forward_backward_each makes (ddp; a plugin that runs the model's forward itself can call
   // refresh_compute_weights the same way). Since kit 1.7 (appended).
   bool weight_casts_per_step = false;
+  // FP8 feed-forward (run.fp8): the two layers and GELU as one operator whose cast kernels
+  // apply GELU and its gradient as they read (fp8_gelu_feed_forward, fp8.hpp: the same values,
+  // less memory traffic), or the two FP8 layers with ATen's GELU between them (separate).
+  // Since kit 1.8 (appended).
+  bool fp8_fused_gelu = false;
 };
 
 void set_kernel_options(const KernelOptions& options);
@@ -38,11 +43,15 @@ const KernelOptions& kernel_options();
 // Parse the manifest's strings; throw std::invalid_argument saying what is expected.
 //   packed_attention: auto | flash | loop;   adamw: fused | loop | wanhost;
 //   lt_epilogues: off | all | a comma list of gelu, dgelu, bgrad (default "dgelu");
-//   weight_casts: per_use | per_step (kit 1.7; the three-string form keeps per_use).
+//   weight_casts: per_use | per_step (kit 1.7; the three-string form keeps per_use);
+//   fp8_gelu: separate | fused (kit 1.8; the shorter forms keep separate).
 KernelOptions parse_kernel_options(const std::string& packed_attention, const std::string& adamw,
                                    const std::string& lt_epilogues);
 KernelOptions parse_kernel_options(const std::string& packed_attention, const std::string& adamw,
                                    const std::string& lt_epilogues,
                                    const std::string& weight_casts);
+KernelOptions parse_kernel_options(const std::string& packed_attention, const std::string& adamw,
+                                   const std::string& lt_epilogues, const std::string& weight_casts,
+                                   const std::string& fp8_gelu);
 
 }  // namespace wanhost

@@ -38,7 +38,8 @@ std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_
 std::shared_ptr<LinearLayer> make_replicated_linear(std::int64_t in, std::int64_t out, bool bias,
                                                     LinearRole role);
 // down(gelu_tanh(up(x))), a DiT block's feed-forward. When both are the kit's replicated layers
-// this is fused::gelu_feed_forward over their parameters (cast to x's dtype, like their forward);
+// this is fused::gelu_feed_forward over their parameters (cast to x's dtype, like their forward),
+// or with run.fp8 on both and run.kernels.fp8_gelu = fused, fp8_gelu_feed_forward (kit 1.8);
 // other layers (tensor-parallel, adapters) run their own forward with ATen's GELU.
 at::Tensor gelu_feed_forward(LinearLayer& up, LinearLayer& down, const at::Tensor& x);
 // Several layers reading the same input (attention's q, k and v; cross-attention's k and v):
