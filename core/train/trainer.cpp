@@ -153,6 +153,7 @@ class Trainer {
   [[noreturn]] void stop_after_write_error();
   void export_weights();
   void say_if_weights_have_no_copies() const;
+  void say_how_fp8_feed_forwards_ran(std::int64_t fused) const;
   void summary() const;
   bool rank0() const { return env_.rank == 0; }
 
@@ -627,6 +628,23 @@ void Trainer::say_if_weights_have_no_copies() const {
       cfg_.parallelism.plugin);
 }
 
+// run.kernels.fp8_gelu=fused after a stage's first step: how many feed-forwards ran as one FP8
+// operator, or that none did (layers that are not the kit's, e.g. tensor-parallel ones).
+void Trainer::say_how_fp8_feed_forwards_ran(std::int64_t fused) const {
+  if (!cfg_.run.kernels.fp8_fused_gelu || cfg_.run.fp8 == Fp8Recipe::off || !rank0()) return;
+  if (fused > 0)
+    logger()->info(
+        "run.kernels.fp8_gelu=fused: {} feed-forward passes of the first step ran as one FP8 "
+        "operator (GELU and its gradient inside the FP8 casts)",
+        fused);
+  else
+    logger()->warn(
+        "run.kernels.fp8_gelu=fused: no feed-forward of the first step ran as one FP8 operator "
+        "(the parallelism plugin '{}' runs layers that are not the kit's replicated ones, or FP8 "
+        "does not apply to them): GELU runs between the layers",
+        cfg_.parallelism.plugin);
+}
+
 void Trainer::export_weights() {
   auto weights =
       parallelism("full_weights", [&] { return c_.parallelism->full_weights(*c_.model); });
@@ -797,13 +815,17 @@ int Trainer::run() {
             "text_len itself, so the arithmetic does not change)",
             stage.name, k);
     }
-    bool copies_checked = false;
+    bool first_step_checked = false;
     while (p_.stage_step < stage.steps) {
+      const std::int64_t fused_before = fp8_fused_feed_forwards();
       if (p_.global_step + 1 == profile_step)
         profiled_step(stage, inputs);
       else
         train_step(stage, inputs);
-      if (!std::exchange(copies_checked, true)) say_if_weights_have_no_copies();
+      if (!std::exchange(first_step_checked, true)) {
+        say_if_weights_have_no_copies();
+        say_how_fp8_feed_forwards_ran(fp8_fused_feed_forwards() - fused_before);
+      }
       const bool stage_end = p_.stage_step == stage.steps;
       const bool stop = opts_.stop_after_steps && p_.global_step >= *opts_.stop_after_steps;
       // Every rank flushes its log file each step, so a full disk is noticed now.

@@ -232,6 +232,7 @@ struct InputCache {
 };
 thread_local InputCache t_inputs;
 std::atomic<std::int64_t> g_input_quantizations{0};
+std::atomic<std::int64_t> g_fused_feed_forwards{0};
 
 Quantized quantized_input(const at::Tensor& x, const at::Tensor& rows) {
   InputCache& c = t_inputs;
@@ -433,6 +434,10 @@ std::int64_t fp8_input_quantizations() {
   return g_input_quantizations.load();
 }
 
+std::int64_t fp8_fused_feed_forwards() {
+  return g_fused_feed_forwards.load();
+}
+
 Fp8Quantized fp8_quantize(const at::Tensor& x, bool gradient) {
   const bool matrix = x.dim() >= 2;
   const Quantized r =
@@ -482,6 +487,7 @@ at::Tensor fp8_gelu_feed_forward(const at::Tensor& x, const at::Tensor& w_up,
   const auto or_empty = [&](const at::Tensor& b) {
     return b.defined() ? b : at::empty({0}, x.options());
   };
+  g_fused_feed_forwards.fetch_add(1);
   return Fp8GeluFeedForwardFunction::apply(x, w_up, or_empty(b_up), w_down, or_empty(b_down),
                                            &up_cache, &down_cache);
 }

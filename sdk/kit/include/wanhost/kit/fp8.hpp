@@ -86,5 +86,8 @@ Fp8Quantized fp8_quantize(const at::Tensor& x, bool gradient);
 // How many layer inputs fp8_linear has quantised since the process started (an input that layers
 // share, or that recurs at the same version, is quantised once). For tests. Since kit 1.7.
 std::int64_t fp8_input_quantizations();
+// How many times fp8_gelu_feed_forward has run (forward) since the process started: what the
+// host's log reports of run.kernels.fp8_gelu = fused. Since kit 1.8.
+std::int64_t fp8_fused_feed_forwards();
 
 }  // namespace wanhost
