@@ -639,9 +639,11 @@ void Trainer::say_how_fp8_feed_forwards_ran(std::int64_t fused) const {
         fused);
   else
     logger()->warn(
-        "run.kernels.fp8_gelu=fused: no feed-forward of the first step ran as one FP8 operator "
-        "(the parallelism plugin '{}' runs layers that are not the kit's replicated ones, or FP8 "
-        "does not apply to them): GELU runs between the layers",
+        "run.kernels.fp8_gelu=fused: no feed-forward of the first step ran as one FP8 operator, "
+        "GELU runs between the layers: the model hands its feed-forward to the kit's "
+        "gelu_feed_forward only with its fused kernels (wan21_dit: on a GPU, fused_kernels not "
+        "off), and the operator takes only the kit's replicated layers (not tensor-parallel "
+        "ones of '{}') where FP8 applies to both",
         cfg_.parallelism.plugin);
 }
 

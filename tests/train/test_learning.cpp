@@ -171,35 +171,33 @@ TEST(Fp8, TrainsCloseToFullPrecision) {
   EXPECT_NE(bad.err.find("/run/fp8"), std::string::npos) << bad.describe();
 }
 
-// run.kernels.fp8_gelu=fused (the feed-forward as one FP8 operator, GELU and its gradient inside
-// the FP8 casts) trains the tiny recipe to the same losses and gradient norms, bit for bit, as the
-// two FP8 layers with ATen's GELU between them, and the log says how many feed-forwards of the
-// first step took the operator (N > 0: it was taken, not ignored). A bad value names its place.
-TEST(Fp8, FusedFeedForwardTrainsAsTheSeparateLayers) {
+// run.kernels.fp8_gelu=fused where it cannot apply (the CPU: wan21_dit's fused kernels, which
+// hand the feed-forward to the kit's operator, run on GPUs only) says so after the first step and
+// trains as without it; a bad value names its place. (The operator's values: test_fp8's
+// Fp8.FusedFeedForwardGivesTheTwoLayersValuesAndGradients through the kit's gelu_feed_forward;
+// through the program on a GPU: test_train_units' Fp8FeedForward and CudaGraphs tests.)
+TEST(Fp8, FusedFeedForwardSaysWhereItDoesNotApply) {
   const std::vector<std::string> fp8{"--set", "run.fp8=\"tensorwise\""};
-  const fs::path separate_run = scratch_dir() / "separate";
+  const fs::path dir = scratch_dir();
+  const fs::path separate_run = dir / "separate";
   const Result separate = run_cli(run_args(separate_run, fp8));
   ASSERT_EQ(separate.code, 0) << separate.describe();
-  const fs::path fused_run = scratch_dir() / "fused";
+  EXPECT_EQ(separate.err.find("fp8_gelu"), std::string::npos) << separate.describe();
+  const fs::path fused_run = dir / "fused";
   auto args = run_args(fused_run, fp8);
   for (const char* s : {"--set", "run.kernels.fp8_gelu=\"fused\""}) args.push_back(s);
   const Result fused = run_cli(args);
   ASSERT_EQ(fused.code, 0) << fused.describe();
-  std::smatch said;
-  ASSERT_TRUE(std::regex_search(
-      fused.err, said,
-      std::regex("fp8_gelu=fused: (\\d+) feed-forward passes of the first step ran as one FP8")))
+  EXPECT_NE(fused.err.find("no feed-forward of the first step ran as one FP8 operator"),
+            std::string::npos)
       << fused.describe();
-  EXPECT_GT(std::stol(said[1]), 0) << said[0];
   const auto a = read_metrics(separate_run), b = read_metrics(fused_run);
   ASSERT_EQ(a.size(), b.size());
   ASSERT_GT(a.size(), 2u);
   for (std::size_t i = 0; i < a.size(); ++i)
-    for (const char* key : {"loss", "grad_norm"})
-      EXPECT_EQ(b[i][key].get<double>(), a[i][key].get<double>()) << key << " of step " << i;
+    EXPECT_EQ(b[i]["loss"].get<double>(), a[i]["loss"].get<double>()) << "step " << i;
 
-  const Result bad =
-      run_cli(run_args(scratch_dir() / "bad", {"--set", "run.kernels.fp8_gelu=\"inline\""}));
+  const Result bad = run_cli(run_args(dir / "bad", {"--set", "run.kernels.fp8_gelu=\"inline\""}));
   EXPECT_EQ(bad.code, 2) << bad.describe();
   EXPECT_NE(bad.err.find("/run/kernels/fp8_gelu"), std::string::npos) << bad.describe();
 }

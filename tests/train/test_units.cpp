@@ -6,6 +6,7 @@
 #include <functional>
 #include <numeric>
 #include <optional>
+#include <regex>
 #include <set>
 #include <stdexcept>
 
@@ -750,6 +751,46 @@ TEST(CudaGraphs, ReplayedStepsWithOnePassWeightCastsTrainAsEagerStepsOnAGpu) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
   expect_replayed_steps_train_as_eager_steps({"--set", "run.kernels.weight_casts=\"per_step\""},
                                              "in one pass a step");
+}
+
+// The same with the feed-forward as one FP8 operator (run.kernels.fp8_gelu=fused): GELU and its
+// gradient inside the FP8 casts of each replay.
+TEST(CudaGraphs, ReplayedFp8StepsWithTheFeedForwardOperatorTrainAsEagerStepsOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
+  expect_replayed_steps_train_as_eager_steps(
+      {"--set", "run.fp8=\"tensorwise\"", "--set", "run.kernels.fp8_gelu=\"fused\""},
+      "feed-forward passes of the first step ran as one FP8 operator");
+}
+
+// run.kernels.fp8_gelu=fused through the program on a GPU (wan21_dit's fused kernels hand the
+// feed-forward to the kit's operator): the losses and gradient norms of every step bit for bit
+// those of the two FP8 layers with ATen's GELU between them (the kernels spell ATen's fp32 GELU
+// arithmetic alike and round to bf16 as its kernels' outputs are), and the log counts the
+// feed-forwards that took the operator (N > 0).
+TEST(Fp8FeedForward, TrainsAsTheSeparateLayersOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
+  const fs::path dir = scratch_dir();
+  const std::vector<std::string> fp8{"--set", "run.fp8=\"tensorwise\""};
+  std::map<std::string, std::vector<Json>> m;
+  for (const std::string gelu : {"separate", "fused"}) {
+    const Result r =
+        run_cli(run_args(dir / gelu, with(with(graph_run("cuda", false), fp8),
+                                          {"--set", "run.kernels.fp8_gelu=\"" + gelu + "\""})));
+    ASSERT_EQ(r.code, 0) << gelu << ": " << r.describe();
+    m[gelu] = read_metrics(dir / gelu);
+    if (gelu == "fused") {
+      std::smatch said;
+      ASSERT_TRUE(std::regex_search(
+          r.err, said, std::regex("fp8_gelu=fused: (\\d+) feed-forward passes of the first step")))
+          << r.describe();
+      EXPECT_GT(std::stol(said[1]), 0) << said[0];
+    }
+  }
+  std::printf(
+      "[ figures  ] separate vs fused FP8 feed-forward: %.3g (largest relative difference "
+      "of loss and gradient norm)\n",
+      largest_difference(m["separate"], m["fused"]));
+  expect_same_steps(m["separate"], m["fused"], "fused vs separate FP8 feed-forward");
 }
 
 }  // namespace
