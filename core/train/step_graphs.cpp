@@ -7,6 +7,7 @@
 #include <utility>
 
 #include <ATen/ATen.h>
+#include <c10/util/Exception.h>
 #if WANHOST_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
@@ -19,6 +20,19 @@ namespace {
 
 // Seen keys kept while waiting for their second step: a warm-up makes a new key every step.
 constexpr std::size_t kMaxSeenKeys = 256;
+
+// Whether `e`, or an exception nested in it (a plugin boundary wraps what a plugin throws,
+// core/plugin/plugin_call.hpp), is LibTorch's out-of-memory error.
+bool out_of_device_memory(const std::exception& e) {
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr) return true;
+  try {
+    std::rethrow_if_nested(e);
+  } catch (const std::exception& inner) {
+    return out_of_device_memory(inner);
+  } catch (...) {
+  }
+  return false;
+}
 
 }  // namespace
 
@@ -111,7 +125,34 @@ at::Tensor StepGraphs::run(const std::optional<std::string>& key, StepInputs in,
   if (seen == 0 || graphs_.size() >= max_graphs_) {
     ++seen;
     if (seen_.size() > kMaxSeenKeys) seen_.clear();
-    return launch(in, counts);
+    if (graphs_.empty()) return launch(in, counts);
+    // A new key's eager step beside the captured graphs, whose pool keeps a step's activations
+    // reserved: on a GPU of less memory (an 80 GB H100 at stage 1 of the 1.3B recipe: 21.6 GB
+    // of weights, gradients and AdamW state, a 38 GB pool, a step's ~32 GB) it may not fit. Then
+    // the graphs go, and the step runs again eagerly: its work stopped at an allocation of its
+    // forward or backward (the update, the step's last part, allocates next to nothing), and a
+    // step starts by zeroing the gradients, so the second run is the step. Eager from here on:
+    // capturing keys again would trade each new key for a recapture of the others.
+    try {
+      return launch(in, counts);
+    } catch (const std::exception& ex) {
+      if (!out_of_device_memory(ex)) throw;
+      const std::size_t dropped = graphs_.size();
+      on_ = false;
+      graphs_.clear();
+      seen_.clear();
+#if WANHOST_WITH_CUDA
+      if (device_.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
+      logger()->warn(
+          "run.cuda_graphs: a step of a new key ran out of device memory beside the {} captured "
+          "graph(s) of this stage, whose pool holds a step's activations: the graphs are dropped "
+          "and this stage's steps run eagerly from here on (this step runs again). Steps of one "
+          "key keep graphs on: fixed text rows (stages[].text_rows) and, for wan21_dit, "
+          "model.wan21_dit.collapsed_rows_from = \"text_rows\" (docs/training.md)",
+          dropped);
+      return launch(in, counts);
+    }
   }
   // The key's second step: capture it with its own inputs, then replay it (a capture runs
   // nothing).

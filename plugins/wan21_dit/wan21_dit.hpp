@@ -55,9 +55,13 @@ struct WanOptions {
   WanConfig config;
   std::string weights;  // checkpoint to load; empty = initialise from init_seed
   std::int64_t init_seed = 0;
-  std::string init_method = "pytorch";    // pytorch (Diffusers from_config) | megatron
-  bool mask_text_padding = false;         // false: attend zero-padded text rows like Diffusers/Wan
-  bool collapse_text_padding = true;      // padded rows as a few biased keys (exact, faster)
+  std::string init_method = "pytorch";  // pytorch (Diffusers from_config) | megatron
+  bool mask_text_padding = false;       // false: attend zero-padded text rows like Diffusers/Wan
+  bool collapse_text_padding = true;    // padded rows as a few biased keys (exact, faster)
+  // collapsed_rows_from: the kept rows follow the batch's longest caption ("longest") or its
+  // padded text rows ("text_rows": the same count every step of a fixed stages[].text_rows, so
+  // steps replayed as CUDA graphs keep one key).
+  bool collapse_from_text_rows = false;
   std::int64_t text_len = 512;            // unmasked text is zero-padded to at least this many rows
   std::string fused_kernels = "auto";     // auto | on | off (wanhost::fused CUDA kernels)
   bool activation_checkpointing = false;  // recompute each block in backward
@@ -138,8 +142,10 @@ class WanModel final : public wanhost::Model {
                        const wanhost::Activations& act, const wanhost::AttentionArgs& args,
                        const at::Tensor& key_bias = {});
   // Text rows every sample keeps in cross-attention: `total` (every padded row) unless padding is
-  // collapsed (collapse_text_padding and a context that offers attention_key_bias).
-  std::int64_t collapsed_rows(const std::vector<std::int64_t>& lengths, std::int64_t total) const;
+  // collapsed (collapse_text_padding and a context that offers attention_key_bias). `rows`: the
+  // batch's text rows (each length is at most rows).
+  std::int64_t collapsed_rows(const std::vector<std::int64_t>& lengths, std::int64_t rows,
+                              std::int64_t total) const;
   // The batch's text lengths on the host ([n] values checked against the text's rows; every
   // length `rows` when the batch has none). Reads a device tensor back (a synchronisation).
   static std::vector<std::int64_t> host_text_lengths(const wanhost::Batch& b, std::int64_t n);

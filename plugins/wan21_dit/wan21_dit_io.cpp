@@ -293,6 +293,10 @@ WanOptions resolve_options(const wanhost::PluginConfig& cfg) {
     cfg.fail("init_method", "must be pytorch or megatron, got '" + o.init_method + "'");
   o.mask_text_padding = cfg.get_or<bool>("mask_text_padding", false);
   o.collapse_text_padding = cfg.get_or<bool>("collapse_text_padding", true);
+  const auto rows_from = cfg.get_or<std::string>("collapsed_rows_from", "longest");
+  if (rows_from != "longest" && rows_from != "text_rows")
+    cfg.fail("collapsed_rows_from", "must be longest or text_rows, got '" + rows_from + "'");
+  o.collapse_from_text_rows = rows_from == "text_rows";
   o.text_len = cfg.get_or<std::int64_t>("text_len", 512);
   o.fused_kernels = cfg.get_or<std::string>("fused_kernels", "auto");
   if (o.fused_kernels != "auto" && o.fused_kernels != "on" && o.fused_kernels != "off")

@@ -492,7 +492,7 @@ std::optional<std::string> WanModel::graph_key(const Batch& b) const {
   const std::string rope = "rope " + std::to_string(rope_->generation);
   if (options_.mask_text_padding) return rope;  // lengths read on the device only
   const auto total = std::max(b.text.size(1), options_.text_len);
-  const auto kept = collapsed_rows(host_text_lengths(b, b.text.size(0)), total);
+  const auto kept = collapsed_rows(host_text_lengths(b, b.text.size(0)), b.text.size(1), total);
   return rope + ", text rows " + std::to_string(kept);
 }
 
@@ -527,7 +527,7 @@ at::Tensor WanModel::text_context(const Batch& b, Activations& act,
     // Collapsed padding: every sample keeps `kept` rows (its real ones, then padded rows whose
     // key bias makes them weigh as all of its padded rows), exact as described at
     // collapsed_padding_bias.
-    const auto kept = collapsed_rows(lengths, total);
+    const auto kept = collapsed_rows(lengths, rows, total);
     if (kept < total) {
       // Each sample's row of a table made once (on the device, in the compute dtype, of whose
       // values the biases are), gathered by the device lengths: nothing is copied from the host.
@@ -661,10 +661,12 @@ const at::Tensor& WanModel::padding_bias_table(std::int64_t total, std::int64_t 
   return it->second;
 }
 
-std::int64_t WanModel::collapsed_rows(const std::vector<std::int64_t>& lengths,
+std::int64_t WanModel::collapsed_rows(const std::vector<std::int64_t>& lengths, std::int64_t rows,
                                       std::int64_t total) const {
   if (!options_.collapse_text_padding || !ctx_.attention_key_bias || lengths.empty()) return total;
-  const auto longest = *std::max_element(lengths.begin(), lengths.end());
+  // Every length is at most `rows`: keeping rows + 4 is as exact as keeping longest + 4.
+  const auto longest =
+      options_.collapse_from_text_rows ? rows : *std::max_element(lengths.begin(), lengths.end());
   const auto kept = longest + kCollapsedPaddingRows;
   return std::min(
       total, (kept + kCollapsedRowsMultiple - 1) / kCollapsedRowsMultiple * kCollapsedRowsMultiple);

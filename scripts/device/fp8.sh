@@ -21,15 +21,15 @@
 #             other roundings (the noise floor);
 #  - steps:   whole 1.3B steps (`wanhost run`, ddp), stage 1 and 2, fp8 off and tensorwise
 #             (STEP_PRECISIONS="bf16": bf16 only);
-#  - graphsteps: whole bf16 steps, text padded to 256 rows, eagerly and with run.cuda_graphs
+#  - graphsteps: whole bf16 steps, text padded to 252 rows, eagerly and with run.cuda_graphs
 #             (steps replayed as CUDA graphs); GRAPH_FP8=1 adds FP8 steps with graphs,
 #             GRAPH_ADAMW=1 bf16 graphs with wanhost's AdamW kernel, GRAPH_CASTS=1 bf16 graphs
 #             with the weights cast in one pass a step (run.kernels.weight_casts=per_step), and
 #             both set: bf16 graphs with both; FP8_GELU=1 (with GRAPH_FP8) FP8 graphs with
 #             every lever and the feed-forward's GELU in the FP8 casts (run.kernels.fp8_gelu);
-#  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py), right after
-#             the whole steps so that a call short of time still compares them, then every
-#             whole-step run's ratio to it ("ratio" lines);
+#  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py), before the
+#             whole steps so that a call short of time still compares them, and every whole-step
+#             run's ratio to it at the end ("ratio" lines);
 #  - stepprofile: one whole 1.3B bf16 step of each stage (STAGES) under the profiler
 #             (logging.profile_step): device time per kernel class and the longest kernels, the
 #             optimizer, gradient casts and clipping included; PROFILE_LEVERS=1 also with the
@@ -144,6 +144,11 @@ if want ab && [ -x "$W" ] && left 150; then
   grep -o "stage '.*" "$R/compare.txt" | sed 's/^/ab /' | tee -a "$OUT/summary.txt"
 fi
 
+# The compiled peer's whole step first (its ratio lines come after the whole-step runs): a call
+# whose runs take longer than planned still compares them (on 2026-12-05 the peer came last and
+# the budget skipped it).
+want peerstep && left 150 && peer_step
+
 # Whole 1.3B steps (30 blocks), medians after the first third (measure_lib.sh).
 STEPS=${STEPS:-8}
 if want steps && [ -x "$W" ]; then
@@ -165,15 +170,20 @@ if want steps && [ -x "$W" ]; then
   done
 fi
 # Whole steps replayed as CUDA graphs (run.cuda_graphs) and the same steps eagerly: text padded to
-# a fixed 256 rows (each batch's longest caption would change the shapes every step; 256 >= the
+# a fixed 252 rows (each batch's longest caption would change the shapes every step; 252 >= the
 # longest caption, and the model pads to its text_len of 512 itself, so the arithmetic is that of
 # 512 rows, while 512 rows on the host took ~0.3 s of input making a 32-sample step on an H200
-# machine, more than the step). Stage 1 keeps its LR warm-up (the update reads the LR on the
-# device, SDK 2.6: a warm-up's steps are replayed too).
+# machine, more than the step), and the collapsed text rows taken from those 252 rows
+# (collapsed_rows_from = text_rows: 256 kept rows every step, the common case of captions of
+# 20-200 tokens, instead of 192 for a batch whose longest caption is at most 188: a second key,
+# whose eager step beside the first key's graph ran out of memory on an 80 GB H100, 2026-12-05).
+# Stage 1 keeps its LR warm-up (the update reads the LR on the device, SDK 2.6: a warm-up's steps
+# are replayed too).
 if want graphsteps && [ -x "$W" ]; then
-  G=(--set stages.0.text_rows=256 --set stages.1.text_rows=256)
+  G=(--set stages.0.text_rows=252 --set stages.1.text_rows=252
+    --set model.wan21_dit.collapsed_rows_from=\"text_rows\")
   for stage in ${STAGES:-1 2}; do
-    left 100 && run_steps ddp-bf16-t256 $stage "${G[@]}"
+    left 100 && run_steps ddp-bf16-t252 $stage "${G[@]}"
     left 100 && run_steps ddp-bf16-graphs $stage "${G[@]}" --set run.cuda_graphs=true
     # GRAPH_ADAMW=1: the same with wanhost's multi-tensor AdamW (run.kernels.adamw = wanhost).
     [ "${GRAPH_ADAMW:-0}" = 1 ] && left 100 && run_steps ddp-bf16-graphs-adamw $stage "${G[@]}" \
@@ -198,7 +208,7 @@ if want graphsteps && [ -x "$W" ]; then
         --set run.kernels.fp8_gelu=\"fused\"
   done
 fi
-want peerstep && left 150 && peer_step && ratios
+want peerstep && ratios
 # PROFILE_LEVERS=1: the same profile with the built levers on (weights cast in one pass a step,
 # wanhost's AdamW kernel), and PROFILE_FP8=1 with FP8 linear layers too: where the time went.
 profile_step() { # TAG STAGE EXTRA...

@@ -14,6 +14,7 @@
 #include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 
+#include "plugin/plugin_call.hpp"
 #include "train/lr_schedule.hpp"
 #include "train/metrics.hpp"
 #include "train/sample_order.hpp"
@@ -105,9 +106,15 @@ struct GraphProbe {
   int launches = 0, captures = 0;
   std::vector<const void*> latents_seen;  // the latents' storage each launch read
   bool fail_capture = false;
+  int out_of_memory_at = 0;  // this launch (1-based) throws LibTorch's out-of-memory error
   wanhost::core::StepGraphs::Launch launch() {
     return [this](const wanhost::core::StepInputs& in, const at::Tensor& counts) {
       ++launches;
+      if (launches == out_of_memory_at)  // nested in a plugin boundary's error, as the trainer's
+        wanhost::core::call_plugin("ddp", "parallelism", "forward_backward", [] {
+          throw c10::OutOfMemoryError({__func__, __FILE__, __LINE__},
+                                      "CUDA out of memory (stand-in)");
+        });
       const wanhost::NoisedBatch& b = in.micro.at(0);
       latents_seen.push_back(b.noisy.latents.data_ptr());
       // What the step "computes": every input's value, and the host's counts.
@@ -187,6 +194,45 @@ TEST(StepGraphs, AFailedCaptureRunsTheStepEagerlyAndTurnsGraphsOff) {
   EXPECT_EQ(probe.captures, 1);  // never tried again
   EXPECT_EQ(probe.launches, 3);
   EXPECT_EQ(graphs.replays(), 0);
+}
+
+// A new key's eager step that runs out of device memory beside the captured graphs (their pool
+// holds a step's activations: an 80 GB GPU at stage 1 of the 1.3B recipe) drops the graphs and
+// runs again eagerly, with its own inputs; the stage stays eager. Other errors pass through.
+TEST(StepGraphs, ANewKeyOutOfMemoryBesideTheGraphsDropsThemAndRunsAgainEagerly) {
+  GraphProbe probe;
+  wanhost::core::StepGraphs graphs(c10::Device(c10::kCPU), 4, probe.capture());
+  const at::Tensor counts = at::zeros({4}, at::kDouble);
+  // Eager (launch 1), captured (the stand-in capture runs the step: 2) and replayed (3), replayed
+  // (4).
+  for (double v : {1.0, 2.0, 3.0})
+    graphs.run(std::string("k"), graph_inputs(v), counts, probe.launch());
+  ASSERT_EQ(graphs.replays(), 2);
+  ASSERT_EQ(probe.launches, 4);
+  probe.out_of_memory_at = 5;
+  const auto out = graphs.run(std::string("new"), graph_inputs(9), counts, probe.launch());
+  EXPECT_EQ(probe.launches, 6) << "the step ran again";
+  EXPECT_EQ(values(out)[0], 9.0f) << "with its own inputs";
+  EXPECT_FALSE(graphs.on());
+  graphs.run(std::string("k"), graph_inputs(4), counts, probe.launch());
+  EXPECT_EQ(probe.launches, 7) << "the dropped key's step runs eagerly";
+  EXPECT_EQ(graphs.replays(), 2);
+  EXPECT_EQ(probe.captures, 1);
+
+  // The first step of a key with no graph beside it, and any other error, are not retried.
+  GraphProbe alone;
+  wanhost::core::StepGraphs fresh(c10::Device(c10::kCPU), 4, alone.capture());
+  alone.out_of_memory_at = 1;
+  EXPECT_THROW(fresh.run(std::string("k"), graph_inputs(1), counts, alone.launch()),
+               std::exception);
+  EXPECT_EQ(alone.launches, 1);
+  for (double v : {2.0, 3.0}) fresh.run(std::string("k"), graph_inputs(v), counts, alone.launch());
+  const auto failing = [](const wanhost::core::StepInputs&, const at::Tensor&) -> at::Tensor {
+    throw std::runtime_error("not memory");
+  };
+  EXPECT_THROW(fresh.run(std::string("other"), graph_inputs(1), counts, failing),
+               std::runtime_error);
+  EXPECT_TRUE(fresh.on());
 }
 
 // A model whose only host-side choice is a word the test sets (Model::graph_key); nothing else

@@ -957,13 +957,15 @@ TEST(Wan21Dit, GraphKeyIsTheTextRowsTheCrossAttentionSees) {
     for (std::int64_t i = 0; i < n; ++i) b.sample_keys.push_back(i);
     return b;
   };
-  auto rows_seen = [&](const wanhost::Batch& b) {
+  at::Tensor out;  // the last forward's
+  auto rows_seen_by = [&](WanModel& m, const wanhost::Batch& b) {
     seen->clear();
     at::NoGradGuard no_grad;
-    model.forward(b, at::full({b.batch_size()}, 500.0f));
+    out = m.forward(b, at::full({b.batch_size()}, 500.0f));
     EXPECT_FALSE(seen->empty());
     return seen->empty() ? -1 : seen->front();
   };
+  auto rows_seen = [&](const wanhost::Batch& b) { return rows_seen_by(model, b); };
   const auto short_a = batch({20, 50}), short_b = batch({31, 44}), long_c = batch({20, 290});
   const auto key_a = model.graph_key(short_a), key_c = model.graph_key(long_c);
   ASSERT_TRUE(key_a && key_c);
@@ -972,6 +974,19 @@ TEST(Wan21Dit, GraphKeyIsTheTextRowsTheCrossAttentionSees) {
   EXPECT_EQ(rows_seen(short_b), rows_seen(short_a));
   EXPECT_EQ(*key_c, "rope 0, text rows " + std::to_string(rows_seen(long_c)));
   EXPECT_NE(*key_c, *key_a);
+  // collapsed_rows_from = text_rows: the kept rows follow the batch's 300 rows (+ 4, rounded up
+  // to 64: 320) whatever its captions, so one key, and the outputs of keeping fewer rows.
+  WanModel fixed(wanhost::plugins::wan21_dit::resolve_options(plugin_config(
+                     {{"init_seed", 4}, {"text_len", 512}, {"collapsed_rows_from", "text_rows"}})),
+                 ctx);
+  EXPECT_EQ(fixed.graph_key(short_a), std::optional<std::string>("rope 0, text rows 320"));
+  EXPECT_EQ(fixed.graph_key(long_c), fixed.graph_key(short_a));
+  for (const auto* b : {&short_a, &long_c}) {
+    EXPECT_EQ(rows_seen_by(fixed, *b), 320);
+    const at::Tensor kept_320 = out;
+    rows_seen(*b);
+    EXPECT_LT(rel(kept_320, out), 1e-5) << "kept 320 rows vs the longest caption's";
+  }
   // Packed batches (host-side segment layouts) and masked text (lengths read on the device).
   wanhost::Batch packed = short_a;
   packed.latents = at::randn({16, 32});

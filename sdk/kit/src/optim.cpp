@@ -76,11 +76,24 @@ bool wanhost_adamw(const Group& gr, const at::Tensor& count, double lr, const at
                    const at::Tensor& divisor, const at::Tensor& skip, double weight_decay,
                    const OptimizerConfig& c) {
   const c10::Device device = gr.p[0].device();
-  for (const auto* list : {&gr.p, &gr.g, &gr.m, &gr.v})
+  const char* names[] = {"parameter", "gradient", "exp_avg", "exp_avg_sq"};
+  int which = 0;
+  for (const auto* list : {&gr.p, &gr.g, &gr.m, &gr.v}) {
     for (const at::Tensor& t : *list)
       if (!t.is_cuda() || t.device() != device || t.scalar_type() != at::kFloat ||
-          !t.is_contiguous())
+          !t.is_contiguous()) {
+        // Said once a process: LibTorch's fused kernel updates such groups.
+        static std::atomic<bool> said{false};
+        if (!said.exchange(true))
+          logger()->warn(
+              "AdamW (run.kernels.adamw = wanhost): a {} is not a contiguous fp32 tensor of {} "
+              "({} {} on {}, contiguous {}); LibTorch's fused kernel updates its group",
+              names[which], device.str(), c10::str(t.sizes()), c10::toString(t.scalar_type()),
+              t.device().str(), t.is_contiguous());
         return false;
+      }
+    ++which;
+  }
   const c10::cuda::CUDAGuard guard(device);
   // Scalars on the device, alive until the launch is queued (the allocator orders reuse by stream).
   const auto on = [&](const at::Tensor& t) {
