@@ -47,6 +47,10 @@ struct AdamWPath {
   explicit AdamWPath(const std::string& adamw) : name(adamw) {
     wanhost::set_kernel_options(wanhost::parse_kernel_options("auto", adamw, "dgelu"));
   }
+  // A literal would otherwise take the bool overload (pointer to bool is a standard conversion,
+  // preferred to std::string's): AdamWPath("wanhost") ran LibTorch's fused kernel until
+  // 2026-12-05, when the GPU test's gradient check caught it on an H100.
+  explicit AdamWPath(const char* adamw) : AdamWPath(std::string(adamw)) {}
   explicit AdamWPath(bool fused) : AdamWPath(std::string(fused ? "fused" : "loop")) {}
   ~AdamWPath() { wanhost::set_kernel_options(wanhost::KernelOptions{}); }
   AdamWPath(const AdamWPath&) = delete;
@@ -330,6 +334,7 @@ TEST(AdamW, WanhostKernelMatchesLibTorchsFusedOnAGpu) {
     const auto skip = t == 3 ? yes : no;
     {
       const AdamWPath wanhost("wanhost");
+      ASSERT_TRUE(wanhost::kernel_options().wanhost_adamw) << "the path chosen is not wanhost's";
       if (t == 2)
         a.step(at::scalar_tensor(lr, gpu.dtype(at::kFloat)), divisor, skip);
       else
