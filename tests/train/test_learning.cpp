@@ -56,10 +56,9 @@ TEST(DefaultRecipe, LearnsInEveryStage) {
 }
 
 // The fused AdamW kernel and the per-tensor update (run.kernels.adamw=loop) train the tiny recipe
-// to the same losses and gradient norms within float32 rounding; `wanhost` on a CPU is the fused
-// update; a bad value is a usage error.
+// to the same losses and gradient norms within float32 rounding; `wanhost` (the default) on a CPU
+// is the fused update; a bad value is a usage error.
 TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
-  const auto fused = read_metrics(reference_run());
   const fs::path dir = scratch_dir();
   // The tiny recipe's steps with run.kernels.adamw = `adamw`.
   auto steps_with = [&](const std::string& adamw) {
@@ -68,6 +67,7 @@ TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
     EXPECT_EQ(r.code, 0) << r.describe();
     return read_metrics(dir / adamw);
   };
+  const auto fused = steps_with("fused");
   const auto loop = steps_with("loop");
   ASSERT_EQ(loop.size(), fused.size());
   double worst = 0;
@@ -82,8 +82,13 @@ TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
   // Not the same path twice: the two updates round differently, so some step differs a little.
   EXPECT_GT(worst, 0.0);
 
-  // wanhost's kernel is for fp32 tensors on a GPU: on a CPU the run takes LibTorch's fused update.
+  // wanhost's kernel is for fp32 tensors on a GPU: on a CPU the run takes LibTorch's fused update,
+  // also by default.
   const auto on_cpu = steps_with("wanhost");
+  const auto by_default = read_metrics(reference_run());
+  ASSERT_EQ(by_default.size(), fused.size());
+  for (std::size_t i = 0; i < by_default.size(); ++i)
+    EXPECT_EQ(by_default[i]["loss"].get<double>(), fused[i]["loss"].get<double>()) << i;
   ASSERT_EQ(on_cpu.size(), fused.size());
   for (std::size_t i = 0; i < on_cpu.size(); ++i)
     for (const char* key : {"loss", "grad_norm"})
