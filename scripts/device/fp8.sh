@@ -23,10 +23,10 @@
 #             (STEP_PRECISIONS="bf16": bf16 only);
 #  - graphsteps: whole bf16 steps, text padded to 252 rows, eagerly and with run.cuda_graphs
 #             (steps replayed as CUDA graphs); GRAPH_FP8=1 adds FP8 steps with graphs,
-#             GRAPH_ADAMW=1 bf16 graphs with wanhost's AdamW kernel, GRAPH_CASTS=1 bf16 graphs
-#             with the weights cast in one pass a step (run.kernels.weight_casts=per_step), and
-#             both set: bf16 graphs with both; FP8_GELU=1 (with GRAPH_FP8) FP8 graphs with
-#             every lever and the feed-forward's GELU in the FP8 casts (run.kernels.fp8_gelu);
+#             GRAPH_ADAMW=1 bf16 graphs with LibTorch's fused AdamW (the default is wanhost's
+#             kernel), GRAPH_CASTS=1 bf16 graphs with the weights cast in one pass a step
+#             (run.kernels.weight_casts=per_step), FP8_GELU=1 (with GRAPH_FP8) FP8 graphs with the
+#             feed-forward's GELU in the FP8 casts (run.kernels.fp8_gelu);
 #  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py), before the
 #             whole steps so that a call short of time still compares them, and every whole-step
 #             run's ratio to it at the end ("ratio" lines);
@@ -185,32 +185,26 @@ if want graphsteps && [ -x "$W" ]; then
   for stage in ${STAGES:-1 2}; do
     left 100 && run_steps ddp-bf16-t252 $stage "${G[@]}"
     left 100 && run_steps ddp-bf16-graphs $stage "${G[@]}" --set run.cuda_graphs=true
-    # GRAPH_ADAMW=1: the same with wanhost's multi-tensor AdamW (run.kernels.adamw = wanhost).
-    [ "${GRAPH_ADAMW:-0}" = 1 ] && left 100 && run_steps ddp-bf16-graphs-adamw $stage "${G[@]}" \
-      --set run.cuda_graphs=true --set run.kernels.adamw=\"wanhost\"
+    # GRAPH_ADAMW=1: the same with LibTorch's fused AdamW (run.kernels.adamw = fused; the default
+    # is wanhost's multi-tensor kernel since 2026-12-05): the AdamW kernel's A/B.
+    [ "${GRAPH_ADAMW:-0}" = 1 ] && left 100 && run_steps ddp-bf16-graphs-torch-adamw $stage \
+      "${G[@]}" --set run.cuda_graphs=true --set run.kernels.adamw=\"fused\"
     # GRAPH_CASTS=1: every master weight cast to bf16 in one pass a step (run.kernels.weight_casts).
     C=(--set run.cuda_graphs=true --set run.kernels.weight_casts=\"per_step\")
     [ "${GRAPH_CASTS:-0}" = 1 ] && left 100 && run_steps ddp-bf16-graphs-casts $stage "${G[@]}" \
       "${C[@]}"
-    [ "${GRAPH_CASTS:-0}${GRAPH_ADAMW:-0}" = 11 ] && left 100 &&
-      run_steps ddp-bf16-graphs-casts-adamw $stage "${G[@]}" "${C[@]}" \
-        --set run.kernels.adamw=\"wanhost\"
     # GRAPH_FP8=1: FP8 linear layers replayed too (cheaper arithmetic than the bf16 peer's).
     [ "${GRAPH_FP8:-0}" = 1 ] && left 100 && run_steps ddp-fp8-graphs $stage "${G[@]}" \
       --set run.cuda_graphs=true --set run.fp8=\"tensorwise\"
-    [ "${GRAPH_FP8:-0}${GRAPH_CASTS:-0}${GRAPH_ADAMW:-0}" = 111 ] && left 100 &&
-      run_steps ddp-fp8-graphs-casts-adamw $stage "${G[@]}" "${C[@]}" \
-        --set run.fp8=\"tensorwise\" --set run.kernels.adamw=\"wanhost\"
     # FP8_GELU=1 (with GRAPH_FP8): the same with the feed-forward's GELU inside the FP8 casts.
     [ "${GRAPH_FP8:-0}${FP8_GELU:-0}" = 11 ] && left 100 &&
-      run_steps ddp-fp8-graphs-levers-gelu $stage "${G[@]}" "${C[@]}" \
-        --set run.fp8=\"tensorwise\" --set run.kernels.adamw=\"wanhost\" \
-        --set run.kernels.fp8_gelu=\"fused\"
+      run_steps ddp-fp8-graphs-gelu $stage "${G[@]}" --set run.cuda_graphs=true \
+        --set run.fp8=\"tensorwise\" --set run.kernels.fp8_gelu=\"fused\"
   done
 fi
 want peerstep && ratios
-# PROFILE_LEVERS=1: the same profile with the built levers on (weights cast in one pass a step,
-# wanhost's AdamW kernel), and PROFILE_FP8=1 with FP8 linear layers too: where the time went.
+# PROFILE_LEVERS=1: the same profile with the built levers on (weights cast in one pass a step;
+# wanhost's AdamW kernel is the default), and PROFILE_FP8=1 with FP8 linear layers too.
 profile_step() { # TAG STAGE EXTRA...
   local tag=$1 stage=$2
   shift 2
@@ -221,7 +215,7 @@ profile_step() { # TAG STAGE EXTRA...
     head -40 >>"$OUT/summary.txt"
 }
 if want stepprofile && [ -x "$W" ]; then
-  L=(--set run.kernels.weight_casts=\"per_step\" --set run.kernels.adamw=\"wanhost\")
+  L=(--set run.kernels.weight_casts=\"per_step\")
   for stage in ${STAGES:-1 2}; do
     profile_step bf16 $stage || break
     [ "${PROFILE_LEVERS:-0}" = 1 ] && { profile_step bf16-levers $stage "${L[@]}" || break; }
