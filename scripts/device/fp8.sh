@@ -35,6 +35,8 @@
 #             optimizer, gradient casts and clipping included; PROFILE_LEVERS=1 also with the
 #             weights cast in one pass and wanhost's AdamW, PROFILE_FP8=1 also with FP8 on top;
 #  - peer:    the compiled peer's blocks (build-perf/peer/peer_wan_block.py) on the same GPU.
+# PREBUILT=1 with a carried build-carry/ (scripts/device/prebuilt.sh --program TEST...) skips the
+# build (~150 s of a fresh machine); the tests are then those carried.
 # Results: $OUT/summary.txt, $OUT/ab/ (PNGs, CSVs, summaries), $OUT/results.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -50,7 +52,7 @@ start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_ke
 # A GPU test binary under a time limit (a hanging test must not take the whole call); its exit
 # status goes into the summary when it is not 0 (124: timed out).
 gpu_test() { # BINARY ARGS...
-  local bin=build-gpu/bin/$1
+  local bin=$BIN/$1
   shift
   [ -x "$bin" ] || { say "$bin: not built"; return; }
   timeout 150 "$bin" "$@" >>"$R/tests.txt" 2>&1

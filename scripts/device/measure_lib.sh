@@ -22,10 +22,19 @@ start() {
   rm -rf "$R" && mkdir -p "$R" "$OUT"
   { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } |
     tee "$OUT/summary.txt"
-  scripts/device/build.sh --tests "$@" >"$R/build.log" 2>&1 ||
-    { say "build failed:"; grep -E "error" "$R/build.log" | head -20 | tee -a "$OUT/summary.txt"; }
-  say "$(tail -1 "$R/build.log") ($((SECONDS - t0)) s)"
-  W=build-gpu/bin/wanhost
+  # PREBUILT=1 with a carried build-carry/ (scripts/device/prebuilt.sh): no build.
+  if [ "${PREBUILT:-0}" = 1 ] && [ -x build-carry/bin/wanhost ]; then
+    . build-carry/env.sh 2>"$R/build.log"
+    BIN=build-carry/bin
+    say "prebuilt: $(ls build-carry/bin | tr '\n' ' ')($((SECONDS - t0)) s)"
+    grep "not found" "$R/build.log" | head -5 | tee -a "$OUT/summary.txt"
+  else
+    scripts/device/build.sh --tests "$@" >"$R/build.log" 2>&1 ||
+      { say "build failed:"; grep -E "error" "$R/build.log" | head -20 | tee -a "$OUT/summary.txt"; }
+    BIN=build-gpu/bin
+    say "$(tail -1 "$R/build.log") ($((SECONDS - t0)) s)"
+  fi
+  W=$BIN/wanhost
 }
 
 bench() { # LABEL ARGS...
