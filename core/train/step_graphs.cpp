@@ -110,6 +110,17 @@ StepGraphs::StepGraphs(const c10::Device& device, std::size_t max_graphs, Captur
 
 StepGraphs::~StepGraphs() = default;
 
+void StepGraphs::turn_off() {
+  on_ = false;
+  graphs_.clear();
+  seen_.clear();
+#if WANHOST_WITH_CUDA
+  // The graphs' pool goes back to the device: the eager steps from here on may need it (a GPU
+  // whose memory held a graph's pool beside a step's activations only just).
+  if (device_.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
+}
+
 at::Tensor StepGraphs::run(const std::optional<std::string>& key, StepInputs in,
                            const at::Tensor& counts, const Launch& launch) {
   if (!on_ || !key) return launch(in, counts);
@@ -138,12 +149,7 @@ at::Tensor StepGraphs::run(const std::optional<std::string>& key, StepInputs in,
     } catch (const std::exception& ex) {
       if (!out_of_device_memory(ex)) throw;
       const std::size_t dropped = graphs_.size();
-      on_ = false;
-      graphs_.clear();
-      seen_.clear();
-#if WANHOST_WITH_CUDA
-      if (device_.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
-#endif
+      turn_off();
       logger()->warn(
           "run.cuda_graphs: a step of a new key ran out of device memory beside the {} captured "
           "graph(s) of this stage, whose pool holds a step's activations: the graphs are dropped "
@@ -169,8 +175,7 @@ at::Tensor StepGraphs::run(const std::optional<std::string>& key, StepInputs in,
     // `launch` copied: a stand-in capture (tests) calls the step again on every replay.
     entry.replay = capture_([&entry, launch] { entry.out = launch(entry.inputs, entry.counts); });
   } catch (const std::exception& ex) {
-    on_ = false;
-    graphs_.clear();
+    turn_off();
     logger()->warn(
         "run.cuda_graphs: this stage's steps run eagerly from here on: {} (the step runs "
         "eagerly; nothing of the capture ran)",

@@ -73,6 +73,8 @@ class StepGraphs {
 
  private:
   struct Entry;
+  // Graphs off for the rest of the stage: every graph dropped, their memory given back.
+  void turn_off();
   c10::Device device_;
   std::size_t max_graphs_;
   Capture capture_;
