@@ -44,12 +44,8 @@ void write_file_atomic(const std::string& path, const std::string& content) {
   const fs::path target(path);
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
   std::random_device rd;
-  // Appended piece by piece: GCC 12 at -O3 (Release) warns falsely (-Wrestrict, GCC bug
-  // 105329) about `"." + std::string`.
-  std::string name = ".";
-  name += target.filename().string();
-  name += ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(rd());
-  const fs::path tmp = dir / name;
+  const fs::path tmp = dir / ("." + target.filename().string() + ".tmp-" +
+                              std::to_string(::getpid()) + "-" + std::to_string(rd()));
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) fail("cannot create", tmp.string());
   const char* p = content.data();
