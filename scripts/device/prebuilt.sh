@@ -7,11 +7,11 @@
 # stripped of debug info to stay far below the 64 MiB a call carries.
 #   scripts/device/prebuilt.sh [--program] [TEST_BINARY...]
 #     --program: the wanhost program and its plugins from build-device/, a Release build made
-#                like the device's (no FFmpeg, no MPI, which the device lacks):
-#                  PKG_CONFIG_LIBDIR=<a folder with only libpng, sentencepiece and zlib .pc files>
+#                like the device's (no FFmpeg, no MPI, which the device lacks), configured and
+#                built here when missing (~15-30 min on 2 cores the first time, ccache helping):
 #                  cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release
-#                    -DWANHOST_BUILD_TESTS=OFF -DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON
-#                    -DCMAKE_PREFIX_PATH=<the venv's torch cmake path>
+#                    -DWANHOST_BUILD_TESTS=OFF -DWANHOST_FFMPEG=OFF
+#                    -DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON -DCMAKE_PREFIX_PATH=<torch>
 #                  ninja -C build-device runtime
 #     TEST_BINARY: from build/ (they must link neither FFmpeg nor MPI).
 # Then `run` with carry ["build-carry", ...]; on the device `. build-carry/env.sh` sets
@@ -28,7 +28,13 @@ if [ "${1:-}" = --program ]; then program=1; shift; fi
 rm -rf build-carry && mkdir -p build-carry/bin build-carry/lib
 elfs=()
 if [ $program = 1 ]; then
-  [ -x "$PROGRAM_BUILD/bin/wanhost" ] || { echo "$PROGRAM_BUILD/bin/wanhost: not built" >&2; exit 2; }
+  if [ ! -f "$PROGRAM_BUILD/build.ninja" ]; then
+    cmake -S . -B "$PROGRAM_BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DWANHOST_BUILD_TESTS=OFF \
+      -DWANHOST_FFMPEG=OFF -DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON \
+      -DCMAKE_PREFIX_PATH="$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+      >/dev/null
+  fi
+  ninja -C "$PROGRAM_BUILD" runtime >/dev/null
   cp "$PROGRAM_BUILD/bin/wanhost" build-carry/bin/
   mkdir -p build-carry/plugins
   cp "$PROGRAM_BUILD"/plugins/*.so "$PROGRAM_BUILD"/plugins/*.json build-carry/plugins/
