@@ -223,6 +223,10 @@ if want stepprofile && [ -x "$W" ]; then
     [ "${PROFILE_LEVERS:-0}" = 1 ] && { profile_step bf16-levers $stage "${L[@]}" || break; }
     [ "${PROFILE_FP8:-0}" = 1 ] &&
       { profile_step fp8-levers $stage "${L[@]}" --set run.fp8=\"tensorwise\" || break; }
+    # With FP8_GELU=1 too: the feed-forward operator's kernels against the separate GELU's.
+    [ "${PROFILE_FP8:-0}${FP8_GELU:-0}" = 11 ] &&
+      { profile_step fp8-gelu $stage "${L[@]}" --set run.fp8=\"tensorwise\" \
+        --set run.kernels.fp8_gelu=\"fused\" || break; }
   done
 fi
 if want peer && [ -f build-perf/peer/peer_wan_block.py ] && left 190; then
