@@ -26,6 +26,12 @@ start() {
   if [ "${PREBUILT:-0}" = 1 ] && [ -x build-carry/bin/wanhost ]; then
     . build-carry/env.sh 2>"$R/build.log"
     BIN=build-carry/bin
+    # Test binaries of build-device/ run the program and write scratch files at that build's
+    # paths, compiled in (the device's checkout is at the same path as the dev machine's,
+    # /work/main, as its test output shows): the carried folders stand in for them.
+    mkdir -p build-device
+    ln -sfn "$PWD/build-carry/bin" build-device/bin
+    ln -sfn "$PWD/build-carry/plugins" build-device/plugins
     say "prebuilt: $(ls build-carry/bin | tr '\n' ' ')($((SECONDS - t0)) s)"
     grep "not found" "$R/build.log" | head -5 | tee -a "$OUT/summary.txt"
   else

@@ -6,14 +6,15 @@
 # device lacks (wanhost's own libraries, spdlog, fmt, libpng, sentencepiece) travels with them,
 # stripped of debug info to stay far below the 64 MiB a call carries.
 #   scripts/device/prebuilt.sh [--program] [TEST_BINARY...]
-#     --program: the wanhost program and its plugins from build-device/, a Release build made
-#                like the device's (no FFmpeg, no MPI, which the device lacks), configured and
-#                built here when missing (~15-30 min on 2 cores the first time, ccache helping):
+#     --program: the wanhost program, its plugins and the TEST_BINARYs from build-device/, a
+#                Release build made like the device's (no FFmpeg, no MPI, which the device
+#                lacks), configured and built here as needed (~15-30 min on 2 cores the first
+#                time, ccache helping):
 #                  cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release
-#                    -DWANHOST_BUILD_TESTS=OFF -DWANHOST_FFMPEG=OFF
-#                    -DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON -DCMAKE_PREFIX_PATH=<torch>
-#                  ninja -C build-device runtime
-#     TEST_BINARY: from build/ (they must link neither FFmpeg nor MPI).
+#                    -DWANHOST_FFMPEG=OFF -DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON
+#                    -DCMAKE_PREFIX_PATH=<torch> -DWANHOST_TEST_PYTHON=.venv/bin/python
+#                  ninja -C build-device runtime TEST_BINARY...
+#     without it: the TEST_BINARYs from build/ (they must link neither FFmpeg nor MPI).
 # Then `run` with carry ["build-carry", ...]; on the device `. build-carry/env.sh` sets
 # LD_LIBRARY_PATH, and scripts/device/fp8.sh with PREBUILT=1 uses build-carry/bin instead of
 # building. Layout: build-carry/bin, build-carry/lib, build-carry/plugins (as a build tree: the
@@ -21,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PROGRAM_BUILD=${PROGRAM_BUILD:-build-device}
-TEST_BUILD=${TEST_BUILD:-build}
+TEST_BUILD=build
 program=0
 if [ "${1:-}" = --program ]; then program=1; shift; fi
 [ $program = 1 ] || [ $# -gt 0 ] || { echo "usage: $0 [--program] [TEST_BINARY...]" >&2; exit 2; }
@@ -29,12 +30,13 @@ rm -rf build-carry && mkdir -p build-carry/bin build-carry/lib
 elfs=()
 if [ $program = 1 ]; then
   if [ ! -f "$PROGRAM_BUILD/build.ninja" ]; then
-    cmake -S . -B "$PROGRAM_BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DWANHOST_BUILD_TESTS=OFF \
-      -DWANHOST_FFMPEG=OFF -DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON \
+    cmake -S . -B "$PROGRAM_BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DWANHOST_FFMPEG=OFF \
+      -DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON -DWANHOST_TEST_PYTHON="$PWD/.venv/bin/python" \
       -DCMAKE_PREFIX_PATH="$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
       >/dev/null
   fi
-  ninja -C "$PROGRAM_BUILD" runtime >/dev/null
+  ninja -C "$PROGRAM_BUILD" runtime "$@" >/dev/null
+  TEST_BUILD=$PROGRAM_BUILD
   cp "$PROGRAM_BUILD/bin/wanhost" build-carry/bin/
   mkdir -p build-carry/plugins
   cp "$PROGRAM_BUILD"/plugins/*.so "$PROGRAM_BUILD"/plugins/*.json build-carry/plugins/
