@@ -158,6 +158,9 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
   }
   if (o.dtype.empty()) o.dtype = device.is_cuda() ? "bfloat16" : "float32";
   const auto dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  if (o.fp8_gelu == "fused" && o.fp8 == "off")
+    throw UsageError(
+        "--fp8-gelu fused makes the feed-forward one FP8 operator: it needs --fp8 tensorwise");
   if (o.weight_casts == "per_step" && (!o.fp32_master || dtype == at::kFloat))
     throw UsageError(
         "--weight-casts per_step casts fp32 master weights to the compute dtype: it needs "

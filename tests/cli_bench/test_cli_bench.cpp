@@ -167,6 +167,15 @@ TEST(CliBench, WeightCastsInOnePassAStep) {
   EXPECT_GT(std::stol(said[1]), 0) << "no copy was read: " << said[0];
 }
 
+// --fp8-gelu (run.kernels.fp8_gelu) with FP8 layers: taken and reported. (On a CPU the model
+// keeps its feed-forward's plain path, so the operator's values are the kit tests' to check.)
+TEST(CliBench, Fp8FeedForwardOptionIsReported) {
+  const auto r = run_wanhost(kCase + " --json --fp8 tensorwise --fp8-gelu fused");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(last_json_line(r.output)["fp8_gelu"], "fused");
+  EXPECT_EQ(last_json_line(r.output)["fp8"], "tensorwise");
+}
+
 TEST(CliBench, UsageErrorsNameTheFlag) {
   const std::string tiny = kBase + " --batch 2 --preset tiny --video-tokens 60 ";
   const std::pair<std::string, std::string> cases[] = {
@@ -186,6 +195,8 @@ TEST(CliBench, UsageErrorsNameTheFlag) {
       {tiny + "--caption-tokens 5:17", "--caption-tokens 5:17: expected MIN:MAX"},
       {tiny + "--caption-tokens 9", "--caption-tokens 9: expected MIN:MAX"},
       {tiny + "--weight-casts sometimes", "--weight-casts"},
+      {tiny + "--fp8-gelu inline", "--fp8-gelu"},
+      {tiny + "--fp8-gelu fused", "--fp8-gelu fused makes the feed-forward one FP8 operator"},
       {tiny + "--weight-casts per_step --dtype bfloat16",
        "needs --fp32-master and --dtype bfloat16"},
   };
