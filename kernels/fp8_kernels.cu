@@ -9,6 +9,8 @@
 // kernel of partial maxima that every cast block reduces again (amax_partials).
 #include "fp8_kernels.hpp"
 
+#include "vector_loads.cuh"
+
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -108,20 +110,13 @@ __device__ __forceinline__ float nan_max(float a, float b) {
   return (a != a || a > b) ? a : b;
 }
 
-// The eight (bf16) or four (fp32) elements of one 16-byte load, as floats.
+// The eight (bf16) or four (fp32) elements of one 16-byte load, as floats (the element type
+// chosen by the pointer's).
 __device__ __forceinline__ void unpack(const uint4& v, const __nv_bfloat16*, float* out) {
-  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const float2 f = __bfloat1622float2(h[k]);
-    out[2 * k] = f.x;
-    out[2 * k + 1] = f.y;
-  }
+  bf16x8_to_floats(v, out);
 }
 __device__ __forceinline__ void unpack(const uint4& v, const float*, float* out) {
-  const auto* f = reinterpret_cast<const float*>(&v);
-#pragma unroll
-  for (int k = 0; k < 4; ++k) out[k] = f[k];
+  f32x4_to_floats(v, out);
 }
 
 // max|value| of the elements of one 16-byte load of x (and of aux).
@@ -289,22 +284,15 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
 struct Eight {
   float v[8];
 };
-__device__ __forceinline__ Eight load_eight(const __nv_bfloat16* x) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(x);
-  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+// Eight neighbouring elements from a 16-byte aligned address (two 16-byte loads of fp32).
+template <typename In>
+__device__ __forceinline__ Eight load_eight(const In* x) {
+  constexpr int kPerLoad = 16 / sizeof(In);
+  const auto* words = reinterpret_cast<const uint4*>(x);
   Eight e;
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const float2 f = __bfloat1622float2(h[k]);
-    e.v[2 * k] = f.x;
-    e.v[2 * k + 1] = f.y;
-  }
+  for (int w = 0; w < 8 / kPerLoad; ++w) unpack(words[w], x, e.v + w * kPerLoad);
   return e;
-}
-__device__ __forceinline__ Eight load_eight(const float* x) {
-  const float4 a = reinterpret_cast<const float4*>(x)[0];
-  const float4 b = reinterpret_cast<const float4*>(x)[1];
-  return Eight{{a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w}};
 }
 
 template <typename Op, typename In>

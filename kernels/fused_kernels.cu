@@ -3,6 +3,8 @@
 // warp shuffles; parameter-gradient sums by a column kernel with register accumulators.
 #include "fused_kernels.hpp"
 
+#include "vector_loads.cuh"
+
 #include <cuda_bf16.h>
 
 namespace wanhost::kernels {
@@ -14,14 +16,7 @@ constexpr int kVec = 8;
 using bf16 = __nv_bfloat16;
 
 __device__ __forceinline__ void load8(const bf16* p, float (&o)[kVec]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __bfloat1622float2(h[i]);
-    o[2 * i] = f.x;
-    o[2 * i + 1] = f.y;
-  }
+  bf16x8_to_floats(*reinterpret_cast<const uint4*>(p), o);
 }
 
 __device__ __forceinline__ void store8(bf16* p, const float (&v)[kVec]) {

@@ -818,15 +818,15 @@ int Trainer::run() {
             stage.name, k);
     }
     bool first_step_checked = false;
+    const std::int64_t fused_before_stage = fp8_fused_feed_forwards();
     while (p_.stage_step < stage.steps) {
-      const std::int64_t fused_before = fp8_fused_feed_forwards();
       if (p_.global_step + 1 == profile_step)
         profiled_step(stage, inputs);
       else
         train_step(stage, inputs);
       if (!std::exchange(first_step_checked, true)) {
         say_if_weights_have_no_copies();
-        say_how_fp8_feed_forwards_ran(fp8_fused_feed_forwards() - fused_before);
+        say_how_fp8_feed_forwards_ran(fp8_fused_feed_forwards() - fused_before_stage);
       }
       const bool stage_end = p_.stage_step == stage.steps;
       const bool stop = opts_.stop_after_steps && p_.global_step >= *opts_.stop_after_steps;
@@ -860,7 +860,7 @@ int Trainer::run() {
     if (graphs_ && rank0())
       logger()->info("stage '{}': {} step(s) replayed from {} CUDA graph(s){}", stage.name,
                      graphs_->replays(), graphs_->captures(),
-                     graphs_->on() ? "" : " (graphs turned off after a failed capture)");
+                     graphs_->on() ? "" : " (graphs turned off: see the warning above)");
     graphs_.reset();
     drop_compute_weights();  // run.kernels.weight_casts=per_step: the next stage makes its own
   }

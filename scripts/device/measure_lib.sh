@@ -27,8 +27,8 @@ start() {
     . build-carry/env.sh 2>"$R/build.log"
     BIN=build-carry/bin
     # Test binaries of build-device/ run the program and write scratch files at that build's
-    # paths, compiled in (the device's checkout is at the same path as the dev machine's,
-    # /work/main, as its test output shows): the carried folders stand in for them.
+    # absolute paths, compiled in (the device's checkout lies at the same absolute path as the
+    # dev machine's, as the file names in its test output show): the carried folders stand in.
     mkdir -p build-device
     ln -sfn "$PWD/build-carry/bin" build-device/bin
     ln -sfn "$PWD/build-carry/plugins" build-device/plugins

@@ -54,8 +54,7 @@ if grep -qE "lib(av[a-z]*|mpi)\.so" <<<"$linked"; then
   exit 2
 fi
 # Every library the binaries load that is neither the C/C++ runtime nor LibTorch's or CUDA's
-# (both on the device): wanhost's own and the few system ones the device lacks. The program's
-# build gives wanhost's libraries when both builds have them.
+# (both on the device): wanhost's own and the few system ones the device lacks.
 awk '$3 ~ /^\// {print $1, $3}' <<<"$linked" | sort -u |
   while read -r name path; do
     case $name in
@@ -65,9 +64,6 @@ awk '$3 ~ /^\// {print $1, $3}' <<<"$linked" | sort -u |
     case $path in */torch/lib/* | /usr/local/cuda*) continue ;; esac
     [ -e "build-carry/lib/$name" ] || cp -L "$path" "build-carry/lib/$name"
   done
-if [ $program = 1 ]; then  # the program's own libraries over a test build's
-  for l in "$PROGRAM_BUILD"/lib/libwanhost*.so.[0-9]; do cp -L "$l" build-carry/lib/; done
-fi
 strip --strip-debug build-carry/bin/* build-carry/lib/* build-carry/plugins/*.so 2>/dev/null || true
 cat >build-carry/env.sh <<'ENV'
 # Sourced on the device: the carried libraries, then the device's LibTorch and CUDA.
