@@ -68,6 +68,11 @@ class StepGraphs {
                  const Launch& launch);
 
   bool on() const { return on_; }
+  // Whether run() would replay a step of `key` (its graph is captured): the trainer profiles such
+  // a step as a replay, and any other step eagerly (a capture under the profiler is not a step).
+  bool replays(const std::optional<std::string>& key) const {
+    return on_ && key && graphs_.count(*key) > 0;
+  }
   long captures() const { return captures_; }
   long replays() const { return replays_; }
 

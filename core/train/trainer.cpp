@@ -479,10 +479,13 @@ void Trainer::train_step(const StageConfig& stage, StepPrefetcher& inputs) {
   };
   at::Tensor readback;
   std::string step_mode = "eager";
-  if (graphs_ && !profiling_) {
+  std::optional<std::string> key;  // before the move
+  if (graphs_)
+    key = step_graph_key(in, *c_.model, lr_on_device() ? std::nullopt : std::optional<double>(lr));
+  // A profiled step is a replay when its key's graph is captured (what replayed steps spend,
+  // launch gaps included), else eager: neither captures nor counts as a key's eager step.
+  if (graphs_ && (!profiling_ || graphs_->replays(key))) {
     const long captured = graphs_->captures(), replayed = graphs_->replays();
-    const std::optional<std::string> key =  // before the move
-        step_graph_key(in, *c_.model, lr_on_device() ? std::nullopt : std::optional<double>(lr));
     readback = graphs_->run(key, std::move(in), counts, launch);
     if (graphs_->captures() > captured)
       step_mode = "captured";

@@ -57,7 +57,13 @@ Json KernelProfile::to_json(std::size_t top) const {
                             {"class", kernels[i].kind},
                             {"ms", kernels[i].ms},
                             {"calls", kernels[i].calls}});
-  return {{"total_ms", total_ms}, {"classes_ms", classes_json}, {"top", kernels_json}};
+  Json j = {{"total_ms", total_ms}, {"classes_ms", classes_json}, {"top", kernels_json}};
+  if (span_ms > 0) {
+    j["span_ms"] = span_ms;
+    j["idle_ms"] = span_ms - total_ms;
+    j["launches"] = launches;
+  }
+  return j;
 }
 
 std::string KernelProfile::table(std::size_t top) const {
@@ -66,6 +72,13 @@ std::string KernelProfile::table(std::size_t top) const {
   if (total_ms >= 0) {
     std::snprintf(line, sizeof line, "  kernel time per step: %.3f ms\n", total_ms);
     out += line;
+    if (span_ms > 0) {
+      std::snprintf(line, sizeof line,
+                    "  device span per step: %.3f ms (first activity's start to last one's "
+                    "end), of it idle %.3f ms between %.0f activities\n",
+                    span_ms, span_ms - total_ms, launches);
+      out += line;
+    }
   } else {
     out += "  CPU operator times per step, inclusive (nested operators overlap):\n";
   }
@@ -111,6 +124,8 @@ KernelProfile profile_kernels(const c10::Device& device, const std::function<voi
 
   // GPUs: device kernels, memcpy and memset. CPU: operators, inclusive (nested ones overlap).
   std::map<std::string, std::pair<double, double>> by_name;  // ns, calls
+  std::int64_t first_ns = 0, last_ns = 0;
+  double device_events = 0;
   for (const auto& e : result->events()) {
     const bool on_device = e.deviceType() == c10::DeviceType::CUDA;
     if (gpu != on_device) continue;
@@ -118,8 +133,19 @@ KernelProfile profile_kernels(const c10::Device& device, const std::function<voi
     auto& [ns, calls] = by_name[e.name()];
     ns += static_cast<double>(e.durationNs());
     calls += 1;
+    if (gpu) {
+      const auto start = static_cast<std::int64_t>(e.startNs());
+      const auto end = start + static_cast<std::int64_t>(e.durationNs());
+      if (device_events == 0 || start < first_ns) first_ns = start;
+      if (device_events == 0 || end > last_ns) last_ns = end;
+      device_events += 1;
+    }
   }
   KernelProfile p;
+  if (device_events > 0) {
+    p.span_ms = static_cast<double>(last_ns - first_ns) / 1e6 / repeats;
+    p.launches = device_events / repeats;
+  }
   for (const auto& [name, v] : by_name) {
     KernelTime k{name, kernel_class(name), v.first / 1e6 / repeats, v.second / repeats};
     p.total_ms += k.ms;

@@ -34,6 +34,8 @@
 #             (logging.profile_step): device time per kernel class and the longest kernels, the
 #             optimizer, gradient casts and clipping included; PROFILE_LEVERS=1 also with the
 #             weights cast in one pass and wanhost's AdamW, PROFILE_FP8=1 also with FP8 on top;
+#             PROFILE_GRAPHS=1 first a replayed step (bf16; FP8 too with GRAPH_FP8=1) with the
+#             device's idle time between its kernels (PROFILE_EAGER=0: only those);
 #  - peer:    the compiled peer's blocks (build-perf/peer/peer_wan_block.py) on the same GPU.
 # PREBUILT=1 with a carried build-carry/ (scripts/device/prebuilt.sh --program TEST...) skips the
 # build (~150 s of a fresh machine); the tests are then those carried.
@@ -51,11 +53,11 @@ start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_ke
 
 # A GPU test binary under a time limit (a hanging test must not take the whole call); its exit
 # status goes into the summary when it is not 0 (124: timed out).
-gpu_test() { # BINARY ARGS...
+gpu_test() { # BINARY ARGS... (TEST_S: the limit, default 150 s)
   local bin=$BIN/$1
   shift
   [ -x "$bin" ] || { say "$bin: not built"; return; }
-  timeout 150 "$bin" "$@" >>"$R/tests.txt" 2>&1
+  timeout "${TEST_S:-150}" "$bin" "$@" >>"$R/tests.txt" 2>&1
   local rc=$?
   [ $rc = 0 ] || say "$(basename "$bin") exit $rc"
 }
@@ -71,7 +73,7 @@ if want tests; then
   gpu_test test_compute_weights
   # The step's text_lengths handed on the host, pinned (SDK 2.4 models); whole steps replayed as
   # CUDA graphs against eager ones (run.cuda_graphs); the step's numbers read through pinned memory.
-  gpu_test test_train_units --gtest_filter='StepPrefetcher*:CudaGraphs*:HostRead*:Fp8FeedForward*'
+  TEST_S=240 gpu_test test_train_units --gtest_filter='StepPrefetcher*:CudaGraphs*:HostRead*:Fp8FeedForward*'
   grep -E "^\[  (PASSED|FAILED) |FAILED|figures|Failure" "$R/tests.txt" | head -30 |
     tee -a "$OUT/summary.txt"
 fi
@@ -181,9 +183,9 @@ fi
 # whose eager step beside the first key's graph ran out of memory on an 80 GB H100, 2026-12-05).
 # Stage 1 keeps its LR warm-up (the update reads the LR on the device, SDK 2.6: a warm-up's steps
 # are replayed too).
+G=(--set stages.0.text_rows=252 --set stages.1.text_rows=252
+  --set model.wan21_dit.collapsed_rows_from=\"text_rows\")
 if want graphsteps && [ -x "$W" ]; then
-  G=(--set stages.0.text_rows=252 --set stages.1.text_rows=252
-    --set model.wan21_dit.collapsed_rows_from=\"text_rows\")
   for stage in ${STAGES:-1 2}; do
     left 100 && run_steps ddp-bf16-t252 $stage "${G[@]}"
     left 100 && run_steps ddp-bf16-graphs $stage "${G[@]}" --set run.cuda_graphs=true
@@ -207,6 +209,9 @@ fi
 want peerstep && ratios
 # PROFILE_LEVERS=1: the same profile with the built levers on (weights cast in one pass a step;
 # wanhost's AdamW kernel is the default), and PROFILE_FP8=1 with FP8 linear layers too.
+# PROFILE_GRAPHS=1: a replayed step (graphsteps' settings: one key a stage, the profiled step a
+# replay of it), bf16 and, with GRAPH_FP8=1, FP8: its kernels and the device's idle time between
+# them ("device span"), what is left of a step once the host launches nothing.
 profile_step() { # TAG STAGE EXTRA...
   local tag=$1 stage=$2
   shift 2
@@ -219,6 +224,12 @@ profile_step() { # TAG STAGE EXTRA...
 if want stepprofile && [ -x "$W" ]; then
   L=(--set run.kernels.weight_casts=\"per_step\")
   for stage in ${STAGES:-1 2}; do
+    if [ "${PROFILE_GRAPHS:-0}" = 1 ]; then
+      profile_step bf16-graphs $stage "${G[@]}" --set run.cuda_graphs=true || break
+      [ "${GRAPH_FP8:-0}" = 1 ] && { profile_step fp8-graphs $stage "${G[@]}" \
+        --set run.cuda_graphs=true --set run.fp8=\"tensorwise\" || break; }
+      [ "${PROFILE_EAGER:-1}" = 1 ] || continue
+    fi
     profile_step bf16 $stage || break
     [ "${PROFILE_LEVERS:-0}" = 1 ] && { profile_step bf16-levers $stage "${L[@]}" || break; }
     [ "${PROFILE_FP8:-0}" = 1 ] &&

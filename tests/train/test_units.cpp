@@ -146,10 +146,16 @@ TEST(StepGraphs, CapturesAKeysSecondStepAndReplaysLaterOnesWithTheirOwnValues) {
     const at::Tensor counts = at::full({4}, 10 * v, at::kDouble);
     return graphs.run(key, graph_inputs(v), counts, probe.launch());
   };
+  EXPECT_FALSE(graphs.replays(key));
   const auto first = step(1);  // eager
   EXPECT_EQ(probe.captures, 0);
   EXPECT_EQ(graphs.replays(), 0);
+  EXPECT_FALSE(graphs.replays(key)) << "a key's first step captures nothing";
   const auto second = step(2);  // captured, then replayed
+  // What the trainer asks before it profiles a step: a replay from here on, of this key only.
+  EXPECT_TRUE(graphs.replays(key));
+  EXPECT_FALSE(graphs.replays(std::string("other")));
+  EXPECT_FALSE(graphs.replays(std::nullopt));
   EXPECT_EQ(probe.captures, 1);
   EXPECT_EQ(graphs.captures(), 1);
   EXPECT_EQ(graphs.replays(), 1);
@@ -214,6 +220,7 @@ TEST(StepGraphs, ANewKeyOutOfMemoryBesideTheGraphsDropsThemAndRunsAgainEagerly) 
   EXPECT_EQ(probe.launches, 6) << "the step ran again";
   EXPECT_EQ(values(out)[0], 9.0f) << "with its own inputs";
   EXPECT_FALSE(graphs.on());
+  EXPECT_FALSE(graphs.replays(std::string("k"))) << "its graph was dropped";
   graphs.run(std::string("k"), graph_inputs(4), counts, probe.launch());
   EXPECT_EQ(probe.launches, 7) << "the dropped key's step runs eagerly";
   EXPECT_EQ(graphs.replays(), 2);
@@ -837,6 +844,40 @@ TEST(Fp8FeedForward, TrainsAsTheSeparateLayersOnAGpu) {
       "of loss and gradient norm)\n",
       largest_difference(m["separate"], m["fused"]));
   expect_same_steps(m["separate"], m["fused"], "fused vs separate FP8 feed-forward");
+}
+
+// logging.profile_step on a step whose key has a captured graph profiles the replay (what a
+// replayed step spends: its kernels and the device's idle time between them), and the run trains
+// as without the profile; a step of a key not captured yet is profiled eagerly.
+TEST(CudaGraphs, AProfiledStepOfACapturedKeyIsProfiledAsAReplayOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
+  const fs::path dir = scratch_dir();
+  std::map<std::string, std::vector<Json>> m;
+  for (const auto& [name, profile_step] :
+       std::vector<std::pair<std::string, long>>{{"graphs", 0}, {"replay", 5}, {"first", 1}}) {
+    auto args = graph_run("cuda", true);
+    if (profile_step > 0)
+      args = with(args, {"--set", "logging.profile_step=" + std::to_string(profile_step)});
+    const Result r = run_cli(run_args(dir / name, args));
+    ASSERT_EQ(r.code, 0) << name << ": " << r.describe();
+    m[name] = read_metrics(dir / name);
+    ASSERT_EQ(m[name].size(), static_cast<std::size_t>(kTotalSteps)) << name;
+  }
+  const Json& replayed = m["replay"][4];
+  EXPECT_EQ(replayed["cuda_graph"], "replayed");
+  EXPECT_EQ(replayed["profiled"], true);
+  EXPECT_EQ(m["first"][0]["cuda_graph"], "eager");
+  EXPECT_EQ(m["first"][0]["profiled"], true);
+  EXPECT_EQ(m["first"][1]["cuda_graph"], "eager") << "the profiled step was not the key's first";
+  EXPECT_EQ(m["first"][2]["cuda_graph"], "captured");
+  const Json summary = Json::parse(read_file(dir / "replay" / "profile" / "summary.json"));
+  EXPECT_GT(summary["total_ms"].get<double>(), 0);
+  // One stream: kernels follow each other (programmatic dependent launches may overlap a
+  // kernel's tail with the next one's start a little).
+  EXPECT_GE(summary["span_ms"].get<double>(), 0.95 * summary["total_ms"].get<double>());
+  EXPECT_GT(summary["launches"].get<double>(), 10);
+  expect_same_steps(m["graphs"], m["replay"], "a replay profiled");
+  expect_same_steps(m["graphs"], m["first"], "a first step profiled");
 }
 
 }  // namespace
