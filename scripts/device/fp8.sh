@@ -53,7 +53,9 @@ start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_ke
 
 # A GPU test binary under a time limit (a hanging test must not take the whole call); its exit
 # status goes into the summary when it is not 0 (124: timed out).
+# GPU_TESTS="test_kernels ...": only those binaries (default: all below).
 gpu_test() { # BINARY ARGS... (TEST_S: the limit, default 150 s)
+  [ -z "${GPU_TESTS:-}" ] || [[ " $GPU_TESTS " == *" $1 "* ]] || return 0
   local bin=$BIN/$1
   shift
   [ -x "$bin" ] || { say "$bin: not built"; return; }
@@ -73,7 +75,8 @@ if want tests; then
   gpu_test test_compute_weights
   # The step's text_lengths handed on the host, pinned (SDK 2.4 models); whole steps replayed as
   # CUDA graphs against eager ones (run.cuda_graphs); the step's numbers read through pinned memory.
-  TEST_S=240 gpu_test test_train_units --gtest_filter='StepPrefetcher*:CudaGraphs*:HostRead*:Fp8FeedForward*'
+  TEST_S=240 gpu_test test_train_units \
+    --gtest_filter="${TRAIN_TESTS:-StepPrefetcher*:CudaGraphs*:HostRead*:Fp8FeedForward*}"
   grep -E "^\[  (PASSED|FAILED) |FAILED|figures|Failure" "$R/tests.txt" | head -30 |
     tee -a "$OUT/summary.txt"
 fi
