@@ -41,6 +41,13 @@ __device__ __forceinline__ unsigned char to_fp8(float v, Fp8Format format) {
                                format == Fp8Format::e4m3 ? __NV_E4M3 : __NV_E5M2);
 }
 
+// x scaled by inv and rounded, saturating, but an infinite x becomes NaN: a value beyond a
+// delayed scale's range saturates, an overflow of the model must stay visible (under current
+// scaling an infinity makes the scale infinite and every value NaN anyway).
+__device__ __forceinline__ unsigned char scaled_fp8(float x, float inv, Fp8Format format) {
+  return to_fp8(isinf(x) ? __int_as_float(0x7fc00000) : x * inv, format);
+}
+
 // The prologues (Fp8Prologue): value(x, aux) of one element. kAux: whether aux is read.
 struct Identity {
   static constexpr bool kAux = false;
@@ -85,12 +92,19 @@ struct GeluTanhGrad {  // value(dy, x) = dy * gelu'(x)
   }
 };
 
+// |v| when finite, else 0: what the history records (a step with an infinite or NaN operand is
+// not finite anyway; its maximum must not set the scales of the steps after it).
+__device__ __forceinline__ float finite_abs(float v) {
+  const float m = fabsf(v);
+  return m <= 3.402823466e38f ? m : 0.f;
+}
+
 // The element pair (r, c), (r, c + 1) as two FP8 bytes (low byte: column c), its values added to
 // the column sums.
 template <typename Op, typename In>
 __device__ __forceinline__ unsigned short pair_bytes(const In* x, const In* aux, std::int64_t at,
                                                      float inv, Fp8Format format, float& sum0,
-                                                     float& sum1) {
+                                                     float& sum1, float& amax) {
   float a, b, aux_a = 0.f, aux_b = 0.f;
   load_pair(x + at, a, b);
   if constexpr (Op::kAux) load_pair(aux + at, aux_a, aux_b);
@@ -98,7 +112,9 @@ __device__ __forceinline__ unsigned short pair_bytes(const In* x, const In* aux,
   b = Op::value(b, aux_b);
   sum0 += a;
   sum1 += b;
-  return static_cast<unsigned short>(to_fp8(a * inv, format) | (to_fp8(b * inv, format) << 8));
+  amax = fmaxf(amax, fmaxf(finite_abs(a), finite_abs(b)));
+  return static_cast<unsigned short>(scaled_fp8(a, inv, format) |
+                                     (scaled_fp8(b, inv, format) << 8));
 }
 
 constexpr int kAmaxThreads = 256;
@@ -206,6 +222,9 @@ struct CastArgs {
   int amax_count;
   float min_amax, inv_top;
   float* scale_out;
+  float* history;
+  int history_len;
+  const std::int64_t* step;
   Fp8Format format;
   unsigned char* q;
   unsigned char* qt;
@@ -214,14 +233,45 @@ struct CastArgs {
 
 // The operand's 1 / scale for a tile's block: max|x| from the partials (every block reduces them
 // alike), the scale with ATen's arithmetic, written by the first block's first thread.
+// Delayed scaling (fp8_kernels.hpp): the history's current and next slots.
+struct Slots {
+  int current, next;
+};
+__device__ __forceinline__ Slots history_slots(const CastArgs& a) {
+  const std::int64_t step = *a.step;
+  const auto len = static_cast<std::int64_t>(a.history_len);
+  const auto current = static_cast<int>(((step % len) + len) % len);
+  return {current, (current + 1) % a.history_len};
+}
+
+// The operand's 1 / scale for a tile's block: max|x| from the partials (every block reduces them
+// alike), or from the history (delayed scaling), the scale with ATen's arithmetic, written by the
+// first block's first thread (who also clears the history's next slot).
 __device__ __forceinline__ float tile_inverse_scale(const CastArgs& a) {
   const int tid = threadIdx.x + threadIdx.y * blockDim.x;
   const int threads = blockDim.x * blockDim.y;
+  const bool first = blockIdx.x == 0 && blockIdx.y == 0 && tid == 0;
   float amax = 0.f;
-  for (int i = tid; i < a.amax_count; i += threads) amax = nan_max(amax, a.amax_partials[i]);
+  if (a.amax_partials != nullptr) {
+    for (int i = tid; i < a.amax_count; i += threads) amax = nan_max(amax, a.amax_partials[i]);
+  } else {
+    const Slots s = history_slots(a);
+    for (int i = tid; i < a.history_len; i += threads)
+      if (i != s.current && i != s.next) amax = nan_max(amax, a.history[i]);
+  }
+  if (a.history != nullptr && first) a.history[history_slots(a).next] = 0.f;
   const float scale = dequantisation_scale(block_nan_max(amax), a.min_amax, a.inv_top);
-  if (blockIdx.x == 0 && blockIdx.y == 0 && tid == 0) *a.scale_out = scale;
+  if (first) *a.scale_out = scale;
   return __frcp_rn(scale);  // at::reciprocal's 1 / scale, correctly rounded
+}
+
+// Delayed scaling: the block's max|value| over the finite values into the current slot. Values
+// are non-negative floats, whose order is that of their bits as integers.
+__device__ __forceinline__ void record_amax(const CastArgs& a, float thread_max) {
+  if (a.history == nullptr) return;  // the same for every thread of the block
+  const float m = block_nan_max(thread_max);
+  if (threadIdx.x == 0 && threadIdx.y == 0)
+    atomicMax(reinterpret_cast<int*>(a.history + history_slots(a).current), __float_as_int(m));
 }
 
 template <typename Op, typename In>
@@ -236,16 +286,18 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
   const float inv = tile_inverse_scale(a);
   const std::int64_t c = c0 + 2 * tx;
   float sum0 = 0.f, sum1 = 0.f;  // columns c and c + 1 over this thread's rows of the tile
+  float amax = 0.f;              // of the finite values (delayed scaling's record)
   for (int i = ty; i < kTile; i += kTileRowsPerPass) {
     const std::int64_t r = r0 + i;
     unsigned short bytes = 0;  // rows past the matrix: the zero padding of qt
     if (r < a.rows && c < a.cols) {
-      bytes = pair_bytes<Op>(x, aux, r * a.cols + c, inv, a.format, sum0, sum1);
+      bytes = pair_bytes<Op>(x, aux, r * a.cols + c, inv, a.format, sum0, sum1, amax);
       if (a.q != nullptr) *reinterpret_cast<unsigned short*>(a.q + r * a.cols + c) = bytes;
     }
     tile[i][2 * tx] = static_cast<unsigned char>(bytes & 0xff);
     tile[i][2 * tx + 1] = static_cast<unsigned char>(bytes >> 8);
   }
+  record_amax(a, amax);
   if (a.column_partials != nullptr) {  // the same for every thread of the block
     // The tile's column sums, its rows added in a fixed order (deterministic).
     sums[ty][2 * tx] = sum0;
@@ -311,6 +363,7 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
   const int group = tid % kGroups, row_in_pass = tid / kGroups;
   const std::int64_t c = c0 + 8 * group;  // c + 8 <= cols whenever c < cols (cols % 8 == 0)
   float colsum[8] = {};
+  float amax = 0.f;  // of the finite values (delayed scaling's record)
   Eight in[kPasses];
   bool inside[kPasses];
 #pragma unroll
@@ -338,7 +391,8 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
         colsum[k] += in[pass].v[k];
-        word[k / 4] |= static_cast<unsigned int>(to_fp8(in[pass].v[k] * inv, a.format))
+        amax = fmaxf(amax, finite_abs(in[pass].v[k]));
+        word[k / 4] |= static_cast<unsigned int>(scaled_fp8(in[pass].v[k], inv, a.format))
                        << (8 * (k % 4));
       }
       bytes = make_uint2(word[0], word[1]);
@@ -346,6 +400,7 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
     }
     *reinterpret_cast<uint2*>(&tile[i][8 * group]) = bytes;
   }
+  record_amax(a, amax);
   if (a.column_partials != nullptr) {  // the same for every thread of the block
 #pragma unroll
     for (int k = 0; k < 8; ++k) sums[row_in_pass][8 * group + k] = colsum[k];
@@ -407,8 +462,11 @@ cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t row
                                std::int64_t cols, const Fp8Scale& scale, Fp8Format format, void* q,
                                void* qt, std::int64_t padded_rows, float* column_partials,
                                cudaStream_t stream, Fp8Prologue prologue, const void* aux) {
+  const bool from_partials = scale.amax_partials != nullptr && scale.amax_count > 0;
+  const bool history = scale.history != nullptr && scale.history_len >= 3 && scale.step != nullptr;
   if (rows <= 0 || cols <= 0 || cols % 2 != 0 || padded_rows < rows || padded_rows % 2 != 0 ||
-      scale.amax_partials == nullptr || scale.amax_count <= 0 || scale.scale_out == nullptr)
+      !(from_partials || history) || (scale.history != nullptr && !history) ||
+      scale.scale_out == nullptr)
     return cudaErrorInvalidValue;
   const std::int64_t row_tiles = (padded_rows + kTile - 1) / kTile;
   const std::int64_t col_tiles = (cols + kTile - 1) / kTile;
@@ -418,11 +476,14 @@ cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t row
   const CastArgs args{rows,
                       cols,
                       padded_rows,
-                      scale.amax_partials,
+                      from_partials ? scale.amax_partials : nullptr,
                       scale.amax_count,
                       scale.min_amax,
                       scale.inv_top,
                       scale.scale_out,
+                      scale.history,
+                      scale.history_len,
+                      scale.step,
                       format,
                       static_cast<unsigned char*>(q),
                       static_cast<unsigned char*>(qt),

@@ -41,14 +41,29 @@ enum class Fp8Prologue {
 // column sums of x (unscaled, fp32) per kFp8CastTileRows rows: column_partials [ceil(padded_rows /
 // kFp8CastTileRows), cols], every slot written (a bias gradient is their sum over the tiles:
 // deterministic, no atomics).
+//
+// Delayed scaling (Transformer Engine's DelayedScaling; run.fp8 = "delayed"): with `history` set,
+// the operand's max|x| over the finite values is also recorded, by every block's atomic maximum,
+// into history[step % history_len] (the current step's slot, zero at the step's start), and
+// history[(step + 1) % history_len] is set to zero (the next step's slot: nobody reads or writes
+// it this step). Without amax_partials the scale is made from the history instead of from x:
+// the largest entry but those two slots, i.e. max|x| of the last history_len - 2 steps (zeros of
+// steps not yet run add nothing), and values beyond it saturate. No kernel of its own and no
+// host synchronisation: the step count is read on the device, so a captured step replays right.
 struct Fp8Scale {
   // device: max|x| in fp32 as fp8_amax_partials leaves it, `amax_count` partial maxima (each
-  // block of the cast reduces them again: no kernel of its own, no zeroed accumulator)
+  // block of the cast reduces them again: no kernel of its own, no zeroed accumulator); null
+  // for a scale made from `history`
   const float* amax_partials = nullptr;
   int amax_count = 0;
   float min_amax = 0.f;        // the clamp of an all-zero operand
   float inv_top = 0.f;         // float(1.0 / the format's largest value)
   float* scale_out = nullptr;  // device, the dequantisation scale (written by one thread)
+  // device, delayed scaling (may be null): the ring of per-step maxima, its length (>= 3) and
+  // the step count that picks the current slot
+  float* history = nullptr;
+  int history_len = 0;
+  const std::int64_t* step = nullptr;
 };
 
 // max|x| over x's n elements (fp32 or bf16, contiguous) as fp8_amax_blocks(n) partial maxima

@@ -160,7 +160,8 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
   const auto dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
   if (o.fp8_gelu == "fused" && o.fp8 == "off")
     throw UsageError(
-        "--fp8-gelu fused makes the feed-forward one FP8 operator: it needs --fp8 tensorwise");
+        "--fp8-gelu fused makes the feed-forward one FP8 operator: it needs --fp8 tensorwise or "
+        "delayed");
   if (o.weight_casts == "per_step" && (!o.fp32_master || dtype == at::kFloat))
     throw UsageError(
         "--weight-casts per_step casts fp32 master weights to the compute dtype: it needs "
@@ -250,7 +251,8 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
   const bool cast_once = kernel_options().weight_casts_per_step;
   auto eager_step = [&] {
     for (auto& p : params) p.mutable_grad() = at::Tensor();
-    weights_changed();  // as before a training step: FP8 and compute-dtype copies made again
+    weights_changed();        // as before a training step: FP8 and compute-dtype copies made again
+    fp8_step_begins(device);  // --fp8 delayed: the amax histories' step
     if (cast_once) refresh_compute_weights(params, dtype);
     auto h = hidden.detach().requires_grad_(true);
     for (std::int64_t i = 0; i < model->num_blocks(); ++i) h = model->block_forward(i, h, act);

@@ -57,12 +57,13 @@ void add_bench_command(CLI::App& app, GlobalOptions& g) {
       ->check(CLI::IsMember({"per_use", "per_step"}))
       ->capture_default_str();
   b->add_option("--fp8", o->fp8,
-                "FP8 products for the blocks' large linear layers: off or tensorwise (run.fp8); "
-                "the weights are quantised once per timed step, as once per optimizer step")
-      ->check(CLI::IsMember({"off", "tensorwise"}))
+                "FP8 products for the blocks' large linear layers: off, tensorwise or delayed "
+                "(run.fp8, with 16 steps of history); the weights are quantised once per timed "
+                "step, as once per optimizer step")
+      ->check(CLI::IsMember({"off", "tensorwise", "delayed"}))
       ->capture_default_str();
   b->add_option("--fp8-gelu", o->fp8_gelu,
-                "With --fp8 tensorwise: the feed-forward's GELU as ATen's kernel between the two "
+                "With --fp8 on: the feed-forward's GELU as ATen's kernel between the two "
                 "FP8 layers (separate) or applied inside their FP8 cast kernels (fused; "
                 "run.kernels.fp8_gelu)")
       ->check(CLI::IsMember({"separate", "fused"}))

@@ -60,6 +60,7 @@ RunConfig parse_run_config(const Json& resolved) {
   c.run.precision = r.at("precision");
   c.run.master_weights = r.at("master_weights");
   c.run.fp8 = parse_fp8_recipe(r.at("fp8"));  // the schema allows only the recipe names
+  c.run.fp8_amax_history = r.at("fp8_amax_history");
   c.run.skip_nonfinite = r.at("nonfinite") == "skip";
   c.run.nonfinite_max_consecutive = r.at("nonfinite_max_consecutive");
   c.run.threads = r.at("threads");

@@ -24,6 +24,7 @@ struct RunSettings {
   std::string precision;           // auto | fp32 | bf16 (compute)
   std::string master_weights;      // fp32 | bf16
   Fp8Recipe fp8 = Fp8Recipe::off;  // run.fp8
+  int fp8_amax_history = 16;       // run.fp8_amax_history (delayed)
   bool skip_nonfinite = false;     // nonfinite: skip (else abort)
   long nonfinite_max_consecutive = 10;
   int threads = 0;

@@ -154,6 +154,7 @@ class Trainer {
   void export_weights();
   void say_if_weights_have_no_copies() const;
   void say_how_fp8_feed_forwards_ran(std::int64_t fused) const;
+  void say_how_fp8_scales_were_made(std::int64_t delayed) const;
   void summary() const;
   bool rank0() const { return env_.rank == 0; }
 
@@ -421,6 +422,9 @@ at::Tensor Trainer::launch_step(const StageConfig& stage, const StepInputs& in,
   // Weights change between steps only (optimizer step, load): their compute-dtype and FP8 copies
   // are made again once.
   weights_changed();
+  // run.fp8 = delayed: the step count that picks each amax history's slot (on the device: a
+  // replayed step advances it too).
+  fp8_step_begins(c_.ctx.device);
   StepLoss sl = parallelism("forward_backward", [&] {
     return c_.parallelism->forward_backward(
         *c_.model, in.micro, [&](const at::Tensor& pred, const NoisedBatch& nb) {
@@ -631,6 +635,22 @@ void Trainer::say_if_weights_have_no_copies() const {
       cfg_.parallelism.plugin);
 }
 
+// run.fp8 = delayed after a stage's second step (its first scales every operand by its own
+// max|x| and starts the histories): how many casts took their scale from a history, or that none
+// did (a parallelism plugin whose layers are not the kit's FP8 layers).
+void Trainer::say_how_fp8_scales_were_made(std::int64_t delayed) const {
+  if (cfg_.run.fp8 != Fp8Recipe::delayed || !rank0()) return;
+  if (delayed > 0)
+    logger()->info(
+        "run.fp8=delayed: {} FP8 casts of the stage's second step took their scale from the last "
+        "{} steps' max|x| (no max|x| pass)",
+        delayed, cfg_.run.fp8_amax_history);
+  else
+    logger()->warn(
+        "run.fp8=delayed: no FP8 cast of the stage's second step took its scale from a history; "
+        "every operand was scaled by its own max|x| (as tensorwise)");
+}
+
 // run.kernels.fp8_gelu=fused after a stage's first step: how many feed-forwards ran as one FP8
 // operator, or that none did (layers that are not the kit's, e.g. tensor-parallel ones).
 void Trainer::say_how_fp8_feed_forwards_ran(std::int64_t fused) const {
@@ -704,6 +724,7 @@ int Trainer::run() {
   if (cfg_.run.threads > 0) at::set_num_threads(cfg_.run.threads);
   set_kernel_options(cfg_.run.kernels);
   set_fp8_recipe(cfg_.run.fp8);
+  set_fp8_amax_history(cfg_.run.fp8_amax_history);
   set_fault_rank(env_.rank);
   const c10::Device device = run_device(cfg_, env_.local_rank);
   CommTimeouts timeouts;
@@ -715,14 +736,22 @@ int Trainer::run() {
       c_.ctx.device.str(), c10::toString(c_.ctx.param_dtype), c10::toString(c_.ctx.compute_dtype),
       cfg_.run.fp8 == Fp8Recipe::off
           ? std::string()
-          : std::string(", FP8 block linear layers (") + fp8_recipe_name(cfg_.run.fp8) + ")",
+          : std::string(", FP8 block linear layers (") + fp8_recipe_name(cfg_.run.fp8) +
+                (cfg_.run.fp8 == Fp8Recipe::delayed
+                     ? ", scales from " + std::to_string(cfg_.run.fp8_amax_history) +
+                           " steps of max|x|"
+                     : std::string()) +
+                ")",
       cfg_.model.plugin, c_.model->num_blocks(), cfg_.parallelism.plugin, env_.world_size);
   if (cfg_.run.fp8 != Fp8Recipe::off)
     logger()->warn(
         "run.fp8 is experimental: in a 300-step loss A/B against bf16 (docs/performance.md, FP8 "
         "linear layers) stage 1 stayed within 0.2 % but stage 2 parted by up to 6 % (bf16 "
         "against bf16 with other kernels: 4 %); compare a run of yours against bf16 before "
-        "relying on it");
+        "relying on it{}",
+        cfg_.run.fp8 == Fp8Recipe::delayed
+            ? ". That A/B was of tensorwise scaling; delayed scaling has not had its own yet"
+            : "");
   peak_tflops_ = cfg_.run.peak_tflops;
   if (peak_tflops_ <= 0 && device.is_cuda()) {
     peak_tflops_ = matmul_peak_tflops(device);
@@ -822,7 +851,11 @@ int Trainer::run() {
     }
     bool first_step_checked = false;
     const std::int64_t fused_before_stage = fp8_fused_feed_forwards();
+    // run.fp8 = delayed: another stage's maxima say nothing of this one's shapes and magnitudes.
+    fp8_forget_history();
+    std::int64_t delayed_before_step = 0;
     while (p_.stage_step < stage.steps) {
+      if (p_.stage_step == 1) delayed_before_step = fp8_delayed_quantizations();
       if (p_.global_step + 1 == profile_step)
         profiled_step(stage, inputs);
       else
@@ -831,6 +864,8 @@ int Trainer::run() {
         say_if_weights_have_no_copies();
         say_how_fp8_feed_forwards_ran(fp8_fused_feed_forwards() - fused_before_stage);
       }
+      if (p_.stage_step == 2)
+        say_how_fp8_scales_were_made(fp8_delayed_quantizations() - delayed_before_step);
       const bool stage_end = p_.stage_step == stage.steps;
       const bool stop = opts_.stop_after_steps && p_.global_step >= *opts_.stop_after_steps;
       // Every rank flushes its log file each step, so a full disk is noticed now.

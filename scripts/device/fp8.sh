@@ -21,6 +21,8 @@
 #             other roundings (the noise floor);
 #  - steps:   whole 1.3B steps (`wanhost run`, ddp), stage 1 and 2, fp8 off and tensorwise
 #             (STEP_PRECISIONS="bf16": bf16 only);
+#             FP8_DELAYED=1 adds delayed scaling (run.fp8 = delayed) to graphsteps' FP8 runs
+#             (with GRAPH_FP8=1) and to the loss A/B;
 #  - graphsteps: whole bf16 steps, text padded to 252 rows, eagerly and with run.cuda_graphs
 #             (steps replayed as CUDA graphs); GRAPH_FP8=1 adds FP8 steps with graphs,
 #             GRAPH_ADAMW=1 bf16 graphs with LibTorch's fused AdamW (the default is wanhost's
@@ -137,6 +139,11 @@ if want ab && [ -x "$W" ] && left 150; then
   ab_run bf16
   left 100 && ab_run fp8 --set run.fp8=\"tensorwise\"
   runs=("$R/ab-bf16" "$R/ab-fp8") labels=(--label bf16 --label fp8-tensorwise)
+  # FP8_DELAYED=1: delayed scaling too (run.fp8 = delayed, 16 steps of history).
+  if [ "${FP8_DELAYED:-0}" = 1 ] && left 130; then
+    ab_run fp8-delayed --set run.fp8=\"delayed\"
+    runs+=("$R/ab-fp8-delayed") labels+=(--label fp8-delayed)
+  fi
   # The noise floor (AB_FLOOR=1): bf16 again with the fused kernels off, the same arithmetic with
   # other roundings. Where this pair parts as far as bf16 and FP8, the 2 % bound measures how
   # chaotic one-sample steps are, not FP8.
@@ -203,6 +210,11 @@ if want graphsteps && [ -x "$W" ]; then
     # GRAPH_FP8=1: FP8 linear layers replayed too (cheaper arithmetic than the bf16 peer's).
     [ "${GRAPH_FP8:-0}" = 1 ] && left 100 && run_steps ddp-fp8-graphs $stage "${G[@]}" \
       --set run.cuda_graphs=true --set run.fp8=\"tensorwise\"
+    # FP8_DELAYED=1 (with GRAPH_FP8): the same with delayed scaling (run.fp8 = delayed: no max|x|
+    # pass, the scales from the last 16 steps' maxima).
+    [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}" = 11 ] && left 100 &&
+      run_steps ddp-fp8-delayed-graphs $stage "${G[@]}" --set run.cuda_graphs=true \
+        --set run.fp8=\"delayed\"
     # FP8_GELU=1 (with GRAPH_FP8): the same with the feed-forward's GELU inside the FP8 casts.
     [ "${GRAPH_FP8:-0}${FP8_GELU:-0}" = 11 ] && left 100 &&
       run_steps ddp-fp8-graphs-gelu $stage "${G[@]}" --set run.cuda_graphs=true \
@@ -231,6 +243,8 @@ if want stepprofile && [ -x "$W" ]; then
       profile_step bf16-graphs $stage "${G[@]}" --set run.cuda_graphs=true || break
       [ "${GRAPH_FP8:-0}" = 1 ] && { profile_step fp8-graphs $stage "${G[@]}" \
         --set run.cuda_graphs=true --set run.fp8=\"tensorwise\" || break; }
+      [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}" = 11 ] && { profile_step fp8-delayed-graphs $stage \
+        "${G[@]}" --set run.cuda_graphs=true --set run.fp8=\"delayed\" || break; }
       [ "${PROFILE_EAGER:-1}" = 1 ] || continue
     fi
     profile_step bf16 $stage || break

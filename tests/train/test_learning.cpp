@@ -176,6 +176,41 @@ TEST(Fp8, TrainsCloseToFullPrecision) {
   EXPECT_NE(bad.err.find("/run/fp8"), std::string::npos) << bad.describe();
 }
 
+// run.fp8=delayed through the real program: the log names the recipe and its history, and says
+// after each stage's second step that casts took their scale from a history; the layers run on
+// quantised operands and train like full precision (every step's loss within 5 %), and a bad
+// history length names its place.
+TEST(Fp8, DelayedScalingTrainsCloseToFullPrecisionAndSaysSo) {
+  const auto exact = read_metrics(reference_run());
+  const fs::path run = scratch_dir() / "delayed";
+  const Result r =
+      run_cli(run_args(run, {"--set", "run.fp8=\"delayed\"", "--set", "run.fp8_amax_history=4"}));
+  ASSERT_EQ(r.code, 0) << r.describe();
+  EXPECT_NE(r.err.find("FP8 block linear layers (delayed, scales from 4 steps of max|x|)"),
+            std::string::npos)
+      << r.describe();
+  std::smatch said;
+  const std::regex delayed_casts("(\\d+) FP8 casts of the stage's second step took their scale");
+  ASSERT_TRUE(std::regex_search(r.err, said, delayed_casts)) << r.describe();
+  EXPECT_GT(std::stol(said[1]), 0) << said[0];
+  const std::string after_first = said.suffix();
+  EXPECT_TRUE(std::regex_search(after_first, delayed_casts)) << "stage 2 says it too";
+  const auto fp8 = read_metrics(run);
+  ASSERT_EQ(fp8.size(), exact.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < fp8.size(); ++i) {
+    const double a = fp8[i]["loss"], b = exact[i]["loss"];
+    worst = std::max(worst, std::abs(a - b) / std::abs(b));
+  }
+  std::printf("FP8 delayed vs full precision over %zu steps: worst relative loss difference %.2e\n",
+              fp8.size(), worst);
+  EXPECT_GT(worst, 1e-5) << "FP8 changed nothing (not applied?)";
+  EXPECT_LT(worst, 0.05);
+  const Result bad = run_cli(run_args(scratch_dir() / "bad", {"--set", "run.fp8_amax_history=0"}));
+  EXPECT_EQ(bad.code, 2) << bad.describe();
+  EXPECT_NE(bad.err.find("/run/fp8_amax_history"), std::string::npos) << bad.describe();
+}
+
 // run.kernels.fp8_gelu=fused where it cannot apply (the CPU: wan21_dit's fused kernels, which
 // hand the feed-forward to the kit's operator, run on GPUs only) says so after the first step and
 // trains as without it; a bad value names its place. (The operator's values: test_fp8's

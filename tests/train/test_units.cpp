@@ -798,6 +798,16 @@ TEST(CudaGraphs, ReplayedFp8StepsTrainAsEagerStepsOnAGpu) {
                                              "FP8 block linear layers (tensorwise)");
 }
 
+// The same with delayed FP8 scaling (run.fp8 = delayed): the step count that picks each amax
+// history's slot advances on the device with every replay, and the casts read and record the
+// histories there, as eager steps do.
+TEST(CudaGraphs, ReplayedFp8DelayedStepsTrainAsEagerStepsOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
+  expect_replayed_steps_train_as_eager_steps(
+      {"--set", "run.fp8=\"delayed\"", "--set", "run.fp8_amax_history=3"},
+      "FP8 casts of the stage's second step took their scale");
+}
+
 // The same with every master weight cast in one pass a step (run.kernels.weight_casts=per_step):
 // each replay casts the weights the step before it updated into the copies its kernels read.
 TEST(CudaGraphs, ReplayedStepsWithOnePassWeightCastsTrainAsEagerStepsOnAGpu) {

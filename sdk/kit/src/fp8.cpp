@@ -12,6 +12,8 @@
 #include <atomic>
 #include <cstdint>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -23,6 +25,7 @@
 
 #include "tensor_stamp.hpp"
 #include "wanhost/kit/compute_weights.hpp"
+#include "wanhost/log.hpp"
 
 #if WANHOST_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -110,6 +113,110 @@ double top_of(bool gradient) {
   return gradient ? kE5m2Max : kE4m3Max;
 }
 
+// ---- Delayed scaling (run.fp8 = "delayed"; fp8.hpp) ----
+// Each operand of each layer (its weight, its input, its output's gradient) is a "site" with a
+// ring of per-step max|x| on the device (kernels/fp8_kernels.hpp: the current step's slot is
+// recorded into, the next one cleared, the others hold the last history - 2 steps). A site
+// scales by its own max|x| (current scaling) at its first use, when its ring is made, and by
+// the ring's maximum once a step has completed since (fp8_step_begins counted on the host).
+enum class Role { weight, input, gradient };
+struct Site {
+  at::Tensor ring;              // [history + 2] fp32 on the operand's device
+  std::int64_t primed_at = -1;  // host step count of its first use; -1: not yet (or forgotten)
+};
+// A layer's three sites, and the weight they were made for: another weight (another model whose
+// layer took the cache's address) starts all three afresh.
+struct LayerSites {
+  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> weight{
+      c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>()};
+  Site of[3];
+};
+struct Delayed {
+  std::mutex mutex;
+  std::map<std::string, at::Tensor> steps;  // per device: the step count, int64, 0-dim
+  std::int64_t host_steps = 0;  // fp8_step_begins calls (eager steps: a replay advances the
+                                // device count only)
+  std::map<const void*, LayerSites> layers;  // keyed by the layer's weight cache
+};
+// Never destroyed (side_tensors.hpp's reason: CUDA tensors at exit).
+Delayed& delayed() {
+  static Delayed& d = *new Delayed();
+  return d;
+}
+std::atomic<int> g_history{16};
+std::atomic<std::int64_t> g_delayed_quantizations{0};
+
+// How an operand uses its site's ring: recorded into always, scaled from it when `from_history`.
+struct SiteUse {
+  at::Tensor ring, step;
+  bool from_history = false;
+};
+
+// The site of (cache, role) for an operand on `device`, or nothing (current scaling, as
+// "tensorwise") when the recipe is not delayed or no step count exists (fp8_step_begins never
+// called for the device: said once). `weight`: the layer's weight (forward uses; the gradient's
+// use comes after its layer's forward in the same step).
+std::optional<SiteUse> site_use(const void* cache, Role role, const c10::Device& device,
+                                const at::Tensor& weight = {}) {
+  if (fp8_recipe() != Fp8Recipe::delayed || cache == nullptr) return std::nullopt;
+  Delayed& d = delayed();
+  const std::lock_guard<std::mutex> lock(d.mutex);
+  const auto step = d.steps.find(device.str());
+  if (step == d.steps.end()) {
+    static std::atomic<bool> said{false};
+    if (!said.exchange(true))
+      logger()->warn(
+          "run.fp8 = delayed: no training step has begun on {} (fp8_step_begins): operands are "
+          "scaled by their own max|x| (tensorwise) until one does",
+          device.str());
+    return std::nullopt;
+  }
+  LayerSites& layer = d.layers[cache];
+  if (weight.defined() && layer.weight.lock().get() != weight.unsafeGetTensorImpl()) {
+    layer = LayerSites();
+    layer.weight = weight.getIntrusivePtr();
+  }
+  Site& site = layer.of[static_cast<int>(role)];
+  const auto len = static_cast<std::int64_t>(g_history.load()) + 2;
+  if (!site.ring.defined() || site.ring.device() != device || site.ring.numel() != len) {
+    site.ring = at::zeros({len}, at::TensorOptions().dtype(at::kFloat).device(device));
+    site.primed_at = -1;
+  }
+  SiteUse use{site.ring, step->second, false};
+  if (site.primed_at < 0) {
+    site.ring.zero_();  // a forgotten history (a new stage) starts empty
+    site.primed_at = d.host_steps;
+  } else {
+    use.from_history = d.host_steps > site.primed_at;
+  }
+  return use;
+}
+
+// The history's current and next slots as device tensors (no host synchronisation).
+std::pair<at::Tensor, at::Tensor> history_slots(const SiteUse& u) {
+  const std::int64_t len = u.ring.numel();
+  const at::Tensor current = at::remainder(u.step, len).reshape({1});
+  return {current, at::remainder(current + 1, len)};
+}
+
+// The dequantisation scale from the ring: its largest entry but the current and next slots,
+// with scale_of's arithmetic. (On a GPU fp8_kernels.cu reads the ring itself.)
+at::Tensor history_scale(const SiteUse& u, bool gradient) {
+  const auto [current, next] = history_slots(u);
+  const at::Tensor slot = at::arange(u.ring.numel(), u.step.options());
+  const at::Tensor past = u.ring.masked_fill((slot == current) | (slot == next), 0.0);
+  return past.max().clamp_min(kMinAmax) / top_of(gradient);
+}
+
+// Records max|x| over x's finite values into the current slot and clears the next one.
+void record_amax(const SiteUse& u, const at::Tensor& x) {
+  const auto [current, next] = history_slots(u);
+  const at::Tensor a = x.abs().to(at::kFloat);
+  const at::Tensor amax = a.masked_fill(a.isfinite().logical_not(), 0.0).max().reshape({1});
+  u.ring.index_put_({current}, at::maximum(u.ring.index({current}), amax));
+  u.ring.index_put_({next}, at::zeros({1}, u.ring.options()));
+}
+
 // The dequantisation scale max|x| / (the format's largest value), fp32, on x's device. (On a GPU
 // fp8_kernels.cu makes it from its own max|x| with the same arithmetic.)
 at::Tensor scale_of(const at::Tensor& x, bool gradient) {
@@ -150,26 +257,35 @@ kernels::Fp8Prologue kernel_prologue(Elementwise f) {
   return kernels::Fp8Prologue::none;
 }
 
-Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, Outputs want, const Prologue& p) {
+Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, Outputs want, const Prologue& p,
+                          const std::optional<SiteUse>& site) {
   Quantized r;
   // max|x| as partial maxima of one pass with 16-byte loads; the scale and its reciprocal are
   // made inside the cast kernel from them (no reduction of ATen's, no clamp, division and
-  // reciprocal kernels of their own).
+  // reciprocal kernels of their own). Delayed scaling from the history: no such pass at all.
   const auto source =
       x.scalar_type() == at::kFloat ? kernels::Fp8Source::f32 : kernels::Fp8Source::bf16;
   const auto stream = at::cuda::getCurrentCUDAStream(x.device().index()).stream();
-  const at::Tensor partials_of_amax =
-      at::empty({kernels::fp8_amax_blocks(x.numel())}, x.options().dtype(at::kFloat));
   const auto prologue = kernel_prologue(p.f);
   const void* aux = p.f == Elementwise::gelu_grad ? p.aux.data_ptr() : nullptr;
-  const cudaError_t amax_err = kernels::fp8_amax_partials(
-      source, x.data_ptr(), x.numel(), partials_of_amax.data_ptr<float>(), stream, prologue, aux);
-  TORCH_CHECK(amax_err == cudaSuccess, "fp8: the max|x| kernel failed on x ", x.sizes(), ": ",
-              cudaGetErrorString(amax_err));
-  r.scale = at::empty({}, x.options().dtype(at::kFloat));
   kernels::Fp8Scale scale;
-  scale.amax_partials = partials_of_amax.data_ptr<float>();
-  scale.amax_count = static_cast<int>(partials_of_amax.numel());
+  at::Tensor partials_of_amax;
+  if (!site || !site->from_history) {
+    partials_of_amax =
+        at::empty({kernels::fp8_amax_blocks(x.numel())}, x.options().dtype(at::kFloat));
+    const cudaError_t amax_err = kernels::fp8_amax_partials(
+        source, x.data_ptr(), x.numel(), partials_of_amax.data_ptr<float>(), stream, prologue, aux);
+    TORCH_CHECK(amax_err == cudaSuccess, "fp8: the max|x| kernel failed on x ", x.sizes(), ": ",
+                cudaGetErrorString(amax_err));
+    scale.amax_partials = partials_of_amax.data_ptr<float>();
+    scale.amax_count = static_cast<int>(partials_of_amax.numel());
+  }
+  if (site) {
+    scale.history = site->ring.data_ptr<float>();
+    scale.history_len = static_cast<int>(site->ring.numel());
+    scale.step = site->step.data_ptr<std::int64_t>();
+  }
+  r.scale = at::empty({}, x.options().dtype(at::kFloat));
   scale.min_amax = static_cast<float>(kMinAmax);
   scale.inv_top = static_cast<float>(1.0 / top_of(gradient));  // ATen's division by a host scalar
   scale.scale_out = r.scale.data_ptr<float>();
@@ -196,15 +312,26 @@ Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, Outputs want, cons
 // x [M, C] (or the prologue's function of it) in E4M3 (forward operands) or E5M2 (gradients):
 // each element rounded once from the fp32 product x * (1 / scale), the largest |x| landing on the
 // format's largest value.
-Quantized quantize(const at::Tensor& x, bool gradient, Outputs want, const Prologue& p = {}) {
+// With a site (delayed scaling), max|x| is recorded into its history, and when the site uses it
+// the scale comes from there: values beyond it saturate at the format's largest value.
+Quantized quantize(const at::Tensor& x, bool gradient, Outputs want, const Prologue& p = {},
+                   const std::optional<SiteUse>& site = std::nullopt) {
   at::NoGradGuard no_grad;
+  if (site && site->from_history) g_delayed_quantizations.fetch_add(1);
 #if WANHOST_WITH_CUDA
-  if (kernel_takes(x, p)) return quantize_on_gpu(x, gradient, want, p);
+  if (kernel_takes(x, p)) return quantize_on_gpu(x, gradient, want, p, site);
 #endif
-  if (p.f != Elementwise::none) return quantize(applied(x, p), gradient, want);
+  if (p.f != Elementwise::none) return quantize(applied(x, p), gradient, want, {}, site);
   Quantized r;
-  r.scale = scale_of(x, gradient);
-  const at::Tensor q = (x.to(at::kFloat) * r.scale.reciprocal()).to(format(gradient));
+  r.scale = site && site->from_history ? history_scale(*site, gradient) : scale_of(x, gradient);
+  at::Tensor scaled = x.to(at::kFloat) * r.scale.reciprocal();
+  // ATen's conversion makes NaN of what lies beyond the format; the kernel saturates, but an
+  // infinite x stays non-finite (NaN): an overflow of the model must not be clamped away.
+  if (site && site->from_history)
+    scaled = scaled.clamp(-top_of(gradient), top_of(gradient))
+                 .masked_fill(x.isinf(), std::numeric_limits<double>::quiet_NaN());
+  if (site) record_amax(*site, x);
+  const at::Tensor q = scaled.to(format(gradient));
   if (want.rows) r.q = q;
   if (want.transposed) r.qt = transposed_padded(q);
   if (want.column_sums) r.column_sums = x.sum(0, false, at::kFloat);
@@ -234,14 +361,18 @@ thread_local InputCache t_inputs;
 std::atomic<std::int64_t> g_input_quantizations{0};
 std::atomic<std::int64_t> g_fused_feed_forwards{0};
 
-Quantized quantized_input(const at::Tensor& x, const at::Tensor& rows) {
+// `cache`, `weight`: the layer that quantises x if nobody has (delayed scaling's site: the first
+// of the layers sharing x).
+Quantized quantized_input(const at::Tensor& x, const at::Tensor& rows, const Fp8WeightCache* cache,
+                          const at::Tensor& weight) {
   InputCache& c = t_inputs;
   if (c.last.source.matches(x)) return c.last.quantized;
   if (c.recurring.source.matches(x)) {
     c.last = c.recurring;
     return c.recurring.quantized;
   }
-  Quantized q = quantize(rows, false, {.rows = true, .transposed = true});
+  Quantized q = quantize(rows, false, {.rows = true, .transposed = true}, {},
+                         site_use(cache, Role::input, rows.device(), weight));
   g_input_quantizations.fetch_add(1);
   const TensorStamp stamp(x);
   const bool again =
@@ -264,7 +395,10 @@ at::Tensor forward_product(const Quantized& xq, const Fp8WeightCache::Copies& w,
 // What a layer's backward needs besides the saved tensors: the dtypes of its parameters'
 // gradients (a master's own: fp32 straight from the product) and whether it has a bias.
 void remember_layer(torch::autograd::AutogradContext* ctx, const std::string& layer,
-                    const at::Tensor& weight, const at::Tensor& bias) {
+                    const at::Tensor& weight, const at::Tensor& bias, const Fp8WeightCache* cache) {
+  // The layer's cache (it outlives the step): delayed scaling's site of the output's gradient.
+  ctx->saved_data[layer + "cache"] =
+      static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(cache));
   ctx->saved_data[layer + "has_bias"] = bias.numel() > 0;
   ctx->saved_data[layer + "bias_dtype"] = static_cast<std::int64_t>(bias.scalar_type());
   ctx->saved_data[layer + "weight_dtype"] = static_cast<std::int64_t>(weight.scalar_type());
@@ -302,8 +436,10 @@ LayerGradients layer_gradients(torch::autograd::AutogradContext* ctx, const std:
 // that are the bias gradient when the layer has a bias.
 Quantized quantized_output_gradient(torch::autograd::AutogradContext* ctx, const std::string& layer,
                                     const at::Tensor& dy, const Prologue& p = {}) {
+  const auto* cache = reinterpret_cast<const Fp8WeightCache*>(
+      static_cast<std::intptr_t>(ctx->saved_data[layer + "cache"].toInt()));
   return quantize(dy, true, {.rows = true, .transposed = true, .column_sums = has_bias(ctx, layer)},
-                  p);
+                  p, site_use(cache, Role::gradient, dy.device()));
 }
 
 std::vector<std::int64_t> with_last(at::IntArrayRef sizes, std::int64_t last) {
@@ -318,11 +454,11 @@ struct Fp8LinearFunction : torch::autograd::Function<Fp8LinearFunction> {
                             Fp8WeightCache* cache) {
     const std::int64_t in = weight.size(1), out = weight.size(0);
     const at::Tensor rows = x.reshape({-1, in}).contiguous();
-    const Quantized xq = quantized_input(x, rows);
+    const Quantized xq = quantized_input(x, rows, cache, weight);
     const Fp8WeightCache::Copies& w = cache->of(weight);
     const at::Tensor y = forward_product(xq, w, bias, x.scalar_type());
     ctx->save_for_backward({xq.qt, xq.scale, w.qt, w.scale});
-    remember_layer(ctx, "", weight, bias);
+    remember_layer(ctx, "", weight, bias, cache);
     return y.view(with_last(x.sizes(), out));
   }
 
@@ -350,17 +486,18 @@ struct Fp8GeluFeedForwardFunction : torch::autograd::Function<Fp8GeluFeedForward
                             const at::Tensor& b2, Fp8WeightCache* cache1, Fp8WeightCache* cache2) {
     const std::int64_t in = w1.size(1), out = w2.size(0);
     const auto dtype = x.scalar_type();
-    const Quantized xq = quantized_input(x, x.reshape({-1, in}).contiguous());
+    const Quantized xq = quantized_input(x, x.reshape({-1, in}).contiguous(), cache1, w1);
     const Fp8WeightCache::Copies& up = cache1->of(w1);
     const at::Tensor pre = forward_product(xq, up, b1, dtype);  // [M, hidden]
     const Quantized hq =
-        quantize(pre, false, {.rows = true, .transposed = true}, {Elementwise::gelu, {}});
+        quantize(pre, false, {.rows = true, .transposed = true}, {Elementwise::gelu, {}},
+                 site_use(cache2, Role::input, pre.device(), w2));
     const Fp8WeightCache::Copies& down = cache2->of(w2);
     const at::Tensor y = forward_product(hq, down, b2, dtype);
     ctx->save_for_backward(
         {xq.qt, xq.scale, up.qt, up.scale, pre, hq.qt, hq.scale, down.qt, down.scale});
-    remember_layer(ctx, "up.", w1, b1);
-    remember_layer(ctx, "down.", w2, b2);
+    remember_layer(ctx, "up.", w1, b1, cache1);
+    remember_layer(ctx, "down.", w2, b2, cache2);
     return y.view(with_last(x.sizes(), out));
   }
 
@@ -402,11 +539,54 @@ Fp8Recipe fp8_recipe() {
 Fp8Recipe parse_fp8_recipe(const std::string& name) {
   if (name == "off") return Fp8Recipe::off;
   if (name == "tensorwise") return Fp8Recipe::tensorwise;
-  throw std::invalid_argument("expected off or tensorwise, got \"" + name + "\"");
+  if (name == "delayed") return Fp8Recipe::delayed;
+  throw std::invalid_argument("expected off, tensorwise or delayed, got \"" + name + "\"");
 }
 
 const char* fp8_recipe_name(Fp8Recipe recipe) {
-  return recipe == Fp8Recipe::tensorwise ? "tensorwise" : "off";
+  switch (recipe) {
+    case Fp8Recipe::tensorwise:
+      return "tensorwise";
+    case Fp8Recipe::delayed:
+      return "delayed";
+    case Fp8Recipe::off:
+      break;
+  }
+  return "off";
+}
+
+void set_fp8_amax_history(int steps) {
+  if (steps < 1 || steps > kMaxFp8AmaxHistory)
+    throw std::invalid_argument("the FP8 amax history must be 1.." +
+                                std::to_string(kMaxFp8AmaxHistory) + " steps, got " +
+                                std::to_string(steps));
+  g_history.store(steps);
+}
+int fp8_amax_history() {
+  return g_history.load();
+}
+
+void fp8_step_begins(const c10::Device& device) {
+  if (fp8_recipe() != Fp8Recipe::delayed) return;
+  Delayed& d = delayed();
+  const std::lock_guard<std::mutex> lock(d.mutex);
+  at::Tensor& step = d.steps[device.str()];
+  if (!step.defined())
+    step = at::zeros({}, at::TensorOptions().dtype(at::kLong).device(device));
+  else
+    step.add_(1);  // on the current stream: a captured step advances it on every replay
+  ++d.host_steps;
+}
+
+void fp8_forget_history() {
+  Delayed& d = delayed();
+  const std::lock_guard<std::mutex> lock(d.mutex);
+  for (auto& [cache, layer] : d.layers)
+    for (Site& site : layer.of) site.primed_at = -1;
+}
+
+std::int64_t fp8_delayed_quantizations() {
+  return g_delayed_quantizations.load();
 }
 
 void fp8_weights_changed() {
@@ -420,7 +600,8 @@ const Fp8WeightCache::Copies& Fp8WeightCache::of(const at::Tensor& weight) {
     return copies_;
   at::NoGradGuard no_grad;
   // [out, in]: out is a multiple of 16, so the transposed copy [in, out] has no padding.
-  Quantized w = quantize(weight.detach().contiguous(), false, {.rows = true, .transposed = true});
+  Quantized w = quantize(weight.detach().contiguous(), false, {.rows = true, .transposed = true},
+                         {}, site_use(this, Role::weight, weight.device(), weight));
   copies_.q = w.q;
   copies_.qt = w.qt;
   copies_.scale = w.scale;

@@ -17,17 +17,42 @@
 #include <string>
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 namespace wanhost {
 
-enum class Fp8Recipe { off, tensorwise };
+// tensorwise: current scaling (above). delayed (kit 1.9): each operand of each layer (weight,
+// input, output gradient) is scaled by the largest max|x| it had over the last
+// fp8_amax_history() steps (Transformer Engine's DelayedScaling with the "max" algorithm), values
+// beyond it saturating; the cast kernel records this step's max|x| as it casts, so no separate
+// max|x| pass reads the operand. An operand's first use (and its first after
+// fp8_forget_history()) scales by its own max|x|. The histories live on the device and are not
+// checkpointed: a resumed run's first step scales by current max|x| again.
+enum class Fp8Recipe { off, tensorwise, delayed };
 
 // Process-wide, like KernelOptions: set before the first step (the host sets run.fp8).
 void set_fp8_recipe(Fp8Recipe recipe);
 Fp8Recipe fp8_recipe();
-// "off" | "tensorwise"; anything else throws std::invalid_argument saying what is expected.
+// "off" | "tensorwise" | "delayed"; anything else throws std::invalid_argument saying what is
+// expected.
 Fp8Recipe parse_fp8_recipe(const std::string& name);
 const char* fp8_recipe_name(Fp8Recipe recipe);
+
+// Delayed scaling (kit 1.9). The steps of max|x| an operand's scale is taken from (default 16;
+// 1..kMaxFp8AmaxHistory, else std::invalid_argument); process-wide, set before the first step.
+inline constexpr int kMaxFp8AmaxHistory = 1024;
+void set_fp8_amax_history(int steps);
+int fp8_amax_history();
+// A training step begins on `device` (before its forward): advances the step count that picks
+// each history's slot, on the device's current stream, so that a step captured as a CUDA graph
+// advances it on every replay. Does nothing unless the recipe is delayed; without any call the
+// delayed recipe scales as tensorwise (and says so once). The host's trainer calls it.
+void fp8_step_begins(const c10::Device& device);
+// Every operand's next use scales by its own max|x| again and starts its history afresh (the
+// trainer calls it at the start of each stage: other shapes, other magnitudes).
+void fp8_forget_history();
+// How many quantisations took their scale from a history since the process started (tests, logs).
+std::int64_t fp8_delayed_quantizations();
 
 // Says that weights may have changed (an optimizer step, a load): every Fp8WeightCache makes its
 // copy again at its next use. The host calls it before every training step; a weight's version
