@@ -38,6 +38,7 @@
 #             weights cast in one pass and wanhost's AdamW, PROFILE_FP8=1 also with FP8 on top;
 #             PROFILE_GRAPHS=1 first a replayed step (bf16; FP8 too with GRAPH_FP8=1) with the
 #             device's idle time between its kernels (PROFILE_EAGER=0: only those);
+#             PROFILE_STAGES: the stages profiled (default STAGES);
 #  - peer:    the compiled peer's blocks (build-perf/peer/peer_wan_block.py) on the same GPU.
 # PREBUILT=1 with a carried build-carry/ (scripts/device/prebuilt.sh --program TEST...) skips the
 # build (~150 s of a fresh machine); the tests are then those carried.
@@ -238,7 +239,7 @@ profile_step() { # TAG STAGE EXTRA...
 }
 if want stepprofile && [ -x "$W" ]; then
   L=(--set run.kernels.weight_casts=\"per_step\")
-  for stage in ${STAGES:-1 2}; do
+  for stage in ${PROFILE_STAGES:-${STAGES:-1 2}}; do
     if [ "${PROFILE_GRAPHS:-0}" = 1 ]; then
       profile_step bf16-graphs $stage "${G[@]}" --set run.cuda_graphs=true || break
       [ "${GRAPH_FP8:-0}" = 1 ] && { profile_step fp8-graphs $stage "${G[@]}" \
