@@ -104,7 +104,7 @@ __device__ __forceinline__ float finite_abs(float v) {
 template <typename Op, typename In>
 __device__ __forceinline__ unsigned short pair_bytes(const In* x, const In* aux, std::int64_t at,
                                                      float inv, Fp8Format format, float& sum0,
-                                                     float& sum1, float& amax) {
+                                                     float& sum1, bool record, float& amax) {
   float a, b, aux_a = 0.f, aux_b = 0.f;
   load_pair(x + at, a, b);
   if constexpr (Op::kAux) load_pair(aux + at, aux_a, aux_b);
@@ -112,7 +112,7 @@ __device__ __forceinline__ unsigned short pair_bytes(const In* x, const In* aux,
   b = Op::value(b, aux_b);
   sum0 += a;
   sum1 += b;
-  amax = fmaxf(amax, fmaxf(finite_abs(a), finite_abs(b)));
+  if (record) amax = fmaxf(amax, fmaxf(finite_abs(a), finite_abs(b)));
   return static_cast<unsigned short>(scaled_fp8(a, inv, format) |
                                      (scaled_fp8(b, inv, format) << 8));
 }
@@ -287,11 +287,12 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
   const std::int64_t c = c0 + 2 * tx;
   float sum0 = 0.f, sum1 = 0.f;  // columns c and c + 1 over this thread's rows of the tile
   float amax = 0.f;              // of the finite values (delayed scaling's record)
+  const bool record = a.history != nullptr;  // the same for every thread
   for (int i = ty; i < kTile; i += kTileRowsPerPass) {
     const std::int64_t r = r0 + i;
     unsigned short bytes = 0;  // rows past the matrix: the zero padding of qt
     if (r < a.rows && c < a.cols) {
-      bytes = pair_bytes<Op>(x, aux, r * a.cols + c, inv, a.format, sum0, sum1, amax);
+      bytes = pair_bytes<Op>(x, aux, r * a.cols + c, inv, a.format, sum0, sum1, record, amax);
       if (a.q != nullptr) *reinterpret_cast<unsigned short*>(a.q + r * a.cols + c) = bytes;
     }
     tile[i][2 * tx] = static_cast<unsigned char>(bytes & 0xff);
@@ -363,7 +364,8 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
   const int group = tid % kGroups, row_in_pass = tid / kGroups;
   const std::int64_t c = c0 + 8 * group;  // c + 8 <= cols whenever c < cols (cols % 8 == 0)
   float colsum[8] = {};
-  float amax = 0.f;  // of the finite values (delayed scaling's record)
+  float amax = 0.f;                          // of the finite values (delayed scaling's record)
+  const bool record = a.history != nullptr;  // the same for every thread
   Eight in[kPasses];
   bool inside[kPasses];
 #pragma unroll
@@ -391,7 +393,7 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
         colsum[k] += in[pass].v[k];
-        amax = fmaxf(amax, finite_abs(in[pass].v[k]));
+        if (record) amax = fmaxf(amax, finite_abs(in[pass].v[k]));
         word[k / 4] |= static_cast<unsigned int>(scaled_fp8(in[pass].v[k], inv, a.format))
                        << (8 * (k % 4));
       }
