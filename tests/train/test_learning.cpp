@@ -145,6 +145,22 @@ TEST(WeightCasts, OnePassAStepTrainsAsCastsAtEachUse) {
   EXPECT_NE(bad.err.find("/run/kernels/weight_casts"), std::string::npos) << bad.describe();
 }
 
+// Every step's loss of an FP8 run within 5 % of the full-precision run's, and some step's not
+// equal to it (the layers really ran on quantised operands).
+void expect_fp8_trains_close(const std::vector<Json>& exact, const std::vector<Json>& fp8,
+                             const std::string& what) {
+  ASSERT_EQ(fp8.size(), exact.size()) << what;
+  double worst = 0;
+  for (std::size_t i = 0; i < fp8.size(); ++i) {
+    const double a = fp8[i]["loss"], b = exact[i]["loss"];
+    worst = std::max(worst, std::abs(a - b) / std::abs(b));
+  }
+  std::printf("%s FP8 vs full precision over %zu steps: worst relative loss difference %.2e\n",
+              what.c_str(), fp8.size(), worst);
+  EXPECT_GT(worst, 1e-5) << what << ": FP8 changed nothing (not applied?)";
+  EXPECT_LT(worst, 0.05) << what;
+}
+
 // run.fp8=tensorwise through the real program (ddp, then megatron_tpppcp on one process, whose
 // layers are the kit's at tp 1): the log says FP8 is on; the blocks' layers really run on
 // quantised operands (some loss differs from the full-precision run) and train like them (every
@@ -159,17 +175,7 @@ TEST(Fp8, TrainsCloseToFullPrecision) {
     ASSERT_EQ(r.code, 0) << r.describe();
     EXPECT_NE(r.err.find("FP8 block linear layers (tensorwise)"), std::string::npos) << plugin;
     EXPECT_NE(r.err.find("run.fp8 is experimental"), std::string::npos) << plugin;
-    const auto fp8 = read_metrics(run);
-    ASSERT_EQ(fp8.size(), exact.size());
-    double worst = 0;
-    for (std::size_t i = 0; i < fp8.size(); ++i) {
-      const double a = fp8[i]["loss"], b = exact[i]["loss"];
-      worst = std::max(worst, std::abs(a - b) / std::abs(b));
-    }
-    std::printf("%s FP8 vs full precision over %zu steps: worst relative loss difference %.2e\n",
-                plugin.c_str(), fp8.size(), worst);
-    EXPECT_GT(worst, 1e-5) << plugin << ": FP8 changed nothing (not applied?)";
-    EXPECT_LT(worst, 0.05) << plugin;
+    expect_fp8_trains_close(exact, read_metrics(run), plugin);
   }
   const Result bad = run_cli(run_args(scratch_dir() / "bad", {"--set", "run.fp8=\"rowwise\""}));
   EXPECT_EQ(bad.code, 2) << bad.describe();
@@ -195,17 +201,7 @@ TEST(Fp8, DelayedScalingTrainsCloseToFullPrecisionAndSaysSo) {
   EXPECT_GT(std::stol(said[1]), 0) << said[0];
   const std::string after_first = said.suffix();
   EXPECT_TRUE(std::regex_search(after_first, delayed_casts)) << "stage 2 says it too";
-  const auto fp8 = read_metrics(run);
-  ASSERT_EQ(fp8.size(), exact.size());
-  double worst = 0;
-  for (std::size_t i = 0; i < fp8.size(); ++i) {
-    const double a = fp8[i]["loss"], b = exact[i]["loss"];
-    worst = std::max(worst, std::abs(a - b) / std::abs(b));
-  }
-  std::printf("FP8 delayed vs full precision over %zu steps: worst relative loss difference %.2e\n",
-              fp8.size(), worst);
-  EXPECT_GT(worst, 1e-5) << "FP8 changed nothing (not applied?)";
-  EXPECT_LT(worst, 0.05);
+  expect_fp8_trains_close(exact, read_metrics(run), "delayed");
   const Result bad = run_cli(run_args(scratch_dir() / "bad", {"--set", "run.fp8_amax_history=0"}));
   EXPECT_EQ(bad.code, 2) << bad.describe();
   EXPECT_NE(bad.err.find("/run/fp8_amax_history"), std::string::npos) << bad.describe();
