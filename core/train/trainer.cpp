@@ -150,6 +150,8 @@ class Trainer {
   bool lr_on_device() const { return graphs_ && c_.parallelism_sdk_minor >= 6; }
   void profiled_step(const StageConfig& stage, StepPrefetcher& inputs);
   void save_checkpoint();
+  void save_fp8_histories(const std::string& state_dir) const;
+  void load_fp8_histories(const std::string& state_dir) const;
   [[noreturn]] void stop_after_write_error();
   void export_weights();
   void say_if_weights_have_no_copies() const;
@@ -277,8 +279,44 @@ void Trainer::resume_from(const std::string& dir) {
               [&] { c_.parallelism->configure_optimizer(cfg_.stages[p_.stage].optimizer); });
   parallelism("load_state",
               [&] { c_.parallelism->load_state(*c_.model, (fs::path(dir) / "state").string()); });
+  load_fp8_histories((fs::path(dir) / "state").string());
   logger()->info("resumed from {} (stage {} '{}', step {} of the stage, global step {})", dir,
                  p_.stage, cfg_.stages[p_.stage].name, p_.stage_step, p_.global_step);
+}
+
+// run.fp8 = delayed: each rank's amax histories (its own inputs and gradients), so that a
+// resumed run scales its FP8 operands as the run it continues would have.
+std::string fp8_histories_file(const std::string& state_dir, int rank) {
+  return (fs::path(state_dir) / ("fp8_history-rank" + std::to_string(rank) + ".safetensors"))
+      .string();
+}
+
+std::vector<std::pair<std::string, at::Tensor>> named_weights(Model& model) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& p : model.module().named_parameters(true)) out.emplace_back(p.key(), p.value());
+  return out;
+}
+
+void Trainer::save_fp8_histories(const std::string& state_dir) const {
+  if (cfg_.run.fp8 != Fp8Recipe::delayed) return;
+  const auto state = fp8_history_state(named_weights(*c_.model), c_.ctx.device);
+  if (!state.empty()) safetensors::save(fp8_histories_file(state_dir, env_.rank), state);
+}
+
+void Trainer::load_fp8_histories(const std::string& state_dir) const {
+  if (cfg_.run.fp8 != Fp8Recipe::delayed) return;
+  const std::string path = fp8_histories_file(state_dir, env_.rank);
+  if (!fs::exists(path)) {
+    logger()->warn(
+        "run.fp8=delayed: the checkpoint holds no FP8 amax histories for rank {} (saved without "
+        "delayed scaling or by another number of ranks): the first step after the resume scales "
+        "each operand by its own max|x|",
+        env_.rank);
+    return;
+  }
+  const std::size_t layers = load_fp8_history_state(safetensors::File::open(path).load_all(),
+                                                    named_weights(*c_.model), c_.ctx.device);
+  logger()->info("run.fp8=delayed: amax histories of {} layers restored from {}", layers, path);
 }
 
 void Trainer::save_checkpoint() {
@@ -304,6 +342,7 @@ void Trainer::save_checkpoint() {
         parallelism("save_state", [&] {
           c_.parallelism->save_state(*c_.model, (fs::path(dir) / "state").string());
         });
+        save_fp8_histories((fs::path(dir) / "state").string());
       },
       meta, cfg_.checkpoint.keep_last);
   logger()->info("checkpoint saved: {}", last_checkpoint_);
@@ -851,8 +890,9 @@ int Trainer::run() {
     }
     bool first_step_checked = false;
     const std::int64_t fused_before_stage = fp8_fused_feed_forwards();
-    // run.fp8 = delayed: another stage's maxima say nothing of this one's shapes and magnitudes.
-    fp8_forget_history();
+    // run.fp8 = delayed: another stage's maxima say nothing of this one's shapes and magnitudes
+    // (a run resumed inside the stage keeps the histories its checkpoint brought).
+    if (p_.stage_step == 0) fp8_forget_history();
     std::int64_t delayed_before_step = 0;
     while (p_.stage_step < stage.steps) {
       if (p_.stage_step == 1) delayed_before_step = fp8_delayed_quantizations();

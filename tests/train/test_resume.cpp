@@ -34,21 +34,28 @@ void expect_same_checkpoints(const fs::path& run, const fs::path& ref) {
     expect_same_checkpoint(run / "checkpoints" / step(s), ref / "checkpoints" / step(s));
 }
 
-void stop_and_resume(long k) {
-  const fs::path ref = reference_run(kKeepAll);
+// `extra`: settings of both runs; `state_file`: a file the checkpoint of step k must hold under
+// state/ (besides the model's and the optimizer's).
+void stop_and_resume(long k, const std::vector<std::string>& extra = {},
+                     const std::string& state_file = "") {
+  const std::vector<std::string> settings = with(kKeepAll, extra);
+  const fs::path ref = reference_run(settings);
   const fs::path run = scratch_dir() / "run";
 
   const Result first =
-      run_cli(run_args(run, with(kKeepAll, {"--stop-after-steps", std::to_string(k)})));
+      run_cli(run_args(run, with(settings, {"--stop-after-steps", std::to_string(k)})));
   ASSERT_EQ(first.code, 0) << first.describe();
   ASSERT_EQ(read_metrics(run).size(), static_cast<std::size_t>(k));
   ASSERT_EQ(latest(run), "step-" + std::to_string(k));
+  if (!state_file.empty()) {
+    EXPECT_TRUE(fs::exists(run / "checkpoints" / step(k) / "state" / state_file)) << state_file;
+  }
   EXPECT_FALSE(fs::exists(run / "export")) << "a stopped run exports nothing";
   const std::vector<Json> all = read_metrics(ref);
   expect_same_steps(std::vector<Json>(all.begin(), all.begin() + k), read_metrics(run),
                     "before the stop");
 
-  const Result second = run_cli(run_args(run, with(kKeepAll, {"--resume"})));
+  const Result second = run_cli(run_args(run, with(settings, {"--resume"})));
   ASSERT_EQ(second.code, 0) << second.describe();
   EXPECT_NE(second.err.find("resumed from " +
                             (run / "checkpoints" / ("step-" + std::to_string(k))).string()),
@@ -70,6 +77,21 @@ TEST(ExactResume, StopAtStageBoundary) {
 
 TEST(ExactResume, StopInsideStage2) {
   stop_and_resume(kStage1Steps + 3);
+}
+
+// Delayed FP8 scaling (run.fp8 = delayed): each rank's amax histories and the step count travel
+// in the checkpoint (state/fp8_history-rank0.safetensors, compared with the straight run's like
+// every state file), so the resumed steps scale their operands as the straight run's did; at a
+// stage boundary the next stage starts its histories afresh in both.
+const std::vector<std::string> kDelayedFp8 = {"--set", "run.fp8=\"delayed\"", "--set",
+                                              "run.fp8_amax_history=4"};
+
+TEST(ExactResume, DelayedFp8StopInsideStage1) {
+  stop_and_resume(6, kDelayedFp8, "fp8_history-rank0.safetensors");
+}
+
+TEST(ExactResume, DelayedFp8StopAtStageBoundary) {
+  stop_and_resume(kStage1Steps, kDelayedFp8, "fp8_history-rank0.safetensors");
 }
 
 // SIGKILL at `site` in global step `step`; then --resume.

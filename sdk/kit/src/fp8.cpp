@@ -137,7 +137,11 @@ struct Delayed {
   std::int64_t host_steps = 0;  // fp8_step_begins calls (eager steps: a replay advances the
                                 // device count only)
   std::map<const void*, LayerSites> layers;  // keyed by the layer's weight cache
+  // Histories a checkpoint brought (load_fp8_history_state), keyed by the layer's weight: a
+  // layer takes them at its first use.
+  std::map<const c10::TensorImpl*, std::array<at::Tensor, 3>> restored;
 };
+const char* const kRoleNames[3] = {"weight", "input", "gradient"};
 // Never destroyed (side_tensors.hpp's reason: CUDA tensors at exit).
 Delayed& delayed() {
   static Delayed& d = *new Delayed();
@@ -176,8 +180,20 @@ std::optional<SiteUse> site_use(const void* cache, Role role, const c10::Device&
     layer = LayerSites();
     layer.weight = weight.getIntrusivePtr();
   }
-  Site& site = layer.of[static_cast<int>(role)];
   const auto len = static_cast<std::int64_t>(g_history.load()) + 2;
+  if (weight.defined() && !d.restored.empty()) {
+    // A resumed run: the layer's histories as they were at the checkpoint, used at once (the
+    // step they were recorded in has completed).
+    if (const auto it = d.restored.find(weight.unsafeGetTensorImpl()); it != d.restored.end()) {
+      for (int r = 0; r < 3; ++r) {
+        if (!it->second[r].defined() || it->second[r].numel() != len) continue;
+        layer.of[r].ring = it->second[r].to(device, at::kFloat).contiguous();
+        layer.of[r].primed_at = d.host_steps - 1;
+      }
+      d.restored.erase(it);
+    }
+  }
+  Site& site = layer.of[static_cast<int>(role)];
   if (!site.ring.defined() || site.ring.device() != device || site.ring.numel() != len) {
     site.ring = at::zeros({len}, at::TensorOptions().dtype(at::kFloat).device(device));
     site.primed_at = -1;
@@ -583,6 +599,55 @@ void fp8_forget_history() {
   const std::lock_guard<std::mutex> lock(d.mutex);
   for (auto& [cache, layer] : d.layers)
     for (Site& site : layer.of) site.primed_at = -1;
+  d.restored.clear();  // a checkpoint's histories belong to the stage it was saved in
+}
+
+std::map<std::string, at::Tensor> fp8_history_state(
+    const std::vector<std::pair<std::string, at::Tensor>>& weights, const c10::Device& device) {
+  std::map<std::string, at::Tensor> out;
+  if (fp8_recipe() != Fp8Recipe::delayed) return out;
+  std::map<const c10::TensorImpl*, std::string> name_of;
+  for (const auto& [name, w] : weights) name_of[w.unsafeGetTensorImpl()] = name;
+  Delayed& d = delayed();
+  const std::lock_guard<std::mutex> lock(d.mutex);
+  const auto step = d.steps.find(device.str());
+  if (step == d.steps.end()) return out;
+  for (const auto& [cache, layer] : d.layers) {
+    const auto named = name_of.find(layer.weight.lock().get());
+    if (named == name_of.end()) continue;
+    for (int r = 0; r < 3; ++r)
+      if (layer.of[r].ring.defined() && layer.of[r].primed_at >= 0)
+        out[named->second + "/fp8_amax_" + kRoleNames[r]] = layer.of[r].ring.cpu();
+  }
+  if (!out.empty()) out["fp8_step"] = step->second.reshape({1}).cpu();
+  return out;
+}
+
+std::size_t load_fp8_history_state(const std::map<std::string, at::Tensor>& state,
+                                   const std::vector<std::pair<std::string, at::Tensor>>& weights,
+                                   const c10::Device& device) {
+  const auto step = state.find("fp8_step");
+  if (step == state.end()) return 0;
+  Delayed& d = delayed();
+  const std::lock_guard<std::mutex> lock(d.mutex);
+  std::size_t layers = 0;
+  for (const auto& [name, w] : weights) {
+    std::array<at::Tensor, 3> rings;
+    bool any = false;
+    for (int r = 0; r < 3; ++r) {
+      const auto it = state.find(name + "/fp8_amax_" + kRoleNames[r]);
+      if (it == state.end()) continue;
+      rings[r] = it->second;
+      any = true;
+    }
+    if (!any) continue;
+    d.restored[w.unsafeGetTensorImpl()] = rings;
+    ++layers;
+  }
+  // The count of the checkpoint's last step: the next fp8_step_begins advances it.
+  d.steps[device.str()] =
+      step->second.reshape({}).to(at::TensorOptions().dtype(at::kLong).device(device)).clone();
+  return layers;
 }
 
 std::int64_t fp8_delayed_quantizations() {

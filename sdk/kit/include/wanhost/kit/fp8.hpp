@@ -14,7 +14,10 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
@@ -26,8 +29,8 @@ namespace wanhost {
 // fp8_amax_history() steps (Transformer Engine's DelayedScaling with the "max" algorithm), values
 // beyond it saturating; the cast kernel records this step's max|x| as it casts, so no separate
 // max|x| pass reads the operand. An operand's first use (and its first after
-// fp8_forget_history()) scales by its own max|x|. The histories live on the device and are not
-// checkpointed: a resumed run's first step scales by current max|x| again.
+// fp8_forget_history()) scales by its own max|x|. The histories live on the device; a checkpoint
+// keeps them through fp8_history_state / load_fp8_history_state (the host's trainer does).
 enum class Fp8Recipe { off, tensorwise, delayed };
 
 // Process-wide, like KernelOptions: set before the first step (the host sets run.fp8).
@@ -53,6 +56,19 @@ void fp8_step_begins(const c10::Device& device);
 void fp8_forget_history();
 // How many quantisations took their scale from a history since the process started (tests, logs).
 std::int64_t fp8_delayed_quantizations();
+// Delayed scaling's state for a checkpoint, so that a resumed run scales as the run it continues:
+// the step count of `device` ("fp8_step", int64 [1]) and, for every layer whose weight is among
+// `weights` (the model's named parameters) and has a history, its operands' histories
+// ("<name>/fp8_amax_weight|input|gradient", fp32, CPU). Empty unless the recipe is delayed and a
+// step has begun. Each rank has its own (its own inputs and gradients).
+std::map<std::string, at::Tensor> fp8_history_state(
+    const std::vector<std::pair<std::string, at::Tensor>>& weights, const c10::Device& device);
+// Restores such a state: the histories go to the layers whose weights are named, taken at their
+// first use (histories of another length are left: those operands start afresh), and the step
+// count continues from the saved one. Returns how many layers it holds histories for.
+std::size_t load_fp8_history_state(const std::map<std::string, at::Tensor>& state,
+                                   const std::vector<std::pair<std::string, at::Tensor>>& weights,
+                                   const c10::Device& device);
 
 // Says that weights may have changed (an optimizer step, a load): every Fp8WeightCache makes its
 // copy again at its next use. The host calls it before every training step; a weight's version
