@@ -23,10 +23,10 @@ struct KernelTime {
 struct KernelProfile {
   std::vector<KernelTime> kernels;  // by time, longest first
   double total_ms = 0;              // summed kernel time per call (not wall time)
-  // GPUs: from the first device activity's start to the last one's end, per call, and the
-  // activities in it: span_ms - total_ms is the time the device waited between them (launch
-  // gaps, host reads; a replayed CUDA graph leaves only the dependent kernels' own gaps).
-  // 0 on the CPU.
+  // GPUs: from the first device activity's start to the last one's end, divided by the calls
+  // (with several calls the gaps between them count too), and the activities in it:
+  // span_ms - total_ms is the time the device waited between them (launch gaps, host reads; a
+  // replayed CUDA graph leaves only the dependent kernels' own gaps). 0 on the CPU.
   double span_ms = 0;
   double launches = 0;  // device activities (kernels, copies, fills) per call
   // Summed time per class, longest first.
