@@ -216,6 +216,11 @@ if want graphsteps && [ -x "$W" ]; then
     [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}" = 11 ] && left 100 &&
       run_steps ddp-fp8-delayed-graphs $stage "${G[@]}" --set run.cuda_graphs=true \
         --set run.fp8=\"delayed\"
+    # FP8_GELU=1 FP8_DELAYED=1 (with GRAPH_FP8): the feed-forward operator with delayed scaling
+    # (its compute-bound max|x| pass gone: GELU evaluated once a step each way).
+    [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}" = 111 ] && left 100 &&
+      run_steps ddp-fp8-delayed-graphs-gelu $stage "${G[@]}" --set run.cuda_graphs=true \
+        --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\"
     # FP8_GELU=1 (with GRAPH_FP8): the same with the feed-forward's GELU inside the FP8 casts.
     [ "${GRAPH_FP8:-0}${FP8_GELU:-0}" = 11 ] && left 100 &&
       run_steps ddp-fp8-graphs-gelu $stage "${G[@]}" --set run.cuda_graphs=true \

@@ -176,6 +176,15 @@ TEST(CliBench, Fp8FeedForwardOptionIsReported) {
   EXPECT_EQ(last_json_line(r.output)["fp8"], "tensorwise");
 }
 
+// --fp8 delayed (run.fp8 = delayed): the timed steps begin a step each, so the histories fill and
+// the run reports the recipe.
+TEST(CliBench, DelayedFp8IsReported) {
+  const auto r = run_wanhost(kCase + " --json --fp8 delayed");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(last_json_line(r.output)["fp8"], "delayed");
+  EXPECT_EQ(r.output.find("no training step has begun"), std::string::npos) << r.output;
+}
+
 TEST(CliBench, UsageErrorsNameTheFlag) {
   const std::string tiny = kBase + " --batch 2 --preset tiny --video-tokens 60 ";
   const std::pair<std::string, std::string> cases[] = {
@@ -196,6 +205,7 @@ TEST(CliBench, UsageErrorsNameTheFlag) {
       {tiny + "--caption-tokens 9", "--caption-tokens 9: expected MIN:MAX"},
       {tiny + "--weight-casts sometimes", "--weight-casts"},
       {tiny + "--fp8-gelu inline", "--fp8-gelu"},
+      {tiny + "--fp8 rowwise", "--fp8"},
       {tiny + "--fp8-gelu fused", "--fp8-gelu fused makes the feed-forward one FP8 operator"},
       {tiny + "--weight-casts per_step --dtype bfloat16",
        "needs --fp32-master and --dtype bfloat16"},
