@@ -60,11 +60,13 @@ TEST(DefaultRecipe, LearnsInEveryStage) {
 // is the fused update; a bad value is a usage error.
 TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
   const fs::path dir = scratch_dir();
+  std::map<std::string, std::string> said;  // each run's log
   // The tiny recipe's steps with run.kernels.adamw = `adamw`.
   auto steps_with = [&](const std::string& adamw) {
     const Result r =
         run_cli(run_args(dir / adamw, {"--set", "run.kernels.adamw=\"" + adamw + "\""}));
     EXPECT_EQ(r.code, 0) << r.describe();
+    said[adamw] = r.err;
     return read_metrics(dir / adamw);
   };
   const auto fused = steps_with("fused");
@@ -85,6 +87,9 @@ TEST(AdamWPaths, FusedAndPerTensorUpdatesAgree) {
   // wanhost's kernel is for fp32 tensors on a GPU: on a CPU the run takes LibTorch's fused update,
   // also by default.
   const auto on_cpu = steps_with("wanhost");
+  EXPECT_EQ(said["wanhost"].find("AdamW (run.kernels.adamw = wanhost)"), std::string::npos)
+      << "a CPU run warned that the GPU kernel did not take its tensors:\n"
+      << said["wanhost"];
   const auto by_default = read_metrics(reference_run());
   ASSERT_EQ(by_default.size(), fused.size());
   for (std::size_t i = 0; i < by_default.size(); ++i)

@@ -219,7 +219,9 @@ void AdamW::update(double lr, const at::Tensor& device_lr, const at::Tensor& gra
     const double decay_rate = decay ? config_.weight_decay : 0.0;
     const c10::Device device = gr.p[0].device();
 #if WANHOST_WITH_CUDA
-    if (fused_usable() && kernel_options().wanhost_adamw &&
+    // wanhost's kernel is for GPU groups; a CPU group takes LibTorch's fused update without a
+    // word (its warning is for GPU tensors the kernel cannot take).
+    if (device.is_cuda() && fused_usable() && kernel_options().wanhost_adamw &&
         wanhost_adamw(gr, count, lr, device_lr, grad_divisor, skipped_now, decay_rate, config_))
       continue;
 #endif
