@@ -12,8 +12,6 @@
 #include <atomic>
 #include <cstdint>
 #include <limits>
-#include <map>
-#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -23,9 +21,9 @@
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "fp8_history.hpp"
 #include "tensor_stamp.hpp"
 #include "wanhost/kit/compute_weights.hpp"
-#include "wanhost/log.hpp"
 
 #if WANHOST_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -113,126 +111,6 @@ double top_of(bool gradient) {
   return gradient ? kE5m2Max : kE4m3Max;
 }
 
-// ---- Delayed scaling (run.fp8 = "delayed"; fp8.hpp) ----
-// Each operand of each layer (its weight, its input, its output's gradient) is a "site" with a
-// ring of per-step max|x| on the device (kernels/fp8_kernels.hpp: the current step's slot is
-// recorded into, the next one cleared, the others hold the last history - 2 steps). A site
-// scales by its own max|x| (current scaling) at its first use, when its ring is made, and by
-// the ring's maximum once a step has completed since (fp8_step_begins counted on the host).
-enum class Role { weight, input, gradient };
-struct Site {
-  at::Tensor ring;              // [history + 2] fp32 on the operand's device
-  std::int64_t primed_at = -1;  // host step count of its first use; -1: not yet (or forgotten)
-};
-// A layer's three sites, and the weight they were made for: another weight (another model whose
-// layer took the cache's address) starts all three afresh.
-struct LayerSites {
-  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> weight{
-      c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>()};
-  Site of[3];
-};
-struct Delayed {
-  std::mutex mutex;
-  std::map<std::string, at::Tensor> steps;  // per device: the step count, int64, 0-dim
-  std::int64_t host_steps = 0;  // fp8_step_begins calls (eager steps: a replay advances the
-                                // device count only)
-  std::map<const void*, LayerSites> layers;  // keyed by the layer's weight cache
-  // Histories a checkpoint brought (load_fp8_history_state), keyed by the layer's weight: a
-  // layer takes them at its first use.
-  std::map<const c10::TensorImpl*, std::array<at::Tensor, 3>> restored;
-};
-const char* const kRoleNames[3] = {"weight", "input", "gradient"};
-// Never destroyed (side_tensors.hpp's reason: CUDA tensors at exit).
-Delayed& delayed() {
-  static Delayed& d = *new Delayed();
-  return d;
-}
-std::atomic<int> g_history{16};
-std::atomic<std::int64_t> g_delayed_quantizations{0};
-
-// How an operand uses its site's ring: recorded into always, scaled from it when `from_history`.
-struct SiteUse {
-  at::Tensor ring, step;
-  bool from_history = false;
-};
-
-// The site of (cache, role) for an operand on `device`, or nothing (current scaling, as
-// "tensorwise") when the recipe is not delayed or no step count exists (fp8_step_begins never
-// called for the device: said once). `weight`: the layer's weight (forward uses; the gradient's
-// use comes after its layer's forward in the same step).
-std::optional<SiteUse> site_use(const void* cache, Role role, const c10::Device& device,
-                                const at::Tensor& weight = {}) {
-  if (fp8_recipe() != Fp8Recipe::delayed || cache == nullptr) return std::nullopt;
-  Delayed& d = delayed();
-  const std::lock_guard<std::mutex> lock(d.mutex);
-  const auto step = d.steps.find(device.str());
-  if (step == d.steps.end()) {
-    static std::atomic<bool> said{false};
-    if (!said.exchange(true))
-      logger()->warn(
-          "run.fp8 = delayed: no training step has begun on {} (fp8_step_begins): operands are "
-          "scaled by their own max|x| (tensorwise) until one does",
-          device.str());
-    return std::nullopt;
-  }
-  LayerSites& layer = d.layers[cache];
-  if (weight.defined() && layer.weight.lock().get() != weight.unsafeGetTensorImpl()) {
-    layer = LayerSites();
-    layer.weight = weight.getIntrusivePtr();
-  }
-  const auto len = static_cast<std::int64_t>(g_history.load()) + 2;
-  if (weight.defined() && !d.restored.empty()) {
-    // A resumed run: the layer's histories as they were at the checkpoint, used at once (the
-    // step they were recorded in has completed).
-    if (const auto it = d.restored.find(weight.unsafeGetTensorImpl()); it != d.restored.end()) {
-      for (int r = 0; r < 3; ++r) {
-        if (!it->second[r].defined() || it->second[r].numel() != len) continue;
-        layer.of[r].ring = it->second[r].to(device, at::kFloat).contiguous();
-        layer.of[r].primed_at = d.host_steps - 1;
-      }
-      d.restored.erase(it);
-    }
-  }
-  Site& site = layer.of[static_cast<int>(role)];
-  if (!site.ring.defined() || site.ring.device() != device || site.ring.numel() != len) {
-    site.ring = at::zeros({len}, at::TensorOptions().dtype(at::kFloat).device(device));
-    site.primed_at = -1;
-  }
-  SiteUse use{site.ring, step->second, false};
-  if (site.primed_at < 0) {
-    site.ring.zero_();  // a forgotten history (a new stage) starts empty
-    site.primed_at = d.host_steps;
-  } else {
-    use.from_history = d.host_steps > site.primed_at;
-  }
-  return use;
-}
-
-// The history's current and next slots as device tensors (no host synchronisation).
-std::pair<at::Tensor, at::Tensor> history_slots(const SiteUse& u) {
-  const std::int64_t len = u.ring.numel();
-  const at::Tensor current = at::remainder(u.step, len).reshape({1});
-  return {current, at::remainder(current + 1, len)};
-}
-
-// The dequantisation scale from the ring: its largest entry but the current and next slots,
-// with scale_of's arithmetic. (On a GPU fp8_kernels.cu reads the ring itself.)
-at::Tensor history_scale(const SiteUse& u, bool gradient) {
-  const auto [current, next] = history_slots(u);
-  const at::Tensor slot = at::arange(u.ring.numel(), u.step.options());
-  const at::Tensor past = u.ring.masked_fill((slot == current) | (slot == next), 0.0);
-  return past.max().clamp_min(kMinAmax) / top_of(gradient);
-}
-
-// Records max|x| over x's finite values into the current slot and clears the next one.
-void record_amax(const SiteUse& u, const at::Tensor& x) {
-  const auto [current, next] = history_slots(u);
-  const at::Tensor a = x.abs().to(at::kFloat);
-  const at::Tensor amax = a.masked_fill(a.isfinite().logical_not(), 0.0).max().reshape({1});
-  u.ring.index_put_({current}, at::maximum(u.ring.index({current}), amax));
-  u.ring.index_put_({next}, at::zeros({1}, u.ring.options()));
-}
-
 // The dequantisation scale max|x| / (the format's largest value), fp32, on x's device. (On a GPU
 // fp8_kernels.cu makes it from its own max|x| with the same arithmetic.)
 at::Tensor scale_of(const at::Tensor& x, bool gradient) {
@@ -274,7 +152,7 @@ kernels::Fp8Prologue kernel_prologue(Elementwise f) {
 }
 
 Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, Outputs want, const Prologue& p,
-                          const std::optional<SiteUse>& site) {
+                          const std::optional<fp8_history::SiteUse>& site) {
   Quantized r;
   // max|x| as partial maxima of one pass with 16-byte loads; the scale and its reciprocal are
   // made inside the cast kernel from them (no reduction of ATen's, no clamp, division and
@@ -331,22 +209,24 @@ Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, Outputs want, cons
 // With a site (delayed scaling), max|x| is recorded into its history, and when the site uses it
 // the scale comes from there: values beyond it saturate at the format's largest value.
 Quantized quantize(const at::Tensor& x, bool gradient, Outputs want, const Prologue& p = {},
-                   const std::optional<SiteUse>& site = std::nullopt) {
+                   const std::optional<fp8_history::SiteUse>& site = std::nullopt) {
   at::NoGradGuard no_grad;
-  if (site && site->from_history) g_delayed_quantizations.fetch_add(1);
+  if (site && site->from_history) fp8_history::count_delayed_quantization();
 #if WANHOST_WITH_CUDA
   if (kernel_takes(x, p)) return quantize_on_gpu(x, gradient, want, p, site);
 #endif
   if (p.f != Elementwise::none) return quantize(applied(x, p), gradient, want, {}, site);
   Quantized r;
-  r.scale = site && site->from_history ? history_scale(*site, gradient) : scale_of(x, gradient);
+  r.scale = site && site->from_history
+                ? fp8_history::history_scale(*site, kMinAmax, top_of(gradient))
+                : scale_of(x, gradient);
   at::Tensor scaled = x.to(at::kFloat) * r.scale.reciprocal();
   // ATen's conversion makes NaN of what lies beyond the format; the kernel saturates, but an
   // infinite x stays non-finite (NaN): an overflow of the model must not be clamped away.
   if (site && site->from_history)
     scaled = scaled.clamp(-top_of(gradient), top_of(gradient))
                  .masked_fill(x.isinf(), std::numeric_limits<double>::quiet_NaN());
-  if (site) record_amax(*site, x);
+  if (site) fp8_history::record_amax(*site, x);
   const at::Tensor q = scaled.to(format(gradient));
   if (want.rows) r.q = q;
   if (want.transposed) r.qt = transposed_padded(q);
@@ -387,8 +267,9 @@ Quantized quantized_input(const at::Tensor& x, const at::Tensor& rows, const Fp8
     c.last = c.recurring;
     return c.recurring.quantized;
   }
-  Quantized q = quantize(rows, false, {.rows = true, .transposed = true}, {},
-                         site_use(cache, Role::input, rows.device(), weight));
+  Quantized q =
+      quantize(rows, false, {.rows = true, .transposed = true}, {},
+               fp8_history::site_use(cache, fp8_history::Role::input, rows.device(), weight));
   g_input_quantizations.fetch_add(1);
   const TensorStamp stamp(x);
   const bool again =
@@ -455,7 +336,7 @@ Quantized quantized_output_gradient(torch::autograd::AutogradContext* ctx, const
   const auto* cache = reinterpret_cast<const Fp8WeightCache*>(
       static_cast<std::intptr_t>(ctx->saved_data[layer + "cache"].toInt()));
   return quantize(dy, true, {.rows = true, .transposed = true, .column_sums = has_bias(ctx, layer)},
-                  p, site_use(cache, Role::gradient, dy.device()));
+                  p, fp8_history::site_use(cache, fp8_history::Role::gradient, dy.device()));
 }
 
 std::vector<std::int64_t> with_last(at::IntArrayRef sizes, std::int64_t last) {
@@ -507,7 +388,7 @@ struct Fp8GeluFeedForwardFunction : torch::autograd::Function<Fp8GeluFeedForward
     const at::Tensor pre = forward_product(xq, up, b1, dtype);  // [M, hidden]
     const Quantized hq =
         quantize(pre, false, {.rows = true, .transposed = true}, {Elementwise::gelu, {}},
-                 site_use(cache2, Role::input, pre.device(), w2));
+                 fp8_history::site_use(cache2, fp8_history::Role::input, pre.device(), w2));
     const Fp8WeightCache::Copies& down = cache2->of(w2);
     const at::Tensor y = forward_product(hq, down, b2, dtype);
     ctx->save_for_backward(
@@ -571,89 +452,6 @@ const char* fp8_recipe_name(Fp8Recipe recipe) {
   return "off";
 }
 
-void set_fp8_amax_history(int steps) {
-  if (steps < 1 || steps > kMaxFp8AmaxHistory)
-    throw std::invalid_argument("the FP8 amax history must be 1.." +
-                                std::to_string(kMaxFp8AmaxHistory) + " steps, got " +
-                                std::to_string(steps));
-  g_history.store(steps);
-}
-int fp8_amax_history() {
-  return g_history.load();
-}
-
-void fp8_step_begins(const c10::Device& device) {
-  if (fp8_recipe() != Fp8Recipe::delayed) return;
-  Delayed& d = delayed();
-  const std::lock_guard<std::mutex> lock(d.mutex);
-  at::Tensor& step = d.steps[device.str()];
-  if (!step.defined())
-    step = at::zeros({}, at::TensorOptions().dtype(at::kLong).device(device));
-  else
-    step.add_(1);  // on the current stream: a captured step advances it on every replay
-  ++d.host_steps;
-}
-
-void fp8_forget_history() {
-  Delayed& d = delayed();
-  const std::lock_guard<std::mutex> lock(d.mutex);
-  for (auto& [cache, layer] : d.layers)
-    for (Site& site : layer.of) site.primed_at = -1;
-  d.restored.clear();  // a checkpoint's histories belong to the stage it was saved in
-}
-
-std::map<std::string, at::Tensor> fp8_history_state(
-    const std::vector<std::pair<std::string, at::Tensor>>& weights, const c10::Device& device) {
-  std::map<std::string, at::Tensor> out;
-  if (fp8_recipe() != Fp8Recipe::delayed) return out;
-  std::map<const c10::TensorImpl*, std::string> name_of;
-  for (const auto& [name, w] : weights) name_of[w.unsafeGetTensorImpl()] = name;
-  Delayed& d = delayed();
-  const std::lock_guard<std::mutex> lock(d.mutex);
-  const auto step = d.steps.find(device.str());
-  if (step == d.steps.end()) return out;
-  for (const auto& [cache, layer] : d.layers) {
-    const auto named = name_of.find(layer.weight.lock().get());
-    if (named == name_of.end()) continue;
-    for (int r = 0; r < 3; ++r)
-      if (layer.of[r].ring.defined() && layer.of[r].primed_at >= 0)
-        out[named->second + "/fp8_amax_" + kRoleNames[r]] = layer.of[r].ring.cpu();
-  }
-  if (!out.empty()) out["fp8_step"] = step->second.reshape({1}).cpu();
-  return out;
-}
-
-std::size_t load_fp8_history_state(const std::map<std::string, at::Tensor>& state,
-                                   const std::vector<std::pair<std::string, at::Tensor>>& weights,
-                                   const c10::Device& device) {
-  const auto step = state.find("fp8_step");
-  if (step == state.end()) return 0;
-  Delayed& d = delayed();
-  const std::lock_guard<std::mutex> lock(d.mutex);
-  std::size_t layers = 0;
-  for (const auto& [name, w] : weights) {
-    std::array<at::Tensor, 3> rings;
-    bool any = false;
-    for (int r = 0; r < 3; ++r) {
-      const auto it = state.find(name + "/fp8_amax_" + kRoleNames[r]);
-      if (it == state.end()) continue;
-      rings[r] = it->second;
-      any = true;
-    }
-    if (!any) continue;
-    d.restored[w.unsafeGetTensorImpl()] = rings;
-    ++layers;
-  }
-  // The count of the checkpoint's last step: the next fp8_step_begins advances it.
-  d.steps[device.str()] =
-      step->second.reshape({}).to(at::TensorOptions().dtype(at::kLong).device(device)).clone();
-  return layers;
-}
-
-std::int64_t fp8_delayed_quantizations() {
-  return g_delayed_quantizations.load();
-}
-
 void fp8_weights_changed() {
   weights_changed();
 }
@@ -665,8 +463,9 @@ const Fp8WeightCache::Copies& Fp8WeightCache::of(const at::Tensor& weight) {
     return copies_;
   at::NoGradGuard no_grad;
   // [out, in]: out is a multiple of 16, so the transposed copy [in, out] has no padding.
-  Quantized w = quantize(weight.detach().contiguous(), false, {.rows = true, .transposed = true},
-                         {}, site_use(this, Role::weight, weight.device(), weight));
+  Quantized w =
+      quantize(weight.detach().contiguous(), false, {.rows = true, .transposed = true}, {},
+               fp8_history::site_use(this, fp8_history::Role::weight, weight.device(), weight));
   copies_.q = w.q;
   copies_.qt = w.qt;
   copies_.scale = w.scale;
