@@ -6,6 +6,7 @@
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -21,8 +22,10 @@ namespace fp8_history {
 namespace {
 
 struct Site {
-  at::Tensor ring;              // [history + 2] fp32 on the operand's device
-  std::int64_t primed_at = -1;  // host step count of its first use; -1: not yet (or forgotten)
+  at::Tensor ring;  // [history + 2] fp32 on the operand's device
+  // The host step count of its first use; none: not yet used (or forgotten: a new stage). A
+  // checkpoint's history counts as primed a step before the resumed run's first.
+  std::optional<std::int64_t> primed_at;
 };
 // A layer's three sites, and the weight they were made for: another weight (another model whose
 // layer took the cache's address) starts all three afresh.
@@ -80,22 +83,22 @@ std::optional<SiteUse> site_use(const void* cache, Role role, const c10::Device&
       for (int r = 0; r < 3; ++r) {
         if (!it->second[r].defined() || it->second[r].numel() != len) continue;
         layer.of[r].ring = it->second[r].to(device, at::kFloat).contiguous();
-        layer.of[r].primed_at = d.host_steps - 1;
+        layer.of[r].primed_at = d.host_steps - 1;  // may be -1: still a completed step
       }
       d.restored.erase(it);
     }
   }
   Site& site = layer.of[static_cast<int>(role)];
   if (!site.ring.defined() || site.ring.device() != device || site.ring.numel() != len) {
-    site.ring = at::zeros({len}, at::TensorOptions().dtype(at::kFloat).device(device));
-    site.primed_at = -1;
+    site.ring = at::empty({len}, at::TensorOptions().dtype(at::kFloat).device(device));
+    site.primed_at.reset();
   }
   SiteUse use{site.ring, step->second, false};
-  if (site.primed_at < 0) {
-    site.ring.zero_();  // a forgotten history (a new stage) starts empty
+  if (!site.primed_at) {
+    site.ring.zero_();  // a new or forgotten history (a new stage) starts empty
     site.primed_at = d.host_steps;
   } else {
-    use.from_history = d.host_steps > site.primed_at;
+    use.from_history = d.host_steps > *site.primed_at;
   }
   return use;
 }
@@ -166,7 +169,7 @@ void fp8_forget_history() {
   Delayed& d = delayed();
   const std::lock_guard<std::mutex> lock(d.mutex);
   for (auto& [cache, layer] : d.layers)
-    for (Site& site : layer.of) site.primed_at = -1;
+    for (Site& site : layer.of) site.primed_at.reset();
   d.restored.clear();  // a checkpoint's histories belong to the stage it was saved in
 }
 
@@ -184,7 +187,7 @@ std::map<std::string, at::Tensor> fp8_history_state(
     const auto named = name_of.find(layer.weight.lock().get());
     if (named == name_of.end()) continue;
     for (int r = 0; r < 3; ++r)
-      if (layer.of[r].ring.defined() && layer.of[r].primed_at >= 0)
+      if (layer.of[r].ring.defined() && layer.of[r].primed_at)
         out[named->second + "/fp8_amax_" + kRoleNames[r]] = layer.of[r].ring.cpu();
   }
   if (!out.empty()) out["fp8_step"] = step->second.reshape({1}).cpu();
