@@ -18,7 +18,7 @@
 #             compare`'s largest smoothed-loss difference per stage, CSVs and summaries (PNGs
 #             where the build has PLplot; else run `wanhost compare` here on the returned
 #             metrics); AB_FLOOR=1 adds bf16 with the fused kernels off, the same arithmetic with
-#             other roundings (the noise floor);
+#             other roundings (the noise floor); AB_TENSORWISE=0 leaves the tensorwise run out;
 #  - steps:   whole 1.3B steps (`wanhost run`, ddp), stage 1 and 2, fp8 off and tensorwise
 #             (STEP_PRECISIONS="bf16": bf16 only);
 #             FP8_DELAYED=1 adds delayed scaling (run.fp8 = delayed) to graphsteps' FP8 runs
@@ -138,8 +138,13 @@ ab_run() { # TAG EXTRA...
 }
 if want ab && [ -x "$W" ] && left 150; then
   ab_run bf16
-  left 100 && ab_run fp8 --set run.fp8=\"tensorwise\"
-  runs=("$R/ab-bf16" "$R/ab-fp8") labels=(--label bf16 --label fp8-tensorwise)
+  runs=("$R/ab-bf16") labels=(--label bf16)
+  # AB_TENSORWISE=0: no tensorwise run (its A/B is on record; a call then fits delayed and the
+  # noise floor at AB_S2_BATCH > 1).
+  if [ "${AB_TENSORWISE:-1}" = 1 ] && left 100; then
+    ab_run fp8 --set run.fp8=\"tensorwise\"
+    runs+=("$R/ab-fp8") labels+=(--label fp8-tensorwise)
+  fi
   # FP8_DELAYED=1: delayed scaling too (run.fp8 = delayed, 16 steps of history).
   if [ "${FP8_DELAYED:-0}" = 1 ] && left 130; then
     ab_run fp8-delayed --set run.fp8=\"delayed\"
