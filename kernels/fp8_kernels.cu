@@ -5,13 +5,15 @@
 // copy of a transposed byte matrix reads one byte per 32-byte sector; this reads and writes whole
 // sectors. The column sums (a bias gradient) come from the same reads. Operands whose columns are a
 // multiple of 8 and whose addresses allow (every operand of the FP8 layers) take a variant with
-// 16-byte loads and 8- and 16-byte stores (cast_transpose_wide). max|x| comes from a one-pass
-// kernel of partial maxima that every cast block reduces again (amax_partials).
+// 16-byte loads and 8- and 16-byte stores, several tiles a block (cast_transpose_wide). max|x|
+// comes from a one-pass kernel of partial maxima that every cast block reduces again
+// (amax_partials), or from a history (delayed scaling), recorded by the casts.
 #include "fp8_kernels.hpp"
 
 #include "vector_loads.cuh"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -229,6 +231,7 @@ struct CastArgs {
   unsigned char* q;
   unsigned char* qt;
   float* column_partials;
+  std::int64_t row_tiles_per_block;  // cast_transpose_wide: consecutive row tiles a block casts
 };
 
 // The operand's 1 / scale for a tile's block: max|x| from the partials (every block reduces them
@@ -325,107 +328,151 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
 }
 
 // The same cast with 16-byte loads and wide stores, for the common case (cols a multiple of 8,
-// x 16-byte aligned, q 8-byte and qt 16-byte aligned, padded_rows a multiple of 16). Same tile
-// (64 x 64, so the column partials are laid out alike) and threads, mapped differently. Rows
-// pass: a thread converts 8 neighbouring elements of a row (one 16-byte load of bf16, two of
-// fp32) into one 8-byte store of q and of the shared tile; 8 threads a row, 32 rows a pass, both
-// passes' loads in flight together. Columns pass: a thread gathers 16 rows of one tile column
-// from shared memory into one 16-byte store of qt; a warp reads 32 neighbouring bytes of one tile
-// row at a time (no bank conflicts with the 64-byte row pitch, nor in the rows pass, where a
-// half warp's 8-byte stores cover two whole rows). Column sums: each thread's 8 columns over its
-// 2 rows, then the 32 row groups added in a fixed order (deterministic).
+// x 16-byte aligned, q 8-byte and qt 16-byte aligned, padded_rows a multiple of 16). Same tiles
+// (64 x 64, so the column partials are laid out alike) and threads, mapped differently, and a
+// block takes `row_tiles_per_block` tiles of one tile column one after the other: the scale is
+// made once a block, while its first tile's loads are in flight, each next tile's loads are
+// issued before the current tile is written, and delayed scaling records one maximum a block
+// (a block a tile spent most of its time waiting on those, not moving bytes: measured on an H100
+// at 1.7-2.1 TB/s, 2026-12-05). Rows pass: a thread converts 8 neighbouring elements of a row
+// (one 16-byte load of bf16, two of fp32) into one 8-byte store of q and of the shared tile; 8
+// threads a row, 32 rows a pass, both passes' loads in flight together. Columns pass: a thread
+// gathers 16 rows of one tile column from shared memory into one 16-byte store of qt; a warp
+// reads 32 neighbouring bytes of one tile row at a time (no bank conflicts with the 64-byte row
+// pitch, nor in the rows pass, where a half warp's 8-byte stores cover two whole rows). Column
+// sums: each thread's 8 columns over its 2 rows of a tile, then the 32 row groups added in a
+// fixed order (deterministic; the same sums whatever the tiles a block takes).
 struct Eight {
   float v[8];
 };
-// Eight neighbouring elements from a 16-byte aligned address (two 16-byte loads of fp32).
+// The 16-byte words of eight neighbouring elements (one of bf16, two of fp32), as loaded.
 template <typename In>
-__device__ __forceinline__ Eight load_eight(const In* x) {
-  constexpr int kPerLoad = 16 / sizeof(In);
+struct RawEight {
+  static constexpr int kWords = 8 * static_cast<int>(sizeof(In)) / 16;
+  uint4 w[kWords];
+};
+template <typename In>
+__device__ __forceinline__ RawEight<In> load_raw(const In* x) {
   const auto* words = reinterpret_cast<const uint4*>(x);
+  RawEight<In> r;
+#pragma unroll
+  for (int k = 0; k < RawEight<In>::kWords; ++k) r.w[k] = words[k];
+  return r;
+}
+template <typename In>
+__device__ __forceinline__ Eight floats_of(const RawEight<In>& r) {
+  constexpr int kPerLoad = 16 / static_cast<int>(sizeof(In));
   Eight e;
 #pragma unroll
-  for (int w = 0; w < 8 / kPerLoad; ++w) unpack(words[w], x, e.v + w * kPerLoad);
+  for (int k = 0; k < RawEight<In>::kWords; ++k)
+    unpack(r.w[k], static_cast<const In*>(nullptr), e.v + k * kPerLoad);
   return e;
 }
 
+constexpr int kWideThreads = 32 * kTileRowsPerPass;
+constexpr int kWideGroups = kTile / 8;                        // 8-column groups of a tile row
+constexpr int kWideRowsPerPass = kWideThreads / kWideGroups;  // 32
+constexpr int kWidePasses = kTile / kWideRowsPerPass;         // 2
+
+// One thread's loads of a tile: its 8 columns of 2 rows (and of aux), and whether each row is
+// inside the matrix (rows past it are the zero padding of qt).
 template <typename Op, typename In>
-__global__ void __launch_bounds__(32 * kTileRowsPerPass)
+struct TileLoads {
+  RawEight<In> x[kWidePasses], aux[Op::kAux ? kWidePasses : 1];
+  bool inside[kWidePasses];
+};
+template <typename Op, typename In>
+__device__ __forceinline__ void load_tile(TileLoads<Op, In>& t, const In* x, const In* aux,
+                                          const CastArgs& a, std::int64_t r0, std::int64_t c,
+                                          int row_in_pass) {
+#pragma unroll
+  for (int pass = 0; pass < kWidePasses; ++pass) {
+    const std::int64_t r = r0 + row_in_pass + pass * kWideRowsPerPass;
+    t.inside[pass] = r < a.rows && c < a.cols;
+    if (t.inside[pass]) {
+      t.x[pass] = load_raw(x + r * a.cols + c);
+      if constexpr (Op::kAux) t.aux[pass] = load_raw(aux + r * a.cols + c);
+    }
+  }
+}
+
+template <typename Op, typename In>
+__global__ void __launch_bounds__(kWideThreads)
     cast_transpose_wide(const In* __restrict__ x, const In* __restrict__ aux, const CastArgs a) {
-  constexpr int kThreads = 32 * kTileRowsPerPass;
-  constexpr int kGroups = kTile / 8;                // 8-column groups of a tile row
-  constexpr int kRowsPerPass = kThreads / kGroups;  // 32
-  constexpr int kPasses = kTile / kRowsPerPass;     // 2
   __shared__ __align__(16) unsigned char tile[kTile][kTile];
-  __shared__ float sums[kRowsPerPass][kTile];
-  const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.x) * kTile;
+  __shared__ float sums[kWideRowsPerPass][kTile];
+  const std::int64_t row_tiles = (a.padded_rows + kTile - 1) / kTile;
+  const std::int64_t first_tile = static_cast<std::int64_t>(blockIdx.x) * a.row_tiles_per_block;
+  const std::int64_t end_tile = first_tile + a.row_tiles_per_block < row_tiles
+                                    ? first_tile + a.row_tiles_per_block
+                                    : row_tiles;
   const std::int64_t c0 = static_cast<std::int64_t>(blockIdx.y) * kTile;
   const int tid = threadIdx.x + threadIdx.y * 32;
-  const float inv = tile_inverse_scale(a);
-  const int group = tid % kGroups, row_in_pass = tid / kGroups;
+  const int group = tid % kWideGroups, row_in_pass = tid / kWideGroups;
   const std::int64_t c = c0 + 8 * group;  // c + 8 <= cols whenever c < cols (cols % 8 == 0)
-  float colsum[8] = {};
+  TileLoads<Op, In> now, next;
+  load_tile(now, x, aux, a, first_tile * kTile, c, row_in_pass);
+  const float inv = tile_inverse_scale(a);   // while the first tile's loads are in flight
   float amax = 0.f;                          // of the finite values (delayed scaling's record)
   const bool record = a.history != nullptr;  // the same for every thread
-  Eight in[kPasses];
-  bool inside[kPasses];
+  for (std::int64_t t = first_tile; t < end_tile; ++t) {
+    const std::int64_t r0 = t * kTile;
+    if (t + 1 < end_tile) load_tile(next, x, aux, a, r0 + kTile, c, row_in_pass);
+    float colsum[8] = {};
 #pragma unroll
-  for (int pass = 0; pass < kPasses; ++pass) {
-    const std::int64_t r = r0 + row_in_pass + pass * kRowsPerPass;
-    inside[pass] = r < a.rows && c < a.cols;
-    if (inside[pass]) {
-      in[pass] = load_eight(x + r * a.cols + c);
-      if constexpr (Op::kAux) {
-        const Eight at = load_eight(aux + r * a.cols + c);
+    for (int pass = 0; pass < kWidePasses; ++pass) {
+      const int i = row_in_pass + pass * kWideRowsPerPass;
+      uint2 bytes = make_uint2(0u, 0u);  // rows past the matrix: the zero padding of qt
+      if (now.inside[pass]) {
+        Eight in = floats_of(now.x[pass]);
+        if constexpr (Op::kAux) {
+          const Eight at = floats_of(now.aux[pass]);
 #pragma unroll
-        for (int k = 0; k < 8; ++k) in[pass].v[k] = Op::value(in[pass].v[k], at.v[k]);
-      } else {
+          for (int k = 0; k < 8; ++k) in.v[k] = Op::value(in.v[k], at.v[k]);
+        } else {
 #pragma unroll
-        for (int k = 0; k < 8; ++k) in[pass].v[k] = Op::value(in[pass].v[k], 0.f);
+          for (int k = 0; k < 8; ++k) in.v[k] = Op::value(in.v[k], 0.f);
+        }
+        unsigned int word[2] = {0u, 0u};
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          colsum[k] += in.v[k];
+          if (record) amax = fmaxf(amax, finite_abs(in.v[k]));
+          word[k / 4] |= static_cast<unsigned int>(scaled_fp8(in.v[k], inv, a.format))
+                         << (8 * (k % 4));
+        }
+        bytes = make_uint2(word[0], word[1]);
+        if (a.q != nullptr) *reinterpret_cast<uint2*>(a.q + (r0 + i) * a.cols + c) = bytes;
+      }
+      *reinterpret_cast<uint2*>(&tile[i][8 * group]) = bytes;
+    }
+    if (a.column_partials != nullptr) {  // the same for every thread of the block
+#pragma unroll
+      for (int k = 0; k < 8; ++k) sums[row_in_pass][8 * group + k] = colsum[k];
+    }
+    __syncthreads();  // the tile and its sums are written
+    if (a.column_partials != nullptr && tid < kTile && c0 + tid < a.cols) {
+      float total = 0.f;
+      for (int i = 0; i < kWideRowsPerPass; ++i) total += sums[i][tid];
+      a.column_partials[t * a.cols + c0 + tid] = total;
+    }
+    if (a.qt != nullptr) {
+      const int column = tid % kTile, first_row = 16 * (tid / kTile);
+      const std::int64_t cc = c0 + column;
+      // padded_rows % 16 == 0: the 16 rows are all inside or all outside.
+      if (cc < a.cols && r0 + first_row < a.padded_rows) {
+        unsigned int word[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+        for (int k = 0; k < 16; ++k)
+          word[k / 4] |= static_cast<unsigned int>(tile[first_row + k][column]) << (8 * (k % 4));
+        *reinterpret_cast<uint4*>(a.qt + cc * a.padded_rows + r0 + first_row) =
+            make_uint4(word[0], word[1], word[2], word[3]);
       }
     }
-  }
-#pragma unroll
-  for (int pass = 0; pass < kPasses; ++pass) {
-    const int i = row_in_pass + pass * kRowsPerPass;
-    uint2 bytes = make_uint2(0u, 0u);  // rows past the matrix: the zero padding of qt
-    if (inside[pass]) {
-      unsigned int word[2] = {0u, 0u};
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        colsum[k] += in[pass].v[k];
-        if (record) amax = fmaxf(amax, finite_abs(in[pass].v[k]));
-        word[k / 4] |= static_cast<unsigned int>(scaled_fp8(in[pass].v[k], inv, a.format))
-                       << (8 * (k % 4));
-      }
-      bytes = make_uint2(word[0], word[1]);
-      if (a.q != nullptr) *reinterpret_cast<uint2*>(a.q + (r0 + i) * a.cols + c) = bytes;
-    }
-    *reinterpret_cast<uint2*>(&tile[i][8 * group]) = bytes;
+    __syncthreads();  // the tile and its sums are read before the next tile writes them
+    now = next;
   }
   record_amax(a, amax);
-  if (a.column_partials != nullptr) {  // the same for every thread of the block
-#pragma unroll
-    for (int k = 0; k < 8; ++k) sums[row_in_pass][8 * group + k] = colsum[k];
-    __syncthreads();
-    if (tid < kTile && c0 + tid < a.cols) {
-      float total = 0.f;
-      for (int i = 0; i < kRowsPerPass; ++i) total += sums[i][tid];
-      a.column_partials[static_cast<std::int64_t>(blockIdx.x) * a.cols + c0 + tid] = total;
-    }
-  }
-  if (a.qt == nullptr) return;  // the same for every thread of the block
-  __syncthreads();
-  const int column = tid % kTile, first_row = 16 * (tid / kTile);
-  const std::int64_t cc = c0 + column;
-  // padded_rows % 16 == 0: the 16 rows are all inside or all outside.
-  if (cc < a.cols && r0 + first_row < a.padded_rows) {
-    unsigned int word[4] = {0u, 0u, 0u, 0u};
-#pragma unroll
-    for (int k = 0; k < 16; ++k)
-      word[k / 4] |= static_cast<unsigned int>(tile[first_row + k][column]) << (8 * (k % 4));
-    *reinterpret_cast<uint4*>(a.qt + cc * a.padded_rows + r0 + first_row) =
-        make_uint4(word[0], word[1], word[2], word[3]);
-  }
 }
 
 }  // namespace
@@ -458,6 +505,31 @@ bool dispatch(Fp8Source source, Fp8Prologue prologue, const void* x, const void*
   return false;
 }
 
+// The current device's multiprocessors (asked once a device).
+int multiprocessors() {
+  constexpr int kDevices = 64;
+  static std::atomic<int> counts[kDevices];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kDevices) return 132;
+  int n = counts[device].load(std::memory_order_relaxed);
+  if (n == 0) {
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0)
+      n = 132;
+    counts[device].store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
+
+// Row tiles a block of cast_transpose_wide takes: as many as keep about one full wave of blocks
+// (4-5 resident a multiprocessor: 256 threads of 48-64 registers, ptxas for sm_90), at most 8
+// (a block's last tiles would otherwise make a long tail), at least 1 (small matrices: the
+// weights).
+std::int64_t wide_row_tiles_per_block(std::int64_t row_tiles, std::int64_t col_tiles) {
+  constexpr std::int64_t kResident = 4, kMost = 8;
+  const std::int64_t wave = kResident * multiprocessors();
+  return std::clamp<std::int64_t>(row_tiles * col_tiles / wave, 1, std::min(kMost, row_tiles));
+}
+
 }  // namespace
 
 cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t rows,
@@ -473,7 +545,6 @@ cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t row
   const std::int64_t row_tiles = (padded_rows + kTile - 1) / kTile;
   const std::int64_t col_tiles = (cols + kTile - 1) / kTile;
   if (row_tiles > 0x7fffffff || col_tiles > 65535) return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles));
   const dim3 block(32, kTileRowsPerPass);
   const CastArgs args{rows,
                       cols,
@@ -489,9 +560,14 @@ cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t row
                       format,
                       static_cast<unsigned char*>(q),
                       static_cast<unsigned char*>(qt),
-                      column_partials};
+                      column_partials,
+                      wide_row_tiles_per_block(row_tiles, col_tiles)};
   const bool wide = cols % 8 == 0 && padded_rows % 16 == 0 && aligned_to(x, 16) &&
                     aligned_to(aux, 16) && aligned_to(q, 8) && aligned_to(qt, 16);
+  const dim3 grid(
+      static_cast<unsigned>(
+          wide ? (row_tiles + args.row_tiles_per_block - 1) / args.row_tiles_per_block : row_tiles),
+      static_cast<unsigned>(col_tiles));
   const bool known = dispatch(source, prologue, x, aux, [&](auto op, auto typed, auto typed_aux) {
     using Op = decltype(op);
     using In = std::remove_cv_t<std::remove_pointer_t<decltype(typed)>>;

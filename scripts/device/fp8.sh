@@ -3,7 +3,7 @@
 # builds build-gpu, then, each part skipped once the call's time runs short (BUDGET_S) and each
 # chosen by PARTS (default: all of them, in this order):
 #  - tests:   each binary under a time limit: the FP8 products against their emulation and the
-#             fused kernels (test_kernels), AdamW (test_optim), the weight copies, graphs and host
+#             fused kernels (test_kernels), the FP8 cast kernel itself (test_fp8_cast_kernel), AdamW (test_optim), the weight copies, graphs and host
 #             reads (test_compute_weights, test_train_units),
 #             the model's GPU tests (test_wan21_dit *OnAGpu*);
 #  - bench:   4-block stacks of stage 1 and 2 (captions of 20-200 tokens padded to 512) and 14B
@@ -28,7 +28,8 @@
 #             GRAPH_ADAMW=1 bf16 graphs with LibTorch's fused AdamW (the default is wanhost's
 #             kernel), GRAPH_CASTS=1 bf16 graphs with the weights cast in one pass a step
 #             (run.kernels.weight_casts=per_step), FP8_GELU=1 (with GRAPH_FP8) FP8 graphs with the
-#             feed-forward's GELU in the FP8 casts (run.kernels.fp8_gelu);
+#             feed-forward's GELU in the FP8 casts (run.kernels.fp8_gelu; with FP8_DELAYED=1 the
+#             delayed recipe's), GRAPH_BF16=0 no bf16 runs;
 #  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py), before the
 #             whole steps so that a call short of time still compares them, and every whole-step
 #             run's ratio to it at the end ("ratio" lines);
@@ -36,7 +37,8 @@
 #             (logging.profile_step): device time per kernel class and the longest kernels, the
 #             optimizer, gradient casts and clipping included; PROFILE_LEVERS=1 also with the
 #             weights cast in one pass and wanhost's AdamW, PROFILE_FP8=1 also with FP8 on top;
-#             PROFILE_GRAPHS=1 first a replayed step (bf16; FP8 too with GRAPH_FP8=1) with the
+#             PROFILE_GRAPHS=1 first a replayed step (bf16 unless GRAPH_BF16=0; FP8 too with
+#             GRAPH_FP8=1, the recipes and the operator as graphsteps) with the
 #             device's idle time between its kernels (PROFILE_EAGER=0: only those);
 #             PROFILE_STAGES: the stages profiled (default STAGES);
 #  - peer:    the compiled peer's blocks (build-perf/peer/peer_wan_block.py) on the same GPU.
@@ -52,7 +54,8 @@ PARTS=${PARTS:-tests bench profile ab steps graphsteps peerstep stepprofile peer
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 . scripts/device/measure_lib.sh
 start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_kernels \
-  $(want tests && echo test_wan21_dit test_optim test_compute_weights test_train_units)
+  $(want tests && echo test_fp8_cast_kernel test_wan21_dit test_optim test_compute_weights \
+    test_train_units)
 
 # A GPU test binary under a time limit (a hanging test must not take the whole call); its exit
 # status goes into the summary when it is not 0 (124: timed out).
@@ -69,6 +72,8 @@ gpu_test() { # BINARY ARGS... (TEST_S: the limit, default 150 s)
 if want tests; then
   : >"$R/tests.txt"
   gpu_test test_kernels --gtest_filter='Fp8*:FusedGpu*'
+  # The FP8 cast kernel called directly: several row tiles a block, every output bit for bit.
+  gpu_test test_fp8_cast_kernel
   # The model's GPU tests: fused against plain path, captured step, packed and collapsed text.
   gpu_test test_wan21_dit --gtest_filter='*OnAGpu*'
   # LibTorch's fused CUDA AdamW with the device-side skip (found_inf) and clip (grad_scale), and
@@ -203,8 +208,11 @@ G=(--set stages.0.text_rows=252 --set stages.1.text_rows=252
   --set model.wan21_dit.collapsed_rows_from=\"text_rows\")
 if want graphsteps && [ -x "$W" ]; then
   for stage in ${STAGES:-1 2}; do
-    left 100 && run_steps ddp-bf16-t252 $stage "${G[@]}"
-    left 100 && run_steps ddp-bf16-graphs $stage "${G[@]}" --set run.cuda_graphs=true
+    # GRAPH_BF16=0: no bf16 runs (a call about FP8 only).
+    if [ "${GRAPH_BF16:-1}" = 1 ]; then
+      left 100 && run_steps ddp-bf16-t252 $stage "${G[@]}"
+      left 100 && run_steps ddp-bf16-graphs $stage "${G[@]}" --set run.cuda_graphs=true
+    fi
     # GRAPH_ADAMW=1: the same with LibTorch's fused AdamW (run.kernels.adamw = fused; the default
     # is wanhost's multi-tensor kernel since 2026-12-05): the AdamW kernel's A/B.
     [ "${GRAPH_ADAMW:-0}" = 1 ] && left 100 && run_steps ddp-bf16-graphs-torch-adamw $stage \
@@ -226,8 +234,9 @@ if want graphsteps && [ -x "$W" ]; then
     [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}" = 111 ] && left 100 &&
       run_steps ddp-fp8-delayed-graphs-gelu $stage "${G[@]}" --set run.cuda_graphs=true \
         --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\"
-    # FP8_GELU=1 (with GRAPH_FP8): the same with the feed-forward's GELU inside the FP8 casts.
-    [ "${GRAPH_FP8:-0}${FP8_GELU:-0}" = 11 ] && left 100 &&
+    # FP8_GELU=1 (with GRAPH_FP8, without FP8_DELAYED): the tensorwise recipe with the
+    # feed-forward's GELU inside the FP8 casts.
+    [ "${GRAPH_FP8:-0}${FP8_GELU:-0}${FP8_DELAYED:-0}" = 110 ] && left 100 &&
       run_steps ddp-fp8-graphs-gelu $stage "${G[@]}" --set run.cuda_graphs=true \
         --set run.fp8=\"tensorwise\" --set run.kernels.fp8_gelu=\"fused\"
   done
@@ -251,11 +260,19 @@ if want stepprofile && [ -x "$W" ]; then
   L=(--set run.kernels.weight_casts=\"per_step\")
   for stage in ${PROFILE_STAGES:-${STAGES:-1 2}}; do
     if [ "${PROFILE_GRAPHS:-0}" = 1 ]; then
-      profile_step bf16-graphs $stage "${G[@]}" --set run.cuda_graphs=true || break
-      [ "${GRAPH_FP8:-0}" = 1 ] && { profile_step fp8-graphs $stage "${G[@]}" \
+      if [ "${GRAPH_BF16:-1}" = 1 ]; then
+        profile_step bf16-graphs $stage "${G[@]}" --set run.cuda_graphs=true || break
+      fi
+      # FP8 (GRAPH_FP8=1): tensorwise, or with FP8_DELAYED=1 delayed scaling (and with FP8_GELU=1
+      # also the feed-forward operator).
+      [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}" = 10 ] && { profile_step fp8-graphs $stage "${G[@]}" \
         --set run.cuda_graphs=true --set run.fp8=\"tensorwise\" || break; }
       [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}" = 11 ] && { profile_step fp8-delayed-graphs $stage \
         "${G[@]}" --set run.cuda_graphs=true --set run.fp8=\"delayed\" || break; }
+      [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}" = 111 ] && {
+        profile_step fp8-delayed-graphs-gelu $stage "${G[@]}" --set run.cuda_graphs=true \
+          --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\" || break
+      }
       [ "${PROFILE_EAGER:-1}" = 1 ] || continue
     fi
     profile_step bf16 $stage || break

@@ -1,0 +1,147 @@
+// The FP8 cast kernel itself (kernels/fp8_kernels.hpp, fp8_cast_transpose), called with raw
+// pointers as the kit calls it, on matrices large enough that a block casts several row tiles
+// one after the other (12493 x 1536: 196 row tiles, 8 a block on a 132-multiprocessor GPU, the
+// last block 4; 203 x 1536: one a block), every output against ATen's arithmetic on the same GPU,
+// bit for bit: the row-major bytes, the transposed copy with its zero padding, the column sums
+// per 64-row tile (added in the kernel's order), the scale, and under delayed scaling the scale
+// from the history and the max|x| recorded into it. GPU only: built where the kernels are.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "fp8_kernels.hpp"
+
+namespace {
+
+namespace k = wanhost::kernels;
+
+constexpr std::int64_t kTileRows = k::kFp8CastTileRows;
+
+std::int64_t round_up(std::int64_t n, std::int64_t m) {
+  return (n + m - 1) / m * m;
+}
+
+// What fp8_cast_transpose wrote.
+struct Cast {
+  at::Tensor q, qt, column_partials, scale;
+};
+
+// One call of the kernel on x (bf16 or fp32 [rows, cols] on the GPU), scaled from max|x| (the
+// kernels' own partial maxima) or, with a history, from the history (delayed scaling).
+Cast cast(const at::Tensor& x, bool gradient, k::Fp8Prologue prologue, const at::Tensor& aux,
+          at::Tensor* history = nullptr, const at::Tensor* step = nullptr) {
+  const std::int64_t rows = x.size(0), cols = x.size(1), padded = round_up(rows, 16);
+  const auto stream = at::cuda::getCurrentCUDAStream().stream();
+  const auto source = x.scalar_type() == at::kFloat ? k::Fp8Source::f32 : k::Fp8Source::bf16;
+  const void* aux_ptr = aux.defined() ? aux.data_ptr() : nullptr;
+  const auto bytes = x.options().dtype(at::kByte);
+  Cast r{at::empty({rows, cols}, bytes), at::full({cols, padded}, 0x5a, bytes),
+         at::empty({(padded + kTileRows - 1) / kTileRows, cols}, x.options().dtype(at::kFloat)),
+         at::empty({}, x.options().dtype(at::kFloat))};
+  k::Fp8Scale scale;
+  at::Tensor partials;
+  if (history == nullptr) {
+    partials = at::empty({k::fp8_amax_blocks(x.numel())}, x.options().dtype(at::kFloat));
+    EXPECT_EQ(k::fp8_amax_partials(source, x.data_ptr(), x.numel(), partials.data_ptr<float>(),
+                                   stream, prologue, aux_ptr),
+              cudaSuccess);
+    scale.amax_partials = partials.data_ptr<float>();
+    scale.amax_count = static_cast<int>(partials.numel());
+  } else {
+    scale.history = history->data_ptr<float>();
+    scale.history_len = static_cast<int>(history->numel());
+    scale.step = step->data_ptr<std::int64_t>();
+  }
+  scale.min_amax = 1e-12f;
+  scale.inv_top = static_cast<float>(1.0 / (gradient ? 57344.0 : 448.0));
+  scale.scale_out = r.scale.data_ptr<float>();
+  EXPECT_EQ(k::fp8_cast_transpose(source, x.data_ptr(), rows, cols, scale,
+                                  gradient ? k::Fp8Format::e5m2 : k::Fp8Format::e4m3,
+                                  r.q.data_ptr(), r.qt.data_ptr(), padded,
+                                  r.column_partials.data_ptr<float>(), stream, prologue, aux_ptr),
+            cudaSuccess);
+  return r;
+}
+
+// The kernel's column sums of v [rows, cols] (fp32) with its rounding: each 64-row tile's rows
+// g and g + 32 added first, then those 32 sums in order of g.
+at::Tensor column_partials_of(const at::Tensor& v, std::int64_t padded) {
+  const std::int64_t tiles = (padded + kTileRows - 1) / kTileRows, cols = v.size(1);
+  const at::Tensor t = at::constant_pad_nd(v, {0, 0, 0, tiles * kTileRows - v.size(0)}, 0)
+                           .view({tiles, 2, 32, cols});
+  at::Tensor total = at::zeros({tiles, cols}, v.options());
+  for (std::int64_t g = 0; g < 32; ++g)
+    total = total + (t.select(2, g).select(1, 0) + t.select(2, g).select(1, 1));
+  return total;
+}
+
+// Every output of one cast against ATen: q the bytes of (v * (1 / scale)) in the format
+// (saturated at its largest value when `saturate`), qt its transpose with zero padding.
+void expect_cast(const Cast& c, const at::Tensor& v, const at::Tensor& scale, bool gradient,
+                 bool saturate, const std::string& what) {
+  const double top = gradient ? 57344.0 : 448.0;
+  at::Tensor scaled = v * scale.reciprocal();
+  if (saturate) scaled = scaled.clamp(-top, top);
+  const at::Tensor want =
+      scaled.to(gradient ? at::kFloat8_e5m2 : at::kFloat8_e4m3fn).view(at::kByte);
+  EXPECT_TRUE(at::equal(c.scale, scale))
+      << what << ": scale " << c.scale.item<float>() << " vs " << scale.item<float>();
+  EXPECT_TRUE(at::equal(c.q, want)) << what << ": row-major bytes";
+  const std::int64_t padded = c.qt.size(1);
+  const at::Tensor want_t = at::constant_pad_nd(want, {0, 0, 0, padded - want.size(0)}, 0).t();
+  EXPECT_TRUE(at::equal(c.qt, want_t)) << what << ": transposed bytes and their zero padding";
+  EXPECT_TRUE(at::equal(c.column_partials, column_partials_of(v, padded)))
+      << what << ": column sums per 64-row tile";
+}
+
+struct Shape {
+  std::int64_t rows, cols;
+};
+
+TEST(Fp8CastKernel, BlocksOfSeveralTilesCastAsATileABlockOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(41);
+  const c10::Device gpu(c10::kCUDA, 0);
+  for (const Shape s : {Shape{12493, 1536}, Shape{203, 1536}}) {
+    const at::Tensor x0 = at::randn({s.rows, s.cols}, gen) * 5;
+    const at::Tensor aux0 = at::randn({s.rows, s.cols}, gen) * 2;
+    for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+      for (const bool gradient : {false, true}) {
+        const at::Tensor x = x0.to(gpu, dtype);
+        const std::string what = std::to_string(s.rows) + "x" + std::to_string(s.cols) + " " +
+                                 c10::toString(dtype) + (gradient ? " E5M2" : " E4M3");
+        // Current scaling: the kernels' own max|x|.
+        const at::Tensor v = x.to(at::kFloat);
+        const double top = gradient ? 57344.0 : 448.0;
+        const at::Tensor scale = v.abs().amax().clamp_min(1e-12) / top;
+        expect_cast(cast(x, gradient, k::Fp8Prologue::none, {}), v, scale, gradient, false, what);
+        // Delayed scaling: the scale from the history's slots but the current and next ones
+        // (a maximum below this operand's: values saturate), this max|x| recorded into the
+        // current slot, the next one cleared.
+        const std::int64_t step_count = 7;  // ring of 5: slot 2 current, 3 next
+        at::Tensor history =
+            at::tensor(std::vector<float>{0.5f, 1.25f, 0.f, 99.f, 0.75f}, v.options());
+        const at::Tensor step = at::full({1}, step_count, v.options().dtype(at::kLong));
+        const at::Tensor from_history = at::tensor(1.25f, v.options()) / top;
+        expect_cast(cast(x, gradient, k::Fp8Prologue::none, {}, &history, &step), v, from_history,
+                    gradient, true, what + " delayed");
+        const at::Tensor recorded = at::tensor(
+            std::vector<float>{0.5f, 1.25f, v.abs().max().item<float>(), 0.f, 0.75f}, v.options());
+        EXPECT_TRUE(at::equal(history, recorded)) << what << " delayed: history " << history;
+      }
+    }
+    // The GELU-gradient prologue (bf16): the cast of at::gelu_backward(x, aux)'s bf16 values.
+    const at::Tensor x = x0.to(gpu, at::kBFloat16), aux = aux0.to(gpu, at::kBFloat16);
+    const at::Tensor v = at::gelu_backward(x, aux, "tanh").to(at::kFloat);
+    const at::Tensor scale = v.abs().amax().clamp_min(1e-12) / 57344.0;
+    expect_cast(cast(x, true, k::Fp8Prologue::gelu_grad, aux), v, scale, true, false,
+                std::to_string(s.rows) + " rows, GELU-gradient prologue");
+  }
+}
+
+}  // namespace
