@@ -402,11 +402,13 @@ __global__ void __launch_bounds__(kWideThreads)
   __shared__ __align__(16) unsigned char tile[kTile][kTile];
   __shared__ float sums[kWideRowsPerPass][kTile];
   const std::int64_t row_tiles = (a.padded_rows + kTile - 1) / kTile;
-  const std::int64_t first_tile = static_cast<std::int64_t>(blockIdx.x) * a.row_tiles_per_block;
+  // Tile columns along x: the blocks that run together read whole rows (neighbouring 128-byte
+  // pieces of each row), not one 64-column strip of many rows.
+  const std::int64_t first_tile = static_cast<std::int64_t>(blockIdx.y) * a.row_tiles_per_block;
   const std::int64_t end_tile = first_tile + a.row_tiles_per_block < row_tiles
                                     ? first_tile + a.row_tiles_per_block
                                     : row_tiles;
-  const std::int64_t c0 = static_cast<std::int64_t>(blockIdx.y) * kTile;
+  const std::int64_t c0 = static_cast<std::int64_t>(blockIdx.x) * kTile;
   const int tid = threadIdx.x + threadIdx.y * 32;
   const int group = tid % kWideGroups, row_in_pass = tid / kWideGroups;
   const std::int64_t c = c0 + 8 * group;  // c + 8 <= cols whenever c < cols (cols % 8 == 0)
@@ -562,12 +564,15 @@ cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t row
                       static_cast<unsigned char*>(qt),
                       column_partials,
                       wide_row_tiles_per_block(row_tiles, col_tiles)};
+  const std::int64_t row_groups =
+      (row_tiles + args.row_tiles_per_block - 1) / args.row_tiles_per_block;
+  // (more than 65535 row groups, over 33 M rows: the general kernel's grid takes them)
   const bool wide = cols % 8 == 0 && padded_rows % 16 == 0 && aligned_to(x, 16) &&
-                    aligned_to(aux, 16) && aligned_to(q, 8) && aligned_to(qt, 16);
-  const dim3 grid(
-      static_cast<unsigned>(
-          wide ? (row_tiles + args.row_tiles_per_block - 1) / args.row_tiles_per_block : row_tiles),
-      static_cast<unsigned>(col_tiles));
+                    aligned_to(aux, 16) && aligned_to(q, 8) && aligned_to(qt, 16) &&
+                    row_groups <= 65535;
+  // cast_transpose: (row tiles, column tiles); cast_transpose_wide: (column tiles, row groups).
+  const dim3 grid = wide ? dim3(static_cast<unsigned>(col_tiles), static_cast<unsigned>(row_groups))
+                         : dim3(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles));
   const bool known = dispatch(source, prologue, x, aux, [&](auto op, auto typed, auto typed_aux) {
     using Op = decltype(op);
     using In = std::remove_cv_t<std::remove_pointer_t<decltype(typed)>>;

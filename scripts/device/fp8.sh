@@ -151,8 +151,12 @@ if want ab && [ -x "$W" ] && left 150; then
     runs+=("$R/ab-fp8") labels+=(--label fp8-tensorwise)
   fi
   # FP8_DELAYED=1: delayed scaling too (run.fp8 = delayed, 16 steps of history).
+  # FP8_GELU=1: its FP8 runs with the feed-forward operator (the same values as the separate
+  # layers, bit for bit on a GPU: Fp8Gpu.FusedFeedForward*).
   if [ "${FP8_DELAYED:-0}" = 1 ] && left 130; then
-    ab_run fp8-delayed --set run.fp8=\"delayed\"
+    G8=()
+    [ "${FP8_GELU:-0}" = 1 ] && G8=(--set run.kernels.fp8_gelu=\"fused\")
+    ab_run fp8-delayed --set run.fp8=\"delayed\" "${G8[@]}"
     runs+=("$R/ab-fp8-delayed") labels+=(--label fp8-delayed)
   fi
   # The noise floor (AB_FLOOR=1): bf16 again with the fused kernels off, the same arithmetic with

@@ -127,7 +127,7 @@ TEST(Fp8CastKernel, BlocksOfSeveralTilesCastAsATileABlockOnAGpu) {
         at::Tensor history =
             at::tensor(std::vector<float>{0.5f, 1.25f, 0.f, 99.f, 0.75f}, v.options());
         const at::Tensor step = at::full({1}, step_count, v.options().dtype(at::kLong));
-        const at::Tensor from_history = at::tensor(1.25f, v.options()) / top;
+        const at::Tensor from_history = at::scalar_tensor(1.25, v.options()) / top;
         expect_cast(cast(x, gradient, k::Fp8Prologue::none, {}, &history, &step), v, from_history,
                     gradient, true, what + " delayed");
         const at::Tensor recorded = at::tensor(
