@@ -6,7 +6,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <tuple>
+#include <utility>
+#include <vector>
 
 namespace wanhost::kernels {
 namespace {
@@ -55,6 +56,24 @@ struct Desc {
     if (status_ != CUBLAS_STATUS_SUCCESS) return status_; \
   } while (0)
 
+// The workspace and the alignments of A, B and D (C is D) the heuristic is to assume.
+cublasStatus_t prefer(Desc& d, std::size_t workspace_bytes, const void* a, const void* b,
+                      const void* out) {
+  LT_TRY(cublasLtMatmulPreferenceCreate(&d.pref));
+  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                              &workspace_bytes, sizeof(workspace_bytes)));
+  const std::uint32_t align_a = alignment(a), align_b = alignment(b), align_d = alignment(out);
+  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                              &align_a, sizeof(align_a)));
+  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                              &align_b, sizeof(align_b)));
+  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                              &align_d, sizeof(align_d)));
+  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                              &align_d, sizeof(align_d)));
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 cublasStatus_t describe(const LtMatmul& p, std::size_t workspace_bytes, Desc& d) {
   LT_TRY(cublasLtMatmulDescCreate(&d.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t ta = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -84,29 +103,54 @@ cublasStatus_t describe(const LtMatmul& p, std::size_t workspace_bytes, Desc& d)
   LT_TRY(cublasLtMatrixLayoutCreate(&d.b, CUDA_R_16BF, rows(p.trans_b, p.k, p.n),
                                     rows(p.trans_b, p.n, p.k), p.ldb));
   LT_TRY(cublasLtMatrixLayoutCreate(&d.d, CUDA_R_16BF, p.m, p.n, p.ldd));
-  LT_TRY(cublasLtMatmulPreferenceCreate(&d.pref));
-  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                              &workspace_bytes, sizeof(workspace_bytes)));
-  const std::uint32_t align_a = alignment(p.a), align_b = alignment(p.b), align_d = alignment(p.d);
-  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                                              &align_a, sizeof(align_a)));
-  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                                              &align_b, sizeof(align_b)));
-  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                                              &align_d, sizeof(align_d)));
-  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                                              &align_d, sizeof(align_d)));
-  return CUBLAS_STATUS_SUCCESS;
+  return prefer(d, workspace_bytes, p.a, p.b, p.d);
 }
 
-using Key = std::tuple<bool, bool, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
-                       std::int64_t, std::int64_t, std::int64_t, int, int, int, int, int, int,
-                       std::size_t, cublasLtHandle_t>;
+// The first heuristic answer for a problem (C is D), asked once per key (the keys of the two
+// kinds of product below differ in their first element).
+using Key = std::vector<std::int64_t>;
 
 struct Choice {
   bool found = false;
   cublasLtMatmulAlgo_t algo{};
 };
+
+Choice choice_for(const Key& key, cublasLtHandle_t handle, const Desc& d) {
+  static std::mutex mutex;
+  static std::map<std::pair<Key, cublasLtHandle_t>, Choice> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find({key, handle});
+  if (it == cache.end()) {
+    cublasLtMatmulHeuristicResult_t result{};
+    int count = 0;
+    const auto status = cublasLtMatmulAlgoGetHeuristic(handle, d.op, d.a, d.b, d.d, d.d, d.pref, 1,
+                                                       &result, &count);
+    Choice c;
+    c.found = status == CUBLAS_STATUS_SUCCESS && count > 0 && result.state == CUBLAS_STATUS_SUCCESS;
+    if (c.found) c.algo = result.algo;
+    it = cache.emplace(std::make_pair(key, handle), c).first;
+  }
+  return it->second;
+}
+
+cublasStatus_t describe_fp8(const LtFp8Matmul& p, std::size_t workspace_bytes, Desc& d) {
+  LT_TRY(cublasLtMatmulDescCreate(&d.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  LT_TRY(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  LT_TRY(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  LT_TRY(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &p.a_scale,
+                                        sizeof(p.a_scale)));
+  LT_TRY(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &p.b_scale,
+                                        sizeof(p.b_scale)));
+  const std::int8_t fast = p.fast_accumulation ? 1 : 0;
+  LT_TRY(
+      cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)));
+  const auto fp8 = [](bool e5m2) { return e5m2 ? CUDA_R_8F_E5M2 : CUDA_R_8F_E4M3; };
+  LT_TRY(cublasLtMatrixLayoutCreate(&d.a, fp8(p.a_e5m2), p.k, p.m, p.lda));
+  LT_TRY(cublasLtMatrixLayoutCreate(&d.b, fp8(p.b_e5m2), p.k, p.n, p.ldb));
+  LT_TRY(cublasLtMatrixLayoutCreate(&d.d, CUDA_R_16BF, p.m, p.n, p.ldd));
+  return prefer(d, workspace_bytes, p.a, p.b, p.d);
+}
 
 }  // namespace
 
@@ -116,10 +160,8 @@ cublasStatus_t lt_matmul(cublasLtHandle_t handle, const LtMatmul& p, void* works
     return CUBLAS_STATUS_INVALID_VALUE;
   Desc d;
   LT_TRY(describe(p, workspace_bytes, d));
-
-  static std::mutex mutex;
-  static std::map<Key, Choice> cache;
-  const Key key{p.trans_a,
+  const Key key{0,
+                p.trans_a,
                 p.trans_b,
                 p.m,
                 p.n,
@@ -134,27 +176,38 @@ cublasStatus_t lt_matmul(cublasLtHandle_t handle, const LtMatmul& p, void* works
                 alignment(p.d),
                 alignment(p.bias),
                 alignment(p.aux),
-                workspace_bytes,
-                handle};
-  Choice choice;
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    auto it = cache.find(key);
-    if (it == cache.end()) {
-      cublasLtMatmulHeuristicResult_t result{};
-      int count = 0;
-      const auto status = cublasLtMatmulAlgoGetHeuristic(handle, d.op, d.a, d.b, d.d, d.d, d.pref,
-                                                         1, &result, &count);
-      Choice c;
-      c.found =
-          status == CUBLAS_STATUS_SUCCESS && count > 0 && result.state == CUBLAS_STATUS_SUCCESS;
-      if (c.found) c.algo = result.algo;
-      it = cache.emplace(key, c).first;
-    }
-    choice = it->second;
-  }
+                static_cast<std::int64_t>(workspace_bytes)};
+  const Choice choice = choice_for(key, handle, d);
   if (!choice.found) return CUBLAS_STATUS_NOT_SUPPORTED;
   const float alpha = 1.0f, beta = 0.0f;
+  return cublasLtMatmul(handle, d.op, &alpha, p.a, d.a, p.b, d.b, &beta, p.d, d.d, p.d, d.d,
+                        &choice.algo, workspace, workspace_bytes, stream);
+}
+
+cublasStatus_t lt_fp8_matmul(cublasLtHandle_t handle, const LtFp8Matmul& p, void* workspace,
+                             std::size_t workspace_bytes, cudaStream_t stream) {
+  if (p.m <= 0 || p.n <= 0 || p.k <= 0 || p.a_scale == nullptr || p.b_scale == nullptr)
+    return CUBLAS_STATUS_INVALID_VALUE;
+  Desc d;
+  LT_TRY(describe_fp8(p, workspace_bytes, d));
+  const Key key{1,
+                p.m,
+                p.n,
+                p.k,
+                p.lda,
+                p.ldb,
+                p.ldd,
+                p.a_e5m2,
+                p.b_e5m2,
+                p.accumulate,
+                p.fast_accumulation,
+                alignment(p.a),
+                alignment(p.b),
+                alignment(p.d),
+                static_cast<std::int64_t>(workspace_bytes)};
+  const Choice choice = choice_for(key, handle, d);
+  if (!choice.found) return CUBLAS_STATUS_NOT_SUPPORTED;
+  const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
   return cublasLtMatmul(handle, d.op, &alpha, p.a, d.a, p.b, d.b, &beta, p.d, d.d, p.d, d.d,
                         &choice.algo, workspace, workspace_bytes, stream);
 }

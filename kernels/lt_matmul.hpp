@@ -47,4 +47,30 @@ struct LtMatmul {
 cublasStatus_t lt_matmul(cublasLtHandle_t handle, const LtMatmul& p, void* workspace,
                          std::size_t workspace_bytes, cudaStream_t stream);
 
+// An FP8 product that can add into its output (what at::_scaled_mm cannot: its output is new):
+//   D[m, n] = scale_a * scale_b * A^T[m, k] B[k, n] + (accumulate ? D : 0),
+// A stored [k, m] and B [k, n] (column-major; the "TN" layout Hopper's FP8 products take), each
+// E4M3 or E5M2, their dequantisation scales fp32 on the device; D bf16, fp32 accumulation (the
+// sum with D's old value in fp32, rounded once). The FP8 layers that read one input sum its
+// gradient this way (sdk/kit/src/fp8.cpp) instead of adding bf16 products in passes of their own.
+struct LtFp8Matmul {
+  std::int64_t m = 0, n = 0, k = 0;
+  const void* a = nullptr;
+  bool a_e5m2 = false;
+  std::int64_t lda = 0;
+  const void* b = nullptr;
+  bool b_e5m2 = false;
+  std::int64_t ldb = 0;
+  const float* a_scale = nullptr;
+  const float* b_scale = nullptr;
+  void* d = nullptr;
+  std::int64_t ldd = 0;
+  bool accumulate = false;
+  bool fast_accumulation =
+      false;  // Hopper's fast FP8 accumulation (at::_scaled_mm's use_fast_accum)
+};
+// As lt_matmul: CUBLAS_STATUS_NOT_SUPPORTED before touching D when cuBLASLt has no algorithm.
+cublasStatus_t lt_fp8_matmul(cublasLtHandle_t handle, const LtFp8Matmul& p, void* workspace,
+                             std::size_t workspace_bytes, cudaStream_t stream);
+
 }  // namespace wanhost::kernels

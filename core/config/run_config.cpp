@@ -73,7 +73,7 @@ RunConfig parse_run_config(const Json& resolved) {
   try {
     c.run.kernels =
         parse_kernel_options(k.at("packed_attention"), k.at("adamw"), k.at("lt_epilogues"),
-                             k.at("weight_casts"), k.at("fp8_gelu"));
+                             k.at("weight_casts"), k.at("fp8_gelu"), k.at("fp8_input_gradients"));
   } catch (const std::invalid_argument& e) {
     throw ConfigError("/run/kernels/lt_epilogues", e.what());
   }

@@ -156,6 +156,7 @@ class Trainer {
   void export_weights();
   void say_if_weights_have_no_copies() const;
   void say_how_fp8_feed_forwards_ran(std::int64_t fused) const;
+  void say_how_fp8_input_gradients_were_summed(std::int64_t summed, std::int64_t in_products) const;
   void say_how_fp8_scales_were_made(std::int64_t delayed) const;
   void summary() const;
   bool rank0() const { return env_.rank == 0; }
@@ -709,6 +710,27 @@ void Trainer::say_how_fp8_feed_forwards_ran(std::int64_t fused) const {
         cfg_.parallelism.plugin);
 }
 
+// run.kernels.fp8_input_gradients=summed after a stage's first step: how many input gradients
+// were summed inside the FP8 products and how many of those by cuBLASLt (a GPU's), or that none
+// were (layers that are not the kit's replicated ones, e.g. tensor-parallel ones).
+void Trainer::say_how_fp8_input_gradients_were_summed(std::int64_t summed,
+                                                      std::int64_t in_products) const {
+  if (!cfg_.run.kernels.fp8_summed_input_gradients || cfg_.run.fp8 == Fp8Recipe::off || !rank0())
+    return;
+  if (summed > 0)
+    logger()->info(
+        "run.kernels.fp8_input_gradients=summed: {} input gradients of the first step were "
+        "summed inside the FP8 products of the layers that share an input, {} of them by "
+        "cuBLASLt",
+        summed, in_products);
+  else
+    logger()->warn(
+        "run.kernels.fp8_input_gradients=summed: no input gradient of the first step was summed "
+        "inside the FP8 products: the layers that share an input are not the kit's replicated "
+        "ones (tensor-parallel layers of '{}'?) or do not all run on FP8",
+        cfg_.parallelism.plugin);
+}
+
 void Trainer::export_weights() {
   auto weights =
       parallelism("full_weights", [&] { return c_.parallelism->full_weights(*c_.model); });
@@ -789,7 +811,9 @@ int Trainer::run() {
         "against bf16 with other kernels: 4 %); compare a run of yours against bf16 before "
         "relying on it{}",
         cfg_.run.fp8 == Fp8Recipe::delayed
-            ? ". That A/B was of tensorwise scaling; delayed scaling has not had its own yet"
+            ? ". That A/B was of tensorwise scaling; delayed scaling's (four clips a stage-2 "
+              "step) stayed within 0.24 % at stage 1 and parted by up to 3.7 % at stage 2, where "
+              "bf16 against bf16 with other kernels parted by 1.7 %"
             : "");
   peak_tflops_ = cfg_.run.peak_tflops;
   if (peak_tflops_ <= 0 && device.is_cuda()) {
@@ -890,6 +914,8 @@ int Trainer::run() {
     }
     bool first_step_checked = false;
     const std::int64_t fused_before_stage = fp8_fused_feed_forwards();
+    const std::int64_t summed_before_stage = fp8_summed_input_gradients();
+    const std::int64_t in_products_before_stage = fp8_summed_input_gradients_in_products();
     // run.fp8 = delayed: another stage's maxima say nothing of this one's shapes and magnitudes
     // (a run resumed inside the stage keeps the histories its checkpoint brought).
     if (p_.stage_step == 0) fp8_forget_history();
@@ -903,6 +929,9 @@ int Trainer::run() {
       if (!std::exchange(first_step_checked, true)) {
         say_if_weights_have_no_copies();
         say_how_fp8_feed_forwards_ran(fp8_fused_feed_forwards() - fused_before_stage);
+        say_how_fp8_input_gradients_were_summed(
+            fp8_summed_input_gradients() - summed_before_stage,
+            fp8_summed_input_gradients_in_products() - in_products_before_stage);
       }
       if (p_.stage_step == 2)
         say_how_fp8_scales_were_made(fp8_delayed_quantizations() - delayed_before_step);

@@ -29,7 +29,9 @@
 #             kernel), GRAPH_CASTS=1 bf16 graphs with the weights cast in one pass a step
 #             (run.kernels.weight_casts=per_step), FP8_GELU=1 (with GRAPH_FP8) FP8 graphs with the
 #             feed-forward's GELU in the FP8 casts (run.kernels.fp8_gelu; with FP8_DELAYED=1 the
-#             delayed recipe's), GRAPH_BF16=0 no bf16 runs;
+#             delayed recipe's), FP8_SUMS=1 (with the three above) also the input gradients of
+#             the layers that share an input summed in their products
+#             (run.kernels.fp8_input_gradients), GRAPH_BF16=0 no bf16 runs;
 #  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py), before the
 #             whole steps so that a call short of time still compares them, and every whole-step
 #             run's ratio to it at the end ("ratio" lines);
@@ -238,6 +240,13 @@ if want graphsteps && [ -x "$W" ]; then
     [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}" = 111 ] && left 100 &&
       run_steps ddp-fp8-delayed-graphs-gelu $stage "${G[@]}" --set run.cuda_graphs=true \
         --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\"
+    # FP8_SUMS=1 (with GRAPH_FP8, FP8_DELAYED and FP8_GELU): the same with the input gradients
+    # of the layers that share an input summed inside their products
+    # (run.kernels.fp8_input_gradients = summed).
+    [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}${FP8_SUMS:-0}" = 1111 ] && left 100 &&
+      run_steps ddp-fp8-delayed-graphs-gelu-sums $stage "${G[@]}" --set run.cuda_graphs=true \
+        --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\" \
+        --set run.kernels.fp8_input_gradients=\"summed\"
     # FP8_GELU=1 (with GRAPH_FP8, without FP8_DELAYED): the tensorwise recipe with the
     # feed-forward's GELU inside the FP8 casts.
     [ "${GRAPH_FP8:-0}${FP8_GELU:-0}${FP8_DELAYED:-0}" = 110 ] && left 100 &&

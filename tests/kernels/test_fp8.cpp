@@ -5,9 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -268,11 +271,11 @@ TEST(Fp8, LayersByRoleAndRecipe) {
       << "24 input features are not a multiple of 16";
 }
 
-// run.kernels.fp8_gelu for one scope.
+// run.kernels.fp8_gelu and fp8_input_gradients for one scope.
 struct Fp8GeluOption {
-  explicit Fp8GeluOption(const char* name) {
+  explicit Fp8GeluOption(const char* name, const char* input_gradients = "separate") {
     wanhost::set_kernel_options(
-        wanhost::parse_kernel_options("auto", "fused", "dgelu", "per_use", name));
+        wanhost::parse_kernel_options("auto", "fused", "dgelu", "per_use", name, input_gradients));
   }
   ~Fp8GeluOption() { wanhost::set_kernel_options(wanhost::KernelOptions{}); }
 };
@@ -352,8 +355,114 @@ TEST(Fp8Gpu, FusedFeedForwardGivesTheTwoLayersValuesAndGradientsOnAGpu) {
                                       192);
 }
 
+// Layers that read one input (a block's q, k and v) through the kit's shared_input_forward on
+// FP8 products with run.kernels.fp8_input_gradients = summed (fp8_shared_input_linears) against
+// the same with separate (each layer's own forward, whose input gradients autograd adds): the
+// outputs and every parameter's gradient bit for bit (the same products), the input gradient the
+// same sum with fewer roundings (on the CPU's fp32 within 1e-6; bf16 on a GPU one rounding of the
+// fp32 sum instead of one a term), the sums counted (inside cuBLASLt's products on a GPU), and an
+// output without a gradient left out of them. A layer without a bias among them.
+void expect_shared_input_as_layers(const c10::Device& device, at::ScalarType dtype,
+                                   std::int64_t tokens, double dx_tol) {
+  Fp8On on;
+  at::manual_seed(37);
+  const std::int64_t in = 64;
+  const std::vector<std::int64_t> outs{48, 64, 32};
+  std::vector<std::shared_ptr<wanhost::LinearLayer>> layers;
+  for (std::size_t i = 0; i < outs.size(); ++i) {
+    layers.push_back(wanhost::make_replicated_linear(in, outs[i], /*bias=*/i != 1,
+                                                     wanhost::LinearRole::ColumnParallel));
+    layers.back()->to(device);
+  }
+  std::vector<wanhost::LinearLayer*> raw;
+  for (auto& l : layers) raw.push_back(l.get());
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(43);
+  const at::Tensor x0 = at::randn({2, tokens, in}, gen);
+  std::vector<at::Tensor> dys;
+  for (const auto out : outs)
+    dys.push_back((at::randn({2, tokens, out}, gen) * 1e-2).to(device, dtype));
+  struct Result {
+    std::vector<at::Tensor> ys, grads;
+    at::Tensor dx;
+    std::int64_t sums = 0, sums_in_products = 0;
+  };
+  // used[i]: whether output i gets a gradient.
+  const auto run = [&](bool shared, const std::vector<bool>& used) {
+    Fp8GeluOption scope("separate", shared ? "summed" : "separate");
+    for (auto* l : raw)
+      for (auto& p : l->parameters()) p.mutable_grad() = at::Tensor();
+    const at::Tensor x = x0.to(device, dtype).clone().requires_grad_(true);
+    const auto sums = wanhost::fp8_summed_input_gradients();
+    const auto in_products = wanhost::fp8_summed_input_gradients_in_products();
+    Result r;
+    r.ys = wanhost::shared_input_forward(raw, x);
+    std::vector<at::Tensor> outputs, grads;
+    for (std::size_t i = 0; i < r.ys.size(); ++i)
+      if (used[i]) outputs.push_back(r.ys[i]), grads.push_back(dys[i]);
+    torch::autograd::backward(outputs, grads);
+    r.dx = x.grad();
+    r.sums = wanhost::fp8_summed_input_gradients() - sums;
+    r.sums_in_products = wanhost::fp8_summed_input_gradients_in_products() - in_products;
+    for (auto* l : raw)
+      for (const auto& p : l->parameters()) r.grads.push_back(p.grad());
+    return r;
+  };
+  const auto same = [](const at::Tensor& a, const at::Tensor& b) {
+    return a.defined() == b.defined() &&
+           (!a.defined() ||
+            (a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type() && at::equal(a, b)));
+  };
+  for (const std::vector<bool>& used :
+       {std::vector<bool>{true, true, true}, std::vector<bool>{true, false, true}}) {
+    const Result separate = run(false, used), shared = run(true, used);
+    const std::int64_t terms = std::count(used.begin(), used.end(), true);
+    const std::string what = std::string(c10::toString(dtype)) + " on " + device.str() + ", " +
+                             std::to_string(terms) + " outputs used";
+    EXPECT_EQ(separate.sums, 0) << what;
+    EXPECT_EQ(shared.sums, terms - 1) << what << ": the operator was not taken";
+    EXPECT_EQ(shared.sums_in_products, device.is_cuda() ? terms - 1 : 0)
+        << what << ": sums inside cuBLASLt's products";
+    ASSERT_EQ(shared.ys.size(), outs.size());
+    for (std::size_t i = 0; i < outs.size(); ++i)
+      EXPECT_TRUE(same(shared.ys[i], separate.ys[i])) << what << ": output " << i;
+    ASSERT_EQ(shared.grads.size(), separate.grads.size());
+    for (std::size_t i = 0; i < shared.grads.size(); ++i)
+      EXPECT_TRUE(same(shared.grads[i], separate.grads[i])) << what << ": parameter gradient " << i;
+    ASSERT_TRUE(shared.dx.defined()) << what;
+    EXPECT_EQ(shared.dx.scalar_type(), dtype) << what;
+    EXPECT_LT(rel_err(shared.dx, separate.dx), dx_tol) << what << ": input gradient";
+    // Not the same arithmetic as one term: every used layer contributed.
+    at::Tensor first;
+    {
+      std::vector<bool> only_first(outs.size(), false);
+      only_first[0] = true;
+      first = run(false, only_first).dx;
+    }
+    EXPECT_GT(rel_err(shared.dx, first), 0.1) << what << ": the other layers' terms are missing";
+  }
+}
+
+TEST(Fp8, LayersOfOneInputSumItsGradientInTheirProducts) {
+  expect_shared_input_as_layers(at::kCPU, at::kFloat, 37, 1e-6);
+}
+
+// bf16 on a GPU: cuBLASLt adds each product into the last one's output (one rounding of the fp32
+// sum; autograd's adds round each product and each sum), so the two differ by bf16 roundings.
+// 1001 token rows: padded transposed copies.
+TEST(Fp8Gpu, LayersOfOneInputSumItsGradientInTheirProductsOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  expect_shared_input_as_layers(c10::Device(c10::kCUDA, 0), at::kBFloat16, 1001, 1e-2);
+}
+
 TEST(Fp8, FeedForwardOptionNames) {
   EXPECT_FALSE(wanhost::KernelOptions{}.fp8_fused_gelu) << "separate by default";
+  EXPECT_FALSE(wanhost::KernelOptions{}.fp8_summed_input_gradients) << "separate by default";
+  EXPECT_TRUE(
+      wanhost::parse_kernel_options("auto", "fused", "dgelu", "per_use", "separate", "summed")
+          .fp8_summed_input_gradients);
+  EXPECT_THROW(
+      wanhost::parse_kernel_options("auto", "fused", "dgelu", "per_use", "separate", "added"),
+      std::invalid_argument);
   EXPECT_TRUE(
       wanhost::parse_kernel_options("auto", "fused", "dgelu", "per_use", "fused").fp8_fused_gelu);
   EXPECT_THROW(wanhost::parse_kernel_options("auto", "fused", "dgelu", "per_use", "inline"),

@@ -24,11 +24,13 @@
 #include "fp8_history.hpp"
 #include "tensor_stamp.hpp"
 #include "wanhost/kit/compute_weights.hpp"
+#include "wanhost/log.hpp"
 
 #if WANHOST_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 
 #include "fp8_kernels.hpp"
+#include "lt_matmul.hpp"
 #endif
 
 namespace wanhost {
@@ -307,19 +309,76 @@ at::ScalarType remembered(torch::autograd::AutogradContext* ctx, const std::stri
   return static_cast<at::ScalarType>(ctx->saved_data[key].toInt());
 }
 
+std::atomic<std::int64_t> g_summed_input_gradients{0};
+std::atomic<std::int64_t> g_summed_input_gradients_in_products{0};
+
+#if WANHOST_WITH_CUDA
+// so_far += dy W in so_far's memory through cuBLASLt (lt_fp8_matmul): true when it did, false
+// (nothing written) when cuBLASLt has no algorithm for the case (said once).
+bool added_by_cublaslt(const at::Tensor& so_far, const Quantized& g, const at::Tensor& wqt,
+                       const at::Tensor& w_scale) {
+  if (!so_far.is_contiguous() || so_far.scalar_type() != at::kBFloat16 || !g.q.is_contiguous() ||
+      !wqt.is_contiguous())
+    return false;
+  // Column-major: so_far^T [in, M] = (W^T [in, out], stored as W^T's rows: A^T) (dy^T [out, M]).
+  kernels::LtFp8Matmul p;
+  p.m = wqt.size(0), p.n = g.q.size(0), p.k = wqt.size(1);
+  p.a = wqt.data_ptr(), p.lda = p.k, p.a_e5m2 = false;
+  p.b = g.q.data_ptr(), p.ldb = p.k, p.b_e5m2 = true;
+  p.a_scale = w_scale.data_ptr<float>(), p.b_scale = g.scale.data_ptr<float>();
+  p.d = so_far.data_ptr(), p.ldd = p.m;
+  p.accumulate = true;
+  const auto status = kernels::lt_fp8_matmul(
+      at::cuda::getCurrentCUDABlasLtHandle(), p, at::cuda::getCUDABlasLtWorkspace(),
+      at::cuda::getCUDABlasLtWorkspaceSize(),
+      at::cuda::getCurrentCUDAStream(so_far.device().index()).stream());
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
+    static std::atomic<bool> said{false};
+    if (!said.exchange(true))
+      logger()->warn(
+          "FP8: cuBLASLt has no algorithm adding an input-gradient product of {} x {} x {} into "
+          "its output; such gradients are summed by a separate pass (slower)",
+          p.m, p.n, p.k);
+    return false;
+  }
+  TORCH_CHECK(status == CUBLAS_STATUS_SUCCESS, "fp8: cuBLASLt's input-gradient product (", p.m,
+              " x ", p.n, " x ", p.k, "): cuBLAS status ", static_cast<int>(status));
+  return true;
+}
+#endif
+
+// A layer's input gradient dy W [M, in] (W column-major is W^T row-major: the cached qt), or,
+// with `so_far` (the gradient the layers before it gave the same input), so_far + dy W: on a GPU
+// the product adds into so_far's memory (one rounding of the fp32 sum), elsewhere the product in
+// fp32 is added to so_far and rounded once the same way.
+at::Tensor input_gradient(const Quantized& g, const at::Tensor& wqt, const at::Tensor& w_scale,
+                          at::ScalarType dtype, const at::Tensor& so_far = {}) {
+  if (!so_far.defined()) return scaled_mm(g.q, wqt.t(), g.scale, w_scale, {}, dtype, false);
+  g_summed_input_gradients.fetch_add(1);
+#if WANHOST_WITH_CUDA
+  if (so_far.is_cuda() && added_by_cublaslt(so_far, g, wqt, w_scale)) {
+    g_summed_input_gradients_in_products.fetch_add(1);
+    return so_far;
+  }
+#endif
+  return (scaled_mm(g.q, wqt.t(), g.scale, w_scale, {}, at::kFloat, false) + so_far.to(at::kFloat))
+      .to(dtype);
+}
+
 // A layer's gradients from the quantised gradient of its output g [M, out] (rows, transposed
 // copy, column sums when it has a bias) and its saved x^T [in, M padded] and W^T [in, out]:
-// dx [M, in] in g's source dtype, dW and db in the parameters' dtypes.
+// dx [M, in] in g's source dtype (with `dx_so_far`, the sum with it: input_gradient), dW and db
+// in the parameters' dtypes.
 struct LayerGradients {
   at::Tensor dx, dw, db;
 };
 LayerGradients layer_gradients(torch::autograd::AutogradContext* ctx, const std::string& layer,
                                const Quantized& g, const at::Tensor& xqt, const at::Tensor& x_scale,
                                const at::Tensor& wqt, const at::Tensor& w_scale,
-                               at::ScalarType dx_dtype) {
+                               at::ScalarType dx_dtype, const at::Tensor& dx_so_far = {}) {
   LayerGradients r;
-  // dx [M, in] = dy [M, out] W [out, in]: W column-major is W^T row-major (the cached qt).
-  r.dx = scaled_mm(g.q, wqt.t(), g.scale, w_scale, {}, dx_dtype, false);
+  // dx [M, in] = dy [M, out] W [out, in].
+  r.dx = input_gradient(g, wqt, w_scale, dx_dtype, dx_so_far);
   // dW [out, in] = dy^T [out, M] x [M, in]: x column-major is x^T row-major.
   r.dw = scaled_mm(g.qt, xqt.t(), g.scale, x_scale, {}, remembered(ctx, layer + "weight_dtype"),
                    false);
@@ -369,6 +428,61 @@ struct Fp8LinearFunction : torch::autograd::Function<Fp8LinearFunction> {
     LayerGradients d =
         layer_gradients(ctx, "", g, saved[0], saved[1], wqt, saved[3], dy.scalar_type());
     return {d.dx.view(with_last(grads[0].sizes(), in)), d.dw, d.db, at::Tensor()};
+  }
+};
+
+// Layers reading one input x (fp8_shared_input_linears): x quantised once (quantized_input, as
+// the separate layers would share it), each layer's forward product, and in backward each
+// layer's gradients as Fp8LinearFunction makes them, but x's gradient summed inside the
+// input-gradient products (input_gradient). Inputs: x, the weights, the biases (empty for none),
+// then the caches; outputs: one per layer.
+struct Fp8SharedInputFunction : torch::autograd::Function<Fp8SharedInputFunction> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const at::Tensor& x, at::TensorList weights,
+                                                at::TensorList biases,
+                                                std::vector<Fp8WeightCache*> caches) {
+    const std::int64_t in = weights[0].size(1);
+    const Quantized xq =
+        quantized_input(x, x.reshape({-1, in}).contiguous(), caches[0], weights[0]);
+    std::vector<at::Tensor> saved{xq.qt, xq.scale};
+    torch::autograd::variable_list out;
+    for (std::size_t i = 0; i < weights.size(); ++i) {
+      const Fp8WeightCache::Copies& w = caches[i]->of(weights[i]);
+      const at::Tensor y = forward_product(xq, w, biases[i], x.scalar_type());
+      saved.push_back(w.qt);
+      saved.push_back(w.scale);
+      remember_layer(ctx, std::to_string(i) + ".", weights[i], biases[i], caches[i]);
+      out.push_back(y.view(with_last(x.sizes(), weights[i].size(0))));
+    }
+    ctx->save_for_backward(saved);
+    ctx->saved_data["x_sizes"] = x.sizes().vec();
+    ctx->set_materialize_grads(false);  // an unused output's gradient stays undefined: no terms
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const std::size_t n = grads.size();
+    const at::Tensor &xqt = saved[0], &x_scale = saved[1];
+    at::Tensor dx;  // [M, in], the sum over the layers whose outputs have gradients
+    torch::autograd::variable_list dw(n), db(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!grads[i].defined()) continue;  // an output nobody used
+      const at::Tensor &wqt = saved[2 + 2 * i], &w_scale = saved[3 + 2 * i];
+      const std::string layer = std::to_string(i) + ".";
+      const at::Tensor dy = grads[i].reshape({-1, wqt.size(1)}).contiguous();
+      const Quantized g = quantized_output_gradient(ctx, layer, dy);
+      LayerGradients d =
+          layer_gradients(ctx, layer, g, xqt, x_scale, wqt, w_scale, dy.scalar_type(), dx);
+      dx = d.dx, dw[i] = d.dw, db[i] = d.db;
+    }
+    torch::autograd::variable_list result{
+        dx.defined() ? dx.view(ctx->saved_data["x_sizes"].toIntVector()) : at::Tensor()};
+    result.insert(result.end(), dw.begin(), dw.end());
+    result.insert(result.end(), db.begin(), db.end());
+    result.emplace_back();  // the caches
+    return result;
   }
 };
 
@@ -483,6 +597,14 @@ std::int64_t fp8_fused_feed_forwards() {
   return g_fused_feed_forwards.load();
 }
 
+std::int64_t fp8_summed_input_gradients() {
+  return g_summed_input_gradients.load();
+}
+
+std::int64_t fp8_summed_input_gradients_in_products() {
+  return g_summed_input_gradients_in_products.load();
+}
+
 Fp8Quantized fp8_quantize(const at::Tensor& x, bool gradient) {
   const bool matrix = x.dim() >= 2;
   const Quantized r =
@@ -508,6 +630,36 @@ at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight, const at::T
   // Autograd functions take no undefined tensor: no bias is an empty one.
   return Fp8LinearFunction::apply(x, weight, bias.defined() ? bias : at::empty({0}, x.options()),
                                   &cache);
+}
+
+bool fp8_shared_input_applies(const at::Tensor& x, const std::vector<at::Tensor>& weights) {
+  return !weights.empty() && std::all_of(weights.begin(), weights.end(), [&](const at::Tensor& w) {
+    return fp8_linear_applies(x, w);
+  });
+}
+
+std::vector<at::Tensor> fp8_shared_input_linears(const at::Tensor& x,
+                                                 const std::vector<at::Tensor>& weights,
+                                                 const std::vector<at::Tensor>& biases,
+                                                 const std::vector<Fp8WeightCache*>& caches) {
+  TORCH_CHECK(fp8_shared_input_applies(x, weights), "fp8_shared_input_linears: x ", x.sizes(), " ",
+              x.scalar_type(), " and the ", weights.size(),
+              " weights do not qualify (fp8_shared_input_applies)");
+  TORCH_CHECK(biases.size() == weights.size() && caches.size() == weights.size(),
+              "fp8_shared_input_linears: ", weights.size(), " weights, ", biases.size(),
+              " biases and ", caches.size(), " caches (one of each a layer)");
+  std::vector<at::Tensor> b;
+  for (std::size_t i = 0; i < biases.size(); ++i) {
+    TORCH_CHECK(caches[i] != nullptr, "fp8_shared_input_linears: layer ", i, " has no cache");
+    const at::Tensor& bias = biases[i];
+    TORCH_CHECK(!bias.defined() || bias.scalar_type() == x.scalar_type() ||
+                    bias.scalar_type() == at::kFloat,
+                "fp8_shared_input_linears: biases must have x's dtype or be fp32 masters, got ",
+                bias.scalar_type());
+    b.push_back(bias.defined() ? bias : at::empty({0}, x.options()));
+  }
+  // As TensorLists: autograd takes their tensors as inputs (a std::vector would be opaque).
+  return Fp8SharedInputFunction::apply(x, at::TensorList(weights), at::TensorList(b), caches);
 }
 
 bool fp8_gelu_feed_forward_applies(const at::Tensor& x, const at::Tensor& w_up,

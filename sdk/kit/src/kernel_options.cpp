@@ -78,4 +78,17 @@ KernelOptions parse_kernel_options(const std::string& packed_attention, const st
   return o;
 }
 
+KernelOptions parse_kernel_options(const std::string& packed_attention, const std::string& adamw,
+                                   const std::string& lt_epilogues, const std::string& weight_casts,
+                                   const std::string& fp8_gelu,
+                                   const std::string& fp8_input_gradients) {
+  if (fp8_input_gradients != "separate" && fp8_input_gradients != "summed")
+    throw std::invalid_argument("FP8 input gradients '" + fp8_input_gradients +
+                                "': expected separate or summed");
+  KernelOptions o =
+      parse_kernel_options(packed_attention, adamw, lt_epilogues, weight_casts, fp8_gelu);
+  o.fp8_summed_input_gradients = fp8_input_gradients == "summed";
+  return o;
+}
+
 }  // namespace wanhost

@@ -18,6 +18,7 @@
 //    KernelOptions::packed_attention (run.kernels.packed_attention) overrides the choice.
 #include "wanhost/kit/layers.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -86,6 +87,28 @@ class ReplicatedLinear final : public LinearLayer {
                                  down.fp8_weight_);
   }
 
+  // Layers of one input on FP8 as one operator (fp8_shared_input_linears, with
+  // run.kernels.fp8_input_gradients = summed) when FP8 would run every one of them on its own:
+  // the same values, the input's gradient summed in the products.
+  static bool fp8_shared_input_applies(const std::vector<ReplicatedLinear*>& layers,
+                                       const at::Tensor& x) {
+    if (!kernel_options().fp8_summed_input_gradients) return false;
+    return layers.size() > 1 && std::all_of(layers.begin(), layers.end(), [&](auto* l) {
+             return l != nullptr && l->uses_fp8(x);
+           });
+  }
+  static std::vector<at::Tensor> fp8_shared_input(const std::vector<ReplicatedLinear*>& layers,
+                                                  const at::Tensor& x) {
+    std::vector<at::Tensor> weights, biases;
+    std::vector<Fp8WeightCache*> caches;
+    for (ReplicatedLinear* l : layers) {
+      weights.push_back(l->weight_);
+      biases.push_back(l->bias_);
+      caches.push_back(&l->fp8_weight_);
+    }
+    return fp8_shared_input_linears(x, weights, biases, caches);
+  }
+
   // The master weight and bias (undefined without one).
   const at::Tensor& weight() const { return weight_; }
   const at::Tensor& bias() const { return bias_; }
@@ -112,6 +135,10 @@ at::Tensor gelu_feed_forward(LinearLayer& up, LinearLayer& down, const at::Tenso
 
 std::vector<at::Tensor> shared_input_forward(const std::vector<LinearLayer*>& layers,
                                              const at::Tensor& x) {
+  std::vector<ReplicatedLinear*> replicated;
+  for (LinearLayer* layer : layers) replicated.push_back(dynamic_cast<ReplicatedLinear*>(layer));
+  if (ReplicatedLinear::fp8_shared_input_applies(replicated, x))
+    return ReplicatedLinear::fp8_shared_input(replicated, x);
   std::vector<at::Tensor> params;
   for (LinearLayer* layer : layers) {
     auto* r = dynamic_cast<ReplicatedLinear*>(layer);

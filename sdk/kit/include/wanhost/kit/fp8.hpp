@@ -116,6 +116,19 @@ at::Tensor fp8_gelu_feed_forward(const at::Tensor& x, const at::Tensor& w_up,
                                  const at::Tensor& w_down, const at::Tensor& b_down,
                                  Fp8WeightCache& down_cache);
 
+// Layers that read one input (a block's q, k and v; cross-attention's k and v) as one FP8
+// operator: y_i = fp8_linear(x, weights[i], biases[i], *caches[i]) for each i, the same values,
+// with x's gradient sum_i dy_i W_i added up inside the input-gradient products (on a GPU each
+// product adds into the last one's bf16 output through cuBLASLt, one rounding of their fp32 sum)
+// instead of by separate bf16 products that autograd adds in passes of their own (two to three
+// token-sized passes a block). Biases may be undefined; the caches outlive the step. Since
+// kit 1.10.
+bool fp8_shared_input_applies(const at::Tensor& x, const std::vector<at::Tensor>& weights);
+std::vector<at::Tensor> fp8_shared_input_linears(const at::Tensor& x,
+                                                 const std::vector<at::Tensor>& weights,
+                                                 const std::vector<at::Tensor>& biases,
+                                                 const std::vector<Fp8WeightCache*>& caches);
+
 // The E4M3 (forward operands) or E5M2 (gradients) quantisation: {q, scale} with x = q * scale up
 // to the format's rounding, scale = max|x| / (the format's largest value) as a 0-dim fp32 tensor
 // on x's device. Exposed for tests.
@@ -130,5 +143,10 @@ std::int64_t fp8_input_quantizations();
 // How many times fp8_gelu_feed_forward has run (forward) since the process started: what the
 // host's log reports of run.kernels.fp8_gelu = fused. Since kit 1.8.
 std::int64_t fp8_fused_feed_forwards();
+// How many input gradients fp8_shared_input_linears has summed inside its products (each
+// product after a layer's first: two for q, k and v), and how many of those cuBLASLt added
+// (the rest: the CPU's emulation, or a GPU without an algorithm for the case). Since kit 1.10.
+std::int64_t fp8_summed_input_gradients();
+std::int64_t fp8_summed_input_gradients_in_products();
 
 }  // namespace wanhost

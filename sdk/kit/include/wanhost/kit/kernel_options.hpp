@@ -35,6 +35,11 @@ struct KernelOptions {
   // less memory traffic), or the two FP8 layers with ATen's GELU between them (separate).
   // Since kit 1.8 (appended).
   bool fp8_fused_gelu = false;
+  // FP8 layers that read one input (run.fp8; a block's q, k and v, cross-attention's k and v):
+  // each layer on its own with autograd adding their input gradients (separate), or as one
+  // operator whose input-gradient products add into one another's output (summed:
+  // fp8_shared_input_linears, fp8.hpp; on a GPU through cuBLASLt). Since kit 1.10 (appended).
+  bool fp8_summed_input_gradients = false;
 };
 
 void set_kernel_options(const KernelOptions& options);
@@ -44,7 +49,8 @@ const KernelOptions& kernel_options();
 //   packed_attention: auto | flash | loop;   adamw: fused | loop | wanhost;
 //   lt_epilogues: off | all | a comma list of gelu, dgelu, bgrad (default "dgelu");
 //   weight_casts: per_use | per_step (kit 1.7; the three-string form keeps per_use);
-//   fp8_gelu: separate | fused (kit 1.8; the shorter forms keep separate).
+//   fp8_gelu: separate | fused (kit 1.8; the shorter forms keep separate);
+//   fp8_input_gradients: separate | summed (kit 1.10; the shorter forms keep separate).
 KernelOptions parse_kernel_options(const std::string& packed_attention, const std::string& adamw,
                                    const std::string& lt_epilogues);
 KernelOptions parse_kernel_options(const std::string& packed_attention, const std::string& adamw,
@@ -53,5 +59,9 @@ KernelOptions parse_kernel_options(const std::string& packed_attention, const st
 KernelOptions parse_kernel_options(const std::string& packed_attention, const std::string& adamw,
                                    const std::string& lt_epilogues, const std::string& weight_casts,
                                    const std::string& fp8_gelu);
+KernelOptions parse_kernel_options(const std::string& packed_attention, const std::string& adamw,
+                                   const std::string& lt_epilogues, const std::string& weight_casts,
+                                   const std::string& fp8_gelu,
+                                   const std::string& fp8_input_gradients);
 
 }  // namespace wanhost

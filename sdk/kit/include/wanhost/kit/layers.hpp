@@ -45,7 +45,9 @@ at::Tensor gelu_feed_forward(LinearLayer& up, LinearLayer& down, const at::Tenso
 // Several layers reading the same input (attention's q, k and v; cross-attention's k and v):
 // their outputs, in order. When all are the kit's replicated layers with biases and none runs
 // on FP8 products, fused::shared_input_linears over their parameters (the input gradient
-// accumulated inside the products); otherwise each layer's own forward. Since kit 1.3.
+// accumulated inside the products); when all are the kit's replicated layers on FP8 products
+// (run.fp8) and run.kernels.fp8_input_gradients = summed, fp8_shared_input_linears (the same,
+// since kit 1.10); otherwise each layer's own forward. Since kit 1.3.
 std::vector<at::Tensor> shared_input_forward(const std::vector<LinearLayer*>& layers,
                                              const at::Tensor& x);
 // Dense: at::scaled_dot_product_attention with a key mask from kv_lengths. Packed: per segment
