@@ -152,6 +152,21 @@ cublasStatus_t describe_fp8(const LtFp8Matmul& p, std::size_t workspace_bytes, D
   return prefer(d, workspace_bytes, p.a, p.b, p.d);
 }
 
+// D = A B + beta D, the product `d` describes, with the algorithm cached for `key` (the key
+// completed with the alignments the heuristic saw and the workspace); NOT_SUPPORTED when there
+// is none.
+cublasStatus_t run_cached(cublasLtHandle_t handle, const Desc& d, Key key, const void* a,
+                          const void* b, void* out, float beta, void* workspace,
+                          std::size_t workspace_bytes, cudaStream_t stream) {
+  key.insert(key.end(), {alignment(a), alignment(b), alignment(out),
+                         static_cast<std::int64_t>(workspace_bytes)});
+  const Choice choice = choice_for(key, handle, d);
+  if (!choice.found) return CUBLAS_STATUS_NOT_SUPPORTED;
+  const float alpha = 1.0f;
+  return cublasLtMatmul(handle, d.op, &alpha, a, d.a, b, d.b, &beta, out, d.d, out, d.d,
+                        &choice.algo, workspace, workspace_bytes, stream);
+}
+
 }  // namespace
 
 cublasStatus_t lt_matmul(cublasLtHandle_t handle, const LtMatmul& p, void* workspace,
@@ -171,17 +186,9 @@ cublasStatus_t lt_matmul(cublasLtHandle_t handle, const LtMatmul& p, void* works
                 p.ldd,
                 p.ldaux,
                 static_cast<int>(p.epilogue),
-                alignment(p.a),
-                alignment(p.b),
-                alignment(p.d),
                 alignment(p.bias),
-                alignment(p.aux),
-                static_cast<std::int64_t>(workspace_bytes)};
-  const Choice choice = choice_for(key, handle, d);
-  if (!choice.found) return CUBLAS_STATUS_NOT_SUPPORTED;
-  const float alpha = 1.0f, beta = 0.0f;
-  return cublasLtMatmul(handle, d.op, &alpha, p.a, d.a, p.b, d.b, &beta, p.d, d.d, p.d, d.d,
-                        &choice.algo, workspace, workspace_bytes, stream);
+                alignment(p.aux)};
+  return run_cached(handle, d, key, p.a, p.b, p.d, 0.0f, workspace, workspace_bytes, stream);
 }
 
 cublasStatus_t lt_fp8_matmul(cublasLtHandle_t handle, const LtFp8Matmul& p, void* workspace,
@@ -190,26 +197,10 @@ cublasStatus_t lt_fp8_matmul(cublasLtHandle_t handle, const LtFp8Matmul& p, void
     return CUBLAS_STATUS_INVALID_VALUE;
   Desc d;
   LT_TRY(describe_fp8(p, workspace_bytes, d));
-  const Key key{1,
-                p.m,
-                p.n,
-                p.k,
-                p.lda,
-                p.ldb,
-                p.ldd,
-                p.a_e5m2,
-                p.b_e5m2,
-                p.accumulate,
-                p.fast_accumulation,
-                alignment(p.a),
-                alignment(p.b),
-                alignment(p.d),
-                static_cast<std::int64_t>(workspace_bytes)};
-  const Choice choice = choice_for(key, handle, d);
-  if (!choice.found) return CUBLAS_STATUS_NOT_SUPPORTED;
-  const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
-  return cublasLtMatmul(handle, d.op, &alpha, p.a, d.a, p.b, d.b, &beta, p.d, d.d, p.d, d.d,
-                        &choice.algo, workspace, workspace_bytes, stream);
+  const Key key{
+      1, p.m, p.n, p.k, p.lda, p.ldb, p.ldd, p.a_e5m2, p.b_e5m2, p.accumulate, p.fast_accumulation};
+  return run_cached(handle, d, key, p.a, p.b, p.d, p.accumulate ? 1.0f : 0.0f, workspace,
+                    workspace_bytes, stream);
 }
 
 }  // namespace wanhost::kernels

@@ -44,6 +44,7 @@
 #             device's idle time between its kernels (PROFILE_EAGER=0: only those);
 #             PROFILE_STAGES: the stages profiled (default STAGES);
 #  - peer:    the compiled peer's blocks (build-perf/peer/peer_wan_block.py) on the same GPU.
+#  - ncu:     the FP8 cast kernel under Nsight Compute (not in the default PARTS).
 # PREBUILT=1 with a carried build-carry/ (scripts/device/prebuilt.sh --program TEST...) skips the
 # build (~150 s of a fresh machine); the tests are then those carried.
 # Results: $OUT/summary.txt, $OUT/ab/ (PNGs, CSVs, summaries), $OUT/results.tar.gz.
@@ -89,6 +90,22 @@ if want tests; then
     --gtest_filter="${TRAIN_TESTS:-StepPrefetcher*:CudaGraphs*:HostRead*:Fp8FeedForward*}"
   grep -E "^\[  (PASSED|FAILED) |FAILED|figures|Failure" "$R/tests.txt" | head -30 |
     tee -a "$OUT/summary.txt"
+fi
+
+# PARTS=ncu: the FP8 cast kernel under Nsight Compute (where the device has it): throughput, memory
+# and warp-stall sections of a few casts of test_fp8_cast_kernel's figures (stage-1 shapes), for
+# why the casts move bytes at ~1.7 TB/s of an H100's 3.35 (docs/performance.md, 2026-12-05).
+if want ncu; then
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)
+  if [ -n "$NCU" ] && [ -x "$BIN/test_fp8_cast_kernel" ]; then
+    timeout 240 "$NCU" --kernel-name regex:cast_transpose_wide --launch-skip 4 --launch-count 4 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+      --section WarpStateStats --section LaunchStats \
+      "$BIN/test_fp8_cast_kernel" --gtest_filter='*Figures*' >"$OUT/ncu.txt" 2>&1
+    say "ncu exit $? ($(wc -l <"$OUT/ncu.txt") lines in ncu.txt)"
+  else
+    say "ncu: not on this machine or no test_fp8_cast_kernel"
+  fi
 fi
 
 S1=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 32 --video-tokens 390 --text-tokens 512)

@@ -11,6 +11,8 @@
 #include <ATen/cuda/CUDAContext.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -31,22 +33,30 @@ struct Cast {
   at::Tensor q, qt, column_partials, scale;
 };
 
-// One call of the kernel on x (bf16 or fp32 [rows, cols] on the GPU), scaled from max|x| (the
-// kernels' own partial maxima) or, with a history, from the history (delayed scaling).
-Cast cast(const at::Tensor& x, bool gradient, k::Fp8Prologue prologue, const at::Tensor& aux,
-          at::Tensor* history = nullptr, const at::Tensor* step = nullptr) {
+// Outputs for a cast of x [rows, cols]: the transposed copy filled with 0x5a, so that a byte the
+// kernel does not write (its zero padding included) shows.
+Cast outputs_for(const at::Tensor& x) {
   const std::int64_t rows = x.size(0), cols = x.size(1), padded = round_up(rows, 16);
+  const auto bytes = x.options().dtype(at::kByte);
+  return {at::empty({rows, cols}, bytes), at::full({cols, padded}, 0x5a, bytes),
+          at::empty({(padded + kTileRows - 1) / kTileRows, cols}, x.options().dtype(at::kFloat)),
+          at::empty({}, x.options().dtype(at::kFloat))};
+}
+
+// One call of the kernel on x (bf16 or fp32 [rows, cols] on the GPU) into r, scaled from max|x|
+// (the kernels' own partial maxima, into `partials`) or, with a history, from the history
+// (delayed scaling).
+void cast_into(Cast& r, at::Tensor& partials, const at::Tensor& x, bool gradient,
+               k::Fp8Prologue prologue, const at::Tensor& aux, at::Tensor* history = nullptr,
+               const at::Tensor* step = nullptr) {
+  const std::int64_t rows = x.size(0), cols = x.size(1), padded = r.qt.size(1);
   const auto stream = at::cuda::getCurrentCUDAStream().stream();
   const auto source = x.scalar_type() == at::kFloat ? k::Fp8Source::f32 : k::Fp8Source::bf16;
   const void* aux_ptr = aux.defined() ? aux.data_ptr() : nullptr;
-  const auto bytes = x.options().dtype(at::kByte);
-  Cast r{at::empty({rows, cols}, bytes), at::full({cols, padded}, 0x5a, bytes),
-         at::empty({(padded + kTileRows - 1) / kTileRows, cols}, x.options().dtype(at::kFloat)),
-         at::empty({}, x.options().dtype(at::kFloat))};
   k::Fp8Scale scale;
-  at::Tensor partials;
   if (history == nullptr) {
-    partials = at::empty({k::fp8_amax_blocks(x.numel())}, x.options().dtype(at::kFloat));
+    if (!partials.defined())
+      partials = at::empty({k::fp8_amax_blocks(x.numel())}, x.options().dtype(at::kFloat));
     EXPECT_EQ(k::fp8_amax_partials(source, x.data_ptr(), x.numel(), partials.data_ptr<float>(),
                                    stream, prologue, aux_ptr),
               cudaSuccess);
@@ -65,6 +75,13 @@ Cast cast(const at::Tensor& x, bool gradient, k::Fp8Prologue prologue, const at:
                                   r.q.data_ptr(), r.qt.data_ptr(), padded,
                                   r.column_partials.data_ptr<float>(), stream, prologue, aux_ptr),
             cudaSuccess);
+}
+
+Cast cast(const at::Tensor& x, bool gradient, k::Fp8Prologue prologue, const at::Tensor& aux,
+          at::Tensor* history = nullptr, const at::Tensor* step = nullptr) {
+  Cast r = outputs_for(x);
+  at::Tensor partials;
+  cast_into(r, partials, x, gradient, prologue, aux, history, step);
   return r;
 }
 
@@ -141,6 +158,56 @@ TEST(Fp8CastKernel, BlocksOfSeveralTilesCastAsATileABlockOnAGpu) {
     const at::Tensor scale = v.abs().amax().clamp_min(1e-12) / 57344.0;
     expect_cast(cast(x, true, k::Fp8Prologue::gelu_grad, aux), v, scale, true, false,
                 std::to_string(s.rows) + " rows, GELU-gradient prologue");
+  }
+}
+
+// Not a check: how fast the cast runs at the 1.3B model's stage-1 shapes (an activation and the
+// feed-forward's hidden tensor), beside a bf16 copy of the same tensor (what the memory gives a
+// plain read and write in this process), for working on the kernel between whole-step runs
+// (docs/performance.md). Bytes: bf16 read, E4M3 rows and transposed copy written.
+TEST(Fp8CastKernel, FiguresOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const c10::Device gpu(c10::kCUDA, 0);
+  const auto time_us = [](const std::function<void()>& f) {
+    constexpr int kWarmup = 3, kIters = 20;
+    for (int i = 0; i < kWarmup; ++i) f();
+    cudaEvent_t start, stop;
+    cudaEventCreate(&start);
+    cudaEventCreate(&stop);
+    const auto stream = at::cuda::getCurrentCUDAStream().stream();
+    cudaEventRecord(start, stream);
+    for (int i = 0; i < kIters; ++i) f();
+    cudaEventRecord(stop, stream);
+    cudaEventSynchronize(stop);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    return 1e3 * ms / kIters;
+  };
+  for (const Shape s : {Shape{12480, 1536}, Shape{12480, 8960}}) {
+    const at::Tensor x =
+        at::randn({s.rows, s.cols}, at::TensorOptions().device(gpu)).to(at::kBFloat16);
+    at::Tensor copy = at::empty_like(x);
+    at::Tensor history = at::zeros({18}, x.options().dtype(at::kFloat));
+    history[0] = 4.f;
+    const at::Tensor step = at::full({1}, 1, x.options().dtype(at::kLong));
+    const double elements = static_cast<double>(x.numel());
+    Cast out = outputs_for(x);
+    at::Tensor partials;
+    const double copy_us = time_us([&] { copy.copy_(x); });
+    const double tensorwise_us =
+        time_us([&] { cast_into(out, partials, x, false, k::Fp8Prologue::none, {}); });
+    const double delayed_us = time_us(
+        [&] { cast_into(out, partials, x, false, k::Fp8Prologue::none, {}, &history, &step); });
+    const auto gbps = [&](double bytes_per_element, double us) {
+      return bytes_per_element * elements / us / 1e3;
+    };
+    std::printf(
+        "[ figures ] %lld x %lld bf16: copy %.1f us (%.0f GB/s); cast to E4M3 rows + transposed: "
+        "tensorwise %.1f us (max|x| pass included), delayed %.1f us (%.0f GB/s)\n",
+        static_cast<long long>(s.rows), static_cast<long long>(s.cols), copy_us, gbps(4, copy_us),
+        tensorwise_us, delayed_us, gbps(4, delayed_us));
   }
 }
 
