@@ -7,7 +7,8 @@
 #             reads (test_compute_weights, test_train_units),
 #             the model's GPU tests (test_wan21_dit *OnAGpu*);
 #  - bench:   4-block stacks of stage 1 and 2 (captions of 20-200 tokens padded to 512) and 14B
-#             2 blocks x 37440 tokens, fp8 off and tensorwise; with BENCH_FULL=1 (default) also
+#             2 blocks x 37440 tokens, fp8 off and tensorwise (BENCH_RECIPES, BENCH_GELU=1);
+#             with BENCH_FULL=1 (default) also
 #             stage 1 and 2 with full 512-row captions (nothing for the padded-row collapse);
 #             BENCH_CASTS=1 adds stage-1 blocks with fp32 masters, weights cast at each use and
 #             in one pass a step (--weight-casts);
@@ -112,10 +113,14 @@ S1=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 32 --video-tokens 390 --text-tok
 S2=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 1 --video-tokens 8190 --text-tokens 512)
 P14=(--preset wan2.1-t2v-14b --blocks 2 --batch 1 --video-tokens 37440 --text-tokens 512)
 if want bench && [ -x "$W" ] && left 200; then
-  for f in off tensorwise; do
-    bench "s1 captions 20-200 fp8=$f" "${S1[@]}" --caption-tokens 20:200 --fp8 $f
-    bench "s2 captions 20-200 fp8=$f" "${S2[@]}" --caption-tokens 20:200 --fp8 $f
-    bench "14B 2 blocks fp8=$f" "${P14[@]}" --fp8 $f
+  # BENCH_RECIPES: the run.fp8 recipes benched (default "off tensorwise"); BENCH_GELU=1 puts the
+  # FP8 ones on the feed-forward operator (--fp8-gelu fused).
+  for f in ${BENCH_RECIPES:-off tensorwise}; do
+    g=()
+    [ "$f" != off ] && [ "${BENCH_GELU:-0}" = 1 ] && g=(--fp8-gelu fused)
+    bench "s1 captions 20-200 fp8=$f ${g[*]}" "${S1[@]}" --caption-tokens 20:200 --fp8 $f "${g[@]}"
+    bench "s2 captions 20-200 fp8=$f ${g[*]}" "${S2[@]}" --caption-tokens 20:200 --fp8 $f "${g[@]}"
+    bench "14B 2 blocks fp8=$f ${g[*]}" "${P14[@]}" --fp8 $f "${g[@]}"
   done
   if [ "${BENCH_CASTS:-0}" = 1 ]; then # fp32 masters: weights cast at each use vs in one pass
     for c in per_use per_step; do

@@ -825,6 +825,16 @@ TEST(CudaGraphs, ReplayedFp8StepsWithTheFeedForwardOperatorTrainAsEagerStepsOnAG
       "feed-forward passes of the first step ran as one FP8 operator");
 }
 
+// The same with the input gradients of the FP8 layers that share an input summed inside their
+// products (run.kernels.fp8_input_gradients=summed): cuBLASLt's adding products inside each
+// replay, and the log's count of those it added (every one on a GPU).
+TEST(CudaGraphs, ReplayedFp8StepsWithSummedInputGradientsTrainAsEagerStepsOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a GPU";
+  expect_replayed_steps_train_as_eager_steps(
+      {"--set", "run.fp8=\"delayed\"", "--set", "run.kernels.fp8_input_gradients=\"summed\""},
+      "were summed inside the FP8 products of the layers that share an input");
+}
+
 // run.kernels.fp8_gelu=fused through the program on a GPU (wan21_dit's fused kernels hand the
 // feed-forward to the kit's operator): the losses and gradient norms of every step bit for bit
 // those of the two FP8 layers with ATen's GELU between them (the kernels spell ATen's fp32 GELU
