@@ -147,14 +147,15 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
         "--packed, --grid or --profile");
   try {
     set_kernel_options(parse_kernel_options(o.packed_attention, "fused", o.lt_epilogues,
-                                            o.weight_casts, o.fp8_gelu));
+                                            o.weight_casts, o.fp8_gelu, o.fp8_input_gradients));
   } catch (const std::invalid_argument& e) {
     throw UsageError(std::string("--packed-attention/--lt-epilogues: ") + e.what());
   }
   try {
     set_fp8_recipe(parse_fp8_recipe(o.fp8));
+    set_fp8_fast_accumulation(parse_fp8_fast_accumulation(o.fp8_fast_accumulation));
   } catch (const std::invalid_argument& e) {
-    throw UsageError(std::string("--fp8: ") + e.what());
+    throw UsageError(std::string("--fp8/--fp8-fast-accumulation: ") + e.what());
   }
   if (o.dtype.empty()) o.dtype = device.is_cuda() ? "bfloat16" : "float32";
   const auto dtype = o.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
@@ -309,6 +310,8 @@ void run_bench(PluginRegistry& registry, BenchOptions o) {
          {"fp8", o.fp8},
          {"weight_casts", o.weight_casts},
          {"fp8_gelu", o.fp8_gelu},
+         {"fp8_fast_accumulation", o.fp8_fast_accumulation},
+         {"fp8_input_gradients", o.fp8_input_gradients},
          {"device", device.str()},
          {"options", o.options},
          {"iters", o.iters},

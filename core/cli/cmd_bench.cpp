@@ -68,6 +68,18 @@ void add_bench_command(CLI::App& app, GlobalOptions& g) {
                 "run.kernels.fp8_gelu)")
       ->check(CLI::IsMember({"separate", "fused"}))
       ->capture_default_str();
+  b->add_option("--fp8-fast-accumulation", o->fp8_fast_accumulation,
+                "With --fp8 on: the FP8 products with fast accumulation: forward, "
+                "input_gradients (and the input-gradient products) or all "
+                "(run.fp8_fast_accumulation)")
+      ->check(CLI::IsMember({"forward", "input_gradients", "all"}))
+      ->capture_default_str();
+  b->add_option("--fp8-input-gradients", o->fp8_input_gradients,
+                "With --fp8 on: the input gradients of layers that share an input added by "
+                "separate passes (separate) or inside their products (summed; "
+                "run.kernels.fp8_input_gradients)")
+      ->check(CLI::IsMember({"separate", "summed"}))
+      ->capture_default_str();
   b->add_flag("--json", o->json, "Print one JSON object");
   b->add_option("--profile", o->profile,
                 "Profile a few steps after the timed ones: write a Chrome trace to this file and "

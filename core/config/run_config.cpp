@@ -61,6 +61,8 @@ RunConfig parse_run_config(const Json& resolved) {
   c.run.master_weights = r.at("master_weights");
   c.run.fp8 = parse_fp8_recipe(r.at("fp8"));  // the schema allows only the recipe names
   c.run.fp8_amax_history = r.at("fp8_amax_history");
+  // (the schema allows only the names)
+  c.run.fp8_fast_accumulation = parse_fp8_fast_accumulation(r.at("fp8_fast_accumulation"));
   c.run.skip_nonfinite = r.at("nonfinite") == "skip";
   c.run.nonfinite_max_consecutive = r.at("nonfinite_max_consecutive");
   c.run.threads = r.at("threads");

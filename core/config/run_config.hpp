@@ -25,7 +25,8 @@ struct RunSettings {
   std::string master_weights;      // fp32 | bf16
   Fp8Recipe fp8 = Fp8Recipe::off;  // run.fp8
   int fp8_amax_history = 16;       // run.fp8_amax_history (delayed)
-  bool skip_nonfinite = false;     // nonfinite: skip (else abort)
+  Fp8FastAccumulation fp8_fast_accumulation = Fp8FastAccumulation::forward;
+  bool skip_nonfinite = false;  // nonfinite: skip (else abort)
   long nonfinite_max_consecutive = 10;
   int threads = 0;
   bool prefetch = true;

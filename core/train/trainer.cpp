@@ -786,6 +786,7 @@ int Trainer::run() {
   set_kernel_options(cfg_.run.kernels);
   set_fp8_recipe(cfg_.run.fp8);
   set_fp8_amax_history(cfg_.run.fp8_amax_history);
+  set_fp8_fast_accumulation(cfg_.run.fp8_fast_accumulation);
   set_fault_rank(env_.rank);
   const c10::Device device = run_device(cfg_, env_.local_rank);
   CommTimeouts timeouts;
@@ -802,6 +803,12 @@ int Trainer::run() {
                      ? ", scales from " + std::to_string(cfg_.run.fp8_amax_history) +
                            " steps of max|x|"
                      : std::string()) +
+                (cfg_.run.fp8_fast_accumulation == Fp8FastAccumulation::forward
+                     ? std::string()
+                     : std::string(", fast accumulation in the ") +
+                           (cfg_.run.fp8_fast_accumulation == Fp8FastAccumulation::all
+                                ? "forward and both gradient products"
+                                : "forward and input-gradient products")) +
                 ")",
       cfg_.model.plugin, c_.model->num_blocks(), cfg_.parallelism.plugin, env_.world_size);
   if (cfg_.run.fp8 != Fp8Recipe::off)

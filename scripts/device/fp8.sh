@@ -32,7 +32,9 @@
 #             feed-forward's GELU in the FP8 casts (run.kernels.fp8_gelu; with FP8_DELAYED=1 the
 #             delayed recipe's), FP8_SUMS=1 (with the three above) also the input gradients of
 #             the layers that share an input summed in their products
-#             (run.kernels.fp8_input_gradients), GRAPH_BF16=0 no bf16 runs;
+#             (run.kernels.fp8_input_gradients), FP8_FAST=input_gradients|all (with the three)
+#             also fast accumulation in more products (run.fp8_fast_accumulation; in the A/B
+#             too, beside delayed scaling's run), GRAPH_BF16=0 no bf16 runs;
 #  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py), before the
 #             whole steps so that a call short of time still compares them, and every whole-step
 #             run's ratio to it at the end ("ratio" lines);
@@ -182,6 +184,12 @@ if want ab && [ -x "$W" ] && left 150; then
     [ "${FP8_GELU:-0}" = 1 ] && G8=(--set run.kernels.fp8_gelu=\"fused\")
     ab_run fp8-delayed --set run.fp8=\"delayed\" "${G8[@]}"
     runs+=("$R/ab-fp8-delayed") labels+=(--label fp8-delayed)
+    # FP8_FAST=input_gradients|all: the same with fast accumulation in more products.
+    if [ -n "${FP8_FAST:-}" ] && left 130; then
+      ab_run fp8-delayed-fast --set run.fp8=\"delayed\" "${G8[@]}" \
+        --set run.fp8_fast_accumulation=\"$FP8_FAST\"
+      runs+=("$R/ab-fp8-delayed-fast") labels+=(--label "fp8-delayed-fast-$FP8_FAST")
+    fi
   fi
   # The noise floor (AB_FLOOR=1): bf16 again with the fused kernels off, the same arithmetic with
   # other roundings. Where this pair parts as far as bf16 and FP8, the 2 % bound measures how
@@ -269,6 +277,16 @@ if want graphsteps && [ -x "$W" ]; then
       run_steps ddp-fp8-delayed-graphs-gelu-sums $stage "${G[@]}" --set run.cuda_graphs=true \
         --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\" \
         --set run.kernels.fp8_input_gradients=\"summed\"
+    # FP8_FAST=input_gradients|all (with GRAPH_FP8, FP8_DELAYED and FP8_GELU, and FP8_SUMS when
+    # set): the same with fast accumulation in more products (run.fp8_fast_accumulation).
+    if [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}" = 111 ] && [ -n "${FP8_FAST:-}" ] &&
+      left 100; then
+      S=()
+      [ "${FP8_SUMS:-0}" = 1 ] && S=(--set run.kernels.fp8_input_gradients=\"summed\")
+      run_steps ddp-fp8-delayed-graphs-gelu-fast-$FP8_FAST $stage "${G[@]}" \
+        --set run.cuda_graphs=true --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\" \
+        --set run.fp8_fast_accumulation=\"$FP8_FAST\" "${S[@]}"
+    fi
     # FP8_GELU=1 (with GRAPH_FP8, without FP8_DELAYED): the tensorwise recipe with the
     # feed-forward's GELU inside the FP8 casts.
     [ "${GRAPH_FP8:-0}${FP8_GELU:-0}${FP8_DELAYED:-0}" = 110 ] && left 100 &&

@@ -185,6 +185,21 @@ TEST(CliBench, DelayedFp8IsReported) {
   EXPECT_EQ(r.output.find("no training step has begun"), std::string::npos) << r.output;
 }
 
+// --fp8-fast-accumulation and --fp8-input-gradients (run.fp8_fast_accumulation,
+// run.kernels.fp8_input_gradients): taken and reported (their effect on the products is the GPU
+// tests'; the CPU emulation accumulates exactly), and a bad value names its flag.
+TEST(CliBench, Fp8ProductOptionsAreReported) {
+  const auto r = run_wanhost(kCase +
+                             " --json --fp8 delayed --fp8-fast-accumulation all "
+                             "--fp8-input-gradients summed");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(last_json_line(r.output)["fp8_fast_accumulation"], "all");
+  EXPECT_EQ(last_json_line(r.output)["fp8_input_gradients"], "summed");
+  const auto bad = run_wanhost(kCase + " --fp8 delayed --fp8-fast-accumulation sometimes");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("--fp8-fast-accumulation"), std::string::npos) << bad.output;
+}
+
 TEST(CliBench, UsageErrorsNameTheFlag) {
   const std::string tiny = kBase + " --batch 2 --preset tiny --video-tokens 60 ";
   const std::pair<std::string, std::string> cases[] = {

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -118,6 +119,49 @@ TEST(Fp8Gpu, ScaledProductsMatchTheEmulation) {
   // Many 64 x 64 tiles of the cast kernel's 16-byte variant: 2002 token rows (padded to 2016),
   // 256 and 192 columns.
   expect_products(c10::Device(c10::kCUDA, 0), at::kBFloat16, 6e-3, {2, 1001, 256, 192});
+}
+
+// run.fp8_fast_accumulation reaches the gradient products: with each choice a layer's input and
+// weight gradients are bit for bit at::_scaled_mm's of the same quantised operands with the
+// accumulation the choice names, and the weight gradient (4096 tokens summed) differs between
+// fast and precise accumulation (the flag changes something).
+TEST(Fp8Gpu, FastAccumulationReachesTheGradientProductsOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  using wanhost::Fp8FastAccumulation;
+  Fp8On on;
+  const c10::Device gpu(c10::kCUDA, 0);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(47);
+  const std::int64_t m = 4096, in = 256, out = 192;
+  const at::Tensor x0 = at::randn({m, in}, gen).to(gpu, at::kBFloat16);
+  const at::Tensor dy = (at::randn({m, out}, gen) * 1e-2).to(gpu, at::kBFloat16);
+  const at::Tensor w = (at::randn({out, in}, gen) * 0.05).to(gpu);
+  const auto xq = wanhost::fp8_quantize(x0, false),
+             xtq = wanhost::fp8_quantize(x0.t().contiguous(), false);
+  const auto dyq = wanhost::fp8_quantize(dy, true),
+             dytq = wanhost::fp8_quantize(dy.t().contiguous(), true);
+  const auto wtq = wanhost::fp8_quantize(w.t().contiguous(), false);
+  std::map<Fp8FastAccumulation, at::Tensor> dws;
+  for (const auto which : {Fp8FastAccumulation::forward, Fp8FastAccumulation::input_gradients,
+                           Fp8FastAccumulation::all}) {
+    wanhost::set_fp8_fast_accumulation(which);
+    const std::string what = wanhost::fp8_fast_accumulation_name(which);
+    const at::Tensor weight = w.clone().requires_grad_(true);
+    const at::Tensor x = x0.clone().requires_grad_(true);
+    wanhost::Fp8WeightCache cache;
+    wanhost::fp8_linear(x, weight, at::Tensor(), cache).backward(dy);
+    const bool fast_dx = which != Fp8FastAccumulation::forward,
+               fast_dw = which == Fp8FastAccumulation::all;
+    const at::Tensor want_dx = at::_scaled_mm(dyq.q, wtq.q.t(), dyq.scale, wtq.scale, std::nullopt,
+                                              std::nullopt, at::kBFloat16, fast_dx);
+    const at::Tensor want_dw = at::_scaled_mm(dytq.q, xtq.q.t(), dytq.scale, xtq.scale,
+                                              std::nullopt, std::nullopt, at::kFloat, fast_dw);
+    EXPECT_TRUE(at::equal(x.grad(), want_dx)) << what << ": input gradient";
+    EXPECT_TRUE(at::equal(weight.grad(), want_dw)) << what << ": weight gradient";
+    dws[which] = weight.grad();
+  }
+  wanhost::set_fp8_fast_accumulation(Fp8FastAccumulation::forward);
+  EXPECT_FALSE(at::equal(dws[Fp8FastAccumulation::all], dws[Fp8FastAccumulation::forward]))
+      << "fast and precise accumulation of 4096 terms gave the same bits";
 }
 
 // The one-pass cast kernels (kernels/fp8_kernels.cu) against ATen's arithmetic on the same GPU,
@@ -467,6 +511,16 @@ TEST(Fp8, FeedForwardOptionNames) {
       wanhost::parse_kernel_options("auto", "fused", "dgelu", "per_use", "fused").fp8_fused_gelu);
   EXPECT_THROW(wanhost::parse_kernel_options("auto", "fused", "dgelu", "per_use", "inline"),
                std::invalid_argument);
+}
+
+TEST(Fp8, FastAccumulationNames) {
+  using wanhost::Fp8FastAccumulation;
+  EXPECT_EQ(wanhost::fp8_fast_accumulation(), Fp8FastAccumulation::forward) << "the default";
+  for (const auto which : {Fp8FastAccumulation::forward, Fp8FastAccumulation::input_gradients,
+                           Fp8FastAccumulation::all})
+    EXPECT_EQ(wanhost::parse_fp8_fast_accumulation(wanhost::fp8_fast_accumulation_name(which)),
+              which);
+  EXPECT_THROW(wanhost::parse_fp8_fast_accumulation("backward"), std::invalid_argument);
 }
 
 TEST(Fp8, RecipeNames) {

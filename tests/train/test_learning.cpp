@@ -287,6 +287,23 @@ TEST(Fp8, SummedInputGradientsTrainAsSeparateOnesAndSaySo) {
   EXPECT_NE(bad.err.find("/run/kernels/fp8_input_gradients"), std::string::npos) << bad.describe();
 }
 
+// run.fp8_fast_accumulation through the program: the log names the products that take fast
+// accumulation, and a bad name names its place. (That the products take it: test_fp8's
+// Fp8Gpu.FastAccumulationReachesTheGradientProductsOnAGpu; the CPU emulation sums exactly.)
+TEST(Fp8, FastAccumulationIsLoggedAndABadNameNamesItsPlace) {
+  const fs::path dir = scratch_dir();
+  const Result r = run_cli(run_args(
+      dir / "all", {"--set", "run.fp8=\"delayed\"", "--set", "run.fp8_fast_accumulation=\"all\""}));
+  ASSERT_EQ(r.code, 0) << r.describe();
+  EXPECT_NE(r.err.find("fast accumulation in the forward and both gradient products"),
+            std::string::npos)
+      << r.describe();
+  const Result bad =
+      run_cli(run_args(dir / "bad", {"--set", "run.fp8_fast_accumulation=\"backward\""}));
+  EXPECT_EQ(bad.code, 2) << bad.describe();
+  EXPECT_NE(bad.err.find("/run/fp8_fast_accumulation"), std::string::npos) << bad.describe();
+}
+
 // run.prefetch (default on) makes each step's micro batches on a worker thread one step ahead;
 // the inputs depend only on (seed, step, sample position), so a run that makes them in the step
 // itself (prefetch off) takes exactly the same steps. A worker that paired a step with another

@@ -37,6 +37,15 @@ namespace wanhost {
 namespace {
 
 std::atomic<Fp8Recipe> g_recipe{Fp8Recipe::off};
+std::atomic<Fp8FastAccumulation> g_fast_accumulation{Fp8FastAccumulation::forward};
+
+// Whether the input-gradient (dx) and weight-gradient (dW) products take fast accumulation.
+bool fast_input_gradients() {
+  return g_fast_accumulation.load() != Fp8FastAccumulation::forward;
+}
+bool fast_weight_gradients() {
+  return g_fast_accumulation.load() == Fp8FastAccumulation::all;
+}
 
 constexpr std::int64_t kAlign = 16;  // at::_scaled_mm: K and N multiples of 16
 constexpr double kE4m3Max = 448.0, kE5m2Max = 57344.0;
@@ -328,6 +337,7 @@ bool added_by_cublaslt(const at::Tensor& so_far, const Quantized& g, const at::T
   p.a_scale = w_scale.data_ptr<float>(), p.b_scale = g.scale.data_ptr<float>();
   p.d = so_far.data_ptr(), p.ldd = p.m;
   p.accumulate = true;
+  p.fast_accumulation = fast_input_gradients();
   const auto status = kernels::lt_fp8_matmul(
       at::cuda::getCurrentCUDABlasLtHandle(), p, at::cuda::getCUDABlasLtWorkspace(),
       at::cuda::getCUDABlasLtWorkspaceSize(),
@@ -353,7 +363,8 @@ bool added_by_cublaslt(const at::Tensor& so_far, const Quantized& g, const at::T
 // fp32 is added to so_far and rounded once the same way.
 at::Tensor input_gradient(const Quantized& g, const at::Tensor& wqt, const at::Tensor& w_scale,
                           at::ScalarType dtype, const at::Tensor& so_far = {}) {
-  if (!so_far.defined()) return scaled_mm(g.q, wqt.t(), g.scale, w_scale, {}, dtype, false);
+  if (!so_far.defined())
+    return scaled_mm(g.q, wqt.t(), g.scale, w_scale, {}, dtype, fast_input_gradients());
   g_summed_input_gradients.fetch_add(1);
 #if WANHOST_WITH_CUDA
   if (so_far.is_cuda() && added_by_cublaslt(so_far, g, wqt, w_scale)) {
@@ -361,7 +372,8 @@ at::Tensor input_gradient(const Quantized& g, const at::Tensor& wqt, const at::T
     return so_far;
   }
 #endif
-  return (scaled_mm(g.q, wqt.t(), g.scale, w_scale, {}, at::kFloat, false) + so_far.to(at::kFloat))
+  return (scaled_mm(g.q, wqt.t(), g.scale, w_scale, {}, at::kFloat, fast_input_gradients()) +
+          so_far.to(at::kFloat))
       .to(dtype);
 }
 
@@ -381,7 +393,7 @@ LayerGradients layer_gradients(torch::autograd::AutogradContext* ctx, const std:
   r.dx = input_gradient(g, wqt, w_scale, dx_dtype, dx_so_far);
   // dW [out, in] = dy^T [out, M] x [M, in]: x column-major is x^T row-major.
   r.dw = scaled_mm(g.qt, xqt.t(), g.scale, x_scale, {}, remembered(ctx, layer + "weight_dtype"),
-                   false);
+                   fast_weight_gradients());
   // The bias gradient in the bias's dtype, from the fp32 column sums (an fp32 master's
   // unrounded).
   if (has_bias(ctx, layer)) r.db = g.column_sums.to(remembered(ctx, layer + "bias_dtype"));
@@ -552,6 +564,32 @@ Fp8Recipe parse_fp8_recipe(const std::string& name) {
   if (name == "tensorwise") return Fp8Recipe::tensorwise;
   if (name == "delayed") return Fp8Recipe::delayed;
   throw std::invalid_argument("expected off, tensorwise or delayed, got \"" + name + "\"");
+}
+
+void set_fp8_fast_accumulation(Fp8FastAccumulation which) {
+  g_fast_accumulation.store(which);
+}
+Fp8FastAccumulation fp8_fast_accumulation() {
+  return g_fast_accumulation.load();
+}
+
+Fp8FastAccumulation parse_fp8_fast_accumulation(const std::string& name) {
+  if (name == "forward") return Fp8FastAccumulation::forward;
+  if (name == "input_gradients") return Fp8FastAccumulation::input_gradients;
+  if (name == "all") return Fp8FastAccumulation::all;
+  throw std::invalid_argument("expected forward, input_gradients or all, got \"" + name + "\"");
+}
+
+const char* fp8_fast_accumulation_name(Fp8FastAccumulation which) {
+  switch (which) {
+    case Fp8FastAccumulation::input_gradients:
+      return "input_gradients";
+    case Fp8FastAccumulation::all:
+      return "all";
+    case Fp8FastAccumulation::forward:
+      break;
+  }
+  return "forward";
 }
 
 const char* fp8_recipe_name(Fp8Recipe recipe) {
