@@ -803,10 +803,11 @@ int Trainer::run() {
                      ? ", scales from " + std::to_string(cfg_.run.fp8_amax_history) +
                            " steps of max|x|"
                      : std::string()) +
-                (cfg_.run.fp8_fast_accumulation == Fp8FastAccumulation::forward
+                // what the kit was set to (set above), as its products read it
+                (fp8_fast_accumulation() == Fp8FastAccumulation::forward
                      ? std::string()
                      : std::string(", fast accumulation in the ") +
-                           (cfg_.run.fp8_fast_accumulation == Fp8FastAccumulation::all
+                           (fp8_fast_accumulation() == Fp8FastAccumulation::all
                                 ? "forward and both gradient products"
                                 : "forward and input-gradient products")) +
                 ")",
