@@ -3,11 +3,11 @@
 // objects and are made per call (they hold the call's pointers).
 #include "lt_matmul.hpp"
 
+#include <array>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <utility>
-#include <vector>
 
 namespace wanhost::kernels {
 namespace {
@@ -106,9 +106,11 @@ cublasStatus_t describe(const LtMatmul& p, std::size_t workspace_bytes, Desc& d)
   return prefer(d, workspace_bytes, p.a, p.b, p.d);
 }
 
-// The first heuristic answer for a problem (C is D), asked once per key (the keys of the two
-// kinds of product below differ in their first element).
-using Key = std::vector<std::int64_t>;
+// The first heuristic answer for a problem (C is D), asked once per key: the product's kind (its
+// first element), its fields (zeros after the last one), then the alignments and workspace
+// (run_cached's). A fixed array: no allocation per product.
+constexpr std::size_t kKeyFields = 13, kKeySize = kKeyFields + 4;
+using Key = std::array<std::int64_t, kKeySize>;
 
 struct Choice {
   bool found = false;
@@ -158,8 +160,9 @@ cublasStatus_t describe_fp8(const LtFp8Matmul& p, std::size_t workspace_bytes, D
 cublasStatus_t run_cached(cublasLtHandle_t handle, const Desc& d, Key key, const void* a,
                           const void* b, void* out, float beta, void* workspace,
                           std::size_t workspace_bytes, cudaStream_t stream) {
-  key.insert(key.end(), {alignment(a), alignment(b), alignment(out),
-                         static_cast<std::int64_t>(workspace_bytes)});
+  key[kKeyFields] = alignment(a), key[kKeyFields + 1] = alignment(b);
+  key[kKeyFields + 2] = alignment(out);
+  key[kKeyFields + 3] = static_cast<std::int64_t>(workspace_bytes);
   const Choice choice = choice_for(key, handle, d);
   if (!choice.found) return CUBLAS_STATUS_NOT_SUPPORTED;
   const float alpha = 1.0f;

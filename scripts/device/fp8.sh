@@ -79,7 +79,7 @@ if want tests; then
   : >"$R/tests.txt"
   gpu_test test_kernels --gtest_filter='Fp8*:FusedGpu*'
   # The FP8 cast kernel called directly: several row tiles a block, every output bit for bit.
-  gpu_test test_fp8_cast_kernel
+  gpu_test test_fp8_cast_kernel --gtest_also_run_disabled_tests
   # The model's GPU tests: fused against plain path, captured step, packed and collapsed text.
   gpu_test test_wan21_dit --gtest_filter='*OnAGpu*'
   # LibTorch's fused CUDA AdamW with the device-side skip (found_inf) and clip (grad_scale), and
@@ -104,7 +104,8 @@ if want ncu; then
     timeout 240 "$NCU" --kernel-name regex:cast_transpose_wide --launch-skip 4 --launch-count 4 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
       --section WarpStateStats --section LaunchStats \
-      "$BIN/test_fp8_cast_kernel" --gtest_filter='*Figures*' >"$OUT/ncu.txt" 2>&1
+      "$BIN/test_fp8_cast_kernel" --gtest_filter='*Figures*' --gtest_also_run_disabled_tests \
+      >"$OUT/ncu.txt" 2>&1
     say "ncu exit $? ($(wc -l <"$OUT/ncu.txt") lines in ncu.txt)"
   else
     say "ncu: not on this machine or no test_fp8_cast_kernel"

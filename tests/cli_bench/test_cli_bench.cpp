@@ -186,8 +186,9 @@ TEST(CliBench, DelayedFp8IsReported) {
 }
 
 // --fp8-fast-accumulation and --fp8-input-gradients (run.fp8_fast_accumulation,
-// run.kernels.fp8_input_gradients): taken and reported (their effect on the products is the GPU
-// tests'; the CPU emulation accumulates exactly), and a bad value names its flag.
+// run.kernels.fp8_input_gradients): taken and reported as the kit holds them (their effect on the
+// products is the GPU tests'; the CPU emulation accumulates exactly), and a bad value names its
+// flag.
 TEST(CliBench, Fp8ProductOptionsAreReported) {
   const auto r = run_wanhost(kCase +
                              " --json --fp8 delayed --fp8-fast-accumulation all "

@@ -161,11 +161,13 @@ TEST(Fp8CastKernel, BlocksOfSeveralTilesCastAsATileABlockOnAGpu) {
   }
 }
 
-// Not a check: how fast the cast runs at the 1.3B model's stage-1 shapes (an activation and the
-// feed-forward's hidden tensor), beside a bf16 copy of the same tensor (what the memory gives a
-// plain read and write in this process), for working on the kernel between whole-step runs
-// (docs/performance.md). Bytes: bf16 read, E4M3 rows and transposed copy written.
-TEST(Fp8CastKernel, FiguresOnAGpu) {
+// A measurement, not a test (disabled: it checks nothing, so the suite does not count it; run it
+// with --gtest_also_run_disabled_tests, as scripts/device/fp8.sh does): how fast the cast runs at
+// the 1.3B model's stage-1 shapes (an activation and the feed-forward's hidden tensor), beside a
+// bf16 copy of the same tensor (what the memory gives a plain read and write in this process),
+// for working on the kernel between whole-step runs (docs/performance.md). Bytes: bf16 read,
+// E4M3 rows and transposed copy written.
+TEST(Fp8CastKernel, DISABLED_FiguresOnAGpu) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   const c10::Device gpu(c10::kCUDA, 0);
   const auto time_us = [](const std::function<void()>& f) {

@@ -13,6 +13,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -37,6 +38,35 @@ using fp8_arithmetic::scaled_mm;
 using Prologue = fp8_arithmetic::Prologue;
 
 std::atomic<Fp8Recipe> g_recipe{Fp8Recipe::off};
+std::atomic<Fp8FastAccumulation> g_fast_accumulation{Fp8FastAccumulation::forward};
+
+// The manifest's names of the FP8 choices (run.fp8, run.fp8_fast_accumulation), in order.
+template <typename E>
+using Names = std::array<std::pair<E, const char*>, 3>;
+constexpr Names<Fp8Recipe> kRecipeNames{{{Fp8Recipe::off, "off"},
+                                         {Fp8Recipe::tensorwise, "tensorwise"},
+                                         {Fp8Recipe::delayed, "delayed"}}};
+constexpr Names<Fp8FastAccumulation> kFastAccumulationNames{
+    {{Fp8FastAccumulation::forward, "forward"},
+     {Fp8FastAccumulation::input_gradients, "input_gradients"},
+     {Fp8FastAccumulation::all, "all"}}};
+
+// The value of `name`; anything else throws std::invalid_argument naming what is expected.
+template <typename E>
+E parsed(const Names<E>& names, const std::string& name) {
+  std::string expected;
+  for (const auto& [value, n] : names) {
+    if (name == n) return value;
+    expected += (expected.empty() ? "" : ", ") + std::string(n);
+  }
+  throw std::invalid_argument("expected one of " + expected + ", got \"" + name + "\"");
+}
+template <typename E>
+const char* name_of(const Names<E>& names, E value) {
+  for (const auto& [v, n] : names)
+    if (v == value) return n;
+  return names[0].second;
+}
 // Inputs already quantised, kept for the next layers that read the same tensor at the same
 // version (tensor_stamp.hpp: a freed input is never matched by a new tensor at its address).
 //  - `last`: the last input (a block's q, k and v read one normed input; cross-attention's k and
@@ -293,22 +323,23 @@ Fp8Recipe fp8_recipe() {
 }
 
 Fp8Recipe parse_fp8_recipe(const std::string& name) {
-  if (name == "off") return Fp8Recipe::off;
-  if (name == "tensorwise") return Fp8Recipe::tensorwise;
-  if (name == "delayed") return Fp8Recipe::delayed;
-  throw std::invalid_argument("expected off, tensorwise or delayed, got \"" + name + "\"");
+  return parsed(kRecipeNames, name);
+}
+const char* fp8_recipe_name(Fp8Recipe recipe) {
+  return name_of(kRecipeNames, recipe);
 }
 
-const char* fp8_recipe_name(Fp8Recipe recipe) {
-  switch (recipe) {
-    case Fp8Recipe::tensorwise:
-      return "tensorwise";
-    case Fp8Recipe::delayed:
-      return "delayed";
-    case Fp8Recipe::off:
-      break;
-  }
-  return "off";
+void set_fp8_fast_accumulation(Fp8FastAccumulation which) {
+  g_fast_accumulation.store(which);
+}
+Fp8FastAccumulation fp8_fast_accumulation() {
+  return g_fast_accumulation.load();
+}
+Fp8FastAccumulation parse_fp8_fast_accumulation(const std::string& name) {
+  return parsed(kFastAccumulationNames, name);
+}
+const char* fp8_fast_accumulation_name(Fp8FastAccumulation which) {
+  return name_of(kFastAccumulationNames, which);
 }
 
 void fp8_weights_changed() {

@@ -9,8 +9,6 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
-#include <stdexcept>
-#include <string>
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -28,8 +26,6 @@
 namespace wanhost {
 namespace fp8_arithmetic {
 namespace {
-
-std::atomic<Fp8FastAccumulation> g_fast_accumulation{Fp8FastAccumulation::forward};
 
 constexpr double kE4m3Max = 448.0, kE5m2Max = 57344.0;
 // An all-zero operand keeps a finite scale (its quantised values are zeros either way).
@@ -202,10 +198,10 @@ bool added_by_cublaslt(const at::Tensor& so_far, const Quantized& g, const at::T
 }  // namespace
 
 bool fast_input_gradients() {
-  return g_fast_accumulation.load() != Fp8FastAccumulation::forward;
+  return fp8_fast_accumulation() != Fp8FastAccumulation::forward;
 }
 bool fast_weight_gradients() {
-  return g_fast_accumulation.load() == Fp8FastAccumulation::all;
+  return fp8_fast_accumulation() == Fp8FastAccumulation::all;
 }
 
 Quantized quantize(const at::Tensor& x, bool gradient, Outputs want, const Prologue& p,
@@ -264,35 +260,8 @@ at::Tensor input_gradient(const Quantized& g, const at::Tensor& wqt, const at::T
 
 }  // namespace fp8_arithmetic
 
-using fp8_arithmetic::g_fast_accumulation;
 using fp8_arithmetic::g_summed_input_gradients;
 using fp8_arithmetic::g_summed_input_gradients_in_products;
-
-void set_fp8_fast_accumulation(Fp8FastAccumulation which) {
-  g_fast_accumulation.store(which);
-}
-Fp8FastAccumulation fp8_fast_accumulation() {
-  return g_fast_accumulation.load();
-}
-
-Fp8FastAccumulation parse_fp8_fast_accumulation(const std::string& name) {
-  if (name == "forward") return Fp8FastAccumulation::forward;
-  if (name == "input_gradients") return Fp8FastAccumulation::input_gradients;
-  if (name == "all") return Fp8FastAccumulation::all;
-  throw std::invalid_argument("expected forward, input_gradients or all, got \"" + name + "\"");
-}
-
-const char* fp8_fast_accumulation_name(Fp8FastAccumulation which) {
-  switch (which) {
-    case Fp8FastAccumulation::input_gradients:
-      return "input_gradients";
-    case Fp8FastAccumulation::all:
-      return "all";
-    case Fp8FastAccumulation::forward:
-      break;
-  }
-  return "forward";
-}
 
 std::int64_t fp8_summed_input_gradients() {
   return g_summed_input_gradients.load();

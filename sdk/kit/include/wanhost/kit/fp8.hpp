@@ -1,16 +1,18 @@
 // FP8 matrix products for the large linear layers of DiT blocks (run.fp8, docs/performance.md
-// "FP8 linear layers"), with "current" tensorwise scaling: every operand is scaled by its own
-// absolute maximum at the time it is made (no amax history), as torchao's Float8Linear with
-// tensorwise scaling and Transformer Engine's Float8CurrentScaling recipe do:
+// "FP8 linear layers"). Each operand is scaled by an absolute maximum: its own at the time it is
+// made ("tensorwise", current scaling, as torchao's Float8Linear with tensorwise scaling and
+// Transformer Engine's Float8CurrentScaling recipe do), or the largest of its last steps'
+// ("delayed", below):
 //   forward          y  = x W^T + b       x: E4M3, W: E4M3                     (fast accumulation)
 //   input gradient   dx = dy W            dy: E5M2, W: E4M3
 //   weight gradient  dW = dy^T x          dy: E5M2, x: E4M3, written in W's dtype (fp32 master
 //                                         weights get fp32 gradients straight from the product)
-// Accumulation is fp32 (cuBLASLt through at::_scaled_mm; Hopper's FP8 tensor cores). Each weight
+// Accumulation is fp32 (cuBLASLt through at::_scaled_mm; Hopper's FP8 tensor cores); the
+// gradients' products are precise unless set_fp8_fast_accumulation says otherwise. Each weight
 // is quantised once per optimizer step (Fp8WeightCache), each input once however many layers
 // read it (a block's q, k and v share theirs). Attention, norms, embedders, the output projection
 // and the master weights stay as they are. On the CPU the products are emulated in fp32 on the
-// dequantised operands (the quantisation is the same): what the CPU tests check the recipe with.
+// dequantised operands (the quantisation is the same): what the CPU tests check the recipes with.
 #pragma once
 
 #include <cstdint>
