@@ -7,7 +7,8 @@
 #             reads (test_compute_weights, test_train_units),
 #             the model's GPU tests (test_wan21_dit *OnAGpu*);
 #  - bench:   4-block stacks of stage 1 and 2 (captions of 20-200 tokens padded to 512) and 14B
-#             2 blocks x 37440 tokens, fp8 off and tensorwise (BENCH_RECIPES, BENCH_GELU=1);
+#             2 blocks x 37440 tokens, fp8 off and tensorwise (BENCH_RECIPES, BENCH_GELU=1,
+#             BENCH_SHAPES="s1 s2 14b", BENCH_FP8_ARGS: more flags for the FP8 runs);
 #             with BENCH_FULL=1 (default) also
 #             stage 1 and 2 with full 512-row captions (nothing for the padded-row collapse);
 #             BENCH_CASTS=1 adds stage-1 blocks with fp32 masters, weights cast at each use and
@@ -34,7 +35,8 @@
 #             the layers that share an input summed in their products
 #             (run.kernels.fp8_input_gradients), FP8_FAST=input_gradients|all (with the three)
 #             also fast accumulation in more products (run.fp8_fast_accumulation; in the A/B
-#             too, beside delayed scaling's run), GRAPH_BF16=0 no bf16 runs;
+#             too, beside delayed scaling's run), GRAPH_BF16=0 no bf16 runs, GRAPH_FP8_BASES=0
+#             neither tensorwise nor delayed without the operator;
 #  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py), before the
 #             whole steps so that a call short of time still compares them, and every whole-step
 #             run's ratio to it at the end ("ratio" lines);
@@ -80,6 +82,12 @@ if want tests; then
   gpu_test test_kernels --gtest_filter='Fp8*:FusedGpu*'
   # The FP8 cast kernel called directly: several row tiles a block, every output bit for bit.
   gpu_test test_fp8_cast_kernel --gtest_also_run_disabled_tests
+  # CAST_VARIANTS="NAME...": carried builds of the same test with another cast kernel (an A/B of
+  # kernel variants in one call; name them in GPU_TESTS too).
+  for v in ${CAST_VARIANTS:-}; do
+    echo "== $v" >>"$R/tests.txt"
+    gpu_test "$v" --gtest_also_run_disabled_tests
+  done
   # The model's GPU tests: fused against plain path, captured step, packed and collapsed text.
   gpu_test test_wan21_dit --gtest_filter='*OnAGpu*'
   # LibTorch's fused CUDA AdamW with the device-side skip (found_inf) and clip (grad_scale), and
@@ -91,22 +99,26 @@ if want tests; then
   # CUDA graphs against eager ones (run.cuda_graphs); the step's numbers read through pinned memory.
   TEST_S=240 gpu_test test_train_units \
     --gtest_filter="${TRAIN_TESTS:-StepPrefetcher*:CudaGraphs*:HostRead*:Fp8FeedForward*}"
-  grep -E "^\[  (PASSED|FAILED) |FAILED|figures|Failure" "$R/tests.txt" | head -30 |
+  grep -E "^== |^\[  (PASSED|FAILED) |FAILED|figures|Failure" "$R/tests.txt" | head -40 |
     tee -a "$OUT/summary.txt"
 fi
 
 # PARTS=ncu: the FP8 cast kernel under Nsight Compute (where the device has it): throughput, memory
-# and warp-stall sections of a few casts of test_fp8_cast_kernel's figures (stage-1 shapes), for
+# and warp-stall sections of test_fp8_cast_kernel's figures at 12480 x 1536 (the four casts, 23 launches
+# each: tensorwise, E5M2 with column sums, with GELU's derivative, delayed without sums), for
 # why the casts move bytes at ~1.7 TB/s of an H100's 3.35 (docs/performance.md, 2026-12-05).
 if want ncu; then
   NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)
   if [ -n "$NCU" ] && [ -x "$BIN/test_fp8_cast_kernel" ]; then
-    timeout 240 "$NCU" --kernel-name regex:cast_transpose_wide --launch-skip 4 --launch-count 4 \
-      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
-      --section WarpStateStats --section LaunchStats \
-      "$BIN/test_fp8_cast_kernel" --gtest_filter='*Figures*' --gtest_also_run_disabled_tests \
-      >"$OUT/ncu.txt" 2>&1
-    say "ncu exit $? ($(wc -l <"$OUT/ncu.txt") lines in ncu.txt)"
+    for t in test_fp8_cast_kernel ${CAST_VARIANTS:-}; do
+      [ -x "$BIN/$t" ] || continue
+      timeout 150 "$NCU" --kernel-name regex:cast_transpose_wide --launch-skip 4 --launch-count 92 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+        --section WarpStateStats --section LaunchStats --section SchedulerStats \
+        "$BIN/$t" --gtest_filter='*Figures*' --gtest_also_run_disabled_tests \
+        >"$OUT/ncu-$t.txt" 2>&1
+      say "ncu $t exit $? ($(wc -l <"$OUT/ncu-$t.txt") lines in ncu-$t.txt)"
+    done
   else
     say "ncu: not on this machine or no test_fp8_cast_kernel"
   fi
@@ -121,9 +133,15 @@ if want bench && [ -x "$W" ] && left 200; then
   for f in ${BENCH_RECIPES:-off tensorwise}; do
     g=()
     [ "$f" != off ] && [ "${BENCH_GELU:-0}" = 1 ] && g=(--fp8-gelu fused)
-    bench "s1 captions 20-200 fp8=$f ${g[*]}" "${S1[@]}" --caption-tokens 20:200 --fp8 $f "${g[@]}"
-    bench "s2 captions 20-200 fp8=$f ${g[*]}" "${S2[@]}" --caption-tokens 20:200 --fp8 $f "${g[@]}"
-    bench "14B 2 blocks fp8=$f ${g[*]}" "${P14[@]}" --fp8 $f "${g[@]}"
+    # BENCH_FP8_ARGS: more bench flags for the FP8 runs (e.g. "--fp8-input-gradients summed").
+    [ "$f" != off ] && g+=(${BENCH_FP8_ARGS:-})
+    # BENCH_SHAPES: which of the three (default "s1 s2 14b").
+    bs=" ${BENCH_SHAPES:-s1 s2 14b} "
+    [[ $bs == *" s1 "* ]] && bench "s1 captions 20-200 fp8=$f ${g[*]}" "${S1[@]}" \
+      --caption-tokens 20:200 --fp8 $f "${g[@]}"
+    [[ $bs == *" s2 "* ]] && bench "s2 captions 20-200 fp8=$f ${g[*]}" "${S2[@]}" \
+      --caption-tokens 20:200 --fp8 $f "${g[@]}"
+    [[ $bs == *" 14b "* ]] && bench "14B 2 blocks fp8=$f ${g[*]}" "${P14[@]}" --fp8 $f "${g[@]}"
   done
   if [ "${BENCH_CASTS:-0}" = 1 ]; then # fp32 masters: weights cast at each use vs in one pass
     for c in per_use per_step; do
@@ -259,11 +277,13 @@ if want graphsteps && [ -x "$W" ]; then
     [ "${GRAPH_CASTS:-0}" = 1 ] && left 100 && run_steps ddp-bf16-graphs-casts $stage "${G[@]}" \
       "${C[@]}"
     # GRAPH_FP8=1: FP8 linear layers replayed too (cheaper arithmetic than the bf16 peer's).
-    [ "${GRAPH_FP8:-0}" = 1 ] && left 100 && run_steps ddp-fp8-graphs $stage "${G[@]}" \
-      --set run.cuda_graphs=true --set run.fp8=\"tensorwise\"
+    # GRAPH_FP8_BASES=0: neither this run nor delayed scaling's without the operator (a call
+    # about the levers on top of delayed + operator only).
+    [ "${GRAPH_FP8:-0}${GRAPH_FP8_BASES:-1}" = 11 ] && left 100 && run_steps ddp-fp8-graphs \
+      $stage "${G[@]}" --set run.cuda_graphs=true --set run.fp8=\"tensorwise\"
     # FP8_DELAYED=1 (with GRAPH_FP8): the same with delayed scaling (run.fp8 = delayed: no max|x|
     # pass, the scales from the last 16 steps' maxima).
-    [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}" = 11 ] && left 100 &&
+    [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${GRAPH_FP8_BASES:-1}" = 111 ] && left 100 &&
       run_steps ddp-fp8-delayed-graphs $stage "${G[@]}" --set run.cuda_graphs=true \
         --set run.fp8=\"delayed\"
     # FP8_GELU=1 FP8_DELAYED=1 (with GRAPH_FP8): the feed-forward operator with delayed scaling
