@@ -337,9 +337,11 @@ __global__ void __launch_bounds__(32 * kTileRowsPerPass)
 // at 1.7-2.1 TB/s, 2026-12-05). Rows pass: a thread converts 8 neighbouring elements of a row
 // (one 16-byte load of bf16, two of fp32) into one 8-byte store of q and of the shared tile; 8
 // threads a row, 32 rows a pass, both passes' loads in flight together. Columns pass: a thread
-// gathers 16 rows of one tile column from shared memory into one 16-byte store of qt; a warp
-// reads 32 neighbouring bytes of one tile row at a time (no bank conflicts with the 64-byte row
-// pitch, nor in the rows pass, where a half warp's 8-byte stores cover two whole rows). Column
+// gathers 16 rows of one tile column from shared memory into one 16-byte store of qt, four
+// neighbouring threads the four 16-row bands of one column (a warp writes 8 whole 64-byte pieces of
+// qt rows, not 32 half sectors); the tile's 8-byte groups are permuted per band
+// (swizzled_group), so neither pass has bank conflicts (in the rows pass a half warp's 8-byte
+// stores cover two whole rows; in the columns pass a warp reads 8 words of 8 banks). Column
 // sums: each thread's 8 columns over its 2 rows of a tile, then the 32 row groups added in a
 // fixed order (deterministic; the same sums whatever the tiles a block takes).
 struct Eight {
@@ -370,6 +372,13 @@ __device__ __forceinline__ Eight floats_of(const RawEight<In>& r) {
 }
 
 constexpr int kWideThreads = 32 * kTileRowsPerPass;
+
+// Where the 8-byte group `group` of tile row `row` lies in shared memory: the groups of each 16-row
+// band are permuted (XOR with the band), so that a warp of the columns pass, reading one byte
+// column of four bands (rows 16 apart: the same bank unpermuted), reads four different banks.
+__device__ __forceinline__ int swizzled_group(int row, int group) {
+  return group ^ (row / 16);
+}
 constexpr int kWideGroups = kTile / 8;                        // 8-column groups of a tile row
 constexpr int kWideRowsPerPass = kWideThreads / kWideGroups;  // 32
 constexpr int kWidePasses = kTile / kWideRowsPerPass;         // 2
@@ -400,7 +409,7 @@ template <typename Op, typename In>
 __global__ void __launch_bounds__(kWideThreads)
     cast_transpose_wide(const In* __restrict__ x, const In* __restrict__ aux, const CastArgs a) {
   __shared__ __align__(16) unsigned char tile[kTile][kTile];
-  __shared__ float sums[kWideRowsPerPass][kTile];
+  __shared__ __align__(16) float sums[kWideRowsPerPass][kTile];
   const std::int64_t row_tiles = (a.padded_rows + kTile - 1) / kTile;
   // Tile columns along x: the blocks that run together read whole rows (neighbouring 128-byte
   // pieces of each row), not one 64-column strip of many rows.
@@ -446,11 +455,17 @@ __global__ void __launch_bounds__(kWideThreads)
         bytes = make_uint2(word[0], word[1]);
         if (a.q != nullptr) *reinterpret_cast<uint2*>(a.q + (r0 + i) * a.cols + c) = bytes;
       }
-      *reinterpret_cast<uint2*>(&tile[i][8 * group]) = bytes;
+      *reinterpret_cast<uint2*>(&tile[i][8 * swizzled_group(i, group)]) = bytes;
     }
     if (a.column_partials != nullptr) {  // the same for every thread of the block
-#pragma unroll
-      for (int k = 0; k < 8; ++k) sums[row_in_pass][8 * group + k] = colsum[k];
+      // Two 16-byte stores, the upper half first in groups 4-7: each quarter warp's eight stores
+      // then fall on 32 different banks (eight scalar stores a thread met 8-way conflicts).
+      const float4 low = make_float4(colsum[0], colsum[1], colsum[2], colsum[3]);
+      const float4 high = make_float4(colsum[4], colsum[5], colsum[6], colsum[7]);
+      const bool high_first = group >= 4;
+      auto* row = reinterpret_cast<float4*>(&sums[row_in_pass][8 * group]);
+      row[high_first ? 1 : 0] = high_first ? high : low;
+      row[high_first ? 0 : 1] = high_first ? low : high;
     }
     __syncthreads();  // the tile and its sums are written
     if (a.column_partials != nullptr && tid < kTile && c0 + tid < a.cols) {
@@ -459,14 +474,16 @@ __global__ void __launch_bounds__(kWideThreads)
       a.column_partials[t * a.cols + c0 + tid] = total;
     }
     if (a.qt != nullptr) {
-      const int column = tid % kTile, first_row = 16 * (tid / kTile);
+      // Four neighbouring threads write 64 neighbouring bytes of one row of qt (whole sectors).
+      const int column = tid / 4, first_row = 16 * (tid % 4);
       const std::int64_t cc = c0 + column;
+      const int at = 8 * swizzled_group(first_row, column / 8) + column % 8;
       // padded_rows % 16 == 0: the 16 rows are all inside or all outside.
       if (cc < a.cols && r0 + first_row < a.padded_rows) {
         unsigned int word[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
         for (int k = 0; k < 16; ++k)
-          word[k / 4] |= static_cast<unsigned int>(tile[first_row + k][column]) << (8 * (k % 4));
+          word[k / 4] |= static_cast<unsigned int>(tile[first_row + k][at]) << (8 * (k % 4));
         *reinterpret_cast<uint4*>(a.qt + cc * a.padded_rows + r0 + first_row) =
             make_uint4(word[0], word[1], word[2], word[3]);
       }

@@ -108,6 +108,8 @@ run_steps() { # TAG STAGE EXTRA...
     --set logging.every_steps=1 --set logging.progress=\"off\" "${s[@]}" "$@" \
     >"$R/run-$tag-s$stage.txt" 2>&1
   cp /tmp/r/metrics.jsonl "$R/$tag-s$stage-metrics.jsonl" 2>/dev/null
+  # A profiled step's 50 longest kernels (logging.profile_step), beside the log's 15.
+  cp /tmp/r/profile/summary.json "$R/$tag-s$stage-profile.json" 2>/dev/null
   python3 -c 'import json, sys
 r = [json.loads(l) for l in open(sys.argv[1])]
 r = [x for x in r if x.get("stage_index") == int(sys.argv[2]) - 1]

@@ -70,12 +70,11 @@ void cast_into(Cast& r, at::Tensor& partials, const at::Tensor& x, bool gradient
   scale.min_amax = 1e-12f;
   scale.inv_top = static_cast<float>(1.0 / (gradient ? 57344.0 : 448.0));
   scale.scale_out = r.scale.data_ptr<float>();
-  EXPECT_EQ(k::fp8_cast_transpose(source, x.data_ptr(), rows, cols, scale,
-                                  gradient ? k::Fp8Format::e5m2 : k::Fp8Format::e4m3,
-                                  r.q.data_ptr(), r.qt.data_ptr(), padded,
-                                  r.column_partials.defined() ? r.column_partials.data_ptr<float>()
-                                                              : nullptr,
-                                  stream, prologue, aux_ptr),
+  EXPECT_EQ(k::fp8_cast_transpose(
+                source, x.data_ptr(), rows, cols, scale,
+                gradient ? k::Fp8Format::e5m2 : k::Fp8Format::e4m3, r.q.data_ptr(), r.qt.data_ptr(),
+                padded, r.column_partials.defined() ? r.column_partials.data_ptr<float>() : nullptr,
+                stream, prologue, aux_ptr),
             cudaSuccess);
 }
 

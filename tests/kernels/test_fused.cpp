@@ -256,9 +256,27 @@ void check_gated_residual_norm(std::int64_t b, std::int64_t s, std::int64_t d,
   };
   auto in_k = leaves({x, y, table, affine}), in_r = leaves({x, y, table, affine});
   auto k = run(true, in_k), r = run(false, in_r);
-  // One bf16 rounding of x + y * gate on both paths (a fused multiply-add may round a few
-  // elements the other way).
-  EXPECT_LT(rel_err(k[0], r[0]), 1e-5) << what << " residual sum";
+  // x + y * gate: the kernel rounds once to bf16 (a fused multiply-add in fp32), the reference
+  // rounds y * gate to bf16 first and then the sum, so an element may differ by a rounding of
+  // either (the product's matters where x cancels it), and only a few elements may differ at
+  // all (a norm-wise bound failed at random: ~80 of 2.4 M elements one step apart on an H100,
+  // 2026-12-05). Without a gate both round x + y once: equal.
+  {
+    const auto got = k[0].to(at::kDouble).cpu(), want = r[0].to(at::kDouble).cpu();
+    // |y * gate| bounded by |y| times the largest gate (per sample or per packed segment).
+    const auto product =
+        gate ? y.to(at::kDouble).abs().cpu() * table.narrow(1, 2, 1).abs().max().item<double>()
+             : at::zeros_like(want);
+    const double step = std::ldexp(1.0, -8);  // a bf16 rounding, relative (8 significant bits)
+    const auto off = (got - want).abs();
+    EXPECT_EQ((off > (want.abs() + product) * step).sum().item<std::int64_t>(), 0)
+        << what << " residual sum: an element beyond one rounding of the sum and the product";
+    const auto differing = (off > 0).sum().item<std::int64_t>();
+    if (gate)
+      EXPECT_LE(differing, want.numel() / 1000) << what << " residual sum: elements differing";
+    else
+      EXPECT_EQ(differing, 0) << what << " residual sum";
+  }
   expect_close({k[1]}, {r[1]}, 1e-2, what + " output");
   expect_close(std::vector<at::Tensor>(k.begin() + 2, k.end()),
                std::vector<at::Tensor>(r.begin() + 2, r.end()), 2e-2, what + " gradients");
