@@ -36,7 +36,8 @@
 #             (run.kernels.fp8_input_gradients), FP8_FAST=input_gradients|all (with the three)
 #             also fast accumulation in more products (run.fp8_fast_accumulation; in the A/B
 #             too, beside delayed scaling's run), GRAPH_BF16=0 no bf16 runs, GRAPH_FP8_BASES=0
-#             neither tensorwise nor delayed without the operator;
+#             neither tensorwise nor delayed without the operator, FP8_GELU_ALONE=0 not the
+#             operator without FP8_SUMS / FP8_FAST either;
 #  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py), before the
 #             whole steps so that a call short of time still compares them, and every whole-step
 #             run's ratio to it at the end ("ratio" lines);
@@ -288,7 +289,8 @@ if want graphsteps && [ -x "$W" ]; then
         --set run.fp8=\"delayed\"
     # FP8_GELU=1 FP8_DELAYED=1 (with GRAPH_FP8): the feed-forward operator with delayed scaling
     # (its compute-bound max|x| pass gone: GELU evaluated once a step each way).
-    [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}" = 111 ] && left 100 &&
+    # (FP8_GELU_ALONE=0: not this run, only the levers on top of it below.)
+    [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}${FP8_GELU_ALONE:-1}" = 1111 ] && left 100 &&
       run_steps ddp-fp8-delayed-graphs-gelu $stage "${G[@]}" --set run.cuda_graphs=true \
         --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\"
     # FP8_SUMS=1 (with GRAPH_FP8, FP8_DELAYED and FP8_GELU): the same with the input gradients
@@ -341,12 +343,22 @@ if want stepprofile && [ -x "$W" ]; then
       # also the feed-forward operator).
       [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}" = 10 ] && { profile_step fp8-graphs $stage "${G[@]}" \
         --set run.cuda_graphs=true --set run.fp8=\"tensorwise\" || break; }
-      [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}" = 11 ] && { profile_step fp8-delayed-graphs $stage \
-        "${G[@]}" --set run.cuda_graphs=true --set run.fp8=\"delayed\" || break; }
-      [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}" = 111 ] && {
+      [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${GRAPH_FP8_BASES:-1}" = 111 ] && {
+        profile_step fp8-delayed-graphs $stage "${G[@]}" --set run.cuda_graphs=true \
+          --set run.fp8=\"delayed\" || break
+      }
+      [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}${FP8_GELU_ALONE:-1}" = 1111 ] && {
         profile_step fp8-delayed-graphs-gelu $stage "${G[@]}" --set run.cuda_graphs=true \
           --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\" || break
       }
+      # With FP8_SUMS=1 and/or FP8_FAST: the same with those levers (graphsteps' last FP8 run).
+      if [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}" = 111 ] &&
+        { [ "${FP8_SUMS:-0}" = 1 ] || [ -n "${FP8_FAST:-}" ]; }; then
+        P=(--set run.cuda_graphs=true --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\")
+        [ "${FP8_SUMS:-0}" = 1 ] && P+=(--set run.kernels.fp8_input_gradients=\"summed\")
+        [ -n "${FP8_FAST:-}" ] && P+=(--set run.fp8_fast_accumulation=\"$FP8_FAST\")
+        profile_step fp8-delayed-graphs-levers $stage "${G[@]}" "${P[@]}" || break
+      fi
       [ "${PROFILE_EAGER:-1}" = 1 ] || continue
     fi
     profile_step bf16 $stage || break
