@@ -539,14 +539,47 @@ int multiprocessors() {
   return n;
 }
 
-// Row tiles a block of cast_transpose_wide takes: as many as keep about one full wave of blocks
-// (4-5 resident a multiprocessor: 256 threads of 48-64 registers, ptxas for sm_90), at most 8
-// (a block's last tiles would otherwise make a long tail), at least 1 (small matrices: the
-// weights).
-std::int64_t wide_row_tiles_per_block(std::int64_t row_tiles, std::int64_t col_tiles) {
-  constexpr std::int64_t kResident = 4, kMost = 8;
-  const std::int64_t wave = kResident * multiprocessors();
-  return std::clamp<std::int64_t>(row_tiles * col_tiles / wave, 1, std::min(kMost, row_tiles));
+// Row tiles a block of cast_transpose_wide takes, given how many blocks run at once (`wave`:
+// resident blocks a multiprocessor, from the kernel's registers, times the multiprocessors). A
+// block's tiles take about the same time everywhere, so a grid of W waves, the last one partial,
+// takes about W times a block's time: the choice minimises (waves, rounded up) x (tiles a block),
+// the larger count on a tie (fewer block starts), at most 16 (a long block is a long tail).
+// Nsight Compute on an H100, 2026-12-05: 8 tiles a block at 12480 x 1536 made 600 blocks for
+// 528 places (62 registers: 4 blocks a multiprocessor), a second wave of 72 blocks, the cast at
+// ~1.65 TB/s; this picks 9 (528 blocks, one wave).
+std::int64_t wide_row_tiles_per_block(std::int64_t row_tiles, std::int64_t col_tiles,
+                                      std::int64_t wave) {
+  constexpr std::int64_t kMost = 16;
+  wave = std::max<std::int64_t>(wave, 1);
+  std::int64_t best = 1, best_cost = -1;
+  for (std::int64_t t = 1; t <= std::min(kMost, row_tiles); ++t) {
+    const std::int64_t blocks = col_tiles * ((row_tiles + t - 1) / t);
+    const std::int64_t cost = (blocks + wave - 1) / wave * t;
+    if (best_cost < 0 || cost <= best_cost) best = t, best_cost = cost;
+  }
+  return best;
+}
+
+// Blocks of cast_transpose_wide<Op, In> that run at once on the current device (asked once a
+// device and kernel; 4 a multiprocessor where the runtime does not say).
+template <typename Op, typename In>
+std::int64_t wide_blocks_at_once() {
+  constexpr int kDevices = 64;
+  static std::atomic<int> counts[kDevices];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kDevices)
+    return 4 * static_cast<std::int64_t>(multiprocessors());
+  int n = counts[device].load(std::memory_order_relaxed);
+  if (n == 0) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, cast_transpose_wide<Op, In>, kWideThreads,
+                                                      0) != cudaSuccess ||
+        n <= 0) {
+      (void)cudaGetLastError();  // cleared so that the launch's own check is not misled
+      n = 4;
+    }
+    counts[device].store(n, std::memory_order_relaxed);
+  }
+  return static_cast<std::int64_t>(n) * multiprocessors();
 }
 
 }  // namespace
@@ -580,21 +613,28 @@ cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t row
                       static_cast<unsigned char*>(q),
                       static_cast<unsigned char*>(qt),
                       column_partials,
-                      wide_row_tiles_per_block(row_tiles, col_tiles)};
-  const std::int64_t row_groups =
-      (row_tiles + args.row_tiles_per_block - 1) / args.row_tiles_per_block;
-  // (more than 65535 row groups, over 33 M rows: the general kernel's grid takes them)
-  const bool wide = cols % 8 == 0 && padded_rows % 16 == 0 && aligned_to(x, 16) &&
-                    aligned_to(aux, 16) && aligned_to(q, 8) && aligned_to(qt, 16) &&
-                    row_groups <= 65535;
-  // cast_transpose: (row tiles, column tiles); cast_transpose_wide: (column tiles, row groups).
-  const dim3 grid = wide ? dim3(static_cast<unsigned>(col_tiles), static_cast<unsigned>(row_groups))
-                         : dim3(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles));
+                      1};
+  const bool wide_shape = cols % 8 == 0 && padded_rows % 16 == 0 && aligned_to(x, 16) &&
+                          aligned_to(aux, 16) && aligned_to(q, 8) && aligned_to(qt, 16);
   const bool known = dispatch(source, prologue, x, aux, [&](auto op, auto typed, auto typed_aux) {
     using Op = decltype(op);
     using In = std::remove_cv_t<std::remove_pointer_t<decltype(typed)>>;
-    wide ? cast_transpose_wide<Op, In><<<grid, block, 0, stream>>>(typed, typed_aux, args)
-         : cast_transpose<Op, In><<<grid, block, 0, stream>>>(typed, typed_aux, args);
+    if (wide_shape) {
+      CastArgs a = args;
+      a.row_tiles_per_block =
+          wide_row_tiles_per_block(row_tiles, col_tiles, wide_blocks_at_once<Op, In>());
+      const std::int64_t row_groups =
+          (row_tiles + a.row_tiles_per_block - 1) / a.row_tiles_per_block;
+      // (more than 65535 row groups, over 33 M rows: the general kernel's grid takes them)
+      if (row_groups <= 65535) {
+        // Grid (column tiles, row groups).
+        const dim3 grid(static_cast<unsigned>(col_tiles), static_cast<unsigned>(row_groups));
+        cast_transpose_wide<Op, In><<<grid, block, 0, stream>>>(typed, typed_aux, a);
+        return;
+      }
+    }
+    const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles));
+    cast_transpose<Op, In><<<grid, block, 0, stream>>>(typed, typed_aux, args);
   });
   return known ? cudaGetLastError() : cudaErrorInvalidValue;
 }
