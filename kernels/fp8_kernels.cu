@@ -540,21 +540,28 @@ int multiprocessors() {
 }
 
 // Row tiles a block of cast_transpose_wide takes, given how many blocks run at once (`wave`:
-// resident blocks a multiprocessor, from the kernel's registers, times the multiprocessors). A
-// block's tiles take about the same time everywhere, so a grid of W waves, the last one partial,
-// takes about W times a block's time: the choice minimises (waves, rounded up) x (tiles a block),
-// the larger count on a tie (fewer block starts), at most 16 (a long block is a long tail).
-// Nsight Compute on an H100, 2026-12-05: 8 tiles a block at 12480 x 1536 made 600 blocks for
-// 528 places (62 registers: 4 blocks a multiprocessor), a second wave of 72 blocks, the cast at
-// ~1.65 TB/s; this picks 9 (528 blocks, one wave).
+// resident blocks a multiprocessor, from the kernel's registers, times the multiprocessors).
+// Many waves of blocks (more than two): a wave's worth of tiles a block, at most 8; the
+// multiprocessors take new blocks as they finish, so a partial last wave costs little. Fewer:
+// the blocks of a wave take about the same time, so a grid of W waves, the last one partial,
+// takes about W block times, each the block's tiles plus about one tile's time to start (scale,
+// first loads); the choice minimises (waves, rounded up) x (tiles a block + 1), at most 16, the
+// larger count on a tie. Measured on an H100, 2026-12-05 (Nsight Compute and the cast figures):
+// at 12480 x 1536 (4680 tiles, 62 registers: 528 places) 8 tiles a block made 600 blocks, a
+// second wave of 72, the cast at ~1.65-2.05 TB/s; 9 (528 blocks, one wave) took it to 2.3 TB/s
+// (37.5 -> 33.1 us). Minimising waves x tiles without the start cost at the large shapes too picked
+// 3 tiles a block for 12480 x 8960 with GELU's derivative (9100 blocks), 10 % slower than 8.
 std::int64_t wide_row_tiles_per_block(std::int64_t row_tiles, std::int64_t col_tiles,
                                       std::int64_t wave) {
-  constexpr std::int64_t kMost = 16;
+  constexpr std::int64_t kManyWaves = 8, kMost = 16;
   wave = std::max<std::int64_t>(wave, 1);
+  const auto blocks = [&](std::int64_t t) { return col_tiles * ((row_tiles + t - 1) / t); };
+  const std::int64_t many =
+      std::clamp<std::int64_t>(row_tiles * col_tiles / wave, 1, std::min(kManyWaves, row_tiles));
+  if (blocks(many) > 2 * wave) return many;
   std::int64_t best = 1, best_cost = -1;
   for (std::int64_t t = 1; t <= std::min(kMost, row_tiles); ++t) {
-    const std::int64_t blocks = col_tiles * ((row_tiles + t - 1) / t);
-    const std::int64_t cost = (blocks + wave - 1) / wave * t;
+    const std::int64_t cost = (blocks(t) + wave - 1) / wave * (t + 1);
     if (best_cost < 0 || cost <= best_cost) best = t, best_cost = cost;
   }
   return best;
