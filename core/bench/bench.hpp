@@ -29,7 +29,7 @@ struct BenchOptions {
   std::string weight_casts = "per_use";           // run.kernels.weight_casts (with --fp32-master)
   std::string fp8_gelu = "separate";              // run.kernels.fp8_gelu (with --fp8 tensorwise)
   std::string fp8_fast_accumulation = "forward";  // run.fp8_fast_accumulation (with --fp8)
-  std::string fp8_input_gradients = "separate";   // run.kernels.fp8_input_gradients (with --fp8)
+  std::string fp8_input_gradients = "summed";     // run.kernels.fp8_input_gradients (with --fp8)
 };
 
 // Runs the benchmark and prints its table (or one JSON object with json).

@@ -188,14 +188,19 @@ TEST(CliBench, DelayedFp8IsReported) {
 // --fp8-fast-accumulation and --fp8-input-gradients (run.fp8_fast_accumulation,
 // run.kernels.fp8_input_gradients): taken and reported as the kit holds them (their effect on the
 // products is the GPU tests'; the CPU emulation accumulates exactly), and a bad value names its
-// flag.
+// flag. The input gradients' default is summed (as run.kernels.fp8_input_gradients'), so the
+// flag is tested with the other value.
 TEST(CliBench, Fp8ProductOptionsAreReported) {
   const auto r = run_wanhost(kCase +
                              " --json --fp8 delayed --fp8-fast-accumulation all "
-                             "--fp8-input-gradients summed");
+                             "--fp8-input-gradients separate");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(last_json_line(r.output)["fp8_fast_accumulation"], "all");
-  EXPECT_EQ(last_json_line(r.output)["fp8_input_gradients"], "summed");
+  EXPECT_EQ(last_json_line(r.output)["fp8_input_gradients"], "separate");
+  const auto by_default = run_wanhost(kCase + " --json --fp8 delayed");
+  ASSERT_EQ(by_default.code, 0) << by_default.output;
+  EXPECT_EQ(last_json_line(by_default.output)["fp8_fast_accumulation"], "forward");
+  EXPECT_EQ(last_json_line(by_default.output)["fp8_input_gradients"], "summed");
   const auto bad = run_wanhost(kCase + " --fp8 delayed --fp8-fast-accumulation sometimes");
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.output.find("--fp8-fast-accumulation"), std::string::npos) << bad.output;

@@ -256,7 +256,10 @@ TEST(Fp8, SummedInputGradientsTrainAsSeparateOnesAndSaySo) {
   const std::vector<std::string> fp8{"--set", "run.fp8=\"tensorwise\""};
   const fs::path dir = scratch_dir();
   const fs::path separate_run = dir / "separate", summed_run = dir / "summed";
-  const Result separate = run_cli(run_args(separate_run, fp8));
+  auto separate_args = run_args(separate_run, fp8);  // summed is the default
+  for (const char* s : {"--set", "run.kernels.fp8_input_gradients=\"separate\""})
+    separate_args.push_back(s);
+  const Result separate = run_cli(separate_args);
   ASSERT_EQ(separate.code, 0) << separate.describe();
   EXPECT_EQ(separate.err.find("fp8_input_gradients"), std::string::npos) << separate.describe();
   auto args = run_args(summed_run, fp8);
