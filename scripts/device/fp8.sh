@@ -262,6 +262,8 @@ fi
 # are replayed too).
 G=(--set stages.0.text_rows=252 --set stages.1.text_rows=252
   --set model.wan21_dit.collapsed_rows_from=\"text_rows\")
+# GRAPH_ARGS: more `wanhost run` arguments for every graphsteps and profile run (words).
+G+=(${GRAPH_ARGS:-})
 if want graphsteps && [ -x "$W" ]; then
   for stage in ${STAGES:-1 2}; do
     # GRAPH_BF16=0: no bf16 runs (a call about FP8 only).
@@ -295,7 +297,9 @@ if want graphsteps && [ -x "$W" ]; then
         --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\"
     # FP8_SUMS=1 (with GRAPH_FP8, FP8_DELAYED and FP8_GELU): the same with the input gradients
     # of the layers that share an input summed inside their products
-    # (run.kernels.fp8_input_gradients = summed).
+    # (run.kernels.fp8_input_gradients = summed; the default since 2026-12-05 evening, so the
+    # runs above sum them too; GRAPH_ARGS='--set run.kernels.fp8_input_gradients="separate"'
+    # gives every run the old way).
     [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}${FP8_SUMS:-0}" = 1111 ] && left 100 &&
       run_steps ddp-fp8-delayed-graphs-gelu-sums $stage "${G[@]}" --set run.cuda_graphs=true \
         --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\" \
