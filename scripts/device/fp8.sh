@@ -166,6 +166,7 @@ if want profile && [ -x "$W" ] && left 200; then
 fi
 # The loss A/B: the seed recipe's model dimensions and optimizer (configs/wan21-1.3b.json) on
 # synthetic latents, AB_LAYERS blocks, both stages, the same seeds and data for both runs.
+# AB_S1_STEPS: stage 1's steps (default AB_STEPS; 1 for a stage-2 A/B only, e.g. with more clips).
 # AB_S2_BATCH: clips a stage-2 step (default 1, as the recipe; one micro batch each): at one clip a
 # step two bf16 runs that differ only in rounding part by ~4 % (2026-12-04), more than the 2 %
 # bound, so a larger batch is what lets the bound say something about FP8.
@@ -176,7 +177,8 @@ ab_run() { # TAG EXTRA...
   rm -rf "$R/ab-$tag"
   timeout 240 $W run configs/wan21-1.3b.json --out "$R/ab-$tag" \
     --set "model.wan21_dit.overrides={\"num_layers\":${AB_LAYERS:-8}}" \
-    --set stages.0.steps=$AB_STEPS --set stages.0.global_batch=32 --set stages.0.micro_batch=32 \
+    --set stages.0.steps=${AB_S1_STEPS:-$AB_STEPS} --set stages.0.global_batch=32 \
+    --set stages.0.micro_batch=32 \
     --set stages.0.optimizer.lr=1e-4 --set stages.0.lr_schedule.warmup_steps=30 \
     --set stages.1.steps=$AB_STEPS --set stages.1.global_batch=${AB_S2_BATCH:-1} \
     --set stages.1.micro_batch=1 \
@@ -202,8 +204,11 @@ if want ab && [ -x "$W" ] && left 150; then
   if [ "${FP8_DELAYED:-0}" = 1 ] && left 130; then
     G8=()
     [ "${FP8_GELU:-0}" = 1 ] && G8=(--set run.kernels.fp8_gelu=\"fused\")
-    ab_run fp8-delayed --set run.fp8=\"delayed\" "${G8[@]}"
-    runs+=("$R/ab-fp8-delayed") labels+=(--label fp8-delayed)
+    # AB_DELAYED_PLAIN=0: not this run (its A/B is on record), only the fast-accumulation one.
+    if [ "${AB_DELAYED_PLAIN:-1}" = 1 ]; then
+      ab_run fp8-delayed --set run.fp8=\"delayed\" "${G8[@]}"
+      runs+=("$R/ab-fp8-delayed") labels+=(--label fp8-delayed)
+    fi
     # FP8_FAST=input_gradients|all: the same with fast accumulation in more products.
     if [ -n "${FP8_FAST:-}" ] && left 130; then
       ab_run fp8-delayed-fast --set run.fp8=\"delayed\" "${G8[@]}" \
