@@ -10,6 +10,8 @@
 // (amax_partials), or from a history (delayed scaling), recorded by the casts.
 #include "fp8_kernels.hpp"
 
+#include "fp8_cast_grid.hpp"
+
 #include "vector_loads.cuh"
 
 #include <algorithm>
@@ -539,34 +541,6 @@ int multiprocessors() {
   return n;
 }
 
-// Row tiles a block of cast_transpose_wide takes, given how many blocks run at once (`wave`:
-// resident blocks a multiprocessor, from the kernel's registers, times the multiprocessors).
-// Many waves of blocks (more than two): a wave's worth of tiles a block, at most 8; the
-// multiprocessors take new blocks as they finish, so a partial last wave costs little. Fewer:
-// the blocks of a wave take about the same time, so a grid of W waves, the last one partial,
-// takes about W block times, each the block's tiles plus about one tile's time to start (scale,
-// first loads); the choice minimises (waves, rounded up) x (tiles a block + 1), at most 16, the
-// larger count on a tie. Measured on an H100, 2026-12-05 (Nsight Compute and the cast figures):
-// at 12480 x 1536 (4680 tiles, 62 registers: 528 places) 8 tiles a block made 600 blocks, a
-// second wave of 72, the cast at ~1.65-2.05 TB/s; 9 (528 blocks, one wave) took it to 2.3 TB/s
-// (37.5 -> 33.1 us). Minimising waves x tiles without the start cost at the large shapes too picked
-// 3 tiles a block for 12480 x 8960 with GELU's derivative (9100 blocks), 10 % slower than 8.
-std::int64_t wide_row_tiles_per_block(std::int64_t row_tiles, std::int64_t col_tiles,
-                                      std::int64_t wave) {
-  constexpr std::int64_t kManyWaves = 8, kMost = 16;
-  wave = std::max<std::int64_t>(wave, 1);
-  const auto blocks = [&](std::int64_t t) { return col_tiles * ((row_tiles + t - 1) / t); };
-  const std::int64_t many =
-      std::clamp<std::int64_t>(row_tiles * col_tiles / wave, 1, std::min(kManyWaves, row_tiles));
-  if (blocks(many) > 2 * wave) return many;
-  std::int64_t best = 1, best_cost = -1;
-  for (std::int64_t t = 1; t <= std::min(kMost, row_tiles); ++t) {
-    const std::int64_t cost = (blocks(t) + wave - 1) / wave * (t + 1);
-    if (best_cost < 0 || cost <= best_cost) best = t, best_cost = cost;
-  }
-  return best;
-}
-
 // Blocks of cast_transpose_wide<Op, In> that run at once on the current device (asked once a
 // device and kernel; 4 a multiprocessor where the runtime does not say).
 template <typename Op, typename In>
@@ -629,7 +603,7 @@ cudaError_t fp8_cast_transpose(Fp8Source source, const void* x, std::int64_t row
     if (wide_shape) {
       CastArgs a = args;
       a.row_tiles_per_block =
-          wide_row_tiles_per_block(row_tiles, col_tiles, wide_blocks_at_once<Op, In>());
+          fp8_cast_row_tiles_per_block(row_tiles, col_tiles, wide_blocks_at_once<Op, In>());
       const std::int64_t row_groups =
           (row_tiles + a.row_tiles_per_block - 1) / a.row_tiles_per_block;
       // (more than 65535 row groups, over 33 M rows: the general kernel's grid takes them)
