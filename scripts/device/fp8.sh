@@ -35,7 +35,8 @@
 #             the layers that share an input summed in their products
 #             (run.kernels.fp8_input_gradients), FP8_FAST=input_gradients|all (with the three)
 #             also fast accumulation in more products (run.fp8_fast_accumulation; in the A/B
-#             too, beside delayed scaling's run), GRAPH_BF16=0 no bf16 runs, GRAPH_FP8_BASES=0
+#             too, beside delayed scaling's run), GRAPH_BF16=0 no bf16 runs (GRAPH_EAGER=0: no
+#             eager one), GRAPH_FP8_BASES=0
 #             neither tensorwise nor delayed without the operator, FP8_GELU_ALONE=0 not the
 #             operator without FP8_SUMS / FP8_FAST either;
 #  - peerstep: the compiled peer's whole step (build-perf/peer/peer_wan_step.py), before the
@@ -273,7 +274,7 @@ if want graphsteps && [ -x "$W" ]; then
   for stage in ${STAGES:-1 2}; do
     # GRAPH_BF16=0: no bf16 runs (a call about FP8 only).
     if [ "${GRAPH_BF16:-1}" = 1 ]; then
-      left 100 && run_steps ddp-bf16-t252 $stage "${G[@]}"
+      [ "${GRAPH_EAGER:-1}" = 1 ] && left 100 && run_steps ddp-bf16-t252 $stage "${G[@]}"
       left 100 && run_steps ddp-bf16-graphs $stage "${G[@]}" --set run.cuda_graphs=true
     fi
     # GRAPH_ADAMW=1: the same with LibTorch's fused AdamW (run.kernels.adamw = fused; the default
