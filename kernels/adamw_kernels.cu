@@ -6,6 +6,8 @@
 // replays as it was recorded.
 #include "adamw_kernels.hpp"
 
+#include "occupancy.cuh"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -95,22 +97,11 @@ __global__ void __launch_bounds__(kThreads, 4)
   }
 }
 
-// Blocks a launch needs at most to keep every SM of the current device full; asked of the driver
-// once per device (the update runs every step).
+// Blocks a launch needs at most to keep every SM of the current device full (the update runs
+// every step: asked once a device).
 int full_grid() {
-  constexpr int kDevices = 64;
-  static std::atomic<int> known[kDevices] = {};  // 0: not asked yet
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 1024;
-  if (device < kDevices && known[device].load() > 0) return known[device].load();
-  int sms = 0, per_sm = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_kernel, kThreads, 0) !=
-          cudaSuccess)
-    return 1024;
-  const int blocks = std::max(1, sms * per_sm);
-  if (device < kDevices) known[device].store(blocks);
-  return blocks;
+  static std::atomic<int> cache[kOccupancyDevices];
+  return blocks_at_once(adamw_kernel, kThreads, cache, 1024);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "fp8_kernels.hpp"
 
 #include "fp8_cast_grid.hpp"
+#include "occupancy.cuh"
 
 #include "vector_loads.cuh"
 
@@ -526,41 +527,12 @@ bool dispatch(Fp8Source source, Fp8Prologue prologue, const void* x, const void*
   return false;
 }
 
-// The current device's multiprocessors (asked once a device).
-int multiprocessors() {
-  constexpr int kDevices = 64;
-  static std::atomic<int> counts[kDevices];
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kDevices) return 132;
-  int n = counts[device].load(std::memory_order_relaxed);
-  if (n == 0) {
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0)
-      n = 132;
-    counts[device].store(n, std::memory_order_relaxed);
-  }
-  return n;
-}
-
-// Blocks of cast_transpose_wide<Op, In> that run at once on the current device (asked once a
-// device and kernel; 4 a multiprocessor where the runtime does not say).
+// Blocks of cast_transpose_wide<Op, In> that run at once on the current device (60-75 registers
+// a thread: 3-4 a multiprocessor; 4 on 132 where the runtime does not say).
 template <typename Op, typename In>
 std::int64_t wide_blocks_at_once() {
-  constexpr int kDevices = 64;
-  static std::atomic<int> counts[kDevices];
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kDevices)
-    return 4 * static_cast<std::int64_t>(multiprocessors());
-  int n = counts[device].load(std::memory_order_relaxed);
-  if (n == 0) {
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, cast_transpose_wide<Op, In>, kWideThreads,
-                                                      0) != cudaSuccess ||
-        n <= 0) {
-      (void)cudaGetLastError();  // cleared so that the launch's own check is not misled
-      n = 4;
-    }
-    counts[device].store(n, std::memory_order_relaxed);
-  }
-  return static_cast<std::int64_t>(n) * multiprocessors();
+  static std::atomic<int> cache[kOccupancyDevices];
+  return blocks_at_once(cast_transpose_wide<Op, In>, kWideThreads, cache, 4 * 132);
 }
 
 }  // namespace

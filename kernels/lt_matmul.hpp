@@ -66,8 +66,8 @@ struct LtFp8Matmul {
   void* d = nullptr;
   std::int64_t ldd = 0;
   bool accumulate = false;
-  bool fast_accumulation =
-      false;  // Hopper's fast FP8 accumulation (at::_scaled_mm's use_fast_accum)
+  // Hopper's fast FP8 accumulation (at::_scaled_mm's use_fast_accum).
+  bool fast_accumulation = false;
 };
 // As lt_matmul: CUBLAS_STATUS_NOT_SUPPORTED before touching D when cuBLASLt has no algorithm.
 cublasStatus_t lt_fp8_matmul(cublasLtHandle_t handle, const LtFp8Matmul& p, void* workspace,

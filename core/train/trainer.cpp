@@ -712,7 +712,8 @@ void Trainer::say_how_fp8_feed_forwards_ran(std::int64_t fused) const {
 
 // run.kernels.fp8_input_gradients=summed after a stage's first step: how many input gradients
 // were summed inside the FP8 products and how many of those by cuBLASLt (a GPU's), or that none
-// were (layers that are not the kit's replicated ones, e.g. tensor-parallel ones).
+// were (layers that are not the kit's replicated ones, e.g. tensor-parallel ones: said, not
+// warned, since summed is the default and such runs are as they were).
 void Trainer::say_how_fp8_input_gradients_were_summed(std::int64_t summed,
                                                       std::int64_t in_products) const {
   if (!cfg_.run.kernels.fp8_summed_input_gradients || cfg_.run.fp8 == Fp8Recipe::off || !rank0())
@@ -724,7 +725,7 @@ void Trainer::say_how_fp8_input_gradients_were_summed(std::int64_t summed,
         "cuBLASLt",
         summed, in_products);
   else
-    logger()->warn(
+    logger()->info(
         "run.kernels.fp8_input_gradients=summed: no input gradient of the first step was summed "
         "inside the FP8 products: the layers that share an input are not the kit's replicated "
         "ones (tensor-parallel layers of '{}'?) or do not all run on FP8",

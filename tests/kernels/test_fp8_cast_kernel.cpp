@@ -1,10 +1,11 @@
 // The FP8 cast kernel itself (kernels/fp8_kernels.hpp, fp8_cast_transpose), called with raw
 // pointers as the kit calls it, on matrices large enough that a block casts several row tiles
 // one after the other (12493 x 1536: 196 row tiles, 9 a block on a 132-multiprocessor GPU where
-// 4 blocks fit a multiprocessor, the last 7; 203 x 1536: one a block), every output against ATen's arithmetic on the same GPU,
-// bit for bit: the row-major bytes, the transposed copy with its zero padding, the column sums
-// per 64-row tile (added in the kernel's order), the scale, and under delayed scaling the scale
-// from the history and the max|x| recorded into it. GPU only: built where the kernels are.
+// 4 blocks fit a multiprocessor, the last 7; 203 x 1536: one a block), every output against ATen's
+// arithmetic on the same GPU, bit for bit: the row-major bytes, the transposed copy with its zero
+// padding, the column sums per 64-row tile (added in the kernel's order), the scale, and under
+// delayed scaling the scale from the history and the max|x| recorded into it. GPU only: built where
+// the kernels are.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>

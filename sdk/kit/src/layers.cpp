@@ -140,8 +140,7 @@ std::vector<at::Tensor> shared_input_forward(const std::vector<LinearLayer*>& la
   if (ReplicatedLinear::fp8_shared_input_applies(replicated, x))
     return ReplicatedLinear::fp8_shared_input(replicated, x);
   std::vector<at::Tensor> params;
-  for (LinearLayer* layer : layers) {
-    auto* r = dynamic_cast<ReplicatedLinear*>(layer);
+  for (ReplicatedLinear* r : replicated) {
     if (r == nullptr || r->uses_fp8(x) || !r->bias().defined()) {
       params.clear();
       break;
