@@ -452,6 +452,76 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// rms_rope_bwd with the weight gradient's sums made as the rows go by, instead of a column kernel
+// reading g and x again (4.5 ms of a replayed 1.3B stage-1 step on an H100, 2026-12-05,
+// docs/performance.md). Each warp adds its rows' terms, in order, into its own fp32 row of
+// shared memory (dynamic: kWarps x D floats, D <= kOnePassMaxDim so that it stays within the
+// default 48 KB); then the block's warps are added in order of warp and the block writes its sums
+// of (rotated-back g) * xhat to block_partials[sample, chunk, D]: deterministic, no atomics.
+constexpr std::int64_t kOnePassMaxDim = 1536;
+
+__device__ __forceinline__ void add8(float* p, const float (&v)[kVec]) {
+  auto* q = reinterpret_cast<float4*>(p);
+  float4 a = q[0], b = q[1];
+  a.x += v[0], a.y += v[1], a.z += v[2], a.w += v[3];
+  b.x += v[4], b.y += v[5], b.z += v[6], b.w += v[7];
+  q[0] = a, q[1] = b;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    rms_rope_bwd_one_pass(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ x,
+                          const float* __restrict__ w, Rope rp, const float* __restrict__ rstd_in,
+                          bf16* __restrict__ dx, float* __restrict__ block_partials) {
+  extern __shared__ float4 shared_words[];
+  auto* sums = reinterpret_cast<float*>(shared_words);  // [kWarps][D]
+  const std::int64_t d = l.dim;
+  const Range rows = block_rows(l);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const float inv_d = 1.f / static_cast<float>(d);
+  float* mine = sums + warp * d;
+  for (std::int64_t c = lane; c < d; c += 32) mine[c] = 0.f;
+  __syncwarp();
+  for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
+    const bf16* xr = x + r * x_stride(l);
+    const bf16* gr = g + r * d;
+    const float rstd = rstd_in[r];
+    float xv[kVec], gv[kVec], wv[kVec], dot = 0.f;
+    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
+      load8(xr + ch, xv);
+      load8(gr + ch, gv);
+      loadf8(w + ch, wv);
+      unrotate(rp, r, ch, gv);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) dot += gv[i] * wv[i] * xv[i] * rstd;
+    }
+    dot = warp_sum(dot) * inv_d;
+    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
+      float out[kVec], term[kVec];
+      load8(xr + ch, xv);
+      load8(gr + ch, gv);
+      loadf8(w + ch, wv);
+      unrotate(rp, r, ch, gv);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        const float xhat = xv[i] * rstd;
+        out[i] = rstd * (gv[i] * wv[i] - xhat * dot);
+        term[i] = gv[i] * xhat;
+      }
+      store8(dx + r * d + ch, out);
+      add8(mine + ch, term);  // this lane's own 8 channels: no other thread writes them
+    }
+  }
+  __syncthreads();
+  float* slot =
+      block_partials + (blockIdx.y * static_cast<std::int64_t>(gridDim.x) + blockIdx.x) * d;
+  for (std::int64_t c = threadIdx.x; c < d; c += kThreads) {
+    float total = 0.f;
+#pragma unroll
+    for (int j = 0; j < kWarps; ++j) total += sums[j * d + c];
+    slot[c] = total;
+  }
+}
+
 // d weight = sum (rotated-back g) * xhat.
 struct RmsWeightTerm {
   const bf16* g;
@@ -568,6 +638,24 @@ cudaError_t rms_norm_rope_backward(const RowLayout& l, const void* grad, const v
   if (err != cudaSuccess) return err;
   return launch_column_sums<1>(l, RmsWeightTerm{g, xb, rstd, rp, l.dim, x_stride(l)}, partials,
                                stream);
+}
+
+bool rms_norm_rope_backward_one_pass_fits(const RowLayout& l) {
+  return l.dim > 0 && l.dim % kVec == 0 && l.dim <= kOnePassMaxDim;
+}
+
+cudaError_t rms_norm_rope_backward_one_pass(const RowLayout& l, const void* grad, const void* x,
+                                            const float* w, const float* cos, const float* sin,
+                                            std::int64_t table_rows, std::int64_t head_dim,
+                                            const float* rstd, void* dx, float* block_partials,
+                                            cudaStream_t stream) {
+  if (!rms_norm_rope_backward_one_pass_fits(l)) return cudaErrorInvalidValue;
+  const Rope rp{cos, sin, table_rows, head_dim};
+  const std::size_t shared = sizeof(float) * kWarps * static_cast<std::size_t>(l.dim);
+  rms_rope_bwd_one_pass<<<grid_of(l), kThreads, shared, stream>>>(
+      l, static_cast<const bf16*>(grad), static_cast<const bf16*>(x), w, rp, rstd,
+      static_cast<bf16*>(dx), block_partials);
+  return cudaGetLastError();
 }
 
 cudaError_t column_sums(const RowLayout& l, const void* x, float* partials, cudaStream_t stream) {

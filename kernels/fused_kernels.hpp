@@ -93,6 +93,18 @@ cudaError_t rms_norm_rope_backward(const RowLayout& l, const void* grad, const v
                                    const float* rstd, void* dx, float* partials,
                                    cudaStream_t stream);
 
+// The same in one pass: the row kernel sums the weight gradient as it goes, into
+// block_partials [samples, chunks, D] (one slot a block of kRowsPerBlock rows, every slot
+// written), instead of a column kernel reading g and x again. Only where
+// rms_norm_rope_backward_one_pass_fits (D <= 1536: the block's sums in shared memory);
+// cudaErrorInvalidValue elsewhere.
+bool rms_norm_rope_backward_one_pass_fits(const RowLayout& l);
+cudaError_t rms_norm_rope_backward_one_pass(const RowLayout& l, const void* grad, const void* x,
+                                            const float* w, const float* cos, const float* sin,
+                                            std::int64_t table_rows, std::int64_t head_dim,
+                                            const float* rstd, void* dx, float* block_partials,
+                                            cudaStream_t stream);
+
 // partials K=1: sum of the rows of x (bf16 [T, D]) per sample.
 cudaError_t column_sums(const RowLayout& l, const void* x, float* partials, cudaStream_t stream);
 

@@ -64,8 +64,8 @@ PARTS=${PARTS:-tests bench profile ab steps graphsteps peerstep stepprofile peer
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 . scripts/device/measure_lib.sh
 start wanhost wan21_dit ddp automodel_fsdp flow_matching synthetic dense test_kernels \
-  $(want tests && echo test_fp8_cast_kernel test_wan21_dit test_optim test_compute_weights \
-    test_train_units)
+  $(want tests && echo test_fp8_cast_kernel test_row_kernel_sums test_wan21_dit test_optim \
+    test_compute_weights test_train_units)
 
 # A GPU test binary under a time limit (a hanging test must not take the whole call); its exit
 # status goes into the summary when it is not 0 (124: timed out).
@@ -90,6 +90,8 @@ if want tests; then
     echo "== $v" >>"$R/tests.txt"
     gpu_test "$v" --gtest_also_run_disabled_tests
   done
+  # The row kernels' one-pass parameter-gradient sums against the two-pass form, and their times.
+  gpu_test test_row_kernel_sums --gtest_also_run_disabled_tests
   # The model's GPU tests: fused against plain path, captured step, packed and collapsed text.
   gpu_test test_wan21_dit --gtest_filter='*OnAGpu*'
   # LibTorch's fused CUDA AdamW with the device-side skip (found_inf) and clip (grad_scale), and

@@ -159,6 +159,8 @@ TEST(FusedGpu, RmsNormRope) {
   check_rms_rope(2, 75, 4, 128, true, 75);     // dense: table per position
   check_rms_rope(1, 300, 12, 128, true, 300);  // packed: table per token
   check_rms_rope(3, 40, 2, 64, false, 0);      // cross-attention q/k: no rotation
+  // D = 2048: beyond the one-pass backward's shared memory (the two-pass form).
+  check_rms_rope(2, 50, 16, 128, true, 50);
 }
 
 // The block's per-sample vectors are chunks of a [n, 6, D] modulation table, and the affine norm2

@@ -472,15 +472,29 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
     const auto head_dim = ctx->saved_data["head_dim"].toInt();
     auto g = bf16_contiguous(grads[0]);
     auto dx = at::empty(x.sizes(), x.options());
-    auto partials = partial_sums(rows, 1, x);
-    check_cuda(kernels::rms_norm_rope_backward(
-                   rows.layout(), g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(),
-                   c.defined() ? c.data_ptr<float>() : nullptr,
-                   s.defined() ? s.data_ptr<float>() : nullptr,
-                   ctx->saved_data["table_rows"].toInt(), head_dim, saved[2].data_ptr<float>(),
-                   dx.data_ptr(), partials.data_ptr<float>(), stream_of(x)),
-               "rms_norm_rope backward");
-    auto dw = as_like(ctx, "weight", partials.sum({0, 1, 2}));
+    const auto layout = rows.layout();
+    const float* cos_ptr = c.defined() ? c.data_ptr<float>() : nullptr;
+    const float* sin_ptr = s.defined() ? s.data_ptr<float>() : nullptr;
+    const auto table_rows = ctx->saved_data["table_rows"].toInt();
+    at::Tensor partials;
+    if (kernels::rms_norm_rope_backward_one_pass_fits(layout)) {
+      // The weight gradient summed by the row kernel itself: one slot a block of rows.
+      partials =
+          at::empty({layout.samples, layout.chunks, layout.dim}, x.options().dtype(at::kFloat));
+      check_cuda(kernels::rms_norm_rope_backward_one_pass(
+                     layout, g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(), cos_ptr,
+                     sin_ptr, table_rows, head_dim, saved[2].data_ptr<float>(), dx.data_ptr(),
+                     partials.data_ptr<float>(), stream_of(x)),
+                 "rms_norm_rope backward (one pass)");
+    } else {
+      partials = partial_sums(rows, 1, x);
+      check_cuda(kernels::rms_norm_rope_backward(
+                     layout, g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(), cos_ptr,
+                     sin_ptr, table_rows, head_dim, saved[2].data_ptr<float>(), dx.data_ptr(),
+                     partials.data_ptr<float>(), stream_of(x)),
+                 "rms_norm_rope backward");
+    }
+    auto dw = as_like(ctx, "weight", partials.view({-1, layout.dim}).sum(0));
     return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };

@@ -1,0 +1,146 @@
+// The row kernels' parameter-gradient sums made in the row pass itself (kernels/fused_kernels.hpp,
+// rms_norm_rope_backward_one_pass) against the two-pass form (a column kernel reading g and x
+// again), called with raw pointers as the kit calls them, at the 1.3B stage-1 shape: the input
+// gradient bit for bit (the same arithmetic), the weight gradient's sum within float rounding of
+// the other order; dense and packed rows, with and without RoPE. A disabled test times both
+// (run with --gtest_also_run_disabled_tests). GPU only: built where the kernels are.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <algorithm>
+#include <functional>
+#include <vector>
+
+#include "fused_kernels.hpp"
+
+namespace {
+
+namespace k = wanhost::kernels;
+
+// The inputs of one rms_norm_rope backward: rows [T, D] grouped by sample (dense S each, or by
+// `cu`), the saved rstd, a RoPE table per position (or none).
+struct Case {
+  k::RowLayout layout;
+  at::Tensor g, x, w, rstd, cos, sin, cu;
+  std::int64_t head_dim = 128, table_rows = 1;
+};
+
+Case make_case(std::int64_t samples, std::int64_t per_sample, std::int64_t dim, bool rope,
+               const std::vector<std::int32_t>& packed = {}) {
+  const auto bf16 = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  const auto f32 = bf16.dtype(at::kFloat);
+  Case c;
+  std::int64_t rows = samples * per_sample, longest = per_sample;
+  if (!packed.empty()) {
+    std::vector<std::int32_t> cu{0};
+    longest = 0;
+    for (auto n : packed) {
+      cu.push_back(cu.back() + n);
+      longest = std::max<std::int64_t>(longest, n);
+    }
+    rows = cu.back();
+    samples = static_cast<std::int64_t>(packed.size());
+    c.cu = at::tensor(cu, at::TensorOptions().dtype(at::kInt)).to(at::kCUDA);
+    c.layout.cu = c.cu.data_ptr<std::int32_t>();
+  }
+  c.layout.rows_per_sample = per_sample;
+  c.layout.samples = samples;
+  c.layout.chunks = (longest + k::kRowsPerBlock - 1) / k::kRowsPerBlock;
+  c.layout.dim = dim;
+  c.g = at::randn({rows, dim}, bf16);
+  c.x = at::randn({rows, dim}, bf16) * 2;
+  c.w = at::rand({dim}, f32) + 0.5;
+  c.rstd = at::rand({rows}, f32) + 0.5;
+  if (rope) {
+    c.table_rows = rows;
+    const at::Tensor angles = at::rand({rows, c.head_dim / 2}, f32) * 6.28;
+    c.cos = angles.cos();
+    c.sin = angles.sin();
+  }
+  return c;
+}
+
+const float* ptr(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<float>() : nullptr;
+}
+
+// dx and the weight gradient (fp32 [D]) by the two-pass or the one-pass form.
+std::pair<at::Tensor, at::Tensor> backward(const Case& c, bool one_pass) {
+  const auto stream = at::cuda::getCurrentCUDAStream().stream();
+  at::Tensor dx = at::empty_like(c.g);
+  const auto f32 = c.w.options();
+  at::Tensor partials;
+  if (one_pass) {
+    partials = at::empty({c.layout.samples, c.layout.chunks, c.layout.dim}, f32);
+    EXPECT_EQ(k::rms_norm_rope_backward_one_pass(c.layout, c.g.data_ptr(), c.x.data_ptr(), ptr(c.w),
+                                                 ptr(c.cos), ptr(c.sin), c.table_rows, c.head_dim,
+                                                 ptr(c.rstd), dx.data_ptr(),
+                                                 partials.data_ptr<float>(), stream),
+              cudaSuccess);
+  } else {
+    partials = at::empty({c.layout.samples, k::partial_chunks(c.layout), 1, c.layout.dim}, f32);
+    EXPECT_EQ(
+        k::rms_norm_rope_backward(c.layout, c.g.data_ptr(), c.x.data_ptr(), ptr(c.w), ptr(c.cos),
+                                  ptr(c.sin), c.table_rows, c.head_dim, ptr(c.rstd), dx.data_ptr(),
+                                  partials.data_ptr<float>(), stream),
+        cudaSuccess);
+  }
+  return {dx, partials.view({-1, c.layout.dim}).sum(0)};
+}
+
+void expect_one_pass_matches(const Case& c, const char* what) {
+  ASSERT_TRUE(k::rms_norm_rope_backward_one_pass_fits(c.layout)) << what;
+  const auto [dx2, dw2] = backward(c, false);
+  const auto [dx1, dw1] = backward(c, true);
+  EXPECT_TRUE(at::equal(dx1, dx2)) << what << ": the input gradient";
+  // The same fp32 terms added in another order (by warp and block of 32 rows, not by column
+  // lanes over 128 rows): within ~1e-6 of the sums' own size over ~10^4 terms.
+  const double scale = dw2.abs().max().item<double>() + 1.0;
+  EXPECT_LT((dw1 - dw2).abs().max().item<double>(), 1e-5 * scale)
+      << what << ": the weight gradient";
+}
+
+TEST(RowKernelSums, RmsNormRopeOnePassMatchesTwoPassesOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  expect_one_pass_matches(make_case(32, 390, 1536, true), "stage 1 self-attention q (dense)");
+  expect_one_pass_matches(make_case(32, 256, 1536, false), "stage 1 cross-attention k (text rows)");
+  expect_one_pass_matches(make_case(1, 397, 512, true, {3, 100, 294}), "packed, a 3-row sample");
+  // Beyond the one-pass form's shared memory: the caller takes the two passes.
+  k::RowLayout wide;
+  wide.dim = 2048;
+  EXPECT_FALSE(k::rms_norm_rope_backward_one_pass_fits(wide));
+}
+
+TEST(RowKernelSums, DISABLED_FiguresOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const auto time_us = [](const std::function<void()>& f) {
+    constexpr int kWarmup = 3, kIters = 20;
+    for (int i = 0; i < kWarmup; ++i) f();
+    cudaEvent_t start, stop;
+    cudaEventCreate(&start);
+    cudaEventCreate(&stop);
+    const auto stream = at::cuda::getCurrentCUDAStream().stream();
+    cudaEventRecord(start, stream);
+    for (int i = 0; i < kIters; ++i) f();
+    cudaEventRecord(stop, stream);
+    cudaEventSynchronize(stop);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    return 1e3 * ms / kIters;
+  };
+  const Case c = make_case(32, 390, 1536, true);
+  const double two = time_us([&] { backward(c, false); });
+  const double one = time_us([&] { backward(c, true); });
+  std::printf(
+      "[ figures ] rms_norm_rope backward, 32 x 390 x 1536 with RoPE (the weight gradient summed "
+      "by ATen included): two passes %.1f us, one pass %.1f us\n",
+      two, one);
+}
+
+}  // namespace
