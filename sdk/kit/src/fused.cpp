@@ -276,6 +276,12 @@ at::Tensor partial_sums(const Rows& rows, std::int64_t k, const at::Tensor& like
                    like.options().dtype(at::kFloat));
 }
 
+// The same for a one-pass backward kernel: a slot a block of kernels::kRowsPerBlock rows.
+at::Tensor block_sums(const Rows& rows, std::int64_t k, const at::Tensor& like) {
+  return at::empty({rows.samples, rows.layout().chunks, k, rows.dim},
+                   like.options().dtype(at::kFloat));
+}
+
 // A gradient is returned in its input's shape and dtype: remember them in forward ...
 void remember_like(AutogradContext* ctx, const std::string& key, const at::Tensor& t) {
   ctx->saved_data[key + "_sizes"] = t.sizes().vec();
@@ -317,12 +323,22 @@ struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
     const Rows rows = Rows::load(ctx);
     auto g = bf16_contiguous(grads[0]);
     auto dx = at::empty_like(x);
-    auto partials = partial_sums(rows, 2, x);
-    check_cuda(kernels::layer_norm_modulate_backward(
-                   rows.layout(), g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(),
-                   saved[2].data_ptr<float>(), saved[3].data_ptr<float>(), dx.data_ptr(),
-                   partials.data_ptr<float>(), stream_of(x)),
-               "layer_norm_modulate backward");
+    at::Tensor partials;
+    if (kernels::layer_norm_one_pass_fits(rows.layout())) {
+      partials = block_sums(rows, 2, x);
+      check_cuda(kernels::layer_norm_modulate_backward_one_pass(
+                     rows.layout(), g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(),
+                     saved[2].data_ptr<float>(), saved[3].data_ptr<float>(), dx.data_ptr(),
+                     partials.data_ptr<float>(), stream_of(x)),
+                 "layer_norm_modulate backward (one pass)");
+    } else {
+      partials = partial_sums(rows, 2, x);
+      check_cuda(kernels::layer_norm_modulate_backward(
+                     rows.layout(), g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(),
+                     saved[2].data_ptr<float>(), saved[3].data_ptr<float>(), dx.data_ptr(),
+                     partials.data_ptr<float>(), stream_of(x)),
+                 "layer_norm_modulate backward");
+    }
     auto sums = partials.sum(1);  // [n, 2, D]
     return {dx, as_like(ctx, "scale", sums.select(1, 1)), as_like(ctx, "shift", sums.select(1, 0)),
             at::Tensor(), at::Tensor()};
@@ -370,17 +386,19 @@ struct GatedResidualNorm : torch::autograd::Function<GatedResidualNorm> {
     const auto gx = grads[0].defined() ? bf16_contiguous(grads[0]) : at::Tensor();
     const auto gn = grads[1].defined() ? bf16_contiguous(grads[1]) : at::zeros_like(x_out);
     auto dx = at::empty_like(x_out), dy = at::empty_like(x_out);
-    auto norm_partials = partial_sums(rows, 2, x_out);
+    const bool one_pass = kernels::layer_norm_one_pass_fits(rows.layout());
+    auto norm_partials = one_pass ? block_sums(rows, 2, x_out) : partial_sums(rows, 2, x_out);
     const bool gate_grad = gt.defined() && ctx->needs_input_grad(2);
     at::Tensor gate_partials = gate_grad ? partial_sums(rows, 1, x_out) : at::Tensor();
+    const auto backward = one_pass ? kernels::gated_residual_norm_backward_one_pass
+                                   : kernels::gated_residual_norm_backward;
     check_cuda(
-        kernels::gated_residual_norm_backward(
-            rows.layout(), gx.defined() ? gx.data_ptr() : nullptr, gn.data_ptr(), x_out.data_ptr(),
-            y.data_ptr(), gt.defined() ? gt.data_ptr<float>() : nullptr, saved[2].data_ptr<float>(),
-            saved[3].data_ptr<float>(), saved[4].data_ptr<float>(), dx.data_ptr(), dy.data_ptr(),
-            norm_partials.data_ptr<float>(), gate_grad ? gate_partials.data_ptr<float>() : nullptr,
-            stream_of(x_out)),
-        "gated_residual_norm backward");
+        backward(rows.layout(), gx.defined() ? gx.data_ptr() : nullptr, gn.data_ptr(),
+                 x_out.data_ptr(), y.data_ptr(), gt.defined() ? gt.data_ptr<float>() : nullptr,
+                 saved[2].data_ptr<float>(), saved[3].data_ptr<float>(), saved[4].data_ptr<float>(),
+                 dx.data_ptr(), dy.data_ptr(), norm_partials.data_ptr<float>(),
+                 gate_grad ? gate_partials.data_ptr<float>() : nullptr, stream_of(x_out)),
+        one_pass ? "gated_residual_norm backward (one pass)" : "gated_residual_norm backward");
     auto sums = norm_partials.sum(1);  // [n, 2, D]
     at::Tensor dgate;
     if (gate_grad) dgate = as_like(ctx, "gate", gate_partials.sum(1));
@@ -479,8 +497,7 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
     at::Tensor partials;
     if (kernels::rms_norm_rope_backward_one_pass_fits(layout)) {
       // The weight gradient summed by the row kernel itself: one slot a block of rows.
-      partials =
-          at::empty({layout.samples, layout.chunks, layout.dim}, x.options().dtype(at::kFloat));
+      partials = block_sums(rows, 1, x);
       check_cuda(kernels::rms_norm_rope_backward_one_pass(
                      layout, g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(), cos_ptr,
                      sin_ptr, table_rows, head_dim, saved[2].data_ptr<float>(), dx.data_ptr(),
@@ -494,7 +511,7 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
                      partials.data_ptr<float>(), stream_of(x)),
                  "rms_norm_rope backward");
     }
-    auto dw = as_like(ctx, "weight", partials.view({-1, layout.dim}).sum(0));
+    auto dw = as_like(ctx, "weight", partials.sum({0, 1, 2}));
     return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
