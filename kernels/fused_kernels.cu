@@ -41,7 +41,7 @@ __device__ __forceinline__ void loadf4(const float* p, float (&o)[4]) {
   o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w;
 }
 
-// The one-pass backward kernels (rms_rope_bwd_one_pass, ln_modulate_bwd with block_partials) keep
+// The one-pass backward kernels (rms_rope_bwd and ln_modulate_bwd with block_partials) keep
 // one fp32 row of D sums a warp and term in shared memory: D at most this (48 KB for RMSNorm's
 // one term, 96 KB for LayerNorm's two).
 constexpr std::int64_t kOnePassMaxDim = 1536;
@@ -236,7 +236,7 @@ __global__ void __launch_bounds__(kThreads)
   const Range rows = block_rows(l);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   // One pass (block_partials set; the same for every thread): d shift and d scale summed as the
-  // rows go by into this warp's two fp32 rows of shared memory (see rms_rope_bwd_one_pass).
+  // rows go by into this warp's two fp32 rows of shared memory (as rms_rope_bwd does).
   extern __shared__ float4 shared_words[];
   float* shift_sums = reinterpret_cast<float*>(shared_words) + 2 * warp * d;
   float* scale_sums = shift_sums + d;
@@ -460,61 +460,23 @@ __device__ __forceinline__ void unrotate(const Rope& rp, std::int64_t r, std::in
 __global__ void __launch_bounds__(kThreads)
     rms_rope_bwd(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ x,
                  const float* __restrict__ w, Rope rp, const float* __restrict__ rstd_in,
-                 bf16* __restrict__ dx) {
+                 bf16* __restrict__ dx, float* __restrict__ block_partials) {
   const std::int64_t d = l.dim;
   const Range rows = block_rows(l);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float inv_d = 1.f / static_cast<float>(d);
-  for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
-    const bf16* xr = x + r * x_stride(l);
-    const bf16* gr = g + r * d;
-    const float rstd = rstd_in[r];
-    float xv[kVec], gv[kVec], wv[kVec], dot = 0.f;
-    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
-      load8(xr + ch, xv);
-      load8(gr + ch, gv);
-      loadf8(w + ch, wv);
-      unrotate(rp, r, ch, gv);
-#pragma unroll
-      for (int i = 0; i < kVec; ++i) dot += gv[i] * wv[i] * xv[i] * rstd;
-    }
-    dot = warp_sum(dot) * inv_d;
-    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
-      float out[kVec];
-      load8(xr + ch, xv);
-      load8(gr + ch, gv);
-      loadf8(w + ch, wv);
-      unrotate(rp, r, ch, gv);
-#pragma unroll
-      for (int i = 0; i < kVec; ++i) {
-        const float xhat = xv[i] * rstd;
-        out[i] = rstd * (gv[i] * wv[i] - xhat * dot);
-      }
-      store8(dx + r * d + ch, out);
-    }
-  }
-}
-
-// rms_rope_bwd with the weight gradient's sums made as the rows go by, instead of a column kernel
-// reading g and x again (4.5 ms of a replayed 1.3B stage-1 step on an H100, 2026-12-05,
-// docs/performance.md). Each warp adds its rows' terms, in order, into its own fp32 row of
-// shared memory (dynamic: kWarps x D floats, D <= kOnePassMaxDim); then the block's warps are added
-// in order of warp and the block writes its sums of (rotated-back g) * xhat to
-// block_partials[sample, chunk, D]: deterministic, no atomics.
-
-__global__ void __launch_bounds__(kThreads)
-    rms_rope_bwd_one_pass(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ x,
-                          const float* __restrict__ w, Rope rp, const float* __restrict__ rstd_in,
-                          bf16* __restrict__ dx, float* __restrict__ block_partials) {
+  // One pass (block_partials set; the same for every thread): the weight gradient's terms
+  // (rotated-back g) * xhat summed as the rows go by, instead of a column kernel reading g and x
+  // again (4.5 ms of a replayed 1.3B stage-1 step on an H100, 2026-12-05, docs/performance.md).
+  // Each warp adds its rows' terms, in order, into its own fp32 row of shared memory (kWarps x D
+  // floats, D <= kOnePassMaxDim); then the warps are added in order of warp and the block writes
+  // block_partials[sample, chunk, D]: deterministic, no atomics.
   extern __shared__ float4 shared_words[];
-  auto* sums = reinterpret_cast<float*>(shared_words);  // [kWarps][D]
-  const std::int64_t d = l.dim;
-  const Range rows = block_rows(l);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const float inv_d = 1.f / static_cast<float>(d);
-  float* mine = sums + warp * d;
-  for (std::int64_t c = lane; c < d; c += 32) mine[c] = 0.f;
-  __syncwarp();
+  float* weight_sums = reinterpret_cast<float*>(shared_words) + warp * d;
+  if (block_partials != nullptr) {
+    for (std::int64_t c = lane; c < d; c += 32) weight_sums[c] = 0.f;
+    __syncwarp();
+  }
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
     const bf16* xr = x + r * x_stride(l);
     const bf16* gr = g + r * d;
@@ -530,7 +492,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     dot = warp_sum(dot) * inv_d;
     for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
-      float out[kVec], term[kVec];
+      float out[kVec], weight_terms[kVec];
       load8(xr + ch, xv);
       load8(gr + ch, gv);
       loadf8(w + ch, wv);
@@ -539,13 +501,15 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = 0; i < kVec; ++i) {
         const float xhat = xv[i] * rstd;
         out[i] = rstd * (gv[i] * wv[i] - xhat * dot);
-        term[i] = gv[i] * xhat;
+        weight_terms[i] = gv[i] * xhat;
       }
       store8(dx + r * d + ch, out);
-      add8(mine + ch, term);  // this lane's own 8 channels: no other thread writes them
+      if (block_partials != nullptr) add8(weight_sums + ch, weight_terms);  // this lane's own
     }
   }
+  if (block_partials == nullptr) return;
   __syncthreads();
+  const float* sums = reinterpret_cast<const float*>(shared_words);
   float* slot =
       block_partials + (blockIdx.y * static_cast<std::int64_t>(gridDim.x) + blockIdx.x) * d;
   for (std::int64_t c = threadIdx.x; c < d; c += kThreads) {
@@ -667,7 +631,8 @@ cudaError_t rms_norm_rope_backward(const RowLayout& l, const void* grad, const v
   const Rope rp{cos, sin, table_rows, head_dim};
   const auto* g = static_cast<const bf16*>(grad);
   const auto* xb = static_cast<const bf16*>(x);
-  rms_rope_bwd<<<grid_of(l), kThreads, 0, stream>>>(l, g, xb, w, rp, rstd, static_cast<bf16*>(dx));
+  rms_rope_bwd<<<grid_of(l), kThreads, 0, stream>>>(l, g, xb, w, rp, rstd, static_cast<bf16*>(dx),
+                                                    nullptr);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   return launch_column_sums<1>(l, RmsWeightTerm{g, xb, rstd, rp, l.dim, x_stride(l)}, partials,
@@ -686,9 +651,9 @@ cudaError_t rms_norm_rope_backward_one_pass(const RowLayout& l, const void* grad
   if (!rms_norm_rope_backward_one_pass_fits(l)) return cudaErrorInvalidValue;
   const Rope rp{cos, sin, table_rows, head_dim};
   const std::size_t shared = sizeof(float) * kWarps * static_cast<std::size_t>(l.dim);
-  rms_rope_bwd_one_pass<<<grid_of(l), kThreads, shared, stream>>>(
-      l, static_cast<const bf16*>(grad), static_cast<const bf16*>(x), w, rp, rstd,
-      static_cast<bf16*>(dx), block_partials);
+  rms_rope_bwd<<<grid_of(l), kThreads, shared, stream>>>(l, static_cast<const bf16*>(grad),
+                                                         static_cast<const bf16*>(x), w, rp, rstd,
+                                                         static_cast<bf16*>(dx), block_partials);
   return cudaGetLastError();
 }
 

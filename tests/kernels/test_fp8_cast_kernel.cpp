@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "fp8_kernels.hpp"
+#include "gpu_timing.hpp"
 
 namespace {
 
@@ -172,23 +173,7 @@ TEST(Fp8CastKernel, BlocksOfSeveralTilesCastAsATileABlockOnAGpu) {
 TEST(Fp8CastKernel, DISABLED_FiguresOnAGpu) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   const c10::Device gpu(c10::kCUDA, 0);
-  const auto time_us = [](const std::function<void()>& f) {
-    constexpr int kWarmup = 3, kIters = 20;
-    for (int i = 0; i < kWarmup; ++i) f();
-    cudaEvent_t start, stop;
-    cudaEventCreate(&start);
-    cudaEventCreate(&stop);
-    const auto stream = at::cuda::getCurrentCUDAStream().stream();
-    cudaEventRecord(start, stream);
-    for (int i = 0; i < kIters; ++i) f();
-    cudaEventRecord(stop, stream);
-    cudaEventSynchronize(stop);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, start, stop);
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    return 1e3 * ms / kIters;
-  };
+  using wanhost::testing::time_us;
   for (const Shape s : {Shape{12480, 1536}, Shape{12480, 8960}}) {
     const at::Tensor x =
         at::randn({s.rows, s.cols}, at::TensorOptions().device(gpu)).to(at::kBFloat16);

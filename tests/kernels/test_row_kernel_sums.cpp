@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "fused_kernels.hpp"
+#include "gpu_timing.hpp"
 
 namespace {
 
@@ -201,23 +202,7 @@ TEST(RowKernelSums, LayerNormOnePassMatchesTwoPassesOnAGpu) {
 
 TEST(RowKernelSums, DISABLED_FiguresOnAGpu) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
-  const auto time_us = [](const std::function<void()>& f) {
-    constexpr int kWarmup = 3, kIters = 20;
-    for (int i = 0; i < kWarmup; ++i) f();
-    cudaEvent_t start, stop;
-    cudaEventCreate(&start);
-    cudaEventCreate(&stop);
-    const auto stream = at::cuda::getCurrentCUDAStream().stream();
-    cudaEventRecord(start, stream);
-    for (int i = 0; i < kIters; ++i) f();
-    cudaEventRecord(stop, stream);
-    cudaEventSynchronize(stop);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, start, stop);
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    return 1e3 * ms / kIters;
-  };
+  using wanhost::testing::time_us;
   const Case c = make_case(32, 390, 1536, true);
   const double two = time_us([&] { backward(c, false); });
   const double one = time_us([&] { backward(c, true); });

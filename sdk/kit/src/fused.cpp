@@ -323,22 +323,15 @@ struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
     const Rows rows = Rows::load(ctx);
     auto g = bf16_contiguous(grads[0]);
     auto dx = at::empty_like(x);
-    at::Tensor partials;
-    if (kernels::layer_norm_one_pass_fits(rows.layout())) {
-      partials = block_sums(rows, 2, x);
-      check_cuda(kernels::layer_norm_modulate_backward_one_pass(
-                     rows.layout(), g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(),
-                     saved[2].data_ptr<float>(), saved[3].data_ptr<float>(), dx.data_ptr(),
-                     partials.data_ptr<float>(), stream_of(x)),
-                 "layer_norm_modulate backward (one pass)");
-    } else {
-      partials = partial_sums(rows, 2, x);
-      check_cuda(kernels::layer_norm_modulate_backward(
-                     rows.layout(), g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(),
-                     saved[2].data_ptr<float>(), saved[3].data_ptr<float>(), dx.data_ptr(),
-                     partials.data_ptr<float>(), stream_of(x)),
-                 "layer_norm_modulate backward");
-    }
+    const bool one_pass = kernels::layer_norm_one_pass_fits(rows.layout());
+    auto partials = one_pass ? block_sums(rows, 2, x) : partial_sums(rows, 2, x);
+    const auto backward = one_pass ? kernels::layer_norm_modulate_backward_one_pass
+                                   : kernels::layer_norm_modulate_backward;
+    check_cuda(
+        backward(rows.layout(), g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(),
+                 saved[2].data_ptr<float>(), saved[3].data_ptr<float>(), dx.data_ptr(),
+                 partials.data_ptr<float>(), stream_of(x)),
+        one_pass ? "layer_norm_modulate backward (one pass)" : "layer_norm_modulate backward");
     auto sums = partials.sum(1);  // [n, 2, D]
     return {dx, as_like(ctx, "scale", sums.select(1, 1)), as_like(ctx, "shift", sums.select(1, 0)),
             at::Tensor(), at::Tensor()};
@@ -494,23 +487,15 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
     const float* cos_ptr = c.defined() ? c.data_ptr<float>() : nullptr;
     const float* sin_ptr = s.defined() ? s.data_ptr<float>() : nullptr;
     const auto table_rows = ctx->saved_data["table_rows"].toInt();
-    at::Tensor partials;
-    if (kernels::rms_norm_rope_backward_one_pass_fits(layout)) {
-      // The weight gradient summed by the row kernel itself: one slot a block of rows.
-      partials = block_sums(rows, 1, x);
-      check_cuda(kernels::rms_norm_rope_backward_one_pass(
-                     layout, g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(), cos_ptr,
-                     sin_ptr, table_rows, head_dim, saved[2].data_ptr<float>(), dx.data_ptr(),
-                     partials.data_ptr<float>(), stream_of(x)),
-                 "rms_norm_rope backward (one pass)");
-    } else {
-      partials = partial_sums(rows, 1, x);
-      check_cuda(kernels::rms_norm_rope_backward(
-                     layout, g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(), cos_ptr,
-                     sin_ptr, table_rows, head_dim, saved[2].data_ptr<float>(), dx.data_ptr(),
-                     partials.data_ptr<float>(), stream_of(x)),
-                 "rms_norm_rope backward");
-    }
+    // The weight gradient summed by the row kernel itself where it fits (a slot a block of rows).
+    const bool one_pass = kernels::rms_norm_rope_backward_one_pass_fits(layout);
+    auto partials = one_pass ? block_sums(rows, 1, x) : partial_sums(rows, 1, x);
+    const auto backward =
+        one_pass ? kernels::rms_norm_rope_backward_one_pass : kernels::rms_norm_rope_backward;
+    check_cuda(backward(layout, g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(), cos_ptr,
+                        sin_ptr, table_rows, head_dim, saved[2].data_ptr<float>(), dx.data_ptr(),
+                        partials.data_ptr<float>(), stream_of(x)),
+               one_pass ? "rms_norm_rope backward (one pass)" : "rms_norm_rope backward");
     auto dw = as_like(ctx, "weight", partials.sum({0, 1, 2}));
     return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
