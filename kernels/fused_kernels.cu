@@ -5,8 +5,6 @@
 
 #include "vector_loads.cuh"
 
-#include <atomic>
-
 #include <cuda_bf16.h>
 
 namespace wanhost::kernels {
@@ -41,9 +39,11 @@ __device__ __forceinline__ void loadf4(const float* p, float (&o)[4]) {
   o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w;
 }
 
-// The one-pass backward kernels (rms_rope_bwd and ln_modulate_bwd with block_partials) keep
-// one fp32 row of D sums a warp and term in shared memory: D at most this (48 KB for RMSNorm's
-// one term, 96 KB for LayerNorm's two).
+// The one-pass backward kernel (rms_rope_bwd with block_partials) keeps one fp32 row of D sums a
+// warp in shared memory: D at most this (48 KB a block). The LayerNorm backwards keep their column
+// kernel: their two terms a channel would need 96 KB a block, which halves the blocks a
+// multiprocessor holds, and the one-pass form measured no faster (H100, 2026-12-05,
+// docs/performance.md).
 constexpr std::int64_t kOnePassMaxDim = 1536;
 
 // Adds 8 floats to p (16-byte aligned shared memory).
@@ -231,19 +231,10 @@ __global__ void __launch_bounds__(kThreads)
                     const float* __restrict__ scale, const float* __restrict__ mean_in,
                     const float* __restrict__ rstd_in, bf16* __restrict__ dx,
                     const bf16* __restrict__ g_res, const float* __restrict__ gate,
-                    bf16* __restrict__ dy, float* __restrict__ block_partials) {
+                    bf16* __restrict__ dy) {
   const std::int64_t d = l.dim;
   const Range rows = block_rows(l);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // One pass (block_partials set; the same for every thread): d shift and d scale summed as the
-  // rows go by into this warp's two fp32 rows of shared memory (as rms_rope_bwd does).
-  extern __shared__ float4 shared_words[];
-  float* shift_sums = reinterpret_cast<float*>(shared_words) + 2 * warp * d;
-  float* scale_sums = shift_sums + d;
-  if (block_partials != nullptr) {
-    for (std::int64_t c = lane; c < 2 * d; c += 32) shift_sums[c] = 0.f;
-    __syncwarp();
-  }
   const float* sc = scale + blockIdx.y * l.vec_stride;
   const float* gt = gate != nullptr ? gate + blockIdx.y * l.gate_stride : nullptr;
   const float inv_d = 1.f / static_cast<float>(d);
@@ -270,16 +261,10 @@ __global__ void __launch_bounds__(kThreads)
       load8(xr + ch, xv);
       load8(gr + ch, gv);
       loadf8(sc + ch, scv);
-      float scale_terms[kVec];
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
         const float xhat = (xv[i] - mean) * rstd;
         out[i] = rstd * (gv[i] * (1.f + scv[i]) - a - xhat * b);
-        scale_terms[i] = gv[i] * xhat;
-      }
-      if (block_partials != nullptr) {  // this lane's own 8 channels
-        add8(shift_sums + ch, gv);
-        add8(scale_sums + ch, scale_terms);
       }
       if (g_res != nullptr) {
         float rv[kVec];
@@ -296,18 +281,6 @@ __global__ void __launch_bounds__(kThreads)
         store8(dy + r * d + ch, out);
       }
     }
-  }
-  if (block_partials == nullptr) return;
-  __syncthreads();
-  // The warps' rows added in order of warp: block_partials[sample, chunk, 2, D].
-  const float* sums = reinterpret_cast<const float*>(shared_words);
-  float* slot =
-      block_partials + (blockIdx.y * static_cast<std::int64_t>(gridDim.x) + blockIdx.x) * 2 * d;
-  for (std::int64_t c = threadIdx.x; c < 2 * d; c += kThreads) {
-    float total = 0.f;
-#pragma unroll
-    for (int j = 0; j < kWarps; ++j) total += sums[2 * j * d + c];
-    slot[c] = total;
   }
 }
 
@@ -573,7 +546,7 @@ cudaError_t gated_residual_norm_backward(const RowLayout& l, const void* grad_x,
   auto* dxb = static_cast<bf16*>(dx);
   ln_modulate_bwd<<<grid_of(l), kThreads, 0, stream>>>(l, gn, xb, scale, mean, rstd, dxb,
                                                        static_cast<const bf16*>(grad_x), gate,
-                                                       static_cast<bf16*>(dy), nullptr);
+                                                       static_cast<bf16*>(dy));
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   err = launch_column_sums<2>(l, LnModulateTerms{gn, xb, mean, rstd, l.dim}, norm_partials, stream);
@@ -588,7 +561,7 @@ cudaError_t layer_norm_modulate_backward(const RowLayout& l, const void* grad, c
   const auto* g = static_cast<const bf16*>(grad);
   const auto* xb = static_cast<const bf16*>(x);
   ln_modulate_bwd<<<grid_of(l), kThreads, 0, stream>>>(
-      l, g, xb, scale, mean, rstd, static_cast<bf16*>(dx), nullptr, nullptr, nullptr, nullptr);
+      l, g, xb, scale, mean, rstd, static_cast<bf16*>(dx), nullptr, nullptr, nullptr);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   return launch_column_sums<2>(l, LnModulateTerms{g, xb, mean, rstd, l.dim}, partials, stream);
@@ -655,60 +628,6 @@ cudaError_t rms_norm_rope_backward_one_pass(const RowLayout& l, const void* grad
                                                          static_cast<const bf16*>(x), w, rp, rstd,
                                                          static_cast<bf16*>(dx), block_partials);
   return cudaGetLastError();
-}
-
-bool layer_norm_one_pass_fits(const RowLayout& l) {
-  return l.dim > 0 && l.dim % kVec == 0 && l.dim <= kOnePassMaxDim;
-}
-
-namespace {
-
-// ln_modulate_bwd's shared memory in one pass (2 kWarps D floats) may pass the default 48 KB: the
-// kernel is allowed the most it can take, once a device.
-cudaError_t allow_ln_one_pass_shared() {
-  constexpr int kDevices = 64;
-  static std::atomic<bool> allowed[kDevices];
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  if (device >= 0 && device < kDevices && allowed[device].load(std::memory_order_relaxed))
-    return cudaSuccess;
-  err = cudaFuncSetAttribute(ln_modulate_bwd, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(sizeof(float) * 2 * kWarps * kOnePassMaxDim));
-  if (err == cudaSuccess && device >= 0 && device < kDevices) allowed[device].store(true);
-  return err;
-}
-
-}  // namespace
-
-cudaError_t layer_norm_modulate_backward_one_pass(const RowLayout& l, const void* grad,
-                                                  const void* x, const float* scale,
-                                                  const float* mean, const float* rstd, void* dx,
-                                                  float* block_partials, cudaStream_t stream) {
-  if (!layer_norm_one_pass_fits(l)) return cudaErrorInvalidValue;
-  if (const cudaError_t err = allow_ln_one_pass_shared(); err != cudaSuccess) return err;
-  const std::size_t shared = sizeof(float) * 2 * kWarps * static_cast<std::size_t>(l.dim);
-  ln_modulate_bwd<<<grid_of(l), kThreads, shared, stream>>>(
-      l, static_cast<const bf16*>(grad), static_cast<const bf16*>(x), scale, mean, rstd,
-      static_cast<bf16*>(dx), nullptr, nullptr, nullptr, block_partials);
-  return cudaGetLastError();
-}
-
-cudaError_t gated_residual_norm_backward_one_pass(
-    const RowLayout& l, const void* grad_x, const void* grad_n, const void* x_out, const void* y,
-    const float* gate, const float* scale, const float* mean, const float* rstd, void* dx, void* dy,
-    float* norm_block_partials, float* gate_partials, cudaStream_t stream) {
-  if (!layer_norm_one_pass_fits(l)) return cudaErrorInvalidValue;
-  if (const cudaError_t err = allow_ln_one_pass_shared(); err != cudaSuccess) return err;
-  const std::size_t shared = sizeof(float) * 2 * kWarps * static_cast<std::size_t>(l.dim);
-  auto* dxb = static_cast<bf16*>(dx);
-  ln_modulate_bwd<<<grid_of(l), kThreads, shared, stream>>>(
-      l, static_cast<const bf16*>(grad_n), static_cast<const bf16*>(x_out), scale, mean, rstd, dxb,
-      static_cast<const bf16*>(grad_x), gate, static_cast<bf16*>(dy), norm_block_partials);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess || gate_partials == nullptr) return err;
-  return launch_column_sums<1>(l, GateTerm{dxb, static_cast<const bf16*>(y), l.dim}, gate_partials,
-                               stream);
 }
 
 cudaError_t column_sums(const RowLayout& l, const void* x, float* partials, cudaStream_t stream) {
