@@ -162,8 +162,61 @@ cudaError_t launch_column_sums(const RowLayout& l, const Term& term, float* part
   return cudaGetLastError();
 }
 
+// A lane's part of a row: channel groups ch = lane * 8 + j * 256 (j = 0, 1, ...; ch < d). With
+// kCached > 0 (D <= kCached * 256) the loops are unrolled and a row's 16-byte words are kept in
+// registers (RowWords), so each row is read from memory once and every load of a pass is in
+// flight at once; with kCached = 0 (any D) the passes read the row again (from L1/L2), one word
+// at a time. Both forms do the same arithmetic in the same order. Measured
+// on an H100 (2026-12-05, docs/performance.md): the re-reading form moved a stage-1 row at ~58 %
+// of the memory's rate.
+constexpr int kCachedGroups = 6;  // D <= 1536 (Wan 1.3B)
+static_assert(kOnePassMaxDim <= kCachedGroups * 32 * kVec,
+              "the one-pass RMSNorm backward launches the register form");
+
+template <int kCached, typename F>
+__device__ __forceinline__ void for_groups(int lane, std::int64_t d, F&& f) {
+  if constexpr (kCached > 0) {
+#pragma unroll
+    for (int j = 0; j < kCached; ++j) {
+      const std::int64_t ch = lane * kVec + static_cast<std::int64_t>(j) * 32 * kVec;
+      if (ch < d) f(j, ch);
+    }
+  } else {
+    int j = 0;
+    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec, ++j) f(j, ch);
+  }
+}
+
+// A lane's 16-byte words of one bf16 row: kept (kCached > 0) or read again (kCached = 0).
+template <int kCached>
+struct RowWords {
+  uint4 w[kCached > 0 ? kCached : 1];
+  const bf16* row;
+  // The first read of group j (channel ch); kept.
+  __device__ __forceinline__ void fetch(int j, std::int64_t ch) {
+    if constexpr (kCached > 0) w[j] = *reinterpret_cast<const uint4*>(row + ch);
+  }
+  // Group j as floats (after fetch, or for kCached = 0 from memory).
+  __device__ __forceinline__ void get(int j, std::int64_t ch, float (&o)[kVec]) const {
+    if constexpr (kCached > 0)
+      bf16x8_to_floats(w[j], o);
+    else
+      load8(row + ch, o);
+  }
+  // Group j set to bf16(v) (written to `row` by the caller too).
+  __device__ __forceinline__ void keep(int j, const float (&v)[kVec]) {
+    if constexpr (kCached > 0) {
+      auto* h = reinterpret_cast<__nv_bfloat162*>(&w[j]);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+    }
+  }
+};
+
 // With `res_y` (the residual form): the normalised row is x_out = bf16(x + res_y * gate) (gate
-// null: 1), written out and read back by the same thread for the statistics and the output.
+// null: 1), written out and (kCached = 0) read back by the same thread for the statistics and the
+// output.
+template <int kCached>
 __global__ void __launch_bounds__(kThreads)
     ln_modulate_fwd(RowLayout l, const bf16* __restrict__ x, const float* __restrict__ scale,
                     const float* __restrict__ shift, float eps, bf16* __restrict__ y,
@@ -177,13 +230,18 @@ __global__ void __launch_bounds__(kThreads)
   const float* gt = gate != nullptr ? gate + blockIdx.y * l.gate_stride : nullptr;
   const float inv_d = 1.f / static_cast<float>(d);
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
-    const bf16* xr = x + r * d;
-    float xv[kVec], s = 0.f;
+    RowWords<kCached> xw{{}, x + r * d};
+    float s = 0.f;
     if (res_y != nullptr) {
-      for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
-        float yv[kVec], gv[kVec];
-        load8(xr + ch, xv);
-        load8(res_y + r * d + ch, yv);
+      RowWords<kCached> yw{{}, res_y + r * d};
+      for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+        xw.fetch(j, ch);
+        yw.fetch(j, ch);
+      });
+      for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+        float xv[kVec], yv[kVec], gv[kVec];
+        xw.get(j, ch, xv);
+        yw.get(j, ch, yv);
         load_gate8(gt, ch, gv);
 #pragma unroll
         for (int i = 0; i < kVec; ++i) {
@@ -191,32 +249,36 @@ __global__ void __launch_bounds__(kThreads)
           s += xv[i];
         }
         store8(x_out + r * d + ch, xv);
-      }
-      xr = x_out + r * d;
+        xw.keep(j, xv);
+      });
+      xw.row = x_out + r * d;
     } else {
-      for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
-        load8(xr + ch, xv);
+      for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) { xw.fetch(j, ch); });
+      for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+        float xv[kVec];
+        xw.get(j, ch, xv);
 #pragma unroll
         for (int i = 0; i < kVec; ++i) s += xv[i];
-      }
+      });
     }
     const float mean = warp_sum(s) * inv_d;
     float v = 0.f;
-    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
-      load8(xr + ch, xv);
+    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+      float xv[kVec];
+      xw.get(j, ch, xv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) v += (xv[i] - mean) * (xv[i] - mean);
-    }
+    });
     const float rstd = rsqrtf(warp_sum(v) * inv_d + eps);
-    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
-      float scv[kVec], shv[kVec], out[kVec];
-      load8(xr + ch, xv);
+    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+      float xv[kVec], scv[kVec], shv[kVec], out[kVec];
+      xw.get(j, ch, xv);
       loadf8(sc + ch, scv);
       loadf8(sh + ch, shv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) out[i] = (xv[i] - mean) * rstd * (1.f + scv[i]) + shv[i];
       store8(y + r * d + ch, out);
-    }
+    });
     if (lane == 0) {
       mean_out[r] = mean;
       rstd_out[r] = rstd;
@@ -226,6 +288,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // The residual form adds g_res (the gradient reaching the normalised row directly) to dx and,
 // with `dy`, writes the residual branch's gradient dy = bf16(dx * gate) (gate null: 1).
+template <int kCached>
 __global__ void __launch_bounds__(kThreads)
     ln_modulate_bwd(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ x,
                     const float* __restrict__ scale, const float* __restrict__ mean_in,
@@ -239,13 +302,17 @@ __global__ void __launch_bounds__(kThreads)
   const float* gt = gate != nullptr ? gate + blockIdx.y * l.gate_stride : nullptr;
   const float inv_d = 1.f / static_cast<float>(d);
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
-    const bf16* xr = x + r * d;
-    const bf16* gr = g + r * d;
+    RowWords<kCached> xw{{}, x + r * d}, gw{{}, g + r * d};
     const float mean = mean_in[r], rstd = rstd_in[r];
-    float xv[kVec], gv[kVec], scv[kVec], a = 0.f, b = 0.f;
-    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
-      load8(xr + ch, xv);
-      load8(gr + ch, gv);
+    float a = 0.f, b = 0.f;
+    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+      xw.fetch(j, ch);
+      gw.fetch(j, ch);
+    });
+    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+      float xv[kVec], gv[kVec], scv[kVec];
+      xw.get(j, ch, xv);
+      gw.get(j, ch, gv);
       loadf8(sc + ch, scv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
@@ -253,13 +320,13 @@ __global__ void __launch_bounds__(kThreads)
         a += gs;
         b += gs * (xv[i] - mean) * rstd;
       }
-    }
+    });
     a = warp_sum(a) * inv_d;
     b = warp_sum(b) * inv_d;
-    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
-      float out[kVec];
-      load8(xr + ch, xv);
-      load8(gr + ch, gv);
+    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+      float xv[kVec], gv[kVec], scv[kVec], out[kVec];
+      xw.get(j, ch, xv);
+      gw.get(j, ch, gv);
       loadf8(sc + ch, scv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
@@ -280,7 +347,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int i = 0; i < kVec; ++i) out[i] = round_bf16(out[i]) * gv2[i];
         store8(dy + r * d + ch, out);
       }
-    }
+    });
   }
 }
 
@@ -378,6 +445,7 @@ __device__ __forceinline__ void rope_angles(const Rope& rp, std::int64_t r, std:
   loadf4(rp.sin + at, s);
 }
 
+template <int kCached>
 __global__ void __launch_bounds__(kThreads)
     rms_rope_fwd(RowLayout l, const bf16* __restrict__ x, const float* __restrict__ w, Rope rp,
                  float eps, bf16* __restrict__ y, float* __restrict__ rstd_out) {
@@ -386,17 +454,19 @@ __global__ void __launch_bounds__(kThreads)
   const std::int64_t d = l.dim;
   const float inv_d = 1.f / static_cast<float>(d);
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
-    const bf16* xr = x + r * x_stride(l);
-    float xv[kVec], ss = 0.f;
-    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
-      load8(xr + ch, xv);
+    RowWords<kCached> xw{{}, x + r * x_stride(l)};
+    float ss = 0.f;
+    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) { xw.fetch(j, ch); });
+    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+      float xv[kVec];
+      xw.get(j, ch, xv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) ss += xv[i] * xv[i];
-    }
+    });
     const float rstd = rsqrtf(warp_sum(ss) * inv_d + eps);
-    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
-      float wv[kVec], t[kVec];
-      load8(xr + ch, xv);
+    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+      float xv[kVec], wv[kVec], t[kVec];
+      xw.get(j, ch, xv);
       loadf8(w + ch, wv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) t[i] = round_bf16(xv[i] * rstd * wv[i]);
@@ -411,7 +481,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
       store8(y + r * d + ch, t);
-    }
+    });
     if (lane == 0) rstd_out[r] = rstd;
   }
 }
@@ -430,6 +500,7 @@ __device__ __forceinline__ void unrotate(const Rope& rp, std::int64_t r, std::in
   }
 }
 
+template <int kCached>
 __global__ void __launch_bounds__(kThreads)
     rms_rope_bwd(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ x,
                  const float* __restrict__ w, Rope rp, const float* __restrict__ rstd_in,
@@ -451,23 +522,27 @@ __global__ void __launch_bounds__(kThreads)
     __syncwarp();
   }
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
-    const bf16* xr = x + r * x_stride(l);
-    const bf16* gr = g + r * d;
+    RowWords<kCached> xw{{}, x + r * x_stride(l)}, gw{{}, g + r * d};
     const float rstd = rstd_in[r];
-    float xv[kVec], gv[kVec], wv[kVec], dot = 0.f;
-    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
-      load8(xr + ch, xv);
-      load8(gr + ch, gv);
+    float dot = 0.f;
+    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+      xw.fetch(j, ch);
+      gw.fetch(j, ch);
+    });
+    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+      float xv[kVec], gv[kVec], wv[kVec];
+      xw.get(j, ch, xv);
+      gw.get(j, ch, gv);
       loadf8(w + ch, wv);
       unrotate(rp, r, ch, gv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) dot += gv[i] * wv[i] * xv[i] * rstd;
-    }
+    });
     dot = warp_sum(dot) * inv_d;
-    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
-      float out[kVec], weight_terms[kVec];
-      load8(xr + ch, xv);
-      load8(gr + ch, gv);
+    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+      float xv[kVec], gv[kVec], wv[kVec], out[kVec], weight_terms[kVec];
+      xw.get(j, ch, xv);
+      gw.get(j, ch, gv);
       loadf8(w + ch, wv);
       unrotate(rp, r, ch, gv);
 #pragma unroll
@@ -478,7 +553,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       store8(dx + r * d + ch, out);
       if (block_partials != nullptr) add8(weight_sums + ch, weight_terms);  // this lane's own
-    }
+    });
   }
   if (block_partials == nullptr) return;
   __syncthreads();
@@ -511,6 +586,11 @@ struct RmsWeightTerm {
   }
 };
 
+// Whether a row fits the row kernels' register form (kCachedGroups).
+bool cached_rows(const RowLayout& l) {
+  return l.dim <= static_cast<std::int64_t>(kCachedGroups) * 32 * kVec;
+}
+
 dim3 grid_of(const RowLayout& l) {
   return dim3(static_cast<unsigned>(l.chunks), static_cast<unsigned>(l.samples));
 }
@@ -520,9 +600,10 @@ dim3 grid_of(const RowLayout& l) {
 cudaError_t layer_norm_modulate_forward(const RowLayout& l, const void* x, const float* scale,
                                         const float* shift, float eps, void* y, float* mean,
                                         float* rstd, cudaStream_t stream) {
-  ln_modulate_fwd<<<grid_of(l), kThreads, 0, stream>>>(l, static_cast<const bf16*>(x), scale, shift,
-                                                       eps, static_cast<bf16*>(y), mean, rstd,
-                                                       nullptr, nullptr, nullptr);
+  const auto kernel = cached_rows(l) ? ln_modulate_fwd<kCachedGroups> : ln_modulate_fwd<0>;
+  kernel<<<grid_of(l), kThreads, 0, stream>>>(l, static_cast<const bf16*>(x), scale, shift, eps,
+                                              static_cast<bf16*>(y), mean, rstd, nullptr, nullptr,
+                                              nullptr);
   return cudaGetLastError();
 }
 
@@ -530,7 +611,8 @@ cudaError_t gated_residual_norm_forward(const RowLayout& l, const void* x, const
                                         const float* gate, const float* scale, const float* shift,
                                         float eps, void* x_out, void* n, float* mean, float* rstd,
                                         cudaStream_t stream) {
-  ln_modulate_fwd<<<grid_of(l), kThreads, 0, stream>>>(
+  const auto kernel = cached_rows(l) ? ln_modulate_fwd<kCachedGroups> : ln_modulate_fwd<0>;
+  kernel<<<grid_of(l), kThreads, 0, stream>>>(
       l, static_cast<const bf16*>(x), scale, shift, eps, static_cast<bf16*>(n), mean, rstd,
       static_cast<const bf16*>(y), gate, static_cast<bf16*>(x_out));
   return cudaGetLastError();
@@ -544,9 +626,10 @@ cudaError_t gated_residual_norm_backward(const RowLayout& l, const void* grad_x,
   const auto* gn = static_cast<const bf16*>(grad_n);
   const auto* xb = static_cast<const bf16*>(x_out);
   auto* dxb = static_cast<bf16*>(dx);
-  ln_modulate_bwd<<<grid_of(l), kThreads, 0, stream>>>(l, gn, xb, scale, mean, rstd, dxb,
-                                                       static_cast<const bf16*>(grad_x), gate,
-                                                       static_cast<bf16*>(dy));
+  const auto kernel = cached_rows(l) ? ln_modulate_bwd<kCachedGroups> : ln_modulate_bwd<0>;
+  kernel<<<grid_of(l), kThreads, 0, stream>>>(l, gn, xb, scale, mean, rstd, dxb,
+                                              static_cast<const bf16*>(grad_x), gate,
+                                              static_cast<bf16*>(dy));
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   err = launch_column_sums<2>(l, LnModulateTerms{gn, xb, mean, rstd, l.dim}, norm_partials, stream);
@@ -560,8 +643,9 @@ cudaError_t layer_norm_modulate_backward(const RowLayout& l, const void* grad, c
                                          void* dx, float* partials, cudaStream_t stream) {
   const auto* g = static_cast<const bf16*>(grad);
   const auto* xb = static_cast<const bf16*>(x);
-  ln_modulate_bwd<<<grid_of(l), kThreads, 0, stream>>>(
-      l, g, xb, scale, mean, rstd, static_cast<bf16*>(dx), nullptr, nullptr, nullptr);
+  const auto kernel = cached_rows(l) ? ln_modulate_bwd<kCachedGroups> : ln_modulate_bwd<0>;
+  kernel<<<grid_of(l), kThreads, 0, stream>>>(l, g, xb, scale, mean, rstd, static_cast<bf16*>(dx),
+                                              nullptr, nullptr, nullptr);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   return launch_column_sums<2>(l, LnModulateTerms{g, xb, mean, rstd, l.dim}, partials, stream);
@@ -591,8 +675,9 @@ cudaError_t rms_norm_rope_forward(const RowLayout& l, const void* x, const float
                                   std::int64_t head_dim, float eps, void* y, float* rstd,
                                   cudaStream_t stream) {
   const Rope rp{cos, sin, table_rows, head_dim};
-  rms_rope_fwd<<<grid_of(l), kThreads, 0, stream>>>(l, static_cast<const bf16*>(x), w, rp, eps,
-                                                    static_cast<bf16*>(y), rstd);
+  const auto kernel = cached_rows(l) ? rms_rope_fwd<kCachedGroups> : rms_rope_fwd<0>;
+  kernel<<<grid_of(l), kThreads, 0, stream>>>(l, static_cast<const bf16*>(x), w, rp, eps,
+                                              static_cast<bf16*>(y), rstd);
   return cudaGetLastError();
 }
 
@@ -604,8 +689,9 @@ cudaError_t rms_norm_rope_backward(const RowLayout& l, const void* grad, const v
   const Rope rp{cos, sin, table_rows, head_dim};
   const auto* g = static_cast<const bf16*>(grad);
   const auto* xb = static_cast<const bf16*>(x);
-  rms_rope_bwd<<<grid_of(l), kThreads, 0, stream>>>(l, g, xb, w, rp, rstd, static_cast<bf16*>(dx),
-                                                    nullptr);
+  const auto kernel = cached_rows(l) ? rms_rope_bwd<kCachedGroups> : rms_rope_bwd<0>;
+  kernel<<<grid_of(l), kThreads, 0, stream>>>(l, g, xb, w, rp, rstd, static_cast<bf16*>(dx),
+                                              nullptr);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   return launch_column_sums<1>(l, RmsWeightTerm{g, xb, rstd, rp, l.dim, x_stride(l)}, partials,
@@ -624,14 +710,68 @@ cudaError_t rms_norm_rope_backward_one_pass(const RowLayout& l, const void* grad
   if (!rms_norm_rope_backward_one_pass_fits(l)) return cudaErrorInvalidValue;
   const Rope rp{cos, sin, table_rows, head_dim};
   const std::size_t shared = sizeof(float) * kWarps * static_cast<std::size_t>(l.dim);
-  rms_rope_bwd<<<grid_of(l), kThreads, shared, stream>>>(l, static_cast<const bf16*>(grad),
-                                                         static_cast<const bf16*>(x), w, rp, rstd,
-                                                         static_cast<bf16*>(dx), block_partials);
+  // D <= kOnePassMaxDim: the register form's rows too.
+  rms_rope_bwd<kCachedGroups><<<grid_of(l), kThreads, shared, stream>>>(
+      l, static_cast<const bf16*>(grad), static_cast<const bf16*>(x), w, rp, rstd,
+      static_cast<bf16*>(dx), block_partials);
   return cudaGetLastError();
 }
 
 cudaError_t column_sums(const RowLayout& l, const void* x, float* partials, cudaStream_t stream) {
   return launch_column_sums<1>(l, RowsTerm{static_cast<const bf16*>(x), l.dim}, partials, stream);
+}
+
+namespace {
+
+// sum_slots: a block is kSlotLanes warps; lane l of each warp owns 4 adjacent columns (one 16-byte
+// load a slot where width is a multiple of 4), warp j sums slots j, j + kSlotLanes, ... in order,
+// and the warps' sums are added in order of warp: 128 columns a block, deterministic.
+constexpr int kSlotLanes = kThreads / 32;
+constexpr int kSlotColumns = 32 * 4;
+
+__global__ void __launch_bounds__(kThreads)
+    sum_slots_kernel(const float* __restrict__ partials, std::int64_t slots, std::int64_t width,
+                     float* __restrict__ out) {
+  __shared__ float red[kSlotLanes][kSlotColumns];
+  const int lane = threadIdx.x % 32, slot_lane = threadIdx.x / 32;
+  const std::int64_t group = blockIdx.y;
+  const std::int64_t col = static_cast<std::int64_t>(blockIdx.x) * kSlotColumns + lane * 4;
+  const float* base = partials + group * slots * width;
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  if (width % 4 == 0) {  // the same for every thread: rows of whole 16-byte words
+    if (col < width)
+      for (std::int64_t s = slot_lane; s < slots; s += kSlotLanes) {
+        const float4 v = __ldg(reinterpret_cast<const float4*>(base + s * width + col));
+        acc[0] += v.x, acc[1] += v.y, acc[2] += v.z, acc[3] += v.w;
+      }
+  } else {
+    for (std::int64_t s = slot_lane; s < slots; s += kSlotLanes)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        if (col + i < width) acc[i] += base[s * width + col + i];
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) red[slot_lane][lane * 4 + i] = acc[i];
+  __syncthreads();
+  if (threadIdx.x >= kSlotColumns) return;
+  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * kSlotColumns + threadIdx.x;
+  if (c >= width) return;
+  float total = 0.f;
+#pragma unroll
+  for (int j = 0; j < kSlotLanes; ++j) total += red[j][threadIdx.x];
+  out[group * width + c] = total;
+}
+
+}  // namespace
+
+cudaError_t sum_slots(const float* partials, std::int64_t groups, std::int64_t slots,
+                      std::int64_t width, float* out, cudaStream_t stream) {
+  if (groups <= 0 || width <= 0) return cudaSuccess;
+  if (slots < 0 || groups > 65535) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>((width + kSlotColumns - 1) / kSlotColumns),
+                  static_cast<unsigned>(groups));
+  sum_slots_kernel<<<grid, kThreads, 0, stream>>>(partials, slots, width, out);
+  return cudaGetLastError();
 }
 
 }  // namespace wanhost::kernels

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
 
 #include <cuda_runtime_api.h>
 
@@ -20,6 +22,33 @@ inline double time_us(const std::function<void()>& f) {
   cudaEventRecord(start, stream);
   for (int i = 0; i < kIters; ++i) f();
   cudaEventRecord(stop, stream);
+  cudaEventSynchronize(stop);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, start, stop);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return 1e3 * ms / kIters;
+}
+
+// The same for kernels too short to time eagerly (the host's launch work would be timed): the
+// mean device time of f from a CUDA graph of kIters calls, as a replayed training step runs them.
+// f must launch on the current stream (it is a side stream while capturing).
+inline double replayed_time_us(const std::function<void()>& f) {
+  constexpr int kIters = 20;
+  f();  // loads the modules, outside the capture
+  const auto side = at::cuda::getStreamFromPool();
+  at::cuda::CUDAStreamGuard guard(side);
+  at::cuda::CUDAGraph graph;
+  graph.capture_begin();
+  for (int i = 0; i < kIters; ++i) f();
+  graph.capture_end();
+  graph.replay();
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  cudaEventRecord(start, side.stream());
+  graph.replay();
+  cudaEventRecord(stop, side.stream());
   cudaEventSynchronize(stop);
   float ms = 0;
   cudaEventElapsedTime(&ms, start, stop);

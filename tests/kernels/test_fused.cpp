@@ -81,6 +81,8 @@ TEST(FusedGpu, LayerNormModulateDense) {
   check_layer_norm_modulate(2, 33, 1536, nullptr, 2);
   // Several partial sums per sample (rows > 128) and a channel tile that is not full (D = 200).
   check_layer_norm_modulate(2, 300, 200, nullptr, 2);
+  // D = 2048 (14B's blocks are 5120): beyond the row kernels' register form, rows read again.
+  check_layer_norm_modulate(2, 150, 2048, nullptr, 2);
 }
 
 TEST(FusedGpu, LayerNormModulatePacked) {
@@ -159,7 +161,8 @@ TEST(FusedGpu, RmsNormRope) {
   check_rms_rope(2, 75, 4, 128, true, 75);     // dense: table per position
   check_rms_rope(1, 300, 12, 128, true, 300);  // packed: table per token
   check_rms_rope(3, 40, 2, 64, false, 0);      // cross-attention q/k: no rotation
-  // D = 2048: beyond the one-pass backward's shared memory (the two-pass form).
+  // D = 2048: beyond the one-pass backward's shared memory and the register form (two passes,
+  // rows read again).
   check_rms_rope(2, 50, 16, 128, true, 50);
 }
 
@@ -291,6 +294,7 @@ TEST(FusedGpu, GatedResidualNorm) {
   if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
   check_gated_residual_norm(4, 390, 1536, nullptr, 4, true, false);
   check_gated_residual_norm(4, 390, 1536, nullptr, 4, false, false);
+  check_gated_residual_norm(2, 130, 2048, nullptr, 2, true, false);  // rows read again (D > 1536)
   check_gated_residual_norm(2, 100, 256, nullptr, 2, true, true);
   auto seg = segments({100, 37, 260}, at::kCUDA);
   check_gated_residual_norm(1, 397, 512, seg.get(), 3, true, false);

@@ -3,7 +3,8 @@
 // kernel reading g and x again), called with raw pointers as the kit calls it, at the 1.3B
 // stage-1 shapes: the input gradient bit for bit (the same arithmetic), the weight gradient
 // within float rounding of the other order; dense and packed rows, with and without RoPE. A
-// disabled test times both (run with --gtest_also_run_disabled_tests). GPU only: built where the
+// disabled test times both (run with --gtest_also_run_disabled_tests). Also kernels::sum_slots,
+// which reduces such partial sums for the kit, against ATen's sum. GPU only: built where the
 // kernels are. (The LayerNorm backwards' one-pass form measured no faster on an H100, 2026-12-05:
 // 97.1 -> 95.8 us and 166.3 -> 166.1 us, its 96 KB of shared memory halving the blocks a
 // multiprocessor holds; it was dropped, docs/performance.md.)
@@ -13,8 +14,10 @@
 #include <ATen/cuda/CUDAContext.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "fused_kernels.hpp"
@@ -118,8 +121,39 @@ TEST(RowKernelSums, RmsNormRopeOnePassMatchesTwoPassesOnAGpu) {
   EXPECT_FALSE(k::rms_norm_rope_backward_one_pass_fits(wide));
 }
 
+// kernels::sum_slots against ATen's sum over the same dimensions: per-sample sums over chunks
+// (LayerNorm's [samples, chunks, 2, D]), whole-tensor sums (a bias gradient's [samples * chunks,
+// D], the FP8 cast's [M / 64, C]), widths that are not a multiple of 4 (the scalar path) and no
+// slots at all (zeros); and the same result twice, bit for bit (a fixed order).
+TEST(RowKernelSums, SlotSumsMatchAtenOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  const auto stream = at::cuda::getCurrentCUDAStream().stream();
+  struct Shape {
+    std::int64_t groups, slots, width;
+  };
+  for (const Shape sh : {Shape{32, 4, 2 * 1536}, Shape{1, 128, 1536}, Shape{1, 195, 8960},
+                         Shape{3, 7, 202}, Shape{2, 5, 3}, Shape{4, 0, 64}}) {
+    const auto p = at::randn({sh.groups, sh.slots, sh.width}, f32);
+    auto out = at::full({sh.groups, sh.width}, 7.f, f32), again = at::empty_like(out);
+    ASSERT_EQ(k::sum_slots(p.data_ptr<float>(), sh.groups, sh.slots, sh.width,
+                           out.data_ptr<float>(), stream),
+              cudaSuccess);
+    ASSERT_EQ(k::sum_slots(p.data_ptr<float>(), sh.groups, sh.slots, sh.width,
+                           again.data_ptr<float>(), stream),
+              cudaSuccess);
+    const auto expected = p.sum(1);
+    const std::string what = std::to_string(sh.groups) + " x " + std::to_string(sh.slots) + " x " +
+                             std::to_string(sh.width);
+    // fp32 sums of up to 195 unit normals in another order: within a few ulps of ~14.
+    EXPECT_LT((out - expected).abs().max().item<double>(), 1e-4) << what;
+    EXPECT_TRUE(at::equal(out, again)) << what << ": not deterministic";
+  }
+}
+
 TEST(RowKernelSums, DISABLED_FiguresOnAGpu) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  using wanhost::testing::replayed_time_us;
   using wanhost::testing::time_us;
   const Case c = make_case(32, 390, 1536, true);
   const double two = time_us([&] { backward(c, false); });
@@ -128,6 +162,24 @@ TEST(RowKernelSums, DISABLED_FiguresOnAGpu) {
       "[ figures ] rms_norm_rope backward, 32 x 390 x 1536 with RoPE (the weight gradient summed "
       "by ATen included): two passes %.1f us, one pass %.1f us\n",
       two, one);
+  // The slot sums of a bias gradient (128 slots of 1536) and of a LayerNorm's per-sample pair
+  // (32 samples, 4 chunks, 2 x 1536): ATen's reduction against kernels::sum_slots.
+  // Replayed from a CUDA graph, as in a training step: eagerly the host's launch work is timed.
+  const auto f32 = c.w.options();
+  for (const auto& [groups, slots, width] :
+       std::vector<std::array<std::int64_t, 3>>{{1, 128, 1536}, {32, 4, 3072}}) {
+    const auto p = at::randn({groups, slots, width}, f32);
+    auto out = at::empty({groups, width}, f32);
+    const double aten = replayed_time_us([&] { (void)p.sum(1); });
+    const double ours = replayed_time_us([&] {
+      (void)k::sum_slots(p.data_ptr<float>(), groups, slots, width, out.data_ptr<float>(),
+                         at::cuda::getCurrentCUDAStream().stream());
+    });
+    std::printf(
+        "[ figures ] slot sums %lld x %lld x %lld: ATen sum %.1f us, kernels::sum_slots %.1f us\n",
+        static_cast<long long>(groups), static_cast<long long>(slots),
+        static_cast<long long>(width), aten, ours);
+  }
 }
 
 }  // namespace

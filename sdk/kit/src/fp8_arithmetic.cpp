@@ -21,6 +21,7 @@
 
 #include "fp8_kernels.hpp"
 #include "lt_matmul.hpp"
+#include "slot_sums.hpp"
 #endif
 
 namespace wanhost {
@@ -151,7 +152,7 @@ Quantized quantize_on_gpu(const at::Tensor& x, bool gradient, Outputs want, cons
       want.column_sums ? partials.data_ptr<float>() : nullptr, stream, prologue, aux);
   TORCH_CHECK(err == cudaSuccess, "fp8: the cast kernel failed on x ", x.sizes(), ": ",
               cudaGetErrorString(err));
-  if (want.column_sums) r.column_sums = partials.sum(0);
+  if (want.column_sums) r.column_sums = slot_sums::summed(partials, 0, 1);
   return r;
 }
 #endif

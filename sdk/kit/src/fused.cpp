@@ -25,6 +25,7 @@
 
 #include "fused_kernels.hpp"
 #include "lt_matmul.hpp"
+#include "slot_sums.hpp"
 #include "wanhost/log.hpp"
 #endif
 
@@ -330,7 +331,7 @@ struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
                    saved[2].data_ptr<float>(), saved[3].data_ptr<float>(), dx.data_ptr(),
                    partials.data_ptr<float>(), stream_of(x)),
                "layer_norm_modulate backward");
-    auto sums = partials.sum(1);  // [n, 2, D]
+    auto sums = slot_sums::summed(partials, 1, 1);  // [n, 2, D]
     return {dx, as_like(ctx, "scale", sums.select(1, 1)), as_like(ctx, "shift", sums.select(1, 0)),
             at::Tensor(), at::Tensor()};
   }
@@ -388,9 +389,9 @@ struct GatedResidualNorm : torch::autograd::Function<GatedResidualNorm> {
             norm_partials.data_ptr<float>(), gate_grad ? gate_partials.data_ptr<float>() : nullptr,
             stream_of(x_out)),
         "gated_residual_norm backward");
-    auto sums = norm_partials.sum(1);  // [n, 2, D]
+    auto sums = slot_sums::summed(norm_partials, 1, 1);  // [n, 2, D]
     at::Tensor dgate;
-    if (gate_grad) dgate = as_like(ctx, "gate", gate_partials.sum(1));
+    if (gate_grad) dgate = as_like(ctx, "gate", slot_sums::summed(gate_partials, 1, 1));
     return {dx,
             dy,
             dgate,
@@ -431,7 +432,7 @@ struct GatedResidual : torch::autograd::Function<GatedResidual> {
                                                 saved[1].data_ptr<float>(), dy.data_ptr(),
                                                 partials.data_ptr<float>(), stream_of(y)),
                "gated_residual backward");
-    auto dgate = as_like(ctx, "gate", partials.sum(1));
+    auto dgate = as_like(ctx, "gate", slot_sums::summed(partials, 1, 1));
     return {g, dy, dgate, at::Tensor()};
   }
 };
@@ -492,7 +493,7 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
                         sin_ptr, table_rows, head_dim, saved[2].data_ptr<float>(), dx.data_ptr(),
                         partials.data_ptr<float>(), stream_of(x)),
                one_pass ? "rms_norm_rope backward (one pass)" : "rms_norm_rope backward");
-    auto dw = as_like(ctx, "weight", partials.sum({0, 1, 2}));
+    auto dw = as_like(ctx, "weight", slot_sums::summed(partials, 0, 3));
     return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -532,7 +533,7 @@ at::Tensor bias_grad(const at::Tensor& g) {
   check_cuda(
       kernels::column_sums(rows.layout(), g.data_ptr(), partials.data_ptr<float>(), stream_of(g)),
       "bias gradient");
-  return partials.sum({0, 1, 2});
+  return slot_sums::summed(partials, 0, 3);
 }
 
 // A weight gradient g^T x [out, in] (g [M, out], x [M, in], both bf16) in `dtype`, the master
