@@ -8,7 +8,7 @@
 // ceil(longest sample / kRowsPerBlock). Backward kernels write partial sums of the per-sample (or
 // per-tensor) parameter gradients over kColRows rows each into `partials`
 // [samples, partial_chunks(l), K, D] (every slot written, zeros included), which the caller sums
-// over chunks: deterministic, no atomics.
+// over chunks (sum_slots below): deterministic, no atomics.
 #pragma once
 
 #include <cstdint>

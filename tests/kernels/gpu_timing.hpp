@@ -1,5 +1,6 @@
-// The kernel-figure tests' timer (CUDA builds only): the mean device time of f on the current
-// stream in microseconds, after a few untimed calls (the first calls pay for module loading).
+// The kernel-figure tests' timers (CUDA builds only): the mean device time of f in microseconds,
+// eagerly on the current stream after a few untimed calls (the first calls pay for module
+// loading), or replayed from a CUDA graph.
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
@@ -12,21 +13,28 @@
 
 namespace wanhost::testing {
 
-inline double time_us(const std::function<void()>& f) {
-  constexpr int kWarmup = 3, kIters = 20;
-  for (int i = 0; i < kWarmup; ++i) f();
+// Device milliseconds that `launch` takes on `stream`, between two events.
+inline float event_ms(cudaStream_t stream, const std::function<void()>& launch) {
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
-  const auto stream = at::cuda::getCurrentCUDAStream().stream();
   cudaEventRecord(start, stream);
-  for (int i = 0; i < kIters; ++i) f();
+  launch();
   cudaEventRecord(stop, stream);
   cudaEventSynchronize(stop);
   float ms = 0;
   cudaEventElapsedTime(&ms, start, stop);
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
+  return ms;
+}
+
+inline double time_us(const std::function<void()>& f) {
+  constexpr int kWarmup = 3, kIters = 20;
+  for (int i = 0; i < kWarmup; ++i) f();
+  const float ms = event_ms(at::cuda::getCurrentCUDAStream().stream(), [&] {
+    for (int i = 0; i < kIters; ++i) f();
+  });
   return 1e3 * ms / kIters;
 }
 
@@ -43,18 +51,7 @@ inline double replayed_time_us(const std::function<void()>& f) {
   for (int i = 0; i < kIters; ++i) f();
   graph.capture_end();
   graph.replay();
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  cudaEventRecord(start, side.stream());
-  graph.replay();
-  cudaEventRecord(stop, side.stream());
-  cudaEventSynchronize(stop);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, start, stop);
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return 1e3 * ms / kIters;
+  return 1e3 * event_ms(side.stream(), [&] { graph.replay(); }) / kIters;
 }
 
 }  // namespace wanhost::testing
