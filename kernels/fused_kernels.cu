@@ -5,6 +5,8 @@
 
 #include "vector_loads.cuh"
 
+#include <algorithm>
+
 #include <cuda_bf16.h>
 
 namespace wanhost::kernels {
@@ -17,6 +19,13 @@ using bf16 = __nv_bfloat16;
 
 __device__ __forceinline__ void load8(const bf16* p, float (&o)[kVec]) {
   bf16x8_to_floats(*reinterpret_cast<const uint4*>(p), o);
+}
+
+// The same for data the kernel itself may have written (a residual form's x_out, read back): a
+// load through L2, not the non-coherent read-only path the compiler may pick for a load8, which
+// is undefined for data written during the kernel.
+__device__ __forceinline__ void load8_coherent(const bf16* p, float (&o)[kVec]) {
+  bf16x8_to_floats(__ldcg(reinterpret_cast<const uint4*>(p)), o);
 }
 
 __device__ __forceinline__ void store8(bf16* p, const float (&v)[kVec]) {
@@ -201,7 +210,7 @@ struct RowWords {
     if constexpr (kCached > 0)
       bf16x8_to_floats(w[j], o);
     else
-      load8(row + ch, o);
+      load8_coherent(row + ch, o);  // the row may be the kernel's own x_out
   }
   // Group j set to bf16(v) (written to `row` by the caller too).
   __device__ __forceinline__ void keep(int j, const float (&v)[kVec]) {
@@ -729,37 +738,40 @@ namespace {
 constexpr int kSlotLanes = kThreads / 32;
 constexpr int kSlotColumns = 32 * 4;
 
+// Groups beyond the grid's 65535 rows are taken by the same blocks in turn (group += gridDim.y).
 __global__ void __launch_bounds__(kThreads)
-    sum_slots_kernel(const float* __restrict__ partials, std::int64_t slots, std::int64_t width,
-                     float* __restrict__ out) {
+    sum_slots_kernel(const float* __restrict__ partials, std::int64_t groups, std::int64_t slots,
+                     std::int64_t width, float* __restrict__ out) {
   __shared__ float red[kSlotLanes][kSlotColumns];
   const int lane = threadIdx.x % 32, slot_lane = threadIdx.x / 32;
-  const std::int64_t group = blockIdx.y;
   const std::int64_t col = static_cast<std::int64_t>(blockIdx.x) * kSlotColumns + lane * 4;
-  const float* base = partials + group * slots * width;
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  if (width % 4 == 0) {  // the same for every thread: rows of whole 16-byte words
-    if (col < width)
-      for (std::int64_t s = slot_lane; s < slots; s += kSlotLanes) {
-        const float4 v = __ldg(reinterpret_cast<const float4*>(base + s * width + col));
-        acc[0] += v.x, acc[1] += v.y, acc[2] += v.z, acc[3] += v.w;
-      }
-  } else {
-    for (std::int64_t s = slot_lane; s < slots; s += kSlotLanes)
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        if (col + i < width) acc[i] += base[s * width + col + i];
-  }
-#pragma unroll
-  for (int i = 0; i < 4; ++i) red[slot_lane][lane * 4 + i] = acc[i];
-  __syncthreads();
-  if (threadIdx.x >= kSlotColumns) return;
   const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * kSlotColumns + threadIdx.x;
-  if (c >= width) return;
-  float total = 0.f;
+  for (std::int64_t group = blockIdx.y; group < groups; group += gridDim.y) {
+    const float* base = partials + group * slots * width;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    if (width % 4 == 0) {  // the same for every thread: rows of whole 16-byte words
+      if (col < width)
+        for (std::int64_t s = slot_lane; s < slots; s += kSlotLanes) {
+          const float4 v = __ldg(reinterpret_cast<const float4*>(base + s * width + col));
+          acc[0] += v.x, acc[1] += v.y, acc[2] += v.z, acc[3] += v.w;
+        }
+    } else {
+      for (std::int64_t s = slot_lane; s < slots; s += kSlotLanes)
 #pragma unroll
-  for (int j = 0; j < kSlotLanes; ++j) total += red[j][threadIdx.x];
-  out[group * width + c] = total;
+        for (int i = 0; i < 4; ++i)
+          if (col + i < width) acc[i] += base[s * width + col + i];
+    }
+    __syncthreads();  // the previous group's sums are read
+#pragma unroll
+    for (int i = 0; i < 4; ++i) red[slot_lane][lane * 4 + i] = acc[i];
+    __syncthreads();
+    if (threadIdx.x < kSlotColumns && c < width) {
+      float total = 0.f;
+#pragma unroll
+      for (int j = 0; j < kSlotLanes; ++j) total += red[j][threadIdx.x];
+      out[group * width + c] = total;
+    }
+  }
 }
 
 }  // namespace
@@ -767,10 +779,11 @@ __global__ void __launch_bounds__(kThreads)
 cudaError_t sum_slots(const float* partials, std::int64_t groups, std::int64_t slots,
                       std::int64_t width, float* out, cudaStream_t stream) {
   if (groups <= 0 || width <= 0) return cudaSuccess;
-  if (slots < 0 || groups > 65535) return cudaErrorInvalidValue;
+  if (slots < 0) return cudaErrorInvalidValue;
+  constexpr std::int64_t kMostGridRows = 65535;
   const dim3 grid(static_cast<unsigned>((width + kSlotColumns - 1) / kSlotColumns),
-                  static_cast<unsigned>(groups));
-  sum_slots_kernel<<<grid, kThreads, 0, stream>>>(partials, slots, width, out);
+                  static_cast<unsigned>(std::min(groups, kMostGridRows)));
+  sum_slots_kernel<<<grid, kThreads, 0, stream>>>(partials, groups, slots, width, out);
   return cudaGetLastError();
 }
 

@@ -108,10 +108,11 @@ cudaError_t rms_norm_rope_backward_one_pass(const RowLayout& l, const void* grad
 // partials K=1: sum of the rows of x (bf16 [T, D]) per sample.
 cudaError_t column_sums(const RowLayout& l, const void* x, float* partials, cudaStream_t stream);
 
-// out [groups, width] = partials [groups, slots, width] (fp32, contiguous) summed over slots, in
-// a fixed order: the partial sums above (and the FP8 cast's column sums) reduced to the caller's
-// gradients by one small kernel instead of ATen's general reduction (~4.7 us a call, 670 calls in
-// a replayed 1.3B stage-1 step on an H100, 2026-12-05, docs/performance.md). Deterministic.
+// out [groups, width] = partials [groups, slots, width] (fp32, contiguous; any number of groups)
+// summed over slots, in a fixed order: the partial sums above (and the FP8 cast's column sums)
+// reduced to the caller's gradients by one small kernel instead of ATen's general reduction (~4.7
+// us a call, 670 calls in a replayed 1.3B stage-1 step on an H100, 2026-12-05,
+// docs/performance.md). Deterministic.
 cudaError_t sum_slots(const float* partials, std::int64_t groups, std::int64_t slots,
                       std::int64_t width, float* out, cudaStream_t stream);
 

@@ -123,8 +123,9 @@ TEST(RowKernelSums, RmsNormRopeOnePassMatchesTwoPassesOnAGpu) {
 
 // kernels::sum_slots against ATen's sum over the same dimensions: per-sample sums over chunks
 // (LayerNorm's [samples, chunks, 2, D]), whole-tensor sums (a bias gradient's [samples * chunks,
-// D], the FP8 cast's [M / 64, C]), widths that are not a multiple of 4 (the scalar path) and no
-// slots at all (zeros); and the same result twice, bit for bit (a fixed order).
+// D], the FP8 cast's [M / 64, C]), widths that are not a multiple of 4 (the scalar path), no
+// slots at all (zeros) and more groups than a grid has rows (65535); and the same result twice,
+// bit for bit (a fixed order).
 TEST(RowKernelSums, SlotSumsMatchAtenOnAGpu) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
@@ -133,7 +134,7 @@ TEST(RowKernelSums, SlotSumsMatchAtenOnAGpu) {
     std::int64_t groups, slots, width;
   };
   for (const Shape sh : {Shape{32, 4, 2 * 1536}, Shape{1, 128, 1536}, Shape{1, 195, 8960},
-                         Shape{3, 7, 202}, Shape{2, 5, 3}, Shape{4, 0, 64}}) {
+                         Shape{3, 7, 202}, Shape{2, 5, 3}, Shape{4, 0, 64}, Shape{70000, 3, 8}}) {
     const auto p = at::randn({sh.groups, sh.slots, sh.width}, f32);
     auto out = at::full({sh.groups, sh.width}, 7.f, f32), again = at::empty_like(out);
     ASSERT_EQ(k::sum_slots(p.data_ptr<float>(), sh.groups, sh.slots, sh.width,

@@ -38,11 +38,6 @@ inline at::Tensor summed(const at::Tensor& partials, std::int64_t group_dims,
       out_sizes.push_back(n);
     }
   }
-  if (groups > 65535) {  // beyond the kernel's grid: ATen's reduction, the same sums
-    std::vector<std::int64_t> dims;
-    for (std::int64_t i = group_dims; i < group_dims + slot_dims; ++i) dims.push_back(i);
-    return partials.sum(dims);
-  }
   auto out = at::empty(out_sizes, partials.options());
   const auto err =
       kernels::sum_slots(partials.data_ptr<float>(), groups, slots, width, out.data_ptr<float>(),
