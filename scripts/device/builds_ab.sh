@@ -8,7 +8,7 @@
 # every build runs fp8.sh's graphsteps (bf16 and FP8 replayed 1.3B steps) at STAGES (default
 # "1 2"). Results: $OUT/<name>/ (fp8.sh's), and $OUT/table.txt: each run's median step per build,
 # its difference from the last build's and its ratio to the peer's step from this call
-# (scripts/device/builds_table.py). FIRST_BUDGET_S / BUDGET_S: seconds the first build (tests,
+# (scripts/device/step_summaries.py). FIRST_BUDGET_S / BUDGET_S: seconds the first build (tests,
 # peer, steps; default 420) and each other build (default 200) may take.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,4 +35,4 @@ for b in $BUILDS; do
     >>"$OUT/table.txt"
   first=0
 done
-python3 scripts/device/builds_table.py "$OUT" $BUILDS | tee -a "$OUT/table.txt"
+python3 scripts/device/step_summaries.py "$OUT" $BUILDS | tee -a "$OUT/table.txt"

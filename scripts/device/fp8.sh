@@ -236,7 +236,7 @@ fi
 # The compiled peer's whole step first (its ratio lines come after the whole-step runs): a call
 # whose runs take longer than planned still compares them (on 2026-12-05 the peer came last and
 # the budget skipped it).
-want peerstep && left 150 && peer_step
+want peerstep && peer_step 150
 
 # Whole 1.3B steps (30 blocks), medians after the first third (measure_lib.sh).
 STEPS=${STEPS:-8}

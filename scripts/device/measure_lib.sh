@@ -6,8 +6,9 @@
 #   left [MARGIN_S]        true while the call has more than MARGIN_S (default 60) seconds left
 #   say TEXT               a line into the summary (and stdout)
 #   bench LABEL ARGS...    `wanhost bench --json` with ARGS: one summary line, JSON kept
-#   peer_step              the compiled peer's whole step (build-perf/peer/peer_wan_step.py) at
-#                          stage 1 and/or 2 (STAGES), captions of 20-200 tokens padded to 512
+#   peer_step [MARGIN_S]   the compiled peer's whole step (build-perf/peer/peer_wan_step.py) at
+#                          stage 1 and/or 2 (STAGES), captions of 20-200 tokens padded to 512,
+#                          while more than MARGIN_S (default 150) seconds are left (else said)
 #   ratios                 each whole-step run of the summary against the peer's step (same call)
 #   run_steps TAG STAGE EXTRA...
 #                          whole 1.3B steps (`wanhost run`, STEPS steps of one stage, synthetic
@@ -62,8 +63,12 @@ EOF
     tee -a "$OUT/summary.txt"
 }
 
-peer_step() {
+peer_step() { # [MARGIN_S]: only while the call has more than that left (default 150), else said
   [ -f build-perf/peer/peer_wan_step.py ] || { say "no build-perf/peer/peer_wan_step.py"; return; }
+  left "${1:-150}" || {
+    say "peer step skipped: under ${1:-150} s of BUDGET_S=$BUDGET_S left (no ratio lines)"
+    return
+  }
   (cd build-perf/peer && PYTHONUNBUFFERED=1 timeout 200 python3 -c '
 import peer_wan_step as p
 import os
@@ -76,20 +81,7 @@ for c in cases:
 # Every whole-step run of the summary against the peer's step of its stage from the same call:
 # end to end (median step) and less the input waits (what the device takes).
 ratios() {
-  python3 - "$OUT/summary.txt" <<'EOF' | tee -a "$OUT/summary.txt"
-import json, re, sys
-peer, runs = {}, []
-for line in open(sys.argv[1]):
-    if line.startswith("peer  {"):
-        p = json.loads(line[6:])
-        if "step_s" in p: peer["1" if "_s1_" in p["name"] else "2"] = p["step_s"]
-    m = re.match(r"run\s+(\S+)\s+stage (\d): median ([\d.]+) s.*less input waits: median ([\d.]+) s", line)
-    if m: runs.append((m.group(1), m.group(2), float(m.group(3)), float(m.group(4))))
-for tag, stage, med, dev in runs:
-    if stage in peer:
-        print("ratio %-28s stage %s: %.3fx end to end, %.3fx less input waits (peer %.4f s)" % (
-            tag, stage, peer[stage] / med, peer[stage] / dev, peer[stage]))
-EOF
+  python3 scripts/device/step_summaries.py --ratios "$OUT/summary.txt" | tee -a "$OUT/summary.txt"
 }
 
 run_steps() { # TAG STAGE EXTRA...

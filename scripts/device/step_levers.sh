@@ -48,7 +48,7 @@ if [ -x "$W" ] && [ "${BENCH:-1}" = 1 ] && left 200; then
 fi
 
 # The compiled peer's whole step on the same GPU (captions 20-200 tokens, as above).
-left 300 && peer_step
+peer_step 300
 if [ -x "$W" ]; then
   for stage in ${STAGES:-1 2}; do
     left 120 && run_steps ddp-collapse $stage
