@@ -13,7 +13,8 @@
 #             stage 1 and 2 with full 512-row captions (nothing for the padded-row collapse);
 #             BENCH_CASTS=1 adds stage-1 blocks with fp32 masters, weights cast at each use and
 #             in one pass a step (--weight-casts);
-#  - profile: device time per kernel class of the stage-1 bench, fp8 off and tensorwise;
+#  - profile: device time per kernel class of the stage-1 bench (PROFILE_SHAPES: also 14b),
+#             fp8 off and tensorwise (PROFILE_RECIPES);
 #  - ab:      the loss A/B: 1.3B dimensions, AB_LAYERS blocks (default 8), AB_STEPS steps
 #             (default 300) of each stage (AB_S2_BATCH clips a stage-2 step, default 1), bf16
 #             and FP8 on the same data and seeds; `wanhost
@@ -158,13 +159,26 @@ if want bench && [ -x "$W" ] && left 200; then
     bench "s2 full captions fp8=off" "${S2[@]}" --fp8 off
   fi
 fi
-# Where a stage-1 block stack's time goes, fp8 off and tensorwise (device time per kernel class).
+# Where a block stack's time goes (device time per kernel class): PROFILE_SHAPES "s1" (default,
+# the stage-1 blocks) and/or "14b"; PROFILE_RECIPES the run.fp8 recipes (default "off
+# tensorwise"), the FP8 ones with bench's flags (BENCH_GELU, BENCH_FP8_ARGS).
 if want profile && [ -x "$W" ] && left 200; then
-  for f in off tensorwise; do
-    timeout 120 $W bench --no-peak "${S1[@]}" --caption-tokens 20:200 --fp8 $f \
-      --profile "$R/trace-s1-$f.json" --profile-top 12 >"$R/profile-s1-$f.txt" 2>&1
-    say "profile s1 captions 20-200 fp8=$f:"
-    grep -v "^\[" "$R/profile-s1-$f.txt" | head -40 >>"$OUT/summary.txt"
+  for shape in ${PROFILE_SHAPES:-s1}; do
+    case $shape in
+      s1) shape_args=("${S1[@]}" --caption-tokens 20:200) ;;
+      14b) shape_args=("${P14[@]}") ;;
+      *) say "PROFILE_SHAPES: unknown shape '$shape' (s1, 14b)"; continue ;;
+    esac
+    for f in ${PROFILE_RECIPES:-off tensorwise}; do
+      left 150 || { say "profile $shape fp8=$f skipped: time"; continue; }
+      g=()
+      [ "$f" != off ] && [ "${BENCH_GELU:-0}" = 1 ] && g=(--fp8-gelu fused)
+      [ "$f" != off ] && g+=(${BENCH_FP8_ARGS:-})
+      timeout 150 $W bench --no-peak "${shape_args[@]}" --fp8 $f "${g[@]}" \
+        --profile "$R/trace-$shape-$f.json" --profile-top 16 >"$R/profile-$shape-$f.txt" 2>&1
+      say "profile $shape fp8=$f ${g[*]}:"
+      grep -v "^\[" "$R/profile-$shape-$f.txt" | head -44 >>"$OUT/summary.txt"
+    done
   done
 fi
 # The loss A/B: the seed recipe's model dimensions and optimizer (configs/wan21-1.3b.json) on
