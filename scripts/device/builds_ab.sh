@@ -9,7 +9,11 @@
 # "1 2"). Results: $OUT/<name>/ (fp8.sh's), and $OUT/table.txt: each run's median step per build,
 # its difference from the last build's and its ratio to the peer's step from this call
 # (scripts/device/step_summaries.py). FIRST_BUDGET_S / BUDGET_S: seconds the first build (tests,
-# peer, steps; default 420) and each other build (default 200) may take.
+# peer, steps; default 420) and each other build (default 200) may take; fp8.sh guards each whole
+# step with `left 100`, so a budget must pass 100 s by ~28 s a run.
+# EACH_PARTS: the fp8.sh parts every build runs (default graphsteps; e.g. "bench" with
+# BENCH_SHAPES=14b BENCH_RECIPES="off delayed" BENCH_GELU=1 BENCH_FULL=0 for the 14B blocks, when
+# the first build also runs the compiled peer's blocks and the table gives the 14B ratios).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/wanhost-builds}
@@ -22,10 +26,14 @@ for b in $BUILDS; do
     continue
   fi
   rm -rf build-carry && cp -r "build-carry-$b" build-carry
-  parts=graphsteps tests= budget=${BUDGET_S:-200}
+  each=${EACH_PARTS:-graphsteps}
+  parts=$each tests= budget=${BUDGET_S:-200}
   if [ $first = 1 ]; then
-    parts="tests peerstep graphsteps" tests=${TESTS:-} budget=${FIRST_BUDGET_S:-420}
-    [ -n "$tests" ] || parts="peerstep graphsteps"
+    tests=${TESTS:-} budget=${FIRST_BUDGET_S:-420}
+    parts="$each"
+    [[ " $each " == *" graphsteps "* ]] && parts="peerstep $parts"
+    [[ " $each " == *" bench "* ]] && parts="$parts peer"
+    [ -n "$tests" ] && parts="tests $parts"
   fi
   PREBUILT=1 BUDGET_S=$budget PARTS="$parts" GPU_TESTS="$tests" STAGES="${STAGES:-1 2}" \
     GRAPH_EAGER=0 GRAPH_FP8=${GRAPH_FP8:-1} GRAPH_FP8_BASES=0 FP8_DELAYED=1 FP8_GELU=1 \

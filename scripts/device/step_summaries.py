@@ -1,6 +1,8 @@
 """The whole-step lines of a scripts/device summary.txt, read in one place: measure_lib.sh's
 "run" lines (run_steps: median step, median less the input waits, peak memory) and "peer" lines
-(peer_step: the compiled peer's step of each stage).
+(peer_step: the compiled peer's step of each stage); for builds_ab.sh's table also the block
+stacks' "bench" lines (measure_lib.sh bench) and the compiled peer's blocks ("peer block" lines,
+fp8.sh's peer part), whose 14B case gives the 14B bench lines a ratio.
   python3 scripts/device/step_summaries.py --ratios SUMMARY
       each run's ratio to the peer's step of its stage from the same summary ("ratio" lines;
       measure_lib.sh ratios)
@@ -15,6 +17,24 @@ import sys
 
 RUN = re.compile(r"run\s+(\S+)\s+stage (\d): median ([\d.]+) s.*less input waits: median "
                  r"([\d.]+) s(?:.*peak ([\d.]+) GiB)?")
+BENCH = re.compile(r"bench (.+?)\s+([\d.]+) ms\s")
+PEER_14B = "perf_14B_seq37440"  # peer_wan_block.py's case of the bench's 14B shape
+
+
+def read_bench(path):
+    """([(label, ms)], the compiled peer's 14B blocks in ms or None)"""
+    benches, peer = [], None
+    if not os.path.exists(path):
+        return benches, peer
+    for line in open(path):
+        if line.startswith("peer block {"):
+            p = json.loads(line[len("peer block "):])
+            if p.get("name") == PEER_14B and p.get("compiled") and "step_s" in p:
+                peer = 1e3 * p["step_s"]
+        m = BENCH.match(line)
+        if m:
+            benches.append((m.group(1).strip(), float(m.group(2))))
+    return benches, peer
 
 
 def read(path):
@@ -51,9 +71,12 @@ def table(out, builds):
             peer.setdefault(k, v)
     keys = sorted({k for b in builds for k in data[b]}, key=lambda k: (k[1], k[0]))
     last = builds[-1]
+    print("%-40s %-6s %s" % ("build", "", "  ".join("%-30s" % b for b in builds)))
+    if not keys:
+        bench_table(out, builds)
+        return
     print("peer: " + ", ".join("stage %s %.4f s" % (s, peer[s]) for s in sorted(peer)) if peer
           else "peer: none in this call (no ratios)")
-    print("%-40s %-6s %s" % ("run", "stage", "  ".join("%-30s" % b for b in builds)))
     for tag, stage in keys:
         cells = []
         for b in builds:
@@ -68,6 +91,35 @@ def table(out, builds):
                 cell += " %.3fx" % (peer[stage] / s)
             cells.append("%-30s" % cell)
         print("%-40s %-6s %s" % (tag, stage, "  ".join(cells)))
+    bench_table(out, builds)
+
+
+def bench_table(out, builds):
+    data, peer = {}, None
+    for b in builds:
+        benches, p = read_bench(os.path.join(out, b, "summary.txt"))
+        data[b] = dict(benches)
+        peer = peer if peer is not None else p
+    labels = [l for l in dict.fromkeys(l for b in builds for l in data[b])]
+    if not labels:
+        return
+    last = builds[-1]
+    print("bench blocks; peer's 14B blocks: " +
+          ("%.1f ms" % peer if peer is not None else "none in this call (no ratios)"))
+    for label in labels:
+        cells = []
+        for b in builds:
+            if label not in data[b]:
+                cells.append("%-30s" % "-")
+                continue
+            ms = data[b][label]
+            cell = "%.2f ms" % ms
+            if b != last and label in data[last]:
+                cell += " %+.1f ms" % (ms - data[last][label])
+            if peer is not None and label.startswith("14B"):
+                cell += " %.3fx" % (peer / ms)
+            cells.append("%-30s" % cell)
+        print("  %-45s %s" % (label[:45], "  ".join(cells)))
 
 
 if __name__ == "__main__":
