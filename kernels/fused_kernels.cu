@@ -222,6 +222,13 @@ struct RowWords {
   }
 };
 
+// The first read of every group of a lane's part of the rows (all of them in flight at once with
+// kCached > 0; nothing to do with kCached = 0, whose passes read as they go).
+template <int kCached, typename... Words>
+__device__ __forceinline__ void fetch_rows(int lane, std::int64_t d, Words&... rows) {
+  for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) { (rows.fetch(j, ch), ...); });
+}
+
 // With `res_y` (the residual form): the normalised row is x_out = bf16(x + res_y * gate) (gate
 // null: 1), written out and (kCached = 0) read back by the same thread for the statistics and the
 // output.
@@ -243,10 +250,7 @@ __global__ void __launch_bounds__(kThreads)
     float s = 0.f;
     if (res_y != nullptr) {
       RowWords<kCached> yw{{}, res_y + r * d};
-      for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
-        xw.fetch(j, ch);
-        yw.fetch(j, ch);
-      });
+      fetch_rows<kCached>(lane, d, xw, yw);
       for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
         float xv[kVec], yv[kVec], gv[kVec];
         xw.get(j, ch, xv);
@@ -262,7 +266,7 @@ __global__ void __launch_bounds__(kThreads)
       });
       xw.row = x_out + r * d;
     } else {
-      for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) { xw.fetch(j, ch); });
+      fetch_rows<kCached>(lane, d, xw);
       for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
         float xv[kVec];
         xw.get(j, ch, xv);
@@ -314,10 +318,7 @@ __global__ void __launch_bounds__(kThreads)
     RowWords<kCached> xw{{}, x + r * d}, gw{{}, g + r * d};
     const float mean = mean_in[r], rstd = rstd_in[r];
     float a = 0.f, b = 0.f;
-    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
-      xw.fetch(j, ch);
-      gw.fetch(j, ch);
-    });
+    fetch_rows<kCached>(lane, d, xw, gw);
     for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
       float xv[kVec], gv[kVec], scv[kVec];
       xw.get(j, ch, xv);
@@ -465,7 +466,7 @@ __global__ void __launch_bounds__(kThreads)
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
     RowWords<kCached> xw{{}, x + r * x_stride(l)};
     float ss = 0.f;
-    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) { xw.fetch(j, ch); });
+    fetch_rows<kCached>(lane, d, xw);
     for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
       float xv[kVec];
       xw.get(j, ch, xv);
@@ -534,10 +535,7 @@ __global__ void __launch_bounds__(kThreads)
     RowWords<kCached> xw{{}, x + r * x_stride(l)}, gw{{}, g + r * d};
     const float rstd = rstd_in[r];
     float dot = 0.f;
-    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
-      xw.fetch(j, ch);
-      gw.fetch(j, ch);
-    });
+    fetch_rows<kCached>(lane, d, xw, gw);
     for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
       float xv[kVec], gv[kVec], wv[kVec];
       xw.get(j, ch, xv);
