@@ -129,6 +129,15 @@ if want ncu; then
   fi
 fi
 
+# The bench flags of a run.fp8 recipe's block stacks (bench and profile parts), into BF: the
+# feed-forward operator with BENCH_GELU=1 and BENCH_FP8_ARGS (e.g. "--fp8-fast-accumulation all");
+# none for fp8=off.
+bench_fp8_flags() { # RECIPE
+  BF=()
+  [ "$1" = off ] && return
+  [ "${BENCH_GELU:-0}" = 1 ] && BF=(--fp8-gelu fused)
+  BF+=(${BENCH_FP8_ARGS:-})
+}
 S1=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 32 --video-tokens 390 --text-tokens 512)
 S2=(--preset wan2.1-t2v-1.3b --blocks 4 --batch 1 --video-tokens 8190 --text-tokens 512)
 P14=(--preset wan2.1-t2v-14b --blocks 2 --batch 1 --video-tokens 37440 --text-tokens 512)
@@ -136,10 +145,8 @@ if want bench && [ -x "$W" ] && left 200; then
   # BENCH_RECIPES: the run.fp8 recipes benched (default "off tensorwise"); BENCH_GELU=1 puts the
   # FP8 ones on the feed-forward operator (--fp8-gelu fused).
   for f in ${BENCH_RECIPES:-off tensorwise}; do
-    g=()
-    [ "$f" != off ] && [ "${BENCH_GELU:-0}" = 1 ] && g=(--fp8-gelu fused)
-    # BENCH_FP8_ARGS: more bench flags for the FP8 runs (e.g. "--fp8-input-gradients summed").
-    [ "$f" != off ] && g+=(${BENCH_FP8_ARGS:-})
+    bench_fp8_flags "$f"
+    g=("${BF[@]}")
     # BENCH_SHAPES: which of the three (default "s1 s2 14b").
     bs=" ${BENCH_SHAPES:-s1 s2 14b} "
     [[ $bs == *" s1 "* ]] && bench "s1 captions 20-200 fp8=$f ${g[*]}" "${S1[@]}" \
@@ -171,9 +178,8 @@ if want profile && [ -x "$W" ] && left 200; then
     esac
     for f in ${PROFILE_RECIPES:-off tensorwise}; do
       left 150 || { say "profile $shape fp8=$f skipped: time"; continue; }
-      g=()
-      [ "$f" != off ] && [ "${BENCH_GELU:-0}" = 1 ] && g=(--fp8-gelu fused)
-      [ "$f" != off ] && g+=(${BENCH_FP8_ARGS:-})
+      bench_fp8_flags "$f"
+      g=("${BF[@]}")
       timeout 150 $W bench --no-peak "${shape_args[@]}" --fp8 $f "${g[@]}" \
         --profile "$R/trace-$shape-$f.json" --profile-top 16 >"$R/profile-$shape-$f.txt" 2>&1
       say "profile $shape fp8=$f ${g[*]}:"
@@ -286,6 +292,13 @@ G=(--set stages.0.text_rows=252 --set stages.1.text_rows=252
   --set model.wan21_dit.collapsed_rows_from=\"text_rows\")
 # GRAPH_ARGS: more `wanhost run` arguments for every graphsteps and profile run (words).
 G+=(${GRAPH_ARGS:-})
+# Replayed steps with delayed scaling and the feed-forward operator (the FP8 recipe the levers
+# build on), and the levers FP8_SUMS / FP8_FAST ask for on top of it (graphsteps' last FP8 run and
+# stepprofile's).
+DG=(--set run.cuda_graphs=true --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\")
+LEVERS=()
+[ "${FP8_SUMS:-0}" = 1 ] && LEVERS+=(--set run.kernels.fp8_input_gradients=\"summed\")
+[ -n "${FP8_FAST:-}" ] && LEVERS+=(--set run.fp8_fast_accumulation=\"$FP8_FAST\")
 if want graphsteps && [ -x "$W" ]; then
   for stage in ${STAGES:-1 2}; do
     # GRAPH_BF16=0: no bf16 runs (a call about FP8 only).
@@ -315,27 +328,20 @@ if want graphsteps && [ -x "$W" ]; then
     # (its compute-bound max|x| pass gone: GELU evaluated once a step each way).
     # (FP8_GELU_ALONE=0: not this run, only the levers on top of it below.)
     [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}${FP8_GELU_ALONE:-1}" = 1111 ] && left 100 &&
-      run_steps ddp-fp8-delayed-graphs-gelu $stage "${G[@]}" --set run.cuda_graphs=true \
-        --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\"
+      run_steps ddp-fp8-delayed-graphs-gelu $stage "${G[@]}" "${DG[@]}"
     # FP8_SUMS=1 (with GRAPH_FP8, FP8_DELAYED and FP8_GELU): the same with the input gradients
     # of the layers that share an input summed inside their products
     # (run.kernels.fp8_input_gradients = summed; the default since 2026-12-05 evening, so the
     # runs above sum them too; GRAPH_ARGS='--set run.kernels.fp8_input_gradients="separate"'
     # gives every run the old way).
     [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}${FP8_SUMS:-0}" = 1111 ] && left 100 &&
-      run_steps ddp-fp8-delayed-graphs-gelu-sums $stage "${G[@]}" --set run.cuda_graphs=true \
-        --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\" \
+      run_steps ddp-fp8-delayed-graphs-gelu-sums $stage "${G[@]}" "${DG[@]}" \
         --set run.kernels.fp8_input_gradients=\"summed\"
     # FP8_FAST=input_gradients|all (with GRAPH_FP8, FP8_DELAYED and FP8_GELU, and FP8_SUMS when
     # set): the same with fast accumulation in more products (run.fp8_fast_accumulation).
-    if [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}" = 111 ] && [ -n "${FP8_FAST:-}" ] &&
-      left 100; then
-      S=()
-      [ "${FP8_SUMS:-0}" = 1 ] && S=(--set run.kernels.fp8_input_gradients=\"summed\")
-      run_steps ddp-fp8-delayed-graphs-gelu-fast-$FP8_FAST $stage "${G[@]}" \
-        --set run.cuda_graphs=true --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\" \
-        --set run.fp8_fast_accumulation=\"$FP8_FAST\" "${S[@]}"
-    fi
+    [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}" = 111 ] && [ -n "${FP8_FAST:-}" ] &&
+      left 100 && run_steps ddp-fp8-delayed-graphs-gelu-fast-$FP8_FAST $stage "${G[@]}" \
+      "${DG[@]}" "${LEVERS[@]}"
     # FP8_GELU=1 (with GRAPH_FP8, without FP8_DELAYED): the tensorwise recipe with the
     # feed-forward's GELU inside the FP8 casts.
     [ "${GRAPH_FP8:-0}${FP8_GELU:-0}${FP8_DELAYED:-0}" = 110 ] && left 100 &&
@@ -374,16 +380,11 @@ if want stepprofile && [ -x "$W" ]; then
           --set run.fp8=\"delayed\" || break
       }
       [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}${FP8_GELU_ALONE:-1}" = 1111 ] && {
-        profile_step fp8-delayed-graphs-gelu $stage "${G[@]}" --set run.cuda_graphs=true \
-          --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\" || break
+        profile_step fp8-delayed-graphs-gelu $stage "${G[@]}" "${DG[@]}" || break
       }
       # With FP8_SUMS=1 and/or FP8_FAST: the same with those levers (graphsteps' last FP8 run).
-      if [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}" = 111 ] &&
-        { [ "${FP8_SUMS:-0}" = 1 ] || [ -n "${FP8_FAST:-}" ]; }; then
-        P=(--set run.cuda_graphs=true --set run.fp8=\"delayed\" --set run.kernels.fp8_gelu=\"fused\")
-        [ "${FP8_SUMS:-0}" = 1 ] && P+=(--set run.kernels.fp8_input_gradients=\"summed\")
-        [ -n "${FP8_FAST:-}" ] && P+=(--set run.fp8_fast_accumulation=\"$FP8_FAST\")
-        profile_step fp8-delayed-graphs-levers $stage "${G[@]}" "${P[@]}" || break
+      if [ "${GRAPH_FP8:-0}${FP8_DELAYED:-0}${FP8_GELU:-0}" = 111 ] && [ ${#LEVERS[@]} -gt 0 ]; then
+        profile_step fp8-delayed-graphs-levers $stage "${G[@]}" "${DG[@]}" "${LEVERS[@]}" || break
       fi
       [ "${PROFILE_EAGER:-1}" = 1 ] || continue
     fi
