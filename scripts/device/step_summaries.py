@@ -21,41 +21,34 @@ BENCH = re.compile(r"bench (.+?)\s+([\d.]+) ms\s")
 PEER_14B = "perf_14B_seq37440"  # peer_wan_block.py's case of the bench's 14B shape
 
 
-def read_bench(path):
-    """([(label, ms)], the compiled peer's 14B blocks in ms or None)"""
-    benches, peer = [], None
-    if not os.path.exists(path):
-        return benches, peer
-    for line in open(path):
-        if line.startswith("peer block {"):
-            p = json.loads(line[len("peer block "):])
-            if p.get("name") == PEER_14B and p.get("compiled") and "step_s" in p:
-                peer = 1e3 * p["step_s"]
-        m = BENCH.match(line)
-        if m:
-            benches.append((m.group(1).strip(), float(m.group(2))))
-    return benches, peer
+class Summary:
+    """One summary.txt's lines: runs [(tag, stage, median_s, less_waits_s, peak_gib or None)],
+    peer {stage: step_s}, benches [(label, ms)] and the compiled peer's 14B blocks (ms or None)."""
 
-
-def read(path):
-    """([(tag, stage, median_s, less_waits_s, peak_gib or None)], {stage: peer_s})"""
-    runs, peer = [], {}
-    if not os.path.exists(path):
-        return runs, peer
-    for line in open(path):
-        if line.startswith("peer  {"):
-            p = json.loads(line[6:])
-            if "step_s" in p:
-                peer["1" if "_s1_" in p["name"] else "2"] = p["step_s"]
-        m = RUN.match(line)
-        if m:
-            gib = float(m.group(5)) if m.group(5) else None
-            runs.append((m.group(1), m.group(2), float(m.group(3)), float(m.group(4)), gib))
-    return runs, peer
+    def __init__(self, path):
+        self.runs, self.peer, self.benches, self.peer_14b = [], {}, [], None
+        if not os.path.exists(path):
+            return
+        for line in open(path):
+            if line.startswith("peer  {"):
+                p = json.loads(line[6:])
+                if "step_s" in p:
+                    self.peer["1" if "_s1_" in p["name"] else "2"] = p["step_s"]
+            elif line.startswith("peer block {"):
+                p = json.loads(line[len("peer block "):])
+                if p.get("name") == PEER_14B and p.get("compiled") and "step_s" in p:
+                    self.peer_14b = 1e3 * p["step_s"]
+            elif m := RUN.match(line):
+                gib = float(m.group(5)) if m.group(5) else None
+                self.runs.append(
+                    (m.group(1), m.group(2), float(m.group(3)), float(m.group(4)), gib))
+            elif m := BENCH.match(line):
+                self.benches.append((m.group(1).strip(), float(m.group(2))))
 
 
 def ratios(summary):
-    runs, peer = read(summary)
+    sm = Summary(summary)
+    runs, peer = sm.runs, sm.peer
     for tag, stage, med, dev, _ in runs:
         if stage in peer:
             print("ratio %-28s stage %s: %.3fx end to end, %.3fx less input waits (peer %.4f s)"
@@ -63,17 +56,17 @@ def ratios(summary):
 
 
 def table(out, builds):
+    summaries = {b: Summary(os.path.join(out, b, "summary.txt")) for b in builds}
     data, peer = {}, {}
-    for b in builds:
-        runs, p = read(os.path.join(out, b, "summary.txt"))
-        data[b] = {(tag, stage): (med, gib) for tag, stage, med, _, gib in runs}
-        for k, v in p.items():
+    for b, sm in summaries.items():
+        data[b] = {(tag, stage): (med, gib) for tag, stage, med, _, gib in sm.runs}
+        for k, v in sm.peer.items():
             peer.setdefault(k, v)
     keys = sorted({k for b in builds for k in data[b]}, key=lambda k: (k[1], k[0]))
     last = builds[-1]
     print("%-40s %-6s %s" % ("build", "", "  ".join("%-30s" % b for b in builds)))
     if not keys:
-        bench_table(out, builds)
+        bench_table(summaries)
         return
     print("peer: " + ", ".join("stage %s %.4f s" % (s, peer[s]) for s in sorted(peer)) if peer
           else "peer: none in this call (no ratios)")
@@ -91,16 +84,14 @@ def table(out, builds):
                 cell += " %.3fx" % (peer[stage] / s)
             cells.append("%-30s" % cell)
         print("%-40s %-6s %s" % (tag, stage, "  ".join(cells)))
-    bench_table(out, builds)
+    bench_table(summaries)
 
 
-def bench_table(out, builds):
-    data, peer = {}, None
-    for b in builds:
-        benches, p = read_bench(os.path.join(out, b, "summary.txt"))
-        data[b] = dict(benches)
-        peer = peer if peer is not None else p
-    labels = [l for l in dict.fromkeys(l for b in builds for l in data[b])]
+def bench_table(summaries):
+    builds = list(summaries)
+    data = {b: dict(sm.benches) for b, sm in summaries.items()}
+    peer = next((sm.peer_14b for sm in summaries.values() if sm.peer_14b is not None), None)
+    labels = list(dict.fromkeys(l for b in builds for l in data[b]))
     if not labels:
         return
     last = builds[-1]
