@@ -446,13 +446,26 @@ struct Rope {
   std::int64_t table_rows, head_dim;
 };
 
-// cos/sin of the 4 pairs held in channels [ch, ch + 8) of row r.
-__device__ __forceinline__ void rope_angles(const Rope& rp, std::int64_t r, std::int64_t ch,
-                                            float (&c)[4], float (&s)[4]) {
-  const std::int64_t half = rp.head_dim / 2;
-  const std::int64_t at = (r % rp.table_rows) * half + (ch % rp.head_dim) / 2;
-  loadf4(rp.cos + at, c);
-  loadf4(rp.sin + at, s);
+// A row's angles: row (r % table_rows) of the cos/sin tables (null without RoPE). Made once a
+// row: the 64-bit modulo is not repeated for each channel group of the row.
+struct RopeRow {
+  const float* cos;
+  const float* sin;
+  int head_dim;
+};
+
+__device__ __forceinline__ RopeRow rope_row(const Rope& rp, std::int64_t r) {
+  if (rp.cos == nullptr) return {nullptr, nullptr, 0};
+  const std::int64_t at = (r % rp.table_rows) * (rp.head_dim / 2);
+  return {rp.cos + at, rp.sin + at, static_cast<int>(rp.head_dim)};
+}
+
+// cos/sin of the 4 pairs held in channels [ch, ch + 8) of the row (ch < D < 2^31).
+__device__ __forceinline__ void rope_angles(const RopeRow& rr, std::int64_t ch, float (&c)[4],
+                                            float (&s)[4]) {
+  const int at = (static_cast<int>(ch) % rr.head_dim) / 2;
+  loadf4(rr.cos + at, c);
+  loadf4(rr.sin + at, s);
 }
 
 template <int kCached>
@@ -474,15 +487,16 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = 0; i < kVec; ++i) ss += xv[i] * xv[i];
     });
     const float rstd = rsqrtf(warp_sum(ss) * inv_d + eps);
+    const RopeRow rr = rope_row(rp, r);
     for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
       float xv[kVec], wv[kVec], t[kVec];
       xw.get(j, ch, xv);
       loadf8(w + ch, wv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) t[i] = round_bf16(xv[i] * rstd * wv[i]);
-      if (rp.cos != nullptr) {
+      if (rr.cos != nullptr) {
         float c[4], s[4];
-        rope_angles(rp, r, ch, c, s);
+        rope_angles(rr, ch, c, s);
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
           const float e = t[2 * p], o = t[2 * p + 1];
@@ -497,11 +511,10 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // The gradient of the normalised (pre-RoPE) values: g rotated back by the row's angles.
-__device__ __forceinline__ void unrotate(const Rope& rp, std::int64_t r, std::int64_t ch,
-                                         float (&g)[kVec]) {
-  if (rp.cos == nullptr) return;
+__device__ __forceinline__ void unrotate(const RopeRow& rr, std::int64_t ch, float (&g)[kVec]) {
+  if (rr.cos == nullptr) return;
   float c[4], s[4];
-  rope_angles(rp, r, ch, c, s);
+  rope_angles(rr, ch, c, s);
 #pragma unroll
   for (int p = 0; p < 4; ++p) {
     const float ge = g[2 * p], go = g[2 * p + 1];
@@ -534,6 +547,7 @@ __global__ void __launch_bounds__(kThreads)
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
     RowWords<kCached> xw{{}, x + r * x_stride(l)}, gw{{}, g + r * d};
     const float rstd = rstd_in[r];
+    const RopeRow rr = rope_row(rp, r);
     float dot = 0.f;
     fetch_rows<kCached>(lane, d, xw, gw);
     for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
@@ -541,7 +555,7 @@ __global__ void __launch_bounds__(kThreads)
       xw.get(j, ch, xv);
       gw.get(j, ch, gv);
       loadf8(w + ch, wv);
-      unrotate(rp, r, ch, gv);
+      unrotate(rr, ch, gv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) dot += gv[i] * wv[i] * xv[i] * rstd;
     });
@@ -551,7 +565,7 @@ __global__ void __launch_bounds__(kThreads)
       xw.get(j, ch, xv);
       gw.get(j, ch, gv);
       loadf8(w + ch, wv);
-      unrotate(rp, r, ch, gv);
+      unrotate(rr, ch, gv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
         const float xhat = xv[i] * rstd;
@@ -586,7 +600,7 @@ struct RmsWeightTerm {
     float xv[kVec];
     load8(g + r * d + ch, t[0]);
     load8(x + r * xs + ch, xv);
-    unrotate(rp, r, ch, t[0]);
+    unrotate(rope_row(rp, r), ch, t[0]);
     const float rs = rstd[r];
 #pragma unroll
     for (int i = 0; i < kVec; ++i) t[0][i] *= xv[i] * rs;
