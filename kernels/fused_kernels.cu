@@ -6,6 +6,7 @@
 #include "vector_loads.cuh"
 
 #include <algorithm>
+#include <atomic>
 
 #include <cuda_bf16.h>
 
@@ -49,10 +50,10 @@ __device__ __forceinline__ void loadf4(const float* p, float (&o)[4]) {
 }
 
 // The one-pass backward kernel (rms_rope_bwd with block_partials) keeps one fp32 row of D sums a
-// warp in shared memory: D at most this (48 KB a block). The LayerNorm backwards keep their column
-// kernel: their two terms a channel would need 96 KB a block, which halves the blocks a
-// multiprocessor holds, and the one-pass form measured no faster (H100, 2026-12-05,
-// docs/performance.md).
+// warp in shared memory: D at most this (48 KB a block); the LayerNorm backwards' one-pass form
+// two rows (96 KB a block: two blocks a multiprocessor). With the kernels' re-reading rows that
+// form measured no faster than the column kernel (H100, 2026-12-05, docs/performance.md); this
+// is its register form, to be measured.
 constexpr std::int64_t kOnePassMaxDim = 1536;
 
 // Adds 8 floats to p (16-byte aligned shared memory).
@@ -301,19 +302,31 @@ __global__ void __launch_bounds__(kThreads)
 
 // The residual form adds g_res (the gradient reaching the normalised row directly) to dx and,
 // with `dy`, writes the residual branch's gradient dy = bf16(dx * gate) (gate null: 1).
-template <int kCached>
+// kSums: the one-pass form (block_partials written; its own instantiation, so that the two-pass
+// form keeps its registers).
+template <int kCached, bool kSums>
 __global__ void __launch_bounds__(kThreads)
     ln_modulate_bwd(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ x,
                     const float* __restrict__ scale, const float* __restrict__ mean_in,
                     const float* __restrict__ rstd_in, bf16* __restrict__ dx,
                     const bf16* __restrict__ g_res, const float* __restrict__ gate,
-                    bf16* __restrict__ dy) {
+                    bf16* __restrict__ dy, float* __restrict__ block_partials) {
   const std::int64_t d = l.dim;
   const Range rows = block_rows(l);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float* sc = scale + blockIdx.y * l.vec_stride;
   const float* gt = gate != nullptr ? gate + blockIdx.y * l.gate_stride : nullptr;
   const float inv_d = 1.f / static_cast<float>(d);
+  // One pass (kSums): d shift and d scale summed as the
+  // rows go by into this warp's two fp32 rows of shared memory (as rms_rope_bwd does), instead of
+  // a column kernel reading g and x again.
+  extern __shared__ float4 shared_words[];
+  float* shift_sums = reinterpret_cast<float*>(shared_words) + 2 * warp * d;
+  float* scale_sums = shift_sums + d;
+  if constexpr (kSums) {
+    for (std::int64_t c = lane; c < 2 * d; c += 32) shift_sums[c] = 0.f;
+    __syncwarp();
+  }
   for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
     RowWords<kCached> xw{{}, x + r * d}, gw{{}, g + r * d};
     const float mean = mean_in[r], rstd = rstd_in[r];
@@ -334,7 +347,7 @@ __global__ void __launch_bounds__(kThreads)
     a = warp_sum(a) * inv_d;
     b = warp_sum(b) * inv_d;
     for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
-      float xv[kVec], gv[kVec], scv[kVec], out[kVec];
+      float xv[kVec], gv[kVec], scv[kVec], out[kVec], scale_terms[kVec];
       xw.get(j, ch, xv);
       gw.get(j, ch, gv);
       loadf8(sc + ch, scv);
@@ -342,6 +355,11 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = 0; i < kVec; ++i) {
         const float xhat = (xv[i] - mean) * rstd;
         out[i] = rstd * (gv[i] * (1.f + scv[i]) - a - xhat * b);
+        scale_terms[i] = gv[i] * xhat;
+      }
+      if constexpr (kSums) {  // this lane's own 8 channels
+        add8(shift_sums + ch, gv);
+        add8(scale_sums + ch, scale_terms);
       }
       if (g_res != nullptr) {
         float rv[kVec];
@@ -358,6 +376,18 @@ __global__ void __launch_bounds__(kThreads)
         store8(dy + r * d + ch, out);
       }
     });
+  }
+  if constexpr (!kSums) return;
+  __syncthreads();
+  // The warps' rows added in order of warp: block_partials[sample, chunk, 2, D].
+  const float* sums = reinterpret_cast<const float*>(shared_words);
+  float* slot =
+      block_partials + (blockIdx.y * static_cast<std::int64_t>(gridDim.x) + blockIdx.x) * 2 * d;
+  for (std::int64_t c = threadIdx.x; c < 2 * d; c += kThreads) {
+    float total = 0.f;
+#pragma unroll
+    for (int j = 0; j < kWarps; ++j) total += sums[2 * j * d + c];
+    slot[c] = total;
   }
 }
 
@@ -647,10 +677,11 @@ cudaError_t gated_residual_norm_backward(const RowLayout& l, const void* grad_x,
   const auto* gn = static_cast<const bf16*>(grad_n);
   const auto* xb = static_cast<const bf16*>(x_out);
   auto* dxb = static_cast<bf16*>(dx);
-  const auto kernel = cached_rows(l) ? ln_modulate_bwd<kCachedGroups> : ln_modulate_bwd<0>;
+  const auto kernel =
+      cached_rows(l) ? ln_modulate_bwd<kCachedGroups, false> : ln_modulate_bwd<0, false>;
   kernel<<<grid_of(l), kThreads, 0, stream>>>(l, gn, xb, scale, mean, rstd, dxb,
                                               static_cast<const bf16*>(grad_x), gate,
-                                              static_cast<bf16*>(dy));
+                                              static_cast<bf16*>(dy), nullptr);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   err = launch_column_sums<2>(l, LnModulateTerms{gn, xb, mean, rstd, l.dim}, norm_partials, stream);
@@ -664,9 +695,10 @@ cudaError_t layer_norm_modulate_backward(const RowLayout& l, const void* grad, c
                                          void* dx, float* partials, cudaStream_t stream) {
   const auto* g = static_cast<const bf16*>(grad);
   const auto* xb = static_cast<const bf16*>(x);
-  const auto kernel = cached_rows(l) ? ln_modulate_bwd<kCachedGroups> : ln_modulate_bwd<0>;
+  const auto kernel =
+      cached_rows(l) ? ln_modulate_bwd<kCachedGroups, false> : ln_modulate_bwd<0, false>;
   kernel<<<grid_of(l), kThreads, 0, stream>>>(l, g, xb, scale, mean, rstd, static_cast<bf16*>(dx),
-                                              nullptr, nullptr, nullptr);
+                                              nullptr, nullptr, nullptr, nullptr);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   return launch_column_sums<2>(l, LnModulateTerms{g, xb, mean, rstd, l.dim}, partials, stream);
@@ -736,6 +768,63 @@ cudaError_t rms_norm_rope_backward_one_pass(const RowLayout& l, const void* grad
       l, static_cast<const bf16*>(grad), static_cast<const bf16*>(x), w, rp, rstd,
       static_cast<bf16*>(dx), block_partials);
   return cudaGetLastError();
+}
+
+bool layer_norm_one_pass_fits(const RowLayout& l) {
+  return l.dim > 0 && l.dim % kVec == 0 && l.dim <= kOnePassMaxDim;
+}
+
+namespace {
+
+// ln_modulate_bwd's shared memory in one pass (2 kWarps D floats) passes the default 48 KB: the
+// register form is allowed the most it can take, once a device.
+cudaError_t allow_ln_one_pass_shared() {
+  constexpr int kDevices = 64;
+  static std::atomic<bool> allowed[kDevices];
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device >= 0 && device < kDevices && allowed[device].load(std::memory_order_relaxed))
+    return cudaSuccess;
+  err = cudaFuncSetAttribute(ln_modulate_bwd<kCachedGroups, true>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(sizeof(float) * 2 * kWarps * kOnePassMaxDim));
+  if (err == cudaSuccess && device >= 0 && device < kDevices) allowed[device].store(true);
+  return err;
+}
+
+std::size_t ln_one_pass_shared(const RowLayout& l) {
+  return sizeof(float) * 2 * kWarps * static_cast<std::size_t>(l.dim);
+}
+
+}  // namespace
+
+cudaError_t layer_norm_modulate_backward_one_pass(const RowLayout& l, const void* grad,
+                                                  const void* x, const float* scale,
+                                                  const float* mean, const float* rstd, void* dx,
+                                                  float* block_partials, cudaStream_t stream) {
+  if (!layer_norm_one_pass_fits(l)) return cudaErrorInvalidValue;
+  if (const cudaError_t err = allow_ln_one_pass_shared(); err != cudaSuccess) return err;
+  ln_modulate_bwd<kCachedGroups, true><<<grid_of(l), kThreads, ln_one_pass_shared(l), stream>>>(
+      l, static_cast<const bf16*>(grad), static_cast<const bf16*>(x), scale, mean, rstd,
+      static_cast<bf16*>(dx), nullptr, nullptr, nullptr, block_partials);
+  return cudaGetLastError();
+}
+
+cudaError_t gated_residual_norm_backward_one_pass(
+    const RowLayout& l, const void* grad_x, const void* grad_n, const void* x_out, const void* y,
+    const float* gate, const float* scale, const float* mean, const float* rstd, void* dx, void* dy,
+    float* norm_block_partials, float* gate_partials, cudaStream_t stream) {
+  if (!layer_norm_one_pass_fits(l)) return cudaErrorInvalidValue;
+  if (const cudaError_t err = allow_ln_one_pass_shared(); err != cudaSuccess) return err;
+  auto* dxb = static_cast<bf16*>(dx);
+  ln_modulate_bwd<kCachedGroups, true><<<grid_of(l), kThreads, ln_one_pass_shared(l), stream>>>(
+      l, static_cast<const bf16*>(grad_n), static_cast<const bf16*>(x_out), scale, mean, rstd, dxb,
+      static_cast<const bf16*>(grad_x), gate, static_cast<bf16*>(dy), norm_block_partials);
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess || gate_partials == nullptr) return err;
+  return launch_column_sums<1>(l, GateTerm{dxb, static_cast<const bf16*>(y), l.dim}, gate_partials,
+                               stream);
 }
 
 cudaError_t column_sums(const RowLayout& l, const void* x, float* partials, cudaStream_t stream) {

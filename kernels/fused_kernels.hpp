@@ -71,6 +71,21 @@ cudaError_t gated_residual_norm_backward(const RowLayout& l, const void* grad_x,
                                          void* dx, void* dy, float* norm_partials,
                                          float* gate_partials, cudaStream_t stream);
 
+// The two LayerNorm backwards above in one pass: the row kernel sums d shift and d scale as it
+// goes, into block_partials [samples, chunks, 2, D] (one slot a block of kRowsPerBlock rows,
+// every slot written), instead of a column kernel reading g and x again; the gate's sums stay with
+// the column kernel (partials as above). Only where layer_norm_one_pass_fits (D <= 1536: the
+// block's sums in shared memory); cudaErrorInvalidValue elsewhere.
+bool layer_norm_one_pass_fits(const RowLayout& l);
+cudaError_t layer_norm_modulate_backward_one_pass(const RowLayout& l, const void* grad,
+                                                  const void* x, const float* scale,
+                                                  const float* mean, const float* rstd, void* dx,
+                                                  float* block_partials, cudaStream_t stream);
+cudaError_t gated_residual_norm_backward_one_pass(
+    const RowLayout& l, const void* grad_x, const void* grad_n, const void* x_out, const void* y,
+    const float* gate, const float* scale, const float* mean, const float* rstd, void* dx, void* dy,
+    float* norm_block_partials, float* gate_partials, cudaStream_t stream);
+
 // out = bf16(x + y * gate[b]); x, y, out bf16, gate fp32 (sample b's at b * vec_stride).
 cudaError_t gated_residual_forward(const RowLayout& l, const void* x, const void* y,
                                    const float* gate, void* out, cudaStream_t stream);

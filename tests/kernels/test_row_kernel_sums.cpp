@@ -1,13 +1,13 @@
-// The RMSNorm + RoPE backward's weight-gradient sums made in the row pass itself
-// (kernels/fused_kernels.hpp: rms_norm_rope_backward_one_pass) against the two-pass form (a column
-// kernel reading g and x again), called with raw pointers as the kit calls it, at the 1.3B
-// stage-1 shapes: the input gradient bit for bit (the same arithmetic), the weight gradient
-// within float rounding of the other order; dense and packed rows, with and without RoPE. A
+// The row kernels' parameter-gradient sums made in the row pass itself (kernels/fused_kernels.hpp:
+// rms_norm_rope_backward_one_pass, layer_norm_modulate_backward_one_pass,
+// gated_residual_norm_backward_one_pass) against the two-pass forms (a column kernel reading g and
+// x again), called with raw pointers as the kit calls them, at the 1.3B stage-1 shapes: the
+// gradients the row kernels write bit for bit (the same arithmetic), the parameter gradients'
+// sums within float rounding of the other order; dense and packed rows, with and without RoPE. A
 // disabled test times both (run with --gtest_also_run_disabled_tests). Also kernels::sum_slots,
 // which reduces such partial sums for the kit, against ATen's sum. GPU only: built where the
-// kernels are. (The LayerNorm backwards' one-pass form measured no faster on an H100, 2026-12-05:
-// 97.1 -> 95.8 us and 166.3 -> 166.1 us, its 96 KB of shared memory halving the blocks a
-// multiprocessor holds; it was dropped, docs/performance.md.)
+// kernels are. (The LayerNorm backwards' one-pass form with rows read again measured no faster on
+// an H100, 2026-12-05: 97.1 -> 95.8 us and 166.3 -> 166.1 us; this is its register form.)
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -121,6 +121,88 @@ TEST(RowKernelSums, RmsNormRopeOnePassMatchesTwoPassesOnAGpu) {
   EXPECT_FALSE(k::rms_norm_rope_backward_one_pass_fits(wide));
 }
 
+// A LayerNorm + modulation backward's inputs: per-sample scale vectors [samples, D], the saved
+// mean and rstd; for the residual form also the gradient reaching x_out, the branch y and a gate.
+struct NormCase {
+  Case rows;  // g, x (x_out), layout
+  at::Tensor scale, mean, gx, y, gate;
+};
+
+NormCase make_norm_case(std::int64_t samples, std::int64_t per_sample, std::int64_t dim,
+                        const std::vector<std::int32_t>& packed = {}) {
+  NormCase n;
+  n.rows = make_case(samples, per_sample, dim, false, packed);
+  n.rows.layout.vec_stride = dim;
+  n.rows.layout.gate_stride = dim;
+  const auto f32 = n.rows.w.options();
+  const std::int64_t rows = n.rows.g.size(0);
+  n.scale = at::randn({n.rows.layout.samples, dim}, f32) * 0.2;
+  n.mean = at::randn({rows}, f32) * 0.1;
+  n.gx = at::randn_like(n.rows.g);
+  n.y = at::randn_like(n.rows.g);
+  n.gate = at::randn({n.rows.layout.samples, dim}, f32) * 0.2;
+  return n;
+}
+
+// dx (and dy with `residual`) and the [samples, 2, D] sums (d shift, d scale) of either form;
+// the residual form's gate sums (the column kernel in both) as a third output.
+std::vector<at::Tensor> norm_backward(const NormCase& n, bool residual, bool one_pass) {
+  const auto stream = at::cuda::getCurrentCUDAStream().stream();
+  const Case& c = n.rows;
+  const auto f32 = c.w.options();
+  const auto& l = c.layout;
+  at::Tensor dx = at::empty_like(c.g), dy = at::empty_like(c.g);
+  at::Tensor sums = one_pass ? at::empty({l.samples, l.chunks, 2, l.dim}, f32)
+                             : at::empty({l.samples, k::partial_chunks(l), 2, l.dim}, f32);
+  at::Tensor gate_sums = at::empty({l.samples, k::partial_chunks(l), 1, l.dim}, f32);
+  cudaError_t err;
+  if (residual) {
+    const auto backward =
+        one_pass ? k::gated_residual_norm_backward_one_pass : k::gated_residual_norm_backward;
+    err = backward(l, n.gx.data_ptr(), c.g.data_ptr(), c.x.data_ptr(), n.y.data_ptr(), ptr(n.gate),
+                   ptr(n.scale), ptr(n.mean), ptr(c.rstd), dx.data_ptr(), dy.data_ptr(),
+                   sums.data_ptr<float>(), gate_sums.data_ptr<float>(), stream);
+  } else {
+    const auto backward =
+        one_pass ? k::layer_norm_modulate_backward_one_pass : k::layer_norm_modulate_backward;
+    err = backward(l, c.g.data_ptr(), c.x.data_ptr(), ptr(n.scale), ptr(n.mean), ptr(c.rstd),
+                   dx.data_ptr(), sums.data_ptr<float>(), stream);
+  }
+  EXPECT_EQ(err, cudaSuccess);
+  std::vector<at::Tensor> out{dx, sums.sum(1)};
+  if (residual) {
+    out.push_back(dy);
+    out.push_back(gate_sums.sum(1));
+  }
+  return out;
+}
+
+void expect_norm_one_pass_matches(const NormCase& n, bool residual, const char* what) {
+  ASSERT_TRUE(k::layer_norm_one_pass_fits(n.rows.layout)) << what;
+  const auto two = norm_backward(n, residual, false), one = norm_backward(n, residual, true);
+  EXPECT_TRUE(at::equal(one[0], two[0])) << what << ": dx";
+  const double scale = two[1].abs().max().item<double>() + 1.0;
+  EXPECT_LT((one[1] - two[1]).abs().max().item<double>(), 1e-5 * scale)
+      << what << ": d shift and d scale";
+  if (residual) {
+    EXPECT_TRUE(at::equal(one[2], two[2])) << what << ": dy";
+    EXPECT_TRUE(at::equal(one[3], two[3])) << what << ": d gate (the column kernel in both)";
+  }
+}
+
+TEST(RowKernelSums, LayerNormOnePassMatchesTwoPassesOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  for (const bool residual : {false, true}) {
+    expect_norm_one_pass_matches(make_norm_case(32, 390, 1536), residual, "stage 1 (dense)");
+    expect_norm_one_pass_matches(make_norm_case(1, 8190, 1536), residual, "stage 2 (one clip)");
+    expect_norm_one_pass_matches(make_norm_case(1, 397, 512, {3, 100, 294}), residual,
+                                 "packed, a 3-row sample");
+  }
+  k::RowLayout wide;
+  wide.dim = 2048;
+  EXPECT_FALSE(k::layer_norm_one_pass_fits(wide));
+}
+
 // kernels::sum_slots against ATen's sum over the same dimensions: per-sample sums over chunks
 // (LayerNorm's [samples, chunks, 2, D]), whole-tensor sums (a bias gradient's [samples * chunks,
 // D], the FP8 cast's [M / 64, C]), widths that are not a multiple of 4 (the scalar path), no
@@ -163,6 +245,15 @@ TEST(RowKernelSums, DISABLED_FiguresOnAGpu) {
       "[ figures ] rms_norm_rope backward, 32 x 390 x 1536 with RoPE (the weight gradient summed "
       "by ATen included): two passes %.1f us, one pass %.1f us\n",
       two, one);
+  const NormCase n = make_norm_case(32, 390, 1536);
+  for (const bool residual : {false, true}) {
+    const double norm_two = time_us([&] { norm_backward(n, residual, false); });
+    const double norm_one = time_us([&] { norm_backward(n, residual, true); });
+    std::printf(
+        "[ figures ] %s backward, 32 x 390 x 1536 (the sums by ATen included): two passes %.1f "
+        "us, one pass %.1f us\n",
+        residual ? "gated_residual_norm" : "layer_norm_modulate", norm_two, norm_one);
+  }
   // The slot sums of a bias gradient (128 slots of 1536) and of a LayerNorm's per-sample pair
   // (32 samples, 4 chunks, 2 x 1536): ATen's reduction against kernels::sum_slots.
   // Replayed from a CUDA graph, as in a training step: eagerly the host's launch work is timed.

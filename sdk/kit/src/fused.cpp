@@ -277,8 +277,8 @@ at::Tensor partial_sums(const Rows& rows, std::int64_t k, const at::Tensor& like
                    like.options().dtype(at::kFloat));
 }
 
-// The same for a one-pass backward kernel (rms_norm_rope): a slot a block of kernels::kRowsPerBlock
-// rows.
+// The same for a one-pass backward kernel (rms_norm_rope, the LayerNorms): a slot a block of
+// kernels::kRowsPerBlock rows.
 at::Tensor block_sums(const Rows& rows, std::int64_t k, const at::Tensor& like) {
   return at::empty({rows.samples, rows.layout().chunks, k, rows.dim},
                    like.options().dtype(at::kFloat));
@@ -325,12 +325,16 @@ struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
     const Rows rows = Rows::load(ctx);
     auto g = bf16_contiguous(grads[0]);
     auto dx = at::empty_like(x);
-    auto partials = partial_sums(rows, 2, x);
-    check_cuda(kernels::layer_norm_modulate_backward(
-                   rows.layout(), g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(),
-                   saved[2].data_ptr<float>(), saved[3].data_ptr<float>(), dx.data_ptr(),
-                   partials.data_ptr<float>(), stream_of(x)),
-               "layer_norm_modulate backward");
+    // d shift and d scale summed by the row kernel itself where it fits (a slot a block of rows).
+    const bool one_pass = kernels::layer_norm_one_pass_fits(rows.layout());
+    auto partials = one_pass ? block_sums(rows, 2, x) : partial_sums(rows, 2, x);
+    const auto backward = one_pass ? kernels::layer_norm_modulate_backward_one_pass
+                                   : kernels::layer_norm_modulate_backward;
+    check_cuda(
+        backward(rows.layout(), g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(),
+                 saved[2].data_ptr<float>(), saved[3].data_ptr<float>(), dx.data_ptr(),
+                 partials.data_ptr<float>(), stream_of(x)),
+        one_pass ? "layer_norm_modulate backward (one pass)" : "layer_norm_modulate backward");
     auto sums = slot_sums::summed(partials, 1, 1);  // [n, 2, D]
     return {dx, as_like(ctx, "scale", sums.select(1, 1)), as_like(ctx, "shift", sums.select(1, 0)),
             at::Tensor(), at::Tensor()};
@@ -378,17 +382,19 @@ struct GatedResidualNorm : torch::autograd::Function<GatedResidualNorm> {
     const auto gx = grads[0].defined() ? bf16_contiguous(grads[0]) : at::Tensor();
     const auto gn = grads[1].defined() ? bf16_contiguous(grads[1]) : at::zeros_like(x_out);
     auto dx = at::empty_like(x_out), dy = at::empty_like(x_out);
-    auto norm_partials = partial_sums(rows, 2, x_out);
+    const bool one_pass = kernels::layer_norm_one_pass_fits(rows.layout());
+    auto norm_partials = one_pass ? block_sums(rows, 2, x_out) : partial_sums(rows, 2, x_out);
     const bool gate_grad = gt.defined() && ctx->needs_input_grad(2);
     at::Tensor gate_partials = gate_grad ? partial_sums(rows, 1, x_out) : at::Tensor();
+    const auto backward = one_pass ? kernels::gated_residual_norm_backward_one_pass
+                                   : kernels::gated_residual_norm_backward;
     check_cuda(
-        kernels::gated_residual_norm_backward(
-            rows.layout(), gx.defined() ? gx.data_ptr() : nullptr, gn.data_ptr(), x_out.data_ptr(),
-            y.data_ptr(), gt.defined() ? gt.data_ptr<float>() : nullptr, saved[2].data_ptr<float>(),
-            saved[3].data_ptr<float>(), saved[4].data_ptr<float>(), dx.data_ptr(), dy.data_ptr(),
-            norm_partials.data_ptr<float>(), gate_grad ? gate_partials.data_ptr<float>() : nullptr,
-            stream_of(x_out)),
-        "gated_residual_norm backward");
+        backward(rows.layout(), gx.defined() ? gx.data_ptr() : nullptr, gn.data_ptr(),
+                 x_out.data_ptr(), y.data_ptr(), gt.defined() ? gt.data_ptr<float>() : nullptr,
+                 saved[2].data_ptr<float>(), saved[3].data_ptr<float>(), saved[4].data_ptr<float>(),
+                 dx.data_ptr(), dy.data_ptr(), norm_partials.data_ptr<float>(),
+                 gate_grad ? gate_partials.data_ptr<float>() : nullptr, stream_of(x_out)),
+        one_pass ? "gated_residual_norm backward (one pass)" : "gated_residual_norm backward");
     auto sums = slot_sums::summed(norm_partials, 1, 1);  // [n, 2, D]
     at::Tensor dgate;
     if (gate_grad) dgate = as_like(ctx, "gate", slot_sums::summed(gate_partials, 1, 1));
