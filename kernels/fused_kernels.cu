@@ -18,23 +18,27 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kVec = 8;
 using bf16 = __nv_bfloat16;
 
+// Eight bf16 channels in one 16-byte access. The word is loaded by an intrinsic: read through a
+// uint4 pointer and then taken apart as bf16 pairs, the compiler split it into four 4-byte loads
+// (PTX ld.global.nc.v2.u16, 2026-12-05) in the column kernels, the gated kernels and the
+// re-reading row kernels, four times the memory instructions of a 16-byte access.
+// load8: data nothing in the kernel writes (the non-coherent read-only path);
+// load8_coherent: data the kernel itself may have written (a residual form's x_out).
 __device__ __forceinline__ void load8(const bf16* p, float (&o)[kVec]) {
-  bf16x8_to_floats(*reinterpret_cast<const uint4*>(p), o);
+  bf16x8_to_floats(__ldg(reinterpret_cast<const uint4*>(p)), o);
 }
 
-// The same for data the kernel itself may have written (a residual form's x_out, read back): a
-// load through L2, not the non-coherent read-only path the compiler may pick for a load8, which
-// is undefined for data written during the kernel.
 __device__ __forceinline__ void load8_coherent(const bf16* p, float (&o)[kVec]) {
   bf16x8_to_floats(__ldcg(reinterpret_cast<const uint4*>(p)), o);
 }
 
+// Eight channels rounded to bf16, in one 16-byte store (an intrinsic, for the same reason).
 __device__ __forceinline__ void store8(bf16* p, const float (&v)[kVec]) {
   uint4 raw;
   auto* h = reinterpret_cast<__nv_bfloat162*>(&raw);
 #pragma unroll
   for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
-  *reinterpret_cast<uint4*>(p) = raw;
+  __stwb(reinterpret_cast<uint4*>(p), raw);
 }
 
 __device__ __forceinline__ void loadf8(const float* p, float (&o)[kVec]) {
@@ -204,7 +208,7 @@ struct RowWords {
   const bf16* row;
   // The first read of group j (channel ch); kept.
   __device__ __forceinline__ void fetch(int j, std::int64_t ch) {
-    if constexpr (kCached > 0) w[j] = *reinterpret_cast<const uint4*>(row + ch);
+    if constexpr (kCached > 0) w[j] = __ldg(reinterpret_cast<const uint4*>(row + ch));
   }
   // Group j as floats (after fetch, or for kCached = 0 from memory).
   __device__ __forceinline__ void get(int j, std::int64_t ch, float (&o)[kVec]) const {
@@ -305,7 +309,7 @@ __global__ void __launch_bounds__(kThreads)
 // kSums: the one-pass form (block_partials written; its own instantiation, so that the two-pass
 // form keeps its registers).
 template <int kCached, bool kSums>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kSums ? 2 : 3)
     ln_modulate_bwd(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ x,
                     const float* __restrict__ scale, const float* __restrict__ mean_in,
                     const float* __restrict__ rstd_in, bf16* __restrict__ dx,
