@@ -837,17 +837,21 @@ cudaError_t column_sums(const RowLayout& l, const void* x, float* partials, cuda
 
 namespace {
 
-// sum_slots: a block is kSlotLanes warps; lane l of each warp owns 4 adjacent columns (one 16-byte
-// load a slot where width is a multiple of 4), warp j sums slots j, j + kSlotLanes, ... in order,
-// and the warps' sums are added in order of warp: 128 columns a block, deterministic.
-constexpr int kSlotLanes = kThreads / 32;
+// sum_slots: a block is `lanes` warps (4 to 32, as many as the slots ask, so that a thread loads
+// at most slots / 32 words: in a replayed step a thread's loads come one after another from L2,
+// and 8 warps for 128 slots took 3.6 us a call, 2026-12-05 profile); lane l of each warp owns 4
+// adjacent columns (one 16-byte load a slot where width is a multiple of 4), warp j sums slots
+// j, j + lanes, ... in order, and the warps' sums are added in order of warp: 128 columns a
+// block, deterministic for a given number of slots. Groups beyond the grid's 65535 rows are
+// taken by the same blocks in turn (group += gridDim.y).
+constexpr int kMaxSlotLanes = 32;
 constexpr int kSlotColumns = 32 * 4;
 
-// Groups beyond the grid's 65535 rows are taken by the same blocks in turn (group += gridDim.y).
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kMaxSlotLanes * 32)
     sum_slots_kernel(const float* __restrict__ partials, std::int64_t groups, std::int64_t slots,
                      std::int64_t width, float* __restrict__ out) {
-  __shared__ float red[kSlotLanes][kSlotColumns];
+  __shared__ float red[kMaxSlotLanes][kSlotColumns];
+  const int lanes = static_cast<int>(blockDim.x / 32);
   const int lane = threadIdx.x % 32, slot_lane = threadIdx.x / 32;
   const std::int64_t col = static_cast<std::int64_t>(blockIdx.x) * kSlotColumns + lane * 4;
   const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * kSlotColumns + threadIdx.x;
@@ -856,12 +860,13 @@ __global__ void __launch_bounds__(kThreads)
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
     if (width % 4 == 0) {  // the same for every thread: rows of whole 16-byte words
       if (col < width)
-        for (std::int64_t s = slot_lane; s < slots; s += kSlotLanes) {
+#pragma unroll 4
+        for (std::int64_t s = slot_lane; s < slots; s += lanes) {
           const float4 v = __ldg(reinterpret_cast<const float4*>(base + s * width + col));
           acc[0] += v.x, acc[1] += v.y, acc[2] += v.z, acc[3] += v.w;
         }
     } else {
-      for (std::int64_t s = slot_lane; s < slots; s += kSlotLanes)
+      for (std::int64_t s = slot_lane; s < slots; s += lanes)
 #pragma unroll
         for (int i = 0; i < 4; ++i)
           if (col + i < width) acc[i] += base[s * width + col + i];
@@ -872,8 +877,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     if (threadIdx.x < kSlotColumns && c < width) {
       float total = 0.f;
-#pragma unroll
-      for (int j = 0; j < kSlotLanes; ++j) total += red[j][threadIdx.x];
+      for (int j = 0; j < lanes; ++j) total += red[j][threadIdx.x];
       out[group * width + c] = total;
     }
   }
@@ -885,10 +889,14 @@ cudaError_t sum_slots(const float* partials, std::int64_t groups, std::int64_t s
                       std::int64_t width, float* out, cudaStream_t stream) {
   if (groups <= 0 || width <= 0) return cudaSuccess;
   if (slots < 0) return cudaErrorInvalidValue;
+  // Warps a block: the slots rounded up to a power of two, 4 (the 128 threads of the final sums)
+  // to kMaxSlotLanes.
+  int lanes = 4;
+  while (lanes < kMaxSlotLanes && lanes < slots) lanes *= 2;
   constexpr std::int64_t kMostGridRows = 65535;
   const dim3 grid(static_cast<unsigned>((width + kSlotColumns - 1) / kSlotColumns),
                   static_cast<unsigned>(std::min(groups, kMostGridRows)));
-  sum_slots_kernel<<<grid, kThreads, 0, stream>>>(partials, groups, slots, width, out);
+  sum_slots_kernel<<<grid, lanes * 32, 0, stream>>>(partials, groups, slots, width, out);
   return cudaGetLastError();
 }
 
