@@ -3,6 +3,7 @@
 // warp shuffles; parameter-gradient sums by a column kernel with register accumulators.
 #include "fused_kernels.hpp"
 
+#include "occupancy.cuh"
 #include "vector_loads.cuh"
 
 #include <algorithm>
@@ -783,17 +784,16 @@ namespace {
 // ln_modulate_bwd's shared memory in one pass (2 kWarps D floats) passes the default 48 KB: the
 // register form is allowed the most it can take, once a device.
 cudaError_t allow_ln_one_pass_shared() {
-  constexpr int kDevices = 64;
-  static std::atomic<bool> allowed[kDevices];
+  static std::atomic<bool> allowed[kOccupancyDevices];  // a slot a device (occupancy.cuh's)
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
-  if (device >= 0 && device < kDevices && allowed[device].load(std::memory_order_relaxed))
+  if (device >= 0 && device < kOccupancyDevices && allowed[device].load(std::memory_order_relaxed))
     return cudaSuccess;
   err = cudaFuncSetAttribute(ln_modulate_bwd<kCachedGroups, true>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(sizeof(float) * 2 * kWarps * kOnePassMaxDim));
-  if (err == cudaSuccess && device >= 0 && device < kDevices) allowed[device].store(true);
+  if (err == cudaSuccess && device >= 0 && device < kOccupancyDevices) allowed[device].store(true);
   return err;
 }
 
