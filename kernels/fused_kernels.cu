@@ -124,7 +124,8 @@ __device__ __forceinline__ Range block_rows(const RowLayout& l) {
 // a separate kernel reads the rows again with each thread owning 8 channels and a stride of rows,
 // so the sums stay in registers (no atomics; one fixed-order reduction over the block's row lanes
 // at the end). Block: kColLanes row lanes x 32 channel groups = 256 channels x kColRows rows;
-// grid (ceil(D / 256), partial_chunks, samples). Term(r, ch, out) gives the K terms of 8 channels.
+// grid (ceil(D / 256), partial_chunks, samples). Term(b, r, ch, out) gives the K terms of 8
+// channels of row r (of sample b).
 constexpr int kColLanes = kThreads / 32;
 constexpr int kColChannels = 32 * kVec;
 
@@ -145,7 +146,7 @@ __global__ void __launch_bounds__(kThreads)
   if (ch < l.dim) {
     for (std::int64_t r = rows.begin + row_lane; r < rows.end; r += kColLanes) {
       float t[K][kVec];
-      term(r, ch, t);
+      term(b, r, ch, t);
 #pragma unroll
       for (int k = 0; k < K; ++k)
 #pragma unroll
@@ -403,7 +404,8 @@ struct LnModulateTerms {
   const float* mean;
   const float* rstd;
   std::int64_t d;
-  __device__ void operator()(std::int64_t r, std::int64_t ch, float (&t)[2][kVec]) const {
+  __device__ void operator()(std::int64_t, std::int64_t r, std::int64_t ch,
+                             float (&t)[2][kVec]) const {
     float xv[kVec];
     load8(g + r * d + ch, t[0]);
     load8(x + r * d + ch, xv);
@@ -433,31 +435,38 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-__global__ void __launch_bounds__(kThreads)
-    gated_bwd(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ y,
-              const float* __restrict__ gate, bf16* __restrict__ dy) {
-  const std::int64_t d = l.dim;
-  const Range rows = block_rows(l);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const float* gt = gate + blockIdx.y * l.vec_stride;
-  for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
-    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec) {
-      float gv[kVec], gate_v[kVec], o[kVec];
-      load8(g + r * d + ch, gv);
-      loadf8(gt + ch, gate_v);
-#pragma unroll
-      for (int i = 0; i < kVec; ++i) o[i] = gv[i] * gate_v[i];
-      store8(dy + r * d + ch, o);
-    }
-  }
-}
-
 // sum x (a bias gradient: the column sums of the output gradient).
 struct RowsTerm {
   const bf16* x;
   std::int64_t d;
-  __device__ void operator()(std::int64_t r, std::int64_t ch, float (&t)[1][kVec]) const {
+  __device__ void operator()(std::int64_t, std::int64_t r, std::int64_t ch,
+                             float (&t)[1][kVec]) const {
     load8(x + r * d + ch, t[0]);
+  }
+};
+
+// The gated residual's backward in one column pass: d gate = sum g * y, and dy = bf16(g * gate[b])
+// written as the rows go by (each element of a sample's rows by one thread), so g is read once;
+// a row kernel writing dy and this kernel reading g again took 1.17 + 0.96 ms of a replayed
+// stage-1 step on an H100 (2026-12-05, docs/performance.md).
+struct GatedBackwardTerm {
+  const bf16* g;
+  const bf16* y;
+  const float* gate;
+  std::int64_t gate_stride, d;
+  bf16* dy;
+  __device__ void operator()(std::int64_t b, std::int64_t r, std::int64_t ch,
+                             float (&t)[1][kVec]) const {
+    float yv[kVec], gv[kVec], out[kVec];
+    load8(g + r * d + ch, t[0]);
+    load8(y + r * d + ch, yv);
+    loadf8(gate + b * gate_stride + ch, gv);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      out[i] = t[0][i] * gv[i];
+      t[0][i] *= yv[i];
+    }
+    store8(dy + r * d + ch, out);
   }
 };
 
@@ -466,7 +475,8 @@ struct GateTerm {
   const bf16* g;
   const bf16* y;
   std::int64_t d;
-  __device__ void operator()(std::int64_t r, std::int64_t ch, float (&t)[1][kVec]) const {
+  __device__ void operator()(std::int64_t, std::int64_t r, std::int64_t ch,
+                             float (&t)[1][kVec]) const {
     float yv[kVec];
     load8(g + r * d + ch, t[0]);
     load8(y + r * d + ch, yv);
@@ -631,7 +641,8 @@ struct RmsWeightTerm {
   const float* rstd;
   Rope rp;
   std::int64_t d, xs;
-  __device__ void operator()(std::int64_t r, std::int64_t ch, float (&t)[1][kVec]) const {
+  __device__ void operator()(std::int64_t, std::int64_t r, std::int64_t ch,
+                             float (&t)[1][kVec]) const {
     float xv[kVec];
     load8(g + r * d + ch, t[0]);
     load8(x + r * xs + ch, xv);
@@ -697,13 +708,15 @@ cudaError_t gated_residual_norm_backward(const RowLayout& l, const void* grad_x,
 
 cudaError_t layer_norm_modulate_backward(const RowLayout& l, const void* grad, const void* x,
                                          const float* scale, const float* mean, const float* rstd,
-                                         void* dx, float* partials, cudaStream_t stream) {
+                                         const void* grad_through, void* dx, float* partials,
+                                         cudaStream_t stream) {
   const auto* g = static_cast<const bf16*>(grad);
   const auto* xb = static_cast<const bf16*>(x);
   const auto kernel =
       cached_rows(l) ? ln_modulate_bwd<kCachedGroups, false> : ln_modulate_bwd<0, false>;
   kernel<<<grid_of(l), kThreads, 0, stream>>>(l, g, xb, scale, mean, rstd, static_cast<bf16*>(dx),
-                                              nullptr, nullptr, nullptr, nullptr);
+                                              static_cast<const bf16*>(grad_through), nullptr,
+                                              nullptr, nullptr);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   return launch_column_sums<2>(l, LnModulateTerms{g, xb, mean, rstd, l.dim}, partials, stream);
@@ -719,13 +732,11 @@ cudaError_t gated_residual_forward(const RowLayout& l, const void* x, const void
 cudaError_t gated_residual_backward(const RowLayout& l, const void* grad, const void* y,
                                     const float* gate, void* dy, float* partials,
                                     cudaStream_t stream) {
-  const auto* g = static_cast<const bf16*>(grad);
-  gated_bwd<<<grid_of(l), kThreads, 0, stream>>>(l, g, static_cast<const bf16*>(y), gate,
-                                                 static_cast<bf16*>(dy));
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  return launch_column_sums<1>(l, GateTerm{g, static_cast<const bf16*>(y), l.dim}, partials,
-                               stream);
+  return launch_column_sums<1>(
+      l,
+      GatedBackwardTerm{static_cast<const bf16*>(grad), static_cast<const bf16*>(y), gate,
+                        l.vec_stride, l.dim, static_cast<bf16*>(dy)},
+      partials, stream);
 }
 
 cudaError_t rms_norm_rope_forward(const RowLayout& l, const void* x, const float* w,
@@ -805,13 +816,15 @@ std::size_t ln_one_pass_shared(const RowLayout& l) {
 
 cudaError_t layer_norm_modulate_backward_one_pass(const RowLayout& l, const void* grad,
                                                   const void* x, const float* scale,
-                                                  const float* mean, const float* rstd, void* dx,
+                                                  const float* mean, const float* rstd,
+                                                  const void* grad_through, void* dx,
                                                   float* block_partials, cudaStream_t stream) {
   if (!layer_norm_one_pass_fits(l)) return cudaErrorInvalidValue;
   if (const cudaError_t err = allow_ln_one_pass_shared(); err != cudaSuccess) return err;
   ln_modulate_bwd<kCachedGroups, true><<<grid_of(l), kThreads, ln_one_pass_shared(l), stream>>>(
       l, static_cast<const bf16*>(grad), static_cast<const bf16*>(x), scale, mean, rstd,
-      static_cast<bf16*>(dx), nullptr, nullptr, nullptr, block_partials);
+      static_cast<bf16*>(dx), static_cast<const bf16*>(grad_through), nullptr, nullptr,
+      block_partials);
   return cudaGetLastError();
 }
 

@@ -50,10 +50,14 @@ inline constexpr std::int64_t partial_chunks(const RowLayout& l) {
 cudaError_t layer_norm_modulate_forward(const RowLayout& l, const void* x, const float* scale,
                                         const float* shift, float eps, void* y, float* mean,
                                         float* rstd, cudaStream_t stream);
-// dx (bf16) and partials K=2: [0] = sum g (d shift), [1] = sum g * xhat (d scale).
+// dx (bf16) and partials K=2: [0] = sum g (d shift), [1] = sum g * xhat (d scale). With
+// grad_through (null: none), the gradient x also receives directly (x used as a residual
+// connection's base too), dx = bf16(grad_through + the norm's dx): one pass instead of a sum of
+// the two bf16 gradients after it.
 cudaError_t layer_norm_modulate_backward(const RowLayout& l, const void* grad, const void* x,
                                          const float* scale, const float* mean, const float* rstd,
-                                         void* dx, float* partials, cudaStream_t stream);
+                                         const void* grad_through, void* dx, float* partials,
+                                         cudaStream_t stream);
 
 // The two above in one pass, for a residual connection followed by the next norm:
 // x_out = bf16(x + y * gate[b]) (gate null: 1), n = bf16(LN(x_out) * (1 + scale[b]) + shift[b]);
@@ -79,7 +83,8 @@ cudaError_t gated_residual_norm_backward(const RowLayout& l, const void* grad_x,
 bool layer_norm_one_pass_fits(const RowLayout& l);
 cudaError_t layer_norm_modulate_backward_one_pass(const RowLayout& l, const void* grad,
                                                   const void* x, const float* scale,
-                                                  const float* mean, const float* rstd, void* dx,
+                                                  const float* mean, const float* rstd,
+                                                  const void* grad_through, void* dx,
                                                   float* block_partials, cudaStream_t stream);
 cudaError_t gated_residual_norm_backward_one_pass(
     const RowLayout& l, const void* grad_x, const void* grad_n, const void* x_out, const void* y,
@@ -89,7 +94,8 @@ cudaError_t gated_residual_norm_backward_one_pass(
 // out = bf16(x + y * gate[b]); x, y, out bf16, gate fp32 (sample b's at b * vec_stride).
 cudaError_t gated_residual_forward(const RowLayout& l, const void* x, const void* y,
                                    const float* gate, void* out, cudaStream_t stream);
-// dy = bf16(g * gate[b]); partials K=1: sum g * y (d gate).
+// dy = bf16(g * gate[b]); partials K=1: sum g * y (d gate). One column pass reads g and y once
+// for both (a row kernel writing dy and a column kernel reading g again were two).
 cudaError_t gated_residual_backward(const RowLayout& l, const void* grad, const void* y,
                                     const float* gate, void* dy, float* partials,
                                     cudaStream_t stream);

@@ -166,7 +166,7 @@ std::vector<at::Tensor> norm_backward(const NormCase& n, bool residual, bool one
     const auto backward =
         one_pass ? k::layer_norm_modulate_backward_one_pass : k::layer_norm_modulate_backward;
     err = backward(l, c.g.data_ptr(), c.x.data_ptr(), ptr(n.scale), ptr(n.mean), ptr(c.rstd),
-                   dx.data_ptr(), sums.data_ptr<float>(), stream);
+                   nullptr, dx.data_ptr(), sums.data_ptr<float>(), stream);
   }
   EXPECT_EQ(err, cudaSuccess);
   std::vector<at::Tensor> out{dx, sums.sum(1)};

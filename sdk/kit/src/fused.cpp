@@ -83,6 +83,12 @@ at::Tensor layer_norm_modulate(const at::Tensor& x, const at::Tensor& scale,
       .to(x.scalar_type());
 }
 
+std::pair<at::Tensor, at::Tensor> layer_norm_modulate_with_input(
+    const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, double eps,
+    const AttentionSegments* segments) {
+  return {x, reference::layer_norm_modulate(x, scale, shift, eps, segments)};
+}
+
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,
                           const AttentionSegments* segments) {
   const auto n = samples_of(x, segments);
@@ -296,9 +302,13 @@ at::Tensor as_like(AutogradContext* ctx, const std::string& key, const at::Tenso
       .to(static_cast<at::ScalarType>(ctx->saved_data[key + "_dtype"].toInt()));
 }
 
+// layer_norm_modulate(x) and, with `with_input`, x itself as a first output (x used as a residual
+// connection's base too): the gradient reaching that output is added to the norm's dx inside the
+// backward kernel instead of by autograd after it, a pass over the rows and a kernel less
+// (docs/performance.md).
 struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale,
-                            const at::Tensor& shift, double eps, Rows rows) {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale,
+                               const at::Tensor& shift, double eps, Rows rows, bool with_input) {
     c10::cuda::CUDAGuard guard(x.device());
     auto xc = x.contiguous();
     const auto [sc, sh] = norm_vectors(scale, shift, rows);
@@ -315,7 +325,9 @@ struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
     rows.save(ctx);
     remember_like(ctx, "scale", scale);
     remember_like(ctx, "shift", shift);
-    return y;
+    ctx->saved_data["with_input"] = with_input;
+    if (with_input) return {x, y};  // an input returned: autograd hands out a view of it
+    return {y};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -323,7 +335,11 @@ struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
     const auto& x = saved[0];
     c10::cuda::CUDAGuard guard(x.device());
     const Rows rows = Rows::load(ctx);
-    auto g = bf16_contiguous(grads[0]);
+    const bool with_input = ctx->saved_data["with_input"].toBool();
+    const at::Tensor& grad_norm = grads[with_input ? 1 : 0];
+    const auto g = grad_norm.defined() ? bf16_contiguous(grad_norm) : at::zeros_like(x);
+    const auto through =
+        with_input && grads[0].defined() ? bf16_contiguous(grads[0]) : at::Tensor();
     auto dx = at::empty_like(x);
     // d shift and d scale summed by the row kernel itself where it fits (a slot a block of rows).
     const bool one_pass = kernels::layer_norm_one_pass_fits(rows.layout());
@@ -332,12 +348,17 @@ struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
                                    : kernels::layer_norm_modulate_backward;
     check_cuda(
         backward(rows.layout(), g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(),
-                 saved[2].data_ptr<float>(), saved[3].data_ptr<float>(), dx.data_ptr(),
+                 saved[2].data_ptr<float>(), saved[3].data_ptr<float>(),
+                 through.defined() ? through.data_ptr() : nullptr, dx.data_ptr(),
                  partials.data_ptr<float>(), stream_of(x)),
         one_pass ? "layer_norm_modulate backward (one pass)" : "layer_norm_modulate backward");
     auto sums = slot_sums::summed(partials, 1, 1);  // [n, 2, D]
-    return {dx, as_like(ctx, "scale", sums.select(1, 1)), as_like(ctx, "shift", sums.select(1, 0)),
-            at::Tensor(), at::Tensor()};
+    return {dx,
+            as_like(ctx, "scale", sums.select(1, 1)),
+            as_like(ctx, "shift", sums.select(1, 0)),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -847,10 +868,25 @@ at::Tensor layer_norm_modulate(const at::Tensor& x, const at::Tensor& scale,
     const auto n = samples_of(x, segments);
     check_vectors(x, scale, n, "layer_norm_modulate", "scale");
     check_vectors(x, shift, n, "layer_norm_modulate", "shift");
-    return LayerNormModulate::apply(x, scale, shift, eps, rows_of(x, segments));
+    return LayerNormModulate::apply(x, scale, shift, eps, rows_of(x, segments), false)[0];
   }
 #endif
   return reference::layer_norm_modulate(x, scale, shift, eps, segments);
+}
+
+std::pair<at::Tensor, at::Tensor> layer_norm_modulate_with_input(
+    const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, double eps,
+    const AttentionSegments* segments) {
+#if WANHOST_WITH_CUDA
+  if (kernels_apply(x)) {
+    const auto n = samples_of(x, segments);
+    check_vectors(x, scale, n, "layer_norm_modulate_with_input", "scale");
+    check_vectors(x, shift, n, "layer_norm_modulate_with_input", "shift");
+    auto out = LayerNormModulate::apply(x, scale, shift, eps, rows_of(x, segments), true);
+    return {out[0], out[1]};
+  }
+#endif
+  return reference::layer_norm_modulate_with_input(x, scale, shift, eps, segments);
 }
 
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,
