@@ -238,9 +238,11 @@ __device__ __forceinline__ void fetch_rows(int lane, std::int64_t d, Words&... r
 
 // With `res_y` (the residual form): the normalised row is x_out = bf16(x + res_y * gate) (gate
 // null: 1), written out and (kCached = 0) read back by the same thread for the statistics and the
-// output.
+// output. Bounded to 3 blocks a multiprocessor (80 registers, no spills), as the backward: at 85
+// registers the register form held 2 (registers are allocated 8 a thread at a time), and a
+// stage-1 call's 390 blocks took two waves of 264 places instead of one of 396.
 template <int kCached>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 3)
     ln_modulate_fwd(RowLayout l, const bf16* __restrict__ x, const float* __restrict__ scale,
                     const float* __restrict__ shift, float eps, bf16* __restrict__ y,
                     float* __restrict__ mean_out, float* __restrict__ rstd_out,
@@ -572,9 +574,9 @@ template <int kCached>
 __global__ void __launch_bounds__(kThreads)
     rms_rope_bwd(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ x,
                  const float* __restrict__ w, Rope rp, const float* __restrict__ rstd_in,
-                 bf16* __restrict__ dx, float* __restrict__ block_partials) {
+                 bf16* __restrict__ dx, float* __restrict__ block_partials, int rows_per_block) {
   const std::int64_t d = l.dim;
-  const Range rows = block_rows(l);
+  const Range rows = chunk_rows(l, blockIdx.y, blockIdx.x, rows_per_block);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float inv_d = 1.f / static_cast<float>(d);
   // One pass (block_partials set; the same for every thread): the weight gradient's terms
@@ -760,7 +762,7 @@ cudaError_t rms_norm_rope_backward(const RowLayout& l, const void* grad, const v
   const auto* xb = static_cast<const bf16*>(x);
   const auto kernel = cached_rows(l) ? rms_rope_bwd<kCachedGroups> : rms_rope_bwd<0>;
   kernel<<<grid_of(l), kThreads, 0, stream>>>(l, g, xb, w, rp, rstd, static_cast<bf16*>(dx),
-                                              nullptr);
+                                              nullptr, kRowsPerBlock);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   return launch_column_sums<1>(l, RmsWeightTerm{g, xb, rstd, rp, l.dim, x_stride(l)}, partials,
@@ -771,18 +773,37 @@ bool rms_norm_rope_backward_one_pass_fits(const RowLayout& l) {
   return l.dim > 0 && l.dim % kVec == 0 && l.dim <= kOnePassMaxDim;
 }
 
+std::int64_t rms_norm_rope_backward_one_pass_rows(const RowLayout& l) {
+  // The one-pass form holds 2 blocks a multiprocessor (124 registers, 48 KB of shared memory at
+  // D = 1536): a stage-1 call's 390 blocks of 32 rows took 1.5 waves of an H100's 264 places.
+  // More rows a block (a multiple of its warps) make the grid one wave where the samples allow.
+  static std::atomic<int> cache[kOccupancyDevices];
+  const int places =
+      blocks_at_once(rms_rope_bwd<kCachedGroups>, kThreads, cache, 0,
+                     sizeof(float) * kWarps * static_cast<std::size_t>(kOnePassMaxDim));
+  const std::int64_t blocks = l.chunks * l.samples;
+  if (places <= 0 || blocks <= places || l.samples > places) return kRowsPerBlock;
+  const std::int64_t per_sample = places / l.samples;  // blocks a sample may have
+  const std::int64_t rows = (l.chunks * kRowsPerBlock + per_sample - 1) / per_sample;
+  return (rows + kWarps - 1) / kWarps * kWarps;
+}
+
 cudaError_t rms_norm_rope_backward_one_pass(const RowLayout& l, const void* grad, const void* x,
                                             const float* w, const float* cos, const float* sin,
                                             std::int64_t table_rows, std::int64_t head_dim,
                                             const float* rstd, void* dx, float* block_partials,
-                                            cudaStream_t stream) {
-  if (!rms_norm_rope_backward_one_pass_fits(l)) return cudaErrorInvalidValue;
+                                            std::int64_t rows_per_block, cudaStream_t stream) {
+  if (!rms_norm_rope_backward_one_pass_fits(l) || rows_per_block < kRowsPerBlock ||
+      rows_per_block % kWarps != 0 || rows_per_block > (1 << 30))
+    return cudaErrorInvalidValue;
   const Rope rp{cos, sin, table_rows, head_dim};
   const std::size_t shared = sizeof(float) * kWarps * static_cast<std::size_t>(l.dim);
+  const dim3 grid(static_cast<unsigned>(rms_norm_rope_backward_one_pass_blocks(l, rows_per_block)),
+                  static_cast<unsigned>(l.samples));
   // D <= kOnePassMaxDim: the register form's rows too.
-  rms_rope_bwd<kCachedGroups><<<grid_of(l), kThreads, shared, stream>>>(
+  rms_rope_bwd<kCachedGroups><<<grid, kThreads, shared, stream>>>(
       l, static_cast<const bf16*>(grad), static_cast<const bf16*>(x), w, rp, rstd,
-      static_cast<bf16*>(dx), block_partials);
+      static_cast<bf16*>(dx), block_partials, static_cast<int>(rows_per_block));
   return cudaGetLastError();
 }
 

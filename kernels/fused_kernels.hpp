@@ -115,16 +115,24 @@ cudaError_t rms_norm_rope_backward(const RowLayout& l, const void* grad, const v
                                    cudaStream_t stream);
 
 // The same in one pass: the row kernel sums the weight gradient as it goes, into
-// block_partials [samples, chunks, D] (one slot a block of kRowsPerBlock rows, every slot
-// written), instead of a column kernel reading g and x again. Only where
-// rms_norm_rope_backward_one_pass_fits (D <= 1536: the block's sums in shared memory);
-// cudaErrorInvalidValue elsewhere.
+// block_partials [samples, rms_norm_rope_backward_one_pass_blocks(l, rows_per_block), D] (one
+// slot a block of rows_per_block rows, every slot written), instead of a column kernel reading g
+// and x again. Only where rms_norm_rope_backward_one_pass_fits (D <= 1536: the block's sums in
+// shared memory); cudaErrorInvalidValue elsewhere, or for rows_per_block that is not a multiple
+// of 8 of at least kRowsPerBlock. rms_norm_rope_backward_one_pass_rows gives the rows a block
+// that keep the grid to one wave of the current GPU where the samples allow (kRowsPerBlock where
+// it is one already).
 bool rms_norm_rope_backward_one_pass_fits(const RowLayout& l);
+std::int64_t rms_norm_rope_backward_one_pass_rows(const RowLayout& l);
+inline constexpr std::int64_t rms_norm_rope_backward_one_pass_blocks(const RowLayout& l,
+                                                                     std::int64_t rows_per_block) {
+  return (l.chunks * kRowsPerBlock + rows_per_block - 1) / rows_per_block;
+}
 cudaError_t rms_norm_rope_backward_one_pass(const RowLayout& l, const void* grad, const void* x,
                                             const float* w, const float* cos, const float* sin,
                                             std::int64_t table_rows, std::int64_t head_dim,
                                             const float* rstd, void* dx, float* block_partials,
-                                            cudaStream_t stream);
+                                            std::int64_t rows_per_block, cudaStream_t stream);
 
 // partials K=1: sum of the rows of x (bf16 [T, D]) per sample.
 cudaError_t column_sums(const RowLayout& l, const void* x, float* partials, cudaStream_t stream);

@@ -74,18 +74,24 @@ const float* ptr(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<float>() : nullptr;
 }
 
-// dx and the weight gradient (fp32 [D]) by the two-pass or the one-pass form.
-std::pair<at::Tensor, at::Tensor> backward(const Case& c, bool one_pass) {
+// dx and the weight gradient (fp32 [D]) by the two-pass or the one-pass form (`rows_per_block`
+// rows a block; 0: the kernels' one-wave choice, as the kit calls it).
+std::pair<at::Tensor, at::Tensor> backward(const Case& c, bool one_pass,
+                                           std::int64_t rows_per_block = 0) {
   const auto stream = at::cuda::getCurrentCUDAStream().stream();
   at::Tensor dx = at::empty_like(c.g);
   const auto f32 = c.w.options();
   at::Tensor partials;
   if (one_pass) {
-    partials = at::empty({c.layout.samples, c.layout.chunks, c.layout.dim}, f32);
+    const auto rows =
+        rows_per_block > 0 ? rows_per_block : k::rms_norm_rope_backward_one_pass_rows(c.layout);
+    partials = at::empty(
+        {c.layout.samples, k::rms_norm_rope_backward_one_pass_blocks(c.layout, rows), c.layout.dim},
+        f32);
     EXPECT_EQ(k::rms_norm_rope_backward_one_pass(c.layout, c.g.data_ptr(), c.x.data_ptr(), ptr(c.w),
                                                  ptr(c.cos), ptr(c.sin), c.table_rows, c.head_dim,
                                                  ptr(c.rstd), dx.data_ptr(),
-                                                 partials.data_ptr<float>(), stream),
+                                                 partials.data_ptr<float>(), rows, stream),
               cudaSuccess);
   } else {
     partials = at::empty({c.layout.samples, k::partial_chunks(c.layout), 1, c.layout.dim}, f32);
@@ -98,13 +104,13 @@ std::pair<at::Tensor, at::Tensor> backward(const Case& c, bool one_pass) {
   return {dx, partials.view({-1, c.layout.dim}).sum(0)};
 }
 
-void expect_one_pass_matches(const Case& c, const char* what) {
+void expect_one_pass_matches(const Case& c, const char* what, std::int64_t rows_per_block = 0) {
   ASSERT_TRUE(k::rms_norm_rope_backward_one_pass_fits(c.layout)) << what;
   const auto [dx2, dw2] = backward(c, false);
-  const auto [dx1, dw1] = backward(c, true);
+  const auto [dx1, dw1] = backward(c, true, rows_per_block);
   EXPECT_TRUE(at::equal(dx1, dx2)) << what << ": the input gradient";
-  // The same fp32 terms added in another order (by warp and block of 32 rows, not by column
-  // lanes over 128 rows): within ~1e-6 of the sums' own size over ~10^4 terms.
+  // The same fp32 terms added in another order (by warp and block of rows, not by column lanes
+  // over 128 rows): within ~1e-6 of the sums' own size over ~10^4 terms.
   const double scale = dw2.abs().max().item<double>() + 1.0;
   EXPECT_LT((dw1 - dw2).abs().max().item<double>(), 1e-5 * scale)
       << what << ": the weight gradient";
@@ -115,6 +121,30 @@ TEST(RowKernelSums, RmsNormRopeOnePassMatchesTwoPassesOnAGpu) {
   expect_one_pass_matches(make_case(32, 390, 1536, true), "stage 1 self-attention q (dense)");
   expect_one_pass_matches(make_case(32, 256, 1536, false), "stage 1 cross-attention k (text rows)");
   expect_one_pass_matches(make_case(1, 397, 512, true, {3, 100, 294}), "packed, a 3-row sample");
+  // The kit's layout (every row one group, rows_flat): 390 blocks of 32 rows are more than an
+  // H100 holds at once, so the kernels take more rows a block (one wave); any multiple of 8 of
+  // at least 32 gives the same dx and sums within rounding.
+  const Case flat = make_case(1, 32 * 390, 1536, true);
+  const auto rows = k::rms_norm_rope_backward_one_pass_rows(flat.layout);
+  EXPECT_EQ(rows % 8, 0);
+  EXPECT_GE(rows, k::kRowsPerBlock);
+  std::printf("[ info ] one-pass RMSNorm backward of 12480 rows: %lld rows a block, %lld blocks\n",
+              static_cast<long long>(rows),
+              static_cast<long long>(k::rms_norm_rope_backward_one_pass_blocks(flat.layout, rows)));
+  expect_one_pass_matches(flat, "stage 1 q, one group (the kit's layout)");
+  expect_one_pass_matches(flat, "stage 1 q, 32 rows a block", 32);
+  expect_one_pass_matches(flat, "stage 1 q, 200 rows a block", 200);
+  expect_one_pass_matches(make_case(1, 397, 512, true, {3, 100, 294}), "packed, 40 rows a block",
+                          40);
+  for (const std::int64_t bad : {0, 20, 36}) {
+    at::Tensor dx = at::empty_like(flat.g), p = at::empty({1 << 20}, flat.w.options());
+    EXPECT_EQ(k::rms_norm_rope_backward_one_pass(
+                  flat.layout, flat.g.data_ptr(), flat.x.data_ptr(), ptr(flat.w), ptr(flat.cos),
+                  ptr(flat.sin), flat.table_rows, flat.head_dim, ptr(flat.rstd), dx.data_ptr(),
+                  p.data_ptr<float>(), bad, at::cuda::getCurrentCUDAStream().stream()),
+              cudaErrorInvalidValue)
+        << bad << " rows a block";
+  }
   // Beyond the one-pass form's shared memory: the caller takes the two passes.
   k::RowLayout wide;
   wide.dim = 2048;
@@ -245,6 +275,15 @@ TEST(RowKernelSums, DISABLED_FiguresOnAGpu) {
       "[ figures ] rms_norm_rope backward, 32 x 390 x 1536 with RoPE (the weight gradient summed "
       "by ATen included): two passes %.1f us, one pass %.1f us\n",
       two, one);
+  // The kit's layout (one group of 12480 rows): blocks of 32 rows against the one-wave choice.
+  const Case flat = make_case(1, 32 * 390, 1536, true);
+  const auto wave_rows = k::rms_norm_rope_backward_one_pass_rows(flat.layout);
+  const double rows32 = time_us([&] { backward(flat, true, 32); });
+  const double wave = time_us([&] { backward(flat, true, wave_rows); });
+  std::printf(
+      "[ figures ] rms_norm_rope backward, one pass, 12480 x 1536 as one group: 32 rows a block "
+      "%.1f us, %lld rows a block (one wave) %.1f us\n",
+      rows32, static_cast<long long>(wave_rows), wave);
   const NormCase n = make_norm_case(32, 390, 1536);
   for (const bool residual : {false, true}) {
     const double norm_two = time_us([&] { norm_backward(n, residual, false); });

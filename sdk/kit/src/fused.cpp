@@ -283,7 +283,7 @@ at::Tensor partial_sums(const Rows& rows, std::int64_t k, const at::Tensor& like
                    like.options().dtype(at::kFloat));
 }
 
-// The same for a one-pass backward kernel (rms_norm_rope, the LayerNorms): a slot a block of
+// The same for the LayerNorms' one-pass backward kernels: a slot a block of
 // kernels::kRowsPerBlock rows.
 at::Tensor block_sums(const Rows& rows, std::int64_t k, const at::Tensor& like) {
   return at::empty({rows.samples, rows.layout().chunks, k, rows.dim},
@@ -511,15 +511,28 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
     const float* cos_ptr = c.defined() ? c.data_ptr<float>() : nullptr;
     const float* sin_ptr = s.defined() ? s.data_ptr<float>() : nullptr;
     const auto table_rows = ctx->saved_data["table_rows"].toInt();
-    // The weight gradient summed by the row kernel itself where it fits (a slot a block of rows).
-    const bool one_pass = kernels::rms_norm_rope_backward_one_pass_fits(layout);
-    auto partials = one_pass ? block_sums(rows, 1, x) : partial_sums(rows, 1, x);
-    const auto backward =
-        one_pass ? kernels::rms_norm_rope_backward_one_pass : kernels::rms_norm_rope_backward;
-    check_cuda(backward(layout, g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(), cos_ptr,
-                        sin_ptr, table_rows, head_dim, saved[2].data_ptr<float>(), dx.data_ptr(),
-                        partials.data_ptr<float>(), stream_of(x)),
-               one_pass ? "rms_norm_rope backward (one pass)" : "rms_norm_rope backward");
+    // The weight gradient summed by the row kernel itself where it fits (a slot a block of rows,
+    // as many rows a block as keep its grid to one wave), else by a column kernel.
+    at::Tensor partials;
+    if (kernels::rms_norm_rope_backward_one_pass_fits(layout)) {
+      const auto per_block = kernels::rms_norm_rope_backward_one_pass_rows(layout);
+      partials = at::empty(
+          {rows.samples, kernels::rms_norm_rope_backward_one_pass_blocks(layout, per_block), 1,
+           rows.dim},
+          x.options().dtype(at::kFloat));
+      check_cuda(kernels::rms_norm_rope_backward_one_pass(
+                     layout, g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(), cos_ptr,
+                     sin_ptr, table_rows, head_dim, saved[2].data_ptr<float>(), dx.data_ptr(),
+                     partials.data_ptr<float>(), per_block, stream_of(x)),
+                 "rms_norm_rope backward (one pass)");
+    } else {
+      partials = partial_sums(rows, 1, x);
+      check_cuda(kernels::rms_norm_rope_backward(
+                     layout, g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(), cos_ptr,
+                     sin_ptr, table_rows, head_dim, saved[2].data_ptr<float>(), dx.data_ptr(),
+                     partials.data_ptr<float>(), stream_of(x)),
+                 "rms_norm_rope backward");
+    }
     auto dw = as_like(ctx, "weight", slot_sums::summed(partials, 0, 3));
     return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
