@@ -873,16 +873,31 @@ bool kernels_apply(const at::Tensor& x) {
 #endif
 }
 
+#if WANHOST_WITH_CUDA
+namespace {
+
+// LayerNormModulate on the kernels' tensors, the vectors checked under the name of `op`.
+torch::autograd::variable_list layer_norm_modulate_kernels(const char* op, const at::Tensor& x,
+                                                           const at::Tensor& scale,
+                                                           const at::Tensor& shift, double eps,
+                                                           const AttentionSegments* segments,
+                                                           bool with_input) {
+  const auto n = samples_of(x, segments);
+  check_vectors(x, scale, n, op, "scale");
+  check_vectors(x, shift, n, op, "shift");
+  return LayerNormModulate::apply(x, scale, shift, eps, rows_of(x, segments), with_input);
+}
+
+}  // namespace
+#endif
+
 at::Tensor layer_norm_modulate(const at::Tensor& x, const at::Tensor& scale,
                                const at::Tensor& shift, double eps,
                                const AttentionSegments* segments) {
 #if WANHOST_WITH_CUDA
-  if (kernels_apply(x)) {
-    const auto n = samples_of(x, segments);
-    check_vectors(x, scale, n, "layer_norm_modulate", "scale");
-    check_vectors(x, shift, n, "layer_norm_modulate", "shift");
-    return LayerNormModulate::apply(x, scale, shift, eps, rows_of(x, segments), false)[0];
-  }
+  if (kernels_apply(x))
+    return layer_norm_modulate_kernels("layer_norm_modulate", x, scale, shift, eps, segments,
+                                       false)[0];
 #endif
   return reference::layer_norm_modulate(x, scale, shift, eps, segments);
 }
@@ -892,10 +907,8 @@ std::pair<at::Tensor, at::Tensor> layer_norm_modulate_with_input(
     const AttentionSegments* segments) {
 #if WANHOST_WITH_CUDA
   if (kernels_apply(x)) {
-    const auto n = samples_of(x, segments);
-    check_vectors(x, scale, n, "layer_norm_modulate_with_input", "scale");
-    check_vectors(x, shift, n, "layer_norm_modulate_with_input", "shift");
-    auto out = LayerNormModulate::apply(x, scale, shift, eps, rows_of(x, segments), true);
+    auto out = layer_norm_modulate_kernels("layer_norm_modulate_with_input", x, scale, shift, eps,
+                                           segments, true);
     return {out[0], out[1]};
   }
 #endif
