@@ -178,29 +178,88 @@ cudaError_t launch_column_sums(const RowLayout& l, const Term& term, float* part
   return cudaGetLastError();
 }
 
-// A lane's part of a row: channel groups ch = lane * 8 + j * 256 (j = 0, 1, ...; ch < d). With
-// kCached > 0 (D <= kCached * 256) the loops are unrolled and a row's 16-byte words are kept in
-// registers (RowWords), so each row is read from memory once and every load of a pass is in
-// flight at once; with kCached = 0 (any D) the passes read the row again (from L1/L2), one word
-// at a time. Both forms do the same arithmetic in the same order. In a replayed 1.3B stage-1
-// step on an H100 the re-reading LayerNorm forward took 72 us a call against ~42 us of memory
-// traffic, and the register form 53 us (2026-12-05, docs/performance.md).
+// A lane's part of a row: channel groups ch = lane * 8 + j * 256 kRowWarps (j = 0, 1, ...;
+// ch < d). With kCached > 0 (D <= kCached * 256 kRowWarps) the loops are unrolled and a row's
+// 16-byte words are kept in registers (RowWords), so each row is read from memory once and every
+// load of a pass is in flight at once; with kCached = 0 (any D) the passes read the row again
+// (from L1/L2), one word at a time. With a warp a row both forms do the same arithmetic in the
+// same order; with several (RowTeam) a row's sums are taken in another order. In a replayed 1.3B
+// stage-1 step on an H100 the re-reading LayerNorm forward took 72 us a call against ~42 us of
+// memory traffic, and the register form 53 us (2026-12-05, docs/performance.md).
 constexpr int kCachedGroups = 6;  // D <= 1536 (Wan 1.3B)
 static_assert(kOnePassMaxDim <= kCachedGroups * 32 * kVec,
               "the one-pass RMSNorm backward launches the register form");
 
-template <int kCached, typename F>
+// `lane`: the thread's lane within its row (0 .. 32 kRowWarps - 1, see RowTeam).
+template <int kCached, int kRowWarps, typename F>
 __device__ __forceinline__ void for_groups(int lane, std::int64_t d, F&& f) {
+  constexpr std::int64_t kStride = static_cast<std::int64_t>(kRowWarps) * 32 * kVec;
   if constexpr (kCached > 0) {
 #pragma unroll
     for (int j = 0; j < kCached; ++j) {
-      const std::int64_t ch = lane * kVec + static_cast<std::int64_t>(j) * 32 * kVec;
+      const std::int64_t ch = lane * kVec + static_cast<std::int64_t>(j) * kStride;
       if (ch < d) f(j, ch);
     }
   } else {
     int j = 0;
-    for (std::int64_t ch = lane * kVec; ch < d; ch += 32 * kVec, ++j) f(j, ch);
+    for (std::int64_t ch = lane * kVec; ch < d; ch += kStride, ++j) f(j, ch);
   }
+}
+
+// The warps that share a row. A row of up to kCachedGroups * 256 channels (D <= 1536, Wan 1.3B)
+// takes a warp; a wider one up to kWideRowWarps times that (D <= 6144: Wan 14B's 5120) takes
+// kWideRowWarps warps, so that it too stays in registers (RowWords) instead of being read again
+// from L1/L2 for every pass; the re-reading form (kCached = 0) is left for wider rows. A row's
+// sums are then its warps' sums added in order of warp through shared memory, behind a barrier
+// of the row's own warps (named barrier 1 + team): deterministic.
+constexpr int kWideRowWarps = 4;
+
+template <int kRowWarps>
+struct RowTeam {
+  static_assert(kWarps % kRowWarps == 0 && kWarps / kRowWarps < 16, "named barriers 1..15");
+  static constexpr int kTeams = kWarps / kRowWarps;  // rows a block works on at once
+  int lane = (static_cast<int>(threadIdx.x) / 32 % kRowWarps) * 32 + threadIdx.x % 32;
+  int team = static_cast<int>(threadIdx.x) / 32 / kRowWarps;
+
+  __device__ __forceinline__ void sync() const {
+    if constexpr (kRowWarps > 1)
+      asm volatile("bar.sync %0, %1;" ::"r"(1 + team), "r"(32 * kRowWarps) : "memory");
+  }
+};
+
+// The sums over a row's lanes of v and w, in every lane of the row.
+template <int kRowWarps>
+__device__ __forceinline__ float2 row_sums(const RowTeam<kRowWarps>& t, float v, float w) {
+  v = warp_sum(v);
+  w = warp_sum(w);
+  if constexpr (kRowWarps > 1) {
+    __shared__ float2 parts[kWarps];
+    if (threadIdx.x % 32 == 0) parts[threadIdx.x / 32] = make_float2(v, w);
+    t.sync();
+    v = 0.f, w = 0.f;
+#pragma unroll
+    for (int i = 0; i < kRowWarps; ++i) {
+      const float2 p = parts[t.team * kRowWarps + i];
+      v += p.x, w += p.y;
+    }
+    t.sync();  // read by all before the row's next sums are written
+  }
+  return make_float2(v, w);
+}
+
+template <int kRowWarps>
+__device__ __forceinline__ float row_sum(const RowTeam<kRowWarps>& t, float v) {
+  v = warp_sum(v);
+  if constexpr (kRowWarps > 1) {
+    __shared__ float parts[kWarps];
+    if (threadIdx.x % 32 == 0) parts[threadIdx.x / 32] = v;
+    t.sync();
+    v = 0.f;
+#pragma unroll
+    for (int i = 0; i < kRowWarps; ++i) v += parts[t.team * kRowWarps + i];
+    t.sync();
+  }
+  return v;
 }
 
 // A lane's 16-byte words of one bf16 row: kept (kCached > 0) or read again (kCached = 0).
@@ -231,9 +290,10 @@ struct RowWords {
 
 // The first read of every group of a lane's part of the rows (all of them in flight at once with
 // kCached > 0; nothing to do with kCached = 0, whose passes read as they go).
-template <int kCached, typename... Words>
+template <int kCached, int kRowWarps, typename... Words>
 __device__ __forceinline__ void fetch_rows(int lane, std::int64_t d, Words&... rows) {
-  for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) { (rows.fetch(j, ch), ...); });
+  for_groups<kCached, kRowWarps>(lane, d,
+                                 [&](int j, std::int64_t ch) { (rows.fetch(j, ch), ...); });
 }
 
 // With `res_y` (the residual form): the normalised row is x_out = bf16(x + res_y * gate) (gate
@@ -241,26 +301,27 @@ __device__ __forceinline__ void fetch_rows(int lane, std::int64_t d, Words&... r
 // output. Bounded to 3 blocks a multiprocessor (80 registers, no spills), as the backward: at 85
 // registers the register form held 2 (registers are allocated 8 a thread at a time), and a
 // stage-1 call's 390 blocks took two waves of 264 places instead of one of 396.
-template <int kCached>
-__global__ void __launch_bounds__(kThreads, 3)
+template <int kCached, int kRowWarps>
+__global__ void __launch_bounds__(kThreads, kRowWarps == 1 ? 3 : 2)
     ln_modulate_fwd(RowLayout l, const bf16* __restrict__ x, const float* __restrict__ scale,
                     const float* __restrict__ shift, float eps, bf16* __restrict__ y,
                     float* __restrict__ mean_out, float* __restrict__ rstd_out,
                     const bf16* __restrict__ res_y, const float* __restrict__ gate, bf16* x_out) {
   const Range rows = block_rows(l);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const RowTeam<kRowWarps> team;
+  const int lane = team.lane;
   const std::int64_t d = l.dim;
   const float* sc = scale + blockIdx.y * l.vec_stride;
   const float* sh = shift + blockIdx.y * l.vec_stride;
   const float* gt = gate != nullptr ? gate + blockIdx.y * l.gate_stride : nullptr;
   const float inv_d = 1.f / static_cast<float>(d);
-  for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
+  for (std::int64_t r = rows.begin + team.team; r < rows.end; r += team.kTeams) {
     RowWords<kCached> xw{{}, x + r * d};
     float s = 0.f;
     if (res_y != nullptr) {
       RowWords<kCached> yw{{}, res_y + r * d};
-      fetch_rows<kCached>(lane, d, xw, yw);
-      for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+      fetch_rows<kCached, kRowWarps>(lane, d, xw, yw);
+      for_groups<kCached, kRowWarps>(lane, d, [&](int j, std::int64_t ch) {
         float xv[kVec], yv[kVec], gv[kVec];
         xw.get(j, ch, xv);
         yw.get(j, ch, yv);
@@ -275,24 +336,24 @@ __global__ void __launch_bounds__(kThreads, 3)
       });
       xw.row = x_out + r * d;
     } else {
-      fetch_rows<kCached>(lane, d, xw);
-      for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+      fetch_rows<kCached, kRowWarps>(lane, d, xw);
+      for_groups<kCached, kRowWarps>(lane, d, [&](int j, std::int64_t ch) {
         float xv[kVec];
         xw.get(j, ch, xv);
 #pragma unroll
         for (int i = 0; i < kVec; ++i) s += xv[i];
       });
     }
-    const float mean = warp_sum(s) * inv_d;
+    const float mean = row_sum(team, s) * inv_d;
     float v = 0.f;
-    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+    for_groups<kCached, kRowWarps>(lane, d, [&](int j, std::int64_t ch) {
       float xv[kVec];
       xw.get(j, ch, xv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) v += (xv[i] - mean) * (xv[i] - mean);
     });
-    const float rstd = rsqrtf(warp_sum(v) * inv_d + eps);
-    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+    const float rstd = rsqrtf(row_sum(team, v) * inv_d + eps);
+    for_groups<kCached, kRowWarps>(lane, d, [&](int j, std::int64_t ch) {
       float xv[kVec], scv[kVec], shv[kVec], out[kVec];
       xw.get(j, ch, xv);
       loadf8(sc + ch, scv);
@@ -312,8 +373,8 @@ __global__ void __launch_bounds__(kThreads, 3)
 // with `dy`, writes the residual branch's gradient dy = bf16(dx * gate) (gate null: 1).
 // kSums: the one-pass form (block_partials written; its own instantiation, so that the two-pass
 // form keeps its registers).
-template <int kCached, bool kSums>
-__global__ void __launch_bounds__(kThreads, kSums ? 2 : 3)
+template <int kCached, bool kSums, int kRowWarps>
+__global__ void __launch_bounds__(kThreads, kSums || kRowWarps > 1 ? 2 : 3)
     ln_modulate_bwd(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ x,
                     const float* __restrict__ scale, const float* __restrict__ mean_in,
                     const float* __restrict__ rstd_in, bf16* __restrict__ dx,
@@ -321,7 +382,9 @@ __global__ void __launch_bounds__(kThreads, kSums ? 2 : 3)
                     bf16* __restrict__ dy, float* __restrict__ block_partials) {
   const std::int64_t d = l.dim;
   const Range rows = block_rows(l);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  static_assert(!kSums || kRowWarps == 1, "one-pass sums: a warp a row");
+  const RowTeam<kRowWarps> team;
+  const int warp = threadIdx.x / 32, lane = team.lane;
   const float* sc = scale + blockIdx.y * l.vec_stride;
   const float* gt = gate != nullptr ? gate + blockIdx.y * l.gate_stride : nullptr;
   const float inv_d = 1.f / static_cast<float>(d);
@@ -335,12 +398,12 @@ __global__ void __launch_bounds__(kThreads, kSums ? 2 : 3)
     for (std::int64_t c = lane; c < 2 * d; c += 32) shift_sums[c] = 0.f;
     __syncwarp();
   }
-  for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
+  for (std::int64_t r = rows.begin + team.team; r < rows.end; r += team.kTeams) {
     RowWords<kCached> xw{{}, x + r * d}, gw{{}, g + r * d};
     const float mean = mean_in[r], rstd = rstd_in[r];
     float a = 0.f, b = 0.f;
-    fetch_rows<kCached>(lane, d, xw, gw);
-    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+    fetch_rows<kCached, kRowWarps>(lane, d, xw, gw);
+    for_groups<kCached, kRowWarps>(lane, d, [&](int j, std::int64_t ch) {
       float xv[kVec], gv[kVec], scv[kVec];
       xw.get(j, ch, xv);
       gw.get(j, ch, gv);
@@ -352,9 +415,10 @@ __global__ void __launch_bounds__(kThreads, kSums ? 2 : 3)
         b += gs * (xv[i] - mean) * rstd;
       }
     });
-    a = warp_sum(a) * inv_d;
-    b = warp_sum(b) * inv_d;
-    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+    const float2 ab = row_sums(team, a, b);
+    a = ab.x * inv_d;
+    b = ab.y * inv_d;
+    for_groups<kCached, kRowWarps>(lane, d, [&](int j, std::int64_t ch) {
       float xv[kVec], gv[kVec], scv[kVec], out[kVec], scale_terms[kVec];
       xw.get(j, ch, xv);
       gw.get(j, ch, gv);
@@ -515,27 +579,28 @@ __device__ __forceinline__ void rope_angles(const RopeRow& rr, std::int64_t ch, 
   loadf4(rr.sin + at, s);
 }
 
-template <int kCached>
+template <int kCached, int kRowWarps>
 __global__ void __launch_bounds__(kThreads)
     rms_rope_fwd(RowLayout l, const bf16* __restrict__ x, const float* __restrict__ w, Rope rp,
                  float eps, bf16* __restrict__ y, float* __restrict__ rstd_out) {
   const Range rows = block_rows(l);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const RowTeam<kRowWarps> team;
+  const int lane = team.lane;
   const std::int64_t d = l.dim;
   const float inv_d = 1.f / static_cast<float>(d);
-  for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
+  for (std::int64_t r = rows.begin + team.team; r < rows.end; r += team.kTeams) {
     RowWords<kCached> xw{{}, x + r * x_stride(l)};
     float ss = 0.f;
-    fetch_rows<kCached>(lane, d, xw);
-    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+    fetch_rows<kCached, kRowWarps>(lane, d, xw);
+    for_groups<kCached, kRowWarps>(lane, d, [&](int j, std::int64_t ch) {
       float xv[kVec];
       xw.get(j, ch, xv);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) ss += xv[i] * xv[i];
     });
-    const float rstd = rsqrtf(warp_sum(ss) * inv_d + eps);
+    const float rstd = rsqrtf(row_sum(team, ss) * inv_d + eps);
     const RopeRow rr = rope_row(rp, r);
-    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+    for_groups<kCached, kRowWarps>(lane, d, [&](int j, std::int64_t ch) {
       float xv[kVec], wv[kVec], t[kVec];
       xw.get(j, ch, xv);
       loadf8(w + ch, wv);
@@ -570,14 +635,15 @@ __device__ __forceinline__ void unrotate(const RopeRow& rr, std::int64_t ch, flo
   }
 }
 
-template <int kCached>
+template <int kCached, int kRowWarps>
 __global__ void __launch_bounds__(kThreads)
     rms_rope_bwd(RowLayout l, const bf16* __restrict__ g, const bf16* __restrict__ x,
                  const float* __restrict__ w, Rope rp, const float* __restrict__ rstd_in,
                  bf16* __restrict__ dx, float* __restrict__ block_partials, int rows_per_block) {
   const std::int64_t d = l.dim;
   const Range rows = chunk_rows(l, blockIdx.y, blockIdx.x, rows_per_block);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const RowTeam<kRowWarps> team;  // one-pass sums (block_partials) with a warp a row only
+  const int warp = threadIdx.x / 32, lane = team.lane;
   const float inv_d = 1.f / static_cast<float>(d);
   // One pass (block_partials set; the same for every thread): the weight gradient's terms
   // (rotated-back g) * xhat summed as the rows go by, instead of a column kernel reading g and x
@@ -591,13 +657,13 @@ __global__ void __launch_bounds__(kThreads)
     for (std::int64_t c = lane; c < d; c += 32) weight_sums[c] = 0.f;
     __syncwarp();
   }
-  for (std::int64_t r = rows.begin + warp; r < rows.end; r += kWarps) {
+  for (std::int64_t r = rows.begin + team.team; r < rows.end; r += team.kTeams) {
     RowWords<kCached> xw{{}, x + r * x_stride(l)}, gw{{}, g + r * d};
     const float rstd = rstd_in[r];
     const RopeRow rr = rope_row(rp, r);
     float dot = 0.f;
-    fetch_rows<kCached>(lane, d, xw, gw);
-    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+    fetch_rows<kCached, kRowWarps>(lane, d, xw, gw);
+    for_groups<kCached, kRowWarps>(lane, d, [&](int j, std::int64_t ch) {
       float xv[kVec], gv[kVec], wv[kVec];
       xw.get(j, ch, xv);
       gw.get(j, ch, gv);
@@ -606,8 +672,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int i = 0; i < kVec; ++i) dot += gv[i] * wv[i] * xv[i] * rstd;
     });
-    dot = warp_sum(dot) * inv_d;
-    for_groups<kCached>(lane, d, [&](int j, std::int64_t ch) {
+    dot = row_sum(team, dot) * inv_d;
+    for_groups<kCached, kRowWarps>(lane, d, [&](int j, std::int64_t ch) {
       float xv[kVec], gv[kVec], wv[kVec], out[kVec], weight_terms[kVec];
       xw.get(j, ch, xv);
       gw.get(j, ch, gv);
@@ -655,9 +721,13 @@ struct RmsWeightTerm {
   }
 };
 
-// Whether a row fits the row kernels' register form (kCachedGroups).
-bool cached_rows(const RowLayout& l) {
-  return l.dim <= static_cast<std::int64_t>(kCachedGroups) * 32 * kVec;
+// The row kernels' form for rows of D channels: a warp's registers (narrow), kWideRowWarps
+// warps' registers (wide), or a warp reading the row again for each pass.
+template <typename Kernel>
+Kernel row_kernel(const RowLayout& l, Kernel narrow, Kernel wide, Kernel reread) {
+  constexpr std::int64_t kNarrow = static_cast<std::int64_t>(kCachedGroups) * 32 * kVec;
+  if (l.dim <= kNarrow) return narrow;
+  return l.dim <= kNarrow * kWideRowWarps ? wide : reread;
 }
 
 dim3 grid_of(const RowLayout& l) {
@@ -669,7 +739,9 @@ dim3 grid_of(const RowLayout& l) {
 cudaError_t layer_norm_modulate_forward(const RowLayout& l, const void* x, const float* scale,
                                         const float* shift, float eps, void* y, float* mean,
                                         float* rstd, cudaStream_t stream) {
-  const auto kernel = cached_rows(l) ? ln_modulate_fwd<kCachedGroups> : ln_modulate_fwd<0>;
+  const auto kernel =
+      row_kernel(l, ln_modulate_fwd<kCachedGroups, 1>,
+                 ln_modulate_fwd<kCachedGroups, kWideRowWarps>, ln_modulate_fwd<0, 1>);
   kernel<<<grid_of(l), kThreads, 0, stream>>>(l, static_cast<const bf16*>(x), scale, shift, eps,
                                               static_cast<bf16*>(y), mean, rstd, nullptr, nullptr,
                                               nullptr);
@@ -680,7 +752,9 @@ cudaError_t gated_residual_norm_forward(const RowLayout& l, const void* x, const
                                         const float* gate, const float* scale, const float* shift,
                                         float eps, void* x_out, void* n, float* mean, float* rstd,
                                         cudaStream_t stream) {
-  const auto kernel = cached_rows(l) ? ln_modulate_fwd<kCachedGroups> : ln_modulate_fwd<0>;
+  const auto kernel =
+      row_kernel(l, ln_modulate_fwd<kCachedGroups, 1>,
+                 ln_modulate_fwd<kCachedGroups, kWideRowWarps>, ln_modulate_fwd<0, 1>);
   kernel<<<grid_of(l), kThreads, 0, stream>>>(
       l, static_cast<const bf16*>(x), scale, shift, eps, static_cast<bf16*>(n), mean, rstd,
       static_cast<const bf16*>(y), gate, static_cast<bf16*>(x_out));
@@ -695,8 +769,9 @@ cudaError_t gated_residual_norm_backward(const RowLayout& l, const void* grad_x,
   const auto* gn = static_cast<const bf16*>(grad_n);
   const auto* xb = static_cast<const bf16*>(x_out);
   auto* dxb = static_cast<bf16*>(dx);
-  const auto kernel =
-      cached_rows(l) ? ln_modulate_bwd<kCachedGroups, false> : ln_modulate_bwd<0, false>;
+  const auto kernel = row_kernel(l, ln_modulate_bwd<kCachedGroups, false, 1>,
+                                 ln_modulate_bwd<kCachedGroups, false, kWideRowWarps>,
+                                 ln_modulate_bwd<0, false, 1>);
   kernel<<<grid_of(l), kThreads, 0, stream>>>(l, gn, xb, scale, mean, rstd, dxb,
                                               static_cast<const bf16*>(grad_x), gate,
                                               static_cast<bf16*>(dy), nullptr);
@@ -714,8 +789,9 @@ cudaError_t layer_norm_modulate_backward(const RowLayout& l, const void* grad, c
                                          cudaStream_t stream) {
   const auto* g = static_cast<const bf16*>(grad);
   const auto* xb = static_cast<const bf16*>(x);
-  const auto kernel =
-      cached_rows(l) ? ln_modulate_bwd<kCachedGroups, false> : ln_modulate_bwd<0, false>;
+  const auto kernel = row_kernel(l, ln_modulate_bwd<kCachedGroups, false, 1>,
+                                 ln_modulate_bwd<kCachedGroups, false, kWideRowWarps>,
+                                 ln_modulate_bwd<0, false, 1>);
   kernel<<<grid_of(l), kThreads, 0, stream>>>(l, g, xb, scale, mean, rstd, static_cast<bf16*>(dx),
                                               static_cast<const bf16*>(grad_through), nullptr,
                                               nullptr, nullptr);
@@ -746,7 +822,8 @@ cudaError_t rms_norm_rope_forward(const RowLayout& l, const void* x, const float
                                   std::int64_t head_dim, float eps, void* y, float* rstd,
                                   cudaStream_t stream) {
   const Rope rp{cos, sin, table_rows, head_dim};
-  const auto kernel = cached_rows(l) ? rms_rope_fwd<kCachedGroups> : rms_rope_fwd<0>;
+  const auto kernel = row_kernel(l, rms_rope_fwd<kCachedGroups, 1>,
+                                 rms_rope_fwd<kCachedGroups, kWideRowWarps>, rms_rope_fwd<0, 1>);
   kernel<<<grid_of(l), kThreads, 0, stream>>>(l, static_cast<const bf16*>(x), w, rp, eps,
                                               static_cast<bf16*>(y), rstd);
   return cudaGetLastError();
@@ -760,7 +837,8 @@ cudaError_t rms_norm_rope_backward(const RowLayout& l, const void* grad, const v
   const Rope rp{cos, sin, table_rows, head_dim};
   const auto* g = static_cast<const bf16*>(grad);
   const auto* xb = static_cast<const bf16*>(x);
-  const auto kernel = cached_rows(l) ? rms_rope_bwd<kCachedGroups> : rms_rope_bwd<0>;
+  const auto kernel = row_kernel(l, rms_rope_bwd<kCachedGroups, 1>,
+                                 rms_rope_bwd<kCachedGroups, kWideRowWarps>, rms_rope_bwd<0, 1>);
   kernel<<<grid_of(l), kThreads, 0, stream>>>(l, g, xb, w, rp, rstd, static_cast<bf16*>(dx),
                                               nullptr, kRowsPerBlock);
   const cudaError_t err = cudaGetLastError();
@@ -779,7 +857,7 @@ std::int64_t rms_norm_rope_backward_one_pass_rows(const RowLayout& l) {
   // More rows a block (a multiple of its warps) make the grid one wave where the samples allow.
   static std::atomic<int> cache[kOccupancyDevices];
   const int places =
-      blocks_at_once(rms_rope_bwd<kCachedGroups>, kThreads, cache, 0,
+      blocks_at_once(rms_rope_bwd<kCachedGroups, 1>, kThreads, cache, 0,
                      sizeof(float) * kWarps * static_cast<std::size_t>(kOnePassMaxDim));
   const std::int64_t blocks = l.chunks * l.samples;
   if (places <= 0 || blocks <= places || l.samples > places) return kRowsPerBlock;
@@ -801,7 +879,7 @@ cudaError_t rms_norm_rope_backward_one_pass(const RowLayout& l, const void* grad
   const dim3 grid(static_cast<unsigned>(rms_norm_rope_backward_one_pass_blocks(l, rows_per_block)),
                   static_cast<unsigned>(l.samples));
   // D <= kOnePassMaxDim: the register form's rows too.
-  rms_rope_bwd<kCachedGroups><<<grid, kThreads, shared, stream>>>(
+  rms_rope_bwd<kCachedGroups, 1><<<grid, kThreads, shared, stream>>>(
       l, static_cast<const bf16*>(grad), static_cast<const bf16*>(x), w, rp, rstd,
       static_cast<bf16*>(dx), block_partials, static_cast<int>(rows_per_block));
   return cudaGetLastError();
@@ -822,7 +900,7 @@ cudaError_t allow_ln_one_pass_shared() {
   if (err != cudaSuccess) return err;
   if (device >= 0 && device < kOccupancyDevices && allowed[device].load(std::memory_order_relaxed))
     return cudaSuccess;
-  err = cudaFuncSetAttribute(ln_modulate_bwd<kCachedGroups, true>,
+  err = cudaFuncSetAttribute(ln_modulate_bwd<kCachedGroups, true, 1>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(sizeof(float) * 2 * kWarps * kOnePassMaxDim));
   if (err == cudaSuccess && device >= 0 && device < kOccupancyDevices) allowed[device].store(true);
@@ -842,7 +920,7 @@ cudaError_t layer_norm_modulate_backward_one_pass(const RowLayout& l, const void
                                                   float* block_partials, cudaStream_t stream) {
   if (!layer_norm_one_pass_fits(l)) return cudaErrorInvalidValue;
   if (const cudaError_t err = allow_ln_one_pass_shared(); err != cudaSuccess) return err;
-  ln_modulate_bwd<kCachedGroups, true><<<grid_of(l), kThreads, ln_one_pass_shared(l), stream>>>(
+  ln_modulate_bwd<kCachedGroups, true, 1><<<grid_of(l), kThreads, ln_one_pass_shared(l), stream>>>(
       l, static_cast<const bf16*>(grad), static_cast<const bf16*>(x), scale, mean, rstd,
       static_cast<bf16*>(dx), static_cast<const bf16*>(grad_through), nullptr, nullptr,
       block_partials);
@@ -856,7 +934,7 @@ cudaError_t gated_residual_norm_backward_one_pass(
   if (!layer_norm_one_pass_fits(l)) return cudaErrorInvalidValue;
   if (const cudaError_t err = allow_ln_one_pass_shared(); err != cudaSuccess) return err;
   auto* dxb = static_cast<bf16*>(dx);
-  ln_modulate_bwd<kCachedGroups, true><<<grid_of(l), kThreads, ln_one_pass_shared(l), stream>>>(
+  ln_modulate_bwd<kCachedGroups, true, 1><<<grid_of(l), kThreads, ln_one_pass_shared(l), stream>>>(
       l, static_cast<const bf16*>(grad_n), static_cast<const bf16*>(x_out), scale, mean, rstd, dxb,
       static_cast<const bf16*>(grad_x), gate, static_cast<bf16*>(dy), norm_block_partials);
   const cudaError_t err = cudaGetLastError();

@@ -81,8 +81,11 @@ TEST(FusedGpu, LayerNormModulateDense) {
   check_layer_norm_modulate(2, 33, 1536, nullptr, 2);
   // Several partial sums per sample (rows > 128) and a channel tile that is not full (D = 200).
   check_layer_norm_modulate(2, 300, 200, nullptr, 2);
-  // D = 2048 (14B's blocks are 5120): beyond the row kernels' register form, rows read again.
+  // Wider rows: a row to 4 warps' registers (D = 2048, and 14B's 5120 with a sample shorter
+  // than a block's rows), and beyond them (D = 8192) rows read again for each pass.
   check_layer_norm_modulate(2, 150, 2048, nullptr, 2);
+  check_layer_norm_modulate(2, 45, 5120, nullptr, 2);
+  check_layer_norm_modulate(1, 70, 8192, nullptr, 1);
 }
 
 TEST(FusedGpu, LayerNormModulatePacked) {
@@ -130,7 +133,8 @@ void check_layer_norm_modulate_with_input(std::int64_t b, std::int64_t s, std::i
 TEST(FusedGpu, LayerNormModulateWithInput) {
   if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
   check_layer_norm_modulate_with_input(4, 390, 1536, nullptr, 4);  // one pass (D <= 1536)
-  check_layer_norm_modulate_with_input(2, 150, 2048, nullptr, 2);  // rows read again
+  check_layer_norm_modulate_with_input(2, 150, 2048, nullptr, 2);  // a row to 4 warps
+  check_layer_norm_modulate_with_input(1, 70, 8192, nullptr, 1);   // rows read again
   auto seg = segments({37, 64, 5, 90}, at::kCUDA);
   check_layer_norm_modulate_with_input(1, 196, 512, seg.get(), 4);
 }
@@ -203,9 +207,11 @@ TEST(FusedGpu, RmsNormRope) {
   check_rms_rope(2, 75, 4, 128, true, 75);     // dense: table per position
   check_rms_rope(1, 300, 12, 128, true, 300);  // packed: table per token
   check_rms_rope(3, 40, 2, 64, false, 0);      // cross-attention q/k: no rotation
-  // D = 2048: beyond the one-pass backward's shared memory and the register form (two passes,
-  // rows read again).
+  // Beyond the one-pass backward's shared memory (two passes): D = 2048 and 14B's 5120 with a
+  // row to 4 warps' registers, D = 8192 with rows read again.
   check_rms_rope(2, 50, 16, 128, true, 50);
+  check_rms_rope(1, 90, 40, 128, true, 90);
+  check_rms_rope(1, 40, 64, 128, true, 40);
 }
 
 // The block's per-sample vectors are chunks of a [n, 6, D] modulation table, and the affine norm2
@@ -336,7 +342,9 @@ TEST(FusedGpu, GatedResidualNorm) {
   if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
   check_gated_residual_norm(4, 390, 1536, nullptr, 4, true, false);
   check_gated_residual_norm(4, 390, 1536, nullptr, 4, false, false);
-  check_gated_residual_norm(2, 130, 2048, nullptr, 2, true, false);  // rows read again (D > 1536)
+  check_gated_residual_norm(2, 130, 2048, nullptr, 2, true, false);  // a row to 4 warps
+  check_gated_residual_norm(1, 75, 5120, nullptr, 1, true, false);   // 14B's rows
+  check_gated_residual_norm(1, 40, 8192, nullptr, 1, false, false);  // rows read again
   check_gated_residual_norm(2, 100, 256, nullptr, 2, true, true);
   auto seg = segments({100, 37, 260}, at::kCUDA);
   check_gated_residual_norm(1, 397, 512, seg.get(), 3, true, false);

@@ -5,9 +5,10 @@
 // gradients the row kernels write bit for bit (the same arithmetic), the parameter gradients'
 // sums within float rounding of the other order; dense and packed rows, with and without RoPE. A
 // disabled test times both (run with --gtest_also_run_disabled_tests). Also kernels::sum_slots,
-// which reduces such partial sums for the kit, against ATen's sum. GPU only: built where the
-// kernels are. (The LayerNorm backwards' one-pass form with rows read again measured no faster on
-// an H100, 2026-12-05: 97.1 -> 95.8 us and 166.3 -> 166.1 us; this is its register form.)
+// which reduces such partial sums for the kit, against ATen's sum; and disabled figures of the
+// wide rows' forms (14B). GPU only: built where the kernels are. (The LayerNorm backwards' one-pass
+// form with rows read again measured no faster on an H100, 2026-12-05: 97.1 -> 95.8 us and 166.3 ->
+// 166.1 us; this is its register form.)
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -261,6 +262,51 @@ TEST(RowKernelSums, SlotSumsMatchAtenOnAGpu) {
     // fp32 sums of up to 195 unit normals in another order: within a few ulps of ~14.
     EXPECT_LT((out - expected).abs().max().item<double>(), 1e-4) << what;
     EXPECT_TRUE(at::equal(out, again)) << what << ": not deterministic";
+  }
+}
+
+// The row kernels at 14B's rows (37440 x 5120: a row to 4 warps' registers) against rows just
+// beyond that form (37440 x 6400: a warp reading its row again for each pass), in GB/s of the
+// passes each call makes over [T, D] bf16 (the backwards with their column kernel): the wide form
+// is kept only if it moves more bytes a second.
+TEST(RowKernelSums, DISABLED_WideRowFiguresOnAGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  using wanhost::testing::time_us;
+  const auto stream = at::cuda::getCurrentCUDAStream().stream();
+  for (const std::int64_t dim : {5120, 6400}) {
+    Case c = make_case(1, 37440, dim, true);
+    const auto f32 = c.w.options();
+    const std::int64_t rows = c.g.size(0);
+    at::Tensor y = at::empty_like(c.g), dx = at::empty_like(c.g), mean = at::empty({rows}, f32);
+    at::Tensor vec = at::randn({1, dim}, f32) * 0.2;
+    at::Tensor partials = at::empty({1, k::partial_chunks(c.layout), 2, dim}, f32);
+    const double bytes = static_cast<double>(rows) * static_cast<double>(dim) * 2.0;
+    const auto report = [&](const char* what, double passes, double us) {
+      std::printf("[ figures ] %s, %lld x %lld: %.1f us, %.0f GB/s\n", what,
+                  static_cast<long long>(rows), static_cast<long long>(dim), us,
+                  passes * bytes / us / 1e3);
+    };
+    report("layer_norm_modulate forward", 2, time_us([&] {
+             (void)k::layer_norm_modulate_forward(c.layout, c.x.data_ptr(), ptr(vec), ptr(vec),
+                                                  1e-6f, y.data_ptr(), mean.data_ptr<float>(),
+                                                  c.rstd.data_ptr<float>(), stream);
+           }));
+    report("layer_norm_modulate backward (with its column kernel)", 5, time_us([&] {
+             (void)k::layer_norm_modulate_backward(
+                 c.layout, c.g.data_ptr(), c.x.data_ptr(), ptr(vec), ptr(mean), ptr(c.rstd),
+                 nullptr, dx.data_ptr(), partials.data_ptr<float>(), stream);
+           }));
+    report("rms_norm_rope forward", 2, time_us([&] {
+             (void)k::rms_norm_rope_forward(c.layout, c.x.data_ptr(), ptr(c.w), ptr(c.cos),
+                                            ptr(c.sin), c.table_rows, c.head_dim, 1e-6f,
+                                            y.data_ptr(), c.rstd.data_ptr<float>(), stream);
+           }));
+    report("rms_norm_rope backward (with its column kernel)", 5, time_us([&] {
+             (void)k::rms_norm_rope_backward(c.layout, c.g.data_ptr(), c.x.data_ptr(), ptr(c.w),
+                                             ptr(c.cos), ptr(c.sin), c.table_rows, c.head_dim,
+                                             ptr(c.rstd), dx.data_ptr(), partials.data_ptr<float>(),
+                                             stream);
+           }));
   }
 }
 
