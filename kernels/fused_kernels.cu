@@ -227,39 +227,32 @@ struct RowTeam {
   }
 };
 
-// The sums over a row's lanes of v and w, in every lane of the row.
-template <int kRowWarps>
-__device__ __forceinline__ float2 row_sums(const RowTeam<kRowWarps>& t, float v, float w) {
-  v = warp_sum(v);
-  w = warp_sum(w);
-  if constexpr (kRowWarps > 1) {
-    __shared__ float2 parts[kWarps];
-    if (threadIdx.x % 32 == 0) parts[threadIdx.x / 32] = make_float2(v, w);
-    t.sync();
-    v = 0.f, w = 0.f;
+// The sums over a row's lanes of each of v's K values, in every lane of the row (in place).
+template <int kRowWarps, int K>
+__device__ __forceinline__ void row_sums(const RowTeam<kRowWarps>& t, float (&v)[K]) {
 #pragma unroll
-    for (int i = 0; i < kRowWarps; ++i) {
-      const float2 p = parts[t.team * kRowWarps + i];
-      v += p.x, w += p.y;
+  for (int k = 0; k < K; ++k) v[k] = warp_sum(v[k]);
+  if constexpr (kRowWarps > 1) {
+    __shared__ float parts[kWarps][K];
+    if (threadIdx.x % 32 == 0)
+#pragma unroll
+      for (int k = 0; k < K; ++k) parts[threadIdx.x / 32][k] = v[k];
+    t.sync();
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      v[k] = 0.f;
+#pragma unroll
+      for (int i = 0; i < kRowWarps; ++i) v[k] += parts[t.team * kRowWarps + i][k];
     }
     t.sync();  // read by all before the row's next sums are written
   }
-  return make_float2(v, w);
 }
 
 template <int kRowWarps>
 __device__ __forceinline__ float row_sum(const RowTeam<kRowWarps>& t, float v) {
-  v = warp_sum(v);
-  if constexpr (kRowWarps > 1) {
-    __shared__ float parts[kWarps];
-    if (threadIdx.x % 32 == 0) parts[threadIdx.x / 32] = v;
-    t.sync();
-    v = 0.f;
-#pragma unroll
-    for (int i = 0; i < kRowWarps; ++i) v += parts[t.team * kRowWarps + i];
-    t.sync();
-  }
-  return v;
+  float one[1] = {v};
+  row_sums(t, one);
+  return one[0];
 }
 
 // A lane's 16-byte words of one bf16 row: kept (kCached > 0) or read again (kCached = 0).
@@ -415,9 +408,10 @@ __global__ void __launch_bounds__(kThreads, kSums || kRowWarps > 1 ? 2 : 3)
         b += gs * (xv[i] - mean) * rstd;
       }
     });
-    const float2 ab = row_sums(team, a, b);
-    a = ab.x * inv_d;
-    b = ab.y * inv_d;
+    float ab[2] = {a, b};
+    row_sums(team, ab);
+    a = ab[0] * inv_d;
+    b = ab[1] * inv_d;
     for_groups<kCached, kRowWarps>(lane, d, [&](int j, std::int64_t ch) {
       float xv[kVec], gv[kVec], scv[kVec], out[kVec], scale_terms[kVec];
       xw.get(j, ch, xv);
