@@ -50,10 +50,14 @@ inline constexpr std::int64_t partial_chunks(const RowLayout& l) {
 cudaError_t layer_norm_modulate_forward(const RowLayout& l, const void* x, const float* scale,
                                         const float* shift, float eps, void* y, float* mean,
                                         float* rstd, cudaStream_t stream);
-// dx (bf16) and partials K=2: [0] = sum g (d shift), [1] = sum g * xhat (d scale).
+// dx (bf16) and partials K=2: [0] = sum g (d shift), [1] = sum g * xhat (d scale). With
+// grad_through (null: none), the gradient x also receives directly (x used as a residual
+// connection's base too), dx = bf16(grad_through + the norm's dx): one pass instead of a sum of
+// the two bf16 gradients after it.
 cudaError_t layer_norm_modulate_backward(const RowLayout& l, const void* grad, const void* x,
                                          const float* scale, const float* mean, const float* rstd,
-                                         void* dx, float* partials, cudaStream_t stream);
+                                         const void* grad_through, void* dx, float* partials,
+                                         cudaStream_t stream);
 
 // The two above in one pass, for a residual connection followed by the next norm:
 // x_out = bf16(x + y * gate[b]) (gate null: 1), n = bf16(LN(x_out) * (1 + scale[b]) + shift[b]);
@@ -71,10 +75,27 @@ cudaError_t gated_residual_norm_backward(const RowLayout& l, const void* grad_x,
                                          void* dx, void* dy, float* norm_partials,
                                          float* gate_partials, cudaStream_t stream);
 
+// The two LayerNorm backwards above in one pass: the row kernel sums d shift and d scale as it
+// goes, into block_partials [samples, chunks, 2, D] (one slot a block of kRowsPerBlock rows,
+// every slot written), instead of a column kernel reading g and x again; the gate's sums stay with
+// the column kernel (partials as above). Only where layer_norm_one_pass_fits (D <= 1536: the
+// block's sums in shared memory); cudaErrorInvalidValue elsewhere.
+bool layer_norm_one_pass_fits(const RowLayout& l);
+cudaError_t layer_norm_modulate_backward_one_pass(const RowLayout& l, const void* grad,
+                                                  const void* x, const float* scale,
+                                                  const float* mean, const float* rstd,
+                                                  const void* grad_through, void* dx,
+                                                  float* block_partials, cudaStream_t stream);
+cudaError_t gated_residual_norm_backward_one_pass(
+    const RowLayout& l, const void* grad_x, const void* grad_n, const void* x_out, const void* y,
+    const float* gate, const float* scale, const float* mean, const float* rstd, void* dx, void* dy,
+    float* norm_block_partials, float* gate_partials, cudaStream_t stream);
+
 // out = bf16(x + y * gate[b]); x, y, out bf16, gate fp32 (sample b's at b * vec_stride).
 cudaError_t gated_residual_forward(const RowLayout& l, const void* x, const void* y,
                                    const float* gate, void* out, cudaStream_t stream);
-// dy = bf16(g * gate[b]); partials K=1: sum g * y (d gate).
+// dy = bf16(g * gate[b]); partials K=1: sum g * y (d gate). One column pass reads g and y once
+// for both (a row kernel writing dy and a column kernel reading g again were two).
 cudaError_t gated_residual_backward(const RowLayout& l, const void* grad, const void* y,
                                     const float* gate, void* dy, float* partials,
                                     cudaStream_t stream);
@@ -94,16 +115,24 @@ cudaError_t rms_norm_rope_backward(const RowLayout& l, const void* grad, const v
                                    cudaStream_t stream);
 
 // The same in one pass: the row kernel sums the weight gradient as it goes, into
-// block_partials [samples, chunks, D] (one slot a block of kRowsPerBlock rows, every slot
-// written), instead of a column kernel reading g and x again. Only where
-// rms_norm_rope_backward_one_pass_fits (D <= 1536: the block's sums in shared memory);
-// cudaErrorInvalidValue elsewhere.
+// block_partials [samples, rms_norm_rope_backward_one_pass_blocks(l, rows_per_block), D] (one
+// slot a block of rows_per_block rows, every slot written), instead of a column kernel reading g
+// and x again. Only where rms_norm_rope_backward_one_pass_fits (D <= 1536: the block's sums in
+// shared memory); cudaErrorInvalidValue elsewhere, or for rows_per_block that is not a multiple
+// of 8 of at least kRowsPerBlock. rms_norm_rope_backward_one_pass_rows gives the rows a block
+// that keep the grid to one wave of the current GPU where the samples allow (kRowsPerBlock where
+// it is one already).
 bool rms_norm_rope_backward_one_pass_fits(const RowLayout& l);
+std::int64_t rms_norm_rope_backward_one_pass_rows(const RowLayout& l);
+inline constexpr std::int64_t rms_norm_rope_backward_one_pass_blocks(const RowLayout& l,
+                                                                     std::int64_t rows_per_block) {
+  return (l.chunks * kRowsPerBlock + rows_per_block - 1) / rows_per_block;
+}
 cudaError_t rms_norm_rope_backward_one_pass(const RowLayout& l, const void* grad, const void* x,
                                             const float* w, const float* cos, const float* sin,
                                             std::int64_t table_rows, std::int64_t head_dim,
                                             const float* rstd, void* dx, float* block_partials,
-                                            cudaStream_t stream);
+                                            std::int64_t rows_per_block, cudaStream_t stream);
 
 // partials K=1: sum of the rows of x (bf16 [T, D]) per sample.
 cudaError_t column_sums(const RowLayout& l, const void* x, float* partials, cudaStream_t stream);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 
 #include <cuda_runtime_api.h>
 
@@ -14,9 +15,10 @@ inline constexpr int kOccupancyDevices = 64;
 // `cache`: the caller's, one slot a device (0: not asked yet; one static array a kernel).
 // `fallback` where the runtime does not say (not cached, the error cleared so that the launch's
 // own check is not misled).
+// `dynamic_shared`: the bytes of dynamic shared memory a block launches with.
 template <typename Kernel>
 int blocks_at_once(Kernel kernel, int threads, std::atomic<int> (&cache)[kOccupancyDevices],
-                   int fallback) {
+                   int fallback, std::size_t dynamic_shared = 0) {
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kOccupancyDevices) {
     (void)cudaGetLastError();
@@ -26,8 +28,8 @@ int blocks_at_once(Kernel kernel, int threads, std::atomic<int> (&cache)[kOccupa
   int multiprocessors = 0, per_multiprocessor = 0;
   if (cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) !=
           cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, kernel, threads, 0) !=
-          cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, kernel, threads,
+                                                    dynamic_shared) != cudaSuccess ||
       multiprocessors * per_multiprocessor <= 0) {
     (void)cudaGetLastError();
     return fallback;

@@ -818,8 +818,10 @@ at::Tensor WanModel::block_impl(std::int64_t i, const at::Tensor& hidden, const 
     namespace fused = wanhost::fused;
     const auto* seg = act.segments_cross.get();  // one segment a sample (padding included)
     // Each residual connection and the norm after it are one operator (gated_residual_norm).
-    auto x = hidden;
-    auto n1 = fused::layer_norm_modulate(x, m[1], m[0], eps, seg);
+    // The block's input is both the first norm's input and the first residual's base: its two
+    // gradients are summed inside the norm's backward pass (layer_norm_modulate_with_input).
+    at::Tensor x, n1;
+    std::tie(x, n1) = fused::layer_norm_modulate_with_input(hidden, m[1], m[0], eps, seg);
     auto a = attention(blk.self, n1, n1, true, act, act.self_attention);
     at::Tensor n2;
     if (blk.norm2_weight.defined()) {

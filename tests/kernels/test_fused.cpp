@@ -81,8 +81,11 @@ TEST(FusedGpu, LayerNormModulateDense) {
   check_layer_norm_modulate(2, 33, 1536, nullptr, 2);
   // Several partial sums per sample (rows > 128) and a channel tile that is not full (D = 200).
   check_layer_norm_modulate(2, 300, 200, nullptr, 2);
-  // D = 2048 (14B's blocks are 5120): beyond the row kernels' register form, rows read again.
+  // Wider rows: a row to 4 warps' registers (D = 2048, and 14B's 5120 with a sample shorter
+  // than a block's rows), and beyond them (D = 8192) rows read again for each pass.
   check_layer_norm_modulate(2, 150, 2048, nullptr, 2);
+  check_layer_norm_modulate(2, 45, 5120, nullptr, 2);
+  check_layer_norm_modulate(1, 70, 8192, nullptr, 1);
 }
 
 TEST(FusedGpu, LayerNormModulatePacked) {
@@ -91,6 +94,49 @@ TEST(FusedGpu, LayerNormModulatePacked) {
   check_layer_norm_modulate(1, 196, 512, seg.get(), 4);
   auto long_seg = segments({300, 1, 260}, at::kCUDA);
   check_layer_norm_modulate(1, 561, 1536, long_seg.get(), 3);
+}
+
+// fused::layer_norm_modulate_with_input: x's values unchanged as the first output, and x's
+// gradient the sum of what reaches it through both outputs, added inside the norm's backward
+// kernel (one rounding) where the reference lets autograd add two bf16 gradients; with only one
+// output used the other's gradient is absent.
+void check_layer_norm_modulate_with_input(std::int64_t b, std::int64_t s, std::int64_t d,
+                                          const AttentionSegments* seg, std::int64_t samples) {
+  auto x = at::randn({b, s, d}, kBf16Cuda) * 3 + 0.5;
+  auto scale = at::randn({samples, 1, d}, kF32Cuda) * 0.2;
+  auto shift = at::randn({samples, 1, d}, kF32Cuda) * 0.2;
+  auto g_through = at::randn({b, s, d}, kBf16Cuda), g_norm = at::randn({b, s, d}, kBf16Cuda);
+  const std::string what = "layer_norm_modulate_with_input (D = " + std::to_string(d) + ")";
+  for (const int used : {0, 1, 2}) {  // both outputs, the norm only, x's own output only
+    auto in_k = leaves({x, scale, shift}), in_r = leaves({x, scale, shift});
+    auto k = fused::layer_norm_modulate_with_input(in_k[0], in_k[1], in_k[2], 1e-6, seg);
+    auto r = fused::reference::layer_norm_modulate_with_input(in_r[0], in_r[1], in_r[2], 1e-6, seg);
+    EXPECT_TRUE(at::equal(k.first, x)) << what << ": the first output is x";
+    expect_close({k.second}, {r.second}, 1e-2, what + " output");
+    auto grads = [&](std::pair<at::Tensor, at::Tensor>& out, std::vector<at::Tensor>& in) {
+      std::vector<at::Tensor> outs, gs;
+      if (used != 1) outs.push_back(out.first), gs.push_back(g_through);
+      if (used != 2) outs.push_back(out.second), gs.push_back(g_norm);
+      return torch::autograd::grad(outs, in, gs, std::nullopt, false, true);
+    };
+    auto gk = grads(k, in_k), gr = grads(r, in_r);
+    const std::string case_name = what + (used == 0 ? "" : used == 1 ? ", norm only" : ", x only");
+    if (used == 2) {  // no gradient through the norm: x's is g_through, scale and shift get none
+      EXPECT_TRUE(at::equal(gk[0], g_through)) << case_name;
+      EXPECT_FALSE(gk[1].defined() && gk[1].abs().max().item<double>() > 0) << case_name;
+      continue;
+    }
+    expect_close(gk, gr, 2e-2, case_name + " gradients");
+  }
+}
+
+TEST(FusedGpu, LayerNormModulateWithInput) {
+  if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
+  check_layer_norm_modulate_with_input(4, 390, 1536, nullptr, 4);  // one pass (D <= 1536)
+  check_layer_norm_modulate_with_input(2, 150, 2048, nullptr, 2);  // a row to 4 warps
+  check_layer_norm_modulate_with_input(1, 70, 8192, nullptr, 1);   // rows read again
+  auto seg = segments({37, 64, 5, 90}, at::kCUDA);
+  check_layer_norm_modulate_with_input(1, 196, 512, seg.get(), 4);
 }
 
 // The parameter gradients are sums over many blocks' rows, always taken in the same order (no
@@ -161,9 +207,11 @@ TEST(FusedGpu, RmsNormRope) {
   check_rms_rope(2, 75, 4, 128, true, 75);     // dense: table per position
   check_rms_rope(1, 300, 12, 128, true, 300);  // packed: table per token
   check_rms_rope(3, 40, 2, 64, false, 0);      // cross-attention q/k: no rotation
-  // D = 2048: beyond the one-pass backward's shared memory and the register form (two passes,
-  // rows read again).
+  // Beyond the one-pass backward's shared memory (two passes): D = 2048 and 14B's 5120 with a
+  // row to 4 warps' registers, D = 8192 with rows read again.
   check_rms_rope(2, 50, 16, 128, true, 50);
+  check_rms_rope(1, 90, 40, 128, true, 90);
+  check_rms_rope(1, 40, 64, 128, true, 40);
 }
 
 // The block's per-sample vectors are chunks of a [n, 6, D] modulation table, and the affine norm2
@@ -294,7 +342,9 @@ TEST(FusedGpu, GatedResidualNorm) {
   if (!have_gpu()) GTEST_SKIP() << "needs a CUDA build and a CUDA device";
   check_gated_residual_norm(4, 390, 1536, nullptr, 4, true, false);
   check_gated_residual_norm(4, 390, 1536, nullptr, 4, false, false);
-  check_gated_residual_norm(2, 130, 2048, nullptr, 2, true, false);  // rows read again (D > 1536)
+  check_gated_residual_norm(2, 130, 2048, nullptr, 2, true, false);  // a row to 4 warps
+  check_gated_residual_norm(1, 75, 5120, nullptr, 1, true, false);   // 14B's rows
+  check_gated_residual_norm(1, 40, 8192, nullptr, 1, false, false);  // rows read again
   check_gated_residual_norm(2, 100, 256, nullptr, 2, true, true);
   auto seg = segments({100, 37, 260}, at::kCUDA);
   check_gated_residual_norm(1, 397, 512, seg.get(), 3, true, false);
@@ -519,6 +569,25 @@ TEST(FusedReference, MatchesFloat64Formulas) {
   auto rot = at::stack({e * a.cos() - o * a.sin(), e * a.sin() + o * a.cos()}, -1)
                  .view({b, s, d / hd, hd});
   EXPECT_LT(rel_err(r, rot), 1e-5);
+}
+
+// On the CPU (the reference path) the first output is x itself, and x's gradient is what reaches
+// it through both outputs.
+TEST(FusedReference, LayerNormModulateWithInputSumsBothGradients) {
+  at::manual_seed(2);
+  auto x = at::randn({2, 5, 16}).requires_grad_(true);
+  auto scale = at::randn({2, 1, 16}), shift = at::randn({2, 1, 16});
+  auto g_through = at::randn({2, 5, 16}), g_norm = at::randn({2, 5, 16});
+  auto [through, n] = fused::layer_norm_modulate_with_input(x, scale, shift, 1e-6);
+  EXPECT_TRUE(through.equal(x));
+  EXPECT_TRUE(n.equal(fused::layer_norm_modulate(x, scale, shift, 1e-6)));
+  const auto got = torch::autograd::grad({through, n}, {x}, {g_through, g_norm})[0];
+  auto x2 = x.detach().clone().requires_grad_(true);
+  const auto via_norm = torch::autograd::grad({fused::layer_norm_modulate(x2, scale, shift, 1e-6)},
+                                              {x2}, {g_norm})[0];
+  EXPECT_TRUE(got.allclose(g_through + via_norm, 1e-6, 1e-6));
+  EXPECT_THROW(fused::layer_norm_modulate_with_input(x, at::randn({3, 1, 16}), shift, 1e-6),
+               c10::Error);
 }
 
 TEST(FusedReference, RejectsMisshapedVectors) {

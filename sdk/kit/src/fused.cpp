@@ -83,6 +83,12 @@ at::Tensor layer_norm_modulate(const at::Tensor& x, const at::Tensor& scale,
       .to(x.scalar_type());
 }
 
+std::pair<at::Tensor, at::Tensor> layer_norm_modulate_with_input(
+    const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, double eps,
+    const AttentionSegments* segments) {
+  return {x, reference::layer_norm_modulate(x, scale, shift, eps, segments)};
+}
+
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,
                           const AttentionSegments* segments) {
   const auto n = samples_of(x, segments);
@@ -277,8 +283,8 @@ at::Tensor partial_sums(const Rows& rows, std::int64_t k, const at::Tensor& like
                    like.options().dtype(at::kFloat));
 }
 
-// The same for a one-pass backward kernel (rms_norm_rope): a slot a block of kernels::kRowsPerBlock
-// rows.
+// The same for the LayerNorms' one-pass backward kernels: a slot a block of
+// kernels::kRowsPerBlock rows.
 at::Tensor block_sums(const Rows& rows, std::int64_t k, const at::Tensor& like) {
   return at::empty({rows.samples, rows.layout().chunks, k, rows.dim},
                    like.options().dtype(at::kFloat));
@@ -296,9 +302,13 @@ at::Tensor as_like(AutogradContext* ctx, const std::string& key, const at::Tenso
       .to(static_cast<at::ScalarType>(ctx->saved_data[key + "_dtype"].toInt()));
 }
 
+// layer_norm_modulate(x) and, with `with_input`, x itself as a first output (x used as a residual
+// connection's base too): the gradient reaching that output is added to the norm's dx inside the
+// backward kernel instead of by autograd after it, a pass over the rows and a kernel less
+// (docs/performance.md).
 struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale,
-                            const at::Tensor& shift, double eps, Rows rows) {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale,
+                               const at::Tensor& shift, double eps, Rows rows, bool with_input) {
     c10::cuda::CUDAGuard guard(x.device());
     auto xc = x.contiguous();
     const auto [sc, sh] = norm_vectors(scale, shift, rows);
@@ -315,7 +325,9 @@ struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
     rows.save(ctx);
     remember_like(ctx, "scale", scale);
     remember_like(ctx, "shift", shift);
-    return y;
+    ctx->saved_data["with_input"] = with_input;
+    if (with_input) return {x, y};  // an input returned: autograd hands out a view of it
+    return {y};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -323,17 +335,30 @@ struct LayerNormModulate : torch::autograd::Function<LayerNormModulate> {
     const auto& x = saved[0];
     c10::cuda::CUDAGuard guard(x.device());
     const Rows rows = Rows::load(ctx);
-    auto g = bf16_contiguous(grads[0]);
+    const bool with_input = ctx->saved_data["with_input"].toBool();
+    const at::Tensor& grad_norm = grads[with_input ? 1 : 0];
+    const auto g = grad_norm.defined() ? bf16_contiguous(grad_norm) : at::zeros_like(x);
+    const auto through =
+        with_input && grads[0].defined() ? bf16_contiguous(grads[0]) : at::Tensor();
     auto dx = at::empty_like(x);
-    auto partials = partial_sums(rows, 2, x);
-    check_cuda(kernels::layer_norm_modulate_backward(
-                   rows.layout(), g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(),
-                   saved[2].data_ptr<float>(), saved[3].data_ptr<float>(), dx.data_ptr(),
-                   partials.data_ptr<float>(), stream_of(x)),
-               "layer_norm_modulate backward");
+    // d shift and d scale summed by the row kernel itself where it fits (a slot a block of rows).
+    const bool one_pass = kernels::layer_norm_one_pass_fits(rows.layout());
+    auto partials = one_pass ? block_sums(rows, 2, x) : partial_sums(rows, 2, x);
+    const auto backward = one_pass ? kernels::layer_norm_modulate_backward_one_pass
+                                   : kernels::layer_norm_modulate_backward;
+    check_cuda(
+        backward(rows.layout(), g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(),
+                 saved[2].data_ptr<float>(), saved[3].data_ptr<float>(),
+                 through.defined() ? through.data_ptr() : nullptr, dx.data_ptr(),
+                 partials.data_ptr<float>(), stream_of(x)),
+        one_pass ? "layer_norm_modulate backward (one pass)" : "layer_norm_modulate backward");
     auto sums = slot_sums::summed(partials, 1, 1);  // [n, 2, D]
-    return {dx, as_like(ctx, "scale", sums.select(1, 1)), as_like(ctx, "shift", sums.select(1, 0)),
-            at::Tensor(), at::Tensor()};
+    return {dx,
+            as_like(ctx, "scale", sums.select(1, 1)),
+            as_like(ctx, "shift", sums.select(1, 0)),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -378,17 +403,19 @@ struct GatedResidualNorm : torch::autograd::Function<GatedResidualNorm> {
     const auto gx = grads[0].defined() ? bf16_contiguous(grads[0]) : at::Tensor();
     const auto gn = grads[1].defined() ? bf16_contiguous(grads[1]) : at::zeros_like(x_out);
     auto dx = at::empty_like(x_out), dy = at::empty_like(x_out);
-    auto norm_partials = partial_sums(rows, 2, x_out);
+    const bool one_pass = kernels::layer_norm_one_pass_fits(rows.layout());
+    auto norm_partials = one_pass ? block_sums(rows, 2, x_out) : partial_sums(rows, 2, x_out);
     const bool gate_grad = gt.defined() && ctx->needs_input_grad(2);
     at::Tensor gate_partials = gate_grad ? partial_sums(rows, 1, x_out) : at::Tensor();
+    const auto backward = one_pass ? kernels::gated_residual_norm_backward_one_pass
+                                   : kernels::gated_residual_norm_backward;
     check_cuda(
-        kernels::gated_residual_norm_backward(
-            rows.layout(), gx.defined() ? gx.data_ptr() : nullptr, gn.data_ptr(), x_out.data_ptr(),
-            y.data_ptr(), gt.defined() ? gt.data_ptr<float>() : nullptr, saved[2].data_ptr<float>(),
-            saved[3].data_ptr<float>(), saved[4].data_ptr<float>(), dx.data_ptr(), dy.data_ptr(),
-            norm_partials.data_ptr<float>(), gate_grad ? gate_partials.data_ptr<float>() : nullptr,
-            stream_of(x_out)),
-        "gated_residual_norm backward");
+        backward(rows.layout(), gx.defined() ? gx.data_ptr() : nullptr, gn.data_ptr(),
+                 x_out.data_ptr(), y.data_ptr(), gt.defined() ? gt.data_ptr<float>() : nullptr,
+                 saved[2].data_ptr<float>(), saved[3].data_ptr<float>(), saved[4].data_ptr<float>(),
+                 dx.data_ptr(), dy.data_ptr(), norm_partials.data_ptr<float>(),
+                 gate_grad ? gate_partials.data_ptr<float>() : nullptr, stream_of(x_out)),
+        one_pass ? "gated_residual_norm backward (one pass)" : "gated_residual_norm backward");
     auto sums = slot_sums::summed(norm_partials, 1, 1);  // [n, 2, D]
     at::Tensor dgate;
     if (gate_grad) dgate = as_like(ctx, "gate", slot_sums::summed(gate_partials, 1, 1));
@@ -484,15 +511,28 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
     const float* cos_ptr = c.defined() ? c.data_ptr<float>() : nullptr;
     const float* sin_ptr = s.defined() ? s.data_ptr<float>() : nullptr;
     const auto table_rows = ctx->saved_data["table_rows"].toInt();
-    // The weight gradient summed by the row kernel itself where it fits (a slot a block of rows).
-    const bool one_pass = kernels::rms_norm_rope_backward_one_pass_fits(layout);
-    auto partials = one_pass ? block_sums(rows, 1, x) : partial_sums(rows, 1, x);
-    const auto backward =
-        one_pass ? kernels::rms_norm_rope_backward_one_pass : kernels::rms_norm_rope_backward;
-    check_cuda(backward(layout, g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(), cos_ptr,
-                        sin_ptr, table_rows, head_dim, saved[2].data_ptr<float>(), dx.data_ptr(),
-                        partials.data_ptr<float>(), stream_of(x)),
-               one_pass ? "rms_norm_rope backward (one pass)" : "rms_norm_rope backward");
+    // The weight gradient summed by the row kernel itself where it fits (a slot a block of rows,
+    // as many rows a block as keep its grid to one wave), else by a column kernel.
+    at::Tensor partials;
+    if (kernels::rms_norm_rope_backward_one_pass_fits(layout)) {
+      const auto per_block = kernels::rms_norm_rope_backward_one_pass_rows(layout);
+      partials = at::empty(
+          {rows.samples, kernels::rms_norm_rope_backward_one_pass_blocks(layout, per_block), 1,
+           rows.dim},
+          x.options().dtype(at::kFloat));
+      check_cuda(kernels::rms_norm_rope_backward_one_pass(
+                     layout, g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(), cos_ptr,
+                     sin_ptr, table_rows, head_dim, saved[2].data_ptr<float>(), dx.data_ptr(),
+                     partials.data_ptr<float>(), per_block, stream_of(x)),
+                 "rms_norm_rope backward (one pass)");
+    } else {
+      partials = partial_sums(rows, 1, x);
+      check_cuda(kernels::rms_norm_rope_backward(
+                     layout, g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(), cos_ptr,
+                     sin_ptr, table_rows, head_dim, saved[2].data_ptr<float>(), dx.data_ptr(),
+                     partials.data_ptr<float>(), stream_of(x)),
+                 "rms_norm_rope backward");
+    }
     auto dw = as_like(ctx, "weight", slot_sums::summed(partials, 0, 3));
     return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -833,18 +873,46 @@ bool kernels_apply(const at::Tensor& x) {
 #endif
 }
 
+#if WANHOST_WITH_CUDA
+namespace {
+
+// LayerNormModulate on the kernels' tensors, the vectors checked under the name of `op`.
+torch::autograd::variable_list layer_norm_modulate_kernels(const char* op, const at::Tensor& x,
+                                                           const at::Tensor& scale,
+                                                           const at::Tensor& shift, double eps,
+                                                           const AttentionSegments* segments,
+                                                           bool with_input) {
+  const auto n = samples_of(x, segments);
+  check_vectors(x, scale, n, op, "scale");
+  check_vectors(x, shift, n, op, "shift");
+  return LayerNormModulate::apply(x, scale, shift, eps, rows_of(x, segments), with_input);
+}
+
+}  // namespace
+#endif
+
 at::Tensor layer_norm_modulate(const at::Tensor& x, const at::Tensor& scale,
                                const at::Tensor& shift, double eps,
                                const AttentionSegments* segments) {
 #if WANHOST_WITH_CUDA
-  if (kernels_apply(x)) {
-    const auto n = samples_of(x, segments);
-    check_vectors(x, scale, n, "layer_norm_modulate", "scale");
-    check_vectors(x, shift, n, "layer_norm_modulate", "shift");
-    return LayerNormModulate::apply(x, scale, shift, eps, rows_of(x, segments));
-  }
+  if (kernels_apply(x))
+    return layer_norm_modulate_kernels("layer_norm_modulate", x, scale, shift, eps, segments,
+                                       false)[0];
 #endif
   return reference::layer_norm_modulate(x, scale, shift, eps, segments);
+}
+
+std::pair<at::Tensor, at::Tensor> layer_norm_modulate_with_input(
+    const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, double eps,
+    const AttentionSegments* segments) {
+#if WANHOST_WITH_CUDA
+  if (kernels_apply(x)) {
+    auto out = layer_norm_modulate_kernels("layer_norm_modulate_with_input", x, scale, shift, eps,
+                                           segments, true);
+    return {out[0], out[1]};
+  }
+#endif
+  return reference::layer_norm_modulate_with_input(x, scale, shift, eps, segments);
 }
 
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,

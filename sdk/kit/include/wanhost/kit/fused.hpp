@@ -29,6 +29,14 @@ at::Tensor layer_norm_modulate(const at::Tensor& x, const at::Tensor& scale,
                                const at::Tensor& shift, double eps,
                                const AttentionSegments* segments = nullptr);
 
+// {x, layer_norm_modulate(x, scale, shift)} for an x that is also a residual connection's base
+// (kit 1.11): the first output has x's values, and the gradients reaching x through both outputs
+// are summed inside the norm's backward pass (one rounding to x's dtype) instead of by autograd
+// after it: a pass over the rows and a kernel less on the kernels' tensors.
+std::pair<at::Tensor, at::Tensor> layer_norm_modulate_with_input(
+    const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, double eps,
+    const AttentionSegments* segments = nullptr);
+
 // (x + y * gate) in fp32, rounded to x's dtype (a gated residual connection).
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,
                           const AttentionSegments* segments = nullptr);
@@ -85,6 +93,9 @@ namespace reference {
 at::Tensor layer_norm_modulate(const at::Tensor& x, const at::Tensor& scale,
                                const at::Tensor& shift, double eps,
                                const AttentionSegments* segments = nullptr);
+std::pair<at::Tensor, at::Tensor> layer_norm_modulate_with_input(
+    const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, double eps,
+    const AttentionSegments* segments = nullptr);
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,
                           const AttentionSegments* segments = nullptr);
 at::Tensor rms_norm_rope(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& cos,
