@@ -57,9 +57,15 @@ __device__ __forceinline__ void loadf4(const float* p, float (&o)[4]) {
 // The one-pass backward kernel (rms_rope_bwd with block_partials) keeps one fp32 row of D sums a
 // warp in shared memory: D at most this (48 KB a block); the LayerNorm backwards' one-pass form
 // two rows (96 KB a block: two blocks a multiprocessor). With the kernels' re-reading rows that
-// form measured no faster than the column kernel (H100, 2026-12-05, docs/performance.md); this
-// is its register form, to be measured.
+// form measured no faster than the column kernel; its register form is faster: 89.7 -> 78.0 us
+// (H100) and 73.4 -> 70.9 us (H200) for 32 x 390 x 1536, the sums included (2026-12-05,
+// docs/performance.md).
 constexpr std::int64_t kOnePassMaxDim = 1536;
+
+// Rows whose sums a one-pass backward keeps in shared memory (both one-pass forms).
+bool one_pass_fits(const RowLayout& l) {
+  return l.dim > 0 && l.dim % kVec == 0 && l.dim <= kOnePassMaxDim;
+}
 
 // Adds 8 floats to p (16-byte aligned shared memory).
 __device__ __forceinline__ void add8(float* p, const float (&v)[kVec]) {
@@ -842,7 +848,7 @@ cudaError_t rms_norm_rope_backward(const RowLayout& l, const void* grad, const v
 }
 
 bool rms_norm_rope_backward_one_pass_fits(const RowLayout& l) {
-  return l.dim > 0 && l.dim % kVec == 0 && l.dim <= kOnePassMaxDim;
+  return one_pass_fits(l);
 }
 
 std::int64_t rms_norm_rope_backward_one_pass_rows(const RowLayout& l) {
@@ -880,7 +886,7 @@ cudaError_t rms_norm_rope_backward_one_pass(const RowLayout& l, const void* grad
 }
 
 bool layer_norm_one_pass_fits(const RowLayout& l) {
-  return l.dim > 0 && l.dim % kVec == 0 && l.dim <= kOnePassMaxDim;
+  return one_pass_fits(l);
 }
 
 namespace {

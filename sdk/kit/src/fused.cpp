@@ -283,11 +283,14 @@ at::Tensor partial_sums(const Rows& rows, std::int64_t k, const at::Tensor& like
                    like.options().dtype(at::kFloat));
 }
 
-// The same for the LayerNorms' one-pass backward kernels: a slot a block of
-// kernels::kRowsPerBlock rows.
+// The same for the one-pass backward kernels: a slot a block of rows, `blocks` a sample
+// (the LayerNorms': a block of kernels::kRowsPerBlock rows, the layout's chunks).
+at::Tensor block_sums(const Rows& rows, std::int64_t k, const at::Tensor& like,
+                      std::int64_t blocks) {
+  return at::empty({rows.samples, blocks, k, rows.dim}, like.options().dtype(at::kFloat));
+}
 at::Tensor block_sums(const Rows& rows, std::int64_t k, const at::Tensor& like) {
-  return at::empty({rows.samples, rows.layout().chunks, k, rows.dim},
-                   like.options().dtype(at::kFloat));
+  return block_sums(rows, k, like, rows.layout().chunks);
 }
 
 // A gradient is returned in its input's shape and dtype: remember them in forward ...
@@ -516,10 +519,8 @@ struct RmsNormRope : torch::autograd::Function<RmsNormRope> {
     at::Tensor partials;
     if (kernels::rms_norm_rope_backward_one_pass_fits(layout)) {
       const auto per_block = kernels::rms_norm_rope_backward_one_pass_rows(layout);
-      partials = at::empty(
-          {rows.samples, kernels::rms_norm_rope_backward_one_pass_blocks(layout, per_block), 1,
-           rows.dim},
-          x.options().dtype(at::kFloat));
+      partials = block_sums(rows, 1, x,
+                            kernels::rms_norm_rope_backward_one_pass_blocks(layout, per_block));
       check_cuda(kernels::rms_norm_rope_backward_one_pass(
                      layout, g.data_ptr(), x.data_ptr(), saved[1].data_ptr<float>(), cos_ptr,
                      sin_ptr, table_rows, head_dim, saved[2].data_ptr<float>(), dx.data_ptr(),
