@@ -30,7 +30,6 @@ for b in $BUILDS; do
   parts=$each tests= budget=${BUDGET_S:-200}
   if [ $first = 1 ]; then
     tests=${TESTS:-} budget=${FIRST_BUDGET_S:-420}
-    parts="$each"
     [[ " $each " == *" graphsteps "* ]] && parts="peerstep $parts"
     [[ " $each " == *" bench "* ]] && parts="$parts peer"
     [ -n "$tests" ] && parts="tests $parts"

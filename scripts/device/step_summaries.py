@@ -63,7 +63,6 @@ def table(out, builds):
         for k, v in sm.peer.items():
             peer.setdefault(k, v)
     keys = sorted({k for b in builds for k in data[b]}, key=lambda k: (k[1], k[0]))
-    last = builds[-1]
     print("%-40s %-6s %s" % ("build", "", "  ".join("%-30s" % b for b in builds)))
     if not keys:
         bench_table(summaries)
@@ -71,20 +70,34 @@ def table(out, builds):
     print("peer: " + ", ".join("stage %s %.4f s" % (s, peer[s]) for s in sorted(peer)) if peer
           else "peer: none in this call (no ratios)")
     for tag, stage in keys:
-        cells = []
-        for b in builds:
-            if (tag, stage) not in data[b]:
-                cells.append("%-30s" % "-")
-                continue
-            s, gib = data[b][(tag, stage)]
-            cell = "%.4f s" % s + (" %.1f GiB" % gib if gib is not None else "")
-            if b != last and (tag, stage) in data[last]:
-                cell += " %+.1f ms" % (1e3 * (s - data[last][(tag, stage)][0]))
-            if stage in peer:
-                cell += " %.3fx" % (peer[stage] / s)
-            cells.append("%-30s" % cell)
-        print("%-40s %-6s %s" % (tag, stage, "  ".join(cells)))
+        per_build = {b: data[b].get((tag, stage)) for b in builds}
+        seconds = {b: v[0] if v else None for b, v in per_build.items()}
+        text = {b: "%.4f s" % v[0] + (" %.1f GiB" % v[1] if v[1] is not None else "")
+                for b, v in per_build.items() if v}
+        cells = row_cells(builds, seconds, text, 1e3,
+                          peer[stage] if stage in peer else None)
+        print("%-40s %-6s %s" % (tag, stage, cells))
     bench_table(summaries)
+
+
+def row_cells(builds, values, text, to_ms, reference):
+    """One table row: each build's cell `text[b]` ("-" where values[b] is None), then its
+    difference from the last build's value in ms (values times to_ms) and, with a reference
+    time, the ratio reference / value."""
+    last = values[builds[-1]]
+    cells = []
+    for b in builds:
+        v = values[b]
+        if v is None:
+            cells.append("%-30s" % "-")
+            continue
+        cell = text[b]
+        if b != builds[-1] and last is not None:
+            cell += " %+.1f ms" % (to_ms * (v - last))
+        if reference is not None:
+            cell += " %.3fx" % (reference / v)
+        cells.append("%-30s" % cell)
+    return "  ".join(cells)
 
 
 def bench_table(summaries):
@@ -94,23 +107,13 @@ def bench_table(summaries):
     labels = list(dict.fromkeys(l for b in builds for l in data[b]))
     if not labels:
         return
-    last = builds[-1]
     print("bench blocks; peer's 14B blocks: " +
           ("%.1f ms" % peer if peer is not None else "none in this call (no ratios)"))
     for label in labels:
-        cells = []
-        for b in builds:
-            if label not in data[b]:
-                cells.append("%-30s" % "-")
-                continue
-            ms = data[b][label]
-            cell = "%.2f ms" % ms
-            if b != last and label in data[last]:
-                cell += " %+.1f ms" % (ms - data[last][label])
-            if peer is not None and label.startswith("14B"):
-                cell += " %.3fx" % (peer / ms)
-            cells.append("%-30s" % cell)
-        print("  %-45s %s" % (label[:45], "  ".join(cells)))
+        ms = {b: data[b].get(label) for b in builds}
+        text = {b: "%.2f ms" % v for b, v in ms.items() if v is not None}
+        cells = row_cells(builds, ms, text, 1.0, peer if label.startswith("14B") else None)
+        print("  %-45s %s" % (label[:45], cells))
 
 
 if __name__ == "__main__":
