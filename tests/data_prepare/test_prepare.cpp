@@ -121,15 +121,24 @@ std::string describe(const Result& r) {
   return "exit " + std::to_string(r.code) + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
 }
 
-// A stand-in pipeline folder for the fixture encoders.
+// Writes `text` to `p` through a file of this process and a rename, so that a reader in another
+// process (ctest runs the cases of this binary at once) sees the old file or the new one, never a
+// truncated one.
+void write_atomically(const fs::path& p, const std::string& text) {
+  const fs::path tmp = p.string() + ".tmp-" + std::to_string(::getpid());
+  std::ofstream(tmp) << text;
+  fs::rename(tmp, p);
+}
+
+// A stand-in pipeline folder for the fixture encoders, shared by every case of this binary.
 fs::path model_dir() {
   const fs::path m = tmp_root() / "model";
   fs::create_directories(m / "vae");
   fs::create_directories(m / "text_encoder");
   fs::create_directories(m / "tokenizer");
-  std::ofstream(m / "vae" / "config.json") << R"({"z_dim": 16})";
-  std::ofstream(m / "text_encoder" / "config.json")
-      << R"({"d_model": )" << kTextDim << R"(, "max_length": 64})";
+  write_atomically(m / "vae" / "config.json", R"({"z_dim": 16})");
+  write_atomically(m / "text_encoder" / "config.json",
+                   R"({"d_model": )" + std::to_string(kTextDim) + R"(, "max_length": 64})");
   return m;
 }
 
