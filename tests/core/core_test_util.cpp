@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>
@@ -115,8 +116,10 @@ std::string quote(const std::string& s) {
 CommandResult run_program(const std::string& program, const std::vector<std::string>& args,
                           const std::vector<std::pair<std::string, std::string>>& env,
                           const fs::path& cwd, const fs::path& scratch) {
+  // The pid as well as a counter: a scratch folder shared by cases (ctest runs them at once) keeps
+  // each command's output apart.
   static int counter = 0;
-  const std::string tag = "cmd" + std::to_string(++counter);
+  const std::string tag = "cmd" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
   const fs::path out = scratch / (tag + ".out"), err = scratch / (tag + ".err");
   std::string cmd = "cd " + quote(cwd.string()) + " && exec env -i PATH=/usr/bin:/bin";
   if (const char* ld = std::getenv("LD_LIBRARY_PATH"))

@@ -23,7 +23,8 @@ std::vector<double> times_at(double fps, int n) {
 
 fs::path scratch() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  const fs::path dir = fs::path(WANHOST_TEST_TMP) / info->name();
+  const fs::path dir =
+      fs::path(WANHOST_TEST_TMP) / (std::string(info->test_suite_name()) + "." + info->name());
   fs::create_directories(dir);
   for (const auto& e : fs::directory_iterator(dir)) fs::remove(e.path());
   return dir;
