@@ -25,6 +25,7 @@
 #include "plugin/registry.hpp"
 #include "prepare/frame_plan.hpp"
 #include "prepare/video_reader.hpp"
+#include "util/files.hpp"
 #include "wanhost/errors.hpp"
 #include "wanhost/kit/safetensors.hpp"
 
@@ -121,24 +122,19 @@ std::string describe(const Result& r) {
   return "exit " + std::to_string(r.code) + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
 }
 
-// Writes `text` to `p` through a file of this process and a rename, so that a reader in another
-// process (ctest runs the cases of this binary at once) sees the old file or the new one, never a
-// truncated one.
-void write_atomically(const fs::path& p, const std::string& text) {
-  const fs::path tmp = p.string() + ".tmp-" + std::to_string(::getpid());
-  std::ofstream(tmp) << text;
-  fs::rename(tmp, p);
-}
-
-// A stand-in pipeline folder for the fixture encoders, shared by every case of this binary.
+// A stand-in pipeline folder for the fixture encoders, shared by every case of this binary. A
+// config is written only when it differs, and then atomically: a case reading it while another
+// writes it (ctest runs the cases at once) never reads a truncated file.
 fs::path model_dir() {
   const fs::path m = tmp_root() / "model";
-  fs::create_directories(m / "vae");
-  fs::create_directories(m / "text_encoder");
   fs::create_directories(m / "tokenizer");
-  write_atomically(m / "vae" / "config.json", R"({"z_dim": 16})");
-  write_atomically(m / "text_encoder" / "config.json",
-                   R"({"d_model": )" + std::to_string(kTextDim) + R"(, "max_length": 64})");
+  const auto config = [&](const std::string& part, const std::string& text) {
+    fs::create_directories(m / part);
+    const fs::path file = m / part / "config.json";
+    if (read_text(file) != text) wanhost::core::write_file_atomic(file.string(), text);
+  };
+  config("vae", R"({"z_dim": 16})");
+  config("text_encoder", R"({"d_model": )" + std::to_string(kTextDim) + R"(, "max_length": 64})");
   return m;
 }
 
