@@ -184,8 +184,8 @@ cudaError_t launch_column_sums(const RowLayout& l, const Term& term, float* part
   return cudaGetLastError();
 }
 
-// A lane's part of a row: channel groups ch = lane * 8 + j * 256 kRowWarps (j = 0, 1, ...;
-// ch < d). With kCached > 0 (D <= kCached * 256 kRowWarps) the loops are unrolled and a row's
+// A lane's part of a row: channel groups ch = lane * 8 + j * 256 * kRowWarps (j = 0, 1, ...;
+// ch < d). With kCached > 0 (D <= kCached * 256 * kRowWarps) the loops are unrolled and a row's
 // 16-byte words are kept in registers (RowWords), so each row is read from memory once and every
 // load of a pass is in flight at once; with kCached = 0 (any D) the passes read the row again
 // (from L1/L2), one word at a time. With a warp a row both forms do the same arithmetic in the
